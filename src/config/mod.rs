@@ -1,0 +1,324 @@
+//! Configuration: one TOML file, checked in two steps (ripgrep's low/high args).
+//!
+//! [`raw`] mirrors the file with serde and a default for every key, so `shardmail serve`
+//! runs with no file at all. [`Config::load`] applies `--set KEY=VALUE` overrides on the
+//! TOML tree, deserializes with the path of any bad key, then validates into [`Config`],
+//! whose errors always name the key and the reason. This module never opens sockets or
+//! touches the data directory.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use raw::Durability;
+
+/// A configuration error that names the offending key.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `limits.message_size_max`, or the file for read errors.
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Every limit that bounds what a peer can make us do. Units are last in each name.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message accepted (DATA or BDAT), excluding our own trace header.
+    pub message_size_max: usize,
+    /// Longest SMTP command line, CRLF included (RFC 5321 §4.5.3.1.4 requires ≥ 512).
+    pub line_bytes_max: usize,
+    /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
+    pub recipients_max: usize,
+    /// Unknown or malformed commands before the session is closed.
+    pub bad_commands_max: u32,
+    /// Failed AUTH attempts before the session is closed.
+    pub auth_failures_max: u32,
+    /// Pause before answering a failed AUTH, to slow down password guessing.
+    pub auth_failure_delay: Duration,
+    /// A session that sends nothing for this long is closed (RFC 5321 §4.5.3.2.7: ≥ 5 min).
+    pub idle_timeout: Duration,
+    /// Concurrent sessions per shard; past it new connections get `421 4.3.2`.
+    pub sessions_per_shard_max: usize,
+}
+
+/// The validated configuration every shard holds (as an `Rc`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    /// Shards to run; already resolved from `0` = one per core.
+    pub shards: usize,
+    pub data_dir: PathBuf,
+    /// Partitions of a new data directory (fixed once the directory exists).
+    pub partitions: u32,
+    /// io_uring registered memory per shard, bytes.
+    pub io_memory_bytes: usize,
+    /// How long a graceful shutdown waits for sessions to finish their command.
+    pub shutdown_grace: Duration,
+    pub local_domains: Vec<String>,
+    pub listen: Listen,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Whether AUTH may be used on a connection without TLS (default: no).
+    pub allow_plaintext_auth: bool,
+    pub limits: Limits,
+    pub durability: Durability,
+}
+
+/// Listening addresses per service; an empty list disables the service.
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    pub smtp: Vec<SocketAddr>,
+    pub submission: Vec<SocketAddr>,
+    pub submissions: Vec<SocketAddr>,
+    pub imap: Vec<SocketAddr>,
+    pub imaps: Vec<SocketAddr>,
+    pub pop3: Vec<SocketAddr>,
+    pub pop3s: Vec<SocketAddr>,
+}
+
+impl Config {
+    /// Reads `file` (if any), applies `overrides` (`KEY=VALUE`), then `data_dir` if given.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &[String],
+        data_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err(
+                        &path.display().to_string(),
+                        format!("cannot read the file: {e}"),
+                    )
+                })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| err(&path.display().to_string(), format!("not valid TOML: {e}")))?
+            }
+            None => toml::Table::new(),
+        };
+        for item in overrides {
+            apply_override(&mut tree, item)?;
+        }
+        if let Some(dir) = data_dir {
+            let value = toml::Value::String(dir.display().to_string());
+            set_path(&mut tree, "server.data_dir", value)?;
+        }
+        let raw = raw::RawConfig::from_tree(tree)?;
+        Config::validate(raw)
+    }
+
+    /// The embedded defaults, as `shardmail serve` with no file uses them.
+    pub fn defaults() -> Config {
+        Config::load(None, &[], None).unwrap_or_else(|e| panic!("embedded defaults invalid: {e}"))
+    }
+
+    fn validate(raw: raw::RawConfig) -> Result<Config, ConfigError> {
+        let hostname = raw.server.hostname.unwrap_or_else(system_hostname);
+        if hostname.is_empty() || hostname.contains(char::is_whitespace) {
+            return Err(err(
+                "server.hostname",
+                "must be a non-empty name without spaces",
+            ));
+        }
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let shards = if raw.server.shards == 0 {
+            cores
+        } else {
+            raw.server.shards
+        };
+        if shards > 1024 {
+            return Err(err("server.shards", "at most 1024 (0 means one per core)"));
+        }
+        if raw.server.partitions == 0 || raw.server.partitions > 65_536 {
+            return Err(err("server.partitions", "must be between 1 and 65536"));
+        }
+        let io_memory_bytes = raw.server.io_memory.bytes("server.io_memory")?;
+        if io_memory_bytes < 64 * 1024 {
+            return Err(err("server.io_memory", "at least 64KiB per shard"));
+        }
+        let mut local_domains = Vec::new();
+        for (i, d) in raw.domains.local.iter().enumerate() {
+            let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            if d.is_empty() || d.contains(|c: char| c.is_whitespace() || c == '@') {
+                return Err(err(&format!("domains.local[{i}]"), "not a domain name"));
+            }
+            local_domains.push(d);
+        }
+        let data_dir = raw.server.data_dir;
+        let tls_dir = data_dir.join("tls");
+        let tls_cert = raw.tls.cert.unwrap_or_else(|| tls_dir.join("cert.pem"));
+        let tls_key = raw.tls.key.unwrap_or_else(|| tls_dir.join("key.pem"));
+        let l = &raw.limits;
+        let limits = Limits {
+            message_size_max: l.message_size_max.bytes("limits.message_size_max")?,
+            line_bytes_max: l.line_bytes_max,
+            recipients_max: l.recipients_max,
+            bad_commands_max: l.bad_commands_max,
+            auth_failures_max: l.auth_failures_max,
+            auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),
+            idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            sessions_per_shard_max: l.sessions_per_shard_max,
+        };
+        if limits.message_size_max < 1024 || limits.message_size_max > (1 << 30) {
+            return Err(err(
+                "limits.message_size_max",
+                "must be between 1KiB and 1GiB",
+            ));
+        }
+        if limits.line_bytes_max < 512 || limits.line_bytes_max > 64 * 1024 {
+            return Err(err(
+                "limits.line_bytes_max",
+                "must be between 512 and 65536 (RFC 5321)",
+            ));
+        }
+        if limits.recipients_max < 1 || limits.recipients_max > 100_000 {
+            return Err(err("limits.recipients_max", "must be between 1 and 100000"));
+        }
+        if limits.idle_timeout < Duration::from_secs(1) {
+            return Err(err("limits.idle_timeout_secs", "must be at least 1"));
+        }
+        if limits.sessions_per_shard_max == 0 {
+            return Err(err("limits.sessions_per_shard_max", "must be at least 1"));
+        }
+        let listen = Listen {
+            smtp: parse_addrs("listen.smtp", &raw.listen.smtp)?,
+            submission: parse_addrs("listen.submission", &raw.listen.submission)?,
+            submissions: parse_addrs("listen.submissions", &raw.listen.submissions)?,
+            imap: parse_addrs("listen.imap", &raw.listen.imap)?,
+            imaps: parse_addrs("listen.imaps", &raw.listen.imaps)?,
+            pop3: parse_addrs("listen.pop3", &raw.listen.pop3)?,
+            pop3s: parse_addrs("listen.pop3s", &raw.listen.pop3s)?,
+        };
+        Ok(Config {
+            hostname,
+            shards,
+            data_dir,
+            partitions: raw.server.partitions,
+            io_memory_bytes,
+            shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
+            local_domains,
+            listen,
+            tls_cert,
+            tls_key,
+            allow_plaintext_auth: raw.tls.allow_plaintext_auth,
+            limits,
+            durability: raw.store.durability,
+        })
+    }
+
+    /// True when `domain` (any case) is one we receive mail for.
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+fn parse_addrs(key: &str, value: &raw::OneOrMany) -> Result<Vec<SocketAddr>, ConfigError> {
+    value
+        .as_slice()
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| err(key, format!("`{s}` is not an ip:port address")))
+        })
+        .collect()
+}
+
+/// `KEY=VALUE`: VALUE is read as TOML (so `8`, `true`, `["a","b"]` work), else as a string.
+fn apply_override(tree: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let Some((key, value)) = item.split_once('=') else {
+        return Err(err(item, "--set expects KEY=VALUE"));
+    };
+    let key = key.trim();
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    set_path(tree, key, parsed)
+}
+
+fn set_path(tree: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let Some(last) = parts.pop() else {
+        return Err(err(key, "empty key"));
+    };
+    let mut table = tree;
+    for part in parts {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(err(key, format!("`{part}` is not a table"))),
+        };
+    }
+    table.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let c = Config::defaults();
+        assert!(c.listen.smtp.iter().all(|a| a.ip().is_loopback()));
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert!(c.limits.message_size_max >= 1 << 20);
+    }
+
+    #[test]
+    fn set_overrides_and_errors_name_the_key() {
+        let over = vec![
+            "server.shards=3".to_string(),
+            "listen.smtp=[]".to_string(),
+            "limits.message_size_max=2MiB".to_string(),
+        ];
+        let c = Config::load(None, &over, Some(Path::new("/tmp/x"))).expect("valid");
+        assert_eq!(c.shards, 3);
+        assert!(c.listen.smtp.is_empty());
+        assert_eq!(c.limits.message_size_max, 2 << 20);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+
+        let e = Config::load(None, &["limits.nonsense=1".into()], None).unwrap_err();
+        assert!(e.key.contains("limits"), "{e}");
+        let e = Config::load(None, &["listen.imap=nope".into()], None).unwrap_err();
+        assert_eq!(e.key, "listen.imap");
+        let e = Config::load(None, &["limits.message_size_max=12 parsecs".into()], None);
+        assert_eq!(e.unwrap_err().key, "limits.message_size_max");
+        let e = Config::load(None, &["server.shards=\"many\"".into()], None).unwrap_err();
+        assert_eq!(e.key, "server.shards");
+    }
+}

@@ -1,0 +1,226 @@
+//! The configuration file as serde sees it: every key optional, every default here.
+//!
+//! This is the single place where defaults live, so `docs/config.md` and the profiles
+//! in `tuning/` can be checked against it. Nothing here validates beyond types; that
+//! is [`super::Config::validate`]'s job.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::ConfigError;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub domains: RawDomains,
+    pub listen: RawListen,
+    pub tls: RawTls,
+    pub limits: RawLimits,
+    pub store: RawStore,
+}
+
+impl RawConfig {
+    /// Deserializes the (override-applied) TOML tree; errors carry the dotted key path.
+    pub fn from_tree(tree: toml::Table) -> Result<RawConfig, ConfigError> {
+        let value = toml::Value::Table(tree);
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let reason = e.inner().to_string();
+            // An unknown key shows up as an error on its table; name the table then.
+            ConfigError { key, reason }
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Name used in the SMTP greeting, EHLO and `Received:`; default: the host's name.
+    pub hostname: Option<String>,
+    /// 0 = one shard per core.
+    pub shards: usize,
+    pub data_dir: PathBuf,
+    /// Fixed when the data directory is created (DESIGN.md §1).
+    pub partitions: u32,
+    /// io_uring registered buffer memory per shard. Must fit RLIMIT_MEMLOCK with the
+    /// rings of every shard (8 MiB is a common non-root limit).
+    pub io_memory: Size,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            hostname: None,
+            shards: 0,
+            data_dir: PathBuf::from("./data"),
+            partitions: 64,
+            io_memory: Size::Bytes(512 * 1024),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDomains {
+    /// Domains this server receives mail for.
+    pub local: Vec<String>,
+}
+
+impl Default for RawDomains {
+    fn default() -> Self {
+        RawDomains {
+            local: vec!["localhost".to_string()],
+        }
+    }
+}
+
+/// A single address or a list of them.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+fn addr(s: &str) -> OneOrMany {
+    OneOrMany::One(s.to_string())
+}
+
+/// Embedded defaults: high ports on loopback, so a first run needs no privileges and
+/// exposes nothing. `tuning/default.toml` has the standard ports for a real host.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListen {
+    pub smtp: OneOrMany,
+    pub submission: OneOrMany,
+    pub submissions: OneOrMany,
+    pub imap: OneOrMany,
+    pub imaps: OneOrMany,
+    pub pop3: OneOrMany,
+    pub pop3s: OneOrMany,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        RawListen {
+            smtp: addr("127.0.0.1:2525"),
+            submission: addr("127.0.0.1:2587"),
+            submissions: addr("127.0.0.1:2465"),
+            imap: addr("127.0.0.1:2143"),
+            imaps: addr("127.0.0.1:2993"),
+            pop3: addr("127.0.0.1:2110"),
+            pop3s: addr("127.0.0.1:2995"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain; default `<data_dir>/tls/cert.pem`, self-signed on first start.
+    pub cert: Option<PathBuf>,
+    /// PEM private key; default `<data_dir>/tls/key.pem`.
+    pub key: Option<PathBuf>,
+    /// Allow AUTH/LOGIN without TLS. Off: passwords never cross the wire in clear.
+    pub allow_plaintext_auth: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub message_size_max: Size,
+    pub line_bytes_max: usize,
+    pub recipients_max: usize,
+    pub bad_commands_max: u32,
+    pub auth_failures_max: u32,
+    pub auth_failure_delay_ms: u64,
+    pub idle_timeout_secs: u64,
+    pub sessions_per_shard_max: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            // Postfix's message_size_limit default is 10 MB; big attachments are common
+            // now, and Gmail accepts 25 MB encoded (50 MB here leaves room for base64).
+            message_size_max: Size::Bytes(50 << 20),
+            line_bytes_max: 4096,
+            recipients_max: 1000, // Postfix smtpd_recipient_limit
+            bad_commands_max: 20,
+            auth_failures_max: 3,
+            auth_failure_delay_ms: 1000,
+            idle_timeout_secs: 300, // RFC 5321 §4.5.3.2.7
+            sessions_per_shard_max: 10_000,
+        }
+    }
+}
+
+/// What "durable" means before a message is acknowledged.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// One fdatasync per append (no batching).
+    Sync,
+    /// One fdatasync covers every append that arrived while the previous one ran.
+    #[default]
+    Group,
+    /// No fdatasync: an acknowledged message can be lost on power failure. Benchmarks only.
+    None,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub durability: Durability,
+}
+
+/// A byte size: an integer, or a string with a unit (`"50MiB"`, `"512KiB"`, `"1GB"`).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Size {
+    pub fn bytes(&self, key: &str) -> Result<usize, ConfigError> {
+        let bad = || ConfigError {
+            key: key.to_string(),
+            reason: "expected a byte count such as 52428800, \"50MiB\" or \"512KiB\"".into(),
+        };
+        let n = match self {
+            Size::Bytes(n) => *n,
+            Size::Text(s) => {
+                let s = s.trim();
+                let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+                let (digits, unit) = s.split_at(split);
+                let n: u64 = digits.parse().map_err(|_| bad())?;
+                let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+                    "" | "b" => 1,
+                    "k" | "kib" => 1 << 10,
+                    "kb" => 1000,
+                    "m" | "mib" => 1 << 20,
+                    "mb" => 1_000_000,
+                    "g" | "gib" => 1 << 30,
+                    "gb" => 1_000_000_000,
+                    _ => return Err(bad()),
+                };
+                n.checked_mul(mult).ok_or_else(bad)?
+            }
+        };
+        usize::try_from(n).map_err(|_| bad())
+    }
+}

@@ -1,0 +1,276 @@
+//! The `shardmail` command: parses arguments, loads the config, and hands off to the
+//! library (`shard::serve`, `users`, `export`). Nothing else lives here.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use shardmail::config::Config;
+use shardmail::users::{self, UserDb};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "shardmail",
+    version,
+    about = "A shard-per-core mail server (SMTP, IMAP, POP3)"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Configuration file (TOML); without it the embedded defaults are used.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (overrides server.data_dir).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Override any config key, e.g. --set limits.message_size_max=20MiB (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server until SIGTERM/SIGINT.
+    Serve,
+    /// Print the effective configuration after defaults and overrides.
+    CheckConfig,
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage aliases and per-domain catch-alls.
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Write an account's mailboxes as Maildir (works with the server stopped).
+    Export {
+        email: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Add an account (prompts for the password unless --password-stdin).
+    Add {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts.
+    List,
+    /// Delete an account (its stored mail is no longer reachable).
+    Del { email: String },
+    /// Change an account's password.
+    Passwd {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AliasCmd {
+    /// Route ALIAS (`name@domain`, or `@domain` for a catch-all) to the account TARGET.
+    Add { alias: String, target: String },
+    /// Remove an alias or catch-all.
+    Del { alias: String },
+    /// List aliases.
+    List,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHARDMAIL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardmail: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let c = &cli.common;
+    let config = Config::load(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
+        .map_err(|e| e.to_string())?;
+    let data = config.data_dir.clone();
+    match cli.command {
+        Command::Serve => shardmail::shard::serve(config),
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            Ok(())
+        }
+        Command::User(cmd) => user(cmd, &config, &data),
+        Command::Alias(cmd) => alias(cmd, &data),
+        Command::Export { email, out } => {
+            let r = shardmail::export::export(&data, &email, &out)?;
+            println!(
+                "exported {} messages ({} bytes) in {} mailboxes to {}",
+                r.messages,
+                r.bytes,
+                r.mailboxes,
+                out.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
+    match cmd {
+        UserCmd::Add {
+            email,
+            password_stdin,
+        } => {
+            let email =
+                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            if !config.is_local_domain(domain) {
+                eprintln!(
+                    "warning: {domain} is not in domains.local {:?}; this server will not \
+                     accept mail for {email} until it is",
+                    config.local_domains
+                );
+            }
+            let hash = users::hash_password(&read_password(password_stdin)?)?;
+            UserDb::update(data, |db| {
+                if db.users.contains_key(&email) {
+                    return Err(format!("{email} already exists (use `user passwd`)"));
+                }
+                let created = now_secs();
+                db.users.insert(
+                    email.clone(),
+                    users::User {
+                        id: users::new_account_id(),
+                        password: hash,
+                        created,
+                    },
+                );
+                Ok(())
+            })?;
+            println!("added {email}");
+            Ok(())
+        }
+        UserCmd::List => {
+            let db = UserDb::load(data).map_err(|e| e.to_string())?;
+            for (email, u) in &db.users {
+                println!("{email}\t{:016x}", u.id);
+            }
+            Ok(())
+        }
+        UserCmd::Del { email } => {
+            let email =
+                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            UserDb::update(data, |db| {
+                db.users
+                    .remove(&email)
+                    .ok_or_else(|| format!("no user {email}"))?;
+                db.aliases.retain(|_, target| target != &email);
+                Ok(())
+            })?;
+            println!("deleted {email}");
+            Ok(())
+        }
+        UserCmd::Passwd {
+            email,
+            password_stdin,
+        } => {
+            let email =
+                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            let hash = users::hash_password(&read_password(password_stdin)?)?;
+            UserDb::update(data, |db| {
+                let u = db
+                    .users
+                    .get_mut(&email)
+                    .ok_or_else(|| format!("no user {email}"))?;
+                u.password = hash;
+                Ok(())
+            })?;
+            println!("password changed for {email}");
+            Ok(())
+        }
+    }
+}
+
+fn alias(cmd: AliasCmd, data: &Path) -> Result<(), String> {
+    match cmd {
+        AliasCmd::Add { alias, target } => {
+            let alias = alias.trim().to_lowercase();
+            let valid =
+                alias.starts_with('@') && alias.len() > 1 || users::normalize(&alias).is_some();
+            if !valid {
+                return Err("alias must be name@domain, or @domain for a catch-all".into());
+            }
+            let target = users::normalize(&target).ok_or("target must be an account address")?;
+            UserDb::update(data, |db| {
+                if !db.users.contains_key(&target) {
+                    return Err(format!("no account {target} (add it with `user add`)"));
+                }
+                db.aliases.insert(alias.clone(), target.clone());
+                Ok(())
+            })?;
+            println!("{alias} -> {target}");
+            Ok(())
+        }
+        AliasCmd::Del { alias } => {
+            let alias = alias.trim().to_lowercase();
+            UserDb::update(data, |db| {
+                db.aliases
+                    .remove(&alias)
+                    .map(|_| ())
+                    .ok_or_else(|| format!("no alias {alias}"))
+            })?;
+            println!("removed {alias}");
+            Ok(())
+        }
+        AliasCmd::List => {
+            let db = UserDb::load(data).map_err(|e| e.to_string())?;
+            for (alias, target) in &db.aliases {
+                println!("{alias}\t{target}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn read_password(from_stdin: bool) -> Result<String, String> {
+    let stdin = std::io::stdin();
+    if !from_stdin && stdin.is_terminal() {
+        eprint!("password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read password: {e}"))?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(password)
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,396 @@
+//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, 6152, 6531, 3030, 4954).
+//!
+//! One command line in (CRLF already stripped), a [`Command`] out that borrows from the
+//! line. Pure and allocation-free; every malformed input is a [`ParseError`] whose
+//! `reply` is the exact SMTP reply to send. Never panics on any input (fuzzed in
+//! `tests/smtp_parser_props.rs`).
+
+/// A reverse-path or forward-path mailbox, borrowed from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mailbox<'a> {
+    pub local: &'a str,
+    pub domain: &'a str,
+}
+
+impl Mailbox<'_> {
+    /// `local@domain` with the domain lowercased (local parts are case-sensitive per
+    /// RFC 5321 §2.4, though our directory folds them).
+    pub fn to_address(&self) -> String {
+        format!("{}@{}", self.local, self.domain.to_ascii_lowercase())
+    }
+
+    pub fn is_ascii(&self) -> bool {
+        self.local.is_ascii() && self.domain.is_ascii()
+    }
+}
+
+/// `BODY=` parameter of MAIL FROM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    SevenBit,
+    EightBitMime,
+}
+
+/// Parameters of MAIL FROM that we implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MailParams {
+    pub size: Option<u64>,
+    pub body: Option<Body>,
+    pub smtputf8: bool,
+}
+
+/// One parsed command. Arguments borrow from the input line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command<'a> {
+    Ehlo(&'a str),
+    Helo(&'a str),
+    /// `None` is the null reverse-path `<>`.
+    Mail(Option<Mailbox<'a>>, MailParams),
+    Rcpt(Mailbox<'a>),
+    Data,
+    Bdat {
+        size: u64,
+        last: bool,
+    },
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    StartTls,
+    Auth {
+        mechanism: &'a str,
+        initial: Option<&'a str>,
+    },
+}
+
+/// A command that cannot be executed, with the reply that says why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseError {
+    /// The complete reply line, without CRLF.
+    pub reply: &'static str,
+    /// True when the verb itself is unknown (counts toward `bad_commands_max`).
+    pub unknown_verb: bool,
+}
+
+const fn syntax(reply: &'static str) -> ParseError {
+    ParseError {
+        reply,
+        unknown_verb: false,
+    }
+}
+
+const UNKNOWN: ParseError = ParseError {
+    reply: "500 5.5.1 Command unrecognized",
+    unknown_verb: true,
+};
+const BAD_ARGS: ParseError = syntax("501 5.5.4 Syntax error in parameters or arguments");
+const NO_ARGS: ParseError = syntax("501 5.5.4 This command takes no arguments");
+const BAD_PATH: ParseError = syntax("501 5.1.3 Bad address syntax");
+const BAD_SENDER: ParseError = syntax("501 5.1.7 Bad sender address syntax");
+const NOT_UTF8: ParseError = syntax("500 5.6.7 Command is not valid UTF-8");
+const BAD_PARAM: ParseError = syntax("555 5.5.4 Unsupported MAIL/RCPT parameter");
+
+/// Parses one command line (without the trailing CRLF).
+pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
+    let line = std::str::from_utf8(line).map_err(|_| NOT_UTF8)?;
+    let line = line.trim_end_matches([' ', '\t']);
+    let (verb, rest) = match line.find(' ') {
+        Some(i) => (&line[..i], line[i + 1..].trim_start_matches(' ')),
+        None => (line, ""),
+    };
+    if verb.len() > 8 {
+        return Err(UNKNOWN);
+    }
+    let mut upper = [0u8; 8];
+    for (dst, src) in upper.iter_mut().zip(verb.bytes()) {
+        *dst = src.to_ascii_uppercase();
+    }
+    let verb_upper = upper.get(..verb.len()).unwrap_or(&[]);
+    let no_args = |c: Command<'static>| if rest.is_empty() { Ok(c) } else { Err(NO_ARGS) };
+    match verb_upper {
+        b"EHLO" => domain_arg(rest).map(Command::Ehlo),
+        b"HELO" => domain_arg(rest).map(Command::Helo),
+        b"MAIL" => parse_mail(rest),
+        b"RCPT" => parse_rcpt(rest),
+        b"DATA" => no_args(Command::Data),
+        b"BDAT" => parse_bdat(rest),
+        b"RSET" => no_args(Command::Rset),
+        b"NOOP" => Ok(Command::Noop), // RFC 5321 §4.1.1.9: a parameter is ignored
+        b"QUIT" => no_args(Command::Quit),
+        b"VRFY" => Ok(Command::Vrfy),
+        b"EXPN" => Ok(Command::Expn),
+        b"HELP" => Ok(Command::Help),
+        b"STARTTLS" => no_args(Command::StartTls),
+        b"AUTH" => parse_auth(rest),
+        _ => Err(UNKNOWN),
+    }
+}
+
+fn domain_arg(rest: &str) -> Result<&str, ParseError> {
+    // EHLO takes one domain or address literal; anything after a space is ignored by
+    // most servers, and we accept it the same way.
+    let domain = rest.split(' ').next().unwrap_or("");
+    if domain.is_empty() {
+        return Err(syntax("501 5.5.4 Syntax: EHLO hostname"));
+    }
+    if !domain.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80) {
+        return Err(BAD_ARGS);
+    }
+    Ok(domain)
+}
+
+/// Strips a case-insensitive `prefix` such as `FROM:`.
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+/// Splits `<path> params…` (tolerating one space after the colon, as most servers do).
+fn split_path(rest: &str) -> Option<(&str, &str)> {
+    let rest = rest.trim_start_matches(' ');
+    let inner = rest.strip_prefix('<')?;
+    // A quoted local part may contain '>', so find the closing '>' outside quotes.
+    let mut in_quotes = false;
+    let mut escaped = false;
+    for (i, c) in inner.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '>' if !in_quotes => return Some((&inner[..i], &inner[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Validates `local@domain` (a source route `@a,@b:` prefix is dropped, RFC 5321 §4.1.2).
+fn parse_mailbox(path: &str) -> Option<Mailbox<'_>> {
+    let path = match path.strip_prefix('@') {
+        Some(route) => &route[route.find(':')? + 1..],
+        None => path,
+    };
+    let at = path.rfind('@')?;
+    let (local, domain) = (&path[..at], &path[at + 1..]);
+    if local.is_empty() || local.len() > 64 || domain.is_empty() || domain.len() > 255 {
+        return None;
+    }
+    if local.starts_with('"') {
+        if local.len() < 2 || !local.ends_with('"') {
+            return None;
+        }
+        if local.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return None;
+        }
+    } else {
+        let atext = |c: char| {
+            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+        };
+        if local
+            .split('.')
+            .any(|atom| atom.is_empty() || !atom.chars().all(atext))
+        {
+            return None;
+        }
+    }
+    if let Some(literal) = domain.strip_prefix('[') {
+        let literal = literal.strip_suffix(']')?;
+        if literal.is_empty() || literal.bytes().any(|b| !b.is_ascii_graphic() || b == b'[') {
+            return None;
+        }
+    } else {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
+        };
+        if !domain.split('.').all(label_ok) {
+            return None;
+        }
+    }
+    Some(Mailbox { local, domain })
+}
+
+fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
+    let rest = strip_prefix_ci(rest, "FROM:").ok_or(BAD_ARGS)?;
+    let (path, params) = split_path(rest).ok_or(BAD_SENDER)?;
+    let sender = if path.is_empty() {
+        None
+    } else {
+        Some(parse_mailbox(path).ok_or(BAD_SENDER)?)
+    };
+    let mut out = MailParams::default();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        if key.eq_ignore_ascii_case("SIZE") {
+            let v = value.ok_or(BAD_ARGS)?;
+            if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BAD_ARGS);
+            }
+            out.size = Some(v.parse().map_err(|_| BAD_ARGS)?);
+        } else if key.eq_ignore_ascii_case("BODY") {
+            let v = value.ok_or(BAD_ARGS)?;
+            out.body = Some(if v.eq_ignore_ascii_case("7BIT") {
+                Body::SevenBit
+            } else if v.eq_ignore_ascii_case("8BITMIME") {
+                Body::EightBitMime
+            } else {
+                return Err(syntax("501 5.5.4 BODY must be 7BIT or 8BITMIME"));
+            });
+        } else if key.eq_ignore_ascii_case("SMTPUTF8") && value.is_none() {
+            out.smtputf8 = true;
+        } else if key.eq_ignore_ascii_case("AUTH") && value.is_some() {
+            // RFC 4954 §5: accepted and ignored (we do not relay the identity onward).
+        } else {
+            return Err(BAD_PARAM);
+        }
+    }
+    Ok(Command::Mail(sender, out))
+}
+
+fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
+    let rest = strip_prefix_ci(rest, "TO:").ok_or(BAD_ARGS)?;
+    let (path, params) = split_path(rest).ok_or(BAD_PATH)?;
+    if !params.trim().is_empty() {
+        return Err(BAD_PARAM);
+    }
+    // RFC 5321 §4.1.1.3: <postmaster> without a domain must be accepted.
+    if path.eq_ignore_ascii_case("postmaster") {
+        return Ok(Command::Rcpt(Mailbox {
+            local: path,
+            domain: "",
+        }));
+    }
+    parse_mailbox(path).map(Command::Rcpt).ok_or(BAD_PATH)
+}
+
+fn parse_bdat(rest: &str) -> Result<Command<'_>, ParseError> {
+    let mut words = rest.split(' ').filter(|w| !w.is_empty());
+    let size = words.next().ok_or(BAD_ARGS)?;
+    if size.len() > 20 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(BAD_ARGS);
+    }
+    let size = size.parse().map_err(|_| BAD_ARGS)?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(BAD_ARGS),
+    };
+    if words.next().is_some() {
+        return Err(BAD_ARGS);
+    }
+    Ok(Command::Bdat { size, last })
+}
+
+fn parse_auth(rest: &str) -> Result<Command<'_>, ParseError> {
+    let mut words = rest.split(' ').filter(|w| !w.is_empty());
+    let mechanism = words.next().ok_or(BAD_ARGS)?;
+    let initial = words.next();
+    if words.next().is_some() {
+        return Err(BAD_ARGS);
+    }
+    Ok(Command::Auth { mechanism, initial })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_case_insensitive() {
+        assert_eq!(
+            parse(b"ehlo client.example"),
+            Ok(Command::Ehlo("client.example"))
+        );
+        assert_eq!(parse(b"QuIt"), Ok(Command::Quit));
+        assert_eq!(parse(b"noop whatever"), Ok(Command::Noop));
+        assert!(parse(b"XYZZY").unwrap_err().unknown_verb);
+        assert!(parse(b"").unwrap_err().unknown_verb);
+    }
+
+    #[test]
+    fn mail_from_paths_and_params() {
+        let Ok(Command::Mail(Some(m), p)) =
+            parse(b"MAIL FROM:<a.b@Example.COM> SIZE=1000 BODY=8BITMIME SMTPUTF8")
+        else {
+            panic!("parse failed")
+        };
+        assert_eq!((m.local, m.domain), ("a.b", "Example.COM"));
+        assert_eq!(m.to_address(), "a.b@example.com");
+        assert_eq!(p.size, Some(1000));
+        assert_eq!(p.body, Some(Body::EightBitMime));
+        assert!(p.smtputf8);
+        assert_eq!(
+            parse(b"MAIL FROM:<>"),
+            Ok(Command::Mail(None, MailParams::default()))
+        );
+        assert!(matches!(
+            parse(b"mail from: <x@y.z>"),
+            Ok(Command::Mail(Some(_), _))
+        ));
+        assert_eq!(parse(b"MAIL FROM:<x@y.z> RET=FULL"), Err(BAD_PARAM));
+        assert_eq!(parse(b"MAIL FROM:x@y.z"), Err(BAD_SENDER));
+        assert_eq!(parse(b"MAIL FROM:<x@@y>"), Err(BAD_SENDER));
+        assert_eq!(parse(b"MAIL FROM:<x@y.z> SIZE=abc"), Err(BAD_ARGS));
+    }
+
+    #[test]
+    fn rcpt_to_forms() {
+        let Ok(Command::Rcpt(m)) = parse(b"RCPT TO:<@relay.example:\"odd>name\"@d.example>") else {
+            panic!("parse failed")
+        };
+        assert_eq!((m.local, m.domain), ("\"odd>name\"", "d.example"));
+        assert!(matches!(
+            parse(b"RCPT TO:<Postmaster>"),
+            Ok(Command::Rcpt(_))
+        ));
+        assert!(matches!(
+            parse(b"RCPT TO:<u@[127.0.0.1]>"),
+            Ok(Command::Rcpt(_))
+        ));
+        assert_eq!(parse(b"RCPT TO:<u@-bad.example>"), Err(BAD_PATH));
+        assert_eq!(parse(b"RCPT TO:<>"), Err(BAD_PATH));
+        assert_eq!(parse(b"RCPT TO:<a@b.c> NOTIFY=NEVER"), Err(BAD_PARAM));
+    }
+
+    #[test]
+    fn bdat_and_auth() {
+        assert_eq!(
+            parse(b"BDAT 100 LAST"),
+            Ok(Command::Bdat {
+                size: 100,
+                last: true
+            })
+        );
+        assert_eq!(
+            parse(b"BDAT 0"),
+            Ok(Command::Bdat {
+                size: 0,
+                last: false
+            })
+        );
+        assert_eq!(parse(b"BDAT 99999999999999999999999"), Err(BAD_ARGS));
+        assert_eq!(parse(b"BDAT 1 FIRST"), Err(BAD_ARGS));
+        assert_eq!(
+            parse(b"AUTH PLAIN AGEAYg=="),
+            Ok(Command::Auth {
+                mechanism: "PLAIN",
+                initial: Some("AGEAYg==")
+            })
+        );
+        assert_eq!(parse(b"DATA now"), Err(NO_ARGS));
+        assert_eq!(parse(b"MAIL FROM:<\xff@x.y>"), Err(NOT_UTF8));
+    }
+}

@@ -1,0 +1,842 @@
+//! The SMTP server session state machine (RFC 5321, 3207, 4954, 3030, 2920, 1870).
+//!
+//! Pure: bytes in, replies and [`Action`]s out, time passed as an argument. The IO layer
+//! (`src/shard/smtp.rs`) feeds [`Session::receive`] whatever it has read, drops the
+//! consumed prefix, carries out the actions and reports their results through
+//! [`Session::tls_established`], [`Session::auth_result`] and [`Session::delivered`].
+//! While an action is pending the session consumes nothing, which is what makes
+//! pipelined input safe: a command is only read once every earlier one has its answer.
+//! This module must never do IO, read a clock, or panic on peer input.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::SystemTime;
+
+use base64::Engine as _;
+use memchr::memchr;
+
+use super::command::{self, Command, MailParams};
+use super::data::{DataProgress, DataReader};
+use crate::proto::rfc5322_date;
+
+/// Which listener the session arrived on; decides policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// `listen.smtp`: inbound MX, mail for local domains from anyone, no AUTH.
+    Mx,
+    /// `listen.submission`: STARTTLS then AUTH required before MAIL.
+    Submission,
+    /// `listen.submissions`: implicit TLS, AUTH required before MAIL.
+    Submissions,
+}
+
+/// Everything a session needs to know about the server; shared by all sessions of a shard.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub hostname: String,
+    pub port: Port,
+    /// A certificate is loaded, so STARTTLS can be offered.
+    pub tls_available: bool,
+    pub allow_plaintext_auth: bool,
+    pub message_size_max: usize,
+    pub line_bytes_max: usize,
+    pub recipients_max: usize,
+    pub bad_commands_max: u32,
+    pub auth_failures_max: u32,
+    /// Domain used for `<postmaster>` without a domain (RFC 5321 §4.1.1.3).
+    pub postmaster_domain: String,
+}
+
+/// How the directory classifies a recipient address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// A local account (after alias and catch-all expansion).
+    Local { account: u64, mailbox: String },
+    /// The domain is ours, the user is not.
+    UnknownUser,
+    /// Not one of our domains.
+    NotLocal,
+}
+
+/// Recipient lookup, kept behind a trait so transcripts can use a fake.
+pub trait Directory {
+    /// `address` is `local@domain` with the domain already lowercased.
+    fn resolve(&self, address: &str) -> Resolution;
+}
+
+/// One accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address as given in RCPT TO.
+    pub address: String,
+    pub account: u64,
+    /// Canonical address of the account (what the alias resolved to).
+    pub mailbox: String,
+}
+
+/// A complete message ready to be stored by every recipient's owner.
+#[derive(Debug)]
+pub struct Envelope {
+    pub id: String,
+    /// Reverse path; empty for the null sender `<>`.
+    pub mail_from: String,
+    pub recipients: Vec<Recipient>,
+    /// `Received:` header followed by the message exactly as received (unstuffed).
+    pub message: Vec<u8>,
+    pub received_at: SystemTime,
+}
+
+/// Work the IO layer must do for the session.
+#[derive(Debug)]
+pub enum Action {
+    /// Flush replies, discard any further buffered input, then run the TLS handshake.
+    StartTls,
+    /// Verify a password off the reactor, then call [`Session::auth_result`].
+    Authenticate { username: String, password: String },
+    /// Store durably, then call [`Session::delivered`].
+    Deliver(Envelope),
+    /// Flush replies and close the connection.
+    Close,
+}
+
+/// Replies and actions produced by one call.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub reply: Vec<u8>,
+    pub actions: Vec<Action>,
+}
+
+impl Outbox {
+    fn line(&mut self, line: &str) {
+        self.reply.extend_from_slice(line.as_bytes());
+        self.reply.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Why a delivery did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// Storage or a shard failed; the client should retry (`451 4.3.0`).
+    Temporary,
+}
+
+#[derive(Debug)]
+enum State {
+    Command,
+    /// An over-long line is being discarded up to its LF.
+    DiscardLine,
+    AuthPlain,
+    AuthLoginUser,
+    AuthLoginPass(String),
+    Data(DataReader),
+    Bdat {
+        remaining: u64,
+        last: bool,
+        refusal: Option<&'static str>,
+    },
+    /// The IO layer is carrying out an action; nothing is consumed meanwhile.
+    Waiting,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Transaction {
+    mail_from: String,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    /// `Received:` + body; allocated when DATA or the first BDAT begins.
+    message: Option<Vec<u8>>,
+    /// Length of our `Received:` header at the start of `message`.
+    header_len: usize,
+    bdat_bytes: u64,
+    bdat_oversize: bool,
+    used_bdat: bool,
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    config: Rc<SessionConfig>,
+    peer: IpAddr,
+    session_id: u64,
+    transactions: u32,
+    state: State,
+    tls: bool,
+    helo: Option<String>,
+    esmtp: bool,
+    authenticated: Option<String>,
+    transaction: Option<Transaction>,
+    bad_commands: u32,
+    auth_failures: u32,
+}
+
+const HELP: &str =
+    "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH";
+
+/// Reply for a connection refused because the shard is at `sessions_per_shard_max`.
+pub const TOO_MANY_SESSIONS: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
+
+impl Session {
+    /// A new session; `tls` is true on implicit-TLS ports once the handshake is done.
+    pub fn new(config: Rc<SessionConfig>, peer: IpAddr, session_id: u64, tls: bool) -> Session {
+        Session {
+            config,
+            peer,
+            session_id,
+            transactions: 0,
+            state: State::Command,
+            tls,
+            helo: None,
+            esmtp: false,
+            authenticated: None,
+            transaction: None,
+            bad_commands: 0,
+            auth_failures: 0,
+        }
+    }
+
+    /// The `220` greeting.
+    pub fn greet(&self, out: &mut Outbox) {
+        out.line(&format!("220 {} ESMTP shardmail", self.config.hostname));
+    }
+
+    /// True once QUIT or an error closed the session.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// True between commands (no transaction data in flight): a safe point to stop.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.state, State::Command) && self.transaction.is_none()
+    }
+
+    /// The authenticated user, if any.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// The peer sent nothing for `limits.idle_timeout_secs`.
+    pub fn timed_out(&mut self, out: &mut Outbox) {
+        out.line(&format!(
+            "421 4.4.2 {} Error: timeout exceeded",
+            self.config.hostname
+        ));
+        self.close(out);
+    }
+
+    /// The server is shutting down; called between commands.
+    pub fn shutdown(&mut self, out: &mut Outbox) {
+        out.line(&format!(
+            "421 4.3.2 {} Service shutting down",
+            self.config.hostname
+        ));
+        self.close(out);
+    }
+
+    fn close(&mut self, out: &mut Outbox) {
+        self.state = State::Closed;
+        out.actions.push(Action::Close);
+    }
+
+    /// Consumes input; returns how many bytes were used. The caller keeps the rest and
+    /// calls again when more arrives (or an action completes).
+    pub fn receive(
+        &mut self,
+        input: &[u8],
+        now: SystemTime,
+        directory: &dyn Directory,
+        out: &mut Outbox,
+    ) -> usize {
+        let mut used = 0;
+        loop {
+            let Some(rest) = input.get(used..) else {
+                return used;
+            };
+            let step = match &mut self.state {
+                State::Waiting | State::Closed => return used,
+                State::Data(reader) => {
+                    let txn_message = self.transaction.as_mut().and_then(|t| t.message.as_mut());
+                    let Some(sink) = txn_message else {
+                        // Unreachable by construction; fail safe rather than panic.
+                        self.state = State::Command;
+                        continue;
+                    };
+                    let size_max = self.config.message_size_max;
+                    match reader.read(rest, sink, size_max) {
+                        DataProgress::More(n) => return used + n,
+                        DataProgress::Done(n) => {
+                            used += n;
+                            self.data_complete(now, out);
+                            continue;
+                        }
+                    }
+                }
+                State::Bdat { .. } => {
+                    if rest.is_empty() {
+                        // BDAT 0 still needs its reply.
+                        if matches!(self.state, State::Bdat { remaining: 0, .. }) {
+                            self.bdat_chunk_complete(now, out);
+                            continue;
+                        }
+                        return used;
+                    }
+                    used += self.bdat_bytes(rest, now, out);
+                    continue;
+                }
+                _ => self.take_line(rest, out),
+            };
+            match step {
+                LineStep::NeedMore => return used,
+                LineStep::Consumed(n) => used += n,
+                LineStep::Line(n, line_end) => {
+                    let line = rest.get(..line_end).unwrap_or(&[]);
+                    used += n;
+                    self.line(line, now, directory, out);
+                }
+            }
+        }
+    }
+
+    fn take_line(&mut self, rest: &[u8], out: &mut Outbox) -> LineStep {
+        let limit = self.config.line_bytes_max;
+        let window = rest.get(..limit.min(rest.len())).unwrap_or(rest);
+        match memchr(b'\n', window) {
+            Some(lf) => {
+                if matches!(self.state, State::DiscardLine) {
+                    self.state = State::Command;
+                    out.line("500 5.5.2 Line too long");
+                    self.count_bad_command(out);
+                    return LineStep::Consumed(lf + 1);
+                }
+                let end = if lf > 0 && window.get(lf - 1) == Some(&b'\r') {
+                    lf - 1
+                } else {
+                    lf
+                };
+                LineStep::Line(lf + 1, end)
+            }
+            None if rest.len() >= limit => {
+                // Past the limit without a LF: drop what we have, keep dropping to the LF.
+                if !matches!(self.state, State::DiscardLine) {
+                    self.cancel_auth_exchange();
+                    self.state = State::DiscardLine;
+                }
+                LineStep::Consumed(rest.len())
+            }
+            None => LineStep::NeedMore,
+        }
+    }
+
+    fn cancel_auth_exchange(&mut self) {
+        if matches!(
+            self.state,
+            State::AuthPlain | State::AuthLoginUser | State::AuthLoginPass(_)
+        ) {
+            self.state = State::Command;
+        }
+    }
+
+    fn line(&mut self, line: &[u8], now: SystemTime, dir: &dyn Directory, out: &mut Outbox) {
+        match std::mem::replace(&mut self.state, State::Command) {
+            State::AuthPlain => self.sasl_plain(line, out),
+            State::AuthLoginUser => match sasl_text(line, out) {
+                Some(user) => {
+                    out.line("334 UGFzc3dvcmQ6");
+                    self.state = State::AuthLoginPass(user);
+                }
+                None => self.count_bad_command(out),
+            },
+            State::AuthLoginPass(user) => match sasl_text(line, out) {
+                Some(password) => self.authenticate(user, password, out),
+                None => self.count_bad_command(out),
+            },
+            _ => match command::parse(line) {
+                Ok(cmd) => self.command(cmd, now, dir, out),
+                Err(e) => {
+                    out.line(e.reply);
+                    self.count_bad_command(out);
+                }
+            },
+        }
+    }
+
+    fn count_bad_command(&mut self, out: &mut Outbox) {
+        self.bad_commands += 1;
+        if self.bad_commands >= self.config.bad_commands_max {
+            out.line(&format!(
+                "421 4.7.0 {} Too many errors, closing connection",
+                self.config.hostname
+            ));
+            self.close(out);
+        }
+    }
+
+    fn command(&mut self, cmd: Command<'_>, now: SystemTime, dir: &dyn Directory, o: &mut Outbox) {
+        match cmd {
+            Command::Ehlo(domain) => self.hello(domain, true, o),
+            Command::Helo(domain) => self.hello(domain, false, o),
+            Command::Mail(from, params) => self.mail(from, params, o),
+            Command::Rcpt(to) => self.rcpt(to, dir, o),
+            Command::Data => self.data(now, o),
+            Command::Bdat { size, last } => self.bdat(size, last, now),
+            Command::Rset => {
+                self.transaction = None;
+                o.line("250 2.0.0 Ok");
+            }
+            Command::Noop => o.line("250 2.0.0 Ok"),
+            Command::Quit => {
+                o.line("221 2.0.0 Bye");
+                self.close(o);
+            }
+            Command::Vrfy => {
+                o.line("252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery")
+            }
+            Command::Expn => o.line("502 5.5.1 EXPN is not available"),
+            Command::Help => o.line(HELP),
+            Command::StartTls => self.starttls(o),
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial, o),
+        }
+    }
+
+    fn hello(&mut self, domain: &str, esmtp: bool, out: &mut Outbox) {
+        self.helo = Some(domain.to_string());
+        self.esmtp = esmtp;
+        self.transaction = None;
+        let host = &self.config.hostname;
+        if !esmtp {
+            out.line(&format!("250 {host}"));
+            return;
+        }
+        let mut lines = vec![
+            format!("{host} Hello {domain} [{}]", self.peer),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", self.config.message_size_max),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
+        ];
+        if self.config.tls_available && !self.tls {
+            lines.push("STARTTLS".to_string());
+        }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        lines.push("HELP".to_string());
+        let last = lines.len() - 1;
+        for (i, l) in lines.iter().enumerate() {
+            out.line(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
+        }
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.config.port != Port::Mx
+            && self.authenticated.is_none()
+            && (self.tls || self.config.allow_plaintext_auth)
+    }
+
+    fn mail(&mut self, from: Option<command::Mailbox<'_>>, params: MailParams, out: &mut Outbox) {
+        if self.helo.is_none() {
+            return out.line("503 5.5.1 Send EHLO or HELO first");
+        }
+        if self.transaction.is_some() {
+            return out.line("503 5.5.1 Nested MAIL command");
+        }
+        if self.config.port != Port::Mx && self.authenticated.is_none() {
+            return out.line("530 5.7.0 Authentication required");
+        }
+        if params
+            .size
+            .is_some_and(|s| s > self.config.message_size_max as u64)
+        {
+            return out.line("552 5.3.4 Message size exceeds fixed maximum message size");
+        }
+        if from.is_some_and(|m| !m.is_ascii()) && !params.smtputf8 {
+            return out.line("553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        self.transaction = Some(Transaction {
+            mail_from: from.map(|m| m.to_address()).unwrap_or_default(),
+            params,
+            recipients: Vec::new(),
+            message: None,
+            header_len: 0,
+            bdat_bytes: 0,
+            bdat_oversize: false,
+            used_bdat: false,
+        });
+        out.line("250 2.1.0 Sender ok");
+    }
+
+    fn rcpt(&mut self, to: command::Mailbox<'_>, dir: &dyn Directory, out: &mut Outbox) {
+        let is_mx = self.config.port == Port::Mx;
+        let authenticated = self.authenticated.is_some();
+        let Some(txn) = self.transaction.as_mut() else {
+            return out.line("503 5.5.1 Need MAIL before RCPT");
+        };
+        if txn.message.is_some() {
+            return out.line("503 5.5.1 RCPT not allowed during BDAT");
+        }
+        if txn.recipients.len() >= self.config.recipients_max {
+            return out.line("452 4.5.3 Too many recipients");
+        }
+        if !to.is_ascii() && !txn.params.smtputf8 {
+            return out.line("553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        let address = if to.domain.is_empty() {
+            format!("postmaster@{}", self.config.postmaster_domain)
+        } else {
+            to.to_address()
+        };
+        match dir.resolve(&address) {
+            Resolution::Local { account, mailbox } => {
+                txn.recipients.push(Recipient {
+                    address,
+                    account,
+                    mailbox,
+                });
+                out.line("250 2.1.5 Recipient ok");
+            }
+            Resolution::UnknownUser => out.line(&format!(
+                "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
+            )),
+            Resolution::NotLocal if is_mx || !authenticated => {
+                out.line(&format!("554 5.7.1 <{address}>: Relay access denied"))
+            }
+            Resolution::NotLocal => out.line(&format!(
+                "550 5.3.3 <{address}>: Delivery to remote domains is not available yet \
+                 (this server has no outbound queue)"
+            )),
+        }
+    }
+
+    fn data(&mut self, now: SystemTime, out: &mut Outbox) {
+        let refusal = self.transaction_refusal(false);
+        if let Some(reply) = refusal {
+            return out.line(reply);
+        }
+        self.begin_message(now);
+        out.line("354 End data with <CR><LF>.<CR><LF>");
+        self.state = State::Data(DataReader::new());
+    }
+
+    /// Why DATA/BDAT cannot start now, if it cannot.
+    fn transaction_refusal(&self, bdat: bool) -> Option<&'static str> {
+        match &self.transaction {
+            None => Some("503 5.5.1 Need MAIL command"),
+            Some(t) if t.recipients.is_empty() => Some("554 5.5.1 No valid recipients"),
+            Some(t) if !bdat && t.used_bdat => Some("503 5.5.1 DATA not allowed after BDAT"),
+            Some(_) => None,
+        }
+    }
+
+    fn begin_message(&mut self, now: SystemTime) {
+        let header = self.received_header(now);
+        if let Some(txn) = self.transaction.as_mut() {
+            if txn.message.is_none() {
+                txn.header_len = header.len();
+                txn.message = Some(header.into_bytes());
+            }
+        }
+    }
+
+    fn data_complete(&mut self, now: SystemTime, out: &mut Outbox) {
+        let State::Data(reader) = std::mem::replace(&mut self.state, State::Command) else {
+            return;
+        };
+        if reader.oversize {
+            self.transaction = None;
+            return out.line("552 5.3.4 Message size exceeds fixed maximum message size");
+        }
+        if reader.bare_newline {
+            self.transaction = None;
+            return out.line(
+                "550 5.6.11 Message refused: bare CR or LF in message; lines must end with \
+                 CRLF (RFC 5321 section 2.3.8)",
+            );
+        }
+        self.finish_message(now, out);
+    }
+
+    fn finish_message(&mut self, now: SystemTime, out: &mut Outbox) {
+        let Some(txn) = self.transaction.take() else {
+            return;
+        };
+        let envelope = Envelope {
+            id: self.message_id(),
+            mail_from: txn.mail_from,
+            recipients: txn.recipients,
+            message: txn.message.unwrap_or_default(),
+            received_at: now,
+        };
+        self.state = State::Waiting;
+        out.actions.push(Action::Deliver(envelope));
+    }
+
+    fn bdat(&mut self, size: u64, last: bool, now: SystemTime) {
+        let refusal = self.transaction_refusal(true);
+        if refusal.is_none() {
+            self.begin_message(now);
+            if let Some(t) = self.transaction.as_mut() {
+                t.used_bdat = true;
+            }
+        }
+        self.state = State::Bdat {
+            remaining: size,
+            last,
+            refusal,
+        };
+    }
+
+    fn bdat_bytes(&mut self, input: &[u8], now: SystemTime, out: &mut Outbox) -> usize {
+        let State::Bdat {
+            remaining, refusal, ..
+        } = &mut self.state
+        else {
+            return 0;
+        };
+        let take = (*remaining).min(input.len() as u64) as usize;
+        let chunk = input.get(..take).unwrap_or(&[]);
+        *remaining -= take as u64;
+        if refusal.is_none() {
+            let size_max = self.config.message_size_max as u64;
+            if let Some(t) = self.transaction.as_mut() {
+                t.bdat_bytes += take as u64;
+                if t.bdat_bytes > size_max {
+                    t.bdat_oversize = true;
+                    t.message = Some(Vec::new());
+                } else if let Some(m) = t.message.as_mut() {
+                    m.extend_from_slice(chunk);
+                }
+            }
+        }
+        if matches!(self.state, State::Bdat { remaining: 0, .. }) {
+            self.bdat_chunk_complete(now, out);
+        }
+        take
+    }
+
+    fn bdat_chunk_complete(&mut self, now: SystemTime, out: &mut Outbox) {
+        let State::Bdat { last, refusal, .. } = std::mem::replace(&mut self.state, State::Command)
+        else {
+            return;
+        };
+        if let Some(reply) = refusal {
+            return out.line(reply);
+        }
+        let Some(txn) = self.transaction.as_mut() else {
+            return;
+        };
+        if txn.bdat_oversize {
+            if last {
+                self.transaction = None;
+            }
+            return out.line("552 5.3.4 Message size exceeds fixed maximum message size");
+        }
+        if last {
+            self.finish_message(now, out);
+        } else {
+            out.line(&format!("250 2.0.0 {} octets received", txn.bdat_bytes));
+        }
+    }
+
+    fn starttls(&mut self, out: &mut Outbox) {
+        if self.tls {
+            return out.line("503 5.5.1 TLS already active");
+        }
+        if !self.config.tls_available {
+            return out.line("454 4.7.0 TLS not available due to temporary reason");
+        }
+        out.line("220 2.0.0 Ready to start TLS");
+        self.state = State::Waiting;
+        out.actions.push(Action::StartTls);
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: forget everything learned before it
+    /// (RFC 3207 §4.2).
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.transaction = None;
+        self.authenticated = None;
+        self.state = State::Command;
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Outbox) {
+        if self.config.port == Port::Mx {
+            return out.line("502 5.5.1 AUTH is not available on this port; use submission");
+        }
+        if !self.esmtp {
+            return out.line("503 5.5.1 Send EHLO first");
+        }
+        if self.authenticated.is_some() {
+            return out.line("503 5.5.1 Already authenticated");
+        }
+        if self.transaction.is_some() {
+            return out.line("503 5.5.1 AUTH not allowed during a mail transaction");
+        }
+        if !self.tls && !self.config.allow_plaintext_auth {
+            return out
+                .line("538 5.7.11 Encryption required for requested authentication mechanism");
+        }
+        if mechanism.eq_ignore_ascii_case("PLAIN") {
+            match initial {
+                Some(ir) => self.sasl_plain(ir.as_bytes(), out),
+                None => {
+                    out.line("334 ");
+                    self.state = State::AuthPlain;
+                }
+            }
+        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
+            match initial.map(|ir| sasl_text(ir.as_bytes(), out)) {
+                Some(Some(user)) => {
+                    out.line("334 UGFzc3dvcmQ6");
+                    self.state = State::AuthLoginPass(user);
+                }
+                Some(None) => {}
+                None => {
+                    out.line("334 VXNlcm5hbWU6");
+                    self.state = State::AuthLoginUser;
+                }
+            }
+        } else {
+            out.line("504 5.5.4 Unrecognized authentication type");
+        }
+    }
+
+    fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
+        let Some(decoded) = sasl_decode(response, out) else {
+            return;
+        };
+        let mut parts = decoded.split(|&b| b == 0);
+        let (Some(authz), Some(user), Some(pass), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return out.line("501 5.5.2 Malformed PLAIN response");
+        };
+        let (Ok(authz), Ok(user), Ok(pass)) = (
+            std::str::from_utf8(authz),
+            std::str::from_utf8(user),
+            std::str::from_utf8(pass),
+        ) else {
+            return out.line("501 5.5.2 PLAIN response is not UTF-8");
+        };
+        if !authz.is_empty() && authz != user {
+            return self.auth_failed(out);
+        }
+        self.authenticate(user.to_string(), pass.to_string(), out);
+    }
+
+    fn authenticate(&mut self, username: String, password: String, out: &mut Outbox) {
+        self.state = State::Waiting;
+        out.actions
+            .push(Action::Authenticate { username, password });
+    }
+
+    /// Result of [`Action::Authenticate`]. The IO layer has already applied the
+    /// failure delay (`limits.auth_failure_delay_ms`).
+    pub fn auth_result(&mut self, user: Option<String>, out: &mut Outbox) {
+        match user {
+            Some(user) => {
+                self.state = State::Command;
+                self.authenticated = Some(user);
+                out.line("235 2.7.0 Authentication successful");
+            }
+            None => self.auth_failed(out),
+        }
+    }
+
+    fn auth_failed(&mut self, out: &mut Outbox) {
+        self.state = State::Command;
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.auth_failures_max {
+            out.line("535 5.7.8 Authentication credentials invalid");
+            out.line(&format!(
+                "421 4.7.0 {} Too many failed authentications, closing connection",
+                self.config.hostname
+            ));
+            return self.close(out);
+        }
+        out.line("535 5.7.8 Authentication credentials invalid");
+    }
+
+    /// Result of [`Action::Deliver`]: `250` only now, when every owner has synced.
+    pub fn delivered(&mut self, id: &str, result: Result<(), DeliveryError>, out: &mut Outbox) {
+        self.state = State::Command;
+        match result {
+            Ok(()) => out.line(&format!("250 2.0.0 Ok: stored as {id}")),
+            Err(DeliveryError::Temporary) => {
+                out.line("451 4.3.0 Temporary failure storing the message, try again later")
+            }
+        }
+    }
+
+    fn message_id(&mut self) -> String {
+        self.transactions += 1;
+        format!("{:012X}{:04X}", self.session_id, self.transactions)
+    }
+
+    fn received_header(&self, now: SystemTime) -> String {
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let utf8 = self.transaction.as_ref().is_some_and(|t| t.params.smtputf8);
+        // RFC 3848 / RFC 6531 "with" protocol names.
+        let mut with = String::from(match (utf8, self.esmtp) {
+            (true, _) => "UTF8SMTP",
+            (false, true) => "ESMTP",
+            (false, false) => "SMTP",
+        });
+        if self.tls {
+            with.push('S');
+        }
+        if self.authenticated.is_some() {
+            with.push('A');
+        }
+        let for_clause = match self.transaction.as_ref().map(|t| t.recipients.as_slice()) {
+            Some([one]) => format!("\r\n\tfor <{}>", one.address),
+            _ => String::new(),
+        };
+        format!(
+            "Received: from {helo} ([{peer}])\r\n\tby {host} (shardmail) with {with} id {id:012X}{seq:04X}{for_clause};\r\n\t{date}\r\n",
+            peer = self.peer,
+            host = self.config.hostname,
+            id = self.session_id,
+            seq = self.transactions + 1,
+            date = rfc5322_date(now),
+        )
+    }
+}
+
+enum LineStep {
+    NeedMore,
+    Consumed(usize),
+    /// Consumed `.0` bytes; the line (without CR LF) is the first `.1` bytes.
+    Line(usize, usize),
+}
+
+fn sasl_decode(response: &[u8], out: &mut Outbox) -> Option<Vec<u8>> {
+    if response == b"*" {
+        out.line("501 5.0.0 Authentication cancelled");
+        return None;
+    }
+    if response == b"=" {
+        return Some(Vec::new());
+    }
+    match base64::engine::general_purpose::STANDARD.decode(response) {
+        Ok(d) => Some(d),
+        Err(_) => {
+            out.line("501 5.5.2 Cannot decode base64 response");
+            None
+        }
+    }
+}
+
+fn sasl_text(response: &[u8], out: &mut Outbox) -> Option<String> {
+    let decoded = sasl_decode(response, out)?;
+    match String::from_utf8(decoded) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            out.line("501 5.5.2 Response is not UTF-8");
+            None
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Shard-to-shard messages and the delivery fan-out (DESIGN.md §1 "delivery goes to the data").
+//!
+//! Only owned values cross shards: the message is one refcounted `Bytes` shared by
+//! every owner, never copied per shard. A delivery is acknowledged to the SMTP client
+//! only when every owning partition has made it durable; any failure is a `451`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+
+use super::Shard;
+use crate::proto::smtp::{DeliveryError, Envelope};
+use crate::store::{self, Summary};
+
+/// Messages in flight per shard pair before senders wait (bounded memory).
+pub const CHANNEL_DEPTH: usize = 1024;
+
+/// What shards say to each other. Everything here is owned and `Send`.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Store `message` in the INBOX of each account (all in `partition`), then answer.
+    Deliver {
+        request: u64,
+        from: usize,
+        partition: u32,
+        accounts: Vec<u64>,
+        message: Bytes,
+        summary: Bytes,
+        internal_date: i64,
+    },
+    /// Answer to `Deliver`: durable or not.
+    Delivered { request: u64, ok: bool },
+}
+
+/// This shard's end of the mesh.
+pub struct Mesh {
+    senders: Senders<ShardMsg>,
+    receivers: RefCell<Option<glommio::channels::channel_mesh::Receivers<ShardMsg>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<bool>>>,
+    next_request: Cell<u64>,
+}
+
+impl Mesh {
+    pub async fn join(builder: MeshBuilder<ShardMsg, Full>) -> Result<Mesh, String> {
+        let (senders, receivers) = builder
+            .join()
+            .await
+            .map_err(|e| format!("cannot join the shard mesh: {e}"))?;
+        Ok(Mesh {
+            senders,
+            receivers: RefCell::new(Some(receivers)),
+            pending: RefCell::new(HashMap::new()),
+            next_request: Cell::new(0),
+        })
+    }
+
+    async fn request(&self, owner: usize, make: impl FnOnce(u64) -> ShardMsg) -> bool {
+        let request = self.next_request.get() + 1;
+        self.next_request.set(request);
+        let (tx, rx) = oneshot::channel();
+        self.pending.borrow_mut().insert(request, tx);
+        if self.senders.send_to(owner, make(request)).await.is_err() {
+            self.pending.borrow_mut().remove(&request);
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Starts one task per peer that serves its requests and completes our requests.
+pub fn serve(shard: Rc<Shard>) {
+    let Some(mut receivers) = shard.mesh.receivers.borrow_mut().take() else {
+        return;
+    };
+    for (_peer, receiver) in receivers.streams() {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = receiver.recv().await {
+                handle(&shard, msg);
+            }
+        })
+        .detach();
+    }
+}
+
+fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
+    match msg {
+        ShardMsg::Deliver {
+            request,
+            from,
+            partition,
+            accounts,
+            message,
+            summary,
+            internal_date,
+        } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let ok = match shard.partition(partition) {
+                    Some(p) => p
+                        .deliver(&accounts, &message, &summary, internal_date)
+                        .await
+                        .is_ok(),
+                    None => {
+                        tracing::error!(
+                            partition,
+                            shard = shard.id,
+                            "delivery to a partition this shard does not own"
+                        );
+                        false
+                    }
+                };
+                let reply = ShardMsg::Delivered { request, ok };
+                if shard.mesh.senders.send_to(from, reply).await.is_err() {
+                    tracing::error!(peer = from, "cannot answer a delivery request");
+                }
+            })
+            .detach();
+        }
+        ShardMsg::Delivered { request, ok } => {
+            if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&request) {
+                let _ = tx.send(ok);
+            }
+        }
+    }
+}
+
+/// Stores an accepted message in every recipient's partition; `Ok` once all are durable.
+pub async fn deliver(shard: &Rc<Shard>, envelope: Envelope) -> Result<(), DeliveryError> {
+    // Parsed once here, on the accepting shard; owners only copy the cached bytes.
+    let summary = Bytes::from(Summary::parse(&envelope.message).to_bytes());
+    let message = Bytes::from(envelope.message);
+    let internal_date = envelope
+        .received_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let mut by_partition: HashMap<u32, Vec<u64>> = HashMap::new();
+    for r in &envelope.recipients {
+        let p = store::partition_of(r.account, shard.partitions_total);
+        let accounts = by_partition.entry(p).or_default();
+        if !accounts.contains(&r.account) {
+            accounts.push(r.account);
+        }
+    }
+    let mut tasks = Vec::with_capacity(by_partition.len());
+    for (partition, accounts) in by_partition {
+        let owner = store::shard_of(partition, shard.config.shards);
+        let (shard, message, summary) = (shard.clone(), message.clone(), summary.clone());
+        tasks.push(glommio::spawn_local(async move {
+            if owner == shard.id {
+                let Some(p) = shard.partition(partition) else {
+                    return false;
+                };
+                p.deliver(&accounts, &message, &summary, internal_date)
+                    .await
+                    .is_ok()
+            } else {
+                let from = shard.id;
+                shard
+                    .mesh
+                    .request(owner, |request| ShardMsg::Deliver {
+                        request,
+                        from,
+                        partition,
+                        accounts,
+                        message,
+                        summary,
+                        internal_date,
+                    })
+                    .await
+            }
+        }));
+    }
+    let mut all_ok = true;
+    for task in tasks {
+        all_ok &= task.await;
+    }
+    if all_ok {
+        Ok(())
+    } else {
+        Err(DeliveryError::Temporary)
+    }
+}

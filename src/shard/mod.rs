@@ -1,0 +1,341 @@
+//! The runtime: one glommio executor per shard, listeners, the mesh, shutdown.
+//!
+//! The only module tree that uses glommio. Each [`Shard`] owns its listeners (every
+//! shard binds every address with SO_REUSEPORT), its sessions, the partitions with
+//! `partition % shards == shard` and a copy of the user database. Shards share no
+//! mutable state: deliveries to another shard's partition travel over the channel mesh
+//! as owned messages ([`mesh::ShardMsg`]). Nothing here parses a protocol.
+
+pub mod conn;
+pub mod mesh;
+pub mod preflight;
+pub mod shutdown;
+pub mod smtp;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::net::TcpListener;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+
+use crate::config::Config;
+use crate::proto::smtp::{Directory, Port, Resolution, SessionConfig};
+use crate::store::{self, Partition};
+use crate::users::UserDb;
+use mesh::{Mesh, ShardMsg};
+use shutdown::Shutdown;
+
+/// Everything one shard owns. Lives in an `Rc` on its executor thread.
+pub struct Shard {
+    pub id: usize,
+    pub config: Rc<Config>,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub partitions: HashMap<u32, Rc<Partition>>,
+    pub partitions_total: u32,
+    pub users: RefCell<Rc<UserDb>>,
+    users_checked: Cell<Option<Instant>>,
+    users_mtime: Cell<Option<SystemTime>>,
+    pub mesh: Mesh,
+    pub shutdown: Shutdown,
+    pub sessions: Cell<usize>,
+    next_session: Cell<u64>,
+    smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("id", &self.id).finish()
+    }
+}
+
+impl Shard {
+    /// A process-unique session id: shard in the top bits, a counter below.
+    pub fn next_session_id(&self) -> u64 {
+        let n = self.next_session.get() + 1;
+        self.next_session.set(n);
+        ((self.id as u64) << 40) | (n & ((1 << 40) - 1))
+    }
+
+    pub fn smtp_config(&self, port: Port) -> Rc<SessionConfig> {
+        let key = match port {
+            Port::Mx => "mx",
+            Port::Submission => "submission",
+            Port::Submissions => "submissions",
+        };
+        self.smtp_configs
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Rc::new(smtp_config(&self.config, port)))
+    }
+
+    /// Re-reads `users.json` if it changed (checked at most once a second).
+    pub fn refresh_users(&self) {
+        let now = Instant::now();
+        if self
+            .users_checked
+            .get()
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.users_checked.set(Some(now));
+        let path = UserDb::path(&self.config.data_dir);
+        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if mtime == self.users_mtime.get() {
+            return;
+        }
+        match UserDb::load(&self.config.data_dir) {
+            Ok(db) => {
+                *self.users.borrow_mut() = Rc::new(db);
+                self.users_mtime.set(mtime);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload users; keeping the old ones"),
+        }
+    }
+
+    pub fn partition(&self, id: u32) -> Option<&Rc<Partition>> {
+        self.partitions.get(&id)
+    }
+}
+
+/// Recipient lookups for SMTP sessions, from the shard's copy of the user database.
+impl Directory for Shard {
+    fn resolve(&self, address: &str) -> Resolution {
+        let db = self.users.borrow().clone();
+        db.resolve(address, |d| self.config.is_local_domain(d))
+    }
+}
+
+fn smtp_config(config: &Config, port: Port) -> SessionConfig {
+    SessionConfig {
+        hostname: config.hostname.clone(),
+        port,
+        tls_available: true,
+        allow_plaintext_auth: config.allow_plaintext_auth,
+        message_size_max: config.limits.message_size_max,
+        line_bytes_max: config.limits.line_bytes_max,
+        recipients_max: config.limits.recipients_max,
+        bad_commands_max: config.limits.bad_commands_max,
+        auth_failures_max: config.limits.auth_failures_max,
+        postmaster_domain: config
+            .local_domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| config.hostname.clone()),
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT; returns after a graceful shutdown.
+pub fn serve(config: Config) -> Result<(), String> {
+    preflight::check(&config)?;
+    let _lock = preflight::lock_data_dir(&config.data_dir)?;
+    let meta = store::init(&config.data_dir, config.partitions).map_err(|e| e.to_string())?;
+    let tls = crate::tls::server_config(&config)?;
+    let users = UserDb::load(&config.data_dir).map_err(|e| e.to_string())?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
+    }
+    let shards = config.shards;
+    let mesh_builder = MeshBuilder::<ShardMsg, _>::full(shards, mesh::CHANNEL_DEPTH);
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let config = Arc::new(config);
+    tracing::info!(
+        shards,
+        partitions = meta.partitions,
+        data_dir = %config.data_dir.display(),
+        hostname = %config.hostname,
+        "starting shardmail"
+    );
+    let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
+        .name("shard")
+        .io_memory(config.io_memory_bytes)
+        .on_all_shards({
+            let (stop, failed, config, tls) = (stop.clone(), failed.clone(), config.clone(), tls);
+            move || {
+                let config = (*config).clone();
+                async move {
+                    let id = glommio::executor().id() - 1;
+                    let result = run_shard(
+                        id,
+                        config,
+                        tls,
+                        users,
+                        meta.partitions,
+                        mesh_builder,
+                        stop.clone(),
+                    )
+                    .await;
+                    if let Err(e) = result {
+                        tracing::error!(shard = id, error = %e, "shard failed");
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+        .map_err(|e| preflight::explain_executor_error(&e.to_string()))?;
+    let _ = handles.join_all();
+    match failed.lock().ok().and_then(|mut f| f.take()) {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("shardmail stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    config: Config,
+    tls: Arc<rustls::ServerConfig>,
+    users: UserDb,
+    partitions_total: u32,
+    mesh_builder: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let shards = config.shards;
+    let shutdown = Shutdown::default();
+    shutdown::watch(stop.clone(), shutdown.clone());
+    let mut partitions = HashMap::new();
+    for p in (0..partitions_total).filter(|p| store::shard_of(*p, shards) == id) {
+        let dir = store::partition_dir(&config.data_dir, p);
+        let partition = Partition::open(p, &dir, config.durability)
+            .await
+            .map_err(|e| format!("partition {p}: {e}"))?;
+        partitions.insert(p, partition);
+    }
+    // Every shard must join the mesh, even one that fails to bind, or the others wait.
+    let mesh = Mesh::join(mesh_builder).await?;
+    let config = Rc::new(config);
+    let smtp_configs = [
+        ("mx", Port::Mx),
+        ("submission", Port::Submission),
+        ("submissions", Port::Submissions),
+    ]
+    .into_iter()
+    .map(|(k, p)| (k, Rc::new(smtp_config(&config, p))))
+    .collect();
+    let shard = Rc::new(Shard {
+        id,
+        config: config.clone(),
+        tls,
+        partitions,
+        partitions_total,
+        users: RefCell::new(Rc::new(users)),
+        users_checked: Cell::new(None),
+        users_mtime: Cell::new(
+            std::fs::metadata(UserDb::path(&config.data_dir))
+                .and_then(|m| m.modified())
+                .ok(),
+        ),
+        mesh,
+        shutdown: shutdown.clone(),
+        sessions: Cell::new(0),
+        next_session: Cell::new(0),
+        smtp_configs,
+    });
+    mesh::serve(shard.clone());
+    let services: [(&str, &[SocketAddr], Option<Port>); 7] = [
+        ("listen.smtp", &config.listen.smtp, Some(Port::Mx)),
+        (
+            "listen.submission",
+            &config.listen.submission,
+            Some(Port::Submission),
+        ),
+        (
+            "listen.submissions",
+            &config.listen.submissions,
+            Some(Port::Submissions),
+        ),
+        ("listen.imap", &config.listen.imap, None),
+        ("listen.imaps", &config.listen.imaps, None),
+        ("listen.pop3", &config.listen.pop3, None),
+        ("listen.pop3s", &config.listen.pop3s, None),
+    ];
+    let mut accept_tasks = Vec::new();
+    for (key, addrs, port) in services {
+        let Some(port) = port else {
+            if id == 0 && !addrs.is_empty() {
+                tracing::info!("{key} is set but this build does not serve that protocol yet");
+            }
+            continue;
+        };
+        for addr in addrs {
+            let listener = TcpListener::bind(addr).map_err(|e| {
+                format!(
+                    "{key}: cannot listen on {addr}: {e}{}",
+                    preflight::bind_hint(addr)
+                )
+            })?;
+            if id == 0 {
+                tracing::info!(%addr, "{key} listening");
+            }
+            accept_tasks.push(glommio::spawn_local(accept_loop(
+                shard.clone(),
+                listener,
+                port,
+            )));
+        }
+    }
+    shutdown.wait().await;
+    for task in accept_tasks {
+        task.cancel().await;
+    }
+    drain(&shard).await;
+    for partition in shard.partitions.values() {
+        if let Err(e) = partition.checkpoint() {
+            tracing::warn!(partition = partition.id, error = %e, "index snapshot not written");
+        }
+    }
+    Ok(())
+}
+
+/// Waits (bounded by `server.shutdown_grace_secs`) for sessions to finish.
+async fn drain(shard: &Rc<Shard>) {
+    let deadline = Instant::now() + shard.config.shutdown_grace;
+    while shard.sessions.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if shard.sessions.get() > 0 {
+        tracing::warn!(
+            shard = shard.id,
+            sessions = shard.sessions.get(),
+            "grace period over"
+        );
+    }
+}
+
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => {
+                backoff = Duration::from_millis(5);
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: wait and retry, with a ceiling (mini-redis).
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            shard.sessions.set(shard.sessions.get() + 1);
+            smtp::run(&shard, stream, port).await;
+            shard.sessions.set(shard.sessions.get() - 1);
+        })
+        .detach();
+    }
+}

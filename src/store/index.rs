@@ -1,0 +1,393 @@
+//! A partition's index: accounts → mailboxes → messages, rebuilt from the log.
+//!
+//! The index is state derived from `messages.log`: [`Index::apply`] replays one record,
+//! and the same function applies a record after its group commit is durable, so replay
+//! and live operation can never disagree. `index.snap` is an rkyv snapshot of the index
+//! with the log offset it covers; opening loads it and replays only the log after it.
+//! Pure data; no IO except the snapshot helpers at the bottom.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::layout::{Fields, Kind, Record};
+use super::summary::Summary;
+
+/// System flags as bits (IMAP names; Maildir letters in [`crate::export`]).
+pub mod flags {
+    pub const SEEN: u32 = 1;
+    pub const ANSWERED: u32 = 1 << 1;
+    pub const FLAGGED: u32 = 1 << 2;
+    pub const DELETED: u32 = 1 << 3;
+    pub const DRAFT: u32 = 1 << 4;
+}
+
+/// RFC 6154 special-use attribute of a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+#[repr(u8)]
+pub enum SpecialUse {
+    None = 0,
+    Inbox = 1,
+    Sent = 2,
+    Drafts = 3,
+    Trash = 4,
+    Junk = 5,
+}
+
+impl SpecialUse {
+    fn from_u8(v: u8) -> SpecialUse {
+        match v {
+            1 => SpecialUse::Inbox,
+            2 => SpecialUse::Sent,
+            3 => SpecialUse::Drafts,
+            4 => SpecialUse::Trash,
+            5 => SpecialUse::Junk,
+            _ => SpecialUse::None,
+        }
+    }
+}
+
+/// Mailboxes every account has from its first use (ids 1..=5, in this order).
+pub const DEFAULT_MAILBOXES: [(&str, SpecialUse); 5] = [
+    ("INBOX", SpecialUse::Inbox),
+    ("Sent", SpecialUse::Sent),
+    ("Drafts", SpecialUse::Drafts),
+    ("Trash", SpecialUse::Trash),
+    ("Junk", SpecialUse::Junk),
+];
+
+/// One message in one mailbox.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct MessageEntry {
+    pub uid: u32,
+    pub modseq: u64,
+    pub flags: u32,
+    /// Seconds since the Unix epoch (IMAP INTERNALDATE).
+    pub internal_date: i64,
+    /// Offset of the blob record in the log.
+    pub blob: u64,
+    /// Offset and length of the message bytes in the log (what FETCH/RETR serve).
+    pub offset: u64,
+    pub len: u32,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct MailboxIndex {
+    pub id: u32,
+    pub name: String,
+    pub special_use: SpecialUse,
+    pub uidvalidity: u32,
+    /// Next UID to assign; UIDs are reserved when a commit is queued.
+    pub uid_next: u32,
+    pub highest_modseq: u64,
+    /// Sorted by UID.
+    pub messages: Vec<MessageEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct AccountIndex {
+    pub mailboxes: Vec<MailboxIndex>,
+}
+
+impl AccountIndex {
+    pub fn mailbox(&self, name: &str) -> Option<&MailboxIndex> {
+        self.mailboxes
+            .iter()
+            .find(|m| mailbox_name_eq(&m.name, name))
+    }
+    pub fn mailbox_mut_by_id(&mut self, id: u32) -> Option<&mut MailboxIndex> {
+        self.mailboxes.iter_mut().find(|m| m.id == id)
+    }
+}
+
+/// INBOX is case-insensitive (RFC 9051 §5.1); other names are exact.
+pub fn mailbox_name_eq(a: &str, b: &str) -> bool {
+    a == b || (a.eq_ignore_ascii_case("INBOX") && b.eq_ignore_ascii_case("INBOX"))
+}
+
+/// The whole index of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct Index {
+    /// Log offset up to which records have been applied.
+    pub log_end: u64,
+    pub accounts: HashMap<u64, AccountIndex>,
+}
+
+/// A record's payload the index could not decode; replay stops there.
+#[derive(Debug)]
+pub struct CorruptRecord {
+    pub offset: u64,
+}
+
+/// One decoded log record: what [`Index::apply`] does with it.
+#[derive(Debug)]
+pub enum Op {
+    Blob {
+        blob: u64,
+        offset: u64,
+        len: u32,
+        summary: Summary,
+    },
+    MailboxCreate {
+        account: u64,
+        id: u32,
+        uidvalidity: u32,
+        special: SpecialUse,
+        name: String,
+    },
+    Append {
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        modseq: u64,
+        internal_date: i64,
+        flags: u32,
+        blob: u64,
+    },
+    Flags {
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        modseq: u64,
+        flags: u32,
+    },
+    Expunge {
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        modseq: u64,
+    },
+}
+
+impl Op {
+    /// Decodes a record that passed its checksum.
+    pub fn decode(record: &Record<'_>) -> Result<Op, CorruptRecord> {
+        let corrupt = || CorruptRecord {
+            offset: record.offset,
+        };
+        let mut f = Fields(record.payload);
+        Ok(match record.kind {
+            Kind::Blob => {
+                let summary_len = f.u32().ok_or_else(corrupt)? as usize;
+                let summary = f.bytes(summary_len).ok_or_else(corrupt)?;
+                let len = u32::try_from(f.rest().len()).map_err(|_| corrupt())?;
+                Op::Blob {
+                    blob: record.offset,
+                    offset: record.payload_offset() + 4 + summary_len as u64,
+                    len,
+                    summary: Summary::from_bytes(summary).unwrap_or_default(),
+                }
+            }
+            Kind::MailboxCreate => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let id = f.u32().ok_or_else(corrupt)?;
+                let uidvalidity = f.u32().ok_or_else(corrupt)?;
+                let special = SpecialUse::from_u8(f.u8().ok_or_else(corrupt)?);
+                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
+                Op::MailboxCreate {
+                    account,
+                    id,
+                    uidvalidity,
+                    special,
+                    name,
+                }
+            }
+            Kind::Append => Op::Append {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid: f.u32().ok_or_else(corrupt)?,
+                modseq: f.u64().ok_or_else(corrupt)?,
+                internal_date: f.i64().ok_or_else(corrupt)?,
+                flags: f.u32().ok_or_else(corrupt)?,
+                blob: f.u64().ok_or_else(corrupt)?,
+            },
+            Kind::Flags => Op::Flags {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid: f.u32().ok_or_else(corrupt)?,
+                modseq: f.u64().ok_or_else(corrupt)?,
+                flags: f.u32().ok_or_else(corrupt)?,
+            },
+            Kind::Expunge => Op::Expunge {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid: f.u32().ok_or_else(corrupt)?,
+                modseq: f.u64().ok_or_else(corrupt)?,
+            },
+        })
+    }
+}
+
+/// An op refers to something the index does not have (a bug or a damaged log).
+#[derive(Debug)]
+pub struct DanglingOp(pub &'static str);
+
+impl Index {
+    /// Applies one durable op (replay and live commits both come here).
+    pub fn apply(&mut self, op: Op, blobs: &mut BlobCache) -> Result<(), DanglingOp> {
+        match op {
+            Op::Blob {
+                blob,
+                offset,
+                len,
+                summary,
+            } => blobs.insert(blob, offset, len, summary),
+            Op::MailboxCreate {
+                account,
+                id,
+                uidvalidity,
+                special,
+                name,
+            } => {
+                let acct = self.accounts.entry(account).or_default();
+                if acct.mailboxes.iter().all(|m| m.id != id) {
+                    acct.mailboxes.push(MailboxIndex {
+                        id,
+                        name,
+                        special_use: special,
+                        uidvalidity,
+                        uid_next: 1,
+                        highest_modseq: 0,
+                        messages: Vec::new(),
+                    });
+                }
+            }
+            Op::Append {
+                account,
+                mailbox,
+                uid,
+                modseq,
+                internal_date,
+                flags,
+                blob,
+            } => {
+                let (offset, len, summary) = blobs
+                    .get(blob)
+                    .ok_or(DanglingOp("append refers to an unknown blob"))?;
+                let mb = self.mailbox_mut(account, mailbox)?;
+                mb.uid_next = mb.uid_next.max(uid + 1);
+                mb.highest_modseq = mb.highest_modseq.max(modseq);
+                let entry = MessageEntry {
+                    uid,
+                    modseq,
+                    flags,
+                    internal_date,
+                    blob,
+                    offset,
+                    len,
+                    summary,
+                };
+                if let Err(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
+                    mb.messages.insert(at, entry);
+                }
+            }
+            Op::Flags {
+                account,
+                mailbox,
+                uid,
+                modseq,
+                flags,
+            } => {
+                let mb = self.mailbox_mut(account, mailbox)?;
+                mb.highest_modseq = mb.highest_modseq.max(modseq);
+                if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
+                    if let Some(m) = mb.messages.get_mut(at) {
+                        m.flags = flags;
+                        m.modseq = modseq;
+                    }
+                }
+            }
+            Op::Expunge {
+                account,
+                mailbox,
+                uid,
+                modseq,
+            } => {
+                let mb = self.mailbox_mut(account, mailbox)?;
+                mb.highest_modseq = mb.highest_modseq.max(modseq);
+                if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
+                    mb.messages.remove(at);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn mailbox_mut(&mut self, account: u64, mailbox: u32) -> Result<&mut MailboxIndex, DanglingOp> {
+        self.accounts
+            .get_mut(&account)
+            .and_then(|a| a.mailbox_mut_by_id(mailbox))
+            .ok_or(DanglingOp("op refers to an unknown mailbox"))
+    }
+
+    /// Writes the snapshot atomically (write, fsync, rename, fsync dir).
+    pub fn save_snapshot(&self, dir: &Path) -> std::io::Result<()> {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut file_bytes = Vec::with_capacity(bytes.len() + 16);
+        file_bytes.extend_from_slice(SNAPSHOT_MAGIC);
+        file_bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
+        file_bytes.extend_from_slice(&[0; 4]);
+        file_bytes.extend_from_slice(&bytes);
+        let tmp = dir.join("index.snap.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&file_bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, dir.join("index.snap"))?;
+        std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// Loads `index.snap` if present and intact.
+    pub fn load_snapshot(dir: &Path) -> Option<Index> {
+        let bytes = std::fs::read(dir.join("index.snap")).ok()?;
+        let body = bytes.get(16..)?;
+        if bytes.get(..8)? != SNAPSHOT_MAGIC {
+            return None;
+        }
+        let crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+        if crc32c::crc32c(body) != crc {
+            return None;
+        }
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(body.len());
+        aligned.extend_from_slice(body);
+        rkyv::from_bytes::<Index, rkyv::rancor::Error>(&aligned).ok()
+    }
+}
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap01";
+
+/// Blob records seen during replay or commit, so Append records can find their bytes.
+#[derive(Debug, Default)]
+pub struct BlobCache {
+    blobs: HashMap<u64, (u64, u32, Summary)>,
+}
+
+impl BlobCache {
+    pub fn insert(&mut self, blob: u64, offset: u64, len: u32, summary: Summary) {
+        self.blobs.insert(blob, (offset, len, summary));
+    }
+    pub fn get(&self, blob: u64) -> Option<(u64, u32, Summary)> {
+        self.blobs.get(&blob).cloned()
+    }
+    /// Rebuilds the cache from the index (after loading a snapshot).
+    pub fn from_index(index: &Index) -> BlobCache {
+        let mut cache = BlobCache::default();
+        for acct in index.accounts.values() {
+            for mb in &acct.mailboxes {
+                for m in &mb.messages {
+                    cache.insert(m.blob, m.offset, m.len, m.summary.clone());
+                }
+            }
+        }
+        cache
+    }
+    /// Drops entries once their appends are applied (live commits do not need them).
+    pub fn clear(&mut self) {
+        self.blobs.clear();
+    }
+}

@@ -1,0 +1,439 @@
+//! One partition: its `messages.log`, the index derived from it, and group commit.
+//!
+//! Owned by exactly one shard (`!Send`, shard-local `RefCell`s). Appends are encoded
+//! into records, queued, and written by a single commit task: every batch that queued
+//! while the previous fdatasync ran is written and covered by the next one, and only
+//! then are the index updated and the waiters told. Reads come from a read-only mmap of
+//! the same file. This is the only module with `unsafe` in the store (the mmap).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures_channel::oneshot;
+use glommio::io::BufferedFile;
+use memmap2::Mmap;
+
+use super::index::{BlobCache, Index, Op, DEFAULT_MAILBOXES};
+use super::layout::{self, Kind, Scanner, FILE_MAGIC};
+use super::StoreError;
+use crate::config::Durability;
+
+/// Log and index of one partition as found on disk (shared by serve and export).
+#[derive(Debug)]
+pub struct Loaded {
+    pub index: Index,
+    /// End of the valid records; anything after it is a torn tail.
+    pub valid_end: u64,
+    pub file_len: u64,
+}
+
+/// Opens the log read-only, loads the snapshot and replays the records after it.
+pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
+    let path = dir.join("messages.log");
+    let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+    let file_len = file.metadata().map_err(|e| StoreError::io(&path, e))?.len();
+    if file_len < FILE_MAGIC.len() as u64 {
+        return Err(StoreError::Corrupt(format!(
+            "{}: shorter than its header",
+            path.display()
+        )));
+    }
+    let map = map_file(&file, &path)?;
+    if map.get(..FILE_MAGIC.len()) != Some(&FILE_MAGIC[..]) {
+        return Err(StoreError::Corrupt(format!(
+            "{}: not a shardmail log",
+            path.display()
+        )));
+    }
+    let snapshot = Index::load_snapshot(dir).filter(|s| s.log_end <= file_len);
+    let mut index = snapshot.unwrap_or_default();
+    let mut blobs = BlobCache::from_index(&index);
+    let mut scanner = Scanner::new(&map, index.log_end as usize);
+    for record in scanner.by_ref() {
+        let op = Op::decode(&record).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{}: undecodable record at {}",
+                path.display(),
+                e.offset
+            ))
+        })?;
+        index.apply(op, &mut blobs).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{}: record at {}: {}",
+                path.display(),
+                record.offset,
+                e.0
+            ))
+        })?;
+    }
+    index.log_end = scanner.valid_end();
+    Ok(Loaded {
+        valid_end: index.log_end,
+        index,
+        file_len,
+    })
+}
+
+fn map_file(file: &std::fs::File, path: &Path) -> Result<Mmap, StoreError> {
+    // SAFETY: the log is append-only while mapped: records are never rewritten in place
+    // and the file is only truncated by `recover` before any map of it is taken. The
+    // data directory is locked by the running server (`data/lock`), so no other
+    // shardmail process truncates it; an outside process that does can cause SIGBUS,
+    // which is the documented risk of serving from mmap (as in ripgrep's mmap.rs).
+    unsafe { Mmap::map(file) }.map_err(|e| StoreError::io(path, e))
+}
+
+/// Creates an empty log if missing, then truncates a torn tail. Call before [`load`]
+/// maps are used for serving.
+pub fn recover(dir: &Path) -> Result<Loaded, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
+    let path = dir.join("messages.log");
+    if !path.exists() {
+        let mut f = std::fs::File::create(&path).map_err(|e| StoreError::io(&path, e))?;
+        f.write_all(FILE_MAGIC)
+            .map_err(|e| StoreError::io(&path, e))?;
+        f.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io(dir, e))?;
+    }
+    let loaded = load(dir)?;
+    if loaded.valid_end < loaded.file_len {
+        tracing::warn!(
+            dir = %dir.display(),
+            torn_bytes = loaded.file_len - loaded.valid_end,
+            "truncating torn tail of the message log (an unacknowledged write)"
+        );
+        let f = std::fs::OpenOptions::new().write(true).open(&path);
+        f.and_then(|f| {
+            f.set_len(loaded.valid_end)?;
+            f.sync_all()
+        })
+        .map_err(|e| StoreError::io(&path, e))?;
+    }
+    Ok(loaded)
+}
+
+/// Bytes of a stored message, borrowed from the mmap (no copy).
+#[derive(Debug, Clone)]
+pub struct MappedSlice {
+    map: Rc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl Deref for MappedSlice {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.map.get(self.start..self.end).unwrap_or(&[])
+    }
+}
+
+struct Batch {
+    /// File offset of `bytes[0]`.
+    base: u64,
+    bytes: Vec<u8>,
+    /// Bytes written (set when `bytes` is handed to the kernel).
+    len: u64,
+    ops: Vec<Op>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Counters for metrics and the issue notes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CommitStats {
+    pub syncs: u64,
+    pub batches: u64,
+}
+
+/// One open partition on its owning shard.
+pub struct Partition {
+    pub id: u32,
+    dir: PathBuf,
+    writer: BufferedFile,
+    reader: std::fs::File,
+    map: RefCell<Rc<Mmap>>,
+    index: RefCell<Index>,
+    queue: RefCell<Vec<Batch>>,
+    committing: Cell<bool>,
+    /// Offset where the next queued batch will be written.
+    end: Cell<u64>,
+    /// UIDs/modseqs handed out but not yet durable, per (account, mailbox).
+    reserved: RefCell<HashMap<(u64, u32), (u32, u64)>>,
+    /// Accounts whose default mailboxes are queued but not yet durable.
+    creating: RefCell<HashSet<u64>>,
+    durability: Durability,
+    failed: Cell<bool>,
+    stats: Cell<CommitStats>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("id", &self.id)
+            .field("end", &self.end)
+            .finish()
+    }
+}
+
+impl Partition {
+    /// Recovers and opens partition `id` in `dir` (inside a glommio executor).
+    pub async fn open(
+        id: u32,
+        dir: &Path,
+        durability: Durability,
+    ) -> Result<Rc<Partition>, StoreError> {
+        let loaded = recover(dir)?;
+        let path = dir.join("messages.log");
+        let writer = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| StoreError::glommio(&path, e))?;
+        let reader = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let map = map_file(&reader, &path)?;
+        Ok(Rc::new(Partition {
+            id,
+            dir: dir.to_path_buf(),
+            writer,
+            reader,
+            map: RefCell::new(Rc::new(map)),
+            end: Cell::new(loaded.valid_end),
+            index: RefCell::new(loaded.index),
+            queue: RefCell::new(Vec::new()),
+            committing: Cell::new(false),
+            reserved: RefCell::new(HashMap::new()),
+            creating: RefCell::new(HashSet::new()),
+            durability,
+            failed: Cell::new(false),
+            stats: Cell::new(CommitStats::default()),
+        }))
+    }
+
+    /// Read access to the index (never hold it across an await).
+    pub fn index(&self) -> std::cell::Ref<'_, Index> {
+        self.index.borrow()
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        self.stats.get()
+    }
+
+    /// Message bytes at `offset..offset+len` of the log, from the mmap.
+    pub fn read(&self, offset: u64, len: u32) -> Option<MappedSlice> {
+        let (start, end) = (offset as usize, offset as usize + len as usize);
+        if end > self.map.borrow().len() {
+            // The file grew since the last map; map it again (old maps stay valid for
+            // readers that still hold them).
+            let fresh = map_file(&self.reader, &self.dir).ok()?;
+            *self.map.borrow_mut() = Rc::new(fresh);
+        }
+        let map = self.map.borrow().clone();
+        (end <= map.len()).then_some(MappedSlice { map, start, end })
+    }
+
+    /// Stores `message` in the INBOX of every account in `accounts` (all owned by this
+    /// partition); resolves once durable per `store.durability`.
+    pub async fn deliver(
+        self: &Rc<Self>,
+        accounts: &[u64],
+        message: &[u8],
+        summary: &[u8],
+        internal_date: i64,
+    ) -> Result<(), StoreError> {
+        if self.failed.get() {
+            return Err(StoreError::Failed(self.id));
+        }
+        let mut bytes = Vec::with_capacity(message.len() + summary.len() + 256);
+        let base = self.end.get();
+        for &account in accounts {
+            self.encode_default_mailboxes(&mut bytes, account, internal_date);
+        }
+        let blob = base + bytes.len() as u64;
+        let summary_len = (summary.len() as u32).to_le_bytes();
+        layout::encode(&mut bytes, Kind::Blob, &[&summary_len, summary, message]);
+        for &account in accounts {
+            let (uid, modseq) = self.reserve(account, 1);
+            layout::encode(
+                &mut bytes,
+                Kind::Append,
+                &[
+                    &account.to_le_bytes(),
+                    &1u32.to_le_bytes(), // INBOX is mailbox 1 of every account
+                    &uid.to_le_bytes(),
+                    &modseq.to_le_bytes(),
+                    &internal_date.to_le_bytes(),
+                    &0u32.to_le_bytes(),
+                    &blob.to_le_bytes(),
+                ],
+            );
+        }
+        self.commit(base, bytes).await
+    }
+
+    fn encode_default_mailboxes(&self, out: &mut Vec<u8>, account: u64, now: i64) {
+        if self.index.borrow().accounts.contains_key(&account)
+            || !self.creating.borrow_mut().insert(account)
+        {
+            return;
+        }
+        // UIDVALIDITY: creation time in seconds, distinct per mailbox (RFC 9051 §2.3.1.1).
+        let uidvalidity = now.max(1) as u32;
+        for (i, (name, special)) in DEFAULT_MAILBOXES.iter().enumerate() {
+            let id = i as u32 + 1;
+            layout::encode(
+                out,
+                Kind::MailboxCreate,
+                &[
+                    &account.to_le_bytes(),
+                    &id.to_le_bytes(),
+                    &uidvalidity.wrapping_add(i as u32).to_le_bytes(),
+                    &[*special as u8],
+                    name.as_bytes(),
+                ],
+            );
+        }
+    }
+
+    /// Hands out the next UID and MODSEQ of a mailbox before its append is durable.
+    fn reserve(&self, account: u64, mailbox: u32) -> (u32, u64) {
+        let (uid_next, modseq_next) = self
+            .index
+            .borrow()
+            .accounts
+            .get(&account)
+            .and_then(|a| a.mailboxes.iter().find(|m| m.id == mailbox))
+            .map(|m| (m.uid_next, m.highest_modseq + 1))
+            .unwrap_or((1, 1));
+        let mut reserved = self.reserved.borrow_mut();
+        let slot = reserved
+            .entry((account, mailbox))
+            .or_insert((uid_next, modseq_next));
+        slot.0 = slot.0.max(uid_next);
+        slot.1 = slot.1.max(modseq_next);
+        let out = *slot;
+        *slot = (slot.0 + 1, slot.1 + 1);
+        out
+    }
+
+    /// Queues encoded records (which start at file offset `base`) and waits until they
+    /// are durable and applied to the index.
+    async fn commit(self: &Rc<Self>, base: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        debug_assert_eq!(
+            base,
+            self.end.get(),
+            "records were encoded for another offset"
+        );
+        let ops = Scanner::region(&bytes, base)
+            .map(|r| Op::decode(&r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                StoreError::Corrupt(format!("encoded an invalid record at {}", e.offset))
+            })?;
+        self.end.set(base + bytes.len() as u64);
+        let (done, wait) = oneshot::channel();
+        self.queue.borrow_mut().push(Batch {
+            base,
+            len: 0,
+            bytes,
+            ops,
+            done,
+        });
+        if !self.committing.replace(true) {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.commit_loop().await }).detach();
+        }
+        wait.await.unwrap_or(Err(StoreError::Failed(self.id)))
+    }
+
+    async fn commit_loop(self: Rc<Self>) {
+        loop {
+            let mut batches: Vec<Batch> = {
+                let mut queue = self.queue.borrow_mut();
+                if queue.is_empty() {
+                    self.committing.set(false);
+                    return;
+                }
+                match self.durability {
+                    // One batch per fdatasync: the strict mode for comparison runs.
+                    Durability::Sync => vec![queue.remove(0)],
+                    Durability::Group | Durability::None => std::mem::take(&mut *queue),
+                }
+            };
+            let result = self.write_batches(&mut batches).await;
+            if let Err(e) = &result {
+                tracing::error!(partition = self.id, error = %e, "log write failed; partition stopped");
+                self.failed.set(true);
+            }
+            let mut stats = self.stats.get();
+            stats.syncs += 1;
+            stats.batches += batches.len() as u64;
+            self.stats.set(stats);
+            for batch in batches {
+                let outcome = match &result {
+                    Ok(()) => self.apply(batch.base + batch.len, batch.ops),
+                    Err(_) => Err(StoreError::Failed(self.id)),
+                };
+                let _ = batch.done.send(outcome);
+            }
+        }
+    }
+
+    async fn write_batches(&self, batches: &mut [Batch]) -> Result<(), StoreError> {
+        let path = self.dir.join("messages.log");
+        if self.failed.get() {
+            return Err(StoreError::Failed(self.id));
+        }
+        for batch in batches.iter_mut() {
+            // The buffer goes to io_uring by value; keep only its length. A short write
+            // (the buffer is gone by then) fails the partition rather than guess what
+            // reached the disk; recovery at the next start truncates the torn tail.
+            let bytes = std::mem::take(&mut batch.bytes);
+            batch.len = bytes.len() as u64;
+            let n = self
+                .writer
+                .write_at(bytes, batch.base)
+                .await
+                .map_err(|e| StoreError::glommio(&path, e))?;
+            if n as u64 != batch.len {
+                return Err(StoreError::io(&path, std::io::ErrorKind::WriteZero.into()));
+            }
+        }
+        if self.durability != Durability::None {
+            self.writer
+                .fdatasync()
+                .await
+                .map_err(|e| StoreError::glommio(&path, e))?;
+        }
+        Ok(())
+    }
+
+    fn apply(&self, end: u64, ops: Vec<Op>) -> Result<(), StoreError> {
+        let mut index = self.index.borrow_mut();
+        let mut blobs = BlobCache::default();
+        for op in ops {
+            if let Op::MailboxCreate { account, .. } = &op {
+                self.creating.borrow_mut().remove(account);
+            }
+            index
+                .apply(op, &mut blobs)
+                .map_err(|e| StoreError::Corrupt(e.0.to_string()))?;
+        }
+        debug_assert!(end >= index.log_end, "batches applied out of order");
+        index.log_end = end;
+        Ok(())
+    }
+
+    /// Writes an index snapshot (at shutdown, after the last commit).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.index
+            .borrow()
+            .save_snapshot(&self.dir)
+            .map_err(|e| StoreError::io(&self.dir, e))
+    }
+}

@@ -1,0 +1,137 @@
+//! The MIME summary of a message, parsed once at delivery and cached in the index.
+//!
+//! IMAP's ENVELOPE and BODYSTRUCTURE are answered from this, never by re-parsing the
+//! stored bytes. It keeps raw header values and part offsets only; decoding is the
+//! protocol layer's job. Built with mail-parser; must never panic on any message.
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Raw (undecoded) values of the headers IMAP's ENVELOPE needs.
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct EnvelopeFields {
+    pub date: Option<String>,
+    pub subject: Option<String>,
+    pub from: Option<String>,
+    pub sender: Option<String>,
+    pub reply_to: Option<String>,
+    pub to: Option<String>,
+    pub cc: Option<String>,
+    pub bcc: Option<String>,
+    pub in_reply_to: Option<String>,
+    pub message_id: Option<String>,
+}
+
+/// One MIME part, with offsets into the stored message.
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct PartSummary {
+    /// e.g. `text`, `multipart`.
+    pub ctype: String,
+    /// e.g. `plain`, `mixed`.
+    pub subtype: String,
+    /// Content-Type parameters (`charset`, `boundary`, `name`…).
+    pub params: Vec<(String, String)>,
+    /// Content-Transfer-Encoding as written, if any.
+    pub encoding: Option<String>,
+    pub offset_header: u32,
+    pub offset_body: u32,
+    pub offset_end: u32,
+    /// Indexes of child parts (multipart or message/rfc822).
+    pub children: Vec<u32>,
+}
+
+/// Everything cached about a message's structure.
+#[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct Summary {
+    pub envelope: EnvelopeFields,
+    /// Part 0 is the whole message.
+    pub parts: Vec<PartSummary>,
+}
+
+impl Summary {
+    /// Parses `message`; an unparseable message yields an empty summary (stored anyway).
+    pub fn parse(message: &[u8]) -> Summary {
+        let Some(parsed) = MessageParser::default().parse(message) else {
+            return Summary::default();
+        };
+        let raw = |name: &str| parsed.header_raw(name).map(|v| v.trim().to_string());
+        let envelope = EnvelopeFields {
+            date: raw("Date"),
+            subject: raw("Subject"),
+            from: raw("From"),
+            sender: raw("Sender"),
+            reply_to: raw("Reply-To"),
+            to: raw("To"),
+            cc: raw("Cc"),
+            bcc: raw("Bcc"),
+            in_reply_to: raw("In-Reply-To"),
+            message_id: raw("Message-ID"),
+        };
+        let parts = parsed
+            .parts
+            .iter()
+            .map(|part| {
+                let (ctype, subtype, params) = match part.content_type() {
+                    Some(ct) => (
+                        ct.ctype().to_ascii_lowercase(),
+                        ct.subtype().unwrap_or("").to_ascii_lowercase(),
+                        ct.attributes()
+                            .unwrap_or(&[])
+                            .iter()
+                            .map(|a| (a.name.to_string(), a.value.to_string()))
+                            .collect(),
+                    ),
+                    None => ("text".into(), "plain".into(), Vec::new()),
+                };
+                let children = match &part.body {
+                    PartType::Multipart(ids) => ids.clone(),
+                    PartType::Message(_) => Vec::new(),
+                    _ => Vec::new(),
+                };
+                PartSummary {
+                    ctype,
+                    subtype,
+                    params,
+                    encoding: part.content_transfer_encoding().map(|e| e.to_string()),
+                    offset_header: part.offset_header,
+                    offset_body: part.offset_body,
+                    offset_end: part.offset_end,
+                    children,
+                }
+            })
+            .collect();
+        Summary { envelope, parts }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            .map(|v| v.to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Decodes bytes written by [`Summary::to_bytes`]; `None` if they are damaged.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Summary> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+        aligned.extend_from_slice(bytes);
+        rkyv::from_bytes::<Summary, rkyv::rancor::Error>(&aligned).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multipart_summary_round_trips() {
+        let msg = b"From: A <a@x.example>\r\nTo: b@y.example\r\nSubject: hi\r\n\
+            Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+            Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\n--b1--\r\n";
+        let s = Summary::parse(msg);
+        assert_eq!(s.envelope.subject.as_deref(), Some("hi"));
+        assert_eq!(s.parts[0].ctype, "multipart");
+        assert_eq!(s.parts[0].children.len(), 1);
+        assert_eq!(s.parts[1].subtype, "plain");
+        assert_eq!(Summary::from_bytes(&s.to_bytes()), Some(s));
+        assert_eq!(Summary::from_bytes(b"garbage"), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! Accounts, aliases and catch-alls: `users.json` in the data directory.
+//!
+//! The CLI (`shardmail user …`, `shardmail alias …`) edits the file under an exclusive
+//! `flock` and replaces it atomically; a running server notices the new mtime and
+//! reloads it (each shard keeps its own copy). Passwords are argon2id PHC strings;
+//! verification is CPU-heavy and must run off the reactor (`spawn_blocking`). Each
+//! account has a random 64-bit id that keys its mail in the store, so deleting a user
+//! and adding the same address again never resurrects old mail.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use serde::{Deserialize, Serialize};
+
+use crate::proto::smtp::Resolution;
+
+/// One account.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct User {
+    pub id: u64,
+    /// argon2id PHC string.
+    pub password: String,
+    pub created: i64,
+}
+
+/// The whole user database.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UserDb {
+    /// Keyed by normalised address (lowercase).
+    pub users: BTreeMap<String, User>,
+    /// `alias@domain` → `user@domain`; `@domain` is the domain's catch-all.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+}
+
+/// Lowercases an address; `None` if it is not `local@domain`.
+pub fn normalize(address: &str) -> Option<String> {
+    let address = address.trim();
+    let (local, domain) = address.rsplit_once('@')?;
+    if local.is_empty() || domain.is_empty() || address.contains(char::is_whitespace) {
+        return None;
+    }
+    Some(format!(
+        "{}@{}",
+        local.to_lowercase(),
+        domain.to_ascii_lowercase()
+    ))
+}
+
+impl UserDb {
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("users.json")
+    }
+
+    /// Loads the database; a missing file is an empty database.
+    pub fn load(data_dir: &Path) -> std::io::Result<UserDb> {
+        let path = Self::path(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                std::io::Error::other(format!("{}: not a valid users file: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UserDb::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads, lets `edit` change the database, and saves it, all under an exclusive lock.
+    pub fn update<T>(
+        data_dir: &Path,
+        edit: impl FnOnce(&mut UserDb) -> Result<T, String>,
+    ) -> Result<T, String> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let lock_path = data_dir.join("users.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        flock(&lock, libc::LOCK_EX)
+            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        let mut db = UserDb::load(data_dir).map_err(|e| e.to_string())?;
+        let out = edit(&mut db)?;
+        let text = serde_json::to_string_pretty(&db).map_err(|e| e.to_string())?;
+        let path = Self::path(data_dir);
+        write_atomic(&path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(out)
+    }
+
+    /// Classifies a recipient. `is_local_domain` comes from `domains.local`.
+    pub fn resolve(&self, address: &str, is_local_domain: impl Fn(&str) -> bool) -> Resolution {
+        let Some(addr) = normalize(address) else {
+            return Resolution::UnknownUser;
+        };
+        let domain = addr.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+        if let Some(user) = self.users.get(&addr) {
+            return Resolution::Local {
+                account: user.id,
+                mailbox: addr,
+            };
+        }
+        let target = self
+            .aliases
+            .get(&addr)
+            .or_else(|| self.aliases.get(&format!("@{domain}")));
+        if let Some(target) = target {
+            if let Some(user) = self.users.get(target) {
+                return Resolution::Local {
+                    account: user.id,
+                    mailbox: target.clone(),
+                };
+            }
+        }
+        if is_local_domain(domain) {
+            Resolution::UnknownUser
+        } else {
+            Resolution::NotLocal
+        }
+    }
+
+    /// The account named by `address` (no alias expansion: logins use real names).
+    pub fn user(&self, address: &str) -> Option<&User> {
+        self.users.get(&normalize(address)?)
+    }
+}
+
+/// argon2id with the crate's defaults (19 MiB, 2 passes: OWASP's recommendation).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash password: {e}"))
+}
+
+/// Checks `password` against a PHC string. CPU-heavy: call off the reactor.
+pub fn verify_password(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Writes a file via a temporary name, fsync and rename, then fsyncs the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// `flock(2)` on an open file (released when the file is closed).
+pub fn flock(file: &std::fs::File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock only reads the descriptor number, which `file` keeps open.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A new random account id (never 0).
+pub fn new_account_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_users_aliases_catchall() {
+        let mut db = UserDb::default();
+        db.users.insert(
+            "bob@ex.org".into(),
+            User {
+                id: 7,
+                password: String::new(),
+                created: 0,
+            },
+        );
+        db.aliases.insert("info@ex.org".into(), "bob@ex.org".into());
+        let local = |d: &str| d == "ex.org" || d == "other.org";
+        assert_eq!(
+            db.resolve("Bob@EX.org", local),
+            Resolution::Local {
+                account: 7,
+                mailbox: "bob@ex.org".into()
+            }
+        );
+        assert!(matches!(
+            db.resolve("info@ex.org", local),
+            Resolution::Local { account: 7, .. }
+        ));
+        assert_eq!(db.resolve("nobody@ex.org", local), Resolution::UnknownUser);
+        assert_eq!(db.resolve("x@remote.example", local), Resolution::NotLocal);
+        db.aliases.insert("@other.org".into(), "bob@ex.org".into());
+        assert!(matches!(
+            db.resolve("any@other.org", local),
+            Resolution::Local { .. }
+        ));
+    }
+
+    #[test]
+    fn password_hash_round_trip() {
+        let h = hash_password("s3cret").expect("hash");
+        assert!(verify_password(&h, "s3cret"));
+        assert!(!verify_password(&h, "wrong"));
+        assert!(!verify_password("not a hash", "s3cret"));
+    }
+}
