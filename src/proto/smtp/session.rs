@@ -315,13 +315,13 @@ impl Session {
                 };
                 LineStep::Line(lf + 1, end)
             }
-            None if rest.len() >= limit => {
-                // Past the limit without a LF: drop what we have, keep dropping to the LF.
+            None if window.len() >= limit => {
+                // Past the limit without a LF: drop the window, keep dropping to the LF.
                 if !matches!(self.state, State::DiscardLine) {
                     self.cancel_auth_exchange();
                     self.state = State::DiscardLine;
                 }
-                LineStep::Consumed(rest.len())
+                LineStep::Consumed(window.len())
             }
             None => LineStep::NeedMore,
         }

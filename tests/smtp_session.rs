@@ -1,0 +1,507 @@
+//! SMTP session transcripts, run in memory (no sockets), each replayed whole and in
+//! 1-, 2-, 7- and 100-byte fragments: the replies and actions must be identical.
+//!
+//! Transcript lines: `C: text` client line (CRLF added), `R: text` raw client bytes
+//! with `\r` `\n` escapes and no CRLF added, `S: text` expected reply line, `A: …`
+//! expected action (`A: deliver FROM -> TO,TO`, `A: auth USER PASS` — the fake
+//! password is `secret` —, `A: starttls`, `A: close`). A `A: deliver … => fail`
+//! line makes the store fail. Client lines are sent in blocks: all `C:`/`R:` lines
+//! up to the next `S:`/`A:` line go out together (pipelining).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use shardmail::proto::smtp::{
+    Action, DeliveryError, Directory, Outbox, Port, Resolution, Session, SessionConfig,
+};
+
+struct FakeDirectory;
+
+impl Directory for FakeDirectory {
+    fn resolve(&self, address: &str) -> Resolution {
+        let (local, domain) = address.rsplit_once('@').unwrap_or((address, ""));
+        match (local, domain) {
+            ("alice", "example.org") => Resolution::Local {
+                account: 1,
+                mailbox: address.into(),
+            },
+            ("bob", "example.org") => Resolution::Local {
+                account: 2,
+                mailbox: address.into(),
+            },
+            ("postmaster", "example.org") => Resolution::Local {
+                account: 1,
+                mailbox: "alice@example.org".into(),
+            },
+            (_, "example.org") => Resolution::UnknownUser,
+            _ => Resolution::NotLocal,
+        }
+    }
+}
+
+fn config(port: Port) -> Rc<SessionConfig> {
+    Rc::new(SessionConfig {
+        hostname: "mx.example".into(),
+        port,
+        tls_available: true,
+        allow_plaintext_auth: false,
+        message_size_max: 200,
+        line_bytes_max: 512,
+        recipients_max: 3,
+        bad_commands_max: 4,
+        auth_failures_max: 2,
+        postmaster_domain: "example.org".into(),
+    })
+}
+
+fn now() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_795_675_500)
+}
+
+fn unescape(s: &str) -> Vec<u8> {
+    s.replace("\\r", "\r").replace("\\n", "\n").into_bytes()
+}
+
+/// Runs `transcript` feeding client bytes in `chunk`-byte pieces; returns the log of
+/// replies and actions per block, and the delivered messages.
+fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>) {
+    let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let mut session = Session::new(config(port), peer, 0xABC, port == Port::Submissions);
+    let mut out = Outbox::default();
+    let mut log = Vec::new();
+    let mut delivered = Vec::new();
+    session.greet(&mut out);
+    let fail_flags: Vec<bool> = transcript
+        .lines()
+        .filter(|l| l.trim_start().starts_with("A: deliver"))
+        .map(|l| l.trim_end().ends_with("=> fail"))
+        .collect();
+    let mut deliveries = 0usize;
+    drain_replies(&mut out, &mut log);
+    let mut pending: Vec<u8> = Vec::new();
+    let mut block: Vec<u8> = Vec::new();
+    let lines: Vec<&str> = transcript.lines().map(str::trim_start).collect();
+    let mut i = 0;
+    while i <= lines.len() {
+        let line = lines.get(i).copied();
+        let is_client = line.is_some_and(|l| l.starts_with("C:") || l.starts_with("R:"));
+        if is_client {
+            let l = line.unwrap_or_default();
+            if let Some(text) = l.strip_prefix("C: ").or(l.strip_prefix("C:")) {
+                block.extend_from_slice(text.as_bytes());
+                block.extend_from_slice(b"\r\n");
+            } else if let Some(raw) = l.strip_prefix("R: ") {
+                block.extend_from_slice(&unescape(raw));
+            }
+            i += 1;
+            continue;
+        }
+        // End of a client block: feed it in fragments.
+        for piece in block.chunks(chunk.max(1)) {
+            pending.extend_from_slice(piece);
+            loop {
+                let actions = std::mem::take(&mut out.actions);
+                if actions.is_empty() {
+                    if session.is_closed() {
+                        pending.clear();
+                        break;
+                    }
+                    let used = session.receive(&pending, now(), &FakeDirectory, &mut out);
+                    pending.drain(..used);
+                    drain_replies(&mut out, &mut log);
+                    if out.actions.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                for action in actions {
+                    match action {
+                        Action::Deliver(env) => {
+                            let to: Vec<_> =
+                                env.recipients.iter().map(|r| r.address.clone()).collect();
+                            let fail = fail_flags.get(deliveries).copied().unwrap_or(false);
+                            deliveries += 1;
+                            log.push(format!(
+                                "A: deliver {} -> {}{}",
+                                env.mail_from,
+                                to.join(","),
+                                if fail { " => fail" } else { "" }
+                            ));
+                            let result = if fail {
+                                Err(DeliveryError::Temporary)
+                            } else {
+                                Ok(())
+                            };
+                            if !fail {
+                                delivered.push(env.message.clone());
+                            }
+                            session.delivered(&env.id, result, &mut out);
+                        }
+                        Action::Authenticate { username, password } => {
+                            log.push(format!("A: auth {username} {password}"));
+                            let ok = password == "secret";
+                            session.auth_result(ok.then_some(username), &mut out);
+                        }
+                        Action::StartTls => {
+                            log.push("A: starttls".into());
+                            pending.clear(); // as the IO layer does (CVE-2011-0411)
+                            session.tls_established();
+                        }
+                        Action::Close => log.push("A: close".into()),
+                    }
+                    drain_replies(&mut out, &mut log);
+                }
+            }
+        }
+        block.clear();
+        i += 1;
+    }
+    (log, delivered)
+}
+
+fn drain_replies(out: &mut Outbox, log: &mut Vec<String>) {
+    let text = String::from_utf8_lossy(&out.reply).to_string();
+    out.reply.clear();
+    for l in text.split("\r\n").filter(|l| !l.is_empty()) {
+        log.push(format!("S: {l}"));
+    }
+}
+
+/// Checks the transcript in every fragmentation; returns the delivered messages.
+fn check(port: Port, transcript: &str) -> Vec<Vec<u8>> {
+    let expected: Vec<String> = transcript
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("S:") || l.starts_with("A:"))
+        .map(String::from)
+        .collect();
+    let (whole, delivered) = run(port, transcript, usize::MAX);
+    assert_eq!(whole, expected, "whole transcript");
+    for chunk in [1, 2, 7, 100] {
+        let (log, d) = run(port, transcript, chunk);
+        assert_eq!(log, expected, "transcript in {chunk}-byte fragments");
+        assert_eq!(d, delivered, "delivered bytes in {chunk}-byte fragments");
+    }
+    delivered
+}
+
+#[test]
+fn mx_delivery_with_dot_unstuffing() {
+    let delivered = check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: EHLO client.example
+         S: 250-mx.example Hello client.example [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-STARTTLS
+         S: 250 HELP
+         C: MAIL FROM:<sender@remote.example>
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<alice@example.org>
+         S: 250 2.1.5 Recipient ok
+         C: RCPT TO:<nobody@example.org>
+         S: 550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown
+         C: RCPT TO:<someone@elsewhere.example>
+         S: 554 5.7.1 <someone@elsewhere.example>: Relay access denied
+         C: DATA
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: Subject: test
+         C:
+         C: ..starts with a dot
+         C: .
+         A: deliver sender@remote.example -> alice@example.org
+         S: 250 2.0.0 Ok: stored as 000000000ABC0001
+         C: QUIT
+         S: 221 2.0.0 Bye
+         A: close",
+    );
+    let text = String::from_utf8(delivered[0].clone()).expect("utf8");
+    assert_eq!(
+        text,
+        "Received: from client.example ([192.0.2.1])\r\n\tby mx.example (shardmail) with ESMTP \
+         id 000000000ABC0001\r\n\tfor <alice@example.org>;\r\n\tThu, 26 Nov 2026 06:45:00 +0000\r\n\
+         Subject: test\r\n\r\n.starts with a dot\r\n"
+    );
+}
+
+#[test]
+fn pipelined_transaction_and_postmaster() {
+    check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: HELO client.example
+         S: 250 mx.example
+         C: MAIL FROM:<>
+         C: RCPT TO:<Postmaster>
+         C: RCPT TO:<bob@example.org>
+         C: DATA
+         S: 250 2.1.0 Sender ok
+         S: 250 2.1.5 Recipient ok
+         S: 250 2.1.5 Recipient ok
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: hi
+         C: .
+         C: NOOP
+         A: deliver  -> postmaster@example.org,bob@example.org
+         S: 250 2.0.0 Ok: stored as 000000000ABC0001
+         S: 250 2.0.0 Ok",
+    );
+}
+
+#[test]
+fn bdat_chunks() {
+    let delivered = check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: EHLO c
+         S: 250-mx.example Hello c [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-STARTTLS
+         S: 250 HELP
+         C: BDAT 5
+         R: hello
+         S: 503 5.5.1 Need MAIL command
+         C: MAIL FROM:<a@b.example>
+         C: RCPT TO:<bob@example.org>
+         C: BDAT 7
+         R: Hi\\r\\n.\\r\\n
+         S: 250 2.1.0 Sender ok
+         S: 250 2.1.5 Recipient ok
+         S: 250 2.0.0 7 octets received
+         C: DATA
+         S: 503 5.5.1 DATA not allowed after BDAT
+         C: BDAT 0 LAST
+         A: deliver a@b.example -> bob@example.org
+         S: 250 2.0.0 Ok: stored as 000000000ABC0001",
+    );
+    assert!(
+        delivered[0].ends_with(b"Hi\r\n.\r\n"),
+        "BDAT bytes are stored as sent"
+    );
+}
+
+#[test]
+fn submission_requires_tls_then_auth() {
+    check(
+        Port::Submission,
+        "S: 220 mx.example ESMTP shardmail
+         C: EHLO c
+         S: 250-mx.example Hello c [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-STARTTLS
+         S: 250 HELP
+         C: MAIL FROM:<alice@example.org>
+         S: 530 5.7.0 Authentication required
+         C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==
+         S: 538 5.7.11 Encryption required for requested authentication mechanism
+         C: STARTTLS
+         S: 220 2.0.0 Ready to start TLS
+         A: starttls
+         C: MAIL FROM:<alice@example.org>
+         S: 503 5.5.1 Send EHLO or HELO first
+         C: EHLO c
+         S: 250-mx.example Hello c [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-AUTH PLAIN LOGIN
+         S: 250 HELP
+         C: AUTH LOGIN
+         S: 334 VXNlcm5hbWU6
+         C: YWxpY2VAZXhhbXBsZS5vcmc=
+         S: 334 UGFzc3dvcmQ6
+         C: d3Jvbmc=
+         A: auth alice@example.org wrong
+         S: 535 5.7.8 Authentication credentials invalid
+         C: AUTH PLAIN
+         S: 334 
+         C: AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==
+         A: auth alice@example.org secret
+         S: 235 2.7.0 Authentication successful
+         C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==
+         S: 503 5.5.1 Already authenticated
+         C: MAIL FROM:<alice@example.org>
+         C: RCPT TO:<friend@remote.example>
+         C: RCPT TO:<bob@example.org>
+         C: DATA
+         S: 250 2.1.0 Sender ok
+         S: 550 5.3.3 <friend@remote.example>: Delivery to remote domains is not available yet (this server has no outbound queue)
+         S: 250 2.1.5 Recipient ok
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: x
+         C: .
+         A: deliver alice@example.org -> bob@example.org => fail
+         S: 451 4.3.0 Temporary failure storing the message, try again later",
+    );
+}
+
+#[test]
+fn auth_failures_disconnect() {
+    check(
+        Port::Submissions,
+        "S: 220 mx.example ESMTP shardmail
+         C: EHLO c
+         S: 250-mx.example Hello c [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-AUTH PLAIN LOGIN
+         S: 250 HELP
+         C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAG5vcGU=
+         A: auth alice@example.org nope
+         S: 535 5.7.8 Authentication credentials invalid
+         C: AUTH CRAM-MD5
+         S: 504 5.5.4 Unrecognized authentication type
+         C: AUTH PLAIN
+         S: 334 
+         C: *
+         S: 501 5.0.0 Authentication cancelled
+         C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAG5vcGU=
+         A: auth alice@example.org nope
+         S: 535 5.7.8 Authentication credentials invalid
+         S: 421 4.7.0 mx.example Too many failed authentications, closing connection
+         A: close",
+    );
+}
+
+#[test]
+fn sequence_and_limit_errors() {
+    let long = "X".repeat(600);
+    check(
+        Port::Mx,
+        &format!(
+            "S: 220 mx.example ESMTP shardmail
+             C: MAIL FROM:<a@b.example>
+             S: 503 5.5.1 Send EHLO or HELO first
+             C: HELO c
+             S: 250 mx.example
+             C: RCPT TO:<alice@example.org>
+             S: 503 5.5.1 Need MAIL before RCPT
+             C: DATA
+             S: 503 5.5.1 Need MAIL command
+             C: MAIL FROM:<a@b.example> SIZE=1000
+             S: 552 5.3.4 Message size exceeds fixed maximum message size
+             C: MAIL FROM:<a@b.example>
+             S: 250 2.1.0 Sender ok
+             C: MAIL FROM:<a@b.example>
+             S: 503 5.5.1 Nested MAIL command
+             C: DATA
+             S: 554 5.5.1 No valid recipients
+             C: RCPT TO:<alice@example.org>
+             C: RCPT TO:<alice@example.org>
+             C: RCPT TO:<bob@example.org>
+             C: RCPT TO:<bob@example.org>
+             S: 250 2.1.5 Recipient ok
+             S: 250 2.1.5 Recipient ok
+             S: 250 2.1.5 Recipient ok
+             S: 452 4.5.3 Too many recipients
+             C: RSET
+             S: 250 2.0.0 Ok
+             C: VRFY alice
+             S: 252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery
+             C: EXPN list
+             S: 502 5.5.1 EXPN is not available
+             C: HELP
+             S: 214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH
+             C: AUTH PLAIN
+             S: 502 5.5.1 AUTH is not available on this port; use submission
+             C: {long}
+             S: 500 5.5.2 Line too long
+             C: FOO
+             S: 500 5.5.1 Command unrecognized
+             C: MAIL FROM:<bad address>
+             S: 501 5.1.7 Bad sender address syntax
+             C: BAR
+             S: 500 5.5.1 Command unrecognized
+             S: 421 4.7.0 mx.example Too many errors, closing connection
+             A: close"
+        ),
+    );
+}
+
+#[test]
+fn oversize_and_bare_lf_are_refused_after_reading_the_whole_body() {
+    let big = "Y".repeat(150);
+    check(
+        Port::Mx,
+        &format!(
+            "S: 220 mx.example ESMTP shardmail
+             C: HELO c
+             S: 250 mx.example
+             C: MAIL FROM:<a@b.example>
+             C: RCPT TO:<alice@example.org>
+             C: DATA
+             S: 250 2.1.0 Sender ok
+             S: 250 2.1.5 Recipient ok
+             S: 354 End data with <CR><LF>.<CR><LF>
+             C: {big}
+             C: {big}
+             C: .
+             S: 552 5.3.4 Message size exceeds fixed maximum message size
+             C: MAIL FROM:<a@b.example>
+             C: RCPT TO:<alice@example.org>
+             C: DATA
+             S: 250 2.1.0 Sender ok
+             S: 250 2.1.5 Recipient ok
+             S: 354 End data with <CR><LF>.<CR><LF>
+             R: bare\\n.\\nstill the body\\r\\n.\\r\\n
+             S: 550 5.6.11 Message refused: bare CR or LF in message; lines must end with CRLF (RFC 5321 section 2.3.8)
+             C: MAIL FROM:<a@b.example>
+             C: RCPT TO:<alice@example.org>
+             C: BDAT 300 LAST
+             R: {big}{big}
+             S: 250 2.1.0 Sender ok
+             S: 250 2.1.5 Recipient ok
+             S: 552 5.3.4 Message size exceeds fixed maximum message size
+             C: QUIT
+             S: 221 2.0.0 Bye
+             A: close"
+        ),
+    );
+}
+
+#[test]
+fn smtputf8_addresses_need_the_parameter() {
+    check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: EHLO c
+         S: 250-mx.example Hello c [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-STARTTLS
+         S: 250 HELP
+         C: MAIL FROM:<jörg@müller.example>
+         S: 553 5.6.7 Non-ASCII address requires SMTPUTF8
+         C: MAIL FROM:<jörg@müller.example> SMTPUTF8 BODY=8BITMIME
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<bob@example.org>
+         S: 250 2.1.5 Recipient ok",
+    );
+}
