@@ -1,0 +1,140 @@
+"""Starts the real shardmail binary on loopback for end-to-end tests.
+
+Each Server gets its own data directory and free ports; tests talk to it with
+Python's smtplib (a client this project did not write) and check what was stored
+with `shardmail export`. Every wait here is bounded.
+"""
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+
+BIN = os.environ.get("SHARDMAIL_BIN", "target/debug/shardmail")
+DOMAIN = "example.test"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the server's first-start self-signed certificate
+    return ctx
+
+
+def partition_of(account, partitions):
+    """Same mapping as store::partition_of (splitmix64 finaliser)."""
+    m = (1 << 64) - 1
+    z = (account + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    z ^= z >> 31
+    return z % partitions
+
+
+class Server:
+    def __init__(self, shards=2, settings=None, data_dir=None):
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="shardmail-e2e-")
+        self.ports = {k: free_port() for k in ("smtp", "submission", "submissions")}
+        self.shards = shards
+        self.settings = {
+            "server.shards": str(shards),
+            "server.hostname": "mx.example.test",
+            "domains.local": f'["{DOMAIN}"]',
+            "listen.smtp": f'"127.0.0.1:{self.ports["smtp"]}"',
+            "listen.submission": f'"127.0.0.1:{self.ports["submission"]}"',
+            "listen.submissions": f'"127.0.0.1:{self.ports["submissions"]}"',
+            "listen.imap": "[]",
+            "listen.imaps": "[]",
+            "listen.pop3": "[]",
+            "listen.pop3s": "[]",
+            "limits.auth_failure_delay_ms": "300",
+        }
+        self.settings.update(settings or {})
+        self.proc = None
+        self.log_path = os.path.join(self.data_dir, "server.log")
+
+    def args(self):
+        out = ["--data-dir", self.data_dir]
+        for k, v in self.settings.items():
+            out += ["--set", f"{k}={v}"]
+        return out
+
+    def cli(self, *args, stdin=None, check=True):
+        return subprocess.run([BIN, *self.args(), *args], input=stdin, capture_output=True,
+                              text=True, timeout=60, check=check)
+
+    def add_user(self, email, password="secret"):
+        self.cli("user", "add", email, "--password-stdin", stdin=password + "\n")
+
+    def account_id(self, email):
+        with open(os.path.join(self.data_dir, "users.json")) as f:
+            return json.load(f)["users"][email]["id"]
+
+    def shard_of_user(self, email, partitions=64):
+        return partition_of(self.account_id(email), partitions) % self.shards
+
+    def start(self):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([BIN, *self.args(), "serve"], stdout=self.log, stderr=self.log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                self.log.close()
+                self.proc = None
+                raise RuntimeError(f"server exited: {self.read_log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("server did not start listening within 30 s")
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.proc is None:
+            return None
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            self.log.close()
+        self.proc = None
+        return code
+
+    def kill(self):
+        return self.stop(signal.SIGKILL)
+
+    def read_log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")[-4000:]
+
+    def export(self, email):
+        out = tempfile.mkdtemp(prefix="shardmail-export-")
+        self.cli("export", email, "--out", out)
+        return out
+
+    def messages(self, email, mailbox="INBOX"):
+        """Stored messages of a mailbox, in UID order, as bytes."""
+        out = self.export(email)
+        cur = os.path.join(out, mailbox, "cur")
+        names = sorted(os.listdir(cur), key=lambda n: int(n.split("_")[1].split(".")[0]))
+        result = []
+        for n in names:
+            with open(os.path.join(cur, n), "rb") as f:
+                result.append(f.read())
+        return result
+
+
+def strip_received(stored):
+    """The message as the client sent it: our Received: header removed."""
+    assert stored.startswith(b"Received: "), stored[:80]
+    end = stored.index(b"\r\n", stored.index(b"+0000")) + 2
+    return stored[end:]
