@@ -80,7 +80,14 @@ pub struct Config {
     /// Whether AUTH may be used on a connection without TLS (default: no).
     pub allow_plaintext_auth: bool,
     pub limits: Limits,
+    pub store: StoreOptions,
+}
+
+/// How partitions make appends durable and checkpoint their index.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
     pub durability: Durability,
+    pub checkpoint_bytes: u64,
 }
 
 /// Listening addresses per service; an empty list disables the service.
@@ -223,7 +230,11 @@ impl Config {
             tls_key,
             allow_plaintext_auth: raw.tls.allow_plaintext_auth,
             limits,
-            durability: raw.store.durability,
+            store: StoreOptions {
+                durability: raw.store.durability,
+                checkpoint_bytes: raw.store.checkpoint_bytes.bytes("store.checkpoint_bytes")?
+                    as u64,
+            },
         })
     }
 

@@ -181,10 +181,22 @@ pub enum Durability {
     None,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     pub durability: Durability,
+    /// Log bytes appended to a partition before its index snapshot is rewritten; bounds
+    /// how much log a restart after a crash must replay.
+    pub checkpoint_bytes: Size,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        RawStore {
+            durability: Durability::Group,
+            checkpoint_bytes: Size::Bytes(256 << 20),
+        }
+    }
 }
 
 /// A byte size: an integer, or a string with a unit (`"50MiB"`, `"512KiB"`, `"1GB"`).

@@ -208,7 +208,7 @@ async fn run_shard(
     let mut partitions = HashMap::new();
     for p in (0..partitions_total).filter(|p| store::shard_of(*p, shards) == id) {
         let dir = store::partition_dir(&config.data_dir, p);
-        let partition = Partition::open(p, &dir, config.durability)
+        let partition = Partition::open(p, &dir, config.store)
             .await
             .map_err(|e| format!("partition {p}: {e}"))?;
         partitions.insert(p, partition);

@@ -20,7 +20,7 @@ use memmap2::Mmap;
 use super::index::{BlobCache, Index, Op, DEFAULT_MAILBOXES};
 use super::layout::{self, Kind, Scanner, FILE_MAGIC};
 use super::StoreError;
-use crate::config::Durability;
+use crate::config::{Durability, StoreOptions};
 
 /// Log and index of one partition as found on disk (shared by serve and export).
 #[derive(Debug)]
@@ -29,6 +29,8 @@ pub struct Loaded {
     /// End of the valid records; anything after it is a torn tail.
     pub valid_end: u64,
     pub file_len: u64,
+    /// Log offset the loaded snapshot covered (the magic's end if there was none).
+    pub snapshot_end: u64,
 }
 
 /// Opens the log read-only, loads the snapshot and replays the records after it.
@@ -51,6 +53,7 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
     }
     let snapshot = Index::load_snapshot(dir).filter(|s| s.log_end <= file_len);
     let mut index = snapshot.unwrap_or_default();
+    let snapshot_end = index.log_end.max(FILE_MAGIC.len() as u64);
     let mut blobs = BlobCache::from_index(&index);
     let mut scanner = Scanner::new(&map, index.log_end as usize);
     for record in scanner.by_ref() {
@@ -75,6 +78,7 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
         valid_end: index.log_end,
         index,
         file_len,
+        snapshot_end,
     })
 }
 
@@ -167,6 +171,10 @@ pub struct Partition {
     /// Accounts whose default mailboxes are queued but not yet durable.
     creating: RefCell<HashSet<u64>>,
     durability: Durability,
+    checkpoint_bytes: u64,
+    /// Log offset covered by the last snapshot written (or loaded).
+    snapshot_end: Cell<u64>,
+    checkpointing: Cell<bool>,
     failed: Cell<bool>,
     stats: Cell<CommitStats>,
 }
@@ -185,7 +193,7 @@ impl Partition {
     pub async fn open(
         id: u32,
         dir: &Path,
-        durability: Durability,
+        options: StoreOptions,
     ) -> Result<Rc<Partition>, StoreError> {
         let loaded = recover(dir)?;
         let path = dir.join("messages.log");
@@ -204,12 +212,15 @@ impl Partition {
             reader,
             map: RefCell::new(Rc::new(map)),
             end: Cell::new(loaded.valid_end),
+            snapshot_end: Cell::new(loaded.snapshot_end),
+            checkpointing: Cell::new(false),
+            checkpoint_bytes: options.checkpoint_bytes,
             index: RefCell::new(loaded.index),
             queue: RefCell::new(Vec::new()),
             committing: Cell::new(false),
             reserved: RefCell::new(HashMap::new()),
             creating: RefCell::new(HashSet::new()),
-            durability,
+            durability: options.durability,
             failed: Cell::new(false),
             stats: Cell::new(CommitStats::default()),
         }))
@@ -381,7 +392,31 @@ impl Partition {
                 };
                 let _ = batch.done.send(outcome);
             }
+            self.maybe_checkpoint();
         }
+    }
+
+    /// Rewrites the snapshot in the background once `store.checkpoint_bytes` of log
+    /// have accumulated since the last one, so replay after a crash stays bounded.
+    fn maybe_checkpoint(self: &Rc<Self>) {
+        let log_end = self.index.borrow().log_end;
+        if self.checkpointing.get() || log_end - self.snapshot_end.get() < self.checkpoint_bytes {
+            return;
+        }
+        self.checkpointing.set(true);
+        let snapshot = self.index.borrow().clone();
+        let (me, dir) = (self.clone(), self.dir.clone());
+        glommio::spawn_local(async move {
+            let result = glommio::executor()
+                .spawn_blocking(move || snapshot.save_snapshot(&dir).map(|()| snapshot.log_end))
+                .await;
+            match result {
+                Ok(end) => me.snapshot_end.set(end),
+                Err(e) => tracing::warn!(partition = me.id, error = %e, "index checkpoint failed"),
+            }
+            me.checkpointing.set(false);
+        })
+        .detach();
     }
 
     async fn write_batches(&self, batches: &mut [Batch]) -> Result<(), StoreError> {

@@ -205,9 +205,11 @@ impl Session {
         matches!(self.state, State::Closed)
     }
 
-    /// True between commands (no transaction data in flight): a safe point to stop.
+    /// True between commands (not inside a DATA/BDAT body, a SASL exchange or an
+    /// action): a safe point to stop. An open transaction without a body is dropped
+    /// by a stop, which loses nothing: nothing of it was acknowledged.
     pub fn is_idle(&self) -> bool {
-        matches!(self.state, State::Command) && self.transaction.is_none()
+        matches!(self.state, State::Command)
     }
 
     /// The authenticated user, if any.
