@@ -3,6 +3,9 @@
 //! Nothing under `proto` opens a socket, touches glommio, reads a clock (time is an
 //! argument) or panics on peer input. The IO layer in `src/shard/` drives these.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![deny(clippy::indexing_slicing)]
+
 pub mod smtp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -19,8 +22,8 @@ pub fn rfc5322_date(t: SystemTime) -> String {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
-    let weekday = WEEKDAYS[days.rem_euclid(7) as usize];
-    let month = MONTHS[(m - 1) as usize];
+    let weekday = WEEKDAYS.get(days.rem_euclid(7) as usize).unwrap_or(&"Thu");
+    let month = MONTHS.get(m.saturating_sub(1) as usize).unwrap_or(&"Jan");
     format!(
         "{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000",
         rem / 3600,
@@ -44,6 +47,7 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
     use std::time::Duration;

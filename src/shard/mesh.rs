@@ -58,6 +58,11 @@ impl Mesh {
         })
     }
 
+    /// This shard's index in the mesh, which is its shard id.
+    pub fn peer_id(&self) -> usize {
+        self.senders.peer_id()
+    }
+
     async fn request(&self, owner: usize, make: impl FnOnce(u64) -> ShardMsg) -> bool {
         let request = self.next_request.get() + 1;
         self.next_request.set(request);

@@ -157,13 +157,11 @@ pub fn serve(config: Config) -> Result<(), String> {
         .name("shard")
         .io_memory(config.io_memory_bytes)
         .on_all_shards({
-            let (stop, failed, config, tls) = (stop.clone(), failed.clone(), config.clone(), tls);
+            let (stop, failed) = (stop, failed.clone());
             move || {
                 let config = (*config).clone();
                 async move {
-                    let id = glommio::executor().id() - 1;
                     let result = run_shard(
-                        id,
                         config,
                         tls,
                         users,
@@ -173,7 +171,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                     )
                     .await;
                     if let Err(e) = result {
-                        tracing::error!(shard = id, error = %e, "shard failed");
+                        tracing::error!(error = %e, "shard failed");
                         if let Ok(mut f) = failed.lock() {
                             f.get_or_insert(e);
                         }
@@ -194,7 +192,6 @@ pub fn serve(config: Config) -> Result<(), String> {
 }
 
 async fn run_shard(
-    id: usize,
     config: Config,
     tls: Arc<rustls::ServerConfig>,
     users: UserDb,
@@ -203,6 +200,11 @@ async fn run_shard(
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let shards = config.shards;
+    // Join the mesh first: its peer index *is* the shard id, so partition ownership and
+    // mesh routing can never disagree. Every shard joins before anything can fail, or
+    // the others would wait for it forever.
+    let mesh = Mesh::join(mesh_builder).await?;
+    let id = mesh.peer_id();
     let shutdown = Shutdown::default();
     shutdown::watch(stop.clone(), shutdown.clone());
     let mut partitions = HashMap::new();
@@ -213,8 +215,6 @@ async fn run_shard(
             .map_err(|e| format!("partition {p}: {e}"))?;
         partitions.insert(p, partition);
     }
-    // Every shard must join the mesh, even one that fails to bind, or the others wait.
-    let mesh = Mesh::join(mesh_builder).await?;
     let config = Rc::new(config);
     let smtp_configs = [
         ("mx", Port::Mx),

@@ -25,10 +25,7 @@ fn input_capacity(shard: &Shard) -> usize {
 }
 
 pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port) {
-    let peer = match tcp.peer_addr() {
-        Ok(p) => p,
-        Err(_) => return,
-    };
+    let Ok(peer) = tcp.peer_addr() else { return };
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if shard.sessions.get() > shard.config.limits.sessions_per_shard_max {

@@ -128,7 +128,7 @@ pub enum Op {
         blob: u64,
         offset: u64,
         len: u32,
-        summary: Summary,
+        summary: Box<Summary>,
     },
     MailboxCreate {
         account: u64,
@@ -177,7 +177,7 @@ impl Op {
                     blob: record.offset,
                     offset: record.payload_offset() + 4 + summary_len as u64,
                     len,
-                    summary: Summary::from_bytes(summary).unwrap_or_default(),
+                    summary: Box::new(Summary::from_bytes(summary).unwrap_or_default()),
                 }
             }
             Kind::MailboxCreate => {
@@ -233,7 +233,7 @@ impl Index {
                 offset,
                 len,
                 summary,
-            } => blobs.insert(blob, offset, len, summary),
+            } => blobs.insert(blob, offset, len, *summary),
             Op::MailboxCreate {
                 account,
                 id,

@@ -18,8 +18,8 @@ pub const RECORD_ALIGN: usize = 8;
 /// messages plus the summary).
 pub const RECORD_PAYLOAD_MAX: usize = (1 << 30) + (16 << 20);
 
-const _: () = assert!(FILE_MAGIC.len() % RECORD_ALIGN == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
+const _: () = assert!(FILE_MAGIC.len().is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
 
 /// Record kinds. Values are on disk: never renumber.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -305,6 +305,7 @@ fn parse_auth(rest: &str) -> Result<Command<'_>, ParseError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -72,19 +72,19 @@ impl DataReader {
             };
             match (rest.get(at), rest.get(at + 1)) {
                 (Some(b'\r'), Some(b'\n')) => {
-                    self.keep(&rest[..at + 2], sink, size_max);
+                    self.keep(rest.get(..at + 2).unwrap_or(rest), sink, size_max);
                     self.line_start = true;
                     pos += at + 2;
                 }
                 (Some(b'\r'), None) => {
                     // Undecided: the LF may come in the next fragment.
-                    self.keep(&rest[..at], sink, size_max);
+                    self.keep(rest.get(..at).unwrap_or(rest), sink, size_max);
                     return DataProgress::More(pos + at);
                 }
                 _ => {
                     // A bare CR, or a LF not preceded by CR.
                     self.bare_newline = true;
-                    self.keep(&rest[..=at], sink, size_max);
+                    self.keep(rest.get(..=at).unwrap_or(rest), sink, size_max);
                     pos += at + 1;
                 }
             }
@@ -108,6 +108,7 @@ impl DataReader {
 }
 
 #[cfg(test)]
+#[allow(clippy::panic, clippy::indexing_slicing, clippy::unwrap_used)]
 mod tests {
     use super::*;
 
