@@ -424,20 +424,37 @@ impl Partition {
         if self.failed.get() {
             return Err(StoreError::Failed(self.id));
         }
+        // Batches are contiguous in the file (each was encoded at the previous one's
+        // end), so one write covers them all: one syscall per commit, not per message.
+        let Some(base) = batches.first().map(|b| b.base) else {
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
         for batch in batches.iter_mut() {
-            // The buffer goes to io_uring by value; keep only its length. A short write
-            // (the buffer is gone by then) fails the partition rather than guess what
-            // reached the disk; recovery at the next start truncates the torn tail.
-            let bytes = std::mem::take(&mut batch.bytes);
-            batch.len = bytes.len() as u64;
-            let n = self
-                .writer
-                .write_at(bytes, batch.base)
-                .await
-                .map_err(|e| StoreError::glommio(&path, e))?;
-            if n as u64 != batch.len {
-                return Err(StoreError::io(&path, std::io::ErrorKind::WriteZero.into()));
+            debug_assert_eq!(
+                batch.base,
+                base + bytes.len() as u64,
+                "batches not contiguous"
+            );
+            batch.len = batch.bytes.len() as u64;
+            if bytes.is_empty() {
+                bytes = std::mem::take(&mut batch.bytes);
+            } else {
+                bytes.extend_from_slice(&batch.bytes);
+                batch.bytes = Vec::new();
             }
+        }
+        // The buffer goes to io_uring by value. A short write (the buffer is gone by
+        // then) fails the partition rather than guess what reached the disk; recovery
+        // at the next start truncates the torn tail.
+        let len = bytes.len();
+        let n = self
+            .writer
+            .write_at(bytes, base)
+            .await
+            .map_err(|e| StoreError::glommio(&path, e))?;
+        if n != len {
+            return Err(StoreError::io(&path, std::io::ErrorKind::WriteZero.into()));
         }
         if self.durability != Durability::None {
             self.writer
