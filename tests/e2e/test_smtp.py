@@ -5,12 +5,14 @@ across partitions owned by different shards, BDAT, every bad-input case of issue
 graceful shutdown, export after stop (byte comparison), and the data-dir lock.
 """
 import os
+import shlex
 import smtplib
 import socket
+import subprocess
 import time
 import unittest
 
-from harness import DOMAIN, Server, strip_received, tls_context
+from harness import BIN, DOMAIN, Server, strip_received, tls_context
 
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
@@ -260,6 +262,38 @@ class Lifecycle(unittest.TestCase):
         names = os.listdir(os.path.join(out, "INBOX", "cur"))
         self.assertEqual(len(names), 21)
         self.assertEqual(sorted(os.listdir(out)), ["Drafts", "INBOX", "Junk", "Sent", "Trash"])
+
+    def test_aliases_and_catch_all_reload_while_running(self):
+        server = Server()
+        server.add_user(ALICE)
+        server.start()
+        try:
+            with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
+                with self.assertRaises(smtplib.SMTPRecipientsRefused):
+                    s.sendmail("x@remote.example", [f"info@{DOMAIN}"], message("before-alias"))
+            server.cli("alias", "add", f"info@{DOMAIN}", ALICE)
+            server.cli("alias", "add", f"@{DOMAIN}", ALICE)
+            time.sleep(1.2)  # shards re-check users.json at most once a second
+            with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
+                self.assertEqual(s.sendmail("x@remote.example", [f"info@{DOMAIN}"],
+                                            message("via-alias")), {})
+                self.assertEqual(s.sendmail("x@remote.example", [f"anything@{DOMAIN}"],
+                                            message("via-catch-all")), {})
+            listing = server.cli("alias", "list").stdout
+            self.assertIn(f"info@{DOMAIN}\t{ALICE}", listing)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        got = [strip_received(m) for m in server.messages(ALICE)]
+        self.assertEqual(got, [message("via-alias"), message("via-catch-all")])
+
+    def test_low_memlock_is_a_clear_error(self):
+        server = Server()
+        cmd = "ulimit -l 64; exec " + " ".join(shlex.quote(a) for a in [BIN, *server.args(), "serve"])
+        result = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("RLIMIT_MEMLOCK", result.stderr)
+        self.assertIn("ulimit -l", result.stderr)
+        self.assertNotIn("panicked", result.stderr)
 
     def test_config_errors_name_the_key(self):
         server = Server(settings={"limits.message_size_max": '"lots"'})
