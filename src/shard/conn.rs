@@ -1,22 +1,64 @@
 //! A connection's byte stream (plain or TLS) and its bounded input buffer.
 //!
-//! The only place that reads and writes sockets. TLS is futures-rustls over glommio's
-//! `TcpStream`; STARTTLS upgrades the same stream in place. Shard-local, `!Send`.
+//! The only place that reads and writes sockets. TLS is rustls driven by hand over
+//! glommio's `TcpStream` (ciphertext in via `read_tls`, out via `write_tls`), so the
+//! whole connection can be taken apart at a quiescent point — a duplicated fd plus the
+//! rustls `ServerConnection`, both `Send` — and rebuilt on the shard that owns the
+//! account's data ([`Stream::into_parts`] / [`Stream::from_parts`]). Shard-local, `!Send`.
 
-use std::io;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use futures_rustls::server::TlsStream;
-use futures_rustls::TlsAcceptor;
 use glommio::net::TcpStream;
+use rustls::ServerConnection;
 
-/// Plain or TLS; `Upgrading` only while STARTTLS runs.
+/// Ciphertext read per socket read (a TLS record is at most 16 KiB + overhead).
+const TLS_READ_BYTES: usize = 18 * 1024;
+
+/// Plain or TLS; `Moved` once taken apart for a hand-off or during STARTTLS.
 pub enum Stream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    Upgrading,
+    Tls(Box<TlsConn>),
+    Moved,
+}
+
+/// A server-side TLS connection over a glommio socket.
+pub struct TlsConn {
+    tcp: TcpStream,
+    tls: ServerConnection,
+    /// Ciphertext staging for reads.
+    cipher_in: Vec<u8>,
+    /// Ciphertext staging for writes.
+    cipher_out: Vec<u8>,
+}
+
+/// A connection taken apart for a move to another shard: everything here is `Send`.
+pub struct StreamParts {
+    /// A duplicate of the socket; the original was closed when the stream was dropped.
+    pub fd: RawFd,
+    pub tls: Option<Box<ServerConnection>>,
+}
+
+impl std::fmt::Debug for StreamParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamParts")
+            .field("fd", &self.fd)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Drop for StreamParts {
+    fn drop(&mut self) {
+        if self.fd >= 0 {
+            // SAFETY: `fd` is a descriptor this value owns (from `dup`) and nothing else
+            // closes it: `Stream::from_parts` takes it by setting `fd` to -1 first.
+            unsafe { libc::close(self.fd) };
+        }
+    }
 }
 
 impl std::fmt::Debug for Stream {
@@ -24,16 +66,80 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Plain(_) => "Plain",
             Stream::Tls(_) => "Tls",
-            Stream::Upgrading => "Upgrading",
+            Stream::Moved => "Moved",
         })
     }
 }
 
 fn gone() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "stream lost during TLS upgrade",
-    )
+    io::Error::new(io::ErrorKind::NotConnected, "stream was moved")
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsConn {
+    /// Sends whatever ciphertext rustls has queued.
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.cipher_out.clear();
+            self.tls.write_tls(&mut self.cipher_out)?;
+            self.tcp.write_all(&self.cipher_out).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk of ciphertext and processes it; `Ok(false)` at end of stream.
+    async fn read_tls(&mut self) -> io::Result<bool> {
+        self.cipher_in.resize(TLS_READ_BYTES, 0);
+        let n = self.tcp.read(&mut self.cipher_in).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let mut input = self.cipher_in.get(..n).unwrap_or(&[]);
+        while !input.is_empty() {
+            self.tls.read_tls(&mut input)?;
+            let state = self.tls.process_new_packets();
+            if let Err(e) = state {
+                let _ = self.flush_tls().await; // send the alert
+                return Err(tls_error(e));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn handshake(&mut self) -> io::Result<()> {
+        while self.tls.is_handshaking() {
+            self.flush_tls().await?;
+            if self.tls.is_handshaking() && self.tls.wants_read() && !self.read_tls().await? {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "eof in handshake",
+                ));
+            }
+        }
+        self.flush_tls().await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.tls.reader().read(buf) {
+                Ok(n) => return Ok(n), // 0 = the peer sent close_notify
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+            self.flush_tls().await?;
+            if !self.read_tls().await? {
+                return Ok(0);
+            }
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.tls.writer().write_all(buf)?;
+        self.flush_tls().await
+    }
 }
 
 impl Stream {
@@ -41,7 +147,7 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
-            Stream::Upgrading => Err(gone()),
+            Stream::Moved => Err(gone()),
         }
     }
 
@@ -51,11 +157,8 @@ impl Stream {
                 s.write_all(buf).await?;
                 s.flush().await
             }
-            Stream::Tls(s) => {
-                s.write_all(buf).await?;
-                s.flush().await
-            }
-            Stream::Upgrading => Err(gone()),
+            Stream::Tls(s) => s.write_all(buf).await,
+            Stream::Moved => Err(gone()),
         }
     }
 
@@ -63,16 +166,65 @@ impl Stream {
     /// implicit-TLS port), bounded by `limit`.
     pub async fn upgrade(
         &mut self,
-        tls: &Arc<rustls::ServerConfig>,
+        config: &Arc<rustls::ServerConfig>,
         limit: Duration,
     ) -> io::Result<()> {
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Upgrading) else {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Moved) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "already TLS"));
         };
-        let accept = TlsAcceptor::from(tls.clone()).accept(tcp);
-        let tls_stream = with_timeout(limit, accept).await??;
-        *self = Stream::Tls(Box::new(tls_stream));
+        let tls = ServerConnection::new(config.clone()).map_err(tls_error)?;
+        let mut conn = Box::new(TlsConn {
+            tcp,
+            tls,
+            cipher_in: Vec::new(),
+            cipher_out: Vec::new(),
+        });
+        with_timeout(limit, conn.handshake()).await??;
+        *self = Stream::Tls(conn);
         Ok(())
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    /// Takes the connection apart for a move to another shard. Call only at a
+    /// quiescent point: no read or write in flight (rustls keeps any buffered bytes).
+    pub fn into_parts(self) -> io::Result<StreamParts> {
+        let fd = match &self {
+            Stream::Plain(s) => s.as_raw_fd(),
+            Stream::Tls(c) => c.tcp.as_raw_fd(),
+            Stream::Moved => return Err(gone()),
+        };
+        // SAFETY: `fd` is the open socket of `self`; dup returns a new descriptor that
+        // stays valid after `self` (and with it the original descriptor) is dropped.
+        let dup = unsafe { libc::dup(fd) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let tls = match self {
+            Stream::Tls(c) => Some(Box::new(c.tls)),
+            _ => None,
+        };
+        Ok(StreamParts { fd: dup, tls })
+    }
+
+    /// Rebuilds a stream from [`StreamParts`] on the current shard.
+    pub fn from_parts(mut parts: StreamParts) -> Stream {
+        let fd = std::mem::replace(&mut parts.fd, -1);
+        // SAFETY: `fd` is an open socket descriptor owned by `parts` (from `dup` in
+        // `into_parts`), and ownership passes to the new `TcpStream` here (`parts` no
+        // longer closes it).
+        let tcp = unsafe { TcpStream::from_raw_fd(fd) };
+        match parts.tls.take() {
+            Some(tls) => Stream::Tls(Box::new(TlsConn {
+                tcp,
+                tls: *tls,
+                cipher_in: Vec::new(),
+                cipher_out: Vec::new(),
+            })),
+            None => Stream::Plain(tcp),
+        }
     }
 
     pub async fn close(&mut self) {
@@ -80,10 +232,12 @@ impl Stream {
             Stream::Plain(s) => {
                 let _ = s.close().await;
             }
-            Stream::Tls(s) => {
-                let _ = s.close().await;
+            Stream::Tls(c) => {
+                c.tls.send_close_notify();
+                let _ = c.flush_tls().await;
+                let _ = c.tcp.close().await;
             }
-            Stream::Upgrading => {}
+            Stream::Moved => {}
         }
     }
 }
@@ -113,6 +267,16 @@ impl InputBuffer {
             bytes: vec![0; capacity],
             len: 0,
         }
+    }
+
+    /// A buffer that starts with `pending` (input carried over a hand-off).
+    pub fn with_pending(capacity: usize, pending: &[u8]) -> InputBuffer {
+        let mut b = InputBuffer::new(capacity.max(pending.len()));
+        if let Some(dst) = b.bytes.get_mut(..pending.len()) {
+            dst.copy_from_slice(pending);
+            b.len = pending.len();
+        }
+        b
     }
 
     pub fn data(&self) -> &[u8] {
