@@ -127,6 +127,11 @@ impl UserDb {
     }
 }
 
+/// A hash with the cost of a real one (same parameters as [`hash_password`]), checked
+/// when the user does not exist, so the reply time does not reveal which accounts exist.
+pub const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2hhcmRtYWlsZHVtbXk$2A4bxHvE6Ed0Nt1wTCgwLzXbTdxOQPLSp4XH1Sg1R3U";
+
 /// argon2id with the crate's defaults (19 MiB, 2 passes: OWASP's recommendation).
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
@@ -225,5 +230,11 @@ mod tests {
         assert!(verify_password(&h, "s3cret"));
         assert!(!verify_password(&h, "wrong"));
         assert!(!verify_password("not a hash", "s3cret"));
+        // The dummy must be a well-formed hash with the real parameters, or unknown
+        // users would be refused faster than known ones.
+        let dummy = PasswordHash::new(DUMMY_HASH).expect("dummy parses");
+        let real = PasswordHash::new(&h).expect("real parses");
+        assert_eq!(dummy.params, real.params);
+        assert_eq!(dummy.algorithm, real.algorithm);
     }
 }

@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::indexing_slicing)]
 
+pub mod pop3;
 pub mod smtp;
 
 use std::time::{SystemTime, UNIX_EPOCH};

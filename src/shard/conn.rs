@@ -254,6 +254,57 @@ pub async fn with_timeout<T>(
     .await
 }
 
+/// How waiting for more input ended.
+#[derive(Debug)]
+pub enum ReadOutcome {
+    Data,
+    /// The peer closed the connection (or it broke).
+    Closed,
+    /// `limits.idle_timeout_secs` passed without input.
+    TimedOut,
+    /// The server is shutting down (only while `idle`).
+    Shutdown,
+}
+
+/// Writes and clears `reply` if it holds anything.
+pub async fn flush(stream: &mut Stream, reply: &mut Vec<u8>) -> io::Result<()> {
+    if reply.is_empty() {
+        return Ok(());
+    }
+    let result = stream.write_all(reply).await;
+    reply.clear();
+    result
+}
+
+/// Waits for more input with the idle timeout; between commands (`idle`) a shutdown
+/// interrupts the wait too.
+pub async fn read_more(
+    stream: &mut Stream,
+    input: &mut InputBuffer,
+    shutdown: &super::shutdown::Shutdown,
+    idle_timeout: Duration,
+    idle: bool,
+) -> ReadOutcome {
+    let read = async {
+        if idle {
+            futures_lite::future::or(input.fill(stream), async {
+                shutdown.wait().await;
+                Err(io::Error::new(io::ErrorKind::Interrupted, "shutdown"))
+            })
+            .await
+        } else {
+            input.fill(stream).await
+        }
+    };
+    match with_timeout(idle_timeout, read).await {
+        Ok(Ok(0)) => ReadOutcome::Closed,
+        Ok(Ok(_)) => ReadOutcome::Data,
+        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::Shutdown,
+        Ok(Err(_)) => ReadOutcome::Closed,
+        Err(_) => ReadOutcome::TimedOut,
+    }
+}
+
 /// A fixed-capacity input buffer: protocol code sees `data()`, consumes a prefix.
 #[derive(Debug)]
 pub struct InputBuffer {

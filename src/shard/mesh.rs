@@ -34,6 +34,8 @@ pub enum ShardMsg {
     },
     /// Answer to `Deliver`: durable or not.
     Delivered { request: u64, ok: bool },
+    /// A logged-in POP3 connection moving to the shard that owns its account.
+    AdoptPop3(Box<super::pop3::Handoff>),
 }
 
 /// This shard's end of the mesh.
@@ -61,6 +63,14 @@ impl Mesh {
     /// This shard's index in the mesh, which is its shard id.
     pub fn peer_id(&self) -> usize {
         self.senders.peer_id()
+    }
+
+    /// Sends a one-way message to shard `to`.
+    pub async fn send(&self, to: usize, msg: ShardMsg) -> Result<(), String> {
+        self.senders
+            .send_to(to, msg)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn request(&self, owner: usize, make: impl FnOnce(u64) -> ShardMsg) -> bool {
@@ -130,6 +140,9 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&request) {
                 let _ = tx.send(ok);
             }
+        }
+        ShardMsg::AdoptPop3(handoff) => {
+            glommio::spawn_local(super::pop3::adopt(shard.clone(), *handoff)).detach();
         }
     }
 }

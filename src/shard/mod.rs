@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod mesh;
+pub mod pop3;
 pub mod preflight;
 pub mod shutdown;
 pub mod smtp;
@@ -46,6 +47,15 @@ pub struct Shard {
     pub sessions: Cell<usize>,
     next_session: Cell<u64>,
     smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
+    pub pop3_config: Arc<crate::proto::pop3::Pop3Config>,
+    pub pop3_locks: pop3::Locks,
+}
+
+/// What a listener serves.
+#[derive(Debug, Clone, Copy)]
+enum Service {
+    Smtp(Port),
+    Pop3 { implicit_tls: bool },
 }
 
 impl std::fmt::Debug for Shard {
@@ -101,6 +111,22 @@ impl Shard {
 
     pub fn partition(&self, id: u32) -> Option<&Rc<Partition>> {
         self.partitions.get(&id)
+    }
+
+    /// Checks a password off the reactor; the account's canonical address if it matches.
+    pub async fn verify_password(&self, username: String, password: String) -> Option<String> {
+        let db = self.users.borrow().clone();
+        let name = crate::users::normalize(&username);
+        let hash = name
+            .as_deref()
+            .and_then(|n| db.users.get(n))
+            .map(|u| u.password.clone());
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| crate::users::DUMMY_HASH.to_string());
+        let ok = glommio::executor()
+            .spawn_blocking(move || crate::users::verify_password(&hash, &password))
+            .await;
+        (ok && known).then_some(name).flatten()
     }
 }
 
@@ -242,28 +268,48 @@ async fn run_shard(
         sessions: Cell::new(0),
         next_session: Cell::new(0),
         smtp_configs,
+        pop3_config: Arc::new(crate::proto::pop3::Pop3Config {
+            hostname: config.hostname.clone(),
+            tls_available: true,
+            allow_plaintext_auth: config.allow_plaintext_auth,
+            line_bytes_max: config.limits.line_bytes_max,
+            bad_commands_max: config.limits.bad_commands_max,
+            auth_failures_max: config.limits.auth_failures_max,
+        }),
+        pop3_locks: pop3::Locks::default(),
     });
     mesh::serve(shard.clone());
-    let services: [(&str, &[SocketAddr], Option<Port>); 7] = [
-        ("listen.smtp", &config.listen.smtp, Some(Port::Mx)),
+    use Service::{Pop3, Smtp};
+    let services: [(&str, &[SocketAddr], Option<Service>); 7] = [
+        ("listen.smtp", &config.listen.smtp, Some(Smtp(Port::Mx))),
         (
             "listen.submission",
             &config.listen.submission,
-            Some(Port::Submission),
+            Some(Smtp(Port::Submission)),
         ),
         (
             "listen.submissions",
             &config.listen.submissions,
-            Some(Port::Submissions),
+            Some(Smtp(Port::Submissions)),
         ),
         ("listen.imap", &config.listen.imap, None),
         ("listen.imaps", &config.listen.imaps, None),
-        ("listen.pop3", &config.listen.pop3, None),
-        ("listen.pop3s", &config.listen.pop3s, None),
+        (
+            "listen.pop3",
+            &config.listen.pop3,
+            Some(Pop3 {
+                implicit_tls: false,
+            }),
+        ),
+        (
+            "listen.pop3s",
+            &config.listen.pop3s,
+            Some(Pop3 { implicit_tls: true }),
+        ),
     ];
     let mut accept_tasks = Vec::new();
     for (key, addrs, port) in services {
-        let Some(port) = port else {
+        let Some(service) = port else {
             if id == 0 && !addrs.is_empty() {
                 tracing::info!("{key} is set but this build does not serve that protocol yet");
             }
@@ -282,7 +328,7 @@ async fn run_shard(
             accept_tasks.push(glommio::spawn_local(accept_loop(
                 shard.clone(),
                 listener,
-                port,
+                service,
             )));
         }
     }
@@ -314,7 +360,7 @@ async fn drain(shard: &Rc<Shard>) {
     }
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Service) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let stream = match listener.accept().await {
@@ -333,7 +379,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, port: Port) {
         let shard = shard.clone();
         glommio::spawn_local(async move {
             shard.sessions.set(shard.sessions.get() + 1);
-            smtp::run(&shard, stream, port).await;
+            match service {
+                Service::Smtp(port) => smtp::run(&shard, stream, port).await,
+                Service::Pop3 { implicit_tls } => pop3::run(&shard, stream, implicit_tls).await,
+            }
             shard.sessions.set(shard.sessions.get() - 1);
         })
         .detach();

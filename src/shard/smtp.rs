@@ -13,10 +13,9 @@ use glommio::net::TcpStream;
 use std::net::IpAddr;
 use tracing::{debug, Instrument};
 
-use super::conn::{with_timeout, InputBuffer, Stream};
+use super::conn::{flush, read_more, InputBuffer, ReadOutcome, Stream};
 use super::{mesh, Shard};
 use crate::proto::smtp::{session::TOO_MANY_SESSIONS, Action, Outbox, Port, Session};
-use crate::users;
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
 /// DATA reads.
@@ -61,7 +60,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         for action in actions {
             match action {
                 Action::StartTls => {
-                    if flush(&mut stream, &mut out).await.is_err() {
+                    if flush(&mut stream, &mut out.reply).await.is_err() {
                         return;
                     }
                     // Anything pipelined after STARTTLS came in clear: drop it
@@ -75,7 +74,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                 }
                 Action::Authenticate { username, password } => {
                     shard.refresh_users();
-                    let user = verify(shard, username, password).await;
+                    let user = shard.verify_password(username, password).await;
                     if user.is_none() {
                         glommio::timer::sleep(limits.auth_failure_delay).await;
                     }
@@ -87,7 +86,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     session.delivered(&id, result, &mut out);
                 }
                 Action::Close => {
-                    let _ = flush(&mut stream, &mut out).await;
+                    let _ = flush(&mut stream, &mut out.reply).await;
                     stream.close().await;
                     return;
                 }
@@ -96,7 +95,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         if acted {
             continue; // pipelined input may be waiting behind the action
         }
-        if flush(&mut stream, &mut out).await.is_err() {
+        if flush(&mut stream, &mut out.reply).await.is_err() {
             return;
         }
         if input.is_full() {
@@ -108,59 +107,19 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
             session.shutdown(&mut out);
             continue;
         }
-        let read = async {
-            if idle {
-                // Between commands a shutdown may interrupt the wait for the next one.
-                futures_lite::future::or(input.fill(&mut stream), async {
-                    shard.shutdown.wait().await;
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::Interrupted,
-                        "shutdown",
-                    ))
-                })
-                .await
-            } else {
-                input.fill(&mut stream).await
-            }
-        };
-        match with_timeout(limits.idle_timeout, read).await {
-            Ok(Ok(0)) => return, // peer closed; an unfinished message is dropped
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {
-                session.shutdown(&mut out);
-            }
-            Ok(Err(_)) => return,
-            Err(_) => session.timed_out(&mut out),
+        match read_more(
+            &mut stream,
+            &mut input,
+            &shard.shutdown,
+            limits.idle_timeout,
+            idle,
+        )
+        .await
+        {
+            ReadOutcome::Data => {}
+            ReadOutcome::Closed => return, // an unfinished message is dropped
+            ReadOutcome::Shutdown => session.shutdown(&mut out),
+            ReadOutcome::TimedOut => session.timed_out(&mut out),
         }
     }
-}
-
-async fn flush(stream: &mut Stream, out: &mut Outbox) -> std::io::Result<()> {
-    if out.reply.is_empty() {
-        return Ok(());
-    }
-    let result = stream.write_all(&out.reply).await;
-    out.reply.clear();
-    result
-}
-
-/// A hash with the cost of a real one, checked when the user does not exist, so the
-/// reply time does not reveal which accounts exist.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c2hhcmRtYWlsZHVtbXk$2A4bxHvE6Ed0Nt1wTCgwLzXbTdxOQPLSp4XH1Sg1R3U";
-
-/// Checks a password off the reactor; the account's canonical address if it matches.
-pub async fn verify(shard: &Shard, username: String, password: String) -> Option<String> {
-    let db = shard.users.borrow().clone();
-    let name = users::normalize(&username);
-    let hash = name
-        .as_deref()
-        .and_then(|n| db.users.get(n))
-        .map(|u| u.password.clone());
-    let known = hash.is_some();
-    let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_string());
-    let ok = glommio::executor()
-        .spawn_blocking(move || users::verify_password(&hash, &password))
-        .await;
-    (ok && known).then_some(name).flatten()
 }

@@ -248,6 +248,69 @@ impl Partition {
         (end <= map.len()).then_some(MappedSlice { map, start, end })
     }
 
+    /// The bytes of message `uid` in `mailbox` of `account`, from the mmap.
+    pub fn message(&self, account: u64, mailbox: u32, uid: u32) -> Option<MappedSlice> {
+        let (offset, len) = {
+            let index = self.index.borrow();
+            let mb = index
+                .accounts
+                .get(&account)?
+                .mailboxes
+                .iter()
+                .find(|m| m.id == mailbox)?;
+            let at = mb.messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
+            let entry = mb.messages.get(at)?;
+            (entry.offset, entry.len)
+        };
+        self.read(offset, len)
+    }
+
+    /// Removes `uids` from a mailbox durably (one group commit for all of them).
+    /// UIDs already gone are skipped, so a retry is harmless.
+    pub async fn expunge(
+        self: &Rc<Self>,
+        account: u64,
+        mailbox: u32,
+        uids: &[u32],
+    ) -> Result<(), StoreError> {
+        if self.failed.get() {
+            return Err(StoreError::Failed(self.id));
+        }
+        let present: Vec<u32> = {
+            let index = self.index.borrow();
+            let Some(mb) = index
+                .accounts
+                .get(&account)
+                .and_then(|a| a.mailboxes.iter().find(|m| m.id == mailbox))
+            else {
+                return Ok(());
+            };
+            uids.iter()
+                .copied()
+                .filter(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_ok())
+                .collect()
+        };
+        if present.is_empty() {
+            return Ok(());
+        }
+        let base = self.end.get();
+        let mut bytes = Vec::with_capacity(present.len() * 48);
+        for uid in present {
+            let modseq = self.reserve_modseq(account, mailbox);
+            layout::encode(
+                &mut bytes,
+                Kind::Expunge,
+                &[
+                    &account.to_le_bytes(),
+                    &mailbox.to_le_bytes(),
+                    &uid.to_le_bytes(),
+                    &modseq.to_le_bytes(),
+                ],
+            );
+        }
+        self.commit(base, bytes).await
+    }
+
     /// Stores `message` in the INBOX of every account in `accounts` (all owned by this
     /// partition); resolves once durable per `store.durability`.
     pub async fn deliver(
@@ -330,6 +393,16 @@ impl Partition {
         let out = *slot;
         *slot = (slot.0 + 1, slot.1 + 1);
         out
+    }
+
+    /// Hands out the next MODSEQ of a mailbox for a change that is not an append.
+    fn reserve_modseq(&self, account: u64, mailbox: u32) -> u64 {
+        let (uid, modseq) = self.reserve(account, mailbox);
+        // `reserve` also advanced the UID; give it back (UIDs only grow on appends).
+        if let Some(slot) = self.reserved.borrow_mut().get_mut(&(account, mailbox)) {
+            slot.0 = uid;
+        }
+        modseq
     }
 
     /// Queues encoded records (which start at file offset `base`) and waits until they

@@ -1,0 +1,344 @@
+//! Drives one POP3 connection and moves it to the shard that owns the account.
+//!
+//! Accepted on any shard; after the password checks out, the connection is taken apart
+//! (dup'd fd + rustls state + the session + unread input, all owned) and sent over the
+//! mesh to the owner, which locks the maildrop and carries on (DESIGN.md §1). From then
+//! on RETR streams straight from the partition's mmap, dot-stuffing on the way out
+//! without copying the message, and DELE takes effect only at QUIT.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+
+use tracing::{debug, Instrument};
+
+use super::conn::{flush, read_more, InputBuffer, ReadOutcome, Stream, StreamParts};
+use super::mesh::ShardMsg;
+use super::Shard;
+use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
+use crate::store;
+
+/// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
+const INBOX: u32 = 1;
+
+/// A POP3 session moving to the shard that owns its account. All owned, all `Send`.
+#[derive(Debug)]
+pub struct Handoff {
+    pub parts: StreamParts,
+    pub session: Box<Session>,
+    /// Input the client pipelined behind its login.
+    pub pending: Vec<u8>,
+    pub account: u64,
+    pub user: String,
+}
+
+/// Accounts with a POP3 session on this shard (RFC 1939 exclusive maildrop lock).
+#[derive(Debug, Default)]
+pub struct Locks(std::cell::RefCell<HashSet<u64>>);
+
+/// Holds an account's maildrop lock until dropped.
+struct LockGuard {
+    shard: Rc<Shard>,
+    account: u64,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        self.shard.pop3_locks.0.borrow_mut().remove(&self.account);
+    }
+}
+
+fn input_capacity(shard: &Shard) -> usize {
+    (shard.config.limits.line_bytes_max * 2).max(16 * 1024)
+}
+
+/// A freshly accepted POP3 connection (`implicit_tls` for `listen.pop3s`).
+pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: bool) {
+    let Ok(peer) = tcp.peer_addr() else { return };
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls {
+        if let Err(e) = stream
+            .upgrade(&shard.tls, shard.config.limits.idle_timeout)
+            .await
+        {
+            debug!(%peer, error = %e, "implicit TLS handshake failed");
+            return;
+        }
+    }
+    shard.refresh_users();
+    let session = Session::new(shard.pop3_config.clone(), implicit_tls);
+    let mut out = Outbox::default();
+    session.greet(&mut out);
+    let input = InputBuffer::new(input_capacity(shard));
+    let span = tracing::debug_span!("pop3", shard = shard.id, %peer);
+    drive(shard, stream, session, input, out, None)
+        .instrument(span)
+        .await;
+}
+
+/// A session handed over by another shard: lock the maildrop, answer the login, go on.
+pub async fn adopt(shard: Rc<Shard>, handoff: Handoff) {
+    shard.sessions.set(shard.sessions.get() + 1);
+    let Handoff {
+        parts,
+        mut session,
+        pending,
+        account,
+        user,
+    } = handoff;
+    let stream = Stream::from_parts(parts);
+    let mut out = Outbox::default();
+    let lock = open_maildrop(&shard, &mut session, account, user, &mut out);
+    let input = InputBuffer::with_pending(input_capacity(&shard), &pending);
+    let span = tracing::debug_span!("pop3", shard = shard.id, adopted = true);
+    drive(&shard, stream, *session, input, out, lock)
+        .instrument(span)
+        .await;
+    shard.sessions.set(shard.sessions.get() - 1);
+}
+
+/// Locks the account's maildrop on this (owning) shard and answers the login.
+fn open_maildrop(
+    shard: &Rc<Shard>,
+    session: &mut Session,
+    account: u64,
+    user: String,
+    out: &mut Outbox,
+) -> Option<LockGuard> {
+    let partition = store::partition_of(account, shard.partitions_total);
+    let Some(p) = shard.partition(partition) else {
+        tracing::error!(
+            partition,
+            shard = shard.id,
+            "POP3 login on a shard that does not own it"
+        );
+        session.login_refused(LoginRefusal::Temporary, out);
+        return None;
+    };
+    if !shard.pop3_locks.0.borrow_mut().insert(account) {
+        session.login_refused(LoginRefusal::InUse, out);
+        return None;
+    }
+    let guard = LockGuard {
+        shard: shard.clone(),
+        account,
+    };
+    let maildrop = {
+        let index = p.index();
+        let inbox = index
+            .accounts
+            .get(&account)
+            .and_then(|a| a.mailboxes.iter().find(|m| m.id == INBOX));
+        match inbox {
+            Some(mb) => Maildrop {
+                uidvalidity: mb.uidvalidity,
+                entries: mb
+                    .messages
+                    .iter()
+                    .map(|m| Entry {
+                        uid: m.uid,
+                        size: u64::from(m.len),
+                        deleted: false,
+                    })
+                    .collect(),
+            },
+            None => Maildrop::default(),
+        }
+    };
+    session.logged_in(user, maildrop, out);
+    Some(guard)
+}
+
+async fn drive(
+    shard: &Rc<Shard>,
+    mut stream: Stream,
+    mut session: Session,
+    mut input: InputBuffer,
+    mut out: Outbox,
+    mut lock: Option<LockGuard>,
+) {
+    let limits = &shard.config.limits;
+    let mut account = lock.as_ref().map(|l| l.account);
+    loop {
+        let used = session.receive(input.data(), &mut out);
+        input.consume(used);
+        let actions = std::mem::take(&mut out.actions);
+        let acted = !actions.is_empty();
+        for action in actions {
+            match action {
+                Action::StartTls => {
+                    if flush(&mut stream, &mut out.reply).await.is_err() {
+                        return;
+                    }
+                    input.clear(); // plaintext pipelined after STLS is dropped
+                    if stream
+                        .upgrade(&shard.tls, limits.idle_timeout)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    session.tls_established();
+                }
+                Action::Authenticate { username, password } => {
+                    shard.refresh_users();
+                    let Some(user) = shard.verify_password(username, password).await else {
+                        glommio::timer::sleep(limits.auth_failure_delay).await;
+                        session.login_refused(LoginRefusal::BadCredentials, &mut out);
+                        continue;
+                    };
+                    let Some(id) = shard.users.borrow().user(&user).map(|u| u.id) else {
+                        session.login_refused(LoginRefusal::Temporary, &mut out);
+                        continue;
+                    };
+                    let owner = store::shard_of(
+                        store::partition_of(id, shard.partitions_total),
+                        shard.config.shards,
+                    );
+                    if owner == shard.id {
+                        lock = open_maildrop(shard, &mut session, id, user, &mut out);
+                        account = lock.as_ref().map(|l| l.account);
+                    } else {
+                        // Move to the owner. Replies so far are flushed first so the
+                        // owner's answer comes after them on the wire.
+                        if flush(&mut stream, &mut out.reply).await.is_err() {
+                            return;
+                        }
+                        hand_off(shard, owner, stream, session, &input, id, user).await;
+                        return;
+                    }
+                }
+                Action::Retrieve { uid, lines } => {
+                    if flush(&mut stream, &mut out.reply).await.is_err() {
+                        return;
+                    }
+                    let message = account.and_then(|a| {
+                        let p = shard.partition(store::partition_of(a, shard.partitions_total))?;
+                        p.message(a, INBOX, uid)
+                    });
+                    let Some(message) = message else {
+                        // Expunged by IMAP since login: end the listing cleanly.
+                        if stream.write_all(b".\r\n").await.is_err() {
+                            return;
+                        }
+                        session.retrieved();
+                        continue;
+                    };
+                    let len = lines.map_or(message.len(), |n| pop3::top_len(&message, n));
+                    if send_stuffed(&mut stream, message.get(..len).unwrap_or(&message))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    session.retrieved();
+                }
+                Action::Update { expunge } => {
+                    let result = match (account, expunge.is_empty()) {
+                        (_, true) => Ok(0),
+                        (Some(a), false) => {
+                            let p = shard.partition(store::partition_of(a, shard.partitions_total));
+                            match p {
+                                Some(p) => p
+                                    .expunge(a, INBOX, &expunge)
+                                    .await
+                                    .map(|()| expunge.len())
+                                    .map_err(|_| ()),
+                                None => Err(()),
+                            }
+                        }
+                        (None, false) => Err(()),
+                    };
+                    session.updated(result, &mut out);
+                }
+                Action::Close => {
+                    let _ = flush(&mut stream, &mut out.reply).await;
+                    stream.close().await;
+                    return;
+                }
+            }
+        }
+        if acted {
+            continue;
+        }
+        if flush(&mut stream, &mut out.reply).await.is_err() || input.is_full() {
+            return;
+        }
+        let idle = session.is_idle() && input.is_empty();
+        if idle && shard.shutdown.is_fired() {
+            session.shutdown(&mut out);
+            continue;
+        }
+        match read_more(
+            &mut stream,
+            &mut input,
+            &shard.shutdown,
+            limits.idle_timeout,
+            idle,
+        )
+        .await
+        {
+            ReadOutcome::Data => {}
+            // Without QUIT nothing is deleted (RFC 1939 §6): just drop the session.
+            ReadOutcome::Closed => return,
+            ReadOutcome::Shutdown => session.shutdown(&mut out),
+            ReadOutcome::TimedOut => session.timed_out(&mut out),
+        }
+    }
+}
+
+async fn hand_off(
+    shard: &Rc<Shard>,
+    owner: usize,
+    stream: Stream,
+    session: Session,
+    input: &InputBuffer,
+    account: u64,
+    user: String,
+) {
+    let parts = match stream.into_parts() {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(error = %e, "cannot take the connection apart for a hand-off");
+            return;
+        }
+    };
+    let handoff = Handoff {
+        parts,
+        session: Box::new(session),
+        pending: input.data().to_vec(),
+        account,
+        user,
+    };
+    if shard
+        .mesh
+        .send(owner, ShardMsg::AdoptPop3(Box::new(handoff)))
+        .await
+        .is_err()
+    {
+        tracing::error!(owner, "POP3 hand-off failed; the connection is closed");
+    }
+}
+
+/// Sends a message dot-stuffed: unchanged runs are written as they are (no copy of
+/// the message), an extra `.` before each line that starts with one, then the
+/// terminator, with a CRLF first if the message does not end in one.
+async fn send_stuffed(stream: &mut Stream, message: &[u8]) -> std::io::Result<()> {
+    let mut start = 0;
+    for dot in pop3::stuffing_points(message) {
+        stream
+            .write_all(message.get(start..dot).unwrap_or(&[]))
+            .await?;
+        stream.write_all(b".").await?;
+        start = dot;
+    }
+    stream
+        .write_all(message.get(start..).unwrap_or(&[]))
+        .await?;
+    let terminator: &[u8] = if message.is_empty() || message.ends_with(b"\r\n") {
+        b".\r\n"
+    } else {
+        b"\r\n.\r\n"
+    };
+    stream.write_all(terminator).await
+}
