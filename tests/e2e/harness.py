@@ -43,7 +43,7 @@ def partition_of(account, partitions):
 class Server:
     def __init__(self, shards=2, settings=None, data_dir=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="shardmail-e2e-")
-        self.ports = {k: free_port() for k in ("smtp", "submission", "submissions")}
+        self.ports = {k: free_port() for k in ("smtp", "submission", "submissions", "pop3", "pop3s")}
         self.shards = shards
         self.settings = {
             "server.shards": str(shards),
@@ -54,8 +54,8 @@ class Server:
             "listen.submissions": f'"127.0.0.1:{self.ports["submissions"]}"',
             "listen.imap": "[]",
             "listen.imaps": "[]",
-            "listen.pop3": "[]",
-            "listen.pop3s": "[]",
+            "listen.pop3": f'"127.0.0.1:{self.ports["pop3"]}"',
+            "listen.pop3s": f'"127.0.0.1:{self.ports["pop3s"]}"',
             "limits.auth_failure_delay_ms": "300",
         }
         self.settings.update(settings or {})

@@ -1,0 +1,60 @@
+//! Fuzz target: a POP3 session fed arbitrary bytes, split at a fuzzer-chosen point,
+//! never panics and answers the same whole or in two pieces.
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use shardmail::proto::pop3::{Action, Entry, LoginRefusal, Maildrop, Outbox, Pop3Config, Session};
+
+fn drive(parts: &[&[u8]]) -> Vec<u8> {
+    let config = Arc::new(Pop3Config {
+        hostname: "pop.example".into(),
+        tls_available: true,
+        allow_plaintext_auth: true,
+        line_bytes_max: 256,
+        bad_commands_max: 1000,
+        auth_failures_max: 1000,
+    });
+    let mut s = Session::new(config, false);
+    let mut out = Outbox::default();
+    let mut trace = Vec::new();
+    let mut pending = Vec::new();
+    for part in parts {
+        pending.extend_from_slice(part);
+        loop {
+            let used = s.receive(&pending, &mut out);
+            assert!(used <= pending.len());
+            pending.drain(..used);
+            trace.append(&mut out.reply);
+            let actions = std::mem::take(&mut out.actions);
+            if actions.is_empty() {
+                break;
+            }
+            for a in actions {
+                match a {
+                    Action::Authenticate { username, password } if password == "pw" => {
+                        let drop = Maildrop {
+                            uidvalidity: 1,
+                            entries: vec![Entry { uid: 1, size: 10, deleted: false }],
+                        };
+                        s.logged_in(username, drop, &mut out)
+                    }
+                    Action::Authenticate { .. } => s.login_refused(LoginRefusal::BadCredentials, &mut out),
+                    Action::Retrieve { .. } => s.retrieved(),
+                    Action::Update { expunge } => s.updated(Ok(expunge.len()), &mut out),
+                    Action::StartTls => s.tls_established(),
+                    Action::Close => {}
+                }
+                trace.append(&mut out.reply);
+            }
+        }
+    }
+    trace
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&split, input)) = data.split_first() else { return };
+    let at = usize::from(split).min(input.len());
+    assert_eq!(drive(&[input]), drive(&[&input[..at], &input[at..]]));
+});
