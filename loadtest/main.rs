@@ -29,6 +29,32 @@ struct Cli {
 enum Scenario {
     /// Send messages over SMTP.
     Smtp(SmtpArgs),
+    /// Log in over POP3 and download every message (LIST, UIDL, RETR all, QUIT).
+    Pop3(Pop3Args),
+}
+
+#[derive(clap::Args, Clone)]
+struct Pop3Args {
+    /// Server address (plain POP3; the server must allow USER/PASS without TLS).
+    #[arg(long, default_value = "127.0.0.1:2110")]
+    server: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    connections: usize,
+    /// Login sessions in total.
+    #[arg(long, default_value_t = 200)]
+    sessions: u64,
+    /// Accounts to log in as, taken in turn (each holds its own maildrop lock).
+    #[arg(long, required = true)]
+    user: Vec<String>,
+    #[arg(long, default_value = "pw")]
+    password: String,
+    /// Stop after this many seconds even if sessions remain (hard bound).
+    #[arg(long, default_value_t = 120)]
+    duration_secs: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -73,8 +99,11 @@ struct Totals {
 
 fn main() {
     let cli = Cli::parse();
-    let Scenario::Smtp(args) = cli.scenario;
-    std::process::exit(match run_smtp(args) {
+    let result = match cli.scenario {
+        Scenario::Smtp(args) => run_smtp(args),
+        Scenario::Pop3(args) => run_pop3(args),
+    };
+    std::process::exit(match result {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("shardmail-load: {e}");
@@ -356,4 +385,164 @@ fn report(args: &SmtpArgs, t: &Totals, h: &Histogram<u64>, elapsed: f64) {
         ms(0.999),
         h.max() as f64 / 1000.0
     );
+}
+
+/// POP3: each worker logs in as the next account nobody else is using, downloads
+/// everything with pipelined RETRs, and quits without deleting (so runs repeat).
+fn run_pop3(args: Pop3Args) -> Result<(), String> {
+    if args.connections > args.user.len() {
+        return Err("need at least as many --user accounts as connections (maildrop locks)".into());
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let totals = Arc::new(Mutex::new(Totals::default()));
+    let hist = Arc::new(Mutex::new(new_histogram()?));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_secs);
+    let workers: Vec<_> = (0..args.connections)
+        .map(|w| {
+            let (args, next, totals, hist) =
+                (args.clone(), next.clone(), totals.clone(), hist.clone());
+            std::thread::spawn(move || {
+                let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
+                let mut t = Totals::default();
+                // Worker w always uses accounts w, w+connections, … so no two workers
+                // ever want the same maildrop.
+                let mine: Vec<&String> =
+                    args.user.iter().skip(w).step_by(args.connections).collect();
+                let mut round = 0usize;
+                while Instant::now() < deadline
+                    && next.fetch_add(1, Ordering::Relaxed) < args.sessions
+                {
+                    let user = mine[round % mine.len()];
+                    round += 1;
+                    if let Err(e) =
+                        pop3_session(&args.server, user, &args.password, &mut local, &mut t)
+                    {
+                        *t.errors.entry(e).or_default() += 1;
+                    }
+                }
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.add(&local);
+                }
+                if let Ok(mut g) = totals.lock() {
+                    g.ok += t.ok;
+                    g.bytes += t.bytes;
+                    for (k, v) in t.errors {
+                        *g.errors.entry(k).or_default() += v;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let t = totals.lock().map_err(|_| "worker panicked")?;
+    let h = hist.lock().map_err(|_| "worker panicked")?;
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let errors: u64 = t.errors.values().sum();
+    let (rate, mbps) = (t.ok as f64 / elapsed, t.bytes as f64 / elapsed / 1e6);
+    if args.json {
+        let report = serde_json::json!({
+            "scenario": "pop3", "server": args.server, "connections": args.connections,
+            "messages_retrieved": t.ok, "errors": errors, "error_kinds": t.errors,
+            "elapsed_s": elapsed, "messages_per_s": rate, "mb_per_s": mbps,
+            "session_download_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99),
+                                 "p999": ms(0.999), "max": h.max() as f64 / 1000.0 },
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    println!(
+        "scenario      pop3 → {} ({} connections)",
+        args.server, args.connections
+    );
+    println!("retrieved     {} messages   errors {errors}", t.ok);
+    for (k, v) in &t.errors {
+        println!("  error {k}: {v}");
+    }
+    println!("elapsed       {elapsed:.2} s");
+    println!("throughput    {rate:.0} msg/s   {mbps:.1} MB/s");
+    println!(
+        "session ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+fn pop3_session(
+    server: &str,
+    user: &str,
+    password: &str,
+    hist: &mut Histogram<u64>,
+    totals: &mut Totals,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(server).map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut reader =
+        BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    let mut line = Vec::new();
+    let ok_line = |reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>| -> Result<(), String> {
+        line.clear();
+        reader
+            .read_until(b'\n', line)
+            .map_err(|e| format!("read: {}", e.kind()))?;
+        if line.starts_with(b"+OK") {
+            Ok(())
+        } else {
+            Err(format!("reply {}", String::from_utf8_lossy(line).trim()))
+        }
+    };
+    ok_line(&mut reader, &mut line)?;
+    writer
+        .write_all(format!("USER {user}\r\nPASS {password}\r\nSTAT\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    ok_line(&mut reader, &mut line)?;
+    ok_line(&mut reader, &mut line)?;
+    ok_line(&mut reader, &mut line)?;
+    let count: usize = String::from_utf8_lossy(&line)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // Pipelined (the server advertises PIPELINING): all RETRs in one write.
+    let mut cmds = String::new();
+    for i in 1..=count {
+        cmds.push_str(&format!("RETR {i}\r\n"));
+    }
+    let started = Instant::now();
+    writer
+        .write_all(cmds.as_bytes())
+        .map_err(|e| e.to_string())?;
+    for _ in 0..count {
+        ok_line(&mut reader, &mut line)?;
+        let mut bytes = 0u64;
+        loop {
+            line.clear();
+            reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("read: {}", e.kind()))?;
+            if line.is_empty() {
+                return Err("connection closed".into());
+            }
+            if line == b".\r\n" {
+                break;
+            }
+            bytes += line.len() as u64;
+        }
+        totals.ok += 1;
+        totals.bytes += bytes;
+    }
+    // One sample per session: time from the first RETR sent to the last byte read.
+    let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
+    writer.write_all(b"QUIT\r\n").map_err(|e| e.to_string())?;
+    ok_line(&mut reader, &mut line)?;
+    Ok(())
 }
