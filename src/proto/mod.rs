@@ -7,9 +7,36 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod pop3;
+pub mod sasl;
 pub mod smtp;
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Replies and actions a session produced in one call; `A` is the protocol's action.
+#[derive(Debug)]
+pub struct Outbox<A> {
+    /// Reply bytes, in order, ready for the wire.
+    pub reply: Vec<u8>,
+    /// Work for the IO layer, in order.
+    pub actions: Vec<A>,
+}
+
+impl<A> Default for Outbox<A> {
+    fn default() -> Self {
+        Outbox {
+            reply: Vec::new(),
+            actions: Vec::new(),
+        }
+    }
+}
+
+impl<A> Outbox<A> {
+    /// Appends one reply line and its CRLF.
+    pub(crate) fn line(&mut self, line: &str) {
+        self.reply.extend_from_slice(line.as_bytes());
+        self.reply.extend_from_slice(b"\r\n");
+    }
+}
 
 /// Formats `t` as an RFC 5322 date-time in UTC, e.g. `Thu, 26 Nov 2026 06:45:00 +0000`.
 pub fn rfc5322_date(t: SystemTime) -> String {

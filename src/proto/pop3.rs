@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
+use super::sasl::{self, SaslError};
 use memchr::memchr;
 use memchr::memmem;
 
@@ -69,18 +69,7 @@ pub enum Action {
 }
 
 /// Replies and actions produced by one call.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    pub reply: Vec<u8>,
-    pub actions: Vec<Action>,
-}
-
-impl Outbox {
-    fn line(&mut self, line: &str) {
-        self.reply.extend_from_slice(line.as_bytes());
-        self.reply.extend_from_slice(b"\r\n");
-    }
-}
+pub type Outbox = super::Outbox<Action>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
@@ -346,34 +335,14 @@ impl Session {
     }
 
     fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
-        if response == b"*" {
-            return out.line("-ERR Authentication cancelled");
+        match sasl::plain(response) {
+            Ok(c) => self.authenticate(c.username, c.password, out),
+            Err(SaslError::AuthzMismatch) => self.login_refused(LoginRefusal::BadCredentials, out),
+            Err(SaslError::Cancelled) => out.line("-ERR Authentication cancelled"),
+            Err(SaslError::BadBase64) => out.line("-ERR Cannot decode base64 response"),
+            Err(SaslError::Malformed) => out.line("-ERR Malformed PLAIN response"),
+            Err(SaslError::NotUtf8) => out.line("-ERR PLAIN response is not UTF-8"),
         }
-        let decoded = if response == b"=" {
-            Vec::new()
-        } else {
-            match base64::engine::general_purpose::STANDARD.decode(response) {
-                Ok(d) => d,
-                Err(_) => return out.line("-ERR Cannot decode base64 response"),
-            }
-        };
-        let mut parts = decoded.split(|&b| b == 0);
-        let (Some(authz), Some(user), Some(pass), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return out.line("-ERR Malformed PLAIN response");
-        };
-        let (Ok(authz), Ok(user), Ok(pass)) = (
-            std::str::from_utf8(authz),
-            std::str::from_utf8(user),
-            std::str::from_utf8(pass),
-        ) else {
-            return out.line("-ERR PLAIN response is not UTF-8");
-        };
-        if !authz.is_empty() && authz != user {
-            return self.login_refused(LoginRefusal::BadCredentials, out);
-        }
-        self.authenticate(user.to_string(), pass.to_string(), out);
     }
 
     fn authenticate(&mut self, username: String, password: String, out: &mut Outbox) {

@@ -15,6 +15,8 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use rustls::ServerConnection;
 
+use crate::proto::Outbox;
+
 /// Ciphertext read per socket read (a TLS record is at most 16 KiB + overhead).
 const TLS_READ_BYTES: usize = 18 * 1024;
 
@@ -303,6 +305,47 @@ pub async fn read_more(
         Ok(Err(_)) => ReadOutcome::Closed,
         Err(_) => ReadOutcome::TimedOut,
     }
+}
+
+/// What the IO layer needs from any session to stop or time it out.
+pub trait Interruptible {
+    type Action;
+    /// Between commands (a safe point to stop).
+    fn is_idle(&self) -> bool;
+    /// Writes the protocol's "shutting down" reply and closes.
+    fn shutdown(&mut self, out: &mut Outbox<Self::Action>);
+    /// Writes the protocol's idle-timeout reply and closes.
+    fn timed_out(&mut self, out: &mut Outbox<Self::Action>);
+}
+
+/// Once a session has consumed what it could: flushes its replies, then waits for
+/// input (or turns a shutdown/timeout into the session's reply). `false` means the
+/// connection is finished.
+pub async fn await_input<S: Interruptible>(
+    stream: &mut Stream,
+    input: &mut InputBuffer,
+    session: &mut S,
+    out: &mut Outbox<S::Action>,
+    shutdown: &super::shutdown::Shutdown,
+    idle_timeout: Duration,
+) -> bool {
+    if flush(stream, &mut out.reply).await.is_err() || input.is_full() {
+        // A full buffer cannot happen with capacity > line_bytes_max; fail safe.
+        return false;
+    }
+    let idle = session.is_idle() && input.is_empty();
+    if idle && shutdown.is_fired() {
+        session.shutdown(out);
+        return true;
+    }
+    match read_more(stream, input, shutdown, idle_timeout, idle).await {
+        ReadOutcome::Data => {}
+        // Peer gone: an unfinished SMTP message or unQUIT POP3 deletions are dropped.
+        ReadOutcome::Closed => return false,
+        ReadOutcome::Shutdown => session.shutdown(out),
+        ReadOutcome::TimedOut => session.timed_out(out),
+    }
+    true
 }
 
 /// A fixed-capacity input buffer: protocol code sees `data()`, consumes a prefix.

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use tracing::{debug, Instrument};
 
-use super::conn::{flush, read_more, InputBuffer, ReadOutcome, Stream, StreamParts};
+use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream, StreamParts};
 use super::mesh::ShardMsg;
 use super::Shard;
 use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
@@ -261,28 +261,18 @@ async fn drive(
         if acted {
             continue;
         }
-        if flush(&mut stream, &mut out.reply).await.is_err() || input.is_full() {
-            return;
-        }
-        let idle = session.is_idle() && input.is_empty();
-        if idle && shard.shutdown.is_fired() {
-            session.shutdown(&mut out);
-            continue;
-        }
-        match read_more(
+        let (shutdown, timeout) = (&shard.shutdown, limits.idle_timeout);
+        if !await_input(
             &mut stream,
             &mut input,
-            &shard.shutdown,
-            limits.idle_timeout,
-            idle,
+            &mut session,
+            &mut out,
+            shutdown,
+            timeout,
         )
         .await
         {
-            ReadOutcome::Data => {}
-            // Without QUIT nothing is deleted (RFC 1939 §6): just drop the session.
-            ReadOutcome::Closed => return,
-            ReadOutcome::Shutdown => session.shutdown(&mut out),
-            ReadOutcome::TimedOut => session.timed_out(&mut out),
+            return;
         }
     }
 }
@@ -341,4 +331,17 @@ async fn send_stuffed(stream: &mut Stream, message: &[u8]) -> std::io::Result<()
         b"\r\n.\r\n"
     };
     stream.write_all(terminator).await
+}
+
+impl Interruptible for Session {
+    type Action = crate::proto::pop3::Action;
+    fn is_idle(&self) -> bool {
+        Session::is_idle(self)
+    }
+    fn shutdown(&mut self, out: &mut crate::proto::pop3::Outbox) {
+        Session::shutdown(self, out)
+    }
+    fn timed_out(&mut self, out: &mut crate::proto::pop3::Outbox) {
+        Session::timed_out(self, out)
+    }
 }

@@ -13,7 +13,7 @@ use glommio::net::TcpStream;
 use std::net::IpAddr;
 use tracing::{debug, Instrument};
 
-use super::conn::{flush, read_more, InputBuffer, ReadOutcome, Stream};
+use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
 use super::{mesh, Shard};
 use crate::proto::smtp::{session::TOO_MANY_SESSIONS, Action, Outbox, Port, Session};
 
@@ -95,31 +95,31 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         if acted {
             continue; // pipelined input may be waiting behind the action
         }
-        if flush(&mut stream, &mut out.reply).await.is_err() {
-            return;
-        }
-        if input.is_full() {
-            // Cannot happen with input_capacity ≥ line_bytes_max; fail safe.
-            return;
-        }
-        let idle = session.is_idle() && input.is_empty();
-        if idle && shard.shutdown.is_fired() {
-            session.shutdown(&mut out);
-            continue;
-        }
-        match read_more(
+        let (shutdown, timeout) = (&shard.shutdown, limits.idle_timeout);
+        if !await_input(
             &mut stream,
             &mut input,
-            &shard.shutdown,
-            limits.idle_timeout,
-            idle,
+            &mut session,
+            &mut out,
+            shutdown,
+            timeout,
         )
         .await
         {
-            ReadOutcome::Data => {}
-            ReadOutcome::Closed => return, // an unfinished message is dropped
-            ReadOutcome::Shutdown => session.shutdown(&mut out),
-            ReadOutcome::TimedOut => session.timed_out(&mut out),
+            return;
         }
+    }
+}
+
+impl Interruptible for Session {
+    type Action = crate::proto::smtp::Action;
+    fn is_idle(&self) -> bool {
+        Session::is_idle(self)
+    }
+    fn shutdown(&mut self, out: &mut crate::proto::smtp::Outbox) {
+        Session::shutdown(self, out)
+    }
+    fn timed_out(&mut self, out: &mut crate::proto::smtp::Outbox) {
+        Session::timed_out(self, out)
     }
 }

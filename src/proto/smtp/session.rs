@@ -12,12 +12,12 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::SystemTime;
 
-use base64::Engine as _;
 use memchr::memchr;
 
 use super::command::{self, Command, MailParams};
 use super::data::{DataProgress, DataReader};
 use crate::proto::rfc5322_date;
+use crate::proto::sasl::{self, SaslError};
 
 /// Which listener the session arrived on; decides policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,18 +100,7 @@ pub enum Action {
 }
 
 /// Replies and actions produced by one call.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    pub reply: Vec<u8>,
-    pub actions: Vec<Action>,
-}
-
-impl Outbox {
-    fn line(&mut self, line: &str) {
-        self.reply.extend_from_slice(line.as_bytes());
-        self.reply.extend_from_slice(b"\r\n");
-    }
-}
+pub type Outbox = crate::proto::Outbox<Action>;
 
 /// Why a delivery did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -707,26 +696,11 @@ impl Session {
     }
 
     fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
-        let Some(decoded) = sasl_decode(response, out) else {
-            return;
-        };
-        let mut parts = decoded.split(|&b| b == 0);
-        let (Some(authz), Some(user), Some(pass), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return out.line("501 5.5.2 Malformed PLAIN response");
-        };
-        let (Ok(authz), Ok(user), Ok(pass)) = (
-            std::str::from_utf8(authz),
-            std::str::from_utf8(user),
-            std::str::from_utf8(pass),
-        ) else {
-            return out.line("501 5.5.2 PLAIN response is not UTF-8");
-        };
-        if !authz.is_empty() && authz != user {
-            return self.auth_failed(out);
+        match sasl::plain(response) {
+            Ok(c) => self.authenticate(c.username, c.password, out),
+            Err(SaslError::AuthzMismatch) => self.auth_failed(out),
+            Err(e) => sasl_refusal(e, out),
         }
-        self.authenticate(user.to_string(), pass.to_string(), out);
     }
 
     fn authenticate(&mut self, username: String, password: String, out: &mut Outbox) {
@@ -815,30 +789,18 @@ enum LineStep {
     Line(usize, usize),
 }
 
-fn sasl_decode(response: &[u8], out: &mut Outbox) -> Option<Vec<u8>> {
-    if response == b"*" {
-        out.line("501 5.0.0 Authentication cancelled");
-        return None;
-    }
-    if response == b"=" {
-        return Some(Vec::new());
-    }
-    match base64::engine::general_purpose::STANDARD.decode(response) {
-        Ok(d) => Some(d),
-        Err(_) => {
-            out.line("501 5.5.2 Cannot decode base64 response");
-            None
-        }
-    }
+/// The reply for a SASL response we cannot use.
+fn sasl_refusal(e: SaslError, out: &mut Outbox) {
+    out.line(match e {
+        SaslError::Cancelled => "501 5.0.0 Authentication cancelled",
+        SaslError::BadBase64 => "501 5.5.2 Cannot decode base64 response",
+        SaslError::Malformed => "501 5.5.2 Malformed PLAIN response",
+        SaslError::NotUtf8 | SaslError::AuthzMismatch => "501 5.5.2 Response is not UTF-8",
+    });
 }
 
 fn sasl_text(response: &[u8], out: &mut Outbox) -> Option<String> {
-    let decoded = sasl_decode(response, out)?;
-    match String::from_utf8(decoded) {
-        Ok(s) => Some(s),
-        Err(_) => {
-            out.line("501 5.5.2 Response is not UTF-8");
-            None
-        }
-    }
+    sasl::decode_text(response)
+        .map_err(|e| sasl_refusal(e, out))
+        .ok()
 }
