@@ -73,6 +73,8 @@ pub struct Config {
     pub io_memory_bytes: usize,
     /// How long a graceful shutdown waits for sessions to finish their command.
     pub shutdown_grace: Duration,
+    /// How long an idle shard spins before parking (0: park at once).
+    pub spin_before_park: Duration,
     pub local_domains: Vec<String>,
     pub listen: Listen,
     pub tls_cert: PathBuf,
@@ -224,6 +226,7 @@ impl Config {
             partitions: raw.server.partitions,
             io_memory_bytes,
             shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
+            spin_before_park: Duration::from_micros(raw.server.spin_before_park_us),
             local_domains,
             listen,
             tls_cert,

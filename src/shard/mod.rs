@@ -182,6 +182,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     let handles = LocalExecutorPoolBuilder::new(PoolPlacement::MaxSpread(shards, None))
         .name("shard")
         .io_memory(config.io_memory_bytes)
+        .spin_before_park(config.spin_before_park)
         .on_all_shards({
             let (stop, failed) = (stop, failed.clone());
             move || {
