@@ -105,7 +105,7 @@ fn bench_store(durability: Durability, label: &str, messages: usize) {
                 let (p, msg, summary) = (Rc::clone(&p), msg.clone(), summary.clone());
                 glommio::spawn_local(async move {
                     for _ in 0..per_task {
-                        p.deliver(&[a + 1], &msg, &summary, 0)
+                        p.deliver(&[a + 1], 1, &msg, &summary, 0)
                             .await
                             .expect("deliver");
                     }

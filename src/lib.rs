@@ -11,6 +11,7 @@
 //!
 //! Read `docs/architecture.md` for how these fit together.
 
+pub mod auth;
 pub mod config;
 pub mod export;
 pub mod proto;

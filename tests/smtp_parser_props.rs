@@ -67,6 +67,7 @@ fn session() -> Session {
         bad_commands_max: 50,
         auth_failures_max: 3,
         postmaster_domain: "example.org".into(),
+        policies: Default::default(),
     });
     Session::new(config, IpAddr::V4(Ipv4Addr::LOCALHOST), 1, false)
 }
@@ -105,6 +106,10 @@ fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
                         // property compares like with like across splits.
                         trace.extend_from_slice(b"[tls]");
                         s.tls_established();
+                    }
+                    Action::CheckSpf { .. } => {
+                        trace.extend_from_slice(b"[spf]");
+                        s.spf_checked(shardmail::auth::policy::SpfKind::Pass, &mut out);
                     }
                     Action::Close => trace.extend_from_slice(b"[close]"),
                 }

@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use shardmail::auth::policy::{Policies, Policy, SpfFailAction, SpfKind};
 use shardmail::proto::smtp::{
     Action, DeliveryError, Directory, Outbox, Port, Resolution, Session, SessionConfig,
 };
@@ -30,6 +31,10 @@ impl Directory for FakeDirectory {
                 account: 2,
                 mailbox: address.into(),
             },
+            ("carol", "strict.org") => Resolution::Local {
+                account: 3,
+                mailbox: address.into(),
+            },
             ("postmaster", "example.org") => Resolution::Local {
                 account: 1,
                 mailbox: "alice@example.org".into(),
@@ -41,6 +46,12 @@ impl Directory for FakeDirectory {
 }
 
 fn config(port: Port) -> Rc<SessionConfig> {
+    let mut policies = Policies::default();
+    let strict = Policy {
+        spf_fail: SpfFailAction::Reject,
+        ..Policy::default()
+    };
+    policies.domains.insert("strict.org".into(), strict);
     Rc::new(SessionConfig {
         hostname: "mx.example".into(),
         port,
@@ -52,6 +63,7 @@ fn config(port: Port) -> Rc<SessionConfig> {
         bad_commands_max: 4,
         auth_failures_max: 2,
         postmaster_domain: "example.org".into(),
+        policies,
     })
 }
 
@@ -68,6 +80,7 @@ fn unescape(s: &str) -> Vec<u8> {
 fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>) {
     let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut session = Session::new(config(port), peer, 0xABC, port == Port::Submissions);
+    session.verify_senders(transcript.contains("A: spf "));
     let mut out = Outbox::default();
     let mut log = Vec::new();
     let mut delivered = Vec::new();
@@ -147,6 +160,20 @@ fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>
                             log.push("A: starttls".into());
                             pending.clear(); // as the IO layer does (CVE-2011-0411)
                             session.tls_established();
+                        }
+                        Action::CheckSpf {
+                            ip,
+                            helo,
+                            mail_from,
+                        } => {
+                            log.push(format!("A: spf {ip} {helo} {mail_from}"));
+                            // The fake DNS: the sender's domain names its SPF result.
+                            let kind = match mail_from.rsplit_once('@').map(|(_, d)| d) {
+                                Some("fail.example") => SpfKind::Fail,
+                                Some("temp.example") => SpfKind::TempError,
+                                _ => SpfKind::Pass,
+                            };
+                            session.spf_checked(kind, &mut out);
                         }
                         Action::Close => log.push("A: close".into()),
                     }
@@ -503,5 +530,42 @@ fn smtputf8_addresses_need_the_parameter() {
          S: 250 2.1.0 Sender ok
          C: RCPT TO:<bob@example.org>
          S: 250 2.1.5 Recipient ok",
+    );
+}
+
+#[test]
+fn spf_policy_applies_per_recipient_domain_before_data() {
+    check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: HELO client.example
+         S: 250 mx.example
+         C: MAIL FROM:<someone@fail.example>
+         A: spf 192.0.2.1 client.example someone@fail.example
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<alice@example.org>
+         C: RCPT TO:<carol@strict.org>
+         S: 250 2.1.5 Recipient ok
+         S: 550 5.7.23 SPF validation failed: the sender's domain does not authorise this host
+         C: RSET
+         S: 250 2.0.0 Ok
+         C: MAIL FROM:<x@temp.example>
+         A: spf 192.0.2.1 client.example x@temp.example
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<alice@example.org>
+         S: 451 4.7.24 SPF validation error (temporary DNS failure), try again later
+         C: RSET
+         S: 250 2.0.0 Ok
+         C: MAIL FROM:<ok@pass.example>
+         A: spf 192.0.2.1 client.example ok@pass.example
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<carol@strict.org>
+         C: DATA
+         S: 250 2.1.5 Recipient ok
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: Subject: x
+         C: .
+         A: deliver ok@pass.example -> carol@strict.org
+         S: 250 2.0.0 Ok: stored as 000000000ABC0001",
     );
 }

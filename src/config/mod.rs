@@ -83,6 +83,80 @@ pub struct Config {
     pub allow_plaintext_auth: bool,
     pub limits: Limits,
     pub store: StoreOptions,
+    pub dns: Dns,
+    pub auth: Auth,
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub servers: Vec<SocketAddr>,
+    pub timeout: Duration,
+    pub cache_entries: usize,
+}
+
+/// `[auth]`: checks of inbound mail on `listen.smtp`.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub enabled: bool,
+    pub exempt_networks: Vec<IpNet>,
+    pub queue_depth_max: usize,
+    pub policies: crate::auth::policy::Policies,
+}
+
+impl Auth {
+    /// Whether a client at `ip` connecting to the MX port is checked.
+    pub fn checks(&self, ip: std::net::IpAddr) -> bool {
+        self.enabled && !self.exempt_networks.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// An IP network such as `127.0.0.0/8` or `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (ip, prefix) = match s.split_once('/') {
+            Some((ip, p)) => (ip.parse().ok()?, p.parse().ok()?),
+            None => {
+                let ip: std::net::IpAddr = s.parse().ok()?;
+                (ip, if ip.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(ip, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        (prefix <= max).then_some(IpNet { addr: ip, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        fn bits(ip: std::net::IpAddr) -> (u128, u8) {
+            match ip {
+                std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        }
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        let ((net, net_len), (addr, addr_len)) = (bits(self.addr), bits(ip));
+        if net_len != addr_len {
+            return false;
+        }
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(self.prefix))
+        };
+        net & mask == addr & mask
+    }
 }
 
 /// How partitions make appends durable and checkpoint their index.
@@ -233,6 +307,15 @@ impl Config {
             tls_key,
             allow_plaintext_auth: raw.tls.allow_plaintext_auth,
             limits,
+            dns: Dns {
+                servers: parse_addrs(
+                    "dns.servers",
+                    &raw::OneOrMany::Many(raw.dns.servers.clone()),
+                )?,
+                timeout: raw.dns.timeout.value("dns.timeout")?,
+                cache_entries: raw.dns.cache_entries.max(16),
+            },
+            auth: validate_auth(&raw.auth)?,
             store: StoreOptions {
                 durability: raw.store.durability,
                 checkpoint_bytes: raw.store.checkpoint_bytes.bytes("store.checkpoint_bytes")?
@@ -247,6 +330,47 @@ impl Config {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
+}
+
+fn validate_auth(raw: &raw::RawAuth) -> Result<Auth, ConfigError> {
+    use crate::auth::policy::{Policies, Policy};
+    let mut exempt_networks = Vec::new();
+    for (i, n) in raw.exempt_networks.iter().enumerate() {
+        let net = IpNet::parse(n).ok_or_else(|| {
+            err(
+                &format!("auth.exempt_networks[{i}]"),
+                format!("`{n}` is not an address or ip/prefix"),
+            )
+        })?;
+        exempt_networks.push(net);
+    }
+    if raw.queue_depth_max == 0 {
+        return Err(err("auth.queue_depth_max", "must be at least 1"));
+    }
+    let default = Policy {
+        spf_fail: raw.spf_fail,
+        dmarc_reject: raw.dmarc_reject,
+        dmarc_quarantine: raw.dmarc_quarantine,
+        temperror: raw.temperror,
+    };
+    let mut domains = std::collections::HashMap::new();
+    for (domain, over) in &raw.domains {
+        domains.insert(
+            domain.to_ascii_lowercase(),
+            Policy {
+                spf_fail: over.spf_fail.unwrap_or(default.spf_fail),
+                dmarc_reject: over.dmarc_reject.unwrap_or(default.dmarc_reject),
+                dmarc_quarantine: over.dmarc_quarantine.unwrap_or(default.dmarc_quarantine),
+                temperror: over.temperror.unwrap_or(default.temperror),
+            },
+        );
+    }
+    Ok(Auth {
+        enabled: raw.enabled,
+        exempt_networks,
+        queue_depth_max: raw.queue_depth_max,
+        policies: Policies { default, domains },
+    })
 }
 
 fn parse_addrs(key: &str, value: &raw::OneOrMany) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -274,22 +398,39 @@ fn apply_override(tree: &mut toml::Table, item: &str) -> Result<(), ConfigError>
     set_path(tree, key, parsed)
 }
 
+/// Splits a dotted key, honouring TOML quoting: `auth.domains."a.example".spf_fail`.
+fn key_parts(key: &str) -> Result<Vec<String>, ConfigError> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    for c in key.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => parts.last_mut().map(|p| p.push(c)).unwrap_or(()),
+        }
+    }
+    if quoted || parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(err(key, "not a valid dotted key"));
+    }
+    Ok(parts.into_iter().map(|p| p.trim().to_string()).collect())
+}
+
 fn set_path(tree: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
-    let mut parts: Vec<&str> = key.split('.').collect();
+    let mut parts = key_parts(key)?;
     let Some(last) = parts.pop() else {
         return Err(err(key, "empty key"));
     };
     let mut table = tree;
-    for part in parts {
+    for part in &parts {
         let entry = table
-            .entry(part.to_string())
+            .entry(part.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = match entry {
             toml::Value::Table(t) => t,
             _ => return Err(err(key, format!("`{part}` is not a table"))),
         };
     }
-    table.insert(last.to_string(), value);
+    table.insert(last, value);
     Ok(())
 }
 
@@ -334,5 +475,24 @@ mod tests {
         assert_eq!(e.unwrap_err().key, "limits.message_size_max");
         let e = Config::load(None, &["server.shards=\"many\"".into()], None).unwrap_err();
         assert_eq!(e.key, "server.shards");
+        let e = Config::load(None, &["auth.spf_fail=\"bounce\"".into()], None).unwrap_err();
+        assert_eq!(e.key, "auth.spf_fail");
+        let e = Config::load(None, &["dns.servers=[\"nope\"]".into()], None).unwrap_err();
+        assert_eq!(e.key, "dns.servers");
+        let over = vec![
+            "auth.domains.\"Strict.Example\".spf_fail=\"reject\"".to_string(),
+            "dns.timeout=\"250ms\"".to_string(),
+        ];
+        let c = Config::load(None, &over, None).expect("valid");
+        assert_eq!(c.dns.timeout, Duration::from_millis(250));
+        let strict = c.auth.policies.for_domain("strict.example");
+        assert_eq!(strict.spf_fail, crate::auth::policy::SpfFailAction::Reject);
+        assert_eq!(
+            c.auth.policies.for_domain("other.example").spf_fail,
+            crate::auth::policy::SpfFailAction::Mark
+        );
+        assert!(!c.auth.checks("127.0.0.1".parse().unwrap()));
+        assert!(!c.auth.checks("::1".parse().unwrap()));
+        assert!(c.auth.checks("192.0.2.7".parse().unwrap()));
     }
 }

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub tls: RawTls,
     pub limits: RawLimits,
     pub store: RawStore,
+    pub dns: RawDns,
+    pub auth: RawAuth,
 }
 
 impl RawConfig {
@@ -238,5 +240,102 @@ impl Size {
             }
         };
         usize::try_from(n).map_err(|_| bad())
+    }
+}
+
+/// DNS resolution for email authentication (and, later, the outbound queue).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// `ip:port` of resolvers; empty = the system's /etc/resolv.conf.
+    pub servers: Vec<String>,
+    /// Per-query timeout: seconds as an integer, or a string such as "500ms" or "5s".
+    pub timeout: Duration,
+    /// Entries per record type in the shared DNS cache.
+    pub cache_entries: usize,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            servers: Vec::new(),
+            timeout: Duration::Secs(5),
+            cache_entries: 50_000,
+        }
+    }
+}
+
+/// A duration: integer seconds, or a string with `ms`/`s`/`m` units.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Duration {
+    Secs(u64),
+    Text(String),
+}
+
+impl Duration {
+    pub fn value(&self, key: &str) -> Result<std::time::Duration, ConfigError> {
+        let bad = || ConfigError {
+            key: key.to_string(),
+            reason: "expected a duration such as 5, \"5s\" or \"500ms\"".into(),
+        };
+        match self {
+            Duration::Secs(n) => Ok(std::time::Duration::from_secs(*n)),
+            Duration::Text(s) => {
+                let s = s.trim();
+                let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+                let (digits, unit) = s.split_at(split);
+                let n: u64 = digits.parse().map_err(|_| bad())?;
+                match unit.trim() {
+                    "" | "s" => Ok(std::time::Duration::from_secs(n)),
+                    "ms" => Ok(std::time::Duration::from_millis(n)),
+                    "m" => Ok(std::time::Duration::from_secs(n * 60)),
+                    _ => Err(bad()),
+                }
+            }
+        }
+    }
+}
+
+/// The four policy keys, as in `[auth]` and each `[auth.domains."…"]`.
+#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub spf_fail: Option<crate::auth::policy::SpfFailAction>,
+    pub dmarc_reject: Option<crate::auth::policy::DmarcAction>,
+    pub dmarc_quarantine: Option<crate::auth::policy::DmarcAction>,
+    pub temperror: Option<crate::auth::policy::TempErrorAction>,
+}
+
+/// SPF/DKIM/ARC/DMARC checks on `listen.smtp`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub enabled: bool,
+    /// Clients in these networks are not checked (loopback by default, like Postfix's
+    /// mynetworks for local submission tools). Relaying is never granted by this.
+    pub exempt_networks: Vec<String>,
+    /// Checks in flight across all shards before the MX answers 451 4.3.2.
+    pub queue_depth_max: usize,
+    pub spf_fail: crate::auth::policy::SpfFailAction,
+    pub dmarc_reject: crate::auth::policy::DmarcAction,
+    pub dmarc_quarantine: crate::auth::policy::DmarcAction,
+    pub temperror: crate::auth::policy::TempErrorAction,
+    /// Per recipient domain overrides of the four policy keys.
+    pub domains: std::collections::BTreeMap<String, RawPolicy>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        RawAuth {
+            enabled: true,
+            exempt_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            queue_depth_max: 10_000,
+            spf_fail: crate::auth::policy::Policy::default().spf_fail,
+            dmarc_reject: crate::auth::policy::Policy::default().dmarc_reject,
+            dmarc_quarantine: crate::auth::policy::Policy::default().dmarc_quarantine,
+            temperror: crate::auth::policy::Policy::default().temperror,
+            domains: Default::default(),
+        }
     }
 }

@@ -13,7 +13,7 @@ use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
 use super::Shard;
-use crate::proto::smtp::{DeliveryError, Envelope};
+use crate::proto::smtp::{DeliveryError, Recipient};
 use crate::store::{self, Summary};
 
 /// Messages in flight per shard pair before senders wait (bounded memory).
@@ -22,12 +22,13 @@ pub const CHANNEL_DEPTH: usize = 1024;
 /// What shards say to each other. Everything here is owned and `Send`.
 #[derive(Debug)]
 pub enum ShardMsg {
-    /// Store `message` in the INBOX of each account (all in `partition`), then answer.
+    /// Store `message` in `mailbox` of each account (all in `partition`), then answer.
     Deliver {
         request: u64,
         from: usize,
         partition: u32,
         accounts: Vec<u64>,
+        mailbox: u32,
         message: Bytes,
         summary: Bytes,
         internal_date: i64,
@@ -109,6 +110,7 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             from,
             partition,
             accounts,
+            mailbox,
             message,
             summary,
             internal_date,
@@ -117,7 +119,7 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
             glommio::spawn_local(async move {
                 let ok = match shard.partition(partition) {
                     Some(p) => p
-                        .deliver(&accounts, &message, &summary, internal_date)
+                        .deliver(&accounts, mailbox, &message, &summary, internal_date)
                         .await
                         .is_ok(),
                     None => {
@@ -147,18 +149,24 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
     }
 }
 
-/// Stores an accepted message in every recipient's partition; `Ok` once all are durable.
-pub async fn deliver(shard: &Rc<Shard>, envelope: Envelope) -> Result<(), DeliveryError> {
+/// Stores a message in `mailbox` of every recipient, in each recipient's partition;
+/// `Ok` once all are durable.
+pub async fn store(
+    shard: &Rc<Shard>,
+    message: Vec<u8>,
+    recipients: &[Recipient],
+    mailbox: u32,
+    received_at: std::time::SystemTime,
+) -> Result<(), DeliveryError> {
     // Parsed once here, on the accepting shard; owners only copy the cached bytes.
-    let summary = Bytes::from(Summary::parse(&envelope.message).to_bytes());
-    let message = Bytes::from(envelope.message);
-    let internal_date = envelope
-        .received_at
+    let summary = Bytes::from(Summary::parse(&message).to_bytes());
+    let message = Bytes::from(message);
+    let internal_date = received_at
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let mut by_partition: HashMap<u32, Vec<u64>> = HashMap::new();
-    for r in &envelope.recipients {
+    for r in recipients {
         let p = store::partition_of(r.account, shard.partitions_total);
         let accounts = by_partition.entry(p).or_default();
         if !accounts.contains(&r.account) {
@@ -174,7 +182,7 @@ pub async fn deliver(shard: &Rc<Shard>, envelope: Envelope) -> Result<(), Delive
                 let Some(p) = shard.partition(partition) else {
                     return false;
                 };
-                p.deliver(&accounts, &message, &summary, internal_date)
+                p.deliver(&accounts, mailbox, &message, &summary, internal_date)
                     .await
                     .is_ok()
             } else {
@@ -186,6 +194,7 @@ pub async fn deliver(shard: &Rc<Shard>, envelope: Envelope) -> Result<(), Delive
                         from,
                         partition,
                         accounts,
+                        mailbox,
                         message,
                         summary,
                         internal_date,

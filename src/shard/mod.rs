@@ -7,6 +7,7 @@
 //! as owned messages ([`mesh::ShardMsg`]). Nothing here parses a protocol.
 
 pub mod conn;
+pub mod deliver;
 pub mod mesh;
 pub mod pop3;
 pub mod preflight;
@@ -49,6 +50,10 @@ pub struct Shard {
     smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
     pub pop3_config: Arc<crate::proto::pop3::Pop3Config>,
     pub pop3_locks: pop3::Locks,
+    /// The auth worker, when `auth.enabled`.
+    pub auth: Option<crate::auth::worker::AuthClient>,
+    /// DKIM signing keys by domain (loaded at start).
+    pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
 
 /// What a listener serves.
@@ -154,6 +159,7 @@ fn smtp_config(config: &Config, port: Port) -> SessionConfig {
             .first()
             .cloned()
             .unwrap_or_else(|| config.hostname.clone()),
+        policies: config.auth.policies.clone(),
     }
 }
 
@@ -164,6 +170,25 @@ pub fn serve(config: Config) -> Result<(), String> {
     let meta = store::init(&config.data_dir, config.partitions).map_err(|e| e.to_string())?;
     let tls = crate::tls::server_config(&config)?;
     let users = UserDb::load(&config.data_dir).map_err(|e| e.to_string())?;
+    let dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>> =
+        crate::auth::dkim::load_all(&config.data_dir)?
+            .into_iter()
+            .map(|(domain, key)| (domain, Arc::new(key)))
+            .collect();
+    let auth = if config.auth.enabled {
+        Some(crate::auth::worker::AuthService::start(
+            crate::auth::worker::WorkerConfig {
+                hostname: config.hostname.clone(),
+                dns_servers: config.dns.servers.clone(),
+                dns_timeout: config.dns.timeout,
+                cache_entries: config.dns.cache_entries,
+                queue_depth_max: config.auth.queue_depth_max,
+            },
+            None,
+        )?)
+    } else {
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
@@ -184,26 +209,25 @@ pub fn serve(config: Config) -> Result<(), String> {
         .io_memory(config.io_memory_bytes)
         .spin_before_park(config.spin_before_park)
         .on_all_shards({
-            let (stop, failed) = (stop, failed.clone());
-            move || {
-                let config = (*config).clone();
-                async move {
-                    let result = run_shard(
-                        config,
-                        tls,
-                        users,
-                        meta.partitions,
-                        mesh_builder,
-                        stop.clone(),
-                    )
-                    .await;
-                    if let Err(e) = result {
-                        tracing::error!(error = %e, "shard failed");
-                        if let Ok(mut f) = failed.lock() {
-                            f.get_or_insert(e);
-                        }
-                        stop.store(true, Ordering::SeqCst);
+            let init = ShardInit {
+                config: config.clone(),
+                tls,
+                users,
+                partitions_total: meta.partitions,
+                mesh_builder,
+                stop: stop.clone(),
+                auth,
+                dkim_keys,
+            };
+            let failed = failed.clone();
+            move || async move {
+                let result = run_shard(init).await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "shard failed");
+                    if let Ok(mut f) = failed.lock() {
+                        f.get_or_insert(e);
                     }
+                    stop.store(true, Ordering::SeqCst);
                 }
             }
         })
@@ -218,14 +242,31 @@ pub fn serve(config: Config) -> Result<(), String> {
     }
 }
 
-async fn run_shard(
-    config: Config,
+/// Everything a shard starts from; cloned once per shard (all `Send`).
+#[derive(Clone)]
+struct ShardInit {
+    config: Arc<Config>,
     tls: Arc<rustls::ServerConfig>,
     users: UserDb,
     partitions_total: u32,
     mesh_builder: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
-) -> Result<(), String> {
+    auth: Option<Arc<crate::auth::worker::AuthService>>,
+    dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
+}
+
+async fn run_shard(init: ShardInit) -> Result<(), String> {
+    let ShardInit {
+        config,
+        tls,
+        users,
+        partitions_total,
+        mesh_builder,
+        stop,
+        auth,
+        dkim_keys,
+    } = init;
+    let config = (*config).clone();
     let shards = config.shards;
     // Join the mesh first: its peer index *is* the shard id, so partition ownership and
     // mesh routing can never disagree. Every shard joins before anything can fail, or
@@ -278,6 +319,8 @@ async fn run_shard(
             auth_failures_max: config.limits.auth_failures_max,
         }),
         pop3_locks: pop3::Locks::default(),
+        auth: auth.map(crate::auth::worker::AuthClient::new),
+        dkim_keys,
     });
     mesh::serve(shard.clone());
     use Service::{Pop3, Smtp};

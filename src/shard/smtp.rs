@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use tracing::{debug, Instrument};
 
 use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
-use super::{mesh, Shard};
+use super::{deliver, Shard};
+use crate::auth::verify::SpfCheck;
 use crate::proto::smtp::{session::TOO_MANY_SESSIONS, Action, Outbox, Port, Session};
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
@@ -49,9 +50,13 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port) {
 async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, id: u64) {
     let limits = &shard.config.limits;
     let mut session = Session::new(shard.smtp_config(port), peer, id, port == Port::Submissions);
+    session
+        .verify_senders(port == Port::Mx && shard.auth.is_some() && shard.config.auth.checks(peer));
     let mut out = Outbox::default();
     session.greet(&mut out);
     let mut input = InputBuffer::new(input_capacity(shard));
+    // The SPF verdict of the current transaction, for DMARC when its message completes.
+    let mut spf = None;
     loop {
         let used = session.receive(input.data(), SystemTime::now(), shard.as_ref(), &mut out);
         input.consume(used);
@@ -80,9 +85,31 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     }
                     session.auth_result(user, &mut out);
                 }
+                Action::CheckSpf {
+                    ip,
+                    helo,
+                    mail_from,
+                } => {
+                    let check = SpfCheck {
+                        ip,
+                        helo,
+                        mail_from,
+                    };
+                    let verdict = match shard.auth.as_ref() {
+                        Some(auth) => auth.spf(check).await.ok(),
+                        None => None,
+                    };
+                    match verdict {
+                        Some(v) => {
+                            session.spf_checked(v.kind(), &mut out);
+                            spf = Some(v); // kept for DMARC at the end of this transaction
+                        }
+                        None => session.checks_unavailable(&mut out),
+                    }
+                }
                 Action::Deliver(envelope) => {
                     let id = envelope.id.clone();
-                    let result = mesh::deliver(shard, envelope).await;
+                    let result = deliver::accept(shard, envelope, spf.take()).await;
                     session.delivered(&id, result, &mut out);
                 }
                 Action::Close => {

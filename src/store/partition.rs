@@ -318,17 +318,33 @@ impl Partition {
         self.commit(base, bytes).await
     }
 
-    /// Stores `message` in the INBOX of every account in `accounts` (all owned by this
-    /// partition); resolves once durable per `store.durability`.
+    /// Stores `message` in mailbox `mailbox` (1-5: the default mailboxes) of every
+    /// account in `accounts` (all owned by this partition); resolves once durable per
+    /// `store.durability`.
     pub async fn deliver(
         self: &Rc<Self>,
         accounts: &[u64],
+        mailbox: u32,
         message: &[u8],
         summary: &[u8],
         internal_date: i64,
     ) -> Result<(), StoreError> {
         if self.failed.get() {
             return Err(StoreError::Failed(self.id));
+        }
+        // A record naming a missing mailbox would be durable and then fail every replay:
+        // refuse it before anything is written.
+        let known = |account: u64| {
+            let index = self.index.borrow();
+            match index.accounts.get(&account) {
+                Some(a) => a.mailboxes.iter().any(|m| m.id == mailbox),
+                None => (1..=DEFAULT_MAILBOXES.len() as u32).contains(&mailbox),
+            }
+        };
+        if let Some(bad) = accounts.iter().find(|a| !known(**a)) {
+            return Err(StoreError::Corrupt(format!(
+                "account {bad:x} has no mailbox {mailbox}"
+            )));
         }
         let mut bytes = Vec::with_capacity(message.len() + summary.len() + 256);
         let base = self.end.get();
@@ -339,13 +355,13 @@ impl Partition {
         let summary_len = (summary.len() as u32).to_le_bytes();
         layout::encode(&mut bytes, Kind::Blob, &[&summary_len, summary, message]);
         for &account in accounts {
-            let (uid, modseq) = self.reserve(account, 1);
+            let (uid, modseq) = self.reserve(account, mailbox);
             layout::encode(
                 &mut bytes,
                 Kind::Append,
                 &[
                     &account.to_le_bytes(),
-                    &1u32.to_le_bytes(), // INBOX is mailbox 1 of every account
+                    &mailbox.to_le_bytes(),
                     &uid.to_le_bytes(),
                     &modseq.to_le_bytes(),
                     &internal_date.to_le_bytes(),

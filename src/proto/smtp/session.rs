@@ -16,6 +16,7 @@ use memchr::memchr;
 
 use super::command::{self, Command, MailParams};
 use super::data::{DataProgress, DataReader};
+use crate::auth::policy::{self, Policies, SpfKind};
 use crate::proto::rfc5322_date;
 use crate::proto::sasl::{self, SaslError};
 
@@ -45,6 +46,8 @@ pub struct SessionConfig {
     pub auth_failures_max: u32,
     /// Domain used for `<postmaster>` without a domain (RFC 5321 §4.1.1.3).
     pub postmaster_domain: String,
+    /// What SPF/DMARC verdicts do, per recipient domain (`[auth]`).
+    pub policies: Policies,
 }
 
 /// How the directory classifies a recipient address.
@@ -83,7 +86,13 @@ pub struct Envelope {
     pub recipients: Vec<Recipient>,
     /// `Received:` header followed by the message exactly as received (unstuffed).
     pub message: Vec<u8>,
+    /// Length of our `Received:` header at the start of `message`.
+    pub received_len: usize,
     pub received_at: SystemTime,
+    /// Check DKIM/ARC/DMARC before storing (MX port, client not exempt).
+    pub verify: bool,
+    /// The authenticated user, for submission (no checks; DKIM signing instead).
+    pub authenticated: Option<String>,
 }
 
 /// Work the IO layer must do for the session.
@@ -93,6 +102,13 @@ pub enum Action {
     StartTls,
     /// Verify a password off the reactor, then call [`Session::auth_result`].
     Authenticate { username: String, password: String },
+    /// Evaluate SPF for HELO and MAIL FROM, then call [`Session::spf_checked`] (or
+    /// [`Session::checks_unavailable`]).
+    CheckSpf {
+        ip: IpAddr,
+        helo: String,
+        mail_from: String,
+    },
     /// Store durably, then call [`Session::delivered`].
     Deliver(Envelope),
     /// Flush replies and close the connection.
@@ -103,10 +119,12 @@ pub enum Action {
 pub type Outbox = crate::proto::Outbox<Action>;
 
 /// Why a delivery did not complete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeliveryError {
     /// Storage or a shard failed; the client should retry (`451 4.3.0`).
     Temporary,
+    /// Refused by policy, with the complete reply line (e.g. DMARC `550 5.7.1`).
+    Refused(String),
 }
 
 #[derive(Debug)]
@@ -140,6 +158,8 @@ struct Transaction {
     bdat_bytes: u64,
     bdat_oversize: bool,
     used_bdat: bool,
+    /// SPF result of MAIL FROM, when this session verifies senders.
+    spf: Option<SpfKind>,
 }
 
 /// One SMTP server session.
@@ -157,6 +177,8 @@ pub struct Session {
     transaction: Option<Transaction>,
     bad_commands: u32,
     auth_failures: u32,
+    /// SPF/DKIM/ARC/DMARC apply to this session's mail.
+    verify: bool,
 }
 
 const HELP: &str =
@@ -181,7 +203,31 @@ impl Session {
             transaction: None,
             bad_commands: 0,
             auth_failures: 0,
+            verify: false,
         }
+    }
+
+    /// Turns sender verification on (the MX port, for clients not in
+    /// `auth.exempt_networks`).
+    pub fn verify_senders(&mut self, on: bool) {
+        self.verify = on;
+    }
+
+    /// SPF result of the pending MAIL FROM: the sender is accepted; recipients are then
+    /// judged by their domain's policy.
+    pub fn spf_checked(&mut self, spf: SpfKind, out: &mut Outbox) {
+        self.state = State::Command;
+        if let Some(t) = self.transaction.as_mut() {
+            t.spf = Some(spf);
+        }
+        out.line("250 2.1.0 Sender ok");
+    }
+
+    /// The auth worker could not take the check (queue full or stopped).
+    pub fn checks_unavailable(&mut self, out: &mut Outbox) {
+        self.state = State::Command;
+        self.transaction = None;
+        out.line("451 4.3.2 Too many messages are being checked, try again later");
     }
 
     /// The `220` greeting.
@@ -454,7 +500,17 @@ impl Session {
             bdat_bytes: 0,
             bdat_oversize: false,
             used_bdat: false,
+            spf: None,
         });
+        if self.verify {
+            self.state = State::Waiting;
+            out.actions.push(Action::CheckSpf {
+                ip: self.peer,
+                helo: self.helo.clone().unwrap_or_default(),
+                mail_from: from.map(|m| m.to_address()).unwrap_or_default(),
+            });
+            return;
+        }
         out.line("250 2.1.0 Sender ok");
     }
 
@@ -480,6 +536,10 @@ impl Session {
         };
         match dir.resolve(&address) {
             Resolution::Local { account, mailbox } => {
+                let policy = self.config.policies.for_address(&address);
+                if let Some(reply) = txn.spf.and_then(|spf| policy::spf_reply(spf, policy)) {
+                    return out.line(reply);
+                }
                 txn.recipients.push(Recipient {
                     address,
                     account,
@@ -557,7 +617,10 @@ impl Session {
             mail_from: txn.mail_from,
             recipients: txn.recipients,
             message: txn.message.unwrap_or_default(),
+            received_len: txn.header_len,
             received_at: now,
+            verify: self.verify,
+            authenticated: self.authenticated.clone(),
         };
         self.state = State::Waiting;
         out.actions.push(Action::Deliver(envelope));
@@ -744,6 +807,7 @@ impl Session {
             Err(DeliveryError::Temporary) => {
                 out.line("451 4.3.0 Temporary failure storing the message, try again later")
             }
+            Err(DeliveryError::Refused(reply)) => out.line(&reply),
         }
     }
 

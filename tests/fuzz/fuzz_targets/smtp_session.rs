@@ -33,6 +33,7 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
         bad_commands_max: 1000,
         auth_failures_max: 1000,
         postmaster_domain: "example.org".into(),
+        policies: Default::default(),
     });
     let mut s = Session::new(config, IpAddr::V4(Ipv4Addr::LOCALHOST), 1, false);
     let mut out = Outbox::default();
@@ -55,6 +56,7 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
                     Action::Deliver(env) => s.delivered(&env.id, Ok(()), &mut out),
                     Action::Authenticate { username, .. } => s.auth_result(Some(username), &mut out),
                     Action::StartTls => s.tls_established(),
+                    Action::CheckSpf { .. } => s.spf_checked(shardmail::auth::policy::SpfKind::Fail, &mut out),
                     Action::Close => {}
                 }
                 trace.append(&mut out.reply);

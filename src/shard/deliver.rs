@@ -1,0 +1,117 @@
+//! What happens between "the message is complete" and "every owner has it durably".
+//!
+//! Inbound (MX) mail is verified by the auth worker (DKIM, ARC, DMARC with the SPF
+//! verdict of its transaction), judged by `[auth]` policy (reject, defer, Junk or
+//! INBOX) and gets our Authentication-Results. Mail from an authenticated user gets an
+//! `auth=pass` Authentication-Results and a DKIM signature when its domain has a key.
+//! Any Authentication-Results that arrived claiming our authserv-id is removed. The
+//! message is then stored in every recipient's partition (`mesh::store`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{mesh, Shard};
+use crate::auth::dkim::KeyFile;
+use crate::auth::headers;
+use crate::auth::policy::{self, Disposition};
+use crate::auth::verify::SpfVerdict;
+use crate::proto::smtp::{DeliveryError, Envelope};
+use crate::store::index::SpecialUse;
+
+/// Mailbox ids of every account (`store::index::DEFAULT_MAILBOXES`).
+const INBOX: u32 = SpecialUse::Inbox as u32;
+const JUNK: u32 = SpecialUse::Junk as u32;
+
+const CHECKS_BUSY: &str = "451 4.3.2 Too many messages are being checked, try again later";
+
+/// Verifies or signs `envelope` as its origin requires, then stores it everywhere.
+pub async fn accept(
+    shard: &Rc<Shard>,
+    envelope: Envelope,
+    spf: Option<SpfVerdict>,
+) -> Result<(), DeliveryError> {
+    let message = Bytes::from(envelope.message);
+    let received = message.slice(..envelope.received_len.min(message.len()));
+    let original = message.slice(envelope.received_len.min(message.len())..);
+    let hostname = &shard.config.hostname;
+    let mut prefix = String::new();
+    let mut mailbox = INBOX;
+    if envelope.verify {
+        let (Some(spf), Some(auth)) = (spf, shard.auth.as_ref()) else {
+            return Err(DeliveryError::Temporary);
+        };
+        let verdict = auth
+            .message(spf, original.clone())
+            .await
+            .map_err(|_| DeliveryError::Refused(CHECKS_BUSY.into()))?;
+        let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
+        match policy::disposition_for(&verdict, &shard.config.auth.policies, recipients) {
+            Disposition::Reject(reply) | Disposition::Defer(reply) => {
+                tracing::info!(id = %envelope.id, %reply, "message refused by policy");
+                return Err(DeliveryError::Refused(reply));
+            }
+            Disposition::Junk => mailbox = JUNK,
+            Disposition::Inbox => {}
+        }
+        prefix.push_str(&verdict.header);
+    } else if let Some(user) = &envelope.authenticated {
+        prefix.push_str(&format!(
+            "Authentication-Results: {hostname};\r\n\tauth=pass smtp.auth={user}\r\n"
+        ));
+    }
+    let body = match headers::strip_own_results(&original, hostname) {
+        Some(stripped) => Bytes::from(stripped),
+        None => original,
+    };
+    if let Some(user) = &envelope.authenticated {
+        if let Some(signature) = sign(shard, user, body.clone()).await {
+            prefix.push_str(&signature);
+        }
+    }
+    let mut stored = Vec::with_capacity(prefix.len() + received.len() + body.len());
+    stored.extend_from_slice(prefix.as_bytes());
+    stored.extend_from_slice(&received);
+    stored.extend_from_slice(&body);
+    mesh::store(
+        shard,
+        stored,
+        &envelope.recipients,
+        mailbox,
+        envelope.received_at,
+    )
+    .await
+}
+
+/// The key to sign with: the From header's domain, else the user's own domain.
+fn signing_key(shard: &Shard, user: &str, message: &[u8]) -> Option<Arc<KeyFile>> {
+    let from_domain = mail_parser::MessageParser::new()
+        .parse_headers(message)
+        .and_then(|m| {
+            m.from()
+                .and_then(|a| a.first())
+                .and_then(|a| a.address())
+                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
+        });
+    let user_domain = user.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+    [from_domain, user_domain]
+        .into_iter()
+        .flatten()
+        .find_map(|d| shard.dkim_keys.get(&d).cloned())
+}
+
+/// A `DKIM-Signature:` header for mail from `user`, computed off the reactor.
+async fn sign(shard: &Shard, user: &str, message: Bytes) -> Option<String> {
+    let key = signing_key(shard, user, &message)?;
+    let result = glommio::executor()
+        .spawn_blocking(move || key.sign(&message))
+        .await;
+    match result {
+        Ok(header) => Some(header),
+        Err(e) => {
+            tracing::error!(error = %e, "DKIM signing failed; the message is stored unsigned");
+            None
+        }
+    }
+}
