@@ -24,6 +24,33 @@ use mail_auth::{
 
 use super::policy::{DmarcKind, MessageVerdict, PublishedPolicy, SpfKind};
 
+/// The resolver: `servers` (`dns.servers`) or, when empty, the system's resolv.conf.
+pub fn authenticator(
+    servers: &[std::net::SocketAddr],
+    timeout: std::time::Duration,
+) -> Result<MessageAuthenticator, String> {
+    use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    if servers.is_empty() {
+        return MessageAuthenticator::new_system_conf()
+            .map_err(|e| format!("dns.servers is empty and /etc/resolv.conf is unusable: {e}"));
+    }
+    let mut opts = ResolverOpts::default();
+    opts.timeout = timeout;
+    opts.attempts = 2;
+    let servers = servers
+        .iter()
+        .map(|addr| {
+            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+            for c in &mut ns.connections {
+                c.port = addr.port();
+            }
+            ns
+        })
+        .collect();
+    MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), opts)
+        .map_err(|e| format!("dns.servers: cannot build a resolver: {e}"))
+}
+
 /// A bounded TTL cache for one record type. Single-threaded (the worker's LocalSet).
 pub struct DnsCache<K, V> {
     entries: RefCell<HashMap<K, (V, Instant)>>,

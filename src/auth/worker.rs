@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use mail_auth::MessageAuthenticator;
 use tokio::sync::mpsc;
 
@@ -35,6 +34,9 @@ pub struct WorkerConfig {
     pub cache_entries: usize,
     pub queue_depth_max: usize,
 }
+
+/// Pre-fills the worker's DNS cache before it serves (closed-world tests).
+pub type Prefill = Box<dyn FnOnce(&Caches) + Send>;
 
 /// One unit of work, with where to send its answer.
 pub enum Job {
@@ -77,9 +79,9 @@ impl AuthService {
     /// Starts the worker thread. `caches` lets tests pre-fill DNS answers.
     pub fn start(
         config: WorkerConfig,
-        prefill: Option<Box<dyn FnOnce(&Caches) + Send>>,
+        prefill: Option<Prefill>,
     ) -> Result<Arc<AuthService>, String> {
-        let authenticator = authenticator(&config)?;
+        let authenticator = verify::authenticator(&config.dns_servers, config.dns_timeout)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let service = Arc::new(AuthService {
             batches: tx,
@@ -113,37 +115,12 @@ impl AuthService {
     }
 }
 
-fn authenticator(config: &WorkerConfig) -> Result<MessageAuthenticator, String> {
-    let mut opts = ResolverOpts::default();
-    opts.timeout = config.dns_timeout;
-    opts.attempts = 2;
-    if config.dns_servers.is_empty() {
-        // mail-auth builds the system resolver with its own options; that is fine for
-        // the common case, and dns.servers exists for everything else.
-        return MessageAuthenticator::new_system_conf()
-            .map_err(|e| format!("dns.servers is empty and /etc/resolv.conf is unusable: {e}"));
-    }
-    let servers = config
-        .dns_servers
-        .iter()
-        .map(|addr| {
-            let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-            for c in &mut ns.connections {
-                c.port = addr.port();
-            }
-            ns
-        })
-        .collect();
-    MessageAuthenticator::new(ResolverConfig::from_name_servers(servers), opts)
-        .map_err(|e| format!("dns.servers: cannot build a resolver: {e}"))
-}
-
 fn run(
     config: WorkerConfig,
     authenticator: MessageAuthenticator,
     mut batches: mpsc::UnboundedReceiver<Vec<Job>>,
     service: Arc<AuthService>,
-    prefill: Option<Box<dyn FnOnce(&Caches) + Send>>,
+    prefill: Option<Prefill>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
