@@ -50,6 +50,9 @@ enum Command {
     /// Manage aliases and per-domain catch-alls.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// DKIM signing keys for local domains.
+    #[command(subcommand)]
+    Dkim(DkimCmd),
     /// Write an account's mailboxes as Maildir (works with the server stopped).
     Export {
         email: String,
@@ -75,6 +78,30 @@ enum UserCmd {
         email: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCmd {
+    /// Create a signing key for DOMAIN and print the DNS record to publish.
+    Generate {
+        domain: String,
+        /// Selector (the DNS label before `._domainkey`); default: s + year and month.
+        #[arg(long)]
+        selector: Option<String>,
+        /// rsa (2048-bit, understood by every verifier) or ed25519 (RFC 8463).
+        #[arg(long, value_enum, default_value = "rsa")]
+        algorithm: shardmail::auth::dkim::Algorithm,
+        /// Replace an existing key (publish the new record first when rotating).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the DNS record of DOMAIN's key again.
+    Show {
+        domain: String,
+        /// Print only the TXT value (for scripts).
+        #[arg(long)]
+        value: bool,
     },
 }
 
@@ -119,6 +146,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::User(cmd) => user(cmd, &config, &data),
         Command::Alias(cmd) => alias(cmd, &data),
+        Command::Dkim(cmd) => dkim(cmd, &config, &data),
         Command::Export { email, out } => {
             let r = shardmail::export::export(&data, &email, &out)?;
             println!(
@@ -248,6 +276,39 @@ fn alias(cmd: AliasCmd, data: &Path) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn dkim(cmd: DkimCmd, config: &Config, data: &Path) -> Result<(), String> {
+    use shardmail::auth::dkim;
+    match cmd {
+        DkimCmd::Generate { domain, selector, algorithm, force } => {
+            if !config.is_local_domain(&domain) {
+                eprintln!("warning: {domain} is not in domains.local; mail from it will not be signed");
+            }
+            let selector = selector.unwrap_or_else(default_selector);
+            let key = dkim::generate(data, &domain, &selector, algorithm, force)?;
+            eprintln!("created the key for {}; publish this record, then restart shardmail:", key.domain);
+            println!("{}", key.zone_record());
+            Ok(())
+        }
+        DkimCmd::Show { domain, value } => {
+            let key = dkim::load(data, &domain)?
+                .ok_or_else(|| format!("no DKIM key for {domain} (create one with `shardmail dkim generate {domain}`)"))?;
+            if value {
+                println!("{}", key.txt_value());
+            } else {
+                println!("{}", key.zone_record());
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `s` + YYYYMM: a new selector each month makes rotation a matter of publishing.
+fn default_selector() -> String {
+    let days = now_secs().div_euclid(86_400);
+    let (y, m, _) = shardmail::proto::civil_from_days(days);
+    format!("s{y}{m:02}")
 }
 
 fn read_password(from_stdin: bool) -> Result<String, String> {
