@@ -281,19 +281,32 @@ fn alias(cmd: AliasCmd, data: &Path) -> Result<(), String> {
 fn dkim(cmd: DkimCmd, config: &Config, data: &Path) -> Result<(), String> {
     use shardmail::auth::dkim;
     match cmd {
-        DkimCmd::Generate { domain, selector, algorithm, force } => {
+        DkimCmd::Generate {
+            domain,
+            selector,
+            algorithm,
+            force,
+        } => {
             if !config.is_local_domain(&domain) {
-                eprintln!("warning: {domain} is not in domains.local; mail from it will not be signed");
+                eprintln!(
+                    "warning: {domain} is not in domains.local; mail from it will not be signed"
+                );
             }
             let selector = selector.unwrap_or_else(default_selector);
             let key = dkim::generate(data, &domain, &selector, algorithm, force)?;
-            eprintln!("created the key for {}; publish this record, then restart shardmail:", key.domain);
+            eprintln!(
+                "created the key for {}; publish this record, then restart shardmail:",
+                key.domain
+            );
             println!("{}", key.zone_record());
             Ok(())
         }
         DkimCmd::Show { domain, value } => {
-            let key = dkim::load(data, &domain)?
-                .ok_or_else(|| format!("no DKIM key for {domain} (create one with `shardmail dkim generate {domain}`)"))?;
+            let key = dkim::load(data, &domain)?.ok_or_else(|| {
+                format!(
+                    "no DKIM key for {domain} (create one with `shardmail dkim generate {domain}`)"
+                )
+            })?;
             if value {
                 println!("{}", key.txt_value());
             } else {
