@@ -342,3 +342,45 @@ fn arc_chain_verifies() {
     assert!(v.header.contains("arc=pass"), "{}", v.header);
     let _ = std::marker::PhantomData::<Sha256>;
 }
+
+#[test]
+fn worker_queue_is_bounded() {
+    use shardmail::auth::worker::{AuthClient, AuthService, Unavailable, WorkerConfig};
+    // One job may be in flight; the first hangs on a dead resolver (uncached domain).
+    let service = AuthService::start(
+        WorkerConfig {
+            hostname: HOST.into(),
+            dns_servers: vec!["127.0.0.1:9".parse().expect("addr")],
+            dns_timeout: Duration::from_millis(200),
+            cache_entries: 100,
+            queue_depth_max: 1,
+        },
+        None,
+    )
+    .expect("worker");
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(512 << 10)
+        .make()
+        .expect("executor");
+    ex.run(async move {
+        let client = std::rc::Rc::new(AuthClient::new(service.clone()));
+        let check = || SpfCheck {
+            ip: CLIENT.parse().expect("ip"),
+            helo: "slow.test".into(),
+            mail_from: "a@slow.test".into(),
+        };
+        let first = {
+            let client = client.clone();
+            let check = check();
+            glommio::spawn_local(async move { client.spf(check).await })
+        };
+        glommio::timer::sleep(Duration::from_millis(50)).await; // let it be submitted
+        assert_eq!(service.in_flight(), 1);
+        assert_eq!(client.spf(check()).await.err(), Some(Unavailable::Busy));
+        // The hung job finishes (temperror), freeing the slot.
+        let verdict = first.await.expect("answered");
+        assert_eq!(verdict.kind(), SpfKind::TempError);
+        assert_eq!(service.in_flight(), 0);
+        assert!(client.spf(check()).await.is_ok());
+    });
+}

@@ -169,11 +169,15 @@ fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>
                             log.push(format!("A: spf {ip} {helo} {mail_from}"));
                             // The fake DNS: the sender's domain names its SPF result.
                             let kind = match mail_from.rsplit_once('@').map(|(_, d)| d) {
-                                Some("fail.example") => SpfKind::Fail,
-                                Some("temp.example") => SpfKind::TempError,
-                                _ => SpfKind::Pass,
+                                Some("busy.example") => None, // the worker's queue is full
+                                Some("fail.example") => Some(SpfKind::Fail),
+                                Some("temp.example") => Some(SpfKind::TempError),
+                                _ => Some(SpfKind::Pass),
                             };
-                            session.spf_checked(kind, &mut out);
+                            match kind {
+                                Some(kind) => session.spf_checked(kind, &mut out),
+                                None => session.checks_unavailable(&mut out),
+                            }
                         }
                         Action::Close => log.push("A: close".into()),
                     }
@@ -556,6 +560,11 @@ fn spf_policy_applies_per_recipient_domain_before_data() {
          S: 451 4.7.24 SPF validation error (temporary DNS failure), try again later
          C: RSET
          S: 250 2.0.0 Ok
+         C: MAIL FROM:<x@busy.example>
+         A: spf 192.0.2.1 client.example x@busy.example
+         S: 451 4.3.2 Too many messages are being checked, try again later
+         C: RCPT TO:<alice@example.org>
+         S: 503 5.5.1 Need MAIL before RCPT
          C: MAIL FROM:<ok@pass.example>
          A: spf 192.0.2.1 client.example ok@pass.example
          S: 250 2.1.0 Sender ok
