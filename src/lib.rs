@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod export;
 pub mod proto;
+pub mod queue;
 pub mod shard;
 pub mod store;
 pub mod tls;

@@ -50,6 +50,9 @@ enum Command {
     /// Manage aliases and per-domain catch-alls.
     #[command(subcommand)]
     Alias(AliasCmd),
+    /// Inspect and manage the outbound queue.
+    #[command(subcommand)]
+    Queue(QueueCmd),
     /// DKIM signing keys for local domains.
     #[command(subcommand)]
     Dkim(DkimCmd),
@@ -79,6 +82,18 @@ enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    /// One line per queued message: id, age, size, sender, pending recipients, next try.
+    List,
+    /// A message's envelope, per-recipient state and headers.
+    Show { id: String },
+    /// Retry every queued message now (a running server picks it up within a second).
+    Flush,
+    /// Remove a message from the queue without delivering it (no bounce).
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -147,6 +162,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::User(cmd) => user(cmd, &config, &data),
         Command::Alias(cmd) => alias(cmd, &data),
         Command::Dkim(cmd) => dkim(cmd, &config, &data),
+        Command::Queue(cmd) => queue(cmd, &data),
         Command::Export { email, out } => {
             let r = shardmail::export::export(&data, &email, &out)?;
             println!(
@@ -274,6 +290,62 @@ fn alias(cmd: AliasCmd, data: &Path) -> Result<(), String> {
                 println!("{alias}\t{target}");
             }
             Ok(())
+        }
+    }
+}
+
+fn queue(cmd: QueueCmd, data: &Path) -> Result<(), String> {
+    use shardmail::queue;
+    match cmd {
+        QueueCmd::List => {
+            let entries = queue::load_all(data, false)?;
+            let now = now_secs();
+            for e in &entries {
+                let pending: Vec<&str> = e.pending().map(|r| r.address.as_str()).collect();
+                let next = (e.next_attempt - now).max(0);
+                let error = e
+                    .pending()
+                    .find_map(|r| r.last_error.as_deref())
+                    .unwrap_or("");
+                println!(
+                    "{}  {:>6}s  {:>8}B  <{}>  {}  next in {next}s  {error}",
+                    e.id,
+                    now - e.created,
+                    e.size,
+                    e.mail_from,
+                    pending.join(",")
+                );
+            }
+            eprintln!("{} message(s) queued", entries.len());
+            Ok(())
+        }
+        QueueCmd::Show { id } => {
+            let entry = queue::load(data, &id)?
+                .ok_or_else(|| format!("no queued message {id} (see `shardmail queue list`)"))?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&entry).map_err(|e| e.to_string())?
+            );
+            let message = queue::read_message(data, &id)?;
+            let end = message
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(message.len(), |i| i + 2);
+            println!("\n{}", String::from_utf8_lossy(&message[..end]));
+            Ok(())
+        }
+        QueueCmd::Flush => {
+            queue::request_flush(data)?;
+            println!("flush requested");
+            Ok(())
+        }
+        QueueCmd::Delete { id } => {
+            if queue::remove(data, &id)? {
+                println!("deleted {id}");
+                Ok(())
+            } else {
+                Err(format!("no queued message {id}"))
+            }
         }
     }
 }

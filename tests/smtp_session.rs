@@ -375,12 +375,12 @@ fn submission_requires_tls_then_auth() {
          C: RCPT TO:<bob@example.org>
          C: DATA
          S: 250 2.1.0 Sender ok
-         S: 550 5.3.3 <friend@remote.example>: Delivery to remote domains is not available yet (this server has no outbound queue)
+         S: 250 2.1.5 Recipient ok (will be relayed)
          S: 250 2.1.5 Recipient ok
          S: 354 End data with <CR><LF>.<CR><LF>
          C: x
          C: .
-         A: deliver alice@example.org -> bob@example.org => fail
+         A: deliver alice@example.org -> friend@remote.example,bob@example.org => fail
          S: 451 4.3.0 Temporary failure storing the message, try again later",
     );
 }

@@ -323,3 +323,97 @@ fn header_text(results: &AuthenticationResults<'_>) -> String {
     use mail_auth::common::headers::HeaderWriter;
     results.to_header()
 }
+
+/// One host to try for a destination, with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Why a destination has no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// Final: bounce with this status and reason (null MX, no such domain).
+    Permanent {
+        status: &'static str,
+        reason: String,
+    },
+    /// Try again later (DNS failure, no reachable address yet).
+    Temporary(String),
+}
+
+fn not_found(e: &mail_auth::Error) -> bool {
+    matches!(
+        e,
+        mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))
+    )
+}
+
+/// MX routing (RFC 5321 §5.1): hosts by ascending preference, equal preferences
+/// shuffled; the domain itself when it has no MX; a null MX (RFC 7505) is final.
+pub async fn route(
+    auth: &MessageAuthenticator,
+    caches: &Caches,
+    domain: &str,
+) -> Result<Vec<MxHost>, RouteError> {
+    let mut names: Vec<(u16, String)> = match auth.mx_lookup(domain, Some(&caches.mx)).await {
+        Ok(set) => {
+            let mut names = Vec::new();
+            for mx in set.rrset.iter() {
+                for exchange in mx.exchanges.iter() {
+                    names.push((mx.preference, exchange.trim_end_matches('.').to_string()));
+                }
+            }
+            if names.iter().any(|(_, n)| n.is_empty()) {
+                return Err(RouteError::Permanent {
+                    status: "5.1.10",
+                    reason: format!("{domain} does not accept mail (null MX, RFC 7505)"),
+                });
+            }
+            names
+        }
+        Err(e) if not_found(&e) => vec![(0, domain.to_string())], // implicit MX
+        Err(e) => {
+            return Err(RouteError::Temporary(format!(
+                "MX lookup for {domain} failed: {e}"
+            )))
+        }
+    };
+    {
+        use rand::seq::SliceRandom;
+        names.shuffle(&mut rand::thread_rng());
+    }
+    names.sort_by_key(|(pref, _)| *pref); // stable: equal preferences stay shuffled
+    let mut hosts = Vec::new();
+    let mut last_error = None;
+    for (_, name) in names {
+        let lookup = auth
+            .ip_lookup(
+                &name,
+                mail_auth::IpLookupStrategy::Ipv4thenIpv6,
+                10,
+                Some(&caches.ipv4),
+                Some(&caches.ipv6),
+            )
+            .await;
+        match lookup {
+            Ok(addrs) if !addrs.is_empty() => hosts.push(MxHost { name, addrs }),
+            Ok(_) => {}
+            Err(e) => last_error = Some((not_found(&e), e.to_string())),
+        }
+    }
+    if hosts.is_empty() {
+        return Err(match last_error {
+            Some((true, _)) => RouteError::Permanent {
+                status: "5.1.2",
+                reason: format!("no mail server found for {domain}"),
+            },
+            Some((false, e)) => {
+                RouteError::Temporary(format!("address lookup for {domain} failed: {e}"))
+            }
+            None => RouteError::Temporary(format!("no address for the mail servers of {domain}")),
+        });
+    }
+    Ok(hosts)
+}

@@ -21,7 +21,7 @@ use mail_auth::MessageAuthenticator;
 use tokio::sync::mpsc;
 
 use super::policy::MessageVerdict;
-use super::verify::{self, Caches, SpfCheck, SpfVerdict};
+use super::verify::{self, Caches, MxHost, RouteError, SpfCheck, SpfVerdict};
 
 /// How the worker resolves and how much it holds.
 #[derive(Debug, Clone)]
@@ -48,6 +48,11 @@ pub enum Job {
         spf: Box<SpfVerdict>,
         message: Bytes,
         reply: oneshot::Sender<MessageVerdict>,
+    },
+    /// MX routing for the outbound queue.
+    Route {
+        domain: String,
+        reply: oneshot::Sender<Result<Vec<MxHost>, RouteError>>,
     },
 }
 
@@ -163,6 +168,9 @@ fn run(
                                     .await;
                             let _ = reply.send(v);
                         }
+                        Job::Route { domain, reply } => {
+                            let _ = reply.send(verify::route(&auth, &caches, &domain).await);
+                        }
                     }
                     service.release();
                 });
@@ -227,6 +235,21 @@ impl AuthClient {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Spf { check, reply });
         answer.await.map_err(|_| Unavailable::Stopped)
+    }
+
+    /// The mail servers of `domain`, in the order to try them.
+    pub async fn route(&self, domain: &str) -> Result<Vec<MxHost>, RouteError> {
+        if !self.service.reserve() {
+            return Err(RouteError::Temporary("DNS worker busy".into()));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Route {
+            domain: domain.to_string(),
+            reply,
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(RouteError::Temporary("DNS worker stopped".into())))
     }
 
     /// DKIM, ARC and DMARC of a received message.

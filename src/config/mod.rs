@@ -85,6 +85,33 @@ pub struct Config {
     pub store: StoreOptions,
     pub dns: Dns,
     pub auth: Auth,
+    pub queue: Queue,
+}
+
+/// `[queue]`: outbound delivery.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub max_age: Duration,
+    /// `None` = no delay notices.
+    pub delay_notice: Option<Duration>,
+    pub remote_port: u16,
+    pub connections_max: usize,
+    pub connections_per_destination_max: usize,
+    pub relay: Option<Relay>,
+    /// Lowercase domain → `host:port`.
+    pub transports: std::collections::HashMap<String, String>,
+    pub tls_required: Vec<String>,
+}
+
+/// A smarthost for all outbound mail.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// `host:port`.
+    pub host: String,
+    pub auth: Option<(String, String)>,
+    pub require_tls: bool,
 }
 
 /// `[dns]`.
@@ -316,6 +343,7 @@ impl Config {
                 cache_entries: raw.dns.cache_entries.max(16),
             },
             auth: validate_auth(&raw.auth)?,
+            queue: validate_queue(&raw.queue)?,
             store: StoreOptions {
                 durability: raw.store.durability,
                 checkpoint_bytes: raw.store.checkpoint_bytes.bytes("store.checkpoint_bytes")?
@@ -330,6 +358,86 @@ impl Config {
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
     }
+}
+
+fn host_port(key: &str, value: &str) -> Result<String, ConfigError> {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(err(key, format!("`{value}` is not host:port")))
+    }
+}
+
+fn validate_queue(raw: &raw::RawQueue) -> Result<Queue, ConfigError> {
+    let retry_min = raw.retry_min.value("queue.retry_min")?;
+    let retry_max = raw.retry_max.value("queue.retry_max")?;
+    if retry_min.is_zero() || retry_max < retry_min {
+        return Err(err(
+            "queue.retry_max",
+            "must be at least queue.retry_min, which must be > 0",
+        ));
+    }
+    let delay_notice = raw.delay_notice.value("queue.delay_notice")?;
+    if raw.connections_max == 0 || raw.connections_per_destination_max == 0 {
+        return Err(err(
+            "queue.connections_max",
+            "connection limits must be at least 1",
+        ));
+    }
+    let relay = match raw.relay_host.as_deref().filter(|h| !h.is_empty()) {
+        None => None,
+        Some(host) => {
+            let require_tls = match raw.relay_tls.as_str() {
+                "required" => true,
+                "none" => false,
+                other => {
+                    return Err(err(
+                        "queue.relay_tls",
+                        format!("`{other}`: expected \"required\" or \"none\""),
+                    ))
+                }
+            };
+            let auth = match (&raw.relay_username, &raw.relay_password) {
+                (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                (None, None) => None,
+                _ => {
+                    return Err(err(
+                        "queue.relay_password",
+                        "set both queue.relay_username and queue.relay_password, or neither",
+                    ))
+                }
+            };
+            Some(Relay {
+                host: host_port("queue.relay_host", host)?,
+                auth,
+                require_tls,
+            })
+        }
+    };
+    let mut transports = std::collections::HashMap::new();
+    for (domain, target) in &raw.transports {
+        let key = format!("queue.transports.\"{domain}\"");
+        transports.insert(domain.to_ascii_lowercase(), host_port(&key, target)?);
+    }
+    Ok(Queue {
+        retry_min,
+        retry_max,
+        max_age: raw.max_age.value("queue.max_age")?,
+        delay_notice: (!delay_notice.is_zero()).then_some(delay_notice),
+        remote_port: raw.remote_port,
+        connections_max: raw.connections_max,
+        connections_per_destination_max: raw.connections_per_destination_max,
+        relay,
+        transports,
+        tls_required: raw
+            .tls_required
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+    })
 }
 
 fn validate_auth(raw: &raw::RawAuth) -> Result<Auth, ConfigError> {

@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub store: RawStore,
     pub dns: RawDns,
     pub auth: RawAuth,
+    pub queue: RawQueue,
 }
 
 impl RawConfig {
@@ -336,6 +337,55 @@ impl Default for RawAuth {
             dmarc_quarantine: crate::auth::policy::Policy::default().dmarc_quarantine,
             temperror: crate::auth::policy::Policy::default().temperror,
             domains: Default::default(),
+        }
+    }
+}
+
+/// The outbound queue (DESIGN.md §6).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    /// First retry after a temporary failure; doubles up to `retry_max`.
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Give up (and bounce) after this long in the queue.
+    pub max_age: Duration,
+    /// Send a "delayed" notice once a message has waited this long; 0 = never.
+    pub delay_notice: Duration,
+    /// TCP port of remote MX hosts (25; tests point it elsewhere).
+    pub remote_port: u16,
+    /// Outbound SMTP connections per shard, and per destination host.
+    pub connections_max: usize,
+    pub connections_per_destination_max: usize,
+    /// Send everything through this smarthost (`host:port`) instead of MX routing.
+    pub relay_host: Option<String>,
+    pub relay_username: Option<String>,
+    pub relay_password: Option<String>,
+    /// TLS to the relay: "required" (default; AUTH only over TLS) or "none".
+    pub relay_tls: String,
+    /// Per-domain routes that bypass MX lookup: `"example.com" = "10.1.2.3:25"`.
+    pub transports: std::collections::BTreeMap<String, String>,
+    /// Domains whose servers must offer STARTTLS with a certificate valid for the MX
+    /// host name (web PKI); otherwise TLS is opportunistic and unverified.
+    pub tls_required: Vec<String>,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            retry_min: Duration::Secs(300),     // Postfix minimal_backoff_time
+            retry_max: Duration::Secs(14400),   // Postfix maximal_backoff_time is 4000 s
+            max_age: Duration::Secs(5 * 86400), // Postfix maximal_queue_lifetime
+            delay_notice: Duration::Secs(4 * 3600),
+            remote_port: 25,
+            connections_max: 100,
+            connections_per_destination_max: 10,
+            relay_host: None,
+            relay_username: None,
+            relay_password: None,
+            relay_tls: "required".into(),
+            transports: Default::default(),
+            tls_required: Vec::new(),
         }
     }
 }

@@ -38,6 +38,17 @@ impl<A> Outbox<A> {
     }
 }
 
+/// Offsets of the dots that must be doubled when `message` goes out as SMTP DATA or a
+/// POP3 multi-line response (RFC 5321 §4.5.2, RFC 1939 §3): every `.` starting a line.
+pub fn stuffing_points(message: &[u8]) -> Vec<usize> {
+    let mut points = Vec::new();
+    if message.first() == Some(&b'.') {
+        points.push(0);
+    }
+    points.extend(memchr::memmem::find_iter(message, b"\n.").map(|i| i + 1));
+    points
+}
+
 /// Formats `t` as an RFC 5322 date-time in UTC, e.g. `Thu, 26 Nov 2026 06:45:00 +0000`.
 pub fn rfc5322_date(t: SystemTime) -> String {
     let secs = t

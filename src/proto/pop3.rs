@@ -545,16 +545,7 @@ fn parse_number(s: &str) -> Option<u32> {
     s.parse().ok()
 }
 
-/// Offsets of the dots that must be doubled when `message` is sent (RFC 1939 §3):
-/// every `.` that starts a line.
-pub fn stuffing_points(message: &[u8]) -> Vec<usize> {
-    let mut points = Vec::new();
-    if message.first() == Some(&b'.') {
-        points.push(0);
-    }
-    points.extend(memmem::find_iter(message, b"\n.").map(|i| i + 1));
-    points
-}
+pub use super::stuffing_points;
 
 /// Bytes of `message` that TOP sends: the header, the blank line, and `lines` body lines.
 pub fn top_len(message: &[u8], lines: u32) -> usize {

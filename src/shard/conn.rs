@@ -27,10 +27,11 @@ pub enum Stream {
     Moved,
 }
 
-/// A server-side TLS connection over a glommio socket.
+/// A TLS connection (server side, or client side for outbound delivery) over a glommio
+/// socket.
 pub struct TlsConn {
     tcp: TcpStream,
-    tls: ServerConnection,
+    tls: rustls::Connection,
     /// Ciphertext staging for reads.
     cipher_in: Vec<u8>,
     /// Ciphertext staging for writes.
@@ -174,7 +175,9 @@ impl Stream {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Moved) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "already TLS"));
         };
-        let tls = ServerConnection::new(config.clone()).map_err(tls_error)?;
+        let tls = ServerConnection::new(config.clone())
+            .map_err(tls_error)?
+            .into();
         let mut conn = Box::new(TlsConn {
             tcp,
             tls,
@@ -184,6 +187,46 @@ impl Stream {
         with_timeout(limit, conn.handshake()).await??;
         *self = Stream::Tls(conn);
         Ok(())
+    }
+
+    /// Runs the client side of a TLS handshake (STARTTLS to a remote server).
+    pub async fn upgrade_client(
+        &mut self,
+        config: &Arc<rustls::ClientConfig>,
+        server_name: rustls_pki_types::ServerName<'static>,
+        limit: Duration,
+    ) -> io::Result<()> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Moved) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "already TLS"));
+        };
+        let tls = rustls::ClientConnection::new(config.clone(), server_name)
+            .map_err(tls_error)?
+            .into();
+        let mut conn = Box::new(TlsConn {
+            tcp,
+            tls,
+            cipher_in: Vec::new(),
+            cipher_out: Vec::new(),
+        });
+        with_timeout(limit, conn.handshake()).await??;
+        *self = Stream::Tls(conn);
+        Ok(())
+    }
+
+    /// Negotiated TLS version and cipher suite, for trace headers and logs.
+    pub fn tls_description(&self) -> Option<String> {
+        let Stream::Tls(c) = self else { return None };
+        let version = c
+            .tls
+            .protocol_version()
+            .map(|v| format!("{v:?}"))
+            .unwrap_or_default();
+        let suite = c
+            .tls
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))
+            .unwrap_or_default();
+        Some(format!("{version} {suite}"))
     }
 
     pub fn is_tls(&self) -> bool {
@@ -205,7 +248,15 @@ impl Stream {
             return Err(io::Error::last_os_error());
         }
         let tls = match self {
-            Stream::Tls(c) => Some(Box::new(c.tls)),
+            Stream::Tls(c) => match c.tls {
+                rustls::Connection::Server(server) => Some(Box::new(server)),
+                rustls::Connection::Client(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "client connections do not move",
+                    ))
+                }
+            },
             _ => None,
         };
         Ok(StreamParts { fd: dup, tls })
@@ -221,7 +272,7 @@ impl Stream {
         match parts.tls.take() {
             Some(tls) => Stream::Tls(Box::new(TlsConn {
                 tcp,
-                tls: *tls,
+                tls: rustls::Connection::Server(*tls),
                 cipher_in: Vec::new(),
                 cipher_out: Vec::new(),
             })),

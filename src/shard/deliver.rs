@@ -65,23 +65,40 @@ pub async fn accept(
         Some(stripped) => Bytes::from(stripped),
         None => original,
     };
+    let mut signature = String::new();
     if let Some(user) = &envelope.authenticated {
-        if let Some(signature) = sign(shard, user, body.clone()).await {
-            prefix.push_str(&signature);
+        if let Some(sig) = sign(shard, user, body.clone()).await {
+            signature = sig;
         }
     }
-    let mut stored = Vec::with_capacity(prefix.len() + received.len() + body.len());
+    let (remote, local): (Vec<_>, Vec<_>) = envelope.recipients.into_iter().partition(|r| r.remote);
+    if !remote.is_empty() {
+        // What leaves: the DKIM signature and our Received, never our own
+        // Authentication-Results (it would publish the user's login).
+        let mut outgoing = Vec::with_capacity(signature.len() + received.len() + body.len());
+        outgoing.extend_from_slice(signature.as_bytes());
+        outgoing.extend_from_slice(&received);
+        outgoing.extend_from_slice(&body);
+        let mut addresses: Vec<String> = remote.into_iter().map(|r| r.address).collect();
+        addresses.sort();
+        addresses.dedup();
+        super::outbound::enqueue(shard, &envelope.mail_from, &addresses, outgoing)
+            .await
+            .map_err(|e| {
+                tracing::error!(id = %envelope.id, error = %e, "cannot queue for remote delivery");
+                DeliveryError::Temporary
+            })?;
+    }
+    if local.is_empty() {
+        return Ok(());
+    }
+    let mut stored =
+        Vec::with_capacity(prefix.len() + signature.len() + received.len() + body.len());
     stored.extend_from_slice(prefix.as_bytes());
+    stored.extend_from_slice(signature.as_bytes());
     stored.extend_from_slice(&received);
     stored.extend_from_slice(&body);
-    mesh::store(
-        shard,
-        stored,
-        &envelope.recipients,
-        mailbox,
-        envelope.received_at,
-    )
-    .await
+    mesh::store(shard, stored, &local, mailbox, envelope.received_at).await
 }
 
 /// The key to sign with: the From header's domain, else the user's own domain.

@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod deliver;
 pub mod mesh;
+pub mod outbound;
 pub mod pop3;
 pub mod preflight;
 pub mod shutdown;
@@ -50,8 +51,10 @@ pub struct Shard {
     smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
     pub pop3_config: Arc<crate::proto::pop3::Pop3Config>,
     pub pop3_locks: pop3::Locks,
-    /// The auth worker, when `auth.enabled`.
+    /// The auth/DNS worker (checks inbound mail when `auth.enabled`, routes outbound).
     pub auth: Option<crate::auth::worker::AuthClient>,
+    /// The outbound queue's delivery side.
+    pub outbound: outbound::Outbound,
     /// DKIM signing keys by domain (loaded at start).
     pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
@@ -175,20 +178,17 @@ pub fn serve(config: Config) -> Result<(), String> {
             .into_iter()
             .map(|(domain, key)| (domain, Arc::new(key)))
             .collect();
-    let auth = if config.auth.enabled {
-        Some(crate::auth::worker::AuthService::start(
-            crate::auth::worker::WorkerConfig {
-                hostname: config.hostname.clone(),
-                dns_servers: config.dns.servers.clone(),
-                dns_timeout: config.dns.timeout,
-                cache_entries: config.dns.cache_entries,
-                queue_depth_max: config.auth.queue_depth_max,
-            },
-            None,
-        )?)
-    } else {
-        None
-    };
+    // One worker does DNS for both checks and outbound routing, so it always runs.
+    let auth = Some(crate::auth::worker::AuthService::start(
+        crate::auth::worker::WorkerConfig {
+            hostname: config.hostname.clone(),
+            dns_servers: config.dns.servers.clone(),
+            dns_timeout: config.dns.timeout,
+            cache_entries: config.dns.cache_entries,
+            queue_depth_max: config.auth.queue_depth_max,
+        },
+        None,
+    )?);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
@@ -320,9 +320,11 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         }),
         pop3_locks: pop3::Locks::default(),
         auth: auth.map(crate::auth::worker::AuthClient::new),
+        outbound: outbound::Outbound::new(),
         dkim_keys,
     });
     mesh::serve(shard.clone());
+    outbound::start(&shard);
     use Service::{Pop3, Smtp};
     let services: [(&str, &[SocketAddr], Option<Service>); 7] = [
         ("listen.smtp", &config.listen.smtp, Some(Smtp(Port::Mx))),

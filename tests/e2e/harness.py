@@ -6,6 +6,7 @@ with `shardmail export`. Every wait here is bounded.
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -92,11 +93,16 @@ class Server:
                 self.proc = None
                 raise RuntimeError(f"server exited: {self.read_log()}")
             try:
-                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=1):
+                with socket.create_connection(self.smtp_address(), timeout=1):
                     return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("server did not start listening within 30 s")
+
+    def smtp_address(self):
+        """Where listen.smtp is (tests may move it off 127.0.0.1)."""
+        host, port = self.settings["listen.smtp"].strip('"').rsplit(":", 1)
+        return host, int(port)
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if self.proc is None:
@@ -138,3 +144,26 @@ def strip_received(stored):
     assert stored.startswith(b"Received: "), stored[:80]
     end = stored.index(b"\r\n", stored.index(b"+0000")) + 2
     return stored[end:]
+
+
+HAVE_DNSMASQ = bool(shutil.which("dnsmasq")) or os.path.exists("/usr/sbin/dnsmasq")
+
+
+def start_dnsmasq(port, txt, hosts, dead_zone, extra=()):
+    """A DNS server on 127.0.0.1:port answering only for *.test (NXDOMAIN otherwise);
+    `dead_zone` is forwarded to a dead server, so lookups there fail temporarily."""
+    args = [
+        shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
+        "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null",
+        f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+        "--no-resolv", "--no-hosts", "--local=/test/", "--pid-file=", "--user=root",
+        f"--server=/{dead_zone}/127.0.0.1#9",
+    ]
+    args += [f"--txt-record={name},{value}" for name, value in txt]
+    args += [f"--host-record={name},{ip}" for name, ip in hosts]
+    args += list(extra)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.3)
+    if proc.poll() is not None:
+        raise RuntimeError("dnsmasq failed: " + proc.stderr.read().decode())
+    return proc

@@ -16,36 +16,15 @@ import subprocess
 import time
 import unittest
 
-from harness import DOMAIN, Server, free_port, tls_context
+from harness import DOMAIN, HAVE_DNSMASQ, Server, free_port, start_dnsmasq, tls_context
 
 HOST = "mx.example.test"
-
-
-def start_dnsmasq(port, txt, hosts, dead_zone):
-    args = [
-        shutil.which("dnsmasq") or "/usr/sbin/dnsmasq",
-        "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null",
-        f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-        "--no-resolv", "--no-hosts", "--local=/test/", "--pid-file=", "--user=root",
-        # A zone whose only server is dead: lookups there fail temporarily.
-        f"--server=/{dead_zone}/127.0.0.1#9",
-    ]
-    args += [f"--txt-record={name},{value}" for name, value in txt]
-    args += [f"--host-record={name},{ip}" for name, ip in hosts]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.3)
-    if proc.poll() is not None:
-        raise RuntimeError("dnsmasq failed: " + proc.stderr.read().decode())
-    return proc
 
 
 def message(from_addr, subject, extra=b""):
     return (extra + b"From: " + from_addr.encode() + b"\r\nTo: alice@" + DOMAIN.encode() +
             b"\r\nSubject: " + subject.encode() + b"\r\nMessage-ID: <" + subject.encode() +
             b"@e2e>\r\n\r\nbody of " + subject.encode() + b"\r\n")
-
-
-HAVE_DNSMASQ = bool(shutil.which("dnsmasq")) or os.path.exists("/usr/sbin/dnsmasq")
 
 
 # Skipped only on a developer machine without dnsmasq; under CI it must run.

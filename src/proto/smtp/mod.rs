@@ -4,8 +4,10 @@
 //! DATA body; [`session`] is the state machine that ties them together. No sockets,
 //! no glommio, no clock reads live here.
 
+pub mod client;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod session;
 
 pub use session::{

@@ -72,9 +72,13 @@ pub trait Directory {
 pub struct Recipient {
     /// The address as given in RCPT TO.
     pub address: String,
+    /// The local account (0 for a remote recipient).
     pub account: u64,
     /// Canonical address of the account (what the alias resolved to).
     pub mailbox: String,
+    /// A recipient in another domain: goes to the outbound queue (authenticated
+    /// submission only).
+    pub remote: bool,
 }
 
 /// A complete message ready to be stored by every recipient's owner.
@@ -544,6 +548,7 @@ impl Session {
                     address,
                     account,
                     mailbox,
+                    remote: false,
                 });
                 out.line("250 2.1.5 Recipient ok");
             }
@@ -553,10 +558,16 @@ impl Session {
             Resolution::NotLocal if is_mx || !authenticated => {
                 out.line(&format!("554 5.7.1 <{address}>: Relay access denied"))
             }
-            Resolution::NotLocal => out.line(&format!(
-                "550 5.3.3 <{address}>: Delivery to remote domains is not available yet \
-                 (this server has no outbound queue)"
-            )),
+            Resolution::NotLocal => {
+                // Authenticated submission: relayed through the outbound queue.
+                txn.recipients.push(Recipient {
+                    address,
+                    account: 0,
+                    mailbox: String::new(),
+                    remote: true,
+                });
+                out.line("250 2.1.5 Recipient ok (will be relayed)");
+            }
         }
     }
 

@@ -1,0 +1,234 @@
+"""End-to-end outbound delivery, all on loopback.
+
+Two shardmail instances (sender and receiver) and dnsmasq serving MX records that point
+at loopback addresses (127.0.0.2…), one port for all MX hosts (queue.remote_port).
+Scripted sinks stand in for misbehaving peers. Covers: delivery byte-exact with a DKIM
+signature that the receiver verifies, 451 then 250 (retry), 550 (DSN in the sender's
+INBOX), a receiver that is down until after the sender restarts, a transport override,
+a relay host with AUTH, a null MX, and open-relay attempts on every port.
+"""
+import os
+import shutil
+import smtplib
+import time
+import unittest
+
+from harness import Server, free_port, tls_context
+from sink import SmtpSink
+from test_auth import HAVE_DNSMASQ, start_dnsmasq
+
+PORT = free_port()          # every MX host listens here, on its own loopback address
+RECEIVER_IP = "127.0.0.2"
+SINK451_IP = "127.0.0.3"
+SINK550_IP = "127.0.0.4"
+LATER_IP = "127.0.0.5"
+OVERRIDE_IP = "127.0.0.6"
+RELAY_IP = "127.0.0.7"
+
+
+def wait_for(predicate, timeout=30, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def message(subject, body=b"hello from the sender\r\n.leading dot line\r\n"):
+    return (b"From: Alice <alice@sender.test>\r\nTo: someone\r\nSubject: " + subject.encode() +
+            b"\r\nMessage-ID: <" + subject.encode() + b"@sender.test>\r\n\r\n" + body)
+
+
+@unittest.skipUnless(HAVE_DNSMASQ or os.environ.get("CI"), "dnsmasq is needed")
+class Outbound(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dns_port = free_port()
+        cls.receiver = Server(shards=2, settings={
+            "server.hostname": "mx.receiver.test",
+            "domains.local": '["receiver.test"]',
+            "listen.smtp": f'"{RECEIVER_IP}:{PORT}"',
+            "dns.servers": f'["127.0.0.1:{cls.dns_port}"]',
+            "auth.exempt_networks": "[]",
+        })
+        cls.receiver.add_user("bob@receiver.test", "pw")
+        cls.sender = Server(shards=2, settings={
+            "server.hostname": "mx.sender.test",
+            "domains.local": '["sender.test"]',
+            "dns.servers": f'["127.0.0.1:{cls.dns_port}"]',
+            "queue.remote_port": str(PORT),
+            "queue.retry_min": '"1s"',
+            "queue.retry_max": '"2s"',
+            "queue.transports.\"override.test\"": f'"{OVERRIDE_IP}:{PORT}"',
+            "queue.connections_per_destination_max": "2",
+        })
+        cls.sender.add_user("alice@sender.test", "pw")
+        cls.sender.cli("dkim", "generate", "sender.test", "--selector", "s1", "--algorithm", "ed25519")
+        dkim = cls.sender.cli("dkim", "show", "sender.test", "--value").stdout.strip()
+        cls.dns = start_dnsmasq(
+            cls.dns_port,
+            txt=[("sender.test", "v=spf1 ip4:127.0.0.0/8 -all"),
+                 ("s1._domainkey.sender.test", dkim),
+                 ("_dmarc.sender.test", "v=DMARC1; p=reject")],
+            hosts=[("mx.receiver.test", RECEIVER_IP), ("mx.sink451.test", SINK451_IP),
+                   ("mx.sink550.test", SINK550_IP), ("mx.later.test", LATER_IP),
+                   ("sender.test", "127.0.0.1")],
+            dead_zone="broken.test",
+            extra=["--mx-host=receiver.test,mx.receiver.test,10",
+                   "--mx-host=sink451.test,mx.sink451.test,10",
+                   "--mx-host=sink550.test,mx.sink550.test,10",
+                   "--mx-host=later.test,mx.later.test,10",
+                   "--mx-host=nullmx.test,.,0"],
+        )
+        cls.sink451 = SmtpSink(SINK451_IP, PORT, data_codes=(451, 250))
+        cls.sink550 = SmtpSink(SINK550_IP, PORT, rcpt_code=550)
+        cls.override = SmtpSink(OVERRIDE_IP, PORT)
+        cls.receiver.start()
+        cls.sender.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.sender.stop()
+        cls.receiver.stop()
+        for sink in (cls.sink451, cls.sink550, cls.override):
+            sink.stop()
+        cls.dns.terminate()
+        cls.dns.wait(timeout=10)
+
+    def submit(self, to, msg, server=None):
+        server = server or self.sender
+        with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], timeout=30,
+                              context=tls_context()) as s:
+            s.login("alice@sender.test", "pw")
+            return s.sendmail("alice@sender.test", to, msg)
+
+    def test_delivered_byte_exact_and_dkim_verified_by_the_receiver(self):
+        msg = message("to-receiver")
+        self.assertEqual(self.submit(["bob@receiver.test"], msg), {})
+        got = wait_for(lambda: [m for m in self.receiver.messages("bob@receiver.test")
+                                if b"<to-receiver@sender.test>" in m], what="delivery")
+        stored = got[0]
+        self.assertTrue(stored.endswith(msg), stored[-300:])
+        head = stored[:stored.index(msg)].decode()
+        self.assertIn("dkim=pass", head)
+        self.assertIn("header.d=sender.test", head)
+        self.assertIn("dmarc=pass", head)
+        self.assertNotIn("smtp.auth=alice", head, "our auth results must not leave")
+        self.assertIn("by mx.sender.test (shardmail)", head)
+        wait_for(lambda: "0 message(s)" in self.sender.cli("queue", "list").stderr, what="empty queue")
+
+    def test_451_is_retried_until_250(self):
+        self.assertEqual(self.submit(["user@sink451.test"], message("retry")), {})
+        wait_for(lambda: self.sink451.messages, what="the retry to succeed")
+        self.assertGreaterEqual(self.sink451.attempts, 2)
+        _, rcpts, data = self.sink451.messages[0]
+        self.assertEqual(rcpts, ["user@sink451.test"])
+        self.assertTrue(data.endswith(message("retry")))
+
+    def test_550_bounces_to_the_sender(self):
+        self.assertEqual(self.submit(["nobody@sink550.test"], message("bounce-me")), {})
+        dsn = wait_for(lambda: [m for m in self.sender.messages("alice@sender.test")
+                                if b"Undelivered Mail Returned to Sender" in m], what="the DSN")[0]
+        self.assertIn(b"multipart/report; report-type=delivery-status", dsn)
+        self.assertIn(b"Final-Recipient: rfc822; nobody@sink550.test", dsn)
+        self.assertIn(b"Status: 5.1.1", dsn)
+        self.assertIn(b"Remote-MTA: dns; mx.sink550.test", dsn)
+        self.assertIn(b"Message-ID: <bounce-me@sender.test>", dsn, "original headers included")
+        self.assertNotIn(b"leading dot line", dsn, "the original body is not returned")
+
+    def test_null_mx_bounces(self):
+        self.assertEqual(self.submit(["x@nullmx.test"], message("null-mx")), {})
+        dsn = wait_for(lambda: [m for m in self.sender.messages("alice@sender.test")
+                                if b"x@nullmx.test" in m and b"Status: 5.1.10" in m], what="null MX DSN")
+        self.assertTrue(dsn)
+
+    def test_transport_override(self):
+        self.assertEqual(self.submit(["someone@override.test"], message("override")), {})
+        wait_for(lambda: any(m[1] == ["someone@override.test"] for m in self.override.messages),
+                 what="delivery via the transport override")
+
+    def test_connections_are_reused_and_limited_per_destination(self):
+        before = self.override.connections
+        for i in range(3):
+            self.assertEqual(self.submit([f"seq{i}@override.test"], message(f"seq-{i}")), {})
+            wait_for(lambda: any(f"seq{i}@override.test" in m[1] for m in self.override.messages),
+                     what=f"message {i}")
+        # Pools are per shard (submissions land on either): at most one new connection
+        # per shard for three messages in a row.
+        self.assertLessEqual(self.override.connections - before, self.sender.shards)
+        # A burst: never more than queue.connections_per_destination_max (2 here) per
+        # shard at once.
+        for i in range(8):
+            self.assertEqual(self.submit([f"burst{i}@override.test"], message(f"burst-{i}")), {})
+        wait_for(lambda: sum(1 for m in self.override.messages if m[1][0].startswith("burst")) == 8,
+                 what="the burst")
+        self.assertLessEqual(self.override.max_concurrent, 2 * self.sender.shards)
+
+    def test_smtputf8_to_a_server_without_it_bounces(self):
+        with smtplib.SMTP_SSL("127.0.0.1", self.sender.ports["submissions"], timeout=30,
+                              context=tls_context()) as s:
+            s.login("alice@sender.test", "pw")
+            s.sendmail("alice@sender.test", ["jörg@override.test"], message("utf8"),
+                       mail_options=["SMTPUTF8"])
+        dsn = wait_for(lambda: [m for m in self.sender.messages("alice@sender.test")
+                                if b"Status: 5.6.7" in m], what="the SMTPUTF8 DSN")[0]
+        self.assertIn("jörg@override.test".encode(), dsn)
+
+    def test_down_receiver_is_retried_after_sender_restart(self):
+        self.assertEqual(self.submit(["user@later.test"], message("later")), {})
+        wait_for(lambda: "user@later.test" in self.sender.cli("queue", "list").stdout, what="queued")
+        time.sleep(1.5)  # at least one failed attempt (nothing listens yet)
+        self.assertEqual(self.sender.stop(), 0)
+        sink = SmtpSink(LATER_IP, PORT)
+        try:
+            self.sender.start()
+            wait_for(lambda: sink.messages, what="delivery after restart")
+            self.assertEqual(sink.messages[0][1], ["user@later.test"])
+        finally:
+            sink.stop()
+
+    def test_relay_host_with_auth(self):
+        relay = SmtpSink(RELAY_IP, PORT, auth=("relayuser", "relaypass"))
+        server = Server(settings={
+            "domains.local": '["sender.test"]',
+            "queue.relay_host": f'"{RELAY_IP}:{PORT}"',
+            "queue.relay_username": '"relayuser"',
+            "queue.relay_password": '"relaypass"',
+            "queue.relay_tls": '"none"',
+            "queue.retry_min": '"1s"',
+            "dns.servers": f'["127.0.0.1:{self.dns_port}"]',
+        })
+        server.add_user("alice@sender.test", "pw")
+        server.start()
+        try:
+            self.assertEqual(self.submit(["anyone@elsewhere.example"], message("relayed"), server), {})
+            wait_for(lambda: relay.messages, what="delivery through the relay host")
+            self.assertEqual(relay.messages[0][1], ["anyone@elsewhere.example"])
+        finally:
+            server.stop()
+            relay.stop()
+
+    def test_never_an_open_relay(self):
+        msg = message("open-relay")
+        with smtplib.SMTP("127.0.0.1", self.sender.ports["smtp"], timeout=30) as s:
+            with self.assertRaises(smtplib.SMTPRecipientsRefused) as e:
+                s.sendmail("spammer@evil.example", ["victim@receiver.test"], msg)
+            code, text = e.exception.recipients["victim@receiver.test"]
+            self.assertEqual((code, text[:5]), (554, b"5.7.1"))
+        with smtplib.SMTP("127.0.0.1", self.sender.ports["submission"], timeout=30) as s:
+            s.starttls(context=tls_context())
+            with self.assertRaises(smtplib.SMTPSenderRefused) as e:
+                s.sendmail("spammer@evil.example", ["victim@receiver.test"], msg)
+            self.assertEqual(e.exception.smtp_code, 530)
+        with smtplib.SMTP_SSL("127.0.0.1", self.sender.ports["submissions"], timeout=30,
+                              context=tls_context()) as s:
+            with self.assertRaises(smtplib.SMTPSenderRefused) as e:
+                s.sendmail("spammer@evil.example", ["victim@receiver.test"], msg)
+            self.assertEqual(e.exception.smtp_code, 530)
+        self.assertNotIn("victim@receiver.test", self.sender.cli("queue", "list").stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
