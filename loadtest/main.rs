@@ -85,6 +85,9 @@ struct SmtpArgs {
     /// Open a new connection for every message instead of reusing one.
     #[arg(long)]
     no_reuse: bool,
+    /// AUTH PLAIN as USER:PASSWORD after EHLO (the server must allow it without TLS).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    auth: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -193,7 +196,7 @@ fn worker(
             break;
         }
         if conn.is_none() {
-            match Conn::open(&args.server) {
+            match Conn::open(&args.server, args.auth.as_deref()) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     *totals.errors.entry(format!("connect: {e}")).or_default() += 1;
@@ -252,7 +255,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn open(server: &str) -> Result<Conn, String> {
+    fn open(server: &str, auth: Option<&str>) -> Result<Conn, String> {
         let stream = TcpStream::connect(server).map_err(|e| e.kind().to_string())?;
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
@@ -268,6 +271,16 @@ impl Conn {
         c.pipelining = lines
             .iter()
             .any(|l| l.to_ascii_uppercase().contains("PIPELINING"));
+        if let Some(credentials) = auth {
+            use base64::Engine as _;
+            let (user, password) = credentials
+                .split_once(':')
+                .ok_or("--auth expects USER:PASSWORD")?;
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+            c.write(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
+            c.expect(235)?;
+        }
         Ok(c)
     }
 

@@ -50,6 +50,8 @@ struct ClientConn {
     /// Host name, for DSNs and logs.
     host: String,
     tls: Option<String>,
+    /// Taken from the idle pool (the peer may have closed it meanwhile).
+    reused: bool,
 }
 
 /// Per-shard queue state.
@@ -627,7 +629,22 @@ async fn deliver_domain(
                 }
             };
             let mut conn = conn;
-            match transaction(&mut conn, from, rcpts, message).await {
+            let mut result = transaction(&mut conn, from, rcpts, message).await;
+            if result.is_err() && conn.reused {
+                // The idle connection went stale: once more on a fresh one.
+                release(shard, addr);
+                match checkout(shard, addr, &host, verify_tls, relay.as_ref()).await {
+                    Ok(fresh) => {
+                        conn = fresh;
+                        result = transaction(&mut conn, from, rcpts, message).await;
+                    }
+                    Err(e) => {
+                        last = format!("{host} [{addr}]: {e}");
+                        continue;
+                    }
+                }
+            }
+            match result {
                 Ok(outcomes) => {
                     checkin(shard, addr, conn);
                     return outcomes;
@@ -654,20 +671,24 @@ async fn checkout(
     relay: Option<&Relay>,
 ) -> Result<ClientConn, String> {
     let out = &shard.outbound;
-    loop {
-        let reused = out.idle.borrow_mut().get_mut(&addr).and_then(|v| v.pop());
-        match reused {
-            Some((conn, since)) if since.elapsed() < IDLE_REUSE => return Ok(conn),
-            Some((mut conn, _)) => {
-                release(shard, addr);
-                conn.stream.close().await;
-            }
-            None => break,
-        }
-    }
     let q = &shard.config.queue;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
+        // An idle connection to this host first: it holds one of the host's slots, so
+        // a waiter that only watched the counters would wait for nothing.
+        let reused = out.idle.borrow_mut().get_mut(&addr).and_then(|v| v.pop());
+        match reused {
+            Some((mut conn, since)) if since.elapsed() < IDLE_REUSE => {
+                conn.reused = true;
+                return Ok(conn);
+            }
+            Some((mut conn, _)) => {
+                release(shard, addr);
+                conn.stream.close().await;
+                continue;
+            }
+            None => {}
+        }
         let per = out
             .per_destination
             .borrow()
@@ -729,6 +750,7 @@ async fn open(
         caps: Capabilities::default(),
         host: host.to_string(),
         tls: None,
+        reused: false,
     };
     let greeting = conn.reply().await?;
     if greeting.code != 220 {

@@ -189,6 +189,25 @@ class Outbound(unittest.TestCase):
         finally:
             sink.stop()
 
+    def test_kill_9_keeps_every_queued_message_and_delivers_it_once(self):
+        later = "127.0.0.8"
+        self.sender.settings[f'queue.transports."crash.test"'] = f'"{later}:{PORT}"'
+        self.sender.stop()
+        self.sender.start()
+        subjects = [f"crash-{i}" for i in range(10)]
+        for subject in subjects:
+            self.assertEqual(self.submit([f"{subject}@crash.test"], message(subject)), {})
+        self.sender.kill()  # every message above got 250: each must arrive exactly once
+        sink = SmtpSink(later, PORT)
+        try:
+            self.sender.start()
+            wait_for(lambda: len(sink.messages) >= len(subjects), what="all queued messages")
+            time.sleep(1.5)  # nothing more may arrive
+            got = sorted(m[1][0].split("@")[0] for m in sink.messages)
+            self.assertEqual(got, sorted(subjects))
+        finally:
+            sink.stop()
+
     def test_relay_host_with_auth(self):
         relay = SmtpSink(RELAY_IP, PORT, auth=("relayuser", "relaypass"))
         server = Server(settings={
