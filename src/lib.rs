@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod export;
+pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod shard;

@@ -203,6 +203,7 @@ pub struct Listen {
     pub imaps: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    pub metrics: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -319,6 +320,7 @@ impl Config {
             imaps: parse_addrs("listen.imaps", &raw.listen.imaps)?,
             pop3: parse_addrs("listen.pop3", &raw.listen.pop3)?,
             pop3s: parse_addrs("listen.pop3s", &raw.listen.pop3s)?,
+            metrics: parse_addrs("listen.metrics", &raw.listen.metrics)?,
         };
         Ok(Config {
             hostname,

@@ -118,6 +118,8 @@ pub struct RawListen {
     pub imaps: OneOrMany,
     pub pop3: OneOrMany,
     pub pop3s: OneOrMany,
+    /// Prometheus text endpoint (HTTP GET /metrics); off unless set.
+    pub metrics: OneOrMany,
 }
 
 impl Default for RawListen {
@@ -130,6 +132,7 @@ impl Default for RawListen {
             imaps: addr("127.0.0.1:2993"),
             pop3: addr("127.0.0.1:2110"),
             pop3s: addr("127.0.0.1:2995"),
+            metrics: OneOrMany::Many(Vec::new()),
         }
     }
 }

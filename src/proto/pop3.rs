@@ -100,6 +100,8 @@ pub struct Session {
     user: Option<String>,
     bad_commands: u32,
     auth_failures: u32,
+    /// Command lines processed (for metrics).
+    commands: u64,
 }
 
 impl Session {
@@ -112,7 +114,13 @@ impl Session {
             user: None,
             bad_commands: 0,
             auth_failures: 0,
+            commands: 0,
         }
+    }
+
+    /// Command lines processed so far.
+    pub fn commands(&self) -> u64 {
+        self.commands
     }
 
     pub fn greet(&self, out: &mut Outbox) {
@@ -217,6 +225,7 @@ impl Session {
     }
 
     fn line(&mut self, line: &[u8], out: &mut Outbox) {
+        self.commands += 1;
         if self.state == State::AuthPlain {
             self.state = State::Authorization { user: None };
             return self.sasl_plain(line, out);

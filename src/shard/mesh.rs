@@ -37,6 +37,12 @@ pub enum ShardMsg {
     Delivered { request: u64, ok: bool },
     /// A logged-in POP3 connection moving to the shard that owns its account.
     AdoptPop3(Box<super::pop3::Handoff>),
+    /// A metrics scrape wants this shard's numbers.
+    MetricsRequest { request: u64, from: usize },
+    MetricsReply {
+        request: u64,
+        snapshot: Box<crate::metrics::Snapshot>,
+    },
 }
 
 /// This shard's end of the mesh.
@@ -44,6 +50,7 @@ pub struct Mesh {
     senders: Senders<ShardMsg>,
     receivers: RefCell<Option<glommio::channels::channel_mesh::Receivers<ShardMsg>>>,
     pending: RefCell<HashMap<u64, oneshot::Sender<bool>>>,
+    pending_metrics: RefCell<HashMap<u64, oneshot::Sender<crate::metrics::Snapshot>>>,
     next_request: Cell<u64>,
 }
 
@@ -57,6 +64,7 @@ impl Mesh {
             senders,
             receivers: RefCell::new(Some(receivers)),
             pending: RefCell::new(HashMap::new()),
+            pending_metrics: RefCell::new(HashMap::new()),
             next_request: Cell::new(0),
         })
     }
@@ -64,6 +72,37 @@ impl Mesh {
     /// This shard's index in the mesh, which is its shard id.
     pub fn peer_id(&self) -> usize {
         self.senders.peer_id()
+    }
+
+    /// Every other shard's metrics snapshot (shards that do not answer are skipped).
+    pub async fn gather_metrics(&self) -> Vec<crate::metrics::Snapshot> {
+        let me = self.peer_id();
+        let mut waits = Vec::new();
+        for peer in (0..self.senders.nr_consumers()).filter(|p| *p != me) {
+            let request = self.next_request.get() + 1;
+            self.next_request.set(request);
+            let (tx, rx) = oneshot::channel();
+            self.pending_metrics.borrow_mut().insert(request, tx);
+            if self
+                .senders
+                .send_to(peer, ShardMsg::MetricsRequest { request, from: me })
+                .await
+                .is_ok()
+            {
+                waits.push(rx);
+            } else {
+                self.pending_metrics.borrow_mut().remove(&request);
+            }
+        }
+        let mut out = Vec::new();
+        for rx in waits {
+            if let Ok(Ok(s)) =
+                super::conn::with_timeout(std::time::Duration::from_secs(2), rx).await
+            {
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// Sends a one-way message to shard `to`.
@@ -141,6 +180,23 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::Delivered { request, ok } => {
             if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&request) {
                 let _ = tx.send(ok);
+            }
+        }
+        ShardMsg::MetricsRequest { request, from } => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let snapshot = Box::new(super::metrics_snapshot(&shard));
+                let _ = shard
+                    .mesh
+                    .senders
+                    .send_to(from, ShardMsg::MetricsReply { request, snapshot })
+                    .await;
+            })
+            .detach();
+        }
+        ShardMsg::MetricsReply { request, snapshot } => {
+            if let Some(tx) = shard.mesh.pending_metrics.borrow_mut().remove(&request) {
+                let _ = tx.send(*snapshot);
             }
         }
         ShardMsg::AdoptPop3(handoff) => {

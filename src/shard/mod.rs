@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod deliver;
 pub mod mesh;
+pub mod metrics_http;
 pub mod outbound;
 pub mod pop3;
 pub mod preflight;
@@ -55,6 +56,7 @@ pub struct Shard {
     pub auth: Option<crate::auth::worker::AuthClient>,
     /// The outbound queue's delivery side.
     pub outbound: outbound::Outbound,
+    pub metrics: crate::metrics::Metrics,
     /// DKIM signing keys by domain (loaded at start).
     pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
@@ -242,6 +244,23 @@ pub fn serve(config: Config) -> Result<(), String> {
     }
 }
 
+/// This shard's counters and current gauges.
+pub fn metrics_snapshot(shard: &Shard) -> crate::metrics::Snapshot {
+    let (mut syncs, mut appends) = (0, 0);
+    for p in shard.partitions.values() {
+        let s = p.stats();
+        syncs += s.syncs;
+        appends += s.batches;
+    }
+    shard.metrics.snapshot(crate::metrics::Gauges {
+        sessions: shard.sessions.get() as u64,
+        queue_depth: shard.outbound.len() as u64,
+        store_syncs: syncs,
+        store_appends: appends,
+        partitions: shard.partitions.len() as u64,
+    })
+}
+
 /// Everything a shard starts from; cloned once per shard (all `Send`).
 #[derive(Clone)]
 struct ShardInit {
@@ -321,6 +340,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         pop3_locks: pop3::Locks::default(),
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),
+        metrics: crate::metrics::Metrics::default(),
         dkim_keys,
     });
     mesh::serve(shard.clone());
@@ -377,6 +397,21 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
                 service,
             )));
         }
+    }
+    for addr in &config.listen.metrics {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            format!(
+                "listen.metrics: cannot listen on {addr}: {e}{}",
+                preflight::bind_hint(addr)
+            )
+        })?;
+        if id == 0 {
+            tracing::info!(%addr, "listen.metrics listening");
+        }
+        accept_tasks.push(glommio::spawn_local(metrics_http::serve(
+            shard.clone(),
+            listener,
+        )));
     }
     shutdown.wait().await;
     for task in accept_tasks {

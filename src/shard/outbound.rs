@@ -346,6 +346,7 @@ async fn finish_attempt(
         };
         match outcome {
             Outcome::Delivered => {
+                crate::metrics::add(&shard.metrics.outbound_delivered, 1);
                 r.state = RcptState::Delivered;
                 tracing::info!(id = %entry.id, to = %address, "delivered");
             }
@@ -383,6 +384,7 @@ async fn finish_attempt(
         }
     }
     if !failed.is_empty() {
+        crate::metrics::add(&shard.metrics.outbound_bounced, failed.len() as u64);
         tracing::info!(id = %entry.id, failed = failed.len(), "permanent failure; bouncing");
         notify(shard, entry, DsnAction::Failed, &failed, message).await;
     }

@@ -15,7 +15,7 @@ use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream, Stream
 use super::mesh::ShardMsg;
 use super::Shard;
 use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
-use crate::store;
+use crate::{metrics, store};
 
 /// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
 const INBOX: u32 = 1;
@@ -66,6 +66,7 @@ pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: 
         }
     }
     shard.refresh_users();
+    metrics::add(&shard.metrics.pop3.connections, 1);
     let session = Session::new(shard.pop3_config.clone(), implicit_tls);
     let mut out = Outbox::default();
     session.greet(&mut out);
@@ -159,9 +160,13 @@ async fn drive(
 ) {
     let limits = &shard.config.limits;
     let mut account = lock.as_ref().map(|l| l.account);
+    let mut commands_counted = session.commands();
     loop {
         let used = session.receive(input.data(), &mut out);
         input.consume(used);
+        let commands = session.commands();
+        metrics::add(&shard.metrics.pop3.commands, commands - commands_counted);
+        commands_counted = commands;
         let actions = std::mem::take(&mut out.actions);
         let acted = !actions.is_empty();
         for action in actions {
@@ -183,6 +188,7 @@ async fn drive(
                 Action::Authenticate { username, password } => {
                     shard.refresh_users();
                     let Some(user) = shard.verify_password(username, password).await else {
+                        metrics::add(&shard.metrics.pop3.auth_failures, 1);
                         glommio::timer::sleep(limits.auth_failure_delay).await;
                         session.login_refused(LoginRefusal::BadCredentials, &mut out);
                         continue;
@@ -225,6 +231,7 @@ async fn drive(
                         continue;
                     };
                     let len = lines.map_or(message.len(), |n| pop3::top_len(&message, n));
+                    metrics::add(&shard.metrics.bytes_sent_pop3, len as u64);
                     if send_stuffed(&mut stream, message.get(..len).unwrap_or(&message))
                         .await
                         .is_err()

@@ -16,6 +16,7 @@ use tracing::{debug, Instrument};
 use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
 use super::{deliver, Shard};
 use crate::auth::verify::SpfCheck;
+use crate::metrics;
 use crate::proto::smtp::{session::TOO_MANY_SESSIONS, Action, Outbox, Port, Session};
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
@@ -49,6 +50,8 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port) {
 
 async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, id: u64) {
     let limits = &shard.config.limits;
+    metrics::add(&shard.metrics.smtp.connections, 1);
+    let mut commands_counted = 0;
     let mut session = Session::new(shard.smtp_config(port), peer, id, port == Port::Submissions);
     session
         .verify_senders(port == Port::Mx && shard.auth.is_some() && shard.config.auth.checks(peer));
@@ -60,6 +63,9 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
     loop {
         let used = session.receive(input.data(), SystemTime::now(), shard.as_ref(), &mut out);
         input.consume(used);
+        let commands = session.commands();
+        metrics::add(&shard.metrics.smtp.commands, commands - commands_counted);
+        commands_counted = commands;
         let actions = std::mem::take(&mut out.actions);
         let acted = !actions.is_empty();
         for action in actions {
@@ -81,6 +87,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     shard.refresh_users();
                     let user = shard.verify_password(username, password).await;
                     if user.is_none() {
+                        metrics::add(&shard.metrics.smtp.auth_failures, 1);
                         glommio::timer::sleep(limits.auth_failure_delay).await;
                     }
                     session.auth_result(user, &mut out);
@@ -109,7 +116,18 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                 }
                 Action::Deliver(envelope) => {
                     let id = envelope.id.clone();
+                    let (started, bytes) =
+                        (std::time::Instant::now(), envelope.message.len() as u64);
                     let result = deliver::accept(shard, envelope, spf.take()).await;
+                    let m = &shard.metrics;
+                    if result.is_ok() {
+                        metrics::add(&m.messages_accepted, 1);
+                        metrics::add(&m.bytes_received, bytes);
+                        let us = started.elapsed().as_micros().max(1) as u64;
+                        let _ = m.accept_latency.borrow_mut().record(us);
+                    } else {
+                        metrics::add(&m.messages_rejected, 1);
+                    }
                     session.delivered(&id, result, &mut out);
                 }
                 Action::Close => {

@@ -183,6 +183,8 @@ pub struct Session {
     auth_failures: u32,
     /// SPF/DKIM/ARC/DMARC apply to this session's mail.
     verify: bool,
+    /// Command lines processed (for metrics).
+    commands: u64,
 }
 
 const HELP: &str =
@@ -208,7 +210,13 @@ impl Session {
             bad_commands: 0,
             auth_failures: 0,
             verify: false,
+            commands: 0,
         }
+    }
+
+    /// Command lines processed so far.
+    pub fn commands(&self) -> u64 {
+        self.commands
     }
 
     /// Turns sender verification on (the MX port, for clients not in
@@ -378,6 +386,7 @@ impl Session {
     }
 
     fn line(&mut self, line: &[u8], now: SystemTime, dir: &dyn Directory, out: &mut Outbox) {
+        self.commands += 1;
         match std::mem::replace(&mut self.state, State::Command) {
             State::AuthPlain => self.sasl_plain(line, out),
             State::AuthLoginUser => match sasl_text(line, out) {
