@@ -97,6 +97,10 @@ struct SmtpArgs {
 struct Totals {
     ok: u64,
     bytes: u64,
+    /// POP3: time spent logging in, and downloading, summed over sessions.
+    login_us: u64,
+    download_us: u64,
+    logins: u64,
     errors: std::collections::BTreeMap<String, u64>,
 }
 
@@ -440,6 +444,9 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
                 if let Ok(mut g) = totals.lock() {
                     g.ok += t.ok;
                     g.bytes += t.bytes;
+                    g.login_us += t.login_us;
+                    g.download_us += t.download_us;
+                    g.logins += t.logins;
                     for (k, v) in t.errors {
                         *g.errors.entry(k).or_default() += v;
                     }
@@ -452,6 +459,8 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let t = totals.lock().map_err(|_| "worker panicked")?;
+    let login_ms = t.login_us as f64 / t.logins.max(1) as f64 / 1000.0;
+
     let h = hist.lock().map_err(|_| "worker panicked")?;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let errors: u64 = t.errors.values().sum();
@@ -461,6 +470,7 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
             "scenario": "pop3", "server": args.server, "connections": args.connections,
             "messages_retrieved": t.ok, "errors": errors, "error_kinds": t.errors,
             "elapsed_s": elapsed, "messages_per_s": rate, "mb_per_s": mbps,
+            "login_ms_mean": login_ms, "logins": t.logins,
             "session_download_ms": { "p50": ms(0.5), "p90": ms(0.9), "p99": ms(0.99),
                                  "p999": ms(0.999), "max": h.max() as f64 / 1000.0 },
         });
@@ -477,6 +487,10 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
     }
     println!("elapsed       {elapsed:.2} s");
     println!("throughput    {rate:.0} msg/s   {mbps:.1} MB/s");
+    println!(
+        "logins        {} ({login_ms:.1} ms mean, USER+PASS round trip)",
+        t.logins
+    );
     println!(
         "session ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         ms(0.5),
@@ -514,11 +528,14 @@ fn pop3_session(
         }
     };
     ok_line(&mut reader, &mut line)?;
+    let login_started = Instant::now();
     writer
         .write_all(format!("USER {user}\r\nPASS {password}\r\nSTAT\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     ok_line(&mut reader, &mut line)?;
     ok_line(&mut reader, &mut line)?;
+    totals.login_us += login_started.elapsed().as_micros() as u64;
+    totals.logins += 1;
     ok_line(&mut reader, &mut line)?;
     let count: usize = String::from_utf8_lossy(&line)
         .split_whitespace()
@@ -554,7 +571,9 @@ fn pop3_session(
         totals.bytes += bytes;
     }
     // One sample per session: time from the first RETR sent to the last byte read.
-    let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
+    let download_us = started.elapsed().as_micros().max(1) as u64;
+    totals.download_us += download_us;
+    let _ = hist.record(download_us);
     writer.write_all(b"QUIT\r\n").map_err(|e| e.to_string())?;
     ok_line(&mut reader, &mut line)?;
     Ok(())

@@ -49,6 +49,28 @@ pub fn stuffing_points(message: &[u8]) -> Vec<usize> {
     points
 }
 
+/// What ends a dot-stuffed multi-line body: `.` CRLF, preceded by a CRLF when the
+/// message does not end with one (SMTP DATA, POP3 RETR/TOP).
+pub fn dot_terminator(message: &[u8]) -> &'static [u8] {
+    if message.is_empty() || message.ends_with(b"\r\n") {
+        b".\r\n"
+    } else {
+        b"\r\n.\r\n"
+    }
+}
+
+/// Appends `message` dot-stuffed and terminated to `out`.
+pub fn dot_stuff_into(out: &mut Vec<u8>, message: &[u8]) {
+    let mut start = 0;
+    for dot in stuffing_points(message) {
+        out.extend_from_slice(message.get(start..dot).unwrap_or(&[]));
+        out.push(b'.');
+        start = dot;
+    }
+    out.extend_from_slice(message.get(start..).unwrap_or(&[]));
+    out.extend_from_slice(dot_terminator(message));
+}
+
 /// Formats `t` as an RFC 5322 date-time in UTC, e.g. `Thu, 26 Nov 2026 06:45:00 +0000`.
 pub fn rfc5322_date(t: SystemTime) -> String {
     let secs = t

@@ -998,16 +998,6 @@ async fn transaction(
 /// The message as DATA content: dot-stuffed, CRLF-terminated, then `.`.
 fn stuffed(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message.len() + 16);
-    let mut start = 0;
-    for dot in crate::proto::stuffing_points(message) {
-        out.extend_from_slice(message.get(start..dot).unwrap_or(&[]));
-        out.push(b'.');
-        start = dot;
-    }
-    out.extend_from_slice(message.get(start..).unwrap_or(&[]));
-    if !out.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    crate::proto::dot_stuff_into(&mut out, message);
     out
 }

@@ -215,28 +215,35 @@ async fn drive(
                     }
                 }
                 Action::Retrieve { uid, lines } => {
-                    if flush(&mut stream, &mut out.reply).await.is_err() {
-                        return;
-                    }
                     let message = account.and_then(|a| {
                         let p = shard.partition(store::partition_of(a, shard.partitions_total))?;
                         p.message(a, INBOX, uid)
                     });
                     let Some(message) = message else {
                         // Expunged by IMAP since login: end the listing cleanly.
-                        if stream.write_all(b".\r\n").await.is_err() {
-                            return;
-                        }
+                        out.reply.extend_from_slice(b".\r\n");
                         session.retrieved();
                         continue;
                     };
                     let len = lines.map_or(message.len(), |n| pop3::top_len(&message, n));
+                    let body = message.get(..len).unwrap_or(&message);
                     metrics::add(&shard.metrics.bytes_sent_pop3, len as u64);
-                    if send_stuffed(&mut stream, message.get(..len).unwrap_or(&message))
-                        .await
-                        .is_err()
-                    {
-                        return;
+                    if body.len() <= RETR_COPY_BYTES_MAX {
+                        // Small: into the reply buffer, so a pipelined batch of RETRs
+                        // leaves in one write instead of three per message.
+                        crate::proto::dot_stuff_into(&mut out.reply, body);
+                        if out.reply.len() >= REPLY_FLUSH_BYTES
+                            && flush(&mut stream, &mut out.reply).await.is_err()
+                        {
+                            return;
+                        }
+                    } else {
+                        // Large: straight from the mmap, run by run, no copy.
+                        if flush(&mut stream, &mut out.reply).await.is_err()
+                            || send_stuffed(&mut stream, body).await.is_err()
+                        {
+                            return;
+                        }
                     }
                     session.retrieved();
                 }
@@ -316,6 +323,13 @@ async fn hand_off(
         tracing::error!(owner, "POP3 hand-off failed; the connection is closed");
     }
 }
+
+/// Messages up to this size are copied into the reply buffer (batched writes); larger
+/// ones are written from the mmap without a copy. Measured: with per-message writes,
+/// 300 pipelined RETRs of 10 KiB ran at 16k msg/s against Dovecot's 26k.
+const RETR_COPY_BYTES_MAX: usize = 64 * 1024;
+/// Replies buffered for a pipelined batch are written once they reach this size.
+const REPLY_FLUSH_BYTES: usize = 256 * 1024;
 
 /// Sends a message dot-stuffed: unchanged runs are written as they are (no copy of
 /// the message), an extra `.` before each line that starts with one, then the

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Side-by-side, one machine, one run: shardmail against the reference servers started
+# from ../shared/reference (Postfix 3.7, Dovecot 2.3), driven by the same tools.
+#
+#   SMTP durable ingest: Postfix's own smtp-source (20 connections, 5 KiB, -d) against
+#     shardmail, reference Postfix (queue fsync before 250), and smtp-sink (stores
+#     nothing: the ceiling of the load tool on this machine).
+#   POP3: shardmail-load pop3 (pipelined RETR of every message, 8 connections) against
+#     shardmail and Dovecot, each seeded with the same messages.
+#
+# Usage: loadtest/compare.sh            (as root: it installs and starts the references)
+# Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=64 OUT=compare.json
+# Every loop is bounded; every server listens on loopback only; everything started here
+# is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESSAGES=${MESSAGES:-20000}
+POP3_MESSAGES=${POP3_MESSAGES:-300}
+POP3_SESSIONS=${POP3_SESSIONS:-64}
+OUT=${OUT:-compare.json}
+REF=${REF:-../shared/reference}
+WORK=$(mktemp -d /tmp/shardmail-compare.XXXXXX)
+B=target/release/shardmail
+L=target/release/shardmail-load
+SM_SMTP=127.0.0.1:3525
+SM_POP3=127.0.0.1:3110
+
+cleanup() {
+  pkill -f "shardmail --data-dir $WORK" 2>/dev/null || true
+  pkill -x smtp-sink 2>/dev/null || true
+  postfix stop >/dev/null 2>&1 || true
+  [ -f /tmp/dovecot-ref/run/master.pid ] && kill "$(cat /tmp/dovecot-ref/run/master.pid)" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+step() { printf '\n== %s\n' "$*" >&2; }
+# Wall-clock seconds of a command; fails (and so stops the run) if the command fails,
+# so a refused connection is never reported as a fast run.
+seconds() {
+  local out
+  out=$( { /usr/bin/time -f %e "$@" >/dev/null 2>"$WORK/last.err"; } 2>&1 ) || {
+    echo "failed: $* ($(tail -1 "$WORK/last.err"))" >&2; return 1; }
+  tail -1 "$WORK/last.err"
+}
+rate() { python3 -c "print(round($1 / $2))"; }
+
+step "building (release)"
+cargo build --release --locked -q
+command -v smtp-source >/dev/null || { echo "smtp-source missing: run $REF/start-postfix.sh once" >&2; exit 1; }
+
+step "host"
+echo "$(nproc) cores, $(free -g | awk '/Mem/{print $2}') GiB, $(uname -r), $(df -T /tmp | awk 'NR==2{print $2}') /tmp" >&2
+
+SOURCE=(smtp-source -4 -s 20 -m "$MESSAGES" -l 5120 -d -f bench@bench.test -t sink@bench.test)
+
+step "smtp-sink (no storage): the load tool's ceiling here"
+smtp-sink -u nobody -c 127.0.0.1:3526 1000 >/dev/null 2>&1 &
+sleep 0.5
+t_sink=$(seconds "${SOURCE[@]}" 127.0.0.1:3526)
+pkill -x smtp-sink || true
+
+step "reference Postfix (MODE=maildir, default queue fsync)"
+MODE=maildir INFLOW=0 bash "$REF/start-postfix.sh" >/dev/null
+t_postfix=$(seconds "${SOURCE[@]}" 127.0.0.1:10025)
+postfix stop >/dev/null 2>&1 || true
+
+step "shardmail (embedded defaults, 2 shards, group commit; auth checks off like Postfix's defaults)"
+SM=(--data-dir "$WORK/sm" --set 'domains.local=["bench.test"]' --set auth.enabled=false
+    --set "listen.smtp=\"$SM_SMTP\"" --set "listen.pop3=\"$SM_POP3\"" --set tls.allow_plaintext_auth=true
+    --set 'listen.submission=[]' --set 'listen.submissions=[]' --set 'listen.pop3s=[]')
+echo pw | $B "${SM[@]}" user add sink@bench.test --password-stdin >/dev/null
+for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.test" --password-stdin >/dev/null; done
+$B "${SM[@]}" serve 2>"$WORK/shardmail.log" &
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/${SM_SMTP%:*}/${SM_SMTP#*:}") 2>/dev/null && break; sleep 0.1; done
+t_shardmail=$(seconds "${SOURCE[@]}" "$SM_SMTP")
+
+step "seeding POP3 maildrops: $POP3_MESSAGES messages x 8 users, 10 KiB"
+python3 - "$SM_SMTP" "$POP3_MESSAGES" <<'PY'
+import smtplib, sys
+host, port = sys.argv[1].split(":")
+n = int(sys.argv[2])
+body = b"Subject: pop3 bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 130
+with smtplib.SMTP(host, int(port)) as s:
+    for i in range(1, 9):
+        for _ in range(n):
+            s.sendmail("seed@bench.test", [f"testuser{i}@bench.test"], body)
+PY
+bash "$REF/start-dovecot.sh" >/dev/null
+python3 - "$POP3_MESSAGES" <<'PY'
+import smtplib, sys
+n = int(sys.argv[1])
+body = b"Subject: pop3 bench\r\n\r\n" + (b"x" * 76 + b"\r\n") * 130
+with smtplib.LMTP("127.0.0.1", 10024) as s:
+    for i in range(1, 9):
+        for _ in range(n):
+            s.sendmail("seed@bench.test", [f"testuser{i}"], body)
+PY
+
+USERS_SM=(); USERS_DC=()
+for i in $(seq 1 8); do USERS_SM+=(--user "testuser$i@bench.test"); USERS_DC+=(--user "testuser$i"); done
+# Two mixes: retrieval-heavy (one login per maildrop, everything downloaded) and
+# login-heavy (POP3_SESSIONS logins over the same maildrops).
+step "POP3 retrieval: shardmail"
+retr_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions 8 --password pass "${USERS_SM[@]}" --json 2>/dev/null)
+step "POP3 retrieval: Dovecot"
+retr_dc=$($L pop3 --server 127.0.0.1:10110 -c 8 --sessions 8 --password pass "${USERS_DC[@]}" --json 2>/dev/null)
+step "POP3 login-heavy: shardmail"
+pop3_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}" --json 2>/dev/null)
+step "POP3 login-heavy: Dovecot"
+pop3_dc=$($L pop3 --server 127.0.0.1:10110 -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_DC[@]}" --json 2>/dev/null)
+
+python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$pop3_sm" "$pop3_dc" "$OUT" "$retr_sm" "$retr_dc" <<'PY'
+import json, sys
+n, t_sink, t_pf, t_sm = int(sys.argv[1]), *map(float, sys.argv[2:5])
+sm, dc = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+rsm, rdc = json.loads(sys.argv[8]), json.loads(sys.argv[9])
+r = {
+    "smtp_msgs_per_s": {"smtp-sink": n / t_sink, "postfix": n / t_pf, "shardmail": n / t_sm},
+    "pop3_login_heavy": {"shardmail": sm, "dovecot": dc},
+    "pop3_retrieval": {"shardmail": rsm, "dovecot": rdc},
+}
+r["ratios"] = {
+    "smtp_shardmail_vs_postfix": (n / t_sm) / (n / t_pf),
+    "smtp_shardmail_vs_sink": (n / t_sm) / (n / t_sink),
+    "pop3_msgs_shardmail_vs_dovecot": sm["messages_per_s"] / dc["messages_per_s"],
+    "pop3_session_p99_ms": [sm["session_download_ms"]["p99"], dc["session_download_ms"]["p99"]],
+}
+json.dump(r, open(sys.argv[7], "w"), indent=2)
+print(f"{'':34}{'msg/s':>10}")
+for k, v in r["smtp_msgs_per_s"].items():
+    print(f"SMTP ingest {k:22}{v:>10.0f}")
+for mix, (a, b) in (("retrieval", (rsm, rdc)), ("login-heavy", (sm, dc))):
+    for name, x in (("shardmail", a), ("dovecot", b)):
+        print(f"POP3 {mix:12} {name:16}{x['messages_per_s']:>10.0f}   "
+              f"(login {x['login_ms_mean']:.1f} ms; p99 download {x['session_download_ms']['p99']:.1f} ms)")
+q = r["ratios"]
+print(f"\nshardmail / Postfix (SMTP, smtp-source -d): {q['smtp_shardmail_vs_postfix']:.1f}x")
+print(f"shardmail / smtp-sink (SMTP):              {100 * q['smtp_shardmail_vs_sink']:.0f}%")
+print(f"shardmail / Dovecot (POP3 retrieval):      {rsm['messages_per_s'] / rdc['messages_per_s']:.1f}x")
+print(f"shardmail / Dovecot (POP3 login-heavy):    {q['pop3_msgs_shardmail_vs_dovecot']:.1f}x")
+print("(the reference Dovecot stores {PLAIN} passwords; shardmail verifies argon2id on every login)")
+print(f"\nresults written to {sys.argv[7]}")
+PY
