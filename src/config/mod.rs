@@ -58,6 +58,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Concurrent sessions per shard; past it new connections get `421 4.3.2`.
     pub sessions_per_shard_max: usize,
+    /// How long a verified login is cached (zero: not at all).
+    pub auth_cache: Duration,
 }
 
 /// The validated configuration every shard holds (as an `Rc`).
@@ -290,6 +292,7 @@ impl Config {
             auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             sessions_per_shard_max: l.sessions_per_shard_max,
+            auth_cache: Duration::from_secs(l.auth_cache_secs),
         };
         if limits.message_size_max < 1024 || limits.message_size_max > (1 << 30) {
             return Err(err(

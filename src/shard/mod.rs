@@ -57,9 +57,16 @@ pub struct Shard {
     /// The outbound queue's delivery side.
     pub outbound: outbound::Outbound,
     pub metrics: crate::metrics::Metrics,
+    /// Verified logins (`limits.auth_cache_secs`): user → HMAC of user and password.
+    auth_cache: RefCell<HashMap<String, (ring::hmac::Tag, Instant)>>,
+    /// A random key per shard and run: cached tags are useless outside this process.
+    auth_cache_key: ring::hmac::Key,
     /// DKIM signing keys by domain (loaded at start).
     pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
+
+/// Cached logins per shard before the cache is emptied and refilled.
+const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
 
 /// What a listener serves.
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +121,8 @@ impl Shard {
             Ok(db) => {
                 *self.users.borrow_mut() = Rc::new(db);
                 self.users_mtime.set(mtime);
+                // A changed password or a deleted user must not log in from the cache.
+                self.auth_cache.borrow_mut().clear();
             }
             Err(e) => tracing::error!(error = %e, "cannot reload users; keeping the old ones"),
         }
@@ -127,16 +136,40 @@ impl Shard {
     pub async fn verify_password(&self, username: String, password: String) -> Option<String> {
         let db = self.users.borrow().clone();
         let name = crate::users::normalize(&username);
+        let ttl = self.config.limits.auth_cache;
+        let credentials = |user: &str| [user.as_bytes(), b"\0", password.as_bytes()].concat();
+        if let Some(user) = name.as_deref().filter(|_| !ttl.is_zero()) {
+            let cached = self.auth_cache.borrow().get(user).cloned();
+            if let Some((tag, until)) = cached {
+                let fresh = until > Instant::now();
+                if fresh
+                    && ring::hmac::verify(&self.auth_cache_key, &credentials(user), tag.as_ref())
+                        .is_ok()
+                {
+                    return Some(user.to_string());
+                }
+            }
+        }
         let hash = name
             .as_deref()
             .and_then(|n| db.users.get(n))
             .map(|u| u.password.clone());
         let known = hash.is_some();
         let hash = hash.unwrap_or_else(|| crate::users::DUMMY_HASH.to_string());
+        let attempt = password.clone();
         let ok = glommio::executor()
-            .spawn_blocking(move || crate::users::verify_password(&hash, &password))
+            .spawn_blocking(move || crate::users::verify_password(&hash, &attempt))
             .await;
-        (ok && known).then_some(name).flatten()
+        let user = (ok && known).then_some(name).flatten()?;
+        if !ttl.is_zero() {
+            let tag = ring::hmac::sign(&self.auth_cache_key, &credentials(&user));
+            let mut cache = self.auth_cache.borrow_mut();
+            if cache.len() >= AUTH_CACHE_ENTRIES_MAX {
+                cache.clear(); // bounded memory; the next logins refill it
+            }
+            cache.insert(user.clone(), (tag, Instant::now() + ttl));
+        }
+        Some(user)
     }
 }
 
@@ -341,6 +374,12 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),
         metrics: crate::metrics::Metrics::default(),
+        auth_cache: RefCell::new(HashMap::new()),
+        auth_cache_key: ring::hmac::Key::generate(
+            ring::hmac::HMAC_SHA256,
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|_| "cannot generate the auth cache key".to_string())?,
         dkim_keys,
     });
     mesh::serve(shard.clone());
