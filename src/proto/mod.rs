@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![deny(clippy::indexing_slicing)]
 
+pub mod imap;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
