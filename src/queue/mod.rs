@@ -125,23 +125,33 @@ pub fn enqueue(
     Ok(entry)
 }
 
-/// Replaces an entry's state atomically. Blocking.
+/// Replaces an entry's state atomically. Blocking. An entry whose message file is gone
+/// (`shardmail queue delete` while an attempt ran) stays deleted.
 pub fn save(data_dir: &Path, entry: &QueueEntry) -> Result<(), String> {
+    if !msg_path(&dir(data_dir), &entry.id).exists() {
+        return Ok(());
+    }
     let path = state_path(&dir(data_dir), &entry.id);
     let text = serde_json::to_string_pretty(entry).map_err(|e| e.to_string())?;
     write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))
 }
 
-/// Removes a finished or deleted entry (state first: a message file alone is garbage).
+/// Removes a finished or deleted entry. The message goes first: [`save`] never writes
+/// state for an entry without its message, and a state file left without one is
+/// cleaned up by [`load_all`].
 pub fn remove(data_dir: &Path, id: &str) -> Result<bool, String> {
     let dir = dir(data_dir);
     let state = state_path(&dir, id);
     let existed = state.exists();
+    let msg = msg_path(&dir, id);
+    match std::fs::remove_file(&msg) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&msg, e)),
+    }
     if existed {
         std::fs::remove_file(&state).map_err(|e| io_err(&state, e))?;
     }
-    let msg = msg_path(&dir, id);
-    let _ = std::fs::remove_file(&msg);
     Ok(existed)
 }
 
@@ -172,6 +182,11 @@ pub fn load_all(data_dir: &Path, clean: bool) -> Result<Vec<QueueEntry>, String>
     for item in read.flatten() {
         let name = item.file_name().to_string_lossy().to_string();
         if let Some(id) = name.strip_suffix(".json") {
+            if clean && !msg_path(&dir, id).exists() {
+                // A delete that stopped between its two unlinks.
+                let _ = std::fs::remove_file(item.path());
+                continue;
+            }
             if let Some(entry) = load(data_dir, id)? {
                 entries.push(entry);
             }

@@ -465,16 +465,20 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits (bounded by `server.shutdown_grace_secs`) for sessions to finish.
+/// Waits (bounded by `server.shutdown_grace_secs`) for sessions to finish and for
+/// outbound attempts in flight to record their outcome (a delivery the remote accepted
+/// but we never recorded would be sent again after the restart).
 async fn drain(shard: &Rc<Shard>) {
     let deadline = Instant::now() + shard.config.shutdown_grace;
-    while shard.sessions.get() > 0 && Instant::now() < deadline {
+    let busy = || shard.sessions.get() > 0 || shard.outbound.in_flight() > 0;
+    while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    if shard.sessions.get() > 0 {
+    if busy() {
         tracing::warn!(
             shard = shard.id,
             sessions = shard.sessions.get(),
+            outbound = shard.outbound.in_flight(),
             "grace period over"
         );
     }

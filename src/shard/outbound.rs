@@ -116,6 +116,11 @@ impl Outbound {
         self.entries.borrow().len()
     }
 
+    /// Delivery attempts running now.
+    pub fn in_flight(&self) -> usize {
+        self.active.borrow().len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.borrow().is_empty()
     }
@@ -302,6 +307,10 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
             // Deleted with `shardmail queue delete`, or lost: stop tracking it.
             tracing::warn!(id, error = %e, "queued message is gone; dropping it from the queue");
             shard.outbound.entries.borrow_mut().remove(id);
+            let (data_dir, id) = (shard.config.data_dir.clone(), id.to_string());
+            let _ = glommio::executor()
+                .spawn_blocking(move || queue::remove(&data_dir, &id))
+                .await;
             return;
         }
     };
