@@ -172,21 +172,11 @@ impl Stream {
         config: &Arc<rustls::ServerConfig>,
         limit: Duration,
     ) -> io::Result<()> {
-        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Moved) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "already TLS"));
-        };
-        let tls = ServerConnection::new(config.clone())
-            .map_err(tls_error)?
-            .into();
-        let mut conn = Box::new(TlsConn {
-            tcp,
-            tls,
-            cipher_in: Vec::new(),
-            cipher_out: Vec::new(),
-        });
-        with_timeout(limit, conn.handshake()).await??;
-        *self = Stream::Tls(conn);
-        Ok(())
+        self.start_tls(
+            || ServerConnection::new(config.clone()).map(Into::into),
+            limit,
+        )
+        .await
     }
 
     /// Runs the client side of a TLS handshake (STARTTLS to a remote server).
@@ -196,12 +186,20 @@ impl Stream {
         server_name: rustls_pki_types::ServerName<'static>,
         limit: Duration,
     ) -> io::Result<()> {
+        let connect = || rustls::ClientConnection::new(config.clone(), server_name).map(Into::into);
+        self.start_tls(connect, limit).await
+    }
+
+    /// Wraps the plain stream in the TLS connection `make` builds and handshakes.
+    async fn start_tls(
+        &mut self,
+        make: impl FnOnce() -> Result<rustls::Connection, rustls::Error>,
+        limit: Duration,
+    ) -> io::Result<()> {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Moved) else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "already TLS"));
         };
-        let tls = rustls::ClientConnection::new(config.clone(), server_name)
-            .map_err(tls_error)?
-            .into();
+        let tls = make().map_err(tls_error)?;
         let mut conn = Box::new(TlsConn {
             tcp,
             tls,
