@@ -155,6 +155,10 @@ class Outbound(unittest.TestCase):
             self.assertEqual(self.submit([f"seq{i}@override.test"], message(f"seq-{i}")), {})
             wait_for(lambda: any(f"seq{i}@override.test" in m[1] for m in self.override.messages),
                      what=f"message {i}")
+            # The sink has the message before the sender has read its 250 and pooled
+            # the connection; the queue empties only after that.
+            wait_for(lambda: "0 message(s)" in self.sender.cli("queue", "list").stderr,
+                     what="the attempt to finish")
         # Pools are per shard (submissions land on either): at most one new connection
         # per shard for three messages in a row.
         self.assertLessEqual(self.override.connections - before, self.sender.shards)
