@@ -157,7 +157,7 @@ class Outbound(unittest.TestCase):
                      what=f"message {i}")
             # The sink has the message before the sender has read its 250 and pooled
             # the connection; the queue empties only after that.
-            wait_for(lambda: "0 message(s)" in self.sender.cli("queue", "list").stderr,
+            wait_for(lambda: f"seq{i}@override.test" not in self.sender.cli("queue", "list").stdout,
                      what="the attempt to finish")
         # Pools are per shard (submissions land on either): at most one new connection
         # per shard for three messages in a row.
