@@ -54,7 +54,13 @@ pub fn export(data_dir: &Path, email: &str, out: &Path) -> Result<ExportReport, 
     } else {
         None
     };
-    let log = std::fs::read(dir.join("messages.log")).unwrap_or_default();
+    // Messages are read through a map of the log, not a copy of it: a partition's log
+    // can be far larger than memory.
+    let log = match &loaded {
+        Some(_) => Some(partition::map_log(&dir).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let log: &[u8] = log.as_deref().unwrap_or(&[]);
     let account = loaded.as_ref().and_then(|l| l.index.accounts.get(&user.id));
     let names: Vec<String> = match account {
         Some(a) => a.mailboxes.iter().map(|m| m.name.clone()).collect(),

@@ -82,6 +82,13 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
     })
 }
 
+/// A read-only map of a partition's log (export reads messages through it).
+pub fn map_log(dir: &Path) -> Result<Mmap, StoreError> {
+    let path = dir.join("messages.log");
+    let file = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+    map_file(&file, &path)
+}
+
 fn map_file(file: &std::fs::File, path: &Path) -> Result<Mmap, StoreError> {
     // SAFETY: the log is append-only while mapped: records are never rewritten in place
     // and the file is only truncated by `recover` before any map of it is taken. The
