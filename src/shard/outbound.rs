@@ -657,6 +657,9 @@ async fn deliver_domain(
             }
             match result {
                 Ok(outcomes) => {
+                    // The record RFC 7435 asks for: which transactions went without TLS.
+                    let tls = conn.tls.clone().unwrap_or_else(|| "none".into());
+                    tracing::info!(%host, %addr, %tls, rcpts = rcpts.len(), "SMTP transaction done");
                     checkin(shard, addr, conn);
                     return outcomes;
                 }
@@ -716,13 +719,20 @@ async fn checkout(
     }
     out.connections.set(out.connections.get() + 1);
     *out.per_destination.borrow_mut().entry(addr).or_default() += 1;
-    match open(shard, addr, host, verify_tls, relay).await {
-        Ok(c) => Ok(c),
-        Err(e) => {
-            release(shard, addr);
-            Err(e)
+    let require_tls = verify_tls || relay.is_some_and(|r| r.require_tls);
+    let opened = match open(shard, addr, host, verify_tls, relay, true).await {
+        // Opportunistic TLS (RFC 7435): a failed handshake is retried in plaintext, as
+        // Postfix's `may` level does, unless a policy requires TLS.
+        Err(e) if e.starts_with("TLS:") && !require_tls => {
+            tracing::info!(%host, %addr, error = %e, "STARTTLS failed; retrying without TLS");
+            open(shard, addr, host, verify_tls, relay, false).await
         }
+        other => other,
+    };
+    if opened.is_err() {
+        release(shard, addr);
     }
+    opened
 }
 
 fn release(shard: &Shard, addr: SocketAddr) {
@@ -749,6 +759,7 @@ async fn open(
     host: &str,
     verify_tls: bool,
     relay: Option<&Relay>,
+    try_tls: bool,
 ) -> Result<ClientConn, String> {
     let tcp = with_timeout(CONNECT_TIMEOUT, glommio::net::TcpStream::connect(addr))
         .await
@@ -769,7 +780,7 @@ async fn open(
     }
     conn.ehlo(&shard.config.hostname).await?;
     let require_tls = verify_tls || relay.is_some_and(|r| r.require_tls);
-    if conn.caps.starttls {
+    if conn.caps.starttls && try_tls {
         let reply = conn.command("STARTTLS").await?;
         if reply.code == 220 {
             let config = if verify_tls {

@@ -6,12 +6,14 @@ import threading
 
 
 class SmtpSink:
-    def __init__(self, host, port, rcpt_code=250, data_codes=(250,), auth=None):
+    def __init__(self, host, port, rcpt_code=250, data_codes=(250,), auth=None, broken_tls=False):
         """rcpt_code: reply to every RCPT; data_codes: replies to successive messages'
-        final dot (the last one repeats); auth: (user, password) required before MAIL."""
+        final dot (the last one repeats); auth: (user, password) required before MAIL;
+        broken_tls: offer STARTTLS, then answer the handshake with garbage."""
         self.rcpt_code = rcpt_code
         self.data_codes = list(data_codes)
         self.auth = auth
+        self.broken_tls = broken_tls
         self.messages = []  # (mail_from, [rcpts], data bytes) of accepted messages
         self.attempts = 0   # messages whose data was received, accepted or not
         self.connections = 0      # connections accepted in total
@@ -48,7 +50,13 @@ class SmtpSink:
                     cmd = line.decode(errors="replace").strip()
                     verb = cmd.split(" ")[0].upper()
                     if verb in ("EHLO", "HELO"):
-                        self.reply("250-sink.test\r\n250-8BITMIME\r\n250 AUTH PLAIN")
+                        tls = "250-STARTTLS\r\n" if sink.broken_tls else ""
+                        self.reply("250-sink.test\r\n250-8BITMIME\r\n" + tls + "250 AUTH PLAIN")
+                    elif verb == "STARTTLS" and sink.broken_tls:
+                        self.reply("220 go ahead")
+                        self.wfile.write(b"this is not a TLS handshake\r\n" * 4)
+                        self.wfile.flush()
+                        return
                     elif verb == "AUTH":
                         token = cmd.split(" ")[2] if len(cmd.split(" ")) > 2 else ""
                         parts = base64.b64decode(token).split(b"\0") if token else []

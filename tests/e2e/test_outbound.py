@@ -24,6 +24,7 @@ SINK550_IP = "127.0.0.4"
 LATER_IP = "127.0.0.5"
 OVERRIDE_IP = "127.0.0.6"
 RELAY_IP = "127.0.0.7"
+BROKEN_TLS_IP = "127.0.0.9"
 
 
 def wait_for(predicate, timeout=30, what="condition"):
@@ -63,6 +64,7 @@ class Outbound(unittest.TestCase):
             "queue.retry_max": '"2s"',
             "queue.transports.\"override.test\"": f'"{OVERRIDE_IP}:{PORT}"',
             "queue.connections_per_destination_max": "2",
+            "queue.transports.\"brokentls.test\"": f'"{BROKEN_TLS_IP}:{PORT}"',
         })
         cls.sender.add_user("alice@sender.test", "pw")
         cls.sender.cli("dkim", "generate", "sender.test", "--selector", "s1", "--algorithm", "ed25519")
@@ -179,6 +181,19 @@ class Outbound(unittest.TestCase):
         dsn = wait_for(lambda: [m for m in self.sender.messages("alice@sender.test")
                                 if b"Status: 5.6.7" in m], what="the SMTPUTF8 DSN")[0]
         self.assertIn("jörg@override.test".encode(), dsn)
+
+    def test_failed_starttls_falls_back_to_plaintext_and_is_recorded(self):
+        sink = SmtpSink(BROKEN_TLS_IP, PORT, broken_tls=True)
+        try:
+            self.assertEqual(self.submit(["x@brokentls.test"], message("tls-fallback")), {})
+            wait_for(lambda: sink.messages, what="plaintext delivery after the failed handshake")
+            self.assertGreaterEqual(sink.connections, 2, "one broken TLS attempt, then plaintext")
+            with open(self.sender.log_path, encoding="utf-8", errors="replace") as f:
+                log = f.read()
+            self.assertIn("STARTTLS failed; retrying without TLS", log)
+            self.assertRegex(log, r"SMTP transaction done.*tls=none")
+        finally:
+            sink.stop()
 
     def test_down_receiver_is_retried_after_sender_restart(self):
         self.assertEqual(self.submit(["user@later.test"], message("later")), {})
