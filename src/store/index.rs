@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::layout::{Fields, Kind, Record};
+use super::layout::{decode_keywords, Fields, Kind, Record};
 use super::summary::Summary;
 
 /// System flags as bits (IMAP names; Maildir letters in [`crate::export`]).
@@ -71,6 +71,8 @@ pub struct MessageEntry {
     pub offset: u64,
     pub len: u32,
     pub summary: Summary,
+    /// IMAP keywords (`$Forwarded`, `$MDNSent`, user keywords), in the order set.
+    pub keywords: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -89,6 +91,20 @@ pub struct MailboxIndex {
 #[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
 pub struct AccountIndex {
     pub mailboxes: Vec<MailboxIndex>,
+    /// Ids of deleted mailboxes (ids are never reused).
+    pub deleted: Vec<u32>,
+}
+
+impl AccountIndex {
+    /// The id a new mailbox gets: above every id ever used.
+    pub fn next_mailbox_id(&self) -> u32 {
+        let used = self
+            .mailboxes
+            .iter()
+            .map(|m| m.id)
+            .chain(self.deleted.iter().copied());
+        used.max().unwrap_or(0) + 1
+    }
 }
 
 impl AccountIndex {
@@ -145,6 +161,10 @@ pub enum Op {
         internal_date: i64,
         flags: u32,
         blob: u64,
+        keywords: Vec<String>,
+        /// The blob's location and summary when it was written by an earlier commit
+        /// (COPY); `None` means "look it up among this replay's blobs".
+        resolved: Option<(u64, u32, Box<Summary>)>,
     },
     Flags {
         account: u64,
@@ -152,6 +172,16 @@ pub enum Op {
         uid: u32,
         modseq: u64,
         flags: u32,
+        keywords: Vec<String>,
+    },
+    MailboxRename {
+        account: u64,
+        mailbox: u32,
+        name: String,
+    },
+    MailboxDelete {
+        account: u64,
+        mailbox: u32,
     },
     Expunge {
         account: u64,
@@ -202,6 +232,8 @@ impl Op {
                 internal_date: f.i64().ok_or_else(corrupt)?,
                 flags: f.u32().ok_or_else(corrupt)?,
                 blob: f.u64().ok_or_else(corrupt)?,
+                keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
+                resolved: None,
             },
             Kind::Flags => Op::Flags {
                 account: f.u64().ok_or_else(corrupt)?,
@@ -209,6 +241,21 @@ impl Op {
                 uid: f.u32().ok_or_else(corrupt)?,
                 modseq: f.u64().ok_or_else(corrupt)?,
                 flags: f.u32().ok_or_else(corrupt)?,
+                keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
+            },
+            Kind::MailboxRename => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let mailbox = f.u32().ok_or_else(corrupt)?;
+                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
+                Op::MailboxRename {
+                    account,
+                    mailbox,
+                    name,
+                }
+            }
+            Kind::MailboxDelete => Op::MailboxDelete {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
             },
             Kind::Expunge => Op::Expunge {
                 account: f.u64().ok_or_else(corrupt)?,
@@ -262,11 +309,18 @@ impl Index {
                 internal_date,
                 flags,
                 blob,
+                keywords,
+                resolved,
             } => {
-                let (offset, len, summary) = blobs
-                    .get(blob)
-                    .ok_or(DanglingOp("append refers to an unknown blob"))?;
-                let mb = self.mailbox_mut(account, mailbox)?;
+                let (offset, len, summary) = match resolved {
+                    Some((offset, len, summary)) => (offset, len, *summary),
+                    None => blobs
+                        .get(blob)
+                        .ok_or(DanglingOp("append refers to an unknown blob"))?,
+                };
+                let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+                    return Ok(());
+                };
                 mb.uid_next = mb.uid_next.max(uid + 1);
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
                 let entry = MessageEntry {
@@ -278,6 +332,7 @@ impl Index {
                     offset,
                     len,
                     summary,
+                    keywords,
                 };
                 if let Err(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     mb.messages.insert(at, entry);
@@ -289,13 +344,34 @@ impl Index {
                 uid,
                 modseq,
                 flags,
+                keywords,
             } => {
-                let mb = self.mailbox_mut(account, mailbox)?;
+                let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+                    return Ok(());
+                };
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     if let Some(m) = mb.messages.get_mut(at) {
                         m.flags = flags;
+                        m.keywords = keywords;
                         m.modseq = modseq;
+                    }
+                }
+            }
+            Op::MailboxRename {
+                account,
+                mailbox,
+                name,
+            } => {
+                if let Some(mb) = self.mailbox_mut(account, mailbox)? {
+                    mb.name = name;
+                }
+            }
+            Op::MailboxDelete { account, mailbox } => {
+                if let Some(acct) = self.accounts.get_mut(&account) {
+                    acct.mailboxes.retain(|m| m.id != mailbox);
+                    if !acct.deleted.contains(&mailbox) {
+                        acct.deleted.push(mailbox);
                     }
                 }
             }
@@ -305,7 +381,9 @@ impl Index {
                 uid,
                 modseq,
             } => {
-                let mb = self.mailbox_mut(account, mailbox)?;
+                let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+                    return Ok(());
+                };
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     mb.messages.remove(at);
@@ -315,10 +393,22 @@ impl Index {
         Ok(())
     }
 
-    fn mailbox_mut(&mut self, account: u64, mailbox: u32) -> Result<&mut MailboxIndex, DanglingOp> {
-        self.accounts
+    /// The mailbox an op targets; `Ok(None)` if it was deleted (an op queued while the
+    /// delete was: nothing to do), an error if it never existed (damage or a bug).
+    fn mailbox_mut(
+        &mut self,
+        account: u64,
+        mailbox: u32,
+    ) -> Result<Option<&mut MailboxIndex>, DanglingOp> {
+        let acct = self
+            .accounts
             .get_mut(&account)
-            .and_then(|a| a.mailbox_mut_by_id(mailbox))
+            .ok_or(DanglingOp("op refers to an unknown account"))?;
+        if acct.deleted.contains(&mailbox) {
+            return Ok(None);
+        }
+        acct.mailbox_mut_by_id(mailbox)
+            .map(Some)
             .ok_or(DanglingOp("op refers to an unknown mailbox"))
     }
 
@@ -359,7 +449,9 @@ impl Index {
     }
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap01";
+/// Bumped whenever an archived type changes: an older snapshot is then ignored and the
+/// log replayed in full (the snapshot is only an accelerator).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap02";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.
 #[derive(Debug, Default)]

@@ -29,12 +29,48 @@ pub enum Kind {
     Blob = 1,
     /// `account:u64 mailbox:u32 uidvalidity:u32 special:u8 name`.
     MailboxCreate = 2,
-    /// `account:u64 mailbox:u32 uid:u32 modseq:u64 internal_date:i64 flags:u32 blob:u64`.
+    /// `account:u64 mailbox:u32 uid:u32 modseq:u64 internal_date:i64 flags:u32 blob:u64
+    /// [keywords]`.
     Append = 3,
-    /// `account:u64 mailbox:u32 uid:u32 modseq:u64 flags:u32`.
+    /// `account:u64 mailbox:u32 uid:u32 modseq:u64 flags:u32 [keywords]`.
     Flags = 4,
     /// `account:u64 mailbox:u32 uid:u32 modseq:u64`.
     Expunge = 5,
+    /// `account:u64 mailbox:u32 name`.
+    MailboxRename = 6,
+    /// `account:u64 mailbox:u32`.
+    MailboxDelete = 7,
+}
+
+/// Optional trailing keyword list of Append and Flags: `count:u16 (len:u16 bytes)*`.
+/// Absent (older records, or no keywords) means none.
+pub fn encode_keywords(out: &mut Vec<u8>, keywords: &[String]) {
+    if keywords.is_empty() {
+        return;
+    }
+    out.extend_from_slice(&(keywords.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    for k in keywords.iter().take(u16::MAX as usize) {
+        let bytes = k.as_bytes();
+        let len = bytes.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(bytes.get(..len).unwrap_or(bytes));
+    }
+}
+
+/// Reads what [`encode_keywords`] wrote; `None` if it is malformed.
+pub fn decode_keywords(mut rest: &[u8]) -> Option<Vec<String>> {
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    rest = rest.get(2..)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+        out.push(String::from_utf8(rest.get(2..2 + len)?.to_vec()).ok()?);
+        rest = rest.get(2 + len..)?;
+    }
+    rest.is_empty().then_some(out)
 }
 
 impl Kind {
@@ -45,6 +81,8 @@ impl Kind {
             3 => Kind::Append,
             4 => Kind::Flags,
             5 => Kind::Expunge,
+            6 => Kind::MailboxRename,
+            7 => Kind::MailboxDelete,
             _ => return None,
         })
     }

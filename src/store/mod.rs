@@ -26,6 +26,8 @@ pub enum StoreError {
     Corrupt(String),
     /// The partition stopped after a write error; restart recovers it.
     Failed(u32),
+    /// The request does not fit the mailbox state (exists already, no such mailbox).
+    Invalid(String),
 }
 
 impl StoreError {
@@ -43,6 +45,7 @@ impl fmt::Display for StoreError {
             StoreError::Io(s) => write!(f, "store I/O error: {s}"),
             StoreError::Corrupt(s) => write!(f, "store is damaged: {s}"),
             StoreError::Failed(p) => write!(f, "partition {p} stopped after a write error"),
+            StoreError::Invalid(s) => f.write_str(s),
         }
     }
 }

@@ -17,7 +17,7 @@ use futures_channel::oneshot;
 use glommio::io::BufferedFile;
 use memmap2::Mmap;
 
-use super::index::{BlobCache, Index, Op, DEFAULT_MAILBOXES};
+use super::index::{self, BlobCache, Index, Op, SpecialUse, DEFAULT_MAILBOXES};
 use super::layout::{self, Kind, Scanner, FILE_MAGIC};
 use super::StoreError;
 use crate::config::{Durability, StoreOptions};
@@ -179,6 +179,8 @@ pub struct Partition {
     reserved: RefCell<HashMap<(u64, u32), (u32, u64)>>,
     /// Accounts whose default mailboxes are queued but not yet durable.
     creating: RefCell<HashSet<u64>>,
+    /// Mailbox ids handed out but not yet durable, per account.
+    next_mailbox: RefCell<HashMap<u64, u32>>,
     durability: Durability,
     checkpoint_bytes: u64,
     /// Log offset covered by the last snapshot written (or loaded).
@@ -234,6 +236,7 @@ impl Partition {
             committing: Cell::new(false),
             reserved: RefCell::new(HashMap::new()),
             creating: RefCell::new(HashSet::new()),
+            next_mailbox: RefCell::new(HashMap::new()),
             durability: options.durability,
             failed: Cell::new(false),
             stats: Cell::new(CommitStats::default()),
@@ -362,22 +365,278 @@ impl Partition {
         let summary_len = (summary.len() as u32).to_le_bytes();
         layout::encode(&mut bytes, Kind::Blob, &[&summary_len, summary, message]);
         for &account in accounts {
-            let (uid, modseq) = self.reserve(account, mailbox);
+            let uid = self.encode_append(&mut bytes, account, mailbox, internal_date, 0, &[], blob);
+            debug_assert!(uid > 0);
+        }
+        self.commit(base, bytes).await
+    }
+
+    /// Encodes one Append record with a freshly reserved UID; returns the UID.
+    #[allow(clippy::too_many_arguments)] // the record's fields, one argument each
+    fn encode_append(
+        &self,
+        out: &mut Vec<u8>,
+        account: u64,
+        mailbox: u32,
+        internal_date: i64,
+        flags: u32,
+        keywords: &[String],
+        blob: u64,
+    ) -> u32 {
+        let (uid, modseq) = self.reserve(account, mailbox);
+        let mut tail = Vec::new();
+        layout::encode_keywords(&mut tail, keywords);
+        layout::encode(
+            out,
+            Kind::Append,
+            &[
+                &account.to_le_bytes(),
+                &mailbox.to_le_bytes(),
+                &uid.to_le_bytes(),
+                &modseq.to_le_bytes(),
+                &internal_date.to_le_bytes(),
+                &flags.to_le_bytes(),
+                &blob.to_le_bytes(),
+                &tail,
+            ],
+        );
+        uid
+    }
+
+    /// The mailbox `name` of `account`, if it exists now.
+    pub fn mailbox_id(&self, account: u64, name: &str) -> Option<u32> {
+        self.index
+            .borrow()
+            .accounts
+            .get(&account)?
+            .mailbox(name)
+            .map(|m| m.id)
+    }
+
+    fn require_mailbox(&self, account: u64, mailbox: u32) -> Result<(), StoreError> {
+        let index = self.index.borrow();
+        let exists = index
+            .accounts
+            .get(&account)
+            .is_some_and(|a| a.mailboxes.iter().any(|m| m.id == mailbox));
+        if exists {
+            Ok(())
+        } else {
+            Err(StoreError::Invalid(format!("no mailbox {mailbox}")))
+        }
+    }
+
+    /// IMAP APPEND: stores one message in `mailbox` with flags, keywords and date;
+    /// returns its UID once durable.
+    #[allow(clippy::too_many_arguments)] // APPEND's arguments, one each
+    pub async fn append(
+        self: &Rc<Self>,
+        account: u64,
+        mailbox: u32,
+        message: &[u8],
+        summary: &[u8],
+        flags: u32,
+        keywords: &[String],
+        internal_date: i64,
+    ) -> Result<u32, StoreError> {
+        self.require_mailbox(account, mailbox)?;
+        let base = self.end.get();
+        let mut bytes = Vec::with_capacity(message.len() + summary.len() + 128);
+        let summary_len = (summary.len() as u32).to_le_bytes();
+        layout::encode(&mut bytes, Kind::Blob, &[&summary_len, summary, message]);
+        let uid = self.encode_append(
+            &mut bytes,
+            account,
+            mailbox,
+            internal_date,
+            flags,
+            keywords,
+            base,
+        );
+        self.commit(base, bytes).await?;
+        Ok(uid)
+    }
+
+    /// IMAP STORE: sets the flags and keywords of messages; returns each changed
+    /// message's UID and new MODSEQ (UIDs no longer present are skipped).
+    pub async fn store_flags(
+        self: &Rc<Self>,
+        account: u64,
+        mailbox: u32,
+        changes: &[(u32, u32, Vec<String>)],
+    ) -> Result<Vec<(u32, u64)>, StoreError> {
+        self.require_mailbox(account, mailbox)?;
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        let mut changed = Vec::new();
+        for (uid, flags, keywords) in changes {
+            let present = self.message_entry(account, mailbox, *uid).is_some();
+            if !present {
+                continue;
+            }
+            let modseq = self.reserve_modseq(account, mailbox);
+            let mut tail = Vec::new();
+            layout::encode_keywords(&mut tail, keywords);
             layout::encode(
                 &mut bytes,
-                Kind::Append,
+                Kind::Flags,
                 &[
                     &account.to_le_bytes(),
                     &mailbox.to_le_bytes(),
                     &uid.to_le_bytes(),
                     &modseq.to_le_bytes(),
-                    &internal_date.to_le_bytes(),
-                    &0u32.to_le_bytes(),
-                    &blob.to_le_bytes(),
+                    &flags.to_le_bytes(),
+                    &tail,
                 ],
             );
+            changed.push((*uid, modseq));
         }
+        if !bytes.is_empty() {
+            self.commit(base, bytes).await?;
+        }
+        Ok(changed)
+    }
+
+    /// IMAP CREATE: a new mailbox; returns its id.
+    pub async fn create_mailbox(
+        self: &Rc<Self>,
+        account: u64,
+        name: &str,
+        now: i64,
+    ) -> Result<u32, StoreError> {
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        self.encode_default_mailboxes(&mut bytes, account, now);
+        let id = {
+            let index = self.index.borrow();
+            let acct = index.accounts.get(&account);
+            if acct.is_some_and(|a| a.mailbox(name).is_some())
+                || index::DEFAULT_MAILBOXES
+                    .iter()
+                    .any(|(n, _)| index::mailbox_name_eq(n, name))
+            {
+                return Err(StoreError::Invalid(format!(
+                    "mailbox {name} already exists"
+                )));
+            }
+            let next = acct.map_or(index::DEFAULT_MAILBOXES.len() as u32 + 1, |a| {
+                a.next_mailbox_id()
+            });
+            let mut pending = self.next_mailbox.borrow_mut();
+            let slot = pending.entry(account).or_insert(next);
+            *slot = (*slot).max(next);
+            let id = *slot;
+            *slot += 1;
+            id
+        };
+        let uidvalidity = (now.max(1) as u32).wrapping_add(id);
+        layout::encode(
+            &mut bytes,
+            Kind::MailboxCreate,
+            &[
+                &account.to_le_bytes(),
+                &id.to_le_bytes(),
+                &uidvalidity.to_le_bytes(),
+                &[SpecialUse::None as u8],
+                name.as_bytes(),
+            ],
+        );
+        self.commit(base, bytes).await?;
+        Ok(id)
+    }
+
+    /// IMAP RENAME (not of INBOX: that moves its messages and is the session's job).
+    pub async fn rename_mailbox(
+        self: &Rc<Self>,
+        account: u64,
+        mailbox: u32,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.require_mailbox(account, mailbox)?;
+        if self.mailbox_id(account, name).is_some() {
+            return Err(StoreError::Invalid(format!(
+                "mailbox {name} already exists"
+            )));
+        }
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        layout::encode(
+            &mut bytes,
+            Kind::MailboxRename,
+            &[
+                &account.to_le_bytes(),
+                &mailbox.to_le_bytes(),
+                name.as_bytes(),
+            ],
+        );
         self.commit(base, bytes).await
+    }
+
+    /// IMAP DELETE: the mailbox and its messages disappear.
+    pub async fn delete_mailbox(
+        self: &Rc<Self>,
+        account: u64,
+        mailbox: u32,
+    ) -> Result<(), StoreError> {
+        self.require_mailbox(account, mailbox)?;
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        layout::encode(
+            &mut bytes,
+            Kind::MailboxDelete,
+            &[&account.to_le_bytes(), &mailbox.to_le_bytes()],
+        );
+        self.commit(base, bytes).await
+    }
+
+    /// IMAP COPY: new entries in `to` sharing the stored bytes (no copy of the
+    /// message); returns (source UID, new UID) pairs, the COPYUID data.
+    pub async fn copy(
+        self: &Rc<Self>,
+        account: u64,
+        from: u32,
+        uids: &[u32],
+        to: u32,
+    ) -> Result<Vec<(u32, u32)>, StoreError> {
+        self.require_mailbox(account, from)?;
+        self.require_mailbox(account, to)?;
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        let mut pairs = Vec::new();
+        let mut resolved = Vec::new();
+        for &uid in uids {
+            let Some(entry) = self.message_entry(account, from, uid) else {
+                continue;
+            };
+            let new_uid = self.encode_append(
+                &mut bytes,
+                account,
+                to,
+                entry.internal_date,
+                entry.flags,
+                &entry.keywords,
+                entry.blob,
+            );
+            pairs.push((uid, new_uid));
+            resolved.push((entry.offset, entry.len, Box::new(entry.summary)));
+        }
+        if bytes.is_empty() {
+            return Ok(pairs);
+        }
+        self.commit_resolved(base, bytes, resolved).await?;
+        Ok(pairs)
+    }
+
+    fn message_entry(&self, account: u64, mailbox: u32, uid: u32) -> Option<index::MessageEntry> {
+        let index = self.index.borrow();
+        let mb = index
+            .accounts
+            .get(&account)?
+            .mailboxes
+            .iter()
+            .find(|m| m.id == mailbox)?;
+        let at = mb.messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
+        mb.messages.get(at).cloned()
     }
 
     fn encode_default_mailboxes(&self, out: &mut Vec<u8>, account: u64, now: i64) {
@@ -438,17 +697,40 @@ impl Partition {
     /// Queues encoded records (which start at file offset `base`) and waits until they
     /// are durable and applied to the index.
     async fn commit(self: &Rc<Self>, base: u64, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.commit_resolved(base, bytes, Vec::new()).await
+    }
+
+    /// [`Partition::commit`], where the Append records refer to blobs of earlier
+    /// commits: `resolved` gives their locations, in order (COPY).
+    async fn commit_resolved(
+        self: &Rc<Self>,
+        base: u64,
+        bytes: Vec<u8>,
+        resolved: Vec<(u64, u32, Box<super::summary::Summary>)>,
+    ) -> Result<(), StoreError> {
         debug_assert_eq!(
             base,
             self.end.get(),
             "records were encoded for another offset"
         );
-        let ops = Scanner::region(&bytes, base)
+        let mut ops = Scanner::region(&bytes, base)
             .map(|r| Op::decode(&r))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| {
                 StoreError::Corrupt(format!("encoded an invalid record at {}", e.offset))
             })?;
+        let mut resolved = resolved.into_iter();
+        for op in &mut ops {
+            if let Op::Append {
+                resolved: slot @ None,
+                ..
+            } = op
+            {
+                if let Some(r) = resolved.next() {
+                    *slot = Some(r);
+                }
+            }
+        }
         self.end.set(base + bytes.len() as u64);
         let (done, wait) = oneshot::channel();
         self.queue.borrow_mut().push(Batch {
