@@ -10,6 +10,7 @@
 #
 # Usage: loadtest/compare.sh            (as root: it installs and starts the references)
 # Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=64 OUT=compare.json
+#        KEEP=1 keeps the temporary shardmail data and logs (path printed at the end)
 # Every loop is bounded; every server listens on loopback only; everything started here
 # is stopped on exit.
 set -euo pipefail
@@ -30,6 +31,7 @@ cleanup() {
   pkill -x smtp-sink 2>/dev/null || true
   postfix stop >/dev/null 2>&1 || true
   [ -f /tmp/dovecot-ref/run/master.pid ] && kill "$(cat /tmp/dovecot-ref/run/master.pid)" 2>/dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
