@@ -248,6 +248,32 @@ class Outbound(unittest.TestCase):
             server.stop()
             relay.stop()
 
+    def test_delay_notice_is_sent_once(self):
+        dead = "127.0.0.10"  # nothing listens there
+        server = Server(settings={
+            "domains.local": '["sender.test"]',
+            "queue.retry_min": '"1s"',
+            "queue.retry_max": '"1s"',
+            "queue.delay_notice": '"1s"',
+            "queue.transports.\"slow.test\"": f'"{dead}:{PORT}"',
+            "dns.servers": f'["127.0.0.1:{self.dns_port}"]',
+        })
+        server.add_user("alice@sender.test", "pw")
+        server.start()
+        try:
+            self.assertEqual(self.submit(["x@slow.test"], message("delayed"), server), {})
+            notice = wait_for(lambda: [m for m in server.messages("alice@sender.test")
+                                       if b"Delayed Mail" in m], what="the delay notice")[0]
+            self.assertIn(b"Action: delayed", notice)
+            self.assertIn(b"Final-Recipient: rfc822; x@slow.test", notice)
+            self.assertIn(b"Will-Retry-Until:", notice)
+            time.sleep(3)  # more failed attempts: still one notice, still queued
+            notices = [m for m in server.messages("alice@sender.test") if b"Delayed Mail" in m]
+            self.assertEqual(len(notices), 1)
+            self.assertIn("x@slow.test", server.cli("queue", "list").stdout)
+        finally:
+            server.stop()
+
     def test_never_an_open_relay(self):
         msg = message("open-relay")
         with smtplib.SMTP("127.0.0.1", self.sender.ports["smtp"], timeout=30) as s:
