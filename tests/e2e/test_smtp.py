@@ -12,7 +12,7 @@ import subprocess
 import time
 import unittest
 
-from harness import BIN, DOMAIN, Server, strip_received, tls_context
+from harness import BIN, DOMAIN, Server, free_port, strip_received, tls_context
 
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
@@ -32,6 +32,9 @@ class SmtpEndToEnd(unittest.TestCase):
             "limits.recipients_max": "5",
             "limits.bad_commands_max": "3",
             "limits.idle_timeout_secs": "2",
+            # Nothing listens there: relayed mail stays queued whatever the host's DNS
+            # says about remote.example (a fast NXDOMAIN would bounce it at once).
+            'queue.transports."remote.example"': f'"127.0.0.1:{free_port()}"',
         })
         cls.server.add_user(ALICE, "alice-pw")
         cls.server.add_user(BOB, "bob-pw")
