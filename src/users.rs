@@ -121,6 +121,15 @@ impl UserDb {
         }
     }
 
+    /// Whether `login` may send as `address`: its own address or an explicit alias of
+    /// it (not a domain catch-all, which would let one user be everybody).
+    pub fn owns(&self, login: &str, address: &str) -> bool {
+        let (Some(login), Some(address)) = (normalize(login), normalize(address)) else {
+            return false;
+        };
+        login == address || self.aliases.get(&address) == Some(&login)
+    }
+
     /// The account named by `address` (no alias expansion: logins use real names).
     pub fn user(&self, address: &str) -> Option<&User> {
         self.users.get(&normalize(address)?)

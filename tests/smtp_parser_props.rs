@@ -68,6 +68,7 @@ fn session() -> Session {
         auth_failures_max: 3,
         postmaster_domain: "example.org".into(),
         policies: Default::default(),
+        sender_login_match: true,
     });
     Session::new(config, IpAddr::V4(Ipv4Addr::LOCALHOST), 1, false)
 }

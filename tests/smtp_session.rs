@@ -64,6 +64,7 @@ fn config(port: Port) -> Rc<SessionConfig> {
         auth_failures_max: 2,
         postmaster_domain: "example.org".into(),
         policies,
+        sender_login_match: true,
     })
 }
 
@@ -370,6 +371,8 @@ fn submission_requires_tls_then_auth() {
          S: 235 2.7.0 Authentication successful
          C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==
          S: 503 5.5.1 Already authenticated
+         C: MAIL FROM:<bob@example.org>
+         S: 553 5.7.1 <bob@example.org>: Sender address rejected: not owned by user alice@example.org
          C: MAIL FROM:<alice@example.org>
          C: RCPT TO:<friend@remote.example>
          C: RCPT TO:<bob@example.org>

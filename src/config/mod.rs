@@ -128,6 +128,8 @@ pub struct Dns {
 #[derive(Debug, Clone)]
 pub struct Auth {
     pub enabled: bool,
+    /// Authenticated senders may only use their own address or its aliases.
+    pub sender_login_match: bool,
     pub exempt_networks: Vec<IpNet>,
     pub queue_depth_max: usize,
     pub policies: crate::auth::policy::Policies,
@@ -480,6 +482,7 @@ fn validate_auth(raw: &raw::RawAuth) -> Result<Auth, ConfigError> {
     }
     Ok(Auth {
         enabled: raw.enabled,
+        sender_login_match: raw.sender_login_match,
         exempt_networks,
         queue_depth_max: raw.queue_depth_max,
         policies: Policies { default, domains },

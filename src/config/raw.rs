@@ -325,6 +325,8 @@ pub struct RawAuth {
     pub exempt_networks: Vec<String>,
     /// Checks in flight across all shards before the MX answers 451 4.3.2.
     pub queue_depth_max: usize,
+    /// Authenticated users may only send as their own address or its aliases.
+    pub sender_login_match: bool,
     pub spf_fail: crate::auth::policy::SpfFailAction,
     pub dmarc_reject: crate::auth::policy::DmarcAction,
     pub dmarc_quarantine: crate::auth::policy::DmarcAction,
@@ -339,6 +341,7 @@ impl Default for RawAuth {
             enabled: true,
             exempt_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             queue_depth_max: 10_000,
+            sender_login_match: true,
             spf_fail: crate::auth::policy::Policy::default().spf_fail,
             dmarc_reject: crate::auth::policy::Policy::default().dmarc_reject,
             dmarc_quarantine: crate::auth::policy::Policy::default().dmarc_quarantine,

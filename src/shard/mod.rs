@@ -179,6 +179,10 @@ impl Directory for Shard {
         let db = self.users.borrow().clone();
         db.resolve(address, |d| self.config.is_local_domain(d))
     }
+
+    fn may_send_as(&self, login: &str, address: &str) -> bool {
+        self.users.borrow().owns(login, address)
+    }
 }
 
 fn smtp_config(config: &Config, port: Port) -> SessionConfig {
@@ -198,6 +202,7 @@ fn smtp_config(config: &Config, port: Port) -> SessionConfig {
             .cloned()
             .unwrap_or_else(|| config.hostname.clone()),
         policies: config.auth.policies.clone(),
+        sender_login_match: config.auth.sender_login_match,
     }
 }
 

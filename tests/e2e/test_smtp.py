@@ -81,6 +81,9 @@ class SmtpEndToEnd(unittest.TestCase):
             s.ehlo()
             self.assertIn("auth", s.esmtp_features)
             s.login(ALICE, "alice-pw")
+            with self.assertRaises(smtplib.SMTPSenderRefused) as e:
+                s.sendmail(BOB, [BOB], message("spoofed"))  # another user's address
+            self.assertEqual((e.exception.smtp_code, e.exception.smtp_error[:5]), (553, b"5.7.1"))
             self.assertEqual(s.sendmail(ALICE, [BOB], message("submitted")), {})
             # Remote recipients of an authenticated user go to the outbound queue.
             self.assertEqual(s.sendmail(ALICE, ["friend@remote.example"], message("remote")), {})

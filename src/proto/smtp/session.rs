@@ -48,6 +48,8 @@ pub struct SessionConfig {
     pub postmaster_domain: String,
     /// What SPF/DMARC verdicts do, per recipient domain (`[auth]`).
     pub policies: Policies,
+    /// Authenticated senders may only use their own address or its aliases.
+    pub sender_login_match: bool,
 }
 
 /// How the directory classifies a recipient address.
@@ -65,6 +67,12 @@ pub enum Resolution {
 pub trait Directory {
     /// `address` is `local@domain` with the domain already lowercased.
     fn resolve(&self, address: &str) -> Resolution;
+
+    /// Whether the authenticated `login` may use `address` as its sender (its own
+    /// address, or an alias of it).
+    fn may_send_as(&self, login: &str, address: &str) -> bool {
+        login.eq_ignore_ascii_case(address)
+    }
 }
 
 /// One accepted recipient.
@@ -425,7 +433,7 @@ impl Session {
         match cmd {
             Command::Ehlo(domain) => self.hello(domain, true, o),
             Command::Helo(domain) => self.hello(domain, false, o),
-            Command::Mail(from, params) => self.mail(from, params, o),
+            Command::Mail(from, params) => self.mail(from, params, dir, o),
             Command::Rcpt(to) => self.rcpt(to, dir, o),
             Command::Data => self.data(now, o),
             Command::Bdat { size, last } => self.bdat(size, last, now),
@@ -485,7 +493,13 @@ impl Session {
             && (self.tls || self.config.allow_plaintext_auth)
     }
 
-    fn mail(&mut self, from: Option<command::Mailbox<'_>>, params: MailParams, out: &mut Outbox) {
+    fn mail(
+        &mut self,
+        from: Option<command::Mailbox<'_>>,
+        params: MailParams,
+        dir: &dyn Directory,
+        out: &mut Outbox,
+    ) {
         if self.helo.is_none() {
             return out.line("503 5.5.1 Send EHLO or HELO first");
         }
@@ -503,6 +517,14 @@ impl Session {
         }
         if from.is_some_and(|m| !m.is_ascii()) && !params.smtputf8 {
             return out.line("553 5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        if let (Some(login), Some(sender)) = (self.authenticated.as_deref(), from) {
+            let sender = sender.to_address();
+            if self.config.sender_login_match && !dir.may_send_as(login, &sender) {
+                return out.line(&format!(
+                    "553 5.7.1 <{sender}>: Sender address rejected: not owned by user {login}"
+                ));
+            }
         }
         self.transaction = Some(Transaction {
             mail_from: from.map(|m| m.to_address()).unwrap_or_default(),

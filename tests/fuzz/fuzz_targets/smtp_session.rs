@@ -34,6 +34,7 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
         auth_failures_max: 1000,
         postmaster_domain: "example.org".into(),
         policies: Default::default(),
+        sender_login_match: true,
     });
     let mut s = Session::new(config, IpAddr::V4(Ipv4Addr::LOCALHOST), 1, false);
     let mut out = Outbox::default();
