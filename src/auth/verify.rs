@@ -31,8 +31,14 @@ pub fn authenticator(
 ) -> Result<MessageAuthenticator, String> {
     use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
     if servers.is_empty() {
-        return MessageAuthenticator::new_system_conf()
-            .map_err(|e| format!("dns.servers is empty and /etc/resolv.conf is unusable: {e}"));
+        // The system's resolvers, with our timeout (mail-auth's own system constructor
+        // would keep resolv.conf's options and ignore dns.timeout).
+        let (config, mut opts) = mail_auth::hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("dns.servers is empty and /etc/resolv.conf is unusable: {e}"))?;
+        opts.timeout = timeout;
+        opts.attempts = 2;
+        return MessageAuthenticator::new(config, opts)
+            .map_err(|e| format!("cannot build a resolver from /etc/resolv.conf: {e}"));
     }
     let mut opts = ResolverOpts::default();
     opts.timeout = timeout;
