@@ -138,16 +138,7 @@ fn run_smtp(args: SmtpArgs) -> Result<(), String> {
                 let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
                 let mut t = Totals::default();
                 worker(w, &args, &next, &done, &stop, deadline, &mut local, &mut t);
-                if let Ok(mut h) = hist.lock() {
-                    let _ = h.add(&local);
-                }
-                if let Ok(mut g) = totals.lock() {
-                    g.ok += t.ok;
-                    g.bytes += t.bytes;
-                    for (k, v) in t.errors {
-                        *g.errors.entry(k).or_default() += v;
-                    }
-                }
+                merge(&totals, &hist, t, &local);
             })
         })
         .collect();
@@ -172,6 +163,23 @@ fn run_smtp(args: SmtpArgs) -> Result<(), String> {
     let hist = hist.lock().map_err(|_| "worker panicked")?;
     report(&args, &totals, &hist, elapsed);
     Ok(())
+}
+
+/// Adds one worker's totals and histogram to the run's (both scenarios).
+fn merge(totals: &Mutex<Totals>, hist: &Mutex<Histogram<u64>>, t: Totals, local: &Histogram<u64>) {
+    if let Ok(mut h) = hist.lock() {
+        let _ = h.add(local);
+    }
+    if let Ok(mut g) = totals.lock() {
+        g.ok += t.ok;
+        g.bytes += t.bytes;
+        g.login_us += t.login_us;
+        g.download_us += t.download_us;
+        g.logins += t.logins;
+        for (k, v) in t.errors {
+            *g.errors.entry(k).or_default() += v;
+        }
+    }
 }
 
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -438,19 +446,7 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
                         *t.errors.entry(e).or_default() += 1;
                     }
                 }
-                if let Ok(mut h) = hist.lock() {
-                    let _ = h.add(&local);
-                }
-                if let Ok(mut g) = totals.lock() {
-                    g.ok += t.ok;
-                    g.bytes += t.bytes;
-                    g.login_us += t.login_us;
-                    g.download_us += t.download_us;
-                    g.logins += t.logins;
-                    for (k, v) in t.errors {
-                        *g.errors.entry(k).or_default() += v;
-                    }
-                }
+                merge(&totals, &hist, t, &local);
             })
         })
         .collect();

@@ -244,43 +244,84 @@ pub async fn store(
             accounts.push(r.account);
         }
     }
-    let mut tasks = Vec::with_capacity(by_partition.len());
-    for (partition, accounts) in by_partition {
-        let owner = store::shard_of(partition, shard.config.shards);
-        let (shard, message, summary) = (shard.clone(), message.clone(), summary.clone());
-        tasks.push(glommio::spawn_local(async move {
-            if owner == shard.id {
-                let Some(p) = shard.partition(partition) else {
-                    return false;
-                };
-                p.deliver(&accounts, mailbox, &message, &summary, internal_date)
-                    .await
-                    .is_ok()
-            } else {
-                let from = shard.id;
-                shard
-                    .mesh
-                    .request(owner, |request| ShardMsg::Deliver {
-                        request,
-                        from,
-                        partition,
-                        accounts,
-                        mailbox,
-                        message,
-                        summary,
-                        internal_date,
-                    })
-                    .await
+    // One partition (the common single-recipient case): store inline; several: in
+    // parallel, each owner in its own task.
+    let all_ok = if by_partition.len() == 1 {
+        let mut only = by_partition.into_iter();
+        match only.next() {
+            Some((partition, accounts)) => {
+                store_one(
+                    shard.clone(),
+                    partition,
+                    accounts,
+                    mailbox,
+                    message,
+                    summary,
+                    internal_date,
+                )
+                .await
             }
-        }));
-    }
-    let mut all_ok = true;
-    for task in tasks {
-        all_ok &= task.await;
-    }
+            None => true,
+        }
+    } else {
+        let tasks: Vec<_> = by_partition
+            .into_iter()
+            .map(|(partition, accounts)| {
+                let job = store_one(
+                    shard.clone(),
+                    partition,
+                    accounts,
+                    mailbox,
+                    message.clone(),
+                    summary.clone(),
+                    internal_date,
+                );
+                glommio::spawn_local(job)
+            })
+            .collect();
+        let mut all_ok = true;
+        for task in tasks {
+            all_ok &= task.await;
+        }
+        all_ok
+    };
     if all_ok {
         Ok(())
     } else {
         Err(DeliveryError::Temporary)
     }
+}
+
+/// Stores in one partition: locally if this shard owns it, else through its owner.
+async fn store_one(
+    shard: Rc<Shard>,
+    partition: u32,
+    accounts: Vec<u64>,
+    mailbox: u32,
+    message: Bytes,
+    summary: Bytes,
+    internal_date: i64,
+) -> bool {
+    let owner = store::shard_of(partition, shard.config.shards);
+    if owner == shard.id {
+        let Some(p) = shard.partition(partition) else {
+            return false;
+        };
+        return p
+            .deliver(&accounts, mailbox, &message, &summary, internal_date)
+            .await
+            .is_ok();
+    }
+    let from = shard.id;
+    let make = |request| ShardMsg::Deliver {
+        request,
+        from,
+        partition,
+        accounts,
+        mailbox,
+        message,
+        summary,
+        internal_date,
+    };
+    shard.mesh.request(owner, make).await
 }

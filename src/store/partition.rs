@@ -267,18 +267,7 @@ impl Partition {
 
     /// The bytes of message `uid` in `mailbox` of `account`, from the mmap.
     pub fn message(&self, account: u64, mailbox: u32, uid: u32) -> Option<MappedSlice> {
-        let (offset, len) = {
-            let index = self.index.borrow();
-            let mb = index
-                .accounts
-                .get(&account)?
-                .mailboxes
-                .iter()
-                .find(|m| m.id == mailbox)?;
-            let at = mb.messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
-            let entry = mb.messages.get(at)?;
-            (entry.offset, entry.len)
-        };
+        let (offset, len) = self.with_entry(account, mailbox, uid, |e| (e.offset, e.len))?;
         self.read(offset, len)
     }
 
@@ -470,7 +459,7 @@ impl Partition {
         let mut bytes = Vec::new();
         let mut changed = Vec::new();
         for (uid, flags, keywords) in changes {
-            let present = self.message_entry(account, mailbox, *uid).is_some();
+            let present = self.with_entry(account, mailbox, *uid, |_| ()).is_some();
             if !present {
                 continue;
             }
@@ -605,7 +594,7 @@ impl Partition {
         let mut pairs = Vec::new();
         let mut resolved = Vec::new();
         for &uid in uids {
-            let Some(entry) = self.message_entry(account, from, uid) else {
+            let Some(entry) = self.with_entry(account, from, uid, Clone::clone) else {
                 continue;
             };
             let new_uid = self.encode_append(
@@ -627,7 +616,15 @@ impl Partition {
         Ok(pairs)
     }
 
-    fn message_entry(&self, account: u64, mailbox: u32, uid: u32) -> Option<index::MessageEntry> {
+    /// Runs `f` on a message's index entry, if it exists (one lookup for every reader;
+    /// nothing is cloned unless `f` does).
+    fn with_entry<T>(
+        &self,
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        f: impl FnOnce(&index::MessageEntry) -> T,
+    ) -> Option<T> {
         let index = self.index.borrow();
         let mb = index
             .accounts
@@ -636,7 +633,7 @@ impl Partition {
             .iter()
             .find(|m| m.id == mailbox)?;
         let at = mb.messages.binary_search_by_key(&uid, |m| m.uid).ok()?;
-        mb.messages.get(at).cloned()
+        mb.messages.get(at).map(f)
     }
 
     fn encode_default_mailboxes(&self, out: &mut Vec<u8>, account: u64, now: i64) {
