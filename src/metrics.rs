@@ -23,6 +23,7 @@ pub struct ProtocolCounters {
 pub struct Metrics {
     pub smtp: ProtocolCounters,
     pub pop3: ProtocolCounters,
+    pub imap: ProtocolCounters,
     pub messages_accepted: Cell<u64>,
     /// Refused when complete (policy, storage); refusals at RCPT or for size are not
     /// counted as messages.
@@ -31,6 +32,7 @@ pub struct Metrics {
     pub outbound_delivered: Cell<u64>,
     pub outbound_bounced: Cell<u64>,
     pub bytes_sent_pop3: Cell<u64>,
+    pub bytes_sent_imap: Cell<u64>,
     /// From end of DATA to the `250` (storage on every owner, checks included), µs.
     pub accept_latency: RefCell<Histogram<u64>>,
 }
@@ -46,12 +48,14 @@ impl Default for Metrics {
         Metrics {
             smtp: ProtocolCounters::default(),
             pop3: ProtocolCounters::default(),
+            imap: ProtocolCounters::default(),
             messages_accepted: Cell::default(),
             messages_rejected: Cell::default(),
             bytes_received: Cell::default(),
             outbound_delivered: Cell::default(),
             outbound_bounced: Cell::default(),
             bytes_sent_pop3: Cell::default(),
+            bytes_sent_imap: Cell::default(),
             accept_latency: RefCell::new(histogram()),
         }
     }
@@ -85,10 +89,13 @@ impl Metrics {
         let counters = vec![
             ("connections_total", "smtp", self.smtp.connections.get()),
             ("connections_total", "pop3", self.pop3.connections.get()),
+            ("connections_total", "imap", self.imap.connections.get()),
             ("commands_total", "smtp", self.smtp.commands.get()),
             ("commands_total", "pop3", self.pop3.commands.get()),
+            ("commands_total", "imap", self.imap.commands.get()),
             ("auth_failures_total", "smtp", self.smtp.auth_failures.get()),
             ("auth_failures_total", "pop3", self.pop3.auth_failures.get()),
+            ("auth_failures_total", "imap", self.imap.auth_failures.get()),
             ("messages_accepted_total", "", self.messages_accepted.get()),
             ("messages_rejected_total", "", self.messages_rejected.get()),
             ("received_bytes_total", "", self.bytes_received.get()),
@@ -99,6 +106,7 @@ impl Metrics {
             ),
             ("outbound_bounced_total", "", self.outbound_bounced.get()),
             ("pop3_sent_bytes_total", "", self.bytes_sent_pop3.get()),
+            ("imap_sent_bytes_total", "", self.bytes_sent_imap.get()),
         ];
         Snapshot {
             counters,
@@ -136,6 +144,7 @@ const HELP: &[(&str, &str)] = &[
         "pop3_sent_bytes_total",
         "Message bytes sent by POP3 RETR/TOP.",
     ),
+    ("imap_sent_bytes_total", "Reply bytes sent by IMAP."),
 ];
 
 /// Adds up every shard's snapshot and formats the Prometheus text exposition (0.0.4).

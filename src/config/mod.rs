@@ -56,6 +56,8 @@ pub struct Limits {
     pub auth_failure_delay: Duration,
     /// A session that sends nothing for this long is closed (RFC 5321 §4.5.3.2.7: ≥ 5 min).
     pub idle_timeout: Duration,
+    /// IMAP autologout (RFC 9051 §5.4: at least 30 minutes), IDLE included.
+    pub imap_idle_timeout: Duration,
     /// Concurrent sessions per shard; past it new connections get `421 4.3.2`.
     pub sessions_per_shard_max: usize,
     /// How long a verified login is cached (zero: not at all).
@@ -293,6 +295,7 @@ impl Config {
             auth_failures_max: l.auth_failures_max,
             auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            imap_idle_timeout: Duration::from_secs(l.imap_idle_timeout_secs),
             sessions_per_shard_max: l.sessions_per_shard_max,
             auth_cache: Duration::from_secs(l.auth_cache_secs),
         };
@@ -313,6 +316,9 @@ impl Config {
         }
         if limits.idle_timeout < Duration::from_secs(1) {
             return Err(err("limits.idle_timeout_secs", "must be at least 1"));
+        }
+        if limits.imap_idle_timeout < Duration::from_secs(1) {
+            return Err(err("limits.imap_idle_timeout_secs", "must be at least 1"));
         }
         if limits.sessions_per_shard_max == 0 {
             return Err(err("limits.sessions_per_shard_max", "must be at least 1"));

@@ -444,6 +444,18 @@ impl InputBuffer {
         self.len = 0;
     }
 
+    pub fn capacity(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Grows the buffer to `capacity` (an IMAP literal must fit whole; the caller
+    /// bounds `capacity` by the literal limit).
+    pub fn grow(&mut self, capacity: usize) {
+        if capacity > self.bytes.len() {
+            self.bytes.resize(capacity, 0);
+        }
+    }
+
     /// Reads once from `stream` into the free space; `Ok(0)` is end of stream.
     pub async fn fill(&mut self, stream: &mut Stream) -> io::Result<usize> {
         let free = self.bytes.get_mut(self.len..).unwrap_or(&mut []);

@@ -40,6 +40,8 @@ pub enum ShardMsg {
     Delivered { request: u64, ok: bool },
     /// A logged-in POP3 connection moving to the shard that owns its account.
     AdoptPop3(Box<super::pop3::Handoff>),
+    /// A logged-in IMAP connection moving to the shard that owns its account.
+    AdoptImap(Box<super::imap::Handoff>),
     /// A metrics scrape wants this shard's numbers.
     MetricsRequest { request: u64, from: usize },
     MetricsReply {
@@ -205,6 +207,26 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         ShardMsg::AdoptPop3(handoff) => {
             glommio::spawn_local(super::pop3::adopt(shard.clone(), *handoff)).detach();
         }
+        ShardMsg::AdoptImap(handoff) => {
+            glommio::spawn_local(super::imap::adopt(shard.clone(), *handoff)).detach();
+        }
+    }
+}
+
+/// The MIME summary of `message`, encoded for the log (SMTP delivery, IMAP APPEND).
+/// mail-parser does ~0.5 GB/s: a large message goes to the blocking pool so it does
+/// not stall every other session of this shard.
+pub async fn summarize(message: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    if message.len() <= SUMMARY_ON_REACTOR_BYTES_MAX {
+        let summary = Summary::parse(&message).to_bytes();
+        (message, summary)
+    } else {
+        glommio::executor()
+            .spawn_blocking(move || {
+                let summary = Summary::parse(&message).to_bytes();
+                (message, summary)
+            })
+            .await
     }
 }
 
@@ -218,19 +240,7 @@ pub async fn store(
     received_at: std::time::SystemTime,
 ) -> Result<(), DeliveryError> {
     // Parsed once here, on the accepting shard; owners only copy the cached bytes.
-    // mail-parser does ~0.5 GB/s: a large message goes to the blocking pool so it
-    // does not stall every other session of this shard.
-    let (message, summary) = if message.len() <= SUMMARY_ON_REACTOR_BYTES_MAX {
-        let summary = Summary::parse(&message).to_bytes();
-        (message, summary)
-    } else {
-        glommio::executor()
-            .spawn_blocking(move || {
-                let summary = Summary::parse(&message).to_bytes();
-                (message, summary)
-            })
-            .await
-    };
+    let (message, summary) = summarize(message).await;
     let (message, summary) = (Bytes::from(message), Bytes::from(summary));
     let internal_date = received_at
         .duration_since(std::time::UNIX_EPOCH)

@@ -8,6 +8,7 @@
 
 pub mod conn;
 pub mod deliver;
+pub mod imap;
 pub mod mesh;
 pub mod metrics_http;
 pub mod outbound;
@@ -52,6 +53,7 @@ pub struct Shard {
     smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
     pub pop3_config: Arc<crate::proto::pop3::Pop3Config>,
     pub pop3_locks: pop3::Locks,
+    pub imap_config: Arc<crate::proto::imap::session::ImapConfig>,
     /// The auth/DNS worker (checks inbound mail when `auth.enabled`, routes outbound).
     pub auth: Option<crate::auth::worker::AuthClient>,
     /// The outbound queue's delivery side.
@@ -73,6 +75,7 @@ const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
 enum Service {
     Smtp(Port),
     Pop3 { implicit_tls: bool },
+    Imap { implicit_tls: bool },
 }
 
 impl std::fmt::Debug for Shard {
@@ -376,6 +379,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
             auth_failures_max: config.limits.auth_failures_max,
         }),
         pop3_locks: pop3::Locks::default(),
+        imap_config: Arc::new(imap::config(&config)),
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),
         metrics: crate::metrics::Metrics::default(),
@@ -389,7 +393,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     });
     mesh::serve(shard.clone());
     outbound::start(&shard);
-    use Service::{Pop3, Smtp};
+    use Service::{Imap, Pop3, Smtp};
     let services: [(&str, &[SocketAddr], Option<Service>); 7] = [
         ("listen.smtp", &config.listen.smtp, Some(Smtp(Port::Mx))),
         (
@@ -402,8 +406,18 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
             &config.listen.submissions,
             Some(Smtp(Port::Submissions)),
         ),
-        ("listen.imap", &config.listen.imap, None),
-        ("listen.imaps", &config.listen.imaps, None),
+        (
+            "listen.imap",
+            &config.listen.imap,
+            Some(Imap {
+                implicit_tls: false,
+            }),
+        ),
+        (
+            "listen.imaps",
+            &config.listen.imaps,
+            Some(Imap { implicit_tls: true }),
+        ),
         (
             "listen.pop3",
             &config.listen.pop3,
@@ -511,6 +525,7 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Service) 
             match service {
                 Service::Smtp(port) => smtp::run(&shard, stream, port).await,
                 Service::Pop3 { implicit_tls } => pop3::run(&shard, stream, implicit_tls).await,
+                Service::Imap { implicit_tls } => imap::run(&shard, stream, implicit_tls).await,
             }
             shard.sessions.set(shard.sessions.get() - 1);
         })

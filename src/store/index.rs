@@ -93,6 +93,8 @@ pub struct AccountIndex {
     pub mailboxes: Vec<MailboxIndex>,
     /// Ids of deleted mailboxes (ids are never reused).
     pub deleted: Vec<u32>,
+    /// IMAP subscriptions, by mailbox name.
+    pub subscribed: Vec<String>,
 }
 
 impl AccountIndex {
@@ -189,9 +191,28 @@ pub enum Op {
         uid: u32,
         modseq: u64,
     },
+    Subscription {
+        account: u64,
+        subscribed: bool,
+        name: String,
+    },
 }
 
 impl Op {
+    /// The account an op changes (`None` for blobs, which belong to no mailbox).
+    pub fn account(&self) -> Option<u64> {
+        match self {
+            Op::Blob { .. } => None,
+            Op::MailboxCreate { account, .. }
+            | Op::Append { account, .. }
+            | Op::Flags { account, .. }
+            | Op::Expunge { account, .. }
+            | Op::MailboxRename { account, .. }
+            | Op::MailboxDelete { account, .. }
+            | Op::Subscription { account, .. } => Some(*account),
+        }
+    }
+
     /// Decodes a record that passed its checksum.
     pub fn decode(record: &Record<'_>) -> Result<Op, CorruptRecord> {
         let corrupt = || CorruptRecord {
@@ -250,6 +271,16 @@ impl Op {
                 Op::MailboxRename {
                     account,
                     mailbox,
+                    name,
+                }
+            }
+            Kind::Subscription => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let subscribed = f.u8().ok_or_else(corrupt)? != 0;
+                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
+                Op::Subscription {
+                    account,
+                    subscribed,
                     name,
                 }
             }
@@ -367,6 +398,17 @@ impl Index {
                     mb.name = name;
                 }
             }
+            Op::Subscription {
+                account,
+                subscribed,
+                name,
+            } => {
+                let acct = self.accounts.entry(account).or_default();
+                acct.subscribed.retain(|n| n != &name);
+                if subscribed {
+                    acct.subscribed.push(name);
+                }
+            }
             Op::MailboxDelete { account, mailbox } => {
                 if let Some(acct) = self.accounts.get_mut(&account) {
                     acct.mailboxes.retain(|m| m.id != mailbox);
@@ -451,7 +493,7 @@ impl Index {
 
 /// Bumped whenever an archived type changes: an older snapshot is then ignored and the
 /// log replayed in full (the snapshot is only an accelerator).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap02";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap03";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.
 #[derive(Debug, Default)]

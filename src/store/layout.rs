@@ -40,6 +40,9 @@ pub enum Kind {
     MailboxRename = 6,
     /// `account:u64 mailbox:u32`.
     MailboxDelete = 7,
+    /// `account:u64 subscribed:u8 name` — IMAP SUBSCRIBE/UNSUBSCRIBE (by name: a
+    /// subscription may name a mailbox that does not exist, RFC 9051 §6.3.7).
+    Subscription = 8,
 }
 
 /// Optional trailing keyword list of Append and Flags: `count:u16 (len:u16 bytes)*`.
@@ -83,6 +86,7 @@ impl Kind {
             5 => Kind::Expunge,
             6 => Kind::MailboxRename,
             7 => Kind::MailboxDelete,
+            8 => Kind::Subscription,
             _ => return None,
         })
     }

@@ -188,6 +188,9 @@ pub struct Partition {
     checkpointing: Cell<bool>,
     failed: Cell<bool>,
     stats: Cell<CommitStats>,
+    /// Per account: a change counter and the tasks waiting for it to move (IMAP IDLE
+    /// and sessions sharing a mailbox are woken when a commit touches the account).
+    watchers: RefCell<HashMap<u64, (u64, Vec<std::task::Waker>)>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -240,6 +243,7 @@ impl Partition {
             durability: options.durability,
             failed: Cell::new(false),
             stats: Cell::new(CommitStats::default()),
+            watchers: RefCell::new(HashMap::new()),
         }))
     }
 
@@ -263,6 +267,17 @@ impl Partition {
         }
         let map = self.map.borrow().clone();
         (end <= map.len()).then_some(MappedSlice { map, start, end })
+    }
+
+    /// A map of the log covering every applied record (IMAP reads many messages per
+    /// call through one map).
+    pub fn current_map(&self) -> Option<Rc<Mmap>> {
+        let need = self.index.borrow().log_end as usize;
+        if self.map.borrow().len() < need {
+            let fresh = map_file(&self.reader, &self.dir).ok()?;
+            *self.map.borrow_mut() = Rc::new(fresh);
+        }
+        Some(self.map.borrow().clone())
     }
 
     /// The bytes of message `uid` in `mailbox` of `account`, from the mmap.
@@ -484,6 +499,77 @@ impl Partition {
             self.commit(base, bytes).await?;
         }
         Ok(changed)
+    }
+
+    /// Makes sure `account` has its default mailboxes (an IMAP login before any mail).
+    pub async fn ensure_account(self: &Rc<Self>, account: u64, now: i64) -> Result<(), StoreError> {
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        self.encode_default_mailboxes(&mut bytes, account, now);
+        if bytes.is_empty() {
+            // Known, or being created by a commit in flight: wait for that one.
+            while !self.index.borrow().accounts.contains_key(&account) {
+                if self.failed.get() {
+                    return Err(StoreError::Failed(self.id));
+                }
+                glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            return Ok(());
+        }
+        self.commit(base, bytes).await
+    }
+
+    /// IMAP SUBSCRIBE / UNSUBSCRIBE of a mailbox name.
+    pub async fn subscribe(
+        self: &Rc<Self>,
+        account: u64,
+        name: &str,
+        subscribed: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let base = self.end.get();
+        let mut bytes = Vec::new();
+        self.encode_default_mailboxes(&mut bytes, account, now);
+        layout::encode(
+            &mut bytes,
+            Kind::Subscription,
+            &[
+                &account.to_le_bytes(),
+                &[u8::from(subscribed)],
+                name.as_bytes(),
+            ],
+        );
+        self.commit(base, bytes).await
+    }
+
+    /// How many commits have touched `account` (compare with [`Partition::changed`]).
+    pub fn generation(&self, account: u64) -> u64 {
+        self.watchers.borrow().get(&account).map_or(0, |w| w.0)
+    }
+
+    /// Resolves once a commit touches `account` after generation `seen`.
+    pub fn changed(&self, account: u64, seen: u64) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut watchers = self.watchers.borrow_mut();
+            let entry = watchers.entry(account).or_insert((0, Vec::new()));
+            if entry.0 != seen {
+                return std::task::Poll::Ready(());
+            }
+            if !entry.1.iter().any(|w| w.will_wake(cx.waker())) {
+                entry.1.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+    }
+
+    fn touched(&self, account: u64) {
+        let mut watchers = self.watchers.borrow_mut();
+        if let Some(entry) = watchers.get_mut(&account) {
+            entry.0 += 1;
+            for waker in entry.1.drain(..) {
+                waker.wake();
+            }
+        }
     }
 
     /// IMAP CREATE: a new mailbox; returns its id.
@@ -849,9 +935,15 @@ impl Partition {
     fn apply(&self, end: u64, ops: Vec<Op>) -> Result<(), StoreError> {
         let mut index = self.index.borrow_mut();
         let mut blobs = BlobCache::default();
+        let mut touched: Vec<u64> = Vec::new();
         for op in ops {
             if let Op::MailboxCreate { account, .. } = &op {
                 self.creating.borrow_mut().remove(account);
+            }
+            if let Some(account) = op.account() {
+                if touched.last() != Some(&account) && !touched.contains(&account) {
+                    touched.push(account);
+                }
             }
             index
                 .apply(op, &mut blobs)
@@ -859,6 +951,10 @@ impl Partition {
         }
         debug_assert!(end >= index.log_end, "batches applied out of order");
         index.log_end = end;
+        drop(index);
+        for account in touched {
+            self.touched(account);
+        }
         Ok(())
     }
 

@@ -3,3 +3,7 @@
 //! the IO driver follow. No listener serves IMAP until they exist.
 
 pub mod lexer;
+pub mod command;
+pub mod render;
+pub mod search;
+pub mod session;

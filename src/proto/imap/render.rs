@@ -1,0 +1,693 @@
+//! IMAP response data: strings, ENVELOPE, BODYSTRUCTURE, body sections, BINARY.
+//!
+//! Owns how stored messages become FETCH data (RFC 9051 §7.5.2, RFC 3516). Structure
+//! comes from the [`Summary`] cached at delivery; only a section's own bytes (and a
+//! part's header lines, for Content-Disposition and friends) are read from the message.
+//! Pure functions over byte slices; must never panic on any message.
+
+use std::borrow::Cow;
+
+use crate::store::index::flags;
+use crate::store::summary::{PartSummary, Summary};
+
+use super::command::{Section, SectionText};
+
+/// Appends `s` as an IMAP string: quoted when it is short printable ASCII, a literal
+/// otherwise (safe for any bytes but NUL).
+pub fn string(out: &mut Vec<u8>, s: &[u8]) {
+    let quotable = s.len() <= 1024
+        && s.iter()
+            .all(|&b| (0x20..0x7f).contains(&b));
+    if quotable {
+        out.push(b'"');
+        for &b in s {
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    } else {
+        literal(out, s);
+    }
+}
+
+/// Appends `{n}` CRLF and the bytes (`~{n}` for BINARY data containing NUL).
+pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
+    if s.contains(&0) {
+        out.push(b'~');
+    }
+    out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
+    out.extend_from_slice(s);
+}
+
+/// An nstring: `NIL` or a string.
+pub fn nstring(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => string(out, s.as_bytes()),
+        None => out.extend_from_slice(b"NIL"),
+    }
+}
+
+/// A mailbox name as an astring (always quoted or literal: names may contain anything).
+pub fn mailbox_name(out: &mut Vec<u8>, name: &str) {
+    string(out, name.as_bytes());
+}
+
+/// `(\Seen \Answered … keyword …)`.
+pub fn flag_list(out: &mut Vec<u8>, bits: u32, keywords: &[String]) {
+    out.push(b'(');
+    let mut first = true;
+    let mut put = |out: &mut Vec<u8>, s: &str| {
+        if !first {
+            out.push(b' ');
+        }
+        first = false;
+        out.extend_from_slice(s.as_bytes());
+    };
+    for (bit, name) in [
+        (flags::SEEN, "\\Seen"),
+        (flags::ANSWERED, "\\Answered"),
+        (flags::FLAGGED, "\\Flagged"),
+        (flags::DELETED, "\\Deleted"),
+        (flags::DRAFT, "\\Draft"),
+    ] {
+        if bits & bit != 0 {
+            put(out, name);
+        }
+    }
+    for k in keywords {
+        put(out, k);
+    }
+    out.push(b')');
+}
+
+/// INTERNALDATE format: `"26-Nov-2026 06:45:00 +0000"`.
+pub fn internal_date(t: i64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (days, rem) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    let (y, m, d) = crate::proto::civil_from_days(days);
+    let month = MONTHS.get(m.saturating_sub(1) as usize).unwrap_or(&"Jan");
+    format!(
+        "\"{d:02}-{month}-{y:04} {:02}:{:02}:{:02} +0000\"",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// One address of an address list, or a group's start/end marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    Mailbox {
+        name: Option<String>,
+        local: String,
+        domain: Option<String>,
+    },
+    GroupStart(String),
+    GroupEnd,
+}
+
+/// Parses an RFC 5322 address list leniently (display names, angle addresses, groups,
+/// comments dropped). Mail in the wild is messy: anything unparseable becomes a bare
+/// local part rather than an error.
+pub fn parse_addresses(raw: &str) -> Vec<Address> {
+    let mut out = Vec::new();
+    let (mut phrase, mut angle) = (String::new(), None::<String>);
+    let (mut in_quote, mut comment, mut in_angle, mut in_group) = (false, 0u32, false, false);
+    let mut chars = raw.chars();
+    let finish = |out: &mut Vec<Address>, phrase: &mut String, angle: &mut Option<String>| {
+        let name = phrase.split_whitespace().collect::<Vec<_>>().join(" ");
+        let (name, spec) = match angle.take() {
+            Some(a) => ((!name.is_empty()).then_some(name), a),
+            None => (None, name),
+        };
+        phrase.clear();
+        // Drop a source route (`@a,@b:user@host`).
+        let spec = spec.rsplit_once(':').map_or(spec.as_str(), |(_, s)| s).trim().to_string();
+        if spec.is_empty() {
+            return;
+        }
+        let (local, domain) = match spec.rsplit_once('@') {
+            Some((l, d)) => (l.to_string(), Some(d.to_string())),
+            None => (spec, None),
+        };
+        out.push(Address::Mailbox {
+            name,
+            local: local.trim_matches('"').to_string(),
+            domain,
+        });
+    };
+    while let Some(c) = chars.next() {
+        if comment > 0 {
+            match c {
+                '(' => comment += 1,
+                ')' => comment -= 1,
+                '\\' => {
+                    chars.next();
+                }
+                _ => {}
+            }
+            continue;
+        }
+        if in_quote {
+            match c {
+                '"' => in_quote = false,
+                '\\' => {
+                    if let Some(n) = chars.next() {
+                        push(&mut phrase, &mut angle, in_angle, n);
+                    }
+                }
+                _ => push(&mut phrase, &mut angle, in_angle, c),
+            }
+            continue;
+        }
+        match c {
+            '"' => in_quote = true,
+            '(' => comment = 1,
+            '<' if !in_angle => {
+                in_angle = true;
+                angle = Some(String::new());
+            }
+            '>' if in_angle => in_angle = false,
+            ':' if !in_angle && !in_group && angle.is_none() => {
+                let name = phrase.split_whitespace().collect::<Vec<_>>().join(" ");
+                phrase.clear();
+                out.push(Address::GroupStart(name));
+                in_group = true;
+            }
+            ';' if !in_angle && in_group => {
+                finish(&mut out, &mut phrase, &mut angle);
+                out.push(Address::GroupEnd);
+                in_group = false;
+            }
+            ',' if !in_angle => finish(&mut out, &mut phrase, &mut angle),
+            '\r' | '\n' => push(&mut phrase, &mut angle, in_angle, ' '),
+            _ => push(&mut phrase, &mut angle, in_angle, c),
+        }
+    }
+    finish(&mut out, &mut phrase, &mut angle);
+    if in_group {
+        out.push(Address::GroupEnd);
+    }
+    out
+}
+
+fn push(phrase: &mut String, angle: &mut Option<String>, in_angle: bool, c: char) {
+    match (in_angle, angle) {
+        (true, Some(a)) => {
+            if !c.is_whitespace() {
+                a.push(c)
+            }
+        }
+        _ => phrase.push(c),
+    }
+}
+
+fn address_list(out: &mut Vec<u8>, raw: Option<&str>) {
+    let addresses = raw.map(parse_addresses).unwrap_or_default();
+    if addresses.is_empty() {
+        out.extend_from_slice(b"NIL");
+        return;
+    }
+    out.push(b'(');
+    for a in &addresses {
+        match a {
+            Address::Mailbox {
+                name,
+                local,
+                domain,
+            } => {
+                out.push(b'(');
+                nstring(out, name.as_deref());
+                out.extend_from_slice(b" NIL ");
+                string(out, local.as_bytes());
+                out.push(b' ');
+                nstring(out, domain.as_deref());
+                out.push(b')');
+            }
+            Address::GroupStart(name) => {
+                out.extend_from_slice(b"(NIL NIL ");
+                string(out, name.as_bytes());
+                out.extend_from_slice(b" NIL)");
+            }
+            Address::GroupEnd => out.extend_from_slice(b"(NIL NIL NIL NIL)"),
+        }
+    }
+    out.push(b')');
+}
+
+/// ENVELOPE from the cached header values.
+pub fn envelope(out: &mut Vec<u8>, summary: &Summary) {
+    let e = &summary.envelope;
+    out.push(b'(');
+    nstring(out, e.date.as_deref());
+    out.push(b' ');
+    nstring(out, e.subject.as_deref());
+    for (i, list) in [
+        e.from.as_deref(),
+        e.sender.as_deref().or(e.from.as_deref()),
+        e.reply_to.as_deref().or(e.from.as_deref()),
+        e.to.as_deref(),
+        e.cc.as_deref(),
+        e.bcc.as_deref(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = i;
+        out.push(b' ');
+        address_list(out, list);
+    }
+    out.push(b' ');
+    nstring(out, e.in_reply_to.as_deref());
+    out.push(b' ');
+    nstring(out, e.message_id.as_deref());
+    out.push(b')');
+}
+
+/// The value of header `name` in a header block, unfolded.
+pub fn header_value(headers: &[u8], name: &str) -> Option<String> {
+    for (field, whole) in header_fields(headers) {
+        if field.eq_ignore_ascii_case(name.as_bytes()) {
+            let value = whole.get(field.len() + 1..).unwrap_or(&[]);
+            let text = String::from_utf8_lossy(value);
+            return Some(text.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    None
+}
+
+/// Header fields of a header block: (name, whole field including continuation lines
+/// and the final CRLF). Stops at the blank line.
+pub fn header_fields(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let rest = headers.get(pos..)?;
+        if rest.is_empty() || rest.starts_with(b"\r\n") || rest.starts_with(b"\n") {
+            return None;
+        }
+        let mut end = 0;
+        loop {
+            match memchr::memchr(b'\n', rest.get(end..)?) {
+                Some(i) => {
+                    end += i + 1;
+                    if !matches!(rest.get(end), Some(b' ' | b'\t')) {
+                        break;
+                    }
+                }
+                None => {
+                    end = rest.len();
+                    break;
+                }
+            }
+        }
+        pos += end;
+        let whole = rest.get(..end)?;
+        let colon = memchr::memchr(b':', whole).unwrap_or(whole.len());
+        let name = whole.get(..colon)?;
+        Some((trim_ascii(name), whole))
+    })
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or(&[])
+}
+
+/// A MIME part found by its IMAP part number: its summary, and offsets into the
+/// *top-level* message. Parts inside a message/rfc822 attachment come from parsing
+/// that attachment (rare; everything else uses the cached summary).
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub summary: PartSummary,
+    /// The summary the part belongs to (the message's, or an attachment's).
+    pub tree: Cow<'static, Summary>,
+    pub base: usize,
+}
+
+impl Part {
+    pub fn header<'m>(&self, message: &'m [u8]) -> &'m [u8] {
+        slice(message, self.base + self.summary.offset_header as usize, self.base + self.summary.offset_body as usize)
+    }
+    pub fn body<'m>(&self, message: &'m [u8]) -> &'m [u8] {
+        slice(message, self.base + self.summary.offset_body as usize, self.base + self.summary.offset_end as usize)
+    }
+    fn is_multipart(&self) -> bool {
+        self.summary.ctype == "multipart"
+    }
+    fn is_message(&self) -> bool {
+        self.summary.ctype == "message" && matches!(self.summary.subtype.as_str(), "rfc822" | "global")
+    }
+}
+
+fn slice(message: &[u8], start: usize, end: usize) -> &[u8] {
+    message.get(start.min(end)..end.min(message.len())).unwrap_or(&[])
+}
+
+/// Nesting of message/rfc822 attachments followed (each costs a parse).
+const MESSAGE_DEPTH_MAX: usize = 8;
+
+/// The part `path` names (`[]` is the whole message).
+pub fn find_part(message: &[u8], summary: &Summary, path: &[u32]) -> Option<Part> {
+    let mut part = Part {
+        summary: summary.parts.first().cloned().unwrap_or_else(|| whole_message_part(message)),
+        tree: Cow::Owned(summary.clone()),
+        base: 0,
+    };
+    let mut depth = 0;
+    for (i, &n) in path.iter().enumerate() {
+        if part.is_message() && i > 0 {
+            // Into the attached message: parse it, then pick from its top part.
+            depth += 1;
+            if depth > MESSAGE_DEPTH_MAX {
+                return None;
+            }
+            part = embedded(message, &part)?;
+        }
+        if part.is_multipart() {
+            let child = *part.summary.children.get((n as usize).checked_sub(1)?)?;
+            part.summary = part.tree.parts.get(child as usize)?.clone();
+        } else if n != 1 {
+            return None;
+        }
+    }
+    Some(part)
+}
+
+/// The top part of a message/rfc822 attachment.
+fn embedded(message: &[u8], part: &Part) -> Option<Part> {
+    let bytes = part.body(message);
+    let base = part.base + part.summary.offset_body as usize;
+    let tree = Summary::parse(bytes);
+    let top = tree.parts.first().cloned().unwrap_or_else(|| whole_message_part(bytes));
+    Some(Part {
+        summary: top,
+        tree: Cow::Owned(tree),
+        base,
+    })
+}
+
+fn whole_message_part(message: &[u8]) -> PartSummary {
+    let body = memchr::memmem::find(message, b"\r\n\r\n").map_or(message.len(), |i| i + 4);
+    PartSummary {
+        ctype: "text".into(),
+        subtype: "plain".into(),
+        offset_body: body as u32,
+        offset_end: message.len() as u32,
+        ..PartSummary::default()
+    }
+}
+
+/// The bytes `BODY[section]` returns (before any partial range).
+pub fn section<'m>(message: &'m [u8], summary: &Summary, section: &Section) -> Option<Cow<'m, [u8]>> {
+    let part = find_part(message, summary, &section.part)?;
+    let top = section.part.is_empty();
+    // HEADER/TEXT of a part address the attached message's header/text.
+    let target = |part: &Part| -> Option<Part> {
+        if top {
+            Some(part.clone())
+        } else if part.is_message() {
+            embedded(message, part)
+        } else {
+            None
+        }
+    };
+    Some(match &section.text {
+        None if top => Cow::Borrowed(message),
+        None => Cow::Borrowed(part.body(message)),
+        Some(SectionText::Mime) => Cow::Borrowed(part.header(message)),
+        Some(SectionText::Header) => Cow::Borrowed(target(&part)?.header(message)),
+        Some(SectionText::Text) => Cow::Borrowed(target(&part)?.body(message)),
+        Some(SectionText::HeaderFields { not, fields }) => {
+            let headers = target(&part)?.header(message);
+            let mut out = Vec::new();
+            for (name, whole) in header_fields(headers) {
+                let listed = fields.iter().any(|f| f.as_bytes().eq_ignore_ascii_case(name));
+                if listed != *not {
+                    out.extend_from_slice(whole);
+                }
+            }
+            out.extend_from_slice(b"\r\n");
+            Cow::Owned(out)
+        }
+    })
+}
+
+/// Applies `<origin.count>`.
+pub fn partial(bytes: &[u8], range: Option<(u32, u32)>) -> &[u8] {
+    match range {
+        None => bytes,
+        Some((origin, count)) => {
+            let start = (origin as usize).min(bytes.len());
+            let end = start.saturating_add(count as usize).min(bytes.len());
+            bytes.get(start..end).unwrap_or(&[])
+        }
+    }
+}
+
+/// Why BINARY cannot decode a part.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BinaryError {
+    NoSuchPart,
+    /// `NO [UNKNOWN-CTE]`.
+    UnknownEncoding,
+}
+
+/// `BINARY[part]`: the part's body with its Content-Transfer-Encoding undone.
+pub fn binary<'m>(message: &'m [u8], summary: &Summary, path: &[u32]) -> Result<Cow<'m, [u8]>, BinaryError> {
+    if path.is_empty() {
+        return Ok(Cow::Borrowed(message));
+    }
+    let part = find_part(message, summary, path).ok_or(BinaryError::NoSuchPart)?;
+    let body = part.body(message);
+    let encoding = part.summary.encoding.as_deref().unwrap_or("7bit").to_ascii_lowercase();
+    match encoding.as_str() {
+        "7bit" | "8bit" | "binary" => Ok(Cow::Borrowed(body)),
+        "base64" => Ok(Cow::Owned(decode_base64(body))),
+        "quoted-printable" => Ok(Cow::Owned(decode_qp(body))),
+        _ => Err(BinaryError::UnknownEncoding),
+    }
+}
+
+fn decode_base64(body: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let clean: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/'))
+        .collect();
+    base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(&clean)
+        .or_else(|_| {
+            // A truncated final quantum: decode what is whole.
+            let whole = clean.len() / 4 * 4;
+            base64::engine::general_purpose::STANDARD_NO_PAD.decode(clean.get(..whole).unwrap_or(&[]))
+        })
+        .unwrap_or_default()
+}
+
+fn decode_qp(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    let hex = |b: u8| (b as char).to_digit(16);
+    while let Some(&b) = body.get(i) {
+        if b == b'=' {
+            match (body.get(i + 1), body.get(i + 2)) {
+                (Some(b'\r'), Some(b'\n')) => i += 3,
+                (Some(b'\n'), _) => i += 2,
+                (Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                    out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                    i += 3;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        } else {
+            out.push(b);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// BODY (`extended = false`) or BODYSTRUCTURE of the whole message.
+pub fn body_structure(out: &mut Vec<u8>, message: &[u8], summary: &Summary, extended: bool) {
+    let top = find_part(message, summary, &[]).unwrap_or_else(|| Part {
+        summary: whole_message_part(message),
+        tree: Cow::Owned(Summary::default()),
+        base: 0,
+    });
+    structure_of(out, message, &top, extended, 0);
+}
+
+fn structure_of(out: &mut Vec<u8>, message: &[u8], part: &Part, extended: bool, depth: usize) {
+    let s = &part.summary;
+    let headers = part.header(message);
+    out.push(b'(');
+    if part.is_multipart() && depth < MESSAGE_DEPTH_MAX * 4 {
+        let mut any = false;
+        for &child in &s.children {
+            if let Some(c) = part.tree.parts.get(child as usize) {
+                let child = Part {
+                    summary: c.clone(),
+                    tree: part.tree.clone(),
+                    base: part.base,
+                };
+                structure_of(out, message, &child, extended, depth + 1);
+                any = true;
+            }
+        }
+        if !any {
+            // A multipart with no parts: an empty text part keeps the syntax valid.
+            out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
+        }
+        out.push(b' ');
+        string(out, s.subtype.to_ascii_uppercase().as_bytes());
+        if extended {
+            out.push(b' ');
+            params(out, &s.params);
+            extension(out, headers);
+        }
+        out.push(b')');
+        return;
+    }
+    let body = part.body(message);
+    string(out, s.ctype.to_ascii_uppercase().as_bytes());
+    out.push(b' ');
+    string(out, s.subtype.to_ascii_uppercase().as_bytes());
+    out.push(b' ');
+    params(out, &s.params);
+    out.push(b' ');
+    nstring(out, header_value(headers, "Content-ID").as_deref());
+    out.push(b' ');
+    nstring(out, header_value(headers, "Content-Description").as_deref());
+    out.push(b' ');
+    let encoding = s.encoding.as_deref().unwrap_or("7bit").to_ascii_uppercase();
+    string(out, encoding.as_bytes());
+    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    let lines = || memchr::memchr_iter(b'\n', body).count();
+    if part.is_message() && depth < MESSAGE_DEPTH_MAX {
+        if let Some(inner) = embedded(message, part) {
+            out.push(b' ');
+            envelope(out, &inner.tree);
+            out.push(b' ');
+            structure_of(out, message, &inner, extended, depth + 1);
+            out.extend_from_slice(format!(" {}", lines()).as_bytes());
+        }
+    } else if s.ctype == "text" {
+        out.extend_from_slice(format!(" {}", lines()).as_bytes());
+    }
+    if extended {
+        out.extend_from_slice(b" NIL"); // MD5
+        extension(out, headers);
+    }
+    out.push(b')');
+}
+
+fn params(out: &mut Vec<u8>, params: &[(String, String)]) {
+    if params.is_empty() {
+        out.extend_from_slice(b"NIL");
+        return;
+    }
+    out.push(b'(');
+    for (i, (k, v)) in params.iter().enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        string(out, k.to_ascii_uppercase().as_bytes());
+        out.push(b' ');
+        string(out, v.as_bytes());
+    }
+    out.push(b')');
+}
+
+/// Disposition, language and location (the extension data both kinds share).
+fn extension(out: &mut Vec<u8>, headers: &[u8]) {
+    out.push(b' ');
+    match header_value(headers, "Content-Disposition") {
+        Some(d) => {
+            let mut fields = d.split(';');
+            let kind = fields.next().unwrap_or("").trim().to_ascii_uppercase();
+            let ps: Vec<(String, String)> = fields
+                .filter_map(|f| {
+                    let (k, v) = f.split_once('=')?;
+                    Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+                })
+                .collect();
+            out.push(b'(');
+            string(out, kind.as_bytes());
+            out.push(b' ');
+            params(out, &ps);
+            out.push(b')');
+        }
+        None => out.extend_from_slice(b"NIL"),
+    }
+    out.push(b' ');
+    nstring(out, header_value(headers, "Content-Language").as_deref());
+    out.push(b' ');
+    nstring(out, header_value(headers, "Content-Location").as_deref());
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const MULTI: &[u8] = b"From: \"Alice A.\" <alice@a.example>\r\nTo: bob@b.example, Team: c@c.example, d@d.example;\r\nSubject: hi\r\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b1\r\n\
+Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"x.bin\"\r\n\r\nAAEC/w==\r\n--b1--\r\n";
+
+    #[test]
+    fn addresses() {
+        let a = parse_addresses("\"Alice A.\" <alice@a.example>, bob@b.example (Bob), Team: c@c.example;");
+        assert_eq!(a.len(), 5);
+        assert_eq!(
+            a[0],
+            Address::Mailbox {
+                name: Some("Alice A.".into()),
+                local: "alice".into(),
+                domain: Some("a.example".into())
+            }
+        );
+        assert_eq!(a[2], Address::GroupStart("Team".into()));
+        assert_eq!(a[4], Address::GroupEnd);
+        assert!(parse_addresses("").is_empty());
+        parse_addresses("<<<\"\\"); // no panic
+    }
+
+    #[test]
+    fn sections_and_structure() {
+        let s = Summary::parse(MULTI);
+        let sec = |spec: Section| section(MULTI, &s, &spec).map(|c| c.into_owned());
+        assert_eq!(sec(Section { part: vec![1], text: None }).unwrap(), b"hello\r\nworld");
+        let h = sec(Section { part: vec![], text: Some(SectionText::HeaderFields { not: false, fields: vec!["SUBJECT".into()] }) }).unwrap();
+        assert_eq!(h, b"Subject: hi\r\n\r\n");
+        assert!(sec(Section { part: vec![], text: Some(SectionText::Header) }).unwrap().ends_with(b"\"b1\"\r\n\r\n"));
+        assert_eq!(binary(MULTI, &s, &[2]).unwrap().as_ref(), &[0u8, 1, 2, 255]);
+        assert!(sec(Section { part: vec![9], text: None }).is_none());
+        let mut out = Vec::new();
+        body_structure(&mut out, MULTI, &s, true);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 1"), "{text}");
+        assert!(text.contains("(\"ATTACHMENT\" (\"FILENAME\" \"x.bin\"))"), "{text}");
+        assert!(text.contains(" \"MIXED\" (\"BOUNDARY\" \"b1\")"), "{text}");
+        let mut env = Vec::new();
+        envelope(&mut env, &s);
+        let env = String::from_utf8_lossy(&env);
+        assert!(env.contains("((\"Alice A.\" NIL \"alice\" \"a.example\"))"), "{env}");
+        assert!(env.contains("(NIL NIL \"Team\" NIL)"), "{env}");
+    }
+
+    #[test]
+    fn qp_and_dates() {
+        assert_eq!(decode_qp(b"a=3Db=\r\nc"), b"a=bc");
+        assert_eq!(internal_date(0), "\"01-Jan-1970 00:00:00 +0000\"");
+    }
+}

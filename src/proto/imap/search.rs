@@ -1,0 +1,149 @@
+//! SEARCH evaluation (RFC 9051 §6.4.4): one message against a [`SearchKey`].
+//!
+//! Flags, sizes, dates, UIDs and MODSEQ come from the index entry; FROM/TO/CC/BCC/
+//! SUBJECT from the envelope cached at delivery; HEADER reads only the header block;
+//! only BODY and TEXT read the message body. Substring matches are ASCII
+//! case-insensitive over the stored bytes. Pure; never panics.
+
+use std::cell::OnceCell;
+
+use super::command::{days_from_civil, DateCmp, SearchKey};
+use super::render::header_fields;
+use crate::store::index::MessageEntry;
+
+/// One message as SEARCH sees it.
+pub struct Candidate<'a> {
+    pub seq: u32,
+    pub entry: &'a MessageEntry,
+    /// Largest sequence number and UID in the mailbox (what `*` means).
+    pub largest_seq: u32,
+    pub largest_uid: u32,
+    /// The message bytes, fetched only if a key needs them.
+    pub bytes: &'a dyn Fn() -> Option<&'a [u8]>,
+    pub(crate) cache: OnceCell<Option<&'a [u8]>>,
+}
+
+impl<'a> Candidate<'a> {
+    pub fn new(
+        seq: u32,
+        entry: &'a MessageEntry,
+        largest_seq: u32,
+        largest_uid: u32,
+        bytes: &'a dyn Fn() -> Option<&'a [u8]>,
+    ) -> Candidate<'a> {
+        Candidate {
+            seq,
+            entry,
+            largest_seq,
+            largest_uid,
+            bytes,
+            cache: OnceCell::new(),
+        }
+    }
+
+    fn message(&self) -> &'a [u8] {
+        self.cache.get_or_init(|| (self.bytes)()).unwrap_or(&[])
+    }
+
+    fn header_block(&self) -> &'a [u8] {
+        let m = self.message();
+        let end = self
+            .entry
+            .summary
+            .parts
+            .first()
+            .map_or(m.len(), |p| p.offset_body as usize);
+        m.get(..end.min(m.len())).unwrap_or(m)
+    }
+}
+
+/// ASCII case-insensitive substring test (an empty needle always matches).
+pub fn contains_ci(haystack: &[u8], needle: &str) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    let needle = needle.to_ascii_lowercase();
+    if haystack.len() < needle.len() {
+        return false;
+    }
+    let lowered = haystack.to_ascii_lowercase();
+    memchr::memmem::find(&lowered, needle.as_bytes()).is_some()
+}
+
+fn date_matches(cmp: DateCmp, day: i64, target: i64) -> bool {
+    match cmp {
+        DateCmp::Before => day < target,
+        DateCmp::On => day == target,
+        DateCmp::Since => day >= target,
+    }
+}
+
+/// Whether `c` matches `key`.
+pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
+    let e = c.entry;
+    match key {
+        SearchKey::All => true,
+        SearchKey::Flag(bit, set) => (e.flags & bit != 0) == *set,
+        SearchKey::Keyword(k, set) => e.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) == *set,
+        SearchKey::Recent(recent) => !recent,
+        SearchKey::Header(field, needle) => {
+            let env = &e.summary.envelope;
+            let cached = match field.as_str() {
+                "FROM" => Some(&env.from),
+                "TO" => Some(&env.to),
+                "CC" => Some(&env.cc),
+                "BCC" => Some(&env.bcc),
+                "SUBJECT" => Some(&env.subject),
+                _ => None,
+            };
+            match cached {
+                Some(value) => value
+                    .as_deref()
+                    .is_some_and(|v| contains_ci(v.as_bytes(), needle)),
+                None => header_fields(c.header_block()).any(|(name, whole)| {
+                    name.eq_ignore_ascii_case(field.as_bytes())
+                        && contains_ci(whole.get(name.len() + 1..).unwrap_or(&[]), needle)
+                }),
+            }
+        }
+        SearchKey::Body(needle) => {
+            let m = c.message();
+            let start = c.header_block().len();
+            contains_ci(m.get(start..).unwrap_or(&[]), needle)
+        }
+        SearchKey::Text(needle) => contains_ci(c.message(), needle),
+        SearchKey::Date(cmp, target) => date_matches(*cmp, e.internal_date.div_euclid(86_400), *target),
+        SearchKey::SentDate(cmp, target) => {
+            let sent = e
+                .summary
+                .envelope
+                .date
+                .as_deref()
+                .and_then(mail_parser::DateTime::parse_rfc822)
+                .map(|d| days_from_civil(i64::from(d.year), u32::from(d.month), u32::from(d.day)))
+                // No usable Date: fall back to the internal date (RFC 9051 leaves it open).
+                .unwrap_or(e.internal_date.div_euclid(86_400));
+            date_matches(*cmp, sent, *target)
+        }
+        SearchKey::Larger(n) => u64::from(e.len) > *n,
+        SearchKey::Smaller(n) => u64::from(e.len) < *n,
+        SearchKey::Uid(set) => set.contains(e.uid, c.largest_uid),
+        SearchKey::Seq(set) => set.contains(c.seq, c.largest_seq),
+        SearchKey::ModSeq(n) => e.modseq >= *n,
+        SearchKey::Not(k) => !matches(k, c),
+        SearchKey::Or(a, b) => matches(a, c) || matches(b, c),
+        SearchKey::And(keys) => keys.iter().all(|k| matches(k, c)),
+    }
+}
+
+/// Whether a key (or any key inside it) mentions MODSEQ: the response then carries
+/// `(MODSEQ n)` (RFC 7162 §3.1.5).
+pub fn uses_modseq(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::ModSeq(_) => true,
+        SearchKey::Not(k) => uses_modseq(k),
+        SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
+        SearchKey::And(keys) => keys.iter().any(uses_modseq),
+        _ => false,
+    }
+}

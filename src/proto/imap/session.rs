@@ -1,0 +1,1827 @@
+//! One IMAP session (RFC 9051 / RFC 3501 and the advertised extensions), sans-IO.
+//!
+//! Owns the protocol state: login state, the selected mailbox as this client sees it
+//! (sequence numbers → UIDs, the last MODSEQ reported), enabled extensions, IDLE,
+//! and every reply. Reads go through [`Mailstore`] (the account's index and message
+//! bytes, borrowed for one call); writes leave as [`Action::Write`] and the session
+//! waits — reading no further input — until the IO layer reports the durable result
+//! with [`Session::written`]. So a tagged `OK` for APPEND, STORE, COPY, MOVE or
+//! EXPUNGE is only ever produced after the change is durable.
+//!
+//! Never touches a socket, a clock (time is an argument) or panics on input.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::command::{self, FetchAtt, FetchModifiers, SearchArgs, Section, SectionText, SequenceSet, StatusItem, StoreMode};
+use super::lexer::{tokenize, Frame, FrameLimits, Framer, Refusal, Token};
+use super::render;
+use super::search::{self, Candidate};
+use crate::proto::sasl;
+use crate::store::index::{flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES};
+
+pub type Outbox = crate::proto::Outbox<Action>;
+
+/// The hierarchy delimiter of mailbox names.
+pub const DELIMITER: char = '/';
+
+/// Settings a session needs (from `Config`).
+#[derive(Debug, Clone)]
+pub struct ImapConfig {
+    pub hostname: String,
+    /// TLS can be started on this port (`listen.imap` with a certificate).
+    pub tls_available: bool,
+    /// `tls.allow_plaintext_auth`: LOGIN/AUTHENTICATE without TLS.
+    pub allow_plaintext_auth: bool,
+    /// `limits.line_bytes_max` (× 2 for IMAP's longer command lines).
+    pub command_bytes_max: usize,
+    /// `limits.message_size_max`: APPENDLIMIT and the largest literal.
+    pub literal_bytes_max: u64,
+    /// List nesting in one command.
+    pub depth_max: usize,
+    pub bad_commands_max: u32,
+    pub auth_failures_max: u32,
+}
+
+/// Read access to the logged-in account, for the duration of one call.
+pub trait Mailstore {
+    /// The account's mailboxes (`None` before login or if the account has none yet).
+    fn account(&self) -> Option<&AccountIndex>;
+    /// The stored bytes of a message.
+    fn bytes(&self, entry: &MessageEntry) -> Option<&[u8]>;
+}
+
+/// A store with nothing in it (before login).
+pub struct NoStore;
+
+impl Mailstore for NoStore {
+    fn account(&self) -> Option<&AccountIndex> {
+        None
+    }
+    fn bytes(&self, _: &MessageEntry) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// Work for the IO layer.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Flush replies, then run the TLS handshake; call [`Session::tls_established`].
+    StartTls,
+    /// Check the password; answer with [`Session::logged_in`] or [`Session::login_failed`].
+    Authenticate { username: String, password: String },
+    /// Make a durable change; answer with [`Session::written`].
+    Write(Write),
+    /// Flush replies and close the connection.
+    Close,
+}
+
+/// A durable change to the account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Create these mailboxes, in order (missing parents first).
+    Create { names: Vec<String> },
+    Delete { mailbox: u32 },
+    /// Rename mailboxes (a mailbox and its children).
+    Rename { renames: Vec<(u32, String)> },
+    /// RENAME INBOX: create `to`, move every INBOX message into it.
+    RenameInbox { to: String },
+    Subscribe { name: String, subscribed: bool },
+    Append {
+        mailbox: u32,
+        message: Vec<u8>,
+        flags: u32,
+        keywords: Vec<String>,
+        internal_date: i64,
+    },
+    /// (UID, new flags, new keywords) per message.
+    Store {
+        mailbox: u32,
+        changes: Vec<(u32, u32, Vec<String>)>,
+    },
+    /// COPY, or MOVE when `expunge_source` (copy, then expunge the originals).
+    Copy {
+        from: u32,
+        uids: Vec<u32>,
+        to: u32,
+        expunge_source: bool,
+    },
+    Expunge { mailbox: u32, uids: Vec<u32> },
+}
+
+/// The outcome of a [`Write`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    Done,
+    Appended { uid: u32 },
+    /// (UID, new MODSEQ) of each message changed.
+    Stored(Vec<(u32, u64)>),
+    /// (source UID, new UID) pairs.
+    Copied(Vec<(u32, u32)>),
+    /// The change was not made; the text goes to the client with `NO`.
+    Failed(String),
+}
+
+/// Why a login was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginRefusal {
+    BadCredentials,
+    Temporary,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    NotAuthenticated,
+    Authenticated,
+    Logout,
+}
+
+/// The selected mailbox as this client knows it.
+#[derive(Debug, Clone)]
+struct Selected {
+    id: u32,
+    read_only: bool,
+    /// Sequence number `i + 1` is UID `uids[i]`.
+    uids: Vec<u32>,
+    /// Changes up to this MODSEQ have been reported.
+    reported_modseq: u64,
+}
+
+/// A command waiting for the IO layer.
+#[derive(Debug)]
+enum Pending {
+    Login { tag: String },
+    Simple { tag: String, done: &'static str },
+    Append { tag: String, uidvalidity: u32 },
+    Store(StorePending),
+    Copy { tag: String, uid: bool, moving: bool, uidvalidity: u32 },
+    Expunge { tag: String, closing: bool },
+    Fetch(FetchPending),
+    /// A DELETE of the selected mailbox deselects it.
+    Delete { tag: String, mailbox: u32 },
+}
+
+#[derive(Debug)]
+struct StorePending {
+    tag: String,
+    uid: bool,
+    silent: bool,
+    targets: Vec<u32>,
+    modified: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct FetchPending {
+    tag: String,
+    uid: bool,
+    targets: Vec<u32>,
+    items: Vec<FetchAtt>,
+    modifiers: FetchModifiers,
+}
+
+/// One IMAP session.
+#[derive(Debug)]
+pub struct Session {
+    config: Arc<ImapConfig>,
+    framer: Framer,
+    state: State,
+    tls: bool,
+    user: Option<String>,
+    selected: Option<Selected>,
+    pending: Option<Pending>,
+    /// Bytes of a refused LITERAL+ literal still to throw away.
+    discard: u64,
+    /// Throw input away up to the next LF (after a refused over-long line).
+    skip_line: bool,
+    /// Waiting for an AUTHENTICATE response line, under this tag.
+    sasl_tag: Option<String>,
+    /// In IDLE, under this tag.
+    idle_tag: Option<String>,
+    bad_commands: u32,
+    auth_failures: u32,
+    condstore: bool,
+    qresync: bool,
+    rev2: bool,
+    commands: u64,
+}
+
+const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN";
+
+/// Longest line accepted in IDLE or as an AUTHENTICATE response.
+const LINE_MAX: usize = 8192;
+/// Longest mailbox name.
+const MAILBOX_NAME_MAX: usize = 512;
+
+impl Session {
+    pub fn new(config: Arc<ImapConfig>, tls: bool) -> Session {
+        Session {
+            config,
+            framer: Framer::new(),
+            state: State::NotAuthenticated,
+            tls,
+            user: None,
+            selected: None,
+            pending: None,
+            discard: 0,
+            skip_line: false,
+            sasl_tag: None,
+            idle_tag: None,
+            bad_commands: 0,
+            auth_failures: 0,
+            condstore: false,
+            qresync: false,
+            rev2: false,
+            commands: 0,
+        }
+    }
+
+    /// The greeting.
+    pub fn greet(&self, out: &mut Outbox) {
+        out.line(&format!(
+            "* OK [CAPABILITY {}] {} shardmail IMAP ready",
+            self.capabilities(),
+            self.config.hostname
+        ));
+    }
+
+    /// Commands handled so far (for metrics).
+    pub fn commands(&self) -> u64 {
+        self.commands
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.user.as_deref()
+    }
+
+    /// Between commands (a safe point to stop).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_none() && self.sasl_tag.is_none()
+    }
+
+    /// In IDLE: the IO layer should call [`Session::changed`] when the account changes.
+    pub fn is_idling(&self) -> bool {
+        self.idle_tag.is_some()
+    }
+
+    /// The id of the selected mailbox, if any.
+    pub fn selected_mailbox(&self) -> Option<u32> {
+        self.selected.as_ref().map(|s| s.id)
+    }
+
+    fn login_allowed(&self) -> bool {
+        self.tls || self.config.allow_plaintext_auth
+    }
+
+    fn capabilities(&self) -> String {
+        let mut caps = CAPABILITIES.to_string();
+        caps.push_str(&format!(" APPENDLIMIT={}", self.config.literal_bytes_max));
+        if self.state == State::NotAuthenticated {
+            if !self.tls && self.config.tls_available {
+                caps.push_str(" STARTTLS");
+            }
+            if self.login_allowed() {
+                caps.push_str(" AUTH=PLAIN");
+            } else {
+                caps.push_str(" LOGINDISABLED");
+            }
+        }
+        caps
+    }
+
+    fn frame_limits(&self) -> FrameLimits {
+        FrameLimits {
+            command_bytes_max: self.config.command_bytes_max,
+            literal_bytes_max: self.config.literal_bytes_max,
+        }
+    }
+
+    /// Consumes complete commands from `input`; returns how many bytes were used.
+    /// Stops early when an action must complete first.
+    pub fn receive(&mut self, input: &[u8], store: &dyn Mailstore, now: i64, out: &mut Outbox) -> usize {
+        let mut used = 0;
+        while self.pending.is_none() && self.state != State::Logout {
+            let rest = input.get(used..).unwrap_or(&[]);
+            if rest.is_empty() {
+                break;
+            }
+            if self.discard > 0 {
+                let n = self.discard.min(rest.len() as u64);
+                self.discard -= n;
+                used += n as usize;
+                continue;
+            }
+            if self.skip_line {
+                match memchr::memchr(b'\n', rest) {
+                    Some(i) => {
+                        used += i + 1;
+                        self.skip_line = false;
+                        continue;
+                    }
+                    None => {
+                        used += rest.len();
+                        break;
+                    }
+                }
+            }
+            if self.idle_tag.is_some() || self.sasl_tag.is_some() {
+                let Some(lf) = memchr::memchr(b'\n', rest) else {
+                    if rest.len() > LINE_MAX {
+                        used += rest.len();
+                        self.skip_line = true;
+                        self.line_too_long(out);
+                    }
+                    break;
+                };
+                let line = rest.get(..lf).unwrap_or(&[]);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                used += lf + 1;
+                if self.idle_tag.is_some() {
+                    self.idle_line(line, store, out);
+                } else {
+                    self.sasl_line(line, out);
+                }
+                continue;
+            }
+            match self.framer.frame(rest, &self.frame_limits()) {
+                Frame::NeedMore => break,
+                Frame::Continue => {
+                    out.line("+ Ready for literal data");
+                    break;
+                }
+                Frame::Complete { len } => {
+                    let command = rest.get(..len).unwrap_or(&[]);
+                    used += len;
+                    self.command(command, store, now, out);
+                }
+                Frame::Refused {
+                    reason,
+                    tag,
+                    discard,
+                    remaining,
+                } => {
+                    used += discard;
+                    self.discard = remaining;
+                    let consumed = rest.get(..discard).unwrap_or(&[]);
+                    let tag = tag.unwrap_or_else(|| "*".into());
+                    match reason {
+                        Refusal::LiteralTooLarge => {
+                            // A LITERAL+ literal is followed by the rest of its command
+                            // line, which goes too; after a synchronizing one the
+                            // client sends nothing more for this command.
+                            self.skip_line = remaining > 0
+                                || memchr::memmem::find(consumed, b"+}\r\n").is_some();
+                            out.line(&format!(
+                                "{tag} NO [TOOBIG] Literal larger than limits.message_size_max ({} bytes)",
+                                self.config.literal_bytes_max
+                            ));
+                            self.count_bad(out);
+                        }
+                        Refusal::CommandTooLong => {
+                            self.skip_line = !consumed.ends_with(b"\n");
+                            out.line(&format!(
+                                "{tag} BAD Command line longer than {} bytes (limits.line_bytes_max)",
+                                self.config.command_bytes_max
+                            ));
+                            self.count_bad(out);
+                        }
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    fn line_too_long(&mut self, out: &mut Outbox) {
+        out.line("* BAD Line too long");
+        self.count_bad(out);
+    }
+
+    fn count_bad(&mut self, out: &mut Outbox) {
+        self.bad_commands += 1;
+        if self.bad_commands >= self.config.bad_commands_max {
+            out.line("* BYE Too many invalid commands");
+            self.close(out);
+        }
+    }
+
+    fn close(&mut self, out: &mut Outbox) {
+        self.state = State::Logout;
+        self.idle_tag = None;
+        self.sasl_tag = None;
+        out.actions.push(Action::Close);
+    }
+
+    fn bad(&mut self, tag: &str, reason: &str, out: &mut Outbox) {
+        out.line(&format!("{tag} BAD {reason}"));
+        self.count_bad(out);
+    }
+
+    /// The server is stopping: say goodbye at this safe point.
+    pub fn shutdown(&mut self, out: &mut Outbox) {
+        out.line("* BYE [UNAVAILABLE] Server shutting down");
+        self.close(out);
+    }
+
+    /// No input for the idle timeout (30 minutes, IDLE included: RFC 9051 §5.4).
+    pub fn timed_out(&mut self, out: &mut Outbox) {
+        out.line("* BYE Autologout; idle for too long");
+        self.close(out);
+    }
+
+    pub fn tls_established(&mut self) {
+        self.tls = true;
+    }
+
+    fn command(&mut self, bytes: &[u8], store: &dyn Mailstore, now: i64, out: &mut Outbox) {
+        self.commands += 1;
+        let cmd = match tokenize(bytes, self.config.depth_max) {
+            Ok(c) => c,
+            Err(e) => {
+                let tag = std::str::from_utf8(bytes)
+                    .ok()
+                    .and_then(|s| s.split(' ').next())
+                    .filter(|t| !t.is_empty() && !t.contains(['\r', '\n', '*', '+']))
+                    .unwrap_or("*")
+                    .to_string();
+                self.bad(&tag, &format!("Syntax error: {e:?}"), out);
+                return;
+            }
+        };
+        let tag = cmd.tag.to_string();
+        let (name, uid) = match cmd.name.as_str() {
+            "UID" => match cmd.args.first() {
+                Some(Token::Atom(sub)) => (sub.to_ascii_uppercase(), true),
+                _ => return self.bad(&tag, "UID needs a command", out),
+            },
+            _ => (cmd.name.clone(), false),
+        };
+        let args: &[Token<'_>] = if uid { cmd.args.get(1..).unwrap_or(&[]) } else { &cmd.args };
+        let any_state = matches!(name.as_str(), "CAPABILITY" | "NOOP" | "LOGOUT" | "ID");
+        let not_auth = matches!(name.as_str(), "STARTTLS" | "LOGIN" | "AUTHENTICATE");
+        let selected_only = matches!(
+            name.as_str(),
+            "CHECK" | "CLOSE" | "UNSELECT" | "EXPUNGE" | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE"
+        );
+        let valid_uid = !uid || matches!(name.as_str(), "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE");
+        if !valid_uid {
+            return self.bad(&tag, &format!("UID {name} is not a command"), out);
+        }
+        let state_ok = any_state
+            || match self.state {
+                State::NotAuthenticated => not_auth,
+                State::Authenticated => !not_auth && (!selected_only || self.selected.is_some()),
+                State::Logout => false,
+            };
+        if !state_ok && is_known(&name) {
+            let why = match self.state {
+                State::NotAuthenticated => "Log in first",
+                _ if not_auth => "Already logged in",
+                _ => "No mailbox selected",
+            };
+            return self.bad(&tag, why, out);
+        }
+        match name.as_str() {
+            "CAPABILITY" => {
+                out.line(&format!("* CAPABILITY {}", self.capabilities()));
+                out.line(&format!("{tag} OK CAPABILITY completed"));
+            }
+            "NOOP" | "CHECK" => {
+                self.update(store, out, true, &HashSet::new());
+                out.line(&format!("{tag} OK {name} completed"));
+            }
+            "LOGOUT" => {
+                out.line("* BYE shardmail logging out");
+                out.line(&format!("{tag} OK LOGOUT completed"));
+                self.close(out);
+            }
+            "ID" => {
+                out.line(&format!("* ID (\"name\" \"shardmail\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION")));
+                out.line(&format!("{tag} OK ID completed"));
+            }
+            "STARTTLS" => {
+                if self.tls || !self.config.tls_available {
+                    return self.bad(&tag, "TLS is not available here (already active, or no certificate)", out);
+                }
+                out.line(&format!("{tag} OK Begin TLS negotiation now"));
+                out.actions.push(Action::StartTls);
+            }
+            "LOGIN" => self.login(&tag, args, out),
+            "AUTHENTICATE" => self.authenticate(&tag, args, out),
+            "ENABLE" => self.enable(&tag, args, out),
+            "NAMESPACE" => {
+                out.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
+                out.line(&format!("{tag} OK NAMESPACE completed"));
+            }
+            "SELECT" | "EXAMINE" => self.select(&tag, args, name == "EXAMINE", store, out),
+            "CREATE" => self.create(&tag, args, store, out),
+            "DELETE" => self.delete(&tag, args, store, out),
+            "RENAME" => self.rename(&tag, args, store, out),
+            "SUBSCRIBE" | "UNSUBSCRIBE" => {
+                let Some(mailbox) = args.first().and_then(command::mailbox_text) else {
+                    return self.bad(&tag, &format!("{name} needs a mailbox name"), out);
+                };
+                self.pending = Some(Pending::Simple {
+                    tag,
+                    done: if name == "SUBSCRIBE" { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" },
+                });
+                out.actions.push(Action::Write(Write::Subscribe {
+                    name: normalize(&mailbox),
+                    subscribed: name == "SUBSCRIBE",
+                }));
+            }
+            "LIST" => self.list(&tag, args, store, out),
+            "LSUB" => self.lsub(&tag, args, store, out),
+            "STATUS" => self.status(&tag, args, store, out),
+            "APPEND" => self.append(&tag, args, store, now, out),
+            "IDLE" => {
+                out.line("+ idling");
+                self.idle_tag = Some(tag);
+                self.update(store, out, true, &HashSet::new());
+            }
+            "UNSELECT" => {
+                self.selected = None;
+                out.line(&format!("{tag} OK UNSELECT completed"));
+            }
+            "CLOSE" => self.close_mailbox(&tag, store, out),
+            "EXPUNGE" => self.expunge(&tag, args, uid, store, out),
+            "SEARCH" => self.search(&tag, args, uid, store, out),
+            "FETCH" => self.fetch(&tag, args, uid, store, out),
+            "STORE" => self.store(&tag, args, uid, store, out),
+            "COPY" | "MOVE" => self.copy(&tag, args, uid, name == "MOVE", store, out),
+            _ => self.bad(&tag, &format!("Unknown command {name}"), out),
+        }
+    }
+
+    // ---- Not authenticated ----
+
+    fn login(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        if !self.login_allowed() {
+            out.line(&format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the IMAPS port first (tls.allow_plaintext_auth)"));
+            return;
+        }
+        let (Some(user), Some(pass), None) = (
+            args.first().and_then(Token::as_str),
+            args.get(1).and_then(Token::as_str),
+            args.get(2),
+        ) else {
+            return self.bad(tag, "LOGIN needs a user name and a password", out);
+        };
+        self.pending = Some(Pending::Login { tag: tag.to_string() });
+        out.actions.push(Action::Authenticate {
+            username: user.into_owned(),
+            password: pass.into_owned(),
+        });
+    }
+
+    fn authenticate(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        let Some(mechanism) = args.first().and_then(Token::as_str) else {
+            return self.bad(tag, "AUTHENTICATE needs a mechanism", out);
+        };
+        if !mechanism.eq_ignore_ascii_case("PLAIN") {
+            out.line(&format!("{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is supported"));
+            return;
+        }
+        if !self.login_allowed() {
+            out.line(&format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the IMAPS port first (tls.allow_plaintext_auth)"));
+            return;
+        }
+        match args.get(1).and_then(Token::as_str) {
+            Some(initial) => {
+                let initial = if initial == "=" { String::new() } else { initial.into_owned() };
+                self.sasl_tag = Some(tag.to_string());
+                self.sasl_line(initial.as_bytes(), out);
+            }
+            None => {
+                out.line("+ ");
+                self.sasl_tag = Some(tag.to_string());
+            }
+        }
+    }
+
+    fn sasl_line(&mut self, line: &[u8], out: &mut Outbox) {
+        let Some(tag) = self.sasl_tag.take() else { return };
+        if line == b"*" {
+            out.line(&format!("{tag} BAD AUTHENTICATE cancelled"));
+            return;
+        }
+        match sasl::plain(line) {
+            Ok(credentials) => {
+                self.pending = Some(Pending::Login { tag });
+                out.actions.push(Action::Authenticate {
+                    username: credentials.username,
+                    password: credentials.password,
+                });
+            }
+            Err(_) => self.bad(&tag, "Invalid SASL PLAIN response", out),
+        }
+    }
+
+    /// The password checked out; the account is open on this shard.
+    pub fn logged_in(&mut self, user: String, out: &mut Outbox) {
+        let Some(Pending::Login { tag }) = self.pending.take() else { return };
+        self.state = State::Authenticated;
+        self.user = Some(user);
+        out.line(&format!("{tag} OK [CAPABILITY {}] Logged in", self.capabilities()));
+    }
+
+    pub fn login_failed(&mut self, refusal: LoginRefusal, out: &mut Outbox) {
+        let Some(Pending::Login { tag }) = self.pending.take() else { return };
+        match refusal {
+            LoginRefusal::BadCredentials => {
+                out.line(&format!("{tag} NO [AUTHENTICATIONFAILED] Invalid credentials"));
+                self.auth_failures += 1;
+                if self.auth_failures >= self.config.auth_failures_max {
+                    out.line("* BYE Too many failed logins");
+                    self.close(out);
+                }
+            }
+            LoginRefusal::Temporary => {
+                out.line(&format!("{tag} NO [UNAVAILABLE] Temporary failure; try again later"));
+            }
+        }
+    }
+
+    // ---- Authenticated ----
+
+    fn enable(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        let mut enabled = Vec::new();
+        for a in args {
+            let Some(name) = a.as_str() else { continue };
+            match name.to_ascii_uppercase().as_str() {
+                "CONDSTORE" if !self.condstore => {
+                    self.condstore = true;
+                    enabled.push("CONDSTORE");
+                }
+                "QRESYNC" if !self.qresync => {
+                    self.qresync = true;
+                    self.condstore = true;
+                    enabled.push("QRESYNC");
+                }
+                "IMAP4REV2" if !self.rev2 => {
+                    self.rev2 = true;
+                    enabled.push("IMAP4rev2");
+                }
+                _ => {}
+            }
+        }
+        if enabled.is_empty() {
+            out.line("* ENABLED");
+        } else {
+            out.line(&format!("* ENABLED {}", enabled.join(" ")));
+        }
+        out.line(&format!("{tag} OK ENABLE completed"));
+    }
+
+    fn select(&mut self, tag: &str, args: &[Token<'_>], read_only: bool, store: &dyn Mailstore, out: &mut Outbox) {
+        let params = match command::select_args(args) {
+            Ok(p) => p,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if params.qresync.is_some() && !self.qresync {
+            return self.bad(tag, "QRESYNC must be enabled first (ENABLE QRESYNC)", out);
+        }
+        if self.selected.take().is_some() {
+            out.line("* OK [CLOSED] Previous mailbox closed");
+        }
+        let Some(mb) = store.account().and_then(|a| a.mailbox(&normalize(&params.mailbox))) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        if params.condstore {
+            self.condstore = true;
+        }
+        let uids: Vec<u32> = mb.messages.iter().map(|m| m.uid).collect();
+        let mut keywords: Vec<&str> = Vec::new();
+        for m in &mb.messages {
+            for k in &m.keywords {
+                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) && keywords.len() < 256 {
+                    keywords.push(k);
+                }
+            }
+        }
+        let keyword_list = keywords.iter().fold(String::new(), |acc, k| acc + " " + k);
+        out.line(&format!("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{keyword_list})"));
+        if read_only {
+            out.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
+        } else {
+            out.line(&format!("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{keyword_list} \\*)] Flags permitted"));
+        }
+        out.line(&format!("* {} EXISTS", uids.len()));
+        if !self.rev2 {
+            out.line("* 0 RECENT");
+            if let Some(first) = mb.messages.iter().position(|m| m.flags & flags::SEEN == 0) {
+                out.line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
+            }
+        }
+        out.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        out.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next));
+        out.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq));
+        if let Some(q) = &params.qresync {
+            if q.uidvalidity == mb.uidvalidity {
+                let vanished = vanished_since(mb, q.known_uids.as_ref());
+                if !vanished.is_empty() {
+                    out.line(&format!("* VANISHED (EARLIER) {}", SequenceSet::compact(&vanished)));
+                }
+                for (i, m) in mb.messages.iter().enumerate() {
+                    if m.modseq > q.modseq {
+                        let mut line = format!("* {} FETCH (UID {} FLAGS ", i + 1, m.uid).into_bytes();
+                        render::flag_list(&mut line, m.flags, &m.keywords);
+                        line.extend_from_slice(format!(" MODSEQ ({}))\r\n", m.modseq).as_bytes());
+                        out.reply.extend_from_slice(&line);
+                    }
+                }
+            }
+        }
+        self.selected = Some(Selected {
+            id: mb.id,
+            read_only,
+            uids,
+            reported_modseq: mb.highest_modseq,
+        });
+        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        let verb = if read_only { "EXAMINE" } else { "SELECT" };
+        out.line(&format!("{tag} OK [{mode}] {verb} completed"));
+    }
+
+    fn mailbox_arg(&mut self, tag: &str, args: &[Token<'_>], what: &str, out: &mut Outbox) -> Option<String> {
+        match args.first().and_then(command::mailbox_text) {
+            Some(m) => Some(normalize(&m)),
+            None => {
+                self.bad(tag, &format!("{what} needs a mailbox name"), out);
+                None
+            }
+        }
+    }
+
+    fn create(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else { return };
+        if let Err(e) = valid_name(&name) {
+            out.line(&format!("{tag} NO [CANNOT] {e}"));
+            return;
+        }
+        let exists = |n: &str| {
+            store.account().is_some_and(|a| a.mailbox(n).is_some())
+                || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, n))
+        };
+        if exists(&name) {
+            out.line(&format!("{tag} NO [ALREADYEXISTS] Mailbox already exists"));
+            return;
+        }
+        // Superior names are created too (RFC 9051 §6.3.4).
+        let mut names = Vec::new();
+        let mut prefix = String::new();
+        for (i, level) in name.split(DELIMITER).enumerate() {
+            if i > 0 {
+                prefix.push(DELIMITER);
+            }
+            prefix.push_str(level);
+            if !exists(&prefix) {
+                names.push(prefix.clone());
+            }
+        }
+        self.pending = Some(Pending::Simple { tag: tag.to_string(), done: "CREATE completed" });
+        out.actions.push(Action::Write(Write::Create { names }));
+    }
+
+    fn delete(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(name) = self.mailbox_arg(tag, args, "DELETE", out) else { return };
+        let Some(mb) = store.account().and_then(|a| a.mailbox(&name)) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        if mb.special_use != SpecialUse::None {
+            out.line(&format!("{tag} NO [CANNOT] {} is a default mailbox and cannot be deleted", mb.name));
+            return;
+        }
+        self.pending = Some(Pending::Delete { tag: tag.to_string(), mailbox: mb.id });
+        out.actions.push(Action::Write(Write::Delete { mailbox: mb.id }));
+    }
+
+    fn rename(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
+        let (Some(from), Some(to)) = (
+            args.first().and_then(command::mailbox_text),
+            args.get(1).and_then(command::mailbox_text),
+        ) else {
+            return self.bad(tag, "RENAME needs two mailbox names", out);
+        };
+        let (from, to) = (normalize(&from), normalize(&to));
+        let Some(account) = store.account() else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        let Some(mb) = account.mailbox(&from) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        if let Err(e) = valid_name(&to) {
+            out.line(&format!("{tag} NO [CANNOT] {e}"));
+            return;
+        }
+        if account.mailbox(&to).is_some() || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, &to)) {
+            out.line(&format!("{tag} NO [ALREADYEXISTS] Target mailbox exists"));
+            return;
+        }
+        self.pending = Some(Pending::Simple { tag: tag.to_string(), done: "RENAME completed" });
+        if mb.special_use == SpecialUse::Inbox {
+            // INBOX stays, empty; its messages move to the new name (RFC 9051 §6.3.6).
+            out.actions.push(Action::Write(Write::RenameInbox { to }));
+            return;
+        }
+        if mb.special_use != SpecialUse::None {
+            self.pending = None;
+            out.line(&format!("{tag} NO [CANNOT] {} is a default mailbox and cannot be renamed", mb.name));
+            return;
+        }
+        let child_prefix = format!("{}{DELIMITER}", mb.name);
+        let mut renames = vec![(mb.id, to.clone())];
+        for m in &account.mailboxes {
+            if let Some(rest) = m.name.strip_prefix(&child_prefix) {
+                renames.push((m.id, format!("{to}{DELIMITER}{rest}")));
+            }
+        }
+        out.actions.push(Action::Write(Write::Rename { renames }));
+    }
+
+    fn list(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
+        let list = match command::list_args(args) {
+            Ok(l) => l,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if list.patterns.len() == 1 && list.patterns.first().is_some_and(String::is_empty) && !list.extended {
+            out.line("* LIST (\\Noselect) \"/\" \"\"");
+            out.line(&format!("{tag} OK LIST completed"));
+            return;
+        }
+        let empty = AccountIndex::default();
+        let account = store.account().unwrap_or(&empty);
+        let patterns: Vec<String> = list
+            .patterns
+            .iter()
+            .map(|p| format!("{}{}", list.reference, p))
+            .collect();
+        let matches_any = |name: &str| patterns.iter().any(|p| pattern_matches(p, name));
+        let subscribed = |name: &str| account.subscribed.iter().any(|s| mailbox_name_eq(s, name));
+        // Candidates: mailboxes, and for SUBSCRIBED also subscribed names that do not
+        // exist; plus parents implied by deeper names (\NonExistent or \Noselect).
+        let mut names: Vec<String> = ordered_names(account);
+        if list.subscribed_only {
+            for s in &account.subscribed {
+                if !names.iter().any(|n| mailbox_name_eq(n, s)) {
+                    names.push(s.clone());
+                }
+            }
+        }
+        let mut implied: Vec<String> = Vec::new();
+        for n in &names {
+            let mut parts: Vec<&str> = n.split(DELIMITER).collect();
+            while parts.len() > 1 {
+                parts.pop();
+                let parent = parts.join("/");
+                if !names.iter().any(|x| x == &parent) && !implied.contains(&parent) {
+                    implied.push(parent);
+                }
+            }
+        }
+        for name in names.iter().chain(implied.iter()) {
+            let exists = account.mailbox(name).is_some();
+            let is_implied = implied.contains(name);
+            let is_subscribed = subscribed(name);
+            if list.subscribed_only && !is_subscribed {
+                // RECURSIVEMATCH: a parent of a subscribed child is listed with CHILDINFO.
+                let child_subscribed = account
+                    .subscribed
+                    .iter()
+                    .any(|s| s.starts_with(&format!("{name}{DELIMITER}")));
+                if !(list.recursive_match && child_subscribed && matches_any(name)) {
+                    continue;
+                }
+                self.list_line(out, "LIST", name, &["\\NonExistent"], Some("(\"CHILDINFO\" (\"SUBSCRIBED\"))"));
+                continue;
+            }
+            if !matches_any(name) {
+                continue;
+            }
+            let mb = account.mailbox(name);
+            if list.special_use_only && !mb.is_some_and(|m| !matches!(m.special_use, SpecialUse::None | SpecialUse::Inbox)) {
+                continue;
+            }
+            let mut attrs: Vec<&str> = Vec::new();
+            if !exists {
+                attrs.push(if is_implied && !list.extended { "\\Noselect" } else { "\\NonExistent" });
+            }
+            let has_children = names
+                .iter()
+                .chain(implied.iter())
+                .any(|n| n.starts_with(&format!("{name}{DELIMITER}")));
+            attrs.push(if has_children { "\\HasChildren" } else { "\\HasNoChildren" });
+            if is_subscribed && (list.return_subscribed || list.subscribed_only) {
+                attrs.push("\\Subscribed");
+            }
+            if let Some(m) = mb {
+                if let Some(s) = special_use_attr(m.special_use) {
+                    attrs.push(s);
+                }
+            }
+            self.list_line(out, "LIST", name, &attrs, None);
+            if let (Some(items), Some(m)) = (&list.return_status, mb) {
+                status_line(out, m, items);
+            }
+        }
+        out.line(&format!("{tag} OK LIST completed"));
+    }
+
+    fn list_line(&self, out: &mut Outbox, verb: &str, name: &str, attrs: &[&str], extra: Option<&str>) {
+        let mut line = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
+        render::mailbox_name(&mut line, name);
+        if let Some(extra) = extra {
+            line.push(b' ');
+            line.extend_from_slice(extra.as_bytes());
+        }
+        line.extend_from_slice(b"\r\n");
+        out.reply.extend_from_slice(&line);
+    }
+
+    fn lsub(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
+        let (Some(reference), Some(pattern)) = (
+            args.first().and_then(command::mailbox_text),
+            args.get(1).and_then(command::mailbox_text),
+        ) else {
+            return self.bad(tag, "LSUB needs a reference and a pattern", out);
+        };
+        let pattern = format!("{reference}{pattern}");
+        if let Some(account) = store.account() {
+            for s in &account.subscribed {
+                if pattern_matches(&pattern, s) {
+                    let attrs: &[&str] = if account.mailbox(s).is_some() { &[] } else { &["\\Noselect"] };
+                    self.list_line(out, "LSUB", s, attrs, None);
+                }
+            }
+        }
+        out.line(&format!("{tag} OK LSUB completed"));
+    }
+
+    fn status(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(name) = args.first().and_then(command::mailbox_text) else {
+            return self.bad(tag, "STATUS needs a mailbox name", out);
+        };
+        let items = match args.get(1) {
+            Some(Token::List(items)) => command::status_items(items),
+            _ => Err("STATUS needs a list of items".into()),
+        };
+        let items = match items {
+            Ok(i) => i,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let Some(mb) = store.account().and_then(|a| a.mailbox(&normalize(&name))) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        status_line(out, mb, &items);
+        out.line(&format!("{tag} OK STATUS completed"));
+    }
+
+    fn append(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, now: i64, out: &mut Outbox) {
+        let Some(name) = args.first().and_then(command::mailbox_text) else {
+            return self.bad(tag, "APPEND needs a mailbox name", out);
+        };
+        let mut rest = args.get(1..).unwrap_or(&[]);
+        let (mut bits, mut keywords) = (0, Vec::new());
+        if let Some(Token::List(list)) = rest.first() {
+            match command::flag_list(list) {
+                Ok((b, k)) => (bits, keywords) = (b, k),
+                Err(e) => return self.bad(tag, &e, out),
+            }
+            rest = rest.get(1..).unwrap_or(&[]);
+        }
+        let mut internal_date = now;
+        if let Some(Token::Quoted(date)) = rest.first() {
+            match command::parse_date_time(date) {
+                Ok(d) => internal_date = d,
+                Err(e) => return self.bad(tag, &e, out),
+            }
+            rest = rest.get(1..).unwrap_or(&[]);
+        }
+        // literal8 (`~{n}`, RFC 3516) arrives as the atom `~` and a literal.
+        if let Some(Token::Atom("~")) = rest.first() {
+            rest = rest.get(1..).unwrap_or(&[]);
+        }
+        let message = match rest {
+            [Token::Literal(m)] => *m,
+            _ => return self.bad(tag, "APPEND needs the message as a literal", out),
+        };
+        let Some(mb) = store.account().and_then(|a| a.mailbox(&normalize(&name))) else {
+            out.line(&format!("{tag} NO [TRYCREATE] No such mailbox"));
+            return;
+        };
+        self.pending = Some(Pending::Append { tag: tag.to_string(), uidvalidity: mb.uidvalidity });
+        out.actions.push(Action::Write(Write::Append {
+            mailbox: mb.id,
+            message: message.to_vec(),
+            flags: bits,
+            keywords,
+            internal_date,
+        }));
+    }
+
+    fn idle_line(&mut self, line: &[u8], store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(tag) = self.idle_tag.take() else { return };
+        if line.eq_ignore_ascii_case(b"DONE") {
+            self.update(store, out, true, &HashSet::new());
+            out.line(&format!("{tag} OK IDLE terminated"));
+        } else {
+            self.bad(&tag, "Expected DONE to end IDLE", out);
+        }
+    }
+
+    /// The account changed (another session, a delivery): in IDLE, tell the client now.
+    pub fn changed(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
+        if self.idle_tag.is_some() {
+            self.update(store, out, true, &HashSet::new());
+        }
+    }
+
+    // ---- Selected ----
+
+    /// Reports what changed in the selected mailbox since the client last heard:
+    /// expunges (only when `expunges_allowed`: never during FETCH, STORE or SEARCH),
+    /// new messages, and flag changes not in `skip` (UIDs this command reported).
+    fn update(&mut self, store: &dyn Mailstore, out: &mut Outbox, expunges_allowed: bool, skip: &HashSet<u32>) {
+        let Some(sel) = self.selected.as_mut() else { return };
+        let Some(mb) = store.account().and_then(|a| a.mailboxes.iter().find(|m| m.id == sel.id)) else {
+            // Deleted by another session.
+            out.line("* BYE Selected mailbox was deleted");
+            self.selected = None;
+            self.close(out);
+            return;
+        };
+        if expunges_allowed {
+            let gone: Vec<(usize, u32)> = sel
+                .uids
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| mb.messages.binary_search_by_key(*u, |m| m.uid).is_err())
+                .map(|(i, u)| (i, *u))
+                .collect();
+            if !gone.is_empty() {
+                if self.qresync {
+                    let uids: Vec<u32> = gone.iter().map(|g| g.1).collect();
+                    out.line(&format!("* VANISHED {}", SequenceSet::compact(&uids)));
+                } else {
+                    for (i, _) in gone.iter().rev() {
+                        out.line(&format!("* {} EXPUNGE", i + 1));
+                    }
+                }
+                sel.uids.retain(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_ok());
+            }
+        }
+        let last = sel.uids.last().copied().unwrap_or(0);
+        let known = sel.uids.len();
+        sel.uids.extend(mb.messages.iter().filter(|m| m.uid > last).map(|m| m.uid));
+        if sel.uids.len() != known {
+            out.line(&format!("* {} EXISTS", sel.uids.len()));
+        }
+        if mb.highest_modseq > sel.reported_modseq {
+            for (i, uid) in sel.uids.iter().enumerate() {
+                if *uid > last || skip.contains(uid) {
+                    continue;
+                }
+                let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) else { continue };
+                let Some(m) = mb.messages.get(at) else { continue };
+                if m.modseq > sel.reported_modseq {
+                    let mut line = format!("* {} FETCH (", i + 1).into_bytes();
+                    if self.qresync {
+                        line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
+                    }
+                    line.extend_from_slice(b"FLAGS ");
+                    render::flag_list(&mut line, m.flags, &m.keywords);
+                    if self.condstore {
+                        line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+                    }
+                    line.extend_from_slice(b")\r\n");
+                    out.reply.extend_from_slice(&line);
+                }
+            }
+            sel.reported_modseq = mb.highest_modseq;
+        }
+    }
+
+    /// Sequence numbers (1-based) and UIDs of the selected messages a set names.
+    /// `Err` for a sequence number beyond the mailbox.
+    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, String> {
+        let Some(sel) = &self.selected else { return Ok(Vec::new()) };
+        let largest_uid = sel.uids.last().copied().unwrap_or(0);
+        if uid {
+            return Ok(sel
+                .uids
+                .iter()
+                .enumerate()
+                .filter(|(_, u)| set.contains(**u, largest_uid))
+                .map(|(i, u)| (i as u32 + 1, *u))
+                .collect());
+        }
+        let count = sel.uids.len() as u32;
+        for (a, b) in &set.0 {
+            for n in [a, b] {
+                if let command::SeqNum::Value(v) = n {
+                    if *v > count {
+                        return Err("Invalid sequence number (beyond the mailbox)".into());
+                    }
+                }
+            }
+        }
+        if count == 0 {
+            return Err("No messages".into());
+        }
+        Ok(sel
+            .uids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| set.contains(*i as u32 + 1, count))
+            .map(|(i, u)| (i as u32 + 1, *u))
+            .collect())
+    }
+
+    fn mailbox<'s>(&self, store: &'s dyn Mailstore) -> Option<&'s MailboxIndex> {
+        let id = self.selected.as_ref()?.id;
+        store.account()?.mailboxes.iter().find(|m| m.id == id)
+    }
+
+    fn close_mailbox(&mut self, tag: &str, store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(sel) = &self.selected else { return };
+        let deleted: Vec<u32> = match (sel.read_only, self.mailbox(store)) {
+            (false, Some(mb)) => mb.messages.iter().filter(|m| m.flags & flags::DELETED != 0).map(|m| m.uid).collect(),
+            _ => Vec::new(),
+        };
+        let mailbox = sel.id;
+        if deleted.is_empty() {
+            self.selected = None;
+            out.line(&format!("{tag} OK CLOSE completed"));
+            return;
+        }
+        self.pending = Some(Pending::Expunge { tag: tag.to_string(), closing: true });
+        out.actions.push(Action::Write(Write::Expunge { mailbox, uids: deleted }));
+    }
+
+    fn expunge(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(sel) = &self.selected else { return };
+        if sel.read_only {
+            out.line(&format!("{tag} NO [READ-ONLY] Mailbox is read-only"));
+            return;
+        }
+        let set = if uid {
+            match args.first().and_then(Token::as_str).map(|s| SequenceSet::parse(&s)) {
+                Some(Ok(s)) => Some(s),
+                _ => return self.bad(tag, "UID EXPUNGE needs a UID set", out),
+            }
+        } else {
+            None
+        };
+        let largest = sel.uids.last().copied().unwrap_or(0);
+        let in_view: HashSet<u32> = sel.uids.iter().copied().collect();
+        let mailbox = sel.id;
+        let uids: Vec<u32> = self
+            .mailbox(store)
+            .map(|mb| {
+                mb.messages
+                    .iter()
+                    .filter(|m| m.flags & flags::DELETED != 0 && in_view.contains(&m.uid))
+                    .filter(|m| set.as_ref().is_none_or(|s| s.contains(m.uid, largest)))
+                    .map(|m| m.uid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if uids.is_empty() {
+            self.update(store, out, true, &HashSet::new());
+            out.line(&format!("{tag} OK EXPUNGE completed"));
+            return;
+        }
+        self.pending = Some(Pending::Expunge { tag: tag.to_string(), closing: false });
+        out.actions.push(Action::Write(Write::Expunge { mailbox, uids }));
+    }
+
+    fn search(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+        let SearchArgs { ret, key } = match command::search_args(args) {
+            Ok(s) => s,
+            Err(e) if e.starts_with("[BADCHARSET") => {
+                out.line(&format!("{tag} NO {e}"));
+                return;
+            }
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let with_modseq = search::uses_modseq(&key);
+        if with_modseq {
+            self.condstore = true;
+        }
+        let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else { return };
+        let largest_seq = sel.uids.len() as u32;
+        let largest_uid = sel.uids.last().copied().unwrap_or(0);
+        let mut hits: Vec<u32> = Vec::new();
+        let mut highest = 0;
+        for (i, u) in sel.uids.iter().enumerate() {
+            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
+            let Some(entry) = mb.messages.get(at) else { continue };
+            let bytes = || store.bytes(entry);
+            let candidate = Candidate::new(i as u32 + 1, entry, largest_seq, largest_uid, &bytes);
+            if search::matches(&key, &candidate) {
+                hits.push(if uid { entry.uid } else { i as u32 + 1 });
+                highest = highest.max(entry.modseq);
+            }
+        }
+        if ret.extended || self.rev2 {
+            let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+            if uid {
+                line.push_str(" UID");
+            }
+            let all = ret.all || !ret.extended;
+            if !hits.is_empty() {
+                if ret.min {
+                    line.push_str(&format!(" MIN {}", hits.first().copied().unwrap_or(0)));
+                }
+                if ret.max {
+                    line.push_str(&format!(" MAX {}", hits.last().copied().unwrap_or(0)));
+                }
+                if all {
+                    line.push_str(&format!(" ALL {}", SequenceSet::compact(&hits)));
+                }
+            }
+            if ret.count {
+                line.push_str(&format!(" COUNT {}", hits.len()));
+            }
+            if with_modseq && !hits.is_empty() {
+                line.push_str(&format!(" MODSEQ {highest}"));
+            }
+            out.line(&line);
+        } else {
+            let mut line = String::from("* SEARCH");
+            for h in &hits {
+                line.push_str(&format!(" {h}"));
+            }
+            if with_modseq && !hits.is_empty() {
+                line.push_str(&format!(" (MODSEQ {highest})"));
+            }
+            out.line(&line);
+        }
+        self.update(store, out, uid, &HashSet::new());
+        out.line(&format!("{tag} OK SEARCH completed"));
+    }
+
+    fn fetch(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(set) = args.first().and_then(Token::as_str) else {
+            return self.bad(tag, "FETCH needs a sequence set", out);
+        };
+        let set = match SequenceSet::parse(&set) {
+            Ok(s) => s,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let (mut items, modifiers) = match command::fetch_items(args.get(1..).unwrap_or(&[])) {
+            Ok(i) => i,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if modifiers.vanished && (!uid || !self.qresync) {
+            return self.bad(tag, "VANISHED needs UID FETCH and QRESYNC enabled", out);
+        }
+        if modifiers.changed_since.is_some() || items.contains(&FetchAtt::ModSeq) {
+            self.condstore = true;
+        }
+        if uid && !items.contains(&FetchAtt::Uid) {
+            items.insert(0, FetchAtt::Uid);
+        }
+        if self.condstore && modifiers.changed_since.is_some() && !items.contains(&FetchAtt::ModSeq) {
+            items.push(FetchAtt::ModSeq);
+        }
+        let targets = match self.resolve(&set, uid) {
+            Ok(t) => t,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if modifiers.vanished {
+            if let (Some(mb), Some(since)) = (self.mailbox(store), modifiers.changed_since) {
+                let _ = since;
+                let largest = mb.uid_next.saturating_sub(1);
+                let vanished: Vec<u32> = (1..=largest)
+                    .filter(|u| set.contains(*u, largest))
+                    .filter(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_err())
+                    .take(1_000_000)
+                    .collect();
+                if !vanished.is_empty() {
+                    out.line(&format!("* VANISHED (EARLIER) {}", SequenceSet::compact(&vanished)));
+                }
+            }
+        }
+        let target_uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let read_only = self.selected.as_ref().is_none_or(|s| s.read_only);
+        if items.iter().any(FetchAtt::sets_seen) && !read_only {
+            if let Some(mb) = self.mailbox(store) {
+                let changes: Vec<(u32, u32, Vec<String>)> = target_uids
+                    .iter()
+                    .filter_map(|u| {
+                        let m = mb.messages.get(mb.messages.binary_search_by_key(u, |m| m.uid).ok()?)?;
+                        (m.flags & flags::SEEN == 0).then(|| (m.uid, m.flags | flags::SEEN, m.keywords.clone()))
+                    })
+                    .collect();
+                if !changes.is_empty() {
+                    if !items.contains(&FetchAtt::Flags) {
+                        items.push(FetchAtt::Flags);
+                    }
+                    self.pending = Some(Pending::Fetch(FetchPending {
+                        tag: tag.to_string(),
+                        uid,
+                        targets: target_uids,
+                        items,
+                        modifiers,
+                    }));
+                    out.actions.push(Action::Write(Write::Store { mailbox: mb.id, changes }));
+                    return;
+                }
+            }
+        }
+        self.finish_fetch(tag, uid, &target_uids, &items, &modifiers, store, out);
+    }
+
+    #[allow(clippy::too_many_arguments)] // FETCH's parsed arguments, one each
+    fn finish_fetch(
+        &mut self,
+        tag: &str,
+        uid: bool,
+        targets: &[u32],
+        items: &[FetchAtt],
+        modifiers: &FetchModifiers,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let mut failed = false;
+        let reported: HashSet<u32> = if items.contains(&FetchAtt::Flags) { targets.iter().copied().collect() } else { HashSet::new() };
+        if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
+            for u in targets {
+                let Some(seq) = sel.uids.iter().position(|x| x == u).map(|i| i as u32 + 1) else { continue };
+                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
+                let Some(entry) = mb.messages.get(at) else { continue };
+                if modifiers.changed_since.is_some_and(|c| entry.modseq <= c) {
+                    continue;
+                }
+                if let Err(e) = fetch_one(out, seq, entry, items, store) {
+                    failed = true;
+                    out.line(&format!("{tag} NO [{e}] Cannot decode part of message {seq}"));
+                    break;
+                }
+            }
+        }
+        self.update(store, out, uid, &reported);
+        if !failed {
+            out.line(&format!("{tag} OK FETCH completed"));
+        }
+    }
+
+    fn store(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+        let a = match command::store_args(args) {
+            Ok(a) => a,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if self.selected.as_ref().is_none_or(|s| s.read_only) {
+            out.line(&format!("{tag} NO [READ-ONLY] Mailbox is read-only"));
+            return;
+        }
+        if a.unchanged_since.is_some() {
+            self.condstore = true;
+        }
+        let targets = match self.resolve(&a.set, uid) {
+            Ok(t) => t,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let Some(mb) = self.mailbox(store) else { return };
+        let mut changes = Vec::new();
+        let mut modified = Vec::new();
+        let mut target_uids = Vec::new();
+        for (seq, u) in &targets {
+            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
+            let Some(m) = mb.messages.get(at) else { continue };
+            if a.unchanged_since.is_some_and(|n| m.modseq > n) {
+                modified.push(if uid { *u } else { *seq });
+                continue;
+            }
+            target_uids.push(*u);
+            let (bits, keywords) = match a.mode {
+                StoreMode::Replace => (a.flags, a.keywords.clone()),
+                StoreMode::Add => {
+                    let mut k = m.keywords.clone();
+                    for new in &a.keywords {
+                        if !k.iter().any(|x| x.eq_ignore_ascii_case(new)) {
+                            k.push(new.clone());
+                        }
+                    }
+                    (m.flags | a.flags, k)
+                }
+                StoreMode::Remove => {
+                    let k = m
+                        .keywords
+                        .iter()
+                        .filter(|x| !a.keywords.iter().any(|r| r.eq_ignore_ascii_case(x)))
+                        .cloned()
+                        .collect();
+                    (m.flags & !a.flags, k)
+                }
+            };
+            if bits != m.flags || keywords != m.keywords {
+                changes.push((m.uid, bits, keywords));
+            }
+        }
+        let pending = StorePending { tag: tag.to_string(), uid, silent: a.silent, targets: target_uids, modified };
+        if changes.is_empty() {
+            self.finish_store(pending, &[], store, out);
+            return;
+        }
+        let mailbox = mb.id;
+        self.pending = Some(Pending::Store(pending));
+        out.actions.push(Action::Write(Write::Store { mailbox, changes }));
+    }
+
+    fn finish_store(&mut self, p: StorePending, changed: &[(u32, u64)], store: &dyn Mailstore, out: &mut Outbox) {
+        let mut reported: HashSet<u32> = HashSet::new();
+        let changed_uids: HashSet<u32> = changed.iter().map(|c| c.0).collect();
+        if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
+            for u in &p.targets {
+                // .SILENT still reports a change made by someone else (RFC 7162 §3.1.3).
+                if p.silent && (changed_uids.contains(u) || !self.condstore) {
+                    reported.insert(*u);
+                    continue;
+                }
+                let Some(seq) = sel.uids.iter().position(|x| x == u) else { continue };
+                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
+                let Some(m) = mb.messages.get(at) else { continue };
+                let mut line = format!("* {} FETCH (", seq + 1).into_bytes();
+                if p.uid || self.qresync {
+                    line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
+                }
+                line.extend_from_slice(b"FLAGS ");
+                render::flag_list(&mut line, m.flags, &m.keywords);
+                if self.condstore {
+                    line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+                }
+                line.extend_from_slice(b")\r\n");
+                out.reply.extend_from_slice(&line);
+                reported.insert(*u);
+            }
+        }
+        self.update(store, out, p.uid, &reported);
+        if p.modified.is_empty() {
+            out.line(&format!("{} OK STORE completed", p.tag));
+        } else {
+            out.line(&format!("{} OK [MODIFIED {}] Conditional STORE failed for some messages", p.tag, SequenceSet::compact(&p.modified)));
+        }
+    }
+
+    fn copy(&mut self, tag: &str, args: &[Token<'_>], uid: bool, moving: bool, store: &dyn Mailstore, out: &mut Outbox) {
+        let verb = if moving { "MOVE" } else { "COPY" };
+        let (Some(set), Some(dest)) = (args.first().and_then(Token::as_str), args.get(1).and_then(command::mailbox_text)) else {
+            return self.bad(tag, &format!("{verb} needs a sequence set and a mailbox"), out);
+        };
+        let set = match SequenceSet::parse(&set) {
+            Ok(s) => s,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if moving && self.selected.as_ref().is_none_or(|s| s.read_only) {
+            out.line(&format!("{tag} NO [READ-ONLY] Mailbox is read-only"));
+            return;
+        }
+        let targets = match self.resolve(&set, uid) {
+            Ok(t) => t,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let Some(to) = store.account().and_then(|a| a.mailbox(&normalize(&dest))) else {
+            out.line(&format!("{tag} NO [TRYCREATE] No such mailbox"));
+            return;
+        };
+        let Some(from) = self.selected.as_ref().map(|s| s.id) else { return };
+        let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        if uids.is_empty() {
+            self.update(store, out, uid, &HashSet::new());
+            out.line(&format!("{tag} OK {verb} completed (no messages)"));
+            return;
+        }
+        self.pending = Some(Pending::Copy { tag: tag.to_string(), uid, moving, uidvalidity: to.uidvalidity });
+        out.actions.push(Action::Write(Write::Copy { from, uids, to: to.id, expunge_source: moving }));
+    }
+
+    /// A [`Write`] finished (durably, or not at all).
+    pub fn written(&mut self, result: Written, store: &dyn Mailstore, out: &mut Outbox) {
+        let Some(pending) = self.pending.take() else { return };
+        if let Written::Failed(reason) = &result {
+            let tag = match &pending {
+                Pending::Login { tag }
+                | Pending::Simple { tag, .. }
+                | Pending::Append { tag, .. }
+                | Pending::Copy { tag, .. }
+                | Pending::Expunge { tag, .. }
+                | Pending::Delete { tag, .. } => tag.clone(),
+                Pending::Store(p) => p.tag.clone(),
+                Pending::Fetch(p) => p.tag.clone(),
+            };
+            out.line(&format!("{tag} NO [SERVERBUG] {reason}"));
+            return;
+        }
+        match pending {
+            Pending::Login { .. } => {}
+            Pending::Simple { tag, done } => {
+                self.update(store, out, true, &HashSet::new());
+                out.line(&format!("{tag} OK {done}"));
+            }
+            Pending::Delete { tag, mailbox } => {
+                if self.selected_mailbox() == Some(mailbox) {
+                    self.selected = None;
+                    out.line("* OK [CLOSED] Mailbox deleted");
+                }
+                out.line(&format!("{tag} OK DELETE completed"));
+            }
+            Pending::Append { tag, uidvalidity } => {
+                self.update(store, out, true, &HashSet::new());
+                match result {
+                    Written::Appended { uid } => out.line(&format!("{tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed")),
+                    _ => out.line(&format!("{tag} OK APPEND completed")),
+                }
+            }
+            Pending::Store(p) => {
+                let changed = match &result {
+                    Written::Stored(c) => c.clone(),
+                    _ => Vec::new(),
+                };
+                self.finish_store(p, &changed, store, out);
+            }
+            Pending::Fetch(p) => {
+                self.finish_fetch(&p.tag, p.uid, &p.targets, &p.items, &p.modifiers, store, out);
+            }
+            Pending::Copy { tag, uid, moving, uidvalidity } => {
+                let pairs = match result {
+                    Written::Copied(p) => p,
+                    _ => Vec::new(),
+                };
+                let code = if pairs.is_empty() {
+                    String::new()
+                } else {
+                    let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+                    let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+                    format!("[COPYUID {uidvalidity} {} {}] ", join_uids(&src), join_uids(&dst))
+                };
+                if moving {
+                    if !code.is_empty() {
+                        out.line(&format!("* OK {code}Moved"));
+                    }
+                    self.update(store, out, true, &HashSet::new());
+                    out.line(&format!("{tag} OK MOVE completed"));
+                } else {
+                    self.update(store, out, uid, &HashSet::new());
+                    out.line(&format!("{tag} OK {code}COPY completed"));
+                }
+            }
+            Pending::Expunge { tag, closing } => {
+                if closing {
+                    self.selected = None;
+                    out.line(&format!("{tag} OK CLOSE completed"));
+                } else {
+                    self.update(store, out, true, &HashSet::new());
+                    out.line(&format!("{tag} OK EXPUNGE completed"));
+                }
+            }
+        }
+    }
+}
+
+fn is_known(name: &str) -> bool {
+    matches!(
+        name,
+        "STARTTLS" | "LOGIN" | "AUTHENTICATE" | "SELECT" | "EXAMINE" | "CREATE" | "DELETE" | "RENAME" | "SUBSCRIBE"
+            | "UNSUBSCRIBE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "IDLE" | "ENABLE" | "NAMESPACE" | "CHECK"
+            | "CLOSE" | "UNSELECT" | "EXPUNGE" | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE"
+    )
+}
+
+/// COPYUID wants the UIDs in the order copied: a list, compacted only where sorted.
+fn join_uids(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    if sorted == uids {
+        SequenceSet::compact(uids)
+    } else {
+        uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// `INBOX` in any case is INBOX; a trailing delimiter is dropped.
+fn normalize(name: &str) -> String {
+    let name = name.strip_suffix(DELIMITER).unwrap_or(name);
+    if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX".into()
+    } else {
+        name.to_string()
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAILBOX_NAME_MAX {
+        return Err(format!("Mailbox names are 1 to {MAILBOX_NAME_MAX} bytes"));
+    }
+    if name.starts_with(DELIMITER) || name.contains("//") || name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+        return Err("Invalid mailbox name".into());
+    }
+    Ok(())
+}
+
+/// LIST pattern matching: `*` matches anything, `%` anything but the delimiter.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[u8], n: &[u8]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, n.get(i..).unwrap_or(&[]))),
+            Some((b'%', rest)) => {
+                let stop = n.iter().position(|&c| c == b'/').unwrap_or(n.len());
+                (0..=stop).any(|i| go(rest, n.get(i..).unwrap_or(&[])))
+            }
+            Some((c, rest)) => n.split_first().is_some_and(|(d, nrest)| c == d && go(rest, nrest)),
+        }
+    }
+    // INBOX matches case-insensitively.
+    if name == "INBOX" && pattern.eq_ignore_ascii_case("INBOX") {
+        return true;
+    }
+    if pattern.len() > 256 || pattern.matches(['*', '%']).count() > 8 {
+        return false; // keep matching cost bounded
+    }
+    go(pattern.as_bytes(), name.as_bytes())
+}
+
+/// INBOX first, then the other mailboxes in creation order.
+fn ordered_names(account: &AccountIndex) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    if account.mailboxes.is_empty() {
+        return DEFAULT_MAILBOXES.iter().map(|(n, _)| n.to_string()).collect();
+    }
+    for m in &account.mailboxes {
+        names.push(m.name.clone());
+    }
+    names.sort_by_key(|n| n != "INBOX");
+    names
+}
+
+fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
+    match s {
+        SpecialUse::Sent => Some("\\Sent"),
+        SpecialUse::Drafts => Some("\\Drafts"),
+        SpecialUse::Trash => Some("\\Trash"),
+        SpecialUse::Junk => Some("\\Junk"),
+        SpecialUse::None | SpecialUse::Inbox => None,
+    }
+}
+
+fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusItem]) {
+    let mut fields = Vec::new();
+    for item in items {
+        fields.push(match item {
+            StatusItem::Messages => format!("MESSAGES {}", mb.messages.len()),
+            StatusItem::UidNext => format!("UIDNEXT {}", mb.uid_next),
+            StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
+            StatusItem::Unseen => format!("UNSEEN {}", mb.messages.iter().filter(|m| m.flags & flags::SEEN == 0).count()),
+            StatusItem::Deleted => format!("DELETED {}", mb.messages.iter().filter(|m| m.flags & flags::DELETED != 0).count()),
+            StatusItem::Size => format!("SIZE {}", mb.messages.iter().map(|m| u64::from(m.len)).sum::<u64>()),
+            StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
+            StatusItem::Recent => "RECENT 0".to_string(),
+        });
+    }
+    let mut line = b"* STATUS ".to_vec();
+    render::mailbox_name(&mut line, &mb.name);
+    line.extend_from_slice(format!(" ({})\r\n", fields.join(" ")).as_bytes());
+    out.reply.extend_from_slice(&line);
+}
+
+/// UIDs below UIDNEXT that the client may know (its known-uids, or all) and that are
+/// gone. Without expunge tombstones we cannot tell *when* a UID vanished, so this
+/// reports every vanished UID the client named — RFC 7162 §3.2.5.1 allows that.
+fn vanished_since(mb: &MailboxIndex, known: Option<&SequenceSet>) -> Vec<u32> {
+    let largest = mb.uid_next.saturating_sub(1);
+    let mut out = Vec::new();
+    let mut present = mb.messages.iter().map(|m| m.uid).peekable();
+    for u in 1..=largest {
+        while present.peek().is_some_and(|p| *p < u) {
+            present.next();
+        }
+        if present.peek() == Some(&u) {
+            continue;
+        }
+        if known.is_none_or(|k| k.contains(u, largest)) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+/// Writes one `* n FETCH (...)` response; `Err` names a response code on failure.
+fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt], store: &dyn Mailstore) -> Result<(), &'static str> {
+    let r = &mut out.reply;
+    r.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+    let bytes = || store.bytes(entry).unwrap_or(&[]);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            r.push(b' ');
+        }
+        match item {
+            FetchAtt::Uid => r.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
+            FetchAtt::Flags => {
+                r.extend_from_slice(b"FLAGS ");
+                render::flag_list(r, entry.flags, &entry.keywords);
+            }
+            FetchAtt::InternalDate => {
+                r.extend_from_slice(b"INTERNALDATE ");
+                r.extend_from_slice(render::internal_date(entry.internal_date).as_bytes());
+            }
+            FetchAtt::Rfc822Size => r.extend_from_slice(format!("RFC822.SIZE {}", entry.len).as_bytes()),
+            FetchAtt::ModSeq => r.extend_from_slice(format!("MODSEQ ({})", entry.modseq).as_bytes()),
+            FetchAtt::Envelope => {
+                r.extend_from_slice(b"ENVELOPE ");
+                render::envelope(r, &entry.summary);
+            }
+            FetchAtt::Body | FetchAtt::BodyStructure => {
+                let extended = *item == FetchAtt::BodyStructure;
+                r.extend_from_slice(if extended { b"BODYSTRUCTURE " } else { b"BODY " });
+                render::body_structure(r, bytes(), &entry.summary, extended);
+            }
+            FetchAtt::Rfc822 => {
+                r.extend_from_slice(b"RFC822 ");
+                render::literal(r, bytes());
+            }
+            FetchAtt::Rfc822Header | FetchAtt::Rfc822Text => {
+                let text = if *item == FetchAtt::Rfc822Header { SectionText::Header } else { SectionText::Text };
+                let data = render::section(bytes(), &entry.summary, &Section { part: Vec::new(), text: Some(text) });
+                r.extend_from_slice(if *item == FetchAtt::Rfc822Header { b"RFC822.HEADER " } else { b"RFC822.TEXT " });
+                render::literal(r, data.as_deref().unwrap_or(&[]));
+            }
+            FetchAtt::BodySection { section, partial, .. } => {
+                let message = bytes();
+                let data = render::section(message, &entry.summary, section);
+                r.extend_from_slice(b"BODY[");
+                section_name(r, section);
+                r.push(b']');
+                if let Some((origin, _)) = partial {
+                    r.extend_from_slice(format!("<{origin}>").as_bytes());
+                }
+                r.push(b' ');
+                match data {
+                    Some(d) => {
+                        let d = render::partial(&d, *partial);
+                        // Whole bodies go out as literals straight from the map.
+                        r.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
+                        r.extend_from_slice(d);
+                    }
+                    None => r.extend_from_slice(b"NIL"),
+                }
+            }
+            FetchAtt::Binary { part, partial, .. } => {
+                let data = render::binary(bytes(), &entry.summary, part).map_err(|e| match e {
+                    render::BinaryError::UnknownEncoding => "UNKNOWN-CTE",
+                    render::BinaryError::NoSuchPart => "NONEXISTENT",
+                })?;
+                r.extend_from_slice(b"BINARY[");
+                r.extend_from_slice(part_path(part).as_bytes());
+                r.push(b']');
+                if let Some((origin, _)) = partial {
+                    r.extend_from_slice(format!("<{origin}>").as_bytes());
+                }
+                r.push(b' ');
+                let d = render::partial(&data, *partial);
+                r.extend_from_slice(format!("{}{{{}}}\r\n", if d.contains(&0) { "~" } else { "" }, d.len()).as_bytes());
+                r.extend_from_slice(d);
+            }
+            FetchAtt::BinarySize { part } => {
+                let data = render::binary(bytes(), &entry.summary, part).map_err(|e| match e {
+                    render::BinaryError::UnknownEncoding => "UNKNOWN-CTE",
+                    render::BinaryError::NoSuchPart => "NONEXISTENT",
+                })?;
+                r.extend_from_slice(format!("BINARY.SIZE[{}] {}", part_path(part), data.len()).as_bytes());
+            }
+        }
+    }
+    r.extend_from_slice(b")\r\n");
+    Ok(())
+}
+
+fn part_path(part: &[u32]) -> String {
+    part.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+}
+
+fn section_name(r: &mut Vec<u8>, section: &Section) {
+    let mut name = part_path(&section.part);
+    let text = match &section.text {
+        None => None,
+        Some(SectionText::Header) => Some("HEADER".to_string()),
+        Some(SectionText::Text) => Some("TEXT".to_string()),
+        Some(SectionText::Mime) => Some("MIME".to_string()),
+        Some(SectionText::HeaderFields { not, fields }) => Some(format!(
+            "HEADER.FIELDS{} ({})",
+            if *not { ".NOT" } else { "" },
+            fields.join(" ")
+        )),
+    };
+    if let Some(t) = text {
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(&t);
+    }
+    r.extend_from_slice(name.as_bytes());
+}

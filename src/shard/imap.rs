@@ -1,0 +1,444 @@
+//! Drives one IMAP connection and moves it to the shard that owns the account.
+//!
+//! Accepted on any shard (`listen.imap` with STARTTLS, `listen.imaps` with implicit
+//! TLS). After the password checks out, the connection is taken apart (dup'd fd +
+//! rustls state + session + unread input) and sent over the mesh to the owner shard
+//! (DESIGN.md §1), exactly as POP3 does; from then on every mailbox operation is local
+//! to that shard. The session reads the partition's index and mmap synchronously
+//! through [`View`]; its writes run here, through the partition's group commit, and the
+//! session hears the durable outcome before it answers. In IDLE the task also waits on
+//! the partition's per-account change signal, so a delivery wakes it at once.
+
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, Instrument};
+
+use super::conn::{await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream, StreamParts};
+use super::mesh::ShardMsg;
+use super::Shard;
+use crate::proto::imap::session::{self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, Written};
+use crate::store::index::{AccountIndex, Index, MessageEntry};
+use crate::store::{self, Partition};
+use crate::metrics;
+
+/// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
+const INBOX: u32 = 1;
+
+/// An IMAP session moving to the shard that owns its account. All owned, all `Send`.
+#[derive(Debug)]
+pub struct Handoff {
+    pub parts: StreamParts,
+    pub session: Box<Session>,
+    /// Input the client pipelined behind its login.
+    pub pending: Vec<u8>,
+    pub account: u64,
+    pub user: String,
+}
+
+/// The logged-in account as the session reads it: the index borrowed for one call,
+/// message bytes from one map of the log.
+struct View<'a> {
+    index: std::cell::Ref<'a, Index>,
+    account: u64,
+    map: Option<Rc<memmap2::Mmap>>,
+}
+
+impl Mailstore for View<'_> {
+    fn account(&self) -> Option<&AccountIndex> {
+        self.index.accounts.get(&self.account)
+    }
+    fn bytes(&self, entry: &MessageEntry) -> Option<&[u8]> {
+        let start = entry.offset as usize;
+        self.map.as_ref()?.get(start..start + entry.len as usize)
+    }
+}
+
+impl Interruptible for Session {
+    type Action = Action;
+    fn is_idle(&self) -> bool {
+        Session::is_idle(self)
+    }
+    fn shutdown(&mut self, out: &mut Outbox) {
+        Session::shutdown(self, out)
+    }
+    fn timed_out(&mut self, out: &mut Outbox) {
+        Session::timed_out(self, out)
+    }
+}
+
+fn input_capacity(shard: &Shard) -> usize {
+    (shard.config.limits.line_bytes_max * 4).max(16 * 1024)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A freshly accepted IMAP connection (`implicit_tls` for `listen.imaps`).
+pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: bool) {
+    let Ok(peer) = tcp.peer_addr() else { return };
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls {
+        if let Err(e) = stream.upgrade(&shard.tls, shard.config.limits.idle_timeout).await {
+            debug!(%peer, error = %e, "implicit TLS handshake failed");
+            return;
+        }
+    }
+    shard.refresh_users();
+    metrics::add(&shard.metrics.imap.connections, 1);
+    let session = Session::new(shard.imap_config.clone(), implicit_tls);
+    let mut out = Outbox::default();
+    session.greet(&mut out);
+    let input = InputBuffer::new(input_capacity(shard));
+    let span = tracing::debug_span!("imap", shard = shard.id, %peer);
+    drive(shard, stream, session, input, out, None).instrument(span).await;
+}
+
+/// A session handed over by another shard: open the account, answer the login, go on.
+pub async fn adopt(shard: Rc<Shard>, handoff: Handoff) {
+    shard.sessions.set(shard.sessions.get() + 1);
+    let Handoff {
+        parts,
+        mut session,
+        pending,
+        account,
+        user,
+    } = handoff;
+    let stream = Stream::from_parts(parts);
+    let mut out = Outbox::default();
+    let opened = open_account(&shard, &mut session, account, user, &mut out).await;
+    let input = InputBuffer::with_pending(input_capacity(&shard), &pending);
+    let span = tracing::debug_span!("imap", shard = shard.id, adopted = true);
+    drive(&shard, stream, *session, input, out, opened.then_some(account))
+        .instrument(span)
+        .await;
+    shard.sessions.set(shard.sessions.get() - 1);
+}
+
+fn partition_for(shard: &Shard, account: u64) -> Option<&Rc<Partition>> {
+    shard.partition(store::partition_of(account, shard.partitions_total))
+}
+
+/// Makes sure the account has its mailboxes (a first login before any mail) and
+/// answers the login.
+async fn open_account(shard: &Rc<Shard>, session: &mut Session, account: u64, user: String, out: &mut Outbox) -> bool {
+    let Some(p) = partition_for(shard, account) else {
+        tracing::error!(shard = shard.id, "IMAP login on a shard that does not own the account");
+        session.login_failed(LoginRefusal::Temporary, out);
+        return false;
+    };
+    if let Err(e) = p.ensure_account(account, now()).await {
+        tracing::warn!(error = %e, "cannot open an IMAP account");
+        session.login_failed(LoginRefusal::Temporary, out);
+        return false;
+    }
+    session.logged_in(user, out);
+    true
+}
+
+/// Runs `f` with the account's view (or an empty one before login).
+fn with_view<T>(shard: &Shard, account: Option<u64>, f: impl FnOnce(&dyn Mailstore) -> T) -> T {
+    match account.and_then(|a| Some((a, partition_for(shard, a)?))) {
+        Some((account, p)) => {
+            let view = View {
+                map: p.current_map(),
+                index: p.index(),
+                account,
+            };
+            f(&view)
+        }
+        None => f(&NoStore),
+    }
+}
+
+async fn drive(
+    shard: &Rc<Shard>,
+    mut stream: Stream,
+    mut session: Session,
+    mut input: InputBuffer,
+    mut out: Outbox,
+    mut account: Option<u64>,
+) {
+    let limits = &shard.config.limits;
+    let mut commands_counted = session.commands();
+    // A whole command, literals included, must fit in the input buffer: at most one
+    // literal at the limit plus the command's lines.
+    let input_max = limits.message_size_max + input_capacity(shard) * 2;
+    loop {
+        let used = with_view(shard, account, |view| session.receive(input.data(), view, now(), &mut out));
+        input.consume(used);
+        let commands = session.commands();
+        metrics::add(&shard.metrics.imap.commands, commands - commands_counted);
+        commands_counted = commands;
+        let actions = std::mem::take(&mut out.actions);
+        let acted = !actions.is_empty();
+        for action in actions {
+            match action {
+                Action::StartTls => {
+                    if flush_counted(shard, &mut stream, &mut out.reply).await.is_err() {
+                        return;
+                    }
+                    input.clear(); // plaintext pipelined after STARTTLS is dropped
+                    if stream.upgrade(&shard.tls, limits.idle_timeout).await.is_err() {
+                        return;
+                    }
+                    session.tls_established();
+                }
+                Action::Authenticate { username, password } => {
+                    shard.refresh_users();
+                    let Some(user) = shard.verify_password(username, password).await else {
+                        metrics::add(&shard.metrics.imap.auth_failures, 1);
+                        glommio::timer::sleep(limits.auth_failure_delay).await;
+                        session.login_failed(LoginRefusal::BadCredentials, &mut out);
+                        continue;
+                    };
+                    let Some(id) = shard.users.borrow().user(&user).map(|u| u.id) else {
+                        session.login_failed(LoginRefusal::Temporary, &mut out);
+                        continue;
+                    };
+                    let owner = store::shard_of(store::partition_of(id, shard.partitions_total), shard.config.shards);
+                    if owner == shard.id {
+                        if open_account(shard, &mut session, id, user, &mut out).await {
+                            account = Some(id);
+                        }
+                    } else {
+                        // Replies so far go first, so the owner's answer follows them.
+                        if flush_counted(shard, &mut stream, &mut out.reply).await.is_err() {
+                            return;
+                        }
+                        hand_off(shard, owner, stream, session, &input, id, user).await;
+                        return;
+                    }
+                }
+                Action::Write(write) => {
+                    let result = match account {
+                        Some(a) => execute(shard, a, write).await,
+                        None => Written::Failed("not logged in".into()),
+                    };
+                    with_view(shard, account, |view| session.written(result, view, &mut out));
+                }
+                Action::Close => {
+                    let _ = flush_counted(shard, &mut stream, &mut out.reply).await;
+                    stream.close().await;
+                    return;
+                }
+            }
+        }
+        if acted {
+            continue;
+        }
+        if input.is_full() {
+            if input.capacity() >= input_max {
+                return; // cannot happen within the framer's limits; fail safe
+            }
+            input.grow((input.capacity() * 2).min(input_max));
+        }
+        if session.is_idling() {
+            if let Some(a) = account {
+                if !idle_wait(shard, &mut stream, &mut input, &mut session, &mut out, a).await {
+                    return;
+                }
+                continue;
+            }
+        }
+        metrics::add(&shard.metrics.bytes_sent_imap, out.reply.len() as u64);
+        let (shutdown, timeout) = (&shard.shutdown, limits.imap_idle_timeout);
+        if !await_input(&mut stream, &mut input, &mut session, &mut out, shutdown, timeout).await {
+            return;
+        }
+    }
+}
+
+async fn flush_counted(shard: &Shard, stream: &mut Stream, reply: &mut Vec<u8>) -> std::io::Result<()> {
+    metrics::add(&shard.metrics.bytes_sent_imap, reply.len() as u64);
+    flush(stream, reply).await
+}
+
+/// IDLE: waits for input or a change to the account, whichever comes first; a change
+/// is reported at once. `false` when the connection is finished.
+async fn idle_wait(
+    shard: &Rc<Shard>,
+    stream: &mut Stream,
+    input: &mut InputBuffer,
+    session: &mut Session,
+    out: &mut Outbox,
+    account: u64,
+) -> bool {
+    let Some(p) = partition_for(shard, account).cloned() else { return false };
+    loop {
+        if flush_counted(shard, stream, &mut out.reply).await.is_err() {
+            return false;
+        }
+        if shard.shutdown.is_fired() {
+            session.shutdown(out);
+            return true;
+        }
+        let seen = p.generation(account);
+        let limits = &shard.config.limits;
+        enum Woke {
+            Read(ReadOutcome),
+            Changed,
+        }
+        let woke = futures_lite::future::or(
+            async { Woke::Read(read_more(stream, input, &shard.shutdown, limits.imap_idle_timeout, true).await) },
+            async {
+                p.changed(account, seen).await;
+                Woke::Changed
+            },
+        )
+        .await;
+        match woke {
+            Woke::Changed => {
+                with_view(shard, Some(account), |view| session.changed(view, out));
+            }
+            Woke::Read(ReadOutcome::Data) => return true,
+            Woke::Read(ReadOutcome::Closed) => return false,
+            Woke::Read(ReadOutcome::Shutdown) => {
+                session.shutdown(out);
+                return true;
+            }
+            Woke::Read(ReadOutcome::TimedOut) => {
+                session.timed_out(out);
+                return true;
+            }
+        }
+    }
+}
+
+/// Runs one durable change for the session.
+async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
+    let Some(p) = partition_for(shard, account).cloned() else {
+        return Written::Failed("the account's partition is not on this shard".into());
+    };
+    let failed = |e: store::StoreError| Written::Failed(e.to_string());
+    match write {
+        Write::Create { names } => {
+            for name in names {
+                if let Err(e) = p.create_mailbox(account, &name, now()).await {
+                    return failed(e);
+                }
+            }
+            Written::Done
+        }
+        Write::Delete { mailbox } => p.delete_mailbox(account, mailbox).await.map_or_else(failed, |()| Written::Done),
+        Write::Rename { renames } => {
+            for (mailbox, name) in renames {
+                if let Err(e) = p.rename_mailbox(account, mailbox, &name).await {
+                    return failed(e);
+                }
+            }
+            Written::Done
+        }
+        Write::RenameInbox { to } => {
+            let id = match p.create_mailbox(account, &to, now()).await {
+                Ok(id) => id,
+                Err(e) => return failed(e),
+            };
+            let uids: Vec<u32> = {
+                let index = p.index();
+                index
+                    .accounts
+                    .get(&account)
+                    .and_then(|a| a.mailboxes.iter().find(|m| m.id == INBOX))
+                    .map(|m| m.messages.iter().map(|e| e.uid).collect())
+                    .unwrap_or_default()
+            };
+            move_messages(&p, account, INBOX, &uids, id).await.map_or_else(failed, |_| Written::Done)
+        }
+        Write::Subscribe { name, subscribed } => p
+            .subscribe(account, &name, subscribed, now())
+            .await
+            .map_or_else(failed, |()| Written::Done),
+        Write::Append {
+            mailbox,
+            message,
+            flags,
+            keywords,
+            internal_date,
+        } => {
+            let (message, summary) = super::mesh::summarize(message).await;
+            p.append(account, mailbox, &message, &summary, flags, &keywords, internal_date)
+                .await
+                .map_or_else(failed, |uid| Written::Appended { uid })
+        }
+        Write::Store { mailbox, changes } => p
+            .store_flags(account, mailbox, &changes)
+            .await
+            .map_or_else(failed, Written::Stored),
+        Write::Copy {
+            from,
+            uids,
+            to,
+            expunge_source,
+        } => {
+            if expunge_source {
+                move_messages(&p, account, from, &uids, to).await.map_or_else(failed, Written::Copied)
+            } else {
+                p.copy(account, from, &uids, to).await.map_or_else(failed, Written::Copied)
+            }
+        }
+        Write::Expunge { mailbox, uids } => p.expunge(account, mailbox, &uids).await.map_or_else(failed, |()| Written::Done),
+    }
+}
+
+/// MOVE: copy (sharing the stored bytes), then expunge the originals. A crash between
+/// the two commits leaves the messages in both mailboxes — never in neither.
+async fn move_messages(
+    p: &Rc<Partition>,
+    account: u64,
+    from: u32,
+    uids: &[u32],
+    to: u32,
+) -> Result<Vec<(u32, u32)>, store::StoreError> {
+    let pairs = p.copy(account, from, uids, to).await?;
+    let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
+    p.expunge(account, from, &moved).await?;
+    Ok(pairs)
+}
+
+async fn hand_off(
+    shard: &Rc<Shard>,
+    owner: usize,
+    stream: Stream,
+    session: Session,
+    input: &InputBuffer,
+    account: u64,
+    user: String,
+) {
+    let parts = match stream.into_parts() {
+        Ok(p) => p,
+        Err(e) => {
+            debug!(error = %e, "cannot take the connection apart for a hand-off");
+            return;
+        }
+    };
+    let handoff = Handoff {
+        parts,
+        session: Box::new(session),
+        pending: input.data().to_vec(),
+        account,
+        user,
+    };
+    if shard.mesh.send(owner, ShardMsg::AdoptImap(Box::new(handoff))).await.is_err() {
+        tracing::error!(owner, "IMAP hand-off failed; the connection is closed");
+    }
+}
+
+/// The session settings from the configuration.
+pub fn config(config: &crate::config::Config) -> session::ImapConfig {
+    session::ImapConfig {
+        hostname: config.hostname.clone(),
+        tls_available: true,
+        allow_plaintext_auth: config.allow_plaintext_auth,
+        command_bytes_max: config.limits.line_bytes_max * 4,
+        literal_bytes_max: config.limits.message_size_max as u64,
+        depth_max: 16,
+        bad_commands_max: config.limits.bad_commands_max,
+        auth_failures_max: config.limits.auth_failures_max,
+    }
+}
