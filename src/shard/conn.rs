@@ -139,8 +139,15 @@ impl TlsConn {
         }
     }
 
+    /// rustls buffers at most its buffer limit (64 KiB) of plaintext: feed it in
+    /// pieces, sending the records between them.
     async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.tls.writer().write_all(buf)?;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = self.tls.writer().write(rest)?;
+            rest = rest.get(n..).unwrap_or(&[]);
+            self.flush_tls().await?;
+        }
         self.flush_tls().await
     }
 }

@@ -53,7 +53,7 @@ def partition_of(account, partitions):
 class Server:
     def __init__(self, shards=2, settings=None, data_dir=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="shardmail-e2e-")
-        self.ports = {k: free_port() for k in ("smtp", "submission", "submissions", "pop3", "pop3s")}
+        self.ports = {k: free_port() for k in ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")}
         self.shards = shards
         self.settings = {
             "server.shards": str(shards),
@@ -62,8 +62,8 @@ class Server:
             "listen.smtp": f'"127.0.0.1:{self.ports["smtp"]}"',
             "listen.submission": f'"127.0.0.1:{self.ports["submission"]}"',
             "listen.submissions": f'"127.0.0.1:{self.ports["submissions"]}"',
-            "listen.imap": "[]",
-            "listen.imaps": "[]",
+            "listen.imap": f'"127.0.0.1:{self.ports["imap"]}"',
+            "listen.imaps": f'"127.0.0.1:{self.ports["imaps"]}"',
             "listen.pop3": f'"127.0.0.1:{self.ports["pop3"]}"',
             "listen.pop3s": f'"127.0.0.1:{self.ports["pop3s"]}"',
             "limits.auth_failure_delay_ms": "300",
