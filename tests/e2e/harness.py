@@ -102,11 +102,22 @@ class Server:
                 self.proc = None
                 raise RuntimeError(f"server exited: {self.read_log()}")
             try:
-                with socket.create_connection(self.smtp_address(), timeout=1):
-                    return self
+                # Every configured listener, not just SMTP: shards bind them one after
+                # another, and a test may use IMAP first.
+                for address in self.listen_addresses():
+                    with socket.create_connection(address, timeout=1):
+                        pass
+                return self
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("server did not start listening within 30 s")
+
+    def listen_addresses(self):
+        out = [self.smtp_address()]
+        for key, port in self.ports.items():
+            if f"127.0.0.1:{port}" in self.settings.get(f"listen.{key}", ""):
+                out.append(("127.0.0.1", port))
+        return out
 
     def smtp_address(self):
         """Where listen.smtp is (tests may move it off 127.0.0.1)."""
