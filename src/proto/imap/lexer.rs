@@ -98,7 +98,9 @@ impl Framer {
             let scan = rest.get(..window.min(rest.len())).unwrap_or(rest);
             let Some(lf) = memchr(b'\n', scan) else {
                 if scan.len() >= window {
-                    return self.refuse(input, Refusal::CommandTooLong, pos + rest.len(), 0);
+                    // Only what was scanned: the rest of this line is the caller's to
+                    // skip, and whatever follows it is the next command.
+                    return self.refuse(input, Refusal::CommandTooLong, pos + scan.len(), 0);
                 }
                 return Frame::NeedMore;
             };

@@ -7,3 +7,5 @@ pub mod command;
 pub mod render;
 pub mod search;
 pub mod session;
+#[doc(hidden)]
+pub mod memstore;

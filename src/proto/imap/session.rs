@@ -150,6 +150,9 @@ struct Selected {
 /// A command waiting for the IO layer.
 #[derive(Debug)]
 enum Pending {
+    /// STARTTLS answered: nothing more is read until the handshake is done (input
+    /// pipelined behind it is plaintext the client must not have sent).
+    StartTls,
     Login { tag: String },
     Simple { tag: String, done: &'static str },
     Append { tag: String, uidvalidity: u32 },
@@ -359,9 +362,14 @@ impl Session {
                     discard,
                     remaining,
                 } => {
+                    let consumed = rest.get(..discard).unwrap_or(&[]);
                     used += discard;
                     self.discard = remaining;
-                    let consumed = rest.get(..discard).unwrap_or(&[]);
+                    if reason == Refusal::CommandTooLong && !consumed.ends_with(b"\n") {
+                        // The line goes on past what was scanned: drop up to its end
+                        // (not what follows it, which may be the next command).
+                        self.skip_line = true;
+                    }
                     let tag = tag.unwrap_or_else(|| "*".into());
                     match reason {
                         Refusal::LiteralTooLarge => {
@@ -377,7 +385,6 @@ impl Session {
                             self.count_bad(out);
                         }
                         Refusal::CommandTooLong => {
-                            self.skip_line = !consumed.ends_with(b"\n");
                             out.line(&format!(
                                 "{tag} BAD Command line longer than {} bytes (limits.line_bytes_max)",
                                 self.config.command_bytes_max
@@ -430,6 +437,9 @@ impl Session {
 
     pub fn tls_established(&mut self) {
         self.tls = true;
+        if matches!(self.pending, Some(Pending::StartTls)) {
+            self.pending = None;
+        }
     }
 
     fn command(&mut self, bytes: &[u8], store: &dyn Mailstore, now: i64, out: &mut Outbox) {
@@ -448,6 +458,10 @@ impl Session {
             }
         };
         let tag = cmd.tag.to_string();
+        if tag.contains(['*', '%']) {
+            // `*` and `%` are not tag characters (RFC 9051 §9: tag).
+            return self.bad("*", "Invalid tag", out);
+        }
         let (name, uid) = match cmd.name.as_str() {
             "UID" => match cmd.args.first() {
                 Some(Token::Atom(sub)) => (sub.to_ascii_uppercase(), true),
@@ -503,6 +517,7 @@ impl Session {
                     return self.bad(&tag, "TLS is not available here (already active, or no certificate)", out);
                 }
                 out.line(&format!("{tag} OK Begin TLS negotiation now"));
+                self.pending = Some(Pending::StartTls);
                 out.actions.push(Action::StartTls);
             }
             "LOGIN" => self.login(&tag, args, out),
@@ -1506,6 +1521,7 @@ impl Session {
         let Some(pending) = self.pending.take() else { return };
         if let Written::Failed(reason) = &result {
             let tag = match &pending {
+                Pending::StartTls => return,
                 Pending::Login { tag }
                 | Pending::Simple { tag, .. }
                 | Pending::Append { tag, .. }
@@ -1519,7 +1535,7 @@ impl Session {
             return;
         }
         match pending {
-            Pending::Login { .. } => {}
+            Pending::StartTls | Pending::Login { .. } => {}
             Pending::Simple { tag, done } => {
                 self.update(store, out, true, &HashSet::new());
                 out.line(&format!("{tag} OK {done}"));
