@@ -176,7 +176,7 @@ impl Default for RawLimits {
             bad_commands_max: 20,
             auth_failures_max: 3,
             auth_failure_delay_ms: 1000,
-            idle_timeout_secs: 300, // RFC 5321 §4.5.3.2.7
+            idle_timeout_secs: 300,       // RFC 5321 §4.5.3.2.7
             imap_idle_timeout_secs: 1800, // RFC 9051 §5.4: at least 30 minutes
             sessions_per_shard_max: 10_000,
             auth_cache_secs: 0, // off, as Dovecot's auth_cache: an opt-in trade

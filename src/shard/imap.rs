@@ -14,13 +14,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, Instrument};
 
-use super::conn::{await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream, StreamParts};
+use super::conn::{
+    await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream, StreamParts,
+};
 use super::mesh::ShardMsg;
 use super::Shard;
-use crate::proto::imap::session::{self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, Written};
+use crate::metrics;
+use crate::proto::imap::session::{
+    self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, Written,
+};
 use crate::store::index::{AccountIndex, Index, MessageEntry};
 use crate::store::{self, Partition};
-use crate::metrics;
 
 /// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
 const INBOX: u32 = 1;
@@ -84,7 +88,10 @@ pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: 
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        if let Err(e) = stream.upgrade(&shard.tls, shard.config.limits.idle_timeout).await {
+        if let Err(e) = stream
+            .upgrade(&shard.tls, shard.config.limits.idle_timeout)
+            .await
+        {
             debug!(%peer, error = %e, "implicit TLS handshake failed");
             return;
         }
@@ -96,7 +103,9 @@ pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: 
     session.greet(&mut out);
     let input = InputBuffer::new(input_capacity(shard));
     let span = tracing::debug_span!("imap", shard = shard.id, %peer);
-    drive(shard, stream, session, input, out, None).instrument(span).await;
+    drive(shard, stream, session, input, out, None)
+        .instrument(span)
+        .await;
 }
 
 /// A session handed over by another shard: open the account, answer the login, go on.
@@ -114,9 +123,16 @@ pub async fn adopt(shard: Rc<Shard>, handoff: Handoff) {
     let opened = open_account(&shard, &mut session, account, user, &mut out).await;
     let input = InputBuffer::with_pending(input_capacity(&shard), &pending);
     let span = tracing::debug_span!("imap", shard = shard.id, adopted = true);
-    drive(&shard, stream, *session, input, out, opened.then_some(account))
-        .instrument(span)
-        .await;
+    drive(
+        &shard,
+        stream,
+        *session,
+        input,
+        out,
+        opened.then_some(account),
+    )
+    .instrument(span)
+    .await;
     shard.sessions.set(shard.sessions.get() - 1);
 }
 
@@ -126,9 +142,18 @@ fn partition_for(shard: &Shard, account: u64) -> Option<&Rc<Partition>> {
 
 /// Makes sure the account has its mailboxes (a first login before any mail) and
 /// answers the login.
-async fn open_account(shard: &Rc<Shard>, session: &mut Session, account: u64, user: String, out: &mut Outbox) -> bool {
+async fn open_account(
+    shard: &Rc<Shard>,
+    session: &mut Session,
+    account: u64,
+    user: String,
+    out: &mut Outbox,
+) -> bool {
     let Some(p) = partition_for(shard, account) else {
-        tracing::error!(shard = shard.id, "IMAP login on a shard that does not own the account");
+        tracing::error!(
+            shard = shard.id,
+            "IMAP login on a shard that does not own the account"
+        );
         session.login_failed(LoginRefusal::Temporary, out);
         return false;
     };
@@ -170,7 +195,9 @@ async fn drive(
     // literal at the limit plus the command's lines.
     let input_max = limits.message_size_max + input_capacity(shard) * 2;
     loop {
-        let used = with_view(shard, account, |view| session.receive(input.data(), view, now(), &mut out));
+        let used = with_view(shard, account, |view| {
+            session.receive(input.data(), view, now(), &mut out)
+        });
         input.consume(used);
         let commands = session.commands();
         metrics::add(&shard.metrics.imap.commands, commands - commands_counted);
@@ -180,11 +207,18 @@ async fn drive(
         for action in actions {
             match action {
                 Action::StartTls => {
-                    if flush_counted(shard, &mut stream, &mut out.reply).await.is_err() {
+                    if flush_counted(shard, &mut stream, &mut out.reply)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     input.clear(); // plaintext pipelined after STARTTLS is dropped
-                    if stream.upgrade(&shard.tls, limits.idle_timeout).await.is_err() {
+                    if stream
+                        .upgrade(&shard.tls, limits.idle_timeout)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     session.tls_established();
@@ -201,14 +235,20 @@ async fn drive(
                         session.login_failed(LoginRefusal::Temporary, &mut out);
                         continue;
                     };
-                    let owner = store::shard_of(store::partition_of(id, shard.partitions_total), shard.config.shards);
+                    let owner = store::shard_of(
+                        store::partition_of(id, shard.partitions_total),
+                        shard.config.shards,
+                    );
                     if owner == shard.id {
                         if open_account(shard, &mut session, id, user, &mut out).await {
                             account = Some(id);
                         }
                     } else {
                         // Replies so far go first, so the owner's answer follows them.
-                        if flush_counted(shard, &mut stream, &mut out.reply).await.is_err() {
+                        if flush_counted(shard, &mut stream, &mut out.reply)
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         hand_off(shard, owner, stream, session, &input, id, user).await;
@@ -220,7 +260,9 @@ async fn drive(
                         Some(a) => execute(shard, a, write).await,
                         None => Written::Failed("not logged in".into()),
                     };
-                    with_view(shard, account, |view| session.written(result, view, &mut out));
+                    with_view(shard, account, |view| {
+                        session.written(result, view, &mut out)
+                    });
                 }
                 Action::Close => {
                     let _ = flush_counted(shard, &mut stream, &mut out.reply).await;
@@ -248,13 +290,26 @@ async fn drive(
         }
         metrics::add(&shard.metrics.bytes_sent_imap, out.reply.len() as u64);
         let (shutdown, timeout) = (&shard.shutdown, limits.imap_idle_timeout);
-        if !await_input(&mut stream, &mut input, &mut session, &mut out, shutdown, timeout).await {
+        if !await_input(
+            &mut stream,
+            &mut input,
+            &mut session,
+            &mut out,
+            shutdown,
+            timeout,
+        )
+        .await
+        {
             return;
         }
     }
 }
 
-async fn flush_counted(shard: &Shard, stream: &mut Stream, reply: &mut Vec<u8>) -> std::io::Result<()> {
+async fn flush_counted(
+    shard: &Shard,
+    stream: &mut Stream,
+    reply: &mut Vec<u8>,
+) -> std::io::Result<()> {
     metrics::add(&shard.metrics.bytes_sent_imap, reply.len() as u64);
     flush(stream, reply).await
 }
@@ -269,7 +324,9 @@ async fn idle_wait(
     out: &mut Outbox,
     account: u64,
 ) -> bool {
-    let Some(p) = partition_for(shard, account).cloned() else { return false };
+    let Some(p) = partition_for(shard, account).cloned() else {
+        return false;
+    };
     loop {
         if flush_counted(shard, stream, &mut out.reply).await.is_err() {
             return false;
@@ -285,7 +342,18 @@ async fn idle_wait(
             Changed,
         }
         let woke = futures_lite::future::or(
-            async { Woke::Read(read_more(stream, input, &shard.shutdown, limits.imap_idle_timeout, true).await) },
+            async {
+                Woke::Read(
+                    read_more(
+                        stream,
+                        input,
+                        &shard.shutdown,
+                        limits.imap_idle_timeout,
+                        true,
+                    )
+                    .await,
+                )
+            },
             async {
                 p.changed(account, seen).await;
                 Woke::Changed
@@ -325,7 +393,10 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
             }
             Written::Done
         }
-        Write::Delete { mailbox } => p.delete_mailbox(account, mailbox).await.map_or_else(failed, |()| Written::Done),
+        Write::Delete { mailbox } => p
+            .delete_mailbox(account, mailbox)
+            .await
+            .map_or_else(failed, |()| Written::Done),
         Write::Rename { renames } => {
             for (mailbox, name) in renames {
                 if let Err(e) = p.rename_mailbox(account, mailbox, &name).await {
@@ -348,7 +419,9 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
                     .map(|m| m.messages.iter().map(|e| e.uid).collect())
                     .unwrap_or_default()
             };
-            move_messages(&p, account, INBOX, &uids, id).await.map_or_else(failed, |_| Written::Done)
+            move_messages(&p, account, INBOX, &uids, id)
+                .await
+                .map_or_else(failed, |_| Written::Done)
         }
         Write::Subscribe { name, subscribed } => p
             .subscribe(account, &name, subscribed, now())
@@ -362,9 +435,17 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
             internal_date,
         } => {
             let (message, summary) = super::mesh::summarize(message).await;
-            p.append(account, mailbox, &message, &summary, flags, &keywords, internal_date)
-                .await
-                .map_or_else(failed, |uid| Written::Appended { uid })
+            p.append(
+                account,
+                mailbox,
+                &message,
+                &summary,
+                flags,
+                &keywords,
+                internal_date,
+            )
+            .await
+            .map_or_else(failed, |uid| Written::Appended { uid })
         }
         Write::Store { mailbox, changes } => p
             .store_flags(account, mailbox, &changes)
@@ -377,12 +458,19 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
             expunge_source,
         } => {
             if expunge_source {
-                move_messages(&p, account, from, &uids, to).await.map_or_else(failed, Written::Copied)
+                move_messages(&p, account, from, &uids, to)
+                    .await
+                    .map_or_else(failed, Written::Copied)
             } else {
-                p.copy(account, from, &uids, to).await.map_or_else(failed, Written::Copied)
+                p.copy(account, from, &uids, to)
+                    .await
+                    .map_or_else(failed, Written::Copied)
             }
         }
-        Write::Expunge { mailbox, uids } => p.expunge(account, mailbox, &uids).await.map_or_else(failed, |()| Written::Done),
+        Write::Expunge { mailbox, uids } => p
+            .expunge(account, mailbox, &uids)
+            .await
+            .map_or_else(failed, |()| Written::Done),
     }
 }
 
@@ -424,7 +512,12 @@ async fn hand_off(
         account,
         user,
     };
-    if shard.mesh.send(owner, ShardMsg::AdoptImap(Box::new(handoff))).await.is_err() {
+    if shard
+        .mesh
+        .send(owner, ShardMsg::AdoptImap(Box::new(handoff)))
+        .await
+        .is_err()
+    {
         tracing::error!(owner, "IMAP hand-off failed; the connection is closed");
     }
 }

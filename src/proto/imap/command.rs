@@ -237,7 +237,11 @@ pub fn fetch_items(args: &[Token<'_>]) -> Result<(Vec<FetchAtt>, FetchModifiers)
                     FetchAtt::Rfc822Size,
                     FetchAtt::Envelope,
                 ],
-                "FAST" => vec![FetchAtt::Flags, FetchAtt::InternalDate, FetchAtt::Rfc822Size],
+                "FAST" => vec![
+                    FetchAtt::Flags,
+                    FetchAtt::InternalDate,
+                    FetchAtt::Rfc822Size,
+                ],
                 "FULL" => vec![
                     FetchAtt::Flags,
                     FetchAtt::InternalDate,
@@ -304,7 +308,7 @@ pub fn fetch_items(args: &[Token<'_>]) -> Result<(Vec<FetchAtt>, FetchModifiers)
             }
             None => (spec.to_string(), None),
         };
-        let partial = partial(&tail)?;
+        let partial = partial(tail)?;
         match kind {
             "BODY" | "BODY.PEEK" => out.push(FetchAtt::BodySection {
                 peek: kind == "BODY.PEEK",
@@ -524,7 +528,9 @@ pub fn search_args(args: &[Token<'_>]) -> Result<SearchArgs, Bad> {
             .and_then(Token::as_str)
             .ok_or("CHARSET needs a name")?;
         if !charset.eq_ignore_ascii_case("UTF-8") && !charset.eq_ignore_ascii_case("US-ASCII") {
-            return Err(format!("[BADCHARSET (UTF-8 US-ASCII)] {charset} is not supported"));
+            return Err(format!(
+                "[BADCHARSET (UTF-8 US-ASCII)] {charset} is not supported"
+            ));
         }
         rest = rest.get(2..).unwrap_or(&[]);
     }
@@ -593,9 +599,7 @@ fn search_key<'a, 'b>(
         "OLD" => SearchKey::Recent(false),
         "KEYWORD" => SearchKey::Keyword(string("KEYWORD")?, true),
         "UNKEYWORD" => SearchKey::Keyword(string("UNKEYWORD")?, false),
-        "BCC" | "CC" | "FROM" | "SUBJECT" | "TO" => {
-            SearchKey::Header(name.clone(), string(&name)?)
-        }
+        "BCC" | "CC" | "FROM" | "SUBJECT" | "TO" => SearchKey::Header(name.clone(), string(&name)?),
         "HEADER" => {
             let field = string("HEADER")?.to_ascii_uppercase();
             SearchKey::Header(field, string("HEADER")?)
@@ -668,7 +672,8 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 pub fn parse_date(text: &str) -> Result<i64, Bad> {
     let bad = || format!("invalid date: {text}");
     let mut parts = text.trim_matches('"').split('-');
-    let (Some(d), Some(m), Some(y), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(d), Some(m), Some(y), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(bad());
     };
@@ -872,8 +877,10 @@ pub fn select_args(args: &[Token<'_>]) -> Result<SelectArgs, Bad> {
                         let Some(Token::List(q)) = it.next() else {
                             return Err("QRESYNC needs parameters".into());
                         };
-                        let uidvalidity =
-                            number(atom(q.first()).ok_or("QRESYNC needs a UIDVALIDITY")?, "UIDVALIDITY")?;
+                        let uidvalidity = number(
+                            atom(q.first()).ok_or("QRESYNC needs a UIDVALIDITY")?,
+                            "UIDVALIDITY",
+                        )?;
                         let modseq =
                             number(atom(q.get(1)).ok_or("QRESYNC needs a MODSEQ")?, "MODSEQ")?;
                         let known_uids = match atom(q.get(2)) {
@@ -896,13 +903,14 @@ pub fn select_args(args: &[Token<'_>]) -> Result<SelectArgs, Bad> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
     use crate::proto::imap::lexer::tokenize;
 
     fn args(line: &str) -> Vec<Token<'static>> {
-        let leaked: &'static [u8] = Box::leak(format!("a X {line}\r\n").into_bytes().into_boxed_slice());
+        let leaked: &'static [u8] =
+            Box::leak(format!("a X {line}\r\n").into_bytes().into_boxed_slice());
         tokenize(leaked, 16).unwrap().args
     }
 
@@ -947,11 +955,18 @@ mod tests {
 
     #[test]
     fn search_keys() {
-        let s = search_args(&args("RETURN (MIN COUNT) CHARSET UTF-8 OR FROM alice (UNSEEN LARGER 10) NOT 1:3")).unwrap();
+        let s = search_args(&args(
+            "RETURN (MIN COUNT) CHARSET UTF-8 OR FROM alice (UNSEEN LARGER 10) NOT 1:3",
+        ))
+        .unwrap();
         assert!(s.ret.extended && s.ret.min && s.ret.count && !s.ret.all);
-        let SearchKey::And(keys) = s.key else { panic!() };
+        let SearchKey::And(keys) = s.key else {
+            panic!()
+        };
         assert_eq!(keys.len(), 2);
-        assert!(search_args(&args("CHARSET KOI8-R FROM x")).unwrap_err().contains("BADCHARSET"));
+        assert!(search_args(&args("CHARSET KOI8-R FROM x"))
+            .unwrap_err()
+            .contains("BADCHARSET"));
         assert!(search_args(&args("SINCE 1-Feb-2024")).is_ok());
         assert!(search_args(&args("SINCE 31-Foo-2024")).is_err());
     }
@@ -965,16 +980,25 @@ mod tests {
 
     #[test]
     fn store_and_list() {
-        let s = store_args(&args("1:* (UNCHANGEDSINCE 9) +FLAGS.SILENT (\\Seen $Forwarded)")).unwrap();
+        let s = store_args(&args(
+            "1:* (UNCHANGEDSINCE 9) +FLAGS.SILENT (\\Seen $Forwarded)",
+        ))
+        .unwrap();
         assert_eq!(s.mode, StoreMode::Add);
         assert!(s.silent);
         assert_eq!(s.unchanged_since, Some(9));
         assert_eq!(s.keywords, vec!["$Forwarded".to_string()]);
         assert!(store_args(&args("1 FLAGS (\\Recent)")).is_err());
-        let l = list_args(&args("(SUBSCRIBED) \"\" (INBOX \"Sent*\") RETURN (CHILDREN STATUS (MESSAGES))")).unwrap();
+        let l = list_args(&args(
+            "(SUBSCRIBED) \"\" (INBOX \"Sent*\") RETURN (CHILDREN STATUS (MESSAGES))",
+        ))
+        .unwrap();
         assert!(l.subscribed_only && l.return_children);
         assert_eq!(l.patterns.len(), 2);
-        let q = select_args(&args("INBOX (QRESYNC (67890007 20050715194045000 41,43:211))")).unwrap();
+        let q = select_args(&args(
+            "INBOX (QRESYNC (67890007 20050715194045000 41,43:211))",
+        ))
+        .unwrap();
         assert_eq!(q.qresync.unwrap().uidvalidity, 67_890_007);
     }
 }

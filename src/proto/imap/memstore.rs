@@ -57,7 +57,12 @@ impl MemStore {
     }
 
     fn mailbox(&self, id: u32) -> Option<&crate::store::index::MailboxIndex> {
-        self.index.accounts.get(&self.account)?.mailboxes.iter().find(|m| m.id == id)
+        self.index
+            .accounts
+            .get(&self.account)?
+            .mailboxes
+            .iter()
+            .find(|m| m.id == id)
     }
 
     /// Delivers a message into `mailbox` (as SMTP would); returns its UID.
@@ -65,11 +70,23 @@ impl MemStore {
         self.store_message(mailbox, message, internal_date, 0, Vec::new())
     }
 
-    fn store_message(&mut self, mailbox: u32, message: &[u8], internal_date: i64, flags: u32, keywords: Vec<String>) -> u32 {
+    fn store_message(
+        &mut self,
+        mailbox: u32,
+        message: &[u8],
+        internal_date: i64,
+        flags: u32,
+        keywords: Vec<String>,
+    ) -> u32 {
         let offset = self.log.len() as u64;
         self.log.extend_from_slice(message);
         let summary = Box::new(Summary::parse(message));
-        self.op(Op::Blob { blob: offset, offset, len: message.len() as u32, summary });
+        self.op(Op::Blob {
+            blob: offset,
+            offset,
+            len: message.len() as u32,
+            summary,
+        });
         let uid = self.mailbox(mailbox).map_or(1, |m| m.uid_next);
         let modseq = self.next_modseq(mailbox);
         self.op(Op::Append {
@@ -87,7 +104,11 @@ impl MemStore {
     }
 
     fn create(&mut self, name: &str) -> u32 {
-        let id = self.index.accounts.get(&self.account).map_or(6, |a| a.next_mailbox_id());
+        let id = self
+            .index
+            .accounts
+            .get(&self.account)
+            .map_or(6, |a| a.next_mailbox_id());
         self.clock += 1;
         self.op(Op::MailboxCreate {
             account: self.account,
@@ -102,7 +123,13 @@ impl MemStore {
     fn copy(&mut self, from: u32, uids: &[u32], to: u32) -> Vec<(u32, u32)> {
         let entries: Vec<MessageEntry> = self
             .mailbox(from)
-            .map(|m| m.messages.iter().filter(|e| uids.contains(&e.uid)).cloned().collect())
+            .map(|m| {
+                m.messages
+                    .iter()
+                    .filter(|e| uids.contains(&e.uid))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         let mut pairs = Vec::new();
         for e in entries {
@@ -127,7 +154,12 @@ impl MemStore {
     fn expunge(&mut self, mailbox: u32, uids: &[u32]) {
         for &uid in uids {
             let modseq = self.next_modseq(mailbox);
-            self.op(Op::Expunge { account: self.account, mailbox, uid, modseq });
+            self.op(Op::Expunge {
+                account: self.account,
+                mailbox,
+                uid,
+                modseq,
+            });
         }
     }
 
@@ -147,22 +179,39 @@ impl MemStore {
             }
             Write::Rename { renames } => {
                 for (mailbox, name) in renames {
-                    self.op(Op::MailboxRename { account, mailbox, name });
+                    self.op(Op::MailboxRename {
+                        account,
+                        mailbox,
+                        name,
+                    });
                 }
                 Written::Done
             }
             Write::RenameInbox { to } => {
                 let id = self.create(&to);
-                let uids: Vec<u32> = self.mailbox(1).map(|m| m.messages.iter().map(|e| e.uid).collect()).unwrap_or_default();
+                let uids: Vec<u32> = self
+                    .mailbox(1)
+                    .map(|m| m.messages.iter().map(|e| e.uid).collect())
+                    .unwrap_or_default();
                 self.copy(1, &uids, id);
                 self.expunge(1, &uids);
                 Written::Done
             }
             Write::Subscribe { name, subscribed } => {
-                self.op(Op::Subscription { account, subscribed, name });
+                self.op(Op::Subscription {
+                    account,
+                    subscribed,
+                    name,
+                });
                 Written::Done
             }
-            Write::Append { mailbox, message, flags, keywords, internal_date } => {
+            Write::Append {
+                mailbox,
+                message,
+                flags,
+                keywords,
+                internal_date,
+            } => {
                 let uid = self.store_message(mailbox, &message, internal_date, flags, keywords);
                 Written::Appended { uid }
             }
@@ -170,12 +219,24 @@ impl MemStore {
                 let mut changed = Vec::new();
                 for (uid, flags, keywords) in changes {
                     let modseq = self.next_modseq(mailbox);
-                    self.op(Op::Flags { account, mailbox, uid, modseq, flags, keywords });
+                    self.op(Op::Flags {
+                        account,
+                        mailbox,
+                        uid,
+                        modseq,
+                        flags,
+                        keywords,
+                    });
                     changed.push((uid, modseq));
                 }
                 Written::Stored(changed)
             }
-            Write::Copy { from, uids, to, expunge_source } => {
+            Write::Copy {
+                from,
+                uids,
+                to,
+                expunge_source,
+            } => {
                 let pairs = self.copy(from, &uids, to);
                 if expunge_source {
                     let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
@@ -258,7 +319,9 @@ impl Driver {
                 if self.closed {
                     return;
                 }
-                let used = self.session.receive(&self.pending, &self.store, self.now, &mut self.out);
+                let used =
+                    self.session
+                        .receive(&self.pending, &self.store, self.now, &mut self.out);
                 self.pending.drain(..used.min(self.pending.len()));
                 if self.out.actions.is_empty() && self.out.reply.is_empty() {
                     return;
@@ -276,7 +339,8 @@ impl Driver {
                         if password == "pw" {
                             self.session.logged_in(username, &mut self.out)
                         } else {
-                            self.session.login_failed(LoginRefusal::BadCredentials, &mut self.out)
+                            self.session
+                                .login_failed(LoginRefusal::BadCredentials, &mut self.out)
                         }
                     }
                     Action::Write(w) => {

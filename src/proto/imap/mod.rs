@@ -2,10 +2,10 @@
 //! today the command framer and tokenizer ([`lexer`]); the session state machine and
 //! the IO driver follow. No listener serves IMAP until they exist.
 
-pub mod lexer;
 pub mod command;
+pub mod lexer;
+#[doc(hidden)]
+pub mod memstore;
 pub mod render;
 pub mod search;
 pub mod session;
-#[doc(hidden)]
-pub mod memstore;

@@ -15,9 +15,7 @@ use super::command::{Section, SectionText};
 /// Appends `s` as an IMAP string: quoted when it is short printable ASCII, a literal
 /// otherwise (safe for any bytes but NUL).
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
-    let quotable = s.len() <= 1024
-        && s.iter()
-            .all(|&b| (0x20..0x7f).contains(&b));
+    let quotable = s.len() <= 1024 && s.iter().all(|&b| (0x20..0x7f).contains(&b));
     if quotable {
         out.push(b'"');
         for &b in s {
@@ -126,7 +124,11 @@ pub fn parse_addresses(raw: &str) -> Vec<Address> {
         };
         phrase.clear();
         // Drop a source route (`@a,@b:user@host`).
-        let spec = spec.rsplit_once(':').map_or(spec.as_str(), |(_, s)| s).trim().to_string();
+        let spec = spec
+            .rsplit_once(':')
+            .map_or(spec.as_str(), |(_, s)| s)
+            .trim()
+            .to_string();
         if spec.is_empty() {
             return;
         }
@@ -313,8 +315,14 @@ pub fn header_fields(headers: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 fn trim_ascii(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     b.get(start..end).unwrap_or(&[])
 }
 
@@ -331,21 +339,32 @@ pub struct Part {
 
 impl Part {
     pub fn header<'m>(&self, message: &'m [u8]) -> &'m [u8] {
-        slice(message, self.base + self.summary.offset_header as usize, self.base + self.summary.offset_body as usize)
+        slice(
+            message,
+            self.base + self.summary.offset_header as usize,
+            self.base + self.summary.offset_body as usize,
+        )
     }
     pub fn body<'m>(&self, message: &'m [u8]) -> &'m [u8] {
-        slice(message, self.base + self.summary.offset_body as usize, self.base + self.summary.offset_end as usize)
+        slice(
+            message,
+            self.base + self.summary.offset_body as usize,
+            self.base + self.summary.offset_end as usize,
+        )
     }
     fn is_multipart(&self) -> bool {
         self.summary.ctype == "multipart"
     }
     fn is_message(&self) -> bool {
-        self.summary.ctype == "message" && matches!(self.summary.subtype.as_str(), "rfc822" | "global")
+        self.summary.ctype == "message"
+            && matches!(self.summary.subtype.as_str(), "rfc822" | "global")
     }
 }
 
 fn slice(message: &[u8], start: usize, end: usize) -> &[u8] {
-    message.get(start.min(end)..end.min(message.len())).unwrap_or(&[])
+    message
+        .get(start.min(end)..end.min(message.len()))
+        .unwrap_or(&[])
 }
 
 /// Nesting of message/rfc822 attachments followed (each costs a parse).
@@ -354,7 +373,11 @@ const MESSAGE_DEPTH_MAX: usize = 8;
 /// The part `path` names (`[]` is the whole message).
 pub fn find_part(message: &[u8], summary: &Summary, path: &[u32]) -> Option<Part> {
     let mut part = Part {
-        summary: summary.parts.first().cloned().unwrap_or_else(|| whole_message_part(message)),
+        summary: summary
+            .parts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| whole_message_part(message)),
         tree: Cow::Owned(summary.clone()),
         base: 0,
     };
@@ -383,7 +406,11 @@ fn embedded(message: &[u8], part: &Part) -> Option<Part> {
     let bytes = part.body(message);
     let base = part.base + part.summary.offset_body as usize;
     let tree = Summary::parse(bytes);
-    let top = tree.parts.first().cloned().unwrap_or_else(|| whole_message_part(bytes));
+    let top = tree
+        .parts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| whole_message_part(bytes));
     Some(Part {
         summary: top,
         tree: Cow::Owned(tree),
@@ -403,7 +430,11 @@ fn whole_message_part(message: &[u8]) -> PartSummary {
 }
 
 /// The bytes `BODY[section]` returns (before any partial range).
-pub fn section<'m>(message: &'m [u8], summary: &Summary, section: &Section) -> Option<Cow<'m, [u8]>> {
+pub fn section<'m>(
+    message: &'m [u8],
+    summary: &Summary,
+    section: &Section,
+) -> Option<Cow<'m, [u8]>> {
     let part = find_part(message, summary, &section.part)?;
     let top = section.part.is_empty();
     // HEADER/TEXT of a part address the attached message's header/text.
@@ -426,7 +457,9 @@ pub fn section<'m>(message: &'m [u8], summary: &Summary, section: &Section) -> O
             let headers = target(&part)?.header(message);
             let mut out = Vec::new();
             for (name, whole) in header_fields(headers) {
-                let listed = fields.iter().any(|f| f.as_bytes().eq_ignore_ascii_case(name));
+                let listed = fields
+                    .iter()
+                    .any(|f| f.as_bytes().eq_ignore_ascii_case(name));
                 if listed != *not {
                     out.extend_from_slice(whole);
                 }
@@ -458,13 +491,22 @@ pub enum BinaryError {
 }
 
 /// `BINARY[part]`: the part's body with its Content-Transfer-Encoding undone.
-pub fn binary<'m>(message: &'m [u8], summary: &Summary, path: &[u32]) -> Result<Cow<'m, [u8]>, BinaryError> {
+pub fn binary<'m>(
+    message: &'m [u8],
+    summary: &Summary,
+    path: &[u32],
+) -> Result<Cow<'m, [u8]>, BinaryError> {
     if path.is_empty() {
         return Ok(Cow::Borrowed(message));
     }
     let part = find_part(message, summary, path).ok_or(BinaryError::NoSuchPart)?;
     let body = part.body(message);
-    let encoding = part.summary.encoding.as_deref().unwrap_or("7bit").to_ascii_lowercase();
+    let encoding = part
+        .summary
+        .encoding
+        .as_deref()
+        .unwrap_or("7bit")
+        .to_ascii_lowercase();
     match encoding.as_str() {
         "7bit" | "8bit" | "binary" => Ok(Cow::Borrowed(body)),
         "base64" => Ok(Cow::Owned(decode_base64(body))),
@@ -485,7 +527,8 @@ fn decode_base64(body: &[u8]) -> Vec<u8> {
         .or_else(|_| {
             // A truncated final quantum: decode what is whole.
             let whole = clean.len() / 4 * 4;
-            base64::engine::general_purpose::STANDARD_NO_PAD.decode(clean.get(..whole).unwrap_or(&[]))
+            base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(clean.get(..whole).unwrap_or(&[]))
         })
         .unwrap_or_default()
 }
@@ -635,7 +678,7 @@ fn extension(out: &mut Vec<u8>, headers: &[u8]) {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 
@@ -646,7 +689,9 @@ Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nC
 
     #[test]
     fn addresses() {
-        let a = parse_addresses("\"Alice A.\" <alice@a.example>, bob@b.example (Bob), Team: c@c.example;");
+        let a = parse_addresses(
+            "\"Alice A.\" <alice@a.example>, bob@b.example (Bob), Team: c@c.example;",
+        );
         assert_eq!(a.len(), 5);
         assert_eq!(
             a[0],
@@ -666,22 +711,54 @@ Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nC
     fn sections_and_structure() {
         let s = Summary::parse(MULTI);
         let sec = |spec: Section| section(MULTI, &s, &spec).map(|c| c.into_owned());
-        assert_eq!(sec(Section { part: vec![1], text: None }).unwrap(), b"hello\r\nworld");
-        let h = sec(Section { part: vec![], text: Some(SectionText::HeaderFields { not: false, fields: vec!["SUBJECT".into()] }) }).unwrap();
+        assert_eq!(
+            sec(Section {
+                part: vec![1],
+                text: None
+            })
+            .unwrap(),
+            b"hello\r\nworld"
+        );
+        let h = sec(Section {
+            part: vec![],
+            text: Some(SectionText::HeaderFields {
+                not: false,
+                fields: vec!["SUBJECT".into()],
+            }),
+        })
+        .unwrap();
         assert_eq!(h, b"Subject: hi\r\n\r\n");
-        assert!(sec(Section { part: vec![], text: Some(SectionText::Header) }).unwrap().ends_with(b"\"b1\"\r\n\r\n"));
+        assert!(sec(Section {
+            part: vec![],
+            text: Some(SectionText::Header)
+        })
+        .unwrap()
+        .ends_with(b"\"b1\"\r\n\r\n"));
         assert_eq!(binary(MULTI, &s, &[2]).unwrap().as_ref(), &[0u8, 1, 2, 255]);
-        assert!(sec(Section { part: vec![9], text: None }).is_none());
+        assert!(sec(Section {
+            part: vec![9],
+            text: None
+        })
+        .is_none());
         let mut out = Vec::new();
         body_structure(&mut out, MULTI, &s, true);
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 1"), "{text}");
-        assert!(text.contains("(\"ATTACHMENT\" (\"FILENAME\" \"x.bin\"))"), "{text}");
+        assert!(
+            text.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(\"ATTACHMENT\" (\"FILENAME\" \"x.bin\"))"),
+            "{text}"
+        );
         assert!(text.contains(" \"MIXED\" (\"BOUNDARY\" \"b1\")"), "{text}");
         let mut env = Vec::new();
         envelope(&mut env, &s);
         let env = String::from_utf8_lossy(&env);
-        assert!(env.contains("((\"Alice A.\" NIL \"alice\" \"a.example\"))"), "{env}");
+        assert!(
+            env.contains("((\"Alice A.\" NIL \"alice\" \"a.example\"))"),
+            "{env}"
+        );
         assert!(env.contains("(NIL NIL \"Team\" NIL)"), "{env}");
     }
 

@@ -112,7 +112,9 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
             contains_ci(m.get(start..).unwrap_or(&[]), needle)
         }
         SearchKey::Text(needle) => contains_ci(c.message(), needle),
-        SearchKey::Date(cmp, target) => date_matches(*cmp, e.internal_date.div_euclid(86_400), *target),
+        SearchKey::Date(cmp, target) => {
+            date_matches(*cmp, e.internal_date.div_euclid(86_400), *target)
+        }
         SearchKey::SentDate(cmp, target) => {
             let sent = e
                 .summary

@@ -13,12 +13,17 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::command::{self, FetchAtt, FetchModifiers, SearchArgs, Section, SectionText, SequenceSet, StatusItem, StoreMode};
+use super::command::{
+    self, FetchAtt, FetchModifiers, SearchArgs, Section, SectionText, SequenceSet, StatusItem,
+    StoreMode,
+};
 use super::lexer::{tokenize, Frame, FrameLimits, Framer, Refusal, Token};
 use super::render;
 use super::search::{self, Candidate};
 use crate::proto::sasl;
-use crate::store::index::{flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES};
+use crate::store::index::{
+    flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES,
+};
 
 pub type Outbox = crate::proto::Outbox<Action>;
 
@@ -80,13 +85,24 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
     /// Create these mailboxes, in order (missing parents first).
-    Create { names: Vec<String> },
-    Delete { mailbox: u32 },
+    Create {
+        names: Vec<String>,
+    },
+    Delete {
+        mailbox: u32,
+    },
     /// Rename mailboxes (a mailbox and its children).
-    Rename { renames: Vec<(u32, String)> },
+    Rename {
+        renames: Vec<(u32, String)>,
+    },
     /// RENAME INBOX: create `to`, move every INBOX message into it.
-    RenameInbox { to: String },
-    Subscribe { name: String, subscribed: bool },
+    RenameInbox {
+        to: String,
+    },
+    Subscribe {
+        name: String,
+        subscribed: bool,
+    },
     Append {
         mailbox: u32,
         message: Vec<u8>,
@@ -106,14 +122,19 @@ pub enum Write {
         to: u32,
         expunge_source: bool,
     },
-    Expunge { mailbox: u32, uids: Vec<u32> },
+    Expunge {
+        mailbox: u32,
+        uids: Vec<u32>,
+    },
 }
 
 /// The outcome of a [`Write`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {
     Done,
-    Appended { uid: u32 },
+    Appended {
+        uid: u32,
+    },
     /// (UID, new MODSEQ) of each message changed.
     Stored(Vec<(u32, u64)>),
     /// (source UID, new UID) pairs.
@@ -153,15 +174,34 @@ enum Pending {
     /// STARTTLS answered: nothing more is read until the handshake is done (input
     /// pipelined behind it is plaintext the client must not have sent).
     StartTls,
-    Login { tag: String },
-    Simple { tag: String, done: &'static str },
-    Append { tag: String, uidvalidity: u32 },
+    Login {
+        tag: String,
+    },
+    Simple {
+        tag: String,
+        done: &'static str,
+    },
+    Append {
+        tag: String,
+        uidvalidity: u32,
+    },
     Store(StorePending),
-    Copy { tag: String, uid: bool, moving: bool, uidvalidity: u32 },
-    Expunge { tag: String, closing: bool },
+    Copy {
+        tag: String,
+        uid: bool,
+        moving: bool,
+        uidvalidity: u32,
+    },
+    Expunge {
+        tag: String,
+        closing: bool,
+    },
     Fetch(FetchPending),
     /// A DELETE of the selected mailbox deselects it.
-    Delete { tag: String, mailbox: u32 },
+    Delete {
+        tag: String,
+        mailbox: u32,
+    },
 }
 
 #[derive(Debug)]
@@ -300,7 +340,13 @@ impl Session {
 
     /// Consumes complete commands from `input`; returns how many bytes were used.
     /// Stops early when an action must complete first.
-    pub fn receive(&mut self, input: &[u8], store: &dyn Mailstore, now: i64, out: &mut Outbox) -> usize {
+    pub fn receive(
+        &mut self,
+        input: &[u8],
+        store: &dyn Mailstore,
+        now: i64,
+        out: &mut Outbox,
+    ) -> usize {
         let mut used = 0;
         while self.pending.is_none() && self.state != State::Logout {
             let rest = input.get(used..).unwrap_or(&[]);
@@ -469,14 +515,30 @@ impl Session {
             },
             _ => (cmd.name.clone(), false),
         };
-        let args: &[Token<'_>] = if uid { cmd.args.get(1..).unwrap_or(&[]) } else { &cmd.args };
+        let args: &[Token<'_>] = if uid {
+            cmd.args.get(1..).unwrap_or(&[])
+        } else {
+            &cmd.args
+        };
         let any_state = matches!(name.as_str(), "CAPABILITY" | "NOOP" | "LOGOUT" | "ID");
         let not_auth = matches!(name.as_str(), "STARTTLS" | "LOGIN" | "AUTHENTICATE");
         let selected_only = matches!(
             name.as_str(),
-            "CHECK" | "CLOSE" | "UNSELECT" | "EXPUNGE" | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE"
+            "CHECK"
+                | "CLOSE"
+                | "UNSELECT"
+                | "EXPUNGE"
+                | "SEARCH"
+                | "FETCH"
+                | "STORE"
+                | "COPY"
+                | "MOVE"
         );
-        let valid_uid = !uid || matches!(name.as_str(), "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE");
+        let valid_uid = !uid
+            || matches!(
+                name.as_str(),
+                "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE"
+            );
         if !valid_uid {
             return self.bad(&tag, &format!("UID {name} is not a command"), out);
         }
@@ -509,12 +571,19 @@ impl Session {
                 self.close(out);
             }
             "ID" => {
-                out.line(&format!("* ID (\"name\" \"shardmail\" \"version\" \"{}\")", env!("CARGO_PKG_VERSION")));
+                out.line(&format!(
+                    "* ID (\"name\" \"shardmail\" \"version\" \"{}\")",
+                    env!("CARGO_PKG_VERSION")
+                ));
                 out.line(&format!("{tag} OK ID completed"));
             }
             "STARTTLS" => {
                 if self.tls || !self.config.tls_available {
-                    return self.bad(&tag, "TLS is not available here (already active, or no certificate)", out);
+                    return self.bad(
+                        &tag,
+                        "TLS is not available here (already active, or no certificate)",
+                        out,
+                    );
                 }
                 out.line(&format!("{tag} OK Begin TLS negotiation now"));
                 self.pending = Some(Pending::StartTls);
@@ -537,7 +606,11 @@ impl Session {
                 };
                 self.pending = Some(Pending::Simple {
                     tag,
-                    done: if name == "SUBSCRIBE" { "SUBSCRIBE completed" } else { "UNSUBSCRIBE completed" },
+                    done: if name == "SUBSCRIBE" {
+                        "SUBSCRIBE completed"
+                    } else {
+                        "UNSUBSCRIBE completed"
+                    },
                 });
                 out.actions.push(Action::Write(Write::Subscribe {
                     name: normalize(&mailbox),
@@ -581,7 +654,9 @@ impl Session {
         ) else {
             return self.bad(tag, "LOGIN needs a user name and a password", out);
         };
-        self.pending = Some(Pending::Login { tag: tag.to_string() });
+        self.pending = Some(Pending::Login {
+            tag: tag.to_string(),
+        });
         out.actions.push(Action::Authenticate {
             username: user.into_owned(),
             password: pass.into_owned(),
@@ -593,7 +668,9 @@ impl Session {
             return self.bad(tag, "AUTHENTICATE needs a mechanism", out);
         };
         if !mechanism.eq_ignore_ascii_case("PLAIN") {
-            out.line(&format!("{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is supported"));
+            out.line(&format!(
+                "{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is supported"
+            ));
             return;
         }
         if !self.login_allowed() {
@@ -602,7 +679,11 @@ impl Session {
         }
         match args.get(1).and_then(Token::as_str) {
             Some(initial) => {
-                let initial = if initial == "=" { String::new() } else { initial.into_owned() };
+                let initial = if initial == "=" {
+                    String::new()
+                } else {
+                    initial.into_owned()
+                };
                 self.sasl_tag = Some(tag.to_string());
                 self.sasl_line(initial.as_bytes(), out);
             }
@@ -614,7 +695,9 @@ impl Session {
     }
 
     fn sasl_line(&mut self, line: &[u8], out: &mut Outbox) {
-        let Some(tag) = self.sasl_tag.take() else { return };
+        let Some(tag) = self.sasl_tag.take() else {
+            return;
+        };
         if line == b"*" {
             out.line(&format!("{tag} BAD AUTHENTICATE cancelled"));
             return;
@@ -633,17 +716,26 @@ impl Session {
 
     /// The password checked out; the account is open on this shard.
     pub fn logged_in(&mut self, user: String, out: &mut Outbox) {
-        let Some(Pending::Login { tag }) = self.pending.take() else { return };
+        let Some(Pending::Login { tag }) = self.pending.take() else {
+            return;
+        };
         self.state = State::Authenticated;
         self.user = Some(user);
-        out.line(&format!("{tag} OK [CAPABILITY {}] Logged in", self.capabilities()));
+        out.line(&format!(
+            "{tag} OK [CAPABILITY {}] Logged in",
+            self.capabilities()
+        ));
     }
 
     pub fn login_failed(&mut self, refusal: LoginRefusal, out: &mut Outbox) {
-        let Some(Pending::Login { tag }) = self.pending.take() else { return };
+        let Some(Pending::Login { tag }) = self.pending.take() else {
+            return;
+        };
         match refusal {
             LoginRefusal::BadCredentials => {
-                out.line(&format!("{tag} NO [AUTHENTICATIONFAILED] Invalid credentials"));
+                out.line(&format!(
+                    "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials"
+                ));
                 self.auth_failures += 1;
                 if self.auth_failures >= self.config.auth_failures_max {
                     out.line("* BYE Too many failed logins");
@@ -651,7 +743,9 @@ impl Session {
                 }
             }
             LoginRefusal::Temporary => {
-                out.line(&format!("{tag} NO [UNAVAILABLE] Temporary failure; try again later"));
+                out.line(&format!(
+                    "{tag} NO [UNAVAILABLE] Temporary failure; try again later"
+                ));
             }
         }
     }
@@ -687,7 +781,14 @@ impl Session {
         out.line(&format!("{tag} OK ENABLE completed"));
     }
 
-    fn select(&mut self, tag: &str, args: &[Token<'_>], read_only: bool, store: &dyn Mailstore, out: &mut Outbox) {
+    fn select(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        read_only: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let params = match command::select_args(args) {
             Ok(p) => p,
             Err(e) => return self.bad(tag, &e, out),
@@ -698,7 +799,10 @@ impl Session {
         if self.selected.take().is_some() {
             out.line("* OK [CLOSED] Previous mailbox closed");
         }
-        let Some(mb) = store.account().and_then(|a| a.mailbox(&normalize(&params.mailbox))) else {
+        let Some(mb) = store
+            .account()
+            .and_then(|a| a.mailbox(&normalize(&params.mailbox)))
+        else {
             out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
             return;
         };
@@ -715,7 +819,9 @@ impl Session {
             }
         }
         let keyword_list = keywords.iter().fold(String::new(), |acc, k| acc + " " + k);
-        out.line(&format!("* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{keyword_list})"));
+        out.line(&format!(
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{keyword_list})"
+        ));
         if read_only {
             out.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
         } else {
@@ -729,17 +835,27 @@ impl Session {
             }
         }
         out.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
-        out.line(&format!("* OK [UIDNEXT {}] Predicted next UID", mb.uid_next));
-        out.line(&format!("* OK [HIGHESTMODSEQ {}] Highest", mb.highest_modseq));
+        out.line(&format!(
+            "* OK [UIDNEXT {}] Predicted next UID",
+            mb.uid_next
+        ));
+        out.line(&format!(
+            "* OK [HIGHESTMODSEQ {}] Highest",
+            mb.highest_modseq
+        ));
         if let Some(q) = &params.qresync {
             if q.uidvalidity == mb.uidvalidity {
                 let vanished = vanished_since(mb, q.known_uids.as_ref());
                 if !vanished.is_empty() {
-                    out.line(&format!("* VANISHED (EARLIER) {}", SequenceSet::compact(&vanished)));
+                    out.line(&format!(
+                        "* VANISHED (EARLIER) {}",
+                        SequenceSet::compact(&vanished)
+                    ));
                 }
                 for (i, m) in mb.messages.iter().enumerate() {
                     if m.modseq > q.modseq {
-                        let mut line = format!("* {} FETCH (UID {} FLAGS ", i + 1, m.uid).into_bytes();
+                        let mut line =
+                            format!("* {} FETCH (UID {} FLAGS ", i + 1, m.uid).into_bytes();
                         render::flag_list(&mut line, m.flags, &m.keywords);
                         line.extend_from_slice(format!(" MODSEQ ({}))\r\n", m.modseq).as_bytes());
                         out.reply.extend_from_slice(&line);
@@ -758,7 +874,13 @@ impl Session {
         out.line(&format!("{tag} OK [{mode}] {verb} completed"));
     }
 
-    fn mailbox_arg(&mut self, tag: &str, args: &[Token<'_>], what: &str, out: &mut Outbox) -> Option<String> {
+    fn mailbox_arg(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        what: &str,
+        out: &mut Outbox,
+    ) -> Option<String> {
         match args.first().and_then(command::mailbox_text) {
             Some(m) => Some(normalize(&m)),
             None => {
@@ -769,7 +891,9 @@ impl Session {
     }
 
     fn create(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
-        let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else { return };
+        let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else {
+            return;
+        };
         if let Err(e) = valid_name(&name) {
             out.line(&format!("{tag} NO [CANNOT] {e}"));
             return;
@@ -794,22 +918,34 @@ impl Session {
                 names.push(prefix.clone());
             }
         }
-        self.pending = Some(Pending::Simple { tag: tag.to_string(), done: "CREATE completed" });
+        self.pending = Some(Pending::Simple {
+            tag: tag.to_string(),
+            done: "CREATE completed",
+        });
         out.actions.push(Action::Write(Write::Create { names }));
     }
 
     fn delete(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
-        let Some(name) = self.mailbox_arg(tag, args, "DELETE", out) else { return };
+        let Some(name) = self.mailbox_arg(tag, args, "DELETE", out) else {
+            return;
+        };
         let Some(mb) = store.account().and_then(|a| a.mailbox(&name)) else {
             out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
             return;
         };
         if mb.special_use != SpecialUse::None {
-            out.line(&format!("{tag} NO [CANNOT] {} is a default mailbox and cannot be deleted", mb.name));
+            out.line(&format!(
+                "{tag} NO [CANNOT] {} is a default mailbox and cannot be deleted",
+                mb.name
+            ));
             return;
         }
-        self.pending = Some(Pending::Delete { tag: tag.to_string(), mailbox: mb.id });
-        out.actions.push(Action::Write(Write::Delete { mailbox: mb.id }));
+        self.pending = Some(Pending::Delete {
+            tag: tag.to_string(),
+            mailbox: mb.id,
+        });
+        out.actions
+            .push(Action::Write(Write::Delete { mailbox: mb.id }));
     }
 
     fn rename(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
@@ -832,11 +968,18 @@ impl Session {
             out.line(&format!("{tag} NO [CANNOT] {e}"));
             return;
         }
-        if account.mailbox(&to).is_some() || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, &to)) {
+        if account.mailbox(&to).is_some()
+            || DEFAULT_MAILBOXES
+                .iter()
+                .any(|(d, _)| mailbox_name_eq(d, &to))
+        {
             out.line(&format!("{tag} NO [ALREADYEXISTS] Target mailbox exists"));
             return;
         }
-        self.pending = Some(Pending::Simple { tag: tag.to_string(), done: "RENAME completed" });
+        self.pending = Some(Pending::Simple {
+            tag: tag.to_string(),
+            done: "RENAME completed",
+        });
         if mb.special_use == SpecialUse::Inbox {
             // INBOX stays, empty; its messages move to the new name (RFC 9051 §6.3.6).
             out.actions.push(Action::Write(Write::RenameInbox { to }));
@@ -844,7 +987,10 @@ impl Session {
         }
         if mb.special_use != SpecialUse::None {
             self.pending = None;
-            out.line(&format!("{tag} NO [CANNOT] {} is a default mailbox and cannot be renamed", mb.name));
+            out.line(&format!(
+                "{tag} NO [CANNOT] {} is a default mailbox and cannot be renamed",
+                mb.name
+            ));
             return;
         }
         let child_prefix = format!("{}{DELIMITER}", mb.name);
@@ -862,7 +1008,10 @@ impl Session {
             Ok(l) => l,
             Err(e) => return self.bad(tag, &e, out),
         };
-        if list.patterns.len() == 1 && list.patterns.first().is_some_and(String::is_empty) && !list.extended {
+        if list.patterns.len() == 1
+            && list.patterns.first().is_some_and(String::is_empty)
+            && !list.extended
+        {
             out.line("* LIST (\\Noselect) \"/\" \"\"");
             out.line(&format!("{tag} OK LIST completed"));
             return;
@@ -910,25 +1059,42 @@ impl Session {
                 if !(list.recursive_match && child_subscribed && matches_any(name)) {
                     continue;
                 }
-                self.list_line(out, "LIST", name, &["\\NonExistent"], Some("(\"CHILDINFO\" (\"SUBSCRIBED\"))"));
+                self.list_line(
+                    out,
+                    "LIST",
+                    name,
+                    &["\\NonExistent"],
+                    Some("(\"CHILDINFO\" (\"SUBSCRIBED\"))"),
+                );
                 continue;
             }
             if !matches_any(name) {
                 continue;
             }
             let mb = account.mailbox(name);
-            if list.special_use_only && !mb.is_some_and(|m| !matches!(m.special_use, SpecialUse::None | SpecialUse::Inbox)) {
+            if list.special_use_only
+                && !mb
+                    .is_some_and(|m| !matches!(m.special_use, SpecialUse::None | SpecialUse::Inbox))
+            {
                 continue;
             }
             let mut attrs: Vec<&str> = Vec::new();
             if !exists {
-                attrs.push(if is_implied && !list.extended { "\\Noselect" } else { "\\NonExistent" });
+                attrs.push(if is_implied && !list.extended {
+                    "\\Noselect"
+                } else {
+                    "\\NonExistent"
+                });
             }
             let has_children = names
                 .iter()
                 .chain(implied.iter())
                 .any(|n| n.starts_with(&format!("{name}{DELIMITER}")));
-            attrs.push(if has_children { "\\HasChildren" } else { "\\HasNoChildren" });
+            attrs.push(if has_children {
+                "\\HasChildren"
+            } else {
+                "\\HasNoChildren"
+            });
             if is_subscribed && (list.return_subscribed || list.subscribed_only) {
                 attrs.push("\\Subscribed");
             }
@@ -945,7 +1111,14 @@ impl Session {
         out.line(&format!("{tag} OK LIST completed"));
     }
 
-    fn list_line(&self, out: &mut Outbox, verb: &str, name: &str, attrs: &[&str], extra: Option<&str>) {
+    fn list_line(
+        &self,
+        out: &mut Outbox,
+        verb: &str,
+        name: &str,
+        attrs: &[&str],
+        extra: Option<&str>,
+    ) {
         let mut line = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
         render::mailbox_name(&mut line, name);
         if let Some(extra) = extra {
@@ -967,7 +1140,11 @@ impl Session {
         if let Some(account) = store.account() {
             for s in &account.subscribed {
                 if pattern_matches(&pattern, s) {
-                    let attrs: &[&str] = if account.mailbox(s).is_some() { &[] } else { &["\\Noselect"] };
+                    let attrs: &[&str] = if account.mailbox(s).is_some() {
+                        &[]
+                    } else {
+                        &["\\Noselect"]
+                    };
                     self.list_line(out, "LSUB", s, attrs, None);
                 }
             }
@@ -995,7 +1172,14 @@ impl Session {
         out.line(&format!("{tag} OK STATUS completed"));
     }
 
-    fn append(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, now: i64, out: &mut Outbox) {
+    fn append(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        store: &dyn Mailstore,
+        now: i64,
+        out: &mut Outbox,
+    ) {
         let Some(name) = args.first().and_then(command::mailbox_text) else {
             return self.bad(tag, "APPEND needs a mailbox name", out);
         };
@@ -1028,7 +1212,10 @@ impl Session {
             out.line(&format!("{tag} NO [TRYCREATE] No such mailbox"));
             return;
         };
-        self.pending = Some(Pending::Append { tag: tag.to_string(), uidvalidity: mb.uidvalidity });
+        self.pending = Some(Pending::Append {
+            tag: tag.to_string(),
+            uidvalidity: mb.uidvalidity,
+        });
         out.actions.push(Action::Write(Write::Append {
             mailbox: mb.id,
             message: message.to_vec(),
@@ -1039,7 +1226,9 @@ impl Session {
     }
 
     fn idle_line(&mut self, line: &[u8], store: &dyn Mailstore, out: &mut Outbox) {
-        let Some(tag) = self.idle_tag.take() else { return };
+        let Some(tag) = self.idle_tag.take() else {
+            return;
+        };
         if line.eq_ignore_ascii_case(b"DONE") {
             self.update(store, out, true, &HashSet::new());
             out.line(&format!("{tag} OK IDLE terminated"));
@@ -1060,9 +1249,20 @@ impl Session {
     /// Reports what changed in the selected mailbox since the client last heard:
     /// expunges (only when `expunges_allowed`: never during FETCH, STORE or SEARCH),
     /// new messages, and flag changes not in `skip` (UIDs this command reported).
-    fn update(&mut self, store: &dyn Mailstore, out: &mut Outbox, expunges_allowed: bool, skip: &HashSet<u32>) {
-        let Some(sel) = self.selected.as_mut() else { return };
-        let Some(mb) = store.account().and_then(|a| a.mailboxes.iter().find(|m| m.id == sel.id)) else {
+    fn update(
+        &mut self,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+        expunges_allowed: bool,
+        skip: &HashSet<u32>,
+    ) {
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let Some(mb) = store
+            .account()
+            .and_then(|a| a.mailboxes.iter().find(|m| m.id == sel.id))
+        else {
             // Deleted by another session.
             out.line("* BYE Selected mailbox was deleted");
             self.selected = None;
@@ -1086,12 +1286,14 @@ impl Session {
                         out.line(&format!("* {} EXPUNGE", i + 1));
                     }
                 }
-                sel.uids.retain(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_ok());
+                sel.uids
+                    .retain(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_ok());
             }
         }
         let last = sel.uids.last().copied().unwrap_or(0);
         let known = sel.uids.len();
-        sel.uids.extend(mb.messages.iter().filter(|m| m.uid > last).map(|m| m.uid));
+        sel.uids
+            .extend(mb.messages.iter().filter(|m| m.uid > last).map(|m| m.uid));
         if sel.uids.len() != known {
             out.line(&format!("* {} EXISTS", sel.uids.len()));
         }
@@ -1100,8 +1302,12 @@ impl Session {
                 if *uid > last || skip.contains(uid) {
                     continue;
                 }
-                let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) else { continue };
-                let Some(m) = mb.messages.get(at) else { continue };
+                let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) else {
+                    continue;
+                };
+                let Some(m) = mb.messages.get(at) else {
+                    continue;
+                };
                 if m.modseq > sel.reported_modseq {
                     let mut line = format!("* {} FETCH (", i + 1).into_bytes();
                     if self.qresync {
@@ -1123,7 +1329,9 @@ impl Session {
     /// Sequence numbers (1-based) and UIDs of the selected messages a set names.
     /// `Err` for a sequence number beyond the mailbox.
     fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, String> {
-        let Some(sel) = &self.selected else { return Ok(Vec::new()) };
+        let Some(sel) = &self.selected else {
+            return Ok(Vec::new());
+        };
         let largest_uid = sel.uids.last().copied().unwrap_or(0);
         if uid {
             return Ok(sel
@@ -1164,7 +1372,12 @@ impl Session {
     fn close_mailbox(&mut self, tag: &str, store: &dyn Mailstore, out: &mut Outbox) {
         let Some(sel) = &self.selected else { return };
         let deleted: Vec<u32> = match (sel.read_only, self.mailbox(store)) {
-            (false, Some(mb)) => mb.messages.iter().filter(|m| m.flags & flags::DELETED != 0).map(|m| m.uid).collect(),
+            (false, Some(mb)) => mb
+                .messages
+                .iter()
+                .filter(|m| m.flags & flags::DELETED != 0)
+                .map(|m| m.uid)
+                .collect(),
             _ => Vec::new(),
         };
         let mailbox = sel.id;
@@ -1173,18 +1386,35 @@ impl Session {
             out.line(&format!("{tag} OK CLOSE completed"));
             return;
         }
-        self.pending = Some(Pending::Expunge { tag: tag.to_string(), closing: true });
-        out.actions.push(Action::Write(Write::Expunge { mailbox, uids: deleted }));
+        self.pending = Some(Pending::Expunge {
+            tag: tag.to_string(),
+            closing: true,
+        });
+        out.actions.push(Action::Write(Write::Expunge {
+            mailbox,
+            uids: deleted,
+        }));
     }
 
-    fn expunge(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+    fn expunge(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        uid: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let Some(sel) = &self.selected else { return };
         if sel.read_only {
             out.line(&format!("{tag} NO [READ-ONLY] Mailbox is read-only"));
             return;
         }
         let set = if uid {
-            match args.first().and_then(Token::as_str).map(|s| SequenceSet::parse(&s)) {
+            match args
+                .first()
+                .and_then(Token::as_str)
+                .map(|s| SequenceSet::parse(&s))
+            {
                 Some(Ok(s)) => Some(s),
                 _ => return self.bad(tag, "UID EXPUNGE needs a UID set", out),
             }
@@ -1210,11 +1440,22 @@ impl Session {
             out.line(&format!("{tag} OK EXPUNGE completed"));
             return;
         }
-        self.pending = Some(Pending::Expunge { tag: tag.to_string(), closing: false });
-        out.actions.push(Action::Write(Write::Expunge { mailbox, uids }));
+        self.pending = Some(Pending::Expunge {
+            tag: tag.to_string(),
+            closing: false,
+        });
+        out.actions
+            .push(Action::Write(Write::Expunge { mailbox, uids }));
     }
 
-    fn search(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+    fn search(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        uid: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let SearchArgs { ret, key } = match command::search_args(args) {
             Ok(s) => s,
             Err(e) if e.starts_with("[BADCHARSET") => {
@@ -1227,14 +1468,20 @@ impl Session {
         if with_modseq {
             self.condstore = true;
         }
-        let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else { return };
+        let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else {
+            return;
+        };
         let largest_seq = sel.uids.len() as u32;
         let largest_uid = sel.uids.last().copied().unwrap_or(0);
         let mut hits: Vec<u32> = Vec::new();
         let mut highest = 0;
         for (i, u) in sel.uids.iter().enumerate() {
-            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
-            let Some(entry) = mb.messages.get(at) else { continue };
+            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
+                continue;
+            };
+            let Some(entry) = mb.messages.get(at) else {
+                continue;
+            };
             let bytes = || store.bytes(entry);
             let candidate = Candidate::new(i as u32 + 1, entry, largest_seq, largest_uid, &bytes);
             if search::matches(&key, &candidate) {
@@ -1280,7 +1527,14 @@ impl Session {
         out.line(&format!("{tag} OK SEARCH completed"));
     }
 
-    fn fetch(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+    fn fetch(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        uid: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let Some(set) = args.first().and_then(Token::as_str) else {
             return self.bad(tag, "FETCH needs a sequence set", out);
         };
@@ -1301,7 +1555,8 @@ impl Session {
         if uid && !items.contains(&FetchAtt::Uid) {
             items.insert(0, FetchAtt::Uid);
         }
-        if self.condstore && modifiers.changed_since.is_some() && !items.contains(&FetchAtt::ModSeq) {
+        if self.condstore && modifiers.changed_since.is_some() && !items.contains(&FetchAtt::ModSeq)
+        {
             items.push(FetchAtt::ModSeq);
         }
         let targets = match self.resolve(&set, uid) {
@@ -1318,7 +1573,10 @@ impl Session {
                     .take(1_000_000)
                     .collect();
                 if !vanished.is_empty() {
-                    out.line(&format!("* VANISHED (EARLIER) {}", SequenceSet::compact(&vanished)));
+                    out.line(&format!(
+                        "* VANISHED (EARLIER) {}",
+                        SequenceSet::compact(&vanished)
+                    ));
                 }
             }
         }
@@ -1329,8 +1587,11 @@ impl Session {
                 let changes: Vec<(u32, u32, Vec<String>)> = target_uids
                     .iter()
                     .filter_map(|u| {
-                        let m = mb.messages.get(mb.messages.binary_search_by_key(u, |m| m.uid).ok()?)?;
-                        (m.flags & flags::SEEN == 0).then(|| (m.uid, m.flags | flags::SEEN, m.keywords.clone()))
+                        let m = mb
+                            .messages
+                            .get(mb.messages.binary_search_by_key(u, |m| m.uid).ok()?)?;
+                        (m.flags & flags::SEEN == 0)
+                            .then(|| (m.uid, m.flags | flags::SEEN, m.keywords.clone()))
                     })
                     .collect();
                 if !changes.is_empty() {
@@ -1344,7 +1605,10 @@ impl Session {
                         items,
                         modifiers,
                     }));
-                    out.actions.push(Action::Write(Write::Store { mailbox: mb.id, changes }));
+                    out.actions.push(Action::Write(Write::Store {
+                        mailbox: mb.id,
+                        changes,
+                    }));
                     return;
                 }
             }
@@ -1364,18 +1628,30 @@ impl Session {
         out: &mut Outbox,
     ) {
         let mut failed = false;
-        let reported: HashSet<u32> = if items.contains(&FetchAtt::Flags) { targets.iter().copied().collect() } else { HashSet::new() };
+        let reported: HashSet<u32> = if items.contains(&FetchAtt::Flags) {
+            targets.iter().copied().collect()
+        } else {
+            HashSet::new()
+        };
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
             for u in targets {
-                let Some(seq) = sel.uids.iter().position(|x| x == u).map(|i| i as u32 + 1) else { continue };
-                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
-                let Some(entry) = mb.messages.get(at) else { continue };
+                let Some(seq) = sel.uids.iter().position(|x| x == u).map(|i| i as u32 + 1) else {
+                    continue;
+                };
+                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
+                    continue;
+                };
+                let Some(entry) = mb.messages.get(at) else {
+                    continue;
+                };
                 if modifiers.changed_since.is_some_and(|c| entry.modseq <= c) {
                     continue;
                 }
                 if let Err(e) = fetch_one(out, seq, entry, items, store) {
                     failed = true;
-                    out.line(&format!("{tag} NO [{e}] Cannot decode part of message {seq}"));
+                    out.line(&format!(
+                        "{tag} NO [{e}] Cannot decode part of message {seq}"
+                    ));
                     break;
                 }
             }
@@ -1386,7 +1662,14 @@ impl Session {
         }
     }
 
-    fn store(&mut self, tag: &str, args: &[Token<'_>], uid: bool, store: &dyn Mailstore, out: &mut Outbox) {
+    fn store(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        uid: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let a = match command::store_args(args) {
             Ok(a) => a,
             Err(e) => return self.bad(tag, &e, out),
@@ -1402,13 +1685,19 @@ impl Session {
             Ok(t) => t,
             Err(e) => return self.bad(tag, &e, out),
         };
-        let Some(mb) = self.mailbox(store) else { return };
+        let Some(mb) = self.mailbox(store) else {
+            return;
+        };
         let mut changes = Vec::new();
         let mut modified = Vec::new();
         let mut target_uids = Vec::new();
         for (seq, u) in &targets {
-            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
-            let Some(m) = mb.messages.get(at) else { continue };
+            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
+                continue;
+            };
+            let Some(m) = mb.messages.get(at) else {
+                continue;
+            };
             if a.unchanged_since.is_some_and(|n| m.modseq > n) {
                 modified.push(if uid { *u } else { *seq });
                 continue;
@@ -1439,17 +1728,30 @@ impl Session {
                 changes.push((m.uid, bits, keywords));
             }
         }
-        let pending = StorePending { tag: tag.to_string(), uid, silent: a.silent, targets: target_uids, modified };
+        let pending = StorePending {
+            tag: tag.to_string(),
+            uid,
+            silent: a.silent,
+            targets: target_uids,
+            modified,
+        };
         if changes.is_empty() {
             self.finish_store(pending, &[], store, out);
             return;
         }
         let mailbox = mb.id;
         self.pending = Some(Pending::Store(pending));
-        out.actions.push(Action::Write(Write::Store { mailbox, changes }));
+        out.actions
+            .push(Action::Write(Write::Store { mailbox, changes }));
     }
 
-    fn finish_store(&mut self, p: StorePending, changed: &[(u32, u64)], store: &dyn Mailstore, out: &mut Outbox) {
+    fn finish_store(
+        &mut self,
+        p: StorePending,
+        changed: &[(u32, u64)],
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let mut reported: HashSet<u32> = HashSet::new();
         let changed_uids: HashSet<u32> = changed.iter().map(|c| c.0).collect();
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
@@ -1459,9 +1761,15 @@ impl Session {
                     reported.insert(*u);
                     continue;
                 }
-                let Some(seq) = sel.uids.iter().position(|x| x == u) else { continue };
-                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else { continue };
-                let Some(m) = mb.messages.get(at) else { continue };
+                let Some(seq) = sel.uids.iter().position(|x| x == u) else {
+                    continue;
+                };
+                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
+                    continue;
+                };
+                let Some(m) = mb.messages.get(at) else {
+                    continue;
+                };
                 let mut line = format!("* {} FETCH (", seq + 1).into_bytes();
                 if p.uid || self.qresync {
                     line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
@@ -1480,14 +1788,33 @@ impl Session {
         if p.modified.is_empty() {
             out.line(&format!("{} OK STORE completed", p.tag));
         } else {
-            out.line(&format!("{} OK [MODIFIED {}] Conditional STORE failed for some messages", p.tag, SequenceSet::compact(&p.modified)));
+            out.line(&format!(
+                "{} OK [MODIFIED {}] Conditional STORE failed for some messages",
+                p.tag,
+                SequenceSet::compact(&p.modified)
+            ));
         }
     }
 
-    fn copy(&mut self, tag: &str, args: &[Token<'_>], uid: bool, moving: bool, store: &dyn Mailstore, out: &mut Outbox) {
+    fn copy(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        uid: bool,
+        moving: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
         let verb = if moving { "MOVE" } else { "COPY" };
-        let (Some(set), Some(dest)) = (args.first().and_then(Token::as_str), args.get(1).and_then(command::mailbox_text)) else {
-            return self.bad(tag, &format!("{verb} needs a sequence set and a mailbox"), out);
+        let (Some(set), Some(dest)) = (
+            args.first().and_then(Token::as_str),
+            args.get(1).and_then(command::mailbox_text),
+        ) else {
+            return self.bad(
+                tag,
+                &format!("{verb} needs a sequence set and a mailbox"),
+                out,
+            );
         };
         let set = match SequenceSet::parse(&set) {
             Ok(s) => s,
@@ -1505,20 +1832,34 @@ impl Session {
             out.line(&format!("{tag} NO [TRYCREATE] No such mailbox"));
             return;
         };
-        let Some(from) = self.selected.as_ref().map(|s| s.id) else { return };
+        let Some(from) = self.selected.as_ref().map(|s| s.id) else {
+            return;
+        };
         let uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
         if uids.is_empty() {
             self.update(store, out, uid, &HashSet::new());
             out.line(&format!("{tag} OK {verb} completed (no messages)"));
             return;
         }
-        self.pending = Some(Pending::Copy { tag: tag.to_string(), uid, moving, uidvalidity: to.uidvalidity });
-        out.actions.push(Action::Write(Write::Copy { from, uids, to: to.id, expunge_source: moving }));
+        self.pending = Some(Pending::Copy {
+            tag: tag.to_string(),
+            uid,
+            moving,
+            uidvalidity: to.uidvalidity,
+        });
+        out.actions.push(Action::Write(Write::Copy {
+            from,
+            uids,
+            to: to.id,
+            expunge_source: moving,
+        }));
     }
 
     /// A [`Write`] finished (durably, or not at all).
     pub fn written(&mut self, result: Written, store: &dyn Mailstore, out: &mut Outbox) {
-        let Some(pending) = self.pending.take() else { return };
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
         if let Written::Failed(reason) = &result {
             let tag = match &pending {
                 Pending::StartTls => return,
@@ -1550,7 +1891,9 @@ impl Session {
             Pending::Append { tag, uidvalidity } => {
                 self.update(store, out, true, &HashSet::new());
                 match result {
-                    Written::Appended { uid } => out.line(&format!("{tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed")),
+                    Written::Appended { uid } => out.line(&format!(
+                        "{tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed"
+                    )),
                     _ => out.line(&format!("{tag} OK APPEND completed")),
                 }
             }
@@ -1562,9 +1905,22 @@ impl Session {
                 self.finish_store(p, &changed, store, out);
             }
             Pending::Fetch(p) => {
-                self.finish_fetch(&p.tag, p.uid, &p.targets, &p.items, &p.modifiers, store, out);
+                self.finish_fetch(
+                    &p.tag,
+                    p.uid,
+                    &p.targets,
+                    &p.items,
+                    &p.modifiers,
+                    store,
+                    out,
+                );
             }
-            Pending::Copy { tag, uid, moving, uidvalidity } => {
+            Pending::Copy {
+                tag,
+                uid,
+                moving,
+                uidvalidity,
+            } => {
                 let pairs = match result {
                     Written::Copied(p) => p,
                     _ => Vec::new(),
@@ -1574,7 +1930,11 @@ impl Session {
                 } else {
                     let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
                     let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                    format!("[COPYUID {uidvalidity} {} {}] ", join_uids(&src), join_uids(&dst))
+                    format!(
+                        "[COPYUID {uidvalidity} {} {}] ",
+                        join_uids(&src),
+                        join_uids(&dst)
+                    )
                 };
                 if moving {
                     if !code.is_empty() {
@@ -1603,9 +1963,32 @@ impl Session {
 fn is_known(name: &str) -> bool {
     matches!(
         name,
-        "STARTTLS" | "LOGIN" | "AUTHENTICATE" | "SELECT" | "EXAMINE" | "CREATE" | "DELETE" | "RENAME" | "SUBSCRIBE"
-            | "UNSUBSCRIBE" | "LIST" | "LSUB" | "STATUS" | "APPEND" | "IDLE" | "ENABLE" | "NAMESPACE" | "CHECK"
-            | "CLOSE" | "UNSELECT" | "EXPUNGE" | "SEARCH" | "FETCH" | "STORE" | "COPY" | "MOVE"
+        "STARTTLS"
+            | "LOGIN"
+            | "AUTHENTICATE"
+            | "SELECT"
+            | "EXAMINE"
+            | "CREATE"
+            | "DELETE"
+            | "RENAME"
+            | "SUBSCRIBE"
+            | "UNSUBSCRIBE"
+            | "LIST"
+            | "LSUB"
+            | "STATUS"
+            | "APPEND"
+            | "IDLE"
+            | "ENABLE"
+            | "NAMESPACE"
+            | "CHECK"
+            | "CLOSE"
+            | "UNSELECT"
+            | "EXPUNGE"
+            | "SEARCH"
+            | "FETCH"
+            | "STORE"
+            | "COPY"
+            | "MOVE"
     )
 }
 
@@ -1616,7 +1999,10 @@ fn join_uids(uids: &[u32]) -> String {
     if sorted == uids {
         SequenceSet::compact(uids)
     } else {
-        uids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        uids.iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -1634,7 +2020,10 @@ fn valid_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAILBOX_NAME_MAX {
         return Err(format!("Mailbox names are 1 to {MAILBOX_NAME_MAX} bytes"));
     }
-    if name.starts_with(DELIMITER) || name.contains("//") || name.chars().any(|c| c.is_control() || c == '*' || c == '%') {
+    if name.starts_with(DELIMITER)
+        || name.contains("//")
+        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
+    {
         return Err("Invalid mailbox name".into());
     }
     Ok(())
@@ -1650,7 +2039,9 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
                 let stop = n.iter().position(|&c| c == b'/').unwrap_or(n.len());
                 (0..=stop).any(|i| go(rest, n.get(i..).unwrap_or(&[])))
             }
-            Some((c, rest)) => n.split_first().is_some_and(|(d, nrest)| c == d && go(rest, nrest)),
+            Some((c, rest)) => n
+                .split_first()
+                .is_some_and(|(d, nrest)| c == d && go(rest, nrest)),
         }
     }
     // INBOX matches case-insensitively.
@@ -1667,7 +2058,10 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 fn ordered_names(account: &AccountIndex) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     if account.mailboxes.is_empty() {
-        return DEFAULT_MAILBOXES.iter().map(|(n, _)| n.to_string()).collect();
+        return DEFAULT_MAILBOXES
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .collect();
     }
     for m in &account.mailboxes {
         names.push(m.name.clone());
@@ -1693,9 +2087,24 @@ fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusItem]) {
             StatusItem::Messages => format!("MESSAGES {}", mb.messages.len()),
             StatusItem::UidNext => format!("UIDNEXT {}", mb.uid_next),
             StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
-            StatusItem::Unseen => format!("UNSEEN {}", mb.messages.iter().filter(|m| m.flags & flags::SEEN == 0).count()),
-            StatusItem::Deleted => format!("DELETED {}", mb.messages.iter().filter(|m| m.flags & flags::DELETED != 0).count()),
-            StatusItem::Size => format!("SIZE {}", mb.messages.iter().map(|m| u64::from(m.len)).sum::<u64>()),
+            StatusItem::Unseen => format!(
+                "UNSEEN {}",
+                mb.messages
+                    .iter()
+                    .filter(|m| m.flags & flags::SEEN == 0)
+                    .count()
+            ),
+            StatusItem::Deleted => format!(
+                "DELETED {}",
+                mb.messages
+                    .iter()
+                    .filter(|m| m.flags & flags::DELETED != 0)
+                    .count()
+            ),
+            StatusItem::Size => format!(
+                "SIZE {}",
+                mb.messages.iter().map(|m| u64::from(m.len)).sum::<u64>()
+            ),
             StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
             StatusItem::Recent => "RECENT 0".to_string(),
         });
@@ -1728,7 +2137,13 @@ fn vanished_since(mb: &MailboxIndex, known: Option<&SequenceSet>) -> Vec<u32> {
 }
 
 /// Writes one `* n FETCH (...)` response; `Err` names a response code on failure.
-fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt], store: &dyn Mailstore) -> Result<(), &'static str> {
+fn fetch_one(
+    out: &mut Outbox,
+    seq: u32,
+    entry: &MessageEntry,
+    items: &[FetchAtt],
+    store: &dyn Mailstore,
+) -> Result<(), &'static str> {
     let r = &mut out.reply;
     r.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     let bytes = || store.bytes(entry).unwrap_or(&[]);
@@ -1746,15 +2161,23 @@ fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt
                 r.extend_from_slice(b"INTERNALDATE ");
                 r.extend_from_slice(render::internal_date(entry.internal_date).as_bytes());
             }
-            FetchAtt::Rfc822Size => r.extend_from_slice(format!("RFC822.SIZE {}", entry.len).as_bytes()),
-            FetchAtt::ModSeq => r.extend_from_slice(format!("MODSEQ ({})", entry.modseq).as_bytes()),
+            FetchAtt::Rfc822Size => {
+                r.extend_from_slice(format!("RFC822.SIZE {}", entry.len).as_bytes())
+            }
+            FetchAtt::ModSeq => {
+                r.extend_from_slice(format!("MODSEQ ({})", entry.modseq).as_bytes())
+            }
             FetchAtt::Envelope => {
                 r.extend_from_slice(b"ENVELOPE ");
                 render::envelope(r, &entry.summary);
             }
             FetchAtt::Body | FetchAtt::BodyStructure => {
                 let extended = *item == FetchAtt::BodyStructure;
-                r.extend_from_slice(if extended { b"BODYSTRUCTURE " } else { b"BODY " });
+                r.extend_from_slice(if extended {
+                    b"BODYSTRUCTURE "
+                } else {
+                    b"BODY "
+                });
                 render::body_structure(r, bytes(), &entry.summary, extended);
             }
             FetchAtt::Rfc822 => {
@@ -1762,12 +2185,29 @@ fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt
                 render::literal(r, bytes());
             }
             FetchAtt::Rfc822Header | FetchAtt::Rfc822Text => {
-                let text = if *item == FetchAtt::Rfc822Header { SectionText::Header } else { SectionText::Text };
-                let data = render::section(bytes(), &entry.summary, &Section { part: Vec::new(), text: Some(text) });
-                r.extend_from_slice(if *item == FetchAtt::Rfc822Header { b"RFC822.HEADER " } else { b"RFC822.TEXT " });
+                let text = if *item == FetchAtt::Rfc822Header {
+                    SectionText::Header
+                } else {
+                    SectionText::Text
+                };
+                let data = render::section(
+                    bytes(),
+                    &entry.summary,
+                    &Section {
+                        part: Vec::new(),
+                        text: Some(text),
+                    },
+                );
+                r.extend_from_slice(if *item == FetchAtt::Rfc822Header {
+                    b"RFC822.HEADER "
+                } else {
+                    b"RFC822.TEXT "
+                });
                 render::literal(r, data.as_deref().unwrap_or(&[]));
             }
-            FetchAtt::BodySection { section, partial, .. } => {
+            FetchAtt::BodySection {
+                section, partial, ..
+            } => {
                 let message = bytes();
                 let data = render::section(message, &entry.summary, section);
                 r.extend_from_slice(b"BODY[");
@@ -1800,7 +2240,14 @@ fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt
                 }
                 r.push(b' ');
                 let d = render::partial(&data, *partial);
-                r.extend_from_slice(format!("{}{{{}}}\r\n", if d.contains(&0) { "~" } else { "" }, d.len()).as_bytes());
+                r.extend_from_slice(
+                    format!(
+                        "{}{{{}}}\r\n",
+                        if d.contains(&0) { "~" } else { "" },
+                        d.len()
+                    )
+                    .as_bytes(),
+                );
                 r.extend_from_slice(d);
             }
             FetchAtt::BinarySize { part } => {
@@ -1808,7 +2255,9 @@ fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt
                     render::BinaryError::UnknownEncoding => "UNKNOWN-CTE",
                     render::BinaryError::NoSuchPart => "NONEXISTENT",
                 })?;
-                r.extend_from_slice(format!("BINARY.SIZE[{}] {}", part_path(part), data.len()).as_bytes());
+                r.extend_from_slice(
+                    format!("BINARY.SIZE[{}] {}", part_path(part), data.len()).as_bytes(),
+                );
             }
         }
     }
@@ -1817,7 +2266,10 @@ fn fetch_one(out: &mut Outbox, seq: u32, entry: &MessageEntry, items: &[FetchAtt
 }
 
 fn part_path(part: &[u32]) -> String {
-    part.iter().map(u32::to_string).collect::<Vec<_>>().join(".")
+    part.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn section_name(r: &mut Vec<u8>, section: &Section) {
