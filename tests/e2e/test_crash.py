@@ -5,13 +5,15 @@ message that got 250 is stored byte for byte, and the store opens cleanly. Also 
 deterministic torn tail (a half-written record appended to a log) that recovery must
 truncate. Load is bounded in count and time.
 """
+import imaplib
 import os
+import re
 import smtplib
 import threading
 import time
 import unittest
 
-from harness import DOMAIN, Server, partition_of, strip_received
+from harness import DOMAIN, Server, partition_of, strip_received, tls_context
 
 SENDERS = 16
 ROUNDS = 3
@@ -74,6 +76,78 @@ class CrashSafety(unittest.TestCase):
         missing = [(t, r) for t, r in acked.items() if sorted(stored.get(t, [])) != r]
         self.assertEqual(missing[:5], [], f"{len(missing)} of {len(acked)} acknowledged lost")
         print(f"\ncrash test: {len(acked)} acknowledged over {ROUNDS} kill -9 rounds, all present",
+              flush=True)
+
+    def test_kill_9_loses_no_acknowledged_imap_append_or_flag(self):
+        """IMAP: an APPEND answered OK [APPENDUID] and a STORE answered OK survive kill -9."""
+        server = Server(shards=2)
+        users = [f"imapcrash{i}@{DOMAIN}" for i in range(4)]
+        for u in users:
+            server.add_user(u, "pw")
+        appended = {}  # (user, uid) -> bytes
+        flagged = set()  # (user, uid)
+        lock = threading.Lock()
+        for round_no in range(2):
+            server.start()
+            stop_at = time.monotonic() + LOAD_SECONDS
+
+            def client(worker):
+                user = users[worker % len(users)]
+                try:
+                    m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls_context(), timeout=10)
+                    m.login(user, "pw")
+                    seq = 0
+                    while time.monotonic() < stop_at + 5:  # bounded; the kill ends it
+                        body = message(f"i{round_no}-w{worker}-{seq}")
+                        typ, data = m.append("INBOX", None, None, body)
+                        if typ != "OK":
+                            break
+                        uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+                        with lock:
+                            appended[(user, uid)] = body
+                        m.select("INBOX")
+                        typ, _ = m.uid("STORE", str(uid), "+FLAGS", "(\\Flagged)")
+                        if typ == "OK":
+                            with lock:
+                                flagged.add((user, uid))
+                        seq += 1
+                except (imaplib.IMAP4.error, imaplib.IMAP4.abort, OSError):
+                    pass  # the server died under us: expected
+
+            threads = [threading.Thread(target=client, args=(w,)) for w in range(8)]
+            for t in threads:
+                t.start()
+            time.sleep(LOAD_SECONDS)
+            server.kill()
+            for t in threads:
+                t.join(timeout=30)
+        self.assertGreater(len(appended), 0, "no APPEND was acknowledged before the kill")
+        server.start()
+        try:
+            missing, unflagged = [], []
+            for user in users:
+                m = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls_context(), timeout=20)
+                m.login(user, "pw")
+                m.select("INBOX", readonly=True)
+                typ, data = m.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[])")
+                have = {}
+                for part in data:
+                    if isinstance(part, tuple):
+                        uid = int(re.search(rb"UID (\d+)", part[0]).group(1))
+                        have[uid] = (part[1], b"\\Flagged" in part[0])
+                m.logout()
+                for (u, uid), body in appended.items():
+                    if u != user:
+                        continue
+                    if have.get(uid, (None,))[0] != body:
+                        missing.append((u, uid))
+                    elif (u, uid) in flagged and not have[uid][1]:
+                        unflagged.append((u, uid))
+        finally:
+            server.stop()
+        self.assertEqual(missing[:5], [], f"{len(missing)} of {len(appended)} acknowledged APPENDs lost")
+        self.assertEqual(unflagged[:5], [], f"{len(unflagged)} acknowledged STOREs lost")
+        print(f"\nIMAP crash test: {len(appended)} APPENDs and {len(flagged)} STOREs acknowledged, all present",
               flush=True)
 
     def test_torn_tail_is_truncated_at_start(self):
