@@ -539,3 +539,26 @@ proptest! {
         prop_assert_eq!(run(input.as_bytes(), cut, true), run(input.as_bytes(), usize::MAX, true));
     }
 }
+
+#[test]
+fn large_literals_are_spliced_from_the_store_byte_exact() {
+    let mut d = driver(true, false);
+    let mut big = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..2000 {
+        big.extend_from_slice(format!("line {i:05} of a large message\r\n").as_bytes());
+    }
+    d.store.deliver(1, &big, 1_795_600_000);
+    d.feed(b"a LOGIN bob pw\r\nb EXAMINE INBOX\r\n");
+    take(&mut d);
+    d.feed(b"c FETCH 1 (BODY.PEEK[] BODY.PEEK[TEXT]<100.20000> RFC822.SIZE)\r\n");
+    let text_part = &big[16 + 100..16 + 100 + 20000];
+    let mut expected = format!("* 1 FETCH (BODY[] {{{}}}\r\n", big.len()).into_bytes();
+    expected.extend_from_slice(&big);
+    expected.extend_from_slice(b" BODY[TEXT]<100> {20000}\r\n");
+    expected.extend_from_slice(text_part);
+    expected.extend_from_slice(
+        format!(" RFC822.SIZE {})\r\nc OK FETCH completed\r\n", big.len()).as_bytes(),
+    );
+    assert!(d.sent == expected, "spliced output differs");
+    assert_eq!(d.splices, 2, "both literals come from the log");
+}

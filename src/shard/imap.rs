@@ -203,9 +203,16 @@ async fn drive(
         metrics::add(&shard.metrics.imap.commands, commands - commands_counted);
         commands_counted = commands;
         let actions = std::mem::take(&mut out.actions);
-        let acted = !actions.is_empty();
+        let acted = actions.iter().any(|a| !matches!(a, Action::Splice { .. }));
+        if send_splices(shard, &mut stream, &mut out.reply, &actions, account)
+            .await
+            .is_err()
+        {
+            return;
+        }
         for action in actions {
             match action {
+                Action::Splice { .. } => {}
                 Action::StartTls => {
                     if flush_counted(shard, &mut stream, &mut out.reply)
                         .await
@@ -303,6 +310,35 @@ async fn drive(
             return;
         }
     }
+}
+
+/// Writes replies with the log bytes spliced in where the session asked (large FETCH
+/// literals go from the map to the socket — or to rustls — without a copy into the
+/// reply buffer); what follows the last splice stays in `reply`.
+async fn send_splices(
+    shard: &Shard,
+    stream: &mut Stream,
+    reply: &mut Vec<u8>,
+    actions: &[Action],
+    account: Option<u64>,
+) -> std::io::Result<()> {
+    let mut written = 0;
+    for action in actions {
+        let Action::Splice { at, offset, len } = action else {
+            continue;
+        };
+        let head = reply.get(written..*at).unwrap_or(&[]);
+        stream.write_all(head).await?;
+        let bytes = account
+            .and_then(|a| partition_for(shard, a))
+            .and_then(|p| p.read(*offset, *len as u32))
+            .ok_or_else(|| std::io::Error::other("spliced bytes are outside the log"))?;
+        stream.write_all(&bytes).await?;
+        metrics::add(&shard.metrics.bytes_sent_imap, (head.len() + len) as u64);
+        written = *at;
+    }
+    reply.drain(..written.min(reply.len()));
+    Ok(())
 }
 
 async fn flush_counted(

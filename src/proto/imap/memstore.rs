@@ -275,6 +275,8 @@ pub struct Driver {
     pub sent: Vec<u8>,
     pub closed: bool,
     pub now: i64,
+    /// Literals written from the log rather than the reply buffer.
+    pub splices: usize,
 }
 
 impl Driver {
@@ -290,6 +292,7 @@ impl Driver {
             sent: Vec::new(),
             closed: false,
             now: 1_795_675_500,
+            splices: 0,
         };
         d.settle();
         d
@@ -313,8 +316,25 @@ impl Driver {
     fn settle(&mut self) {
         use super::session::{Action, LoginRefusal};
         loop {
-            self.sent.append(&mut self.out.reply);
-            let actions = std::mem::take(&mut self.out.actions);
+            // Splices first, in order, as the IO layer writes them.
+            let mut written = 0;
+            let mut actions = Vec::new();
+            for action in std::mem::take(&mut self.out.actions) {
+                if let Action::Splice { at, offset, len } = action {
+                    self.sent
+                        .extend_from_slice(self.out.reply.get(written..at).unwrap_or(&[]));
+                    let start = offset as usize;
+                    self.sent
+                        .extend_from_slice(self.store.log.get(start..start + len).unwrap_or(&[]));
+                    written = at;
+                    self.splices += 1;
+                } else {
+                    actions.push(action);
+                }
+            }
+            self.sent
+                .extend_from_slice(self.out.reply.get(written..).unwrap_or(&[]));
+            self.out.reply.clear();
             if actions.is_empty() {
                 if self.closed {
                     return;
@@ -351,6 +371,7 @@ impl Driver {
                         self.closed = true;
                         self.pending.clear();
                     }
+                    Action::Splice { .. } => {}
                 }
             }
         }

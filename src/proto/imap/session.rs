@@ -77,6 +77,10 @@ pub enum Action {
     Authenticate { username: String, password: String },
     /// Make a durable change; answer with [`Session::written`].
     Write(Write),
+    /// Bytes `offset..offset + len` of the log go out at reply position `at` (before
+    /// `reply[at..]`): large FETCH literals are written from the map, never copied
+    /// into the reply buffer.
+    Splice { at: usize, offset: u64, len: usize },
     /// Flush replies and close the connection.
     Close,
 }
@@ -2144,7 +2148,52 @@ fn fetch_one(
     items: &[FetchAtt],
     store: &dyn Mailstore,
 ) -> Result<(), &'static str> {
-    let r = &mut out.reply;
+    let mut splices: Vec<(usize, u64, usize)> = Vec::new();
+    let result = fetch_items_into(&mut out.reply, &mut splices, seq, entry, items, store);
+    for (at, offset, len) in splices {
+        out.actions.push(Action::Splice { at, offset, len });
+    }
+    result
+}
+
+/// Literals at least this long are spliced from the log rather than copied.
+const SPLICE_BYTES_MIN: usize = 16 * 1024;
+
+/// Writes a literal of `data`, a slice of `message` (the stored bytes of `entry`) or
+/// derived from it: spliced from the log when it is a large slice of the message,
+/// copied otherwise. `literal8` allows NUL (BINARY).
+fn literal_of(
+    r: &mut Vec<u8>,
+    splices: &mut Vec<(usize, u64, usize)>,
+    message: &[u8],
+    entry: &MessageEntry,
+    data: &[u8],
+    literal8: bool,
+) {
+    let prefix = if literal8 && memchr::memchr(0, data).is_some() {
+        "~"
+    } else {
+        ""
+    };
+    r.extend_from_slice(format!("{prefix}{{{}}}\r\n", data.len()).as_bytes());
+    let base = message.as_ptr() as usize;
+    let start = (data.as_ptr() as usize).wrapping_sub(base);
+    let inside = start <= message.len() && start + data.len() <= message.len();
+    if inside && data.len() >= SPLICE_BYTES_MIN {
+        splices.push((r.len(), entry.offset + start as u64, data.len()));
+    } else {
+        r.extend_from_slice(data);
+    }
+}
+
+fn fetch_items_into(
+    r: &mut Vec<u8>,
+    splices: &mut Vec<(usize, u64, usize)>,
+    seq: u32,
+    entry: &MessageEntry,
+    items: &[FetchAtt],
+    store: &dyn Mailstore,
+) -> Result<(), &'static str> {
     r.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     let bytes = || store.bytes(entry).unwrap_or(&[]);
     for (i, item) in items.iter().enumerate() {
@@ -2182,7 +2231,8 @@ fn fetch_one(
             }
             FetchAtt::Rfc822 => {
                 r.extend_from_slice(b"RFC822 ");
-                render::literal(r, bytes());
+                let message = bytes();
+                literal_of(r, splices, message, entry, message, false);
             }
             FetchAtt::Rfc822Header | FetchAtt::Rfc822Text => {
                 let text = if *item == FetchAtt::Rfc822Header {
@@ -2220,18 +2270,14 @@ fn fetch_one(
                 match data {
                     Some(d) => {
                         let d = render::partial(&d, *partial);
-                        // Whole bodies go out as literals straight from the map.
-                        r.extend_from_slice(format!("{{{}}}\r\n", d.len()).as_bytes());
-                        r.extend_from_slice(d);
+                        literal_of(r, splices, message, entry, d, false);
                     }
                     None => r.extend_from_slice(b"NIL"),
                 }
             }
             FetchAtt::Binary { part, partial, .. } => {
-                let data = render::binary(bytes(), &entry.summary, part).map_err(|e| match e {
-                    render::BinaryError::UnknownEncoding => "UNKNOWN-CTE",
-                    render::BinaryError::NoSuchPart => "NONEXISTENT",
-                })?;
+                let message = bytes();
+                let data = render::binary(message, &entry.summary, part).map_err(binary_error)?;
                 r.extend_from_slice(b"BINARY[");
                 r.extend_from_slice(part_path(part).as_bytes());
                 r.push(b']');
@@ -2240,21 +2286,10 @@ fn fetch_one(
                 }
                 r.push(b' ');
                 let d = render::partial(&data, *partial);
-                r.extend_from_slice(
-                    format!(
-                        "{}{{{}}}\r\n",
-                        if d.contains(&0) { "~" } else { "" },
-                        d.len()
-                    )
-                    .as_bytes(),
-                );
-                r.extend_from_slice(d);
+                literal_of(r, splices, message, entry, d, true);
             }
             FetchAtt::BinarySize { part } => {
-                let data = render::binary(bytes(), &entry.summary, part).map_err(|e| match e {
-                    render::BinaryError::UnknownEncoding => "UNKNOWN-CTE",
-                    render::BinaryError::NoSuchPart => "NONEXISTENT",
-                })?;
+                let data = render::binary(bytes(), &entry.summary, part).map_err(binary_error)?;
                 r.extend_from_slice(
                     format!("BINARY.SIZE[{}] {}", part_path(part), data.len()).as_bytes(),
                 );
@@ -2263,6 +2298,13 @@ fn fetch_one(
     }
     r.extend_from_slice(b")\r\n");
     Ok(())
+}
+
+fn binary_error(e: render::BinaryError) -> &'static str {
+    match e {
+        render::BinaryError::UnknownEncoding => "UNKNOWN-CTE",
+        render::BinaryError::NoSuchPart => "NONEXISTENT",
+    }
 }
 
 fn part_path(part: &[u32]) -> String {
