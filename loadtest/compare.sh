@@ -7,6 +7,9 @@
 #     nothing: the ceiling of the load tool on this machine).
 #   POP3: shardmail-load pop3 (pipelined RETR of every message, 8 connections) against
 #     shardmail and Dovecot, each seeded with the same messages.
+#   IMAP: shardmail-load imap (8 connections) on the same mailboxes: FETCH of whole
+#     messages, FETCH of headers, the default mixed workload in long sessions, and a
+#     login-heavy mix (20 operations per session).
 #
 # Usage: loadtest/compare.sh            (as root: it installs and starts the references)
 # Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=64 OUT=compare.json
@@ -25,6 +28,9 @@ B=target/release/shardmail
 L=target/release/shardmail-load
 SM_SMTP=127.0.0.1:3525
 SM_POP3=127.0.0.1:3110
+SM_IMAP=127.0.0.1:3143
+IMAP_OPS=${IMAP_OPS:-1000}
+IMAP_SESSIONS=${IMAP_SESSIONS:-400}
 
 cleanup() {
   pkill -f "shardmail --data-dir $WORK" 2>/dev/null || true
@@ -68,8 +74,8 @@ postfix stop >/dev/null 2>&1 || true
 
 step "shardmail (embedded defaults, 2 shards, group commit; auth checks off like Postfix's defaults)"
 SM=(--data-dir "$WORK/sm" --set 'domains.local=["bench.test"]' --set auth.enabled=false
-    --set "listen.smtp=\"$SM_SMTP\"" --set "listen.pop3=\"$SM_POP3\"" --set tls.allow_plaintext_auth=true
-    --set 'listen.submission=[]' --set 'listen.submissions=[]' --set 'listen.pop3s=[]')
+    --set "listen.smtp=\"$SM_SMTP\"" --set "listen.pop3=\"$SM_POP3\"" --set "listen.imap=\"$SM_IMAP\"" --set tls.allow_plaintext_auth=true
+    --set 'listen.submission=[]' --set 'listen.submissions=[]' --set 'listen.pop3s=[]' --set 'listen.imaps=[]')
 echo pw | $B "${SM[@]}" user add sink@bench.test --password-stdin >/dev/null
 for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.test" --password-stdin >/dev/null; done
 $B "${SM[@]}" serve 2>"$WORK/shardmail.log" &
@@ -111,14 +117,34 @@ pop3_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --passwor
 step "POP3 login-heavy: Dovecot"
 pop3_dc=$($L pop3 --server 127.0.0.1:10110 -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_DC[@]}" --json 2>/dev/null)
 
+# IMAP on the same mailboxes. Read-only mixes first, so both servers hold the same
+# mail for them; the mixed workload appends about as much to each.
+imap() { $L imap -c 8 --password pass "$@" --json 2>/dev/null; }
+step "IMAP FETCH whole messages: shardmail, Dovecot"
+fb_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_SM[@]}")
+fb_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_DC[@]}")
+step "IMAP FETCH headers of 10 messages: shardmail, Dovecot"
+fh_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_headers=1 "${USERS_SM[@]}")
+fh_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_headers=1 "${USERS_DC[@]}")
+step "IMAP mixed workload, long sessions: shardmail, Dovecot"
+mx_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" "${USERS_SM[@]}")
+mx_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" "${USERS_DC[@]}")
+step "IMAP login-heavy ($IMAP_SESSIONS sessions x 20 operations): shardmail, Dovecot"
+il_sm=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
+il_dc=$(imap --server 127.0.0.1:10143 --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_DC[@]}")
+echo "{\"fetch_body\": {\"shardmail\": $fb_sm, \"dovecot\": $fb_dc}, \"fetch_headers\": {\"shardmail\": $fh_sm, \"dovecot\": $fh_dc}, \"mixed\": {\"shardmail\": $mx_sm, \"dovecot\": $mx_dc}, \"login_heavy\": {\"shardmail\": $il_sm, \"dovecot\": $il_dc}}" > "$WORK/imap.json"
+
 step "POP3 login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
 pkill -f "shardmail --data-dir $WORK" || true
 for _ in $(seq 100); do pgrep -f "shardmail --data-dir $WORK" >/dev/null || break; sleep 0.1; done
 $B "${SM[@]}" --set limits.auth_cache_secs=300 serve 2>>"$WORK/shardmail.log" &
 for _ in $(seq 100); do (exec 3<>"/dev/tcp/${SM_POP3%:*}/${SM_POP3#*:}") 2>/dev/null && break; sleep 0.1; done
 cached_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}" --json 2>/dev/null)
+step "IMAP login-heavy: shardmail with limits.auth_cache_secs=300"
+il_cached=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
+echo "$il_cached" > "$WORK/imap_cached.json"
 
-python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$pop3_sm" "$pop3_dc" "$OUT" "$retr_sm" "$retr_dc" "$cached_sm" <<'PY'
+python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$pop3_sm" "$pop3_dc" "$OUT" "$retr_sm" "$retr_dc" "$cached_sm" "$WORK/imap.json" "$WORK/imap_cached.json" <<'PY'
 import json, sys
 n, t_sink, t_pf, t_sm = int(sys.argv[1]), *map(float, sys.argv[2:5])
 sm, dc = json.loads(sys.argv[5]), json.loads(sys.argv[6])
@@ -136,6 +162,11 @@ r["ratios"] = {
     "pop3_msgs_shardmail_vs_dovecot": sm["messages_per_s"] / dc["messages_per_s"],
     "pop3_session_p99_ms": [sm["session_download_ms"]["p99"], dc["session_download_ms"]["p99"]],
 }
+imap = json.load(open(sys.argv[11]))
+imap["login_heavy_auth_cache"] = {"shardmail": json.load(open(sys.argv[12]))}
+r["imap"] = imap
+r["ratios"]["imap_ops_shardmail_vs_dovecot"] = {
+    k: v["shardmail"]["ops_per_s"] / v["dovecot"]["ops_per_s"] for k, v in imap.items() if "dovecot" in v}
 json.dump(r, open(sys.argv[7], "w"), indent=2)
 print(f"{'':34}{'msg/s':>10}")
 for k, v in r["smtp_msgs_per_s"].items():
@@ -152,5 +183,13 @@ print(f"shardmail / Dovecot (POP3 retrieval):      {rsm['messages_per_s'] / rdc[
 print(f"shardmail / Dovecot (POP3 login-heavy):    {q['pop3_msgs_shardmail_vs_dovecot']:.1f}x"
       f"  ({csm['messages_per_s'] / dc['messages_per_s']:.1f}x with limits.auth_cache_secs=300)")
 print("(the reference Dovecot stores {PLAIN} passwords; shardmail verifies argon2id on every login)")
+print(f"\n{'IMAP (8 connections)':34}{'ops/s':>10}{'MB/s':>8}{'p99 ms':>9}")
+for mix, v in imap.items():
+    for name, x in v.items():
+        print(f"  {mix:18} {name:13}{x['ops_per_s']:>10.0f}{x['mb_per_s']:>8.1f}{x['latency_ms']['p99']:>9.2f}")
+for mix, ratio in r["ratios"]["imap_ops_shardmail_vs_dovecot"].items():
+    print(f"shardmail / Dovecot (IMAP {mix}):{'':{max(1, 16 - len(mix))}}{ratio:.1f}x")
+c = imap["login_heavy_auth_cache"]["shardmail"]["ops_per_s"] / imap["login_heavy"]["dovecot"]["ops_per_s"]
+print(f"shardmail / Dovecot (IMAP login-heavy, limits.auth_cache_secs=300): {c:.1f}x")
 print(f"\nresults written to {sys.argv[7]}")
 PY

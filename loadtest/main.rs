@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+mod imap;
 use hdrhistogram::Histogram;
 
 #[derive(Parser)]
@@ -31,6 +33,44 @@ enum Scenario {
     Smtp(SmtpArgs),
     /// Log in over POP3 and download every message (LIST, UIDL, RETR all, QUIT).
     Pop3(Pop3Args),
+    /// IMAP sessions: LOGIN, SELECT, a weighted mix of FETCH/STORE/SEARCH/APPEND/NOOP,
+    /// LOGOUT.
+    Imap(ImapArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ImapArgs {
+    /// Server address (plain IMAP; the server must allow LOGIN without TLS).
+    #[arg(long, default_value = "127.0.0.1:2143")]
+    server: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 8)]
+    connections: usize,
+    /// Login sessions in total.
+    #[arg(long, default_value_t = 200)]
+    sessions: u64,
+    /// Operations per session after SELECT.
+    #[arg(long, default_value_t = 20)]
+    ops: u32,
+    /// Accounts to log in as, taken in turn.
+    #[arg(long, required = true)]
+    user: Vec<String>,
+    #[arg(long, default_value = "pw")]
+    password: String,
+    /// Weights of the operations, `name=weight,…`: fetch_headers (10 messages'
+    /// envelope headers), fetch_body (one whole message), store (+/-\Seen),
+    /// search (UNSEEN, or FROM), append (a 2 KiB message), noop.
+    #[arg(
+        long,
+        default_value = "fetch_headers=30,fetch_body=30,store=15,search=10,append=5,noop=10"
+    )]
+    mix: String,
+    /// Stop after this many seconds even if sessions remain (hard bound).
+    #[arg(long, default_value_t = 120)]
+    duration_secs: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args, Clone)]
@@ -109,6 +149,7 @@ fn main() {
     let result = match cli.scenario {
         Scenario::Smtp(args) => run_smtp(args),
         Scenario::Pop3(args) => run_pop3(args),
+        Scenario::Imap(args) => imap::run(args),
     };
     std::process::exit(match result {
         Ok(()) => 0,

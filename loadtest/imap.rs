@@ -1,0 +1,330 @@
+//! The `imap` scenario: sessions of LOGIN, SELECT INBOX, a weighted mix of operations,
+//! LOGOUT, against any IMAP server (shardmail, Dovecot, …).
+//!
+//! One OS thread per connection; every operation is one command and its tagged reply,
+//! timed into an hdrhistogram (per kind and overall). Runs are bounded by a session
+//! count and a time limit.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+
+use super::{new_histogram, ImapArgs};
+
+const OPS: [&str; 6] = ["fetch_headers", "fetch_body", "store", "search", "append", "noop"];
+
+#[derive(Default)]
+struct Stats {
+    ops: BTreeMap<&'static str, u64>,
+    bytes: u64,
+    logins: u64,
+    login_us: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>, String> {
+    let mut weights = Vec::new();
+    for item in mix.split(',').filter(|i| !i.is_empty()) {
+        let (name, w) = item.split_once('=').ok_or(format!("--mix: {item} is not name=weight"))?;
+        let op = OPS
+            .iter()
+            .find(|o| **o == name.trim())
+            .ok_or(format!("--mix: unknown operation {name} (known: {})", OPS.join(", ")))?;
+        let w: u32 = w.trim().parse().map_err(|_| format!("--mix: bad weight in {item}"))?;
+        weights.push((*op, w));
+    }
+    if weights.iter().map(|w| w.1).sum::<u32>() == 0 {
+        return Err("--mix: all weights are zero".into());
+    }
+    Ok(weights)
+}
+
+pub fn run(args: ImapArgs) -> Result<(), String> {
+    let mix = parse_mix(&args.mix)?;
+    let next = Arc::new(AtomicU64::new(0));
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let hists: Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.duration_secs);
+    let progress_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let progress = {
+        let (next, done, total) = (next.clone(), progress_done.clone(), args.sessions);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if started.elapsed().as_secs() >= 1 && started.elapsed().as_millis() % 1000 < 200 {
+                    eprintln!("  {} / {total} sessions started", next.load(Ordering::Relaxed).min(total));
+                }
+            }
+        })
+    };
+    let workers: Vec<_> = (0..args.connections)
+        .map(|w| {
+            let (args, next, stats, hists, mix) = (args.clone(), next.clone(), stats.clone(), hists.clone(), mix.clone());
+            std::thread::spawn(move || {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 + 1);
+                let mut local: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
+                let mut s = Stats::default();
+                while Instant::now() < deadline && next.fetch_add(1, Ordering::Relaxed) < args.sessions {
+                    let n = rng.gen_range(0..args.user.len());
+                    if let Err(e) = session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s) {
+                        *s.errors.entry(e).or_default() += 1;
+                    }
+                }
+                let mut total = stats.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, v) in s.ops {
+                    *total.ops.entry(k).or_default() += v;
+                }
+                for (k, v) in s.errors {
+                    *total.errors.entry(k).or_default() += v;
+                }
+                total.bytes += s.bytes;
+                total.logins += s.logins;
+                total.login_us += s.login_us;
+                let mut h = hists.lock().unwrap_or_else(|e| e.into_inner());
+                for (k, v) in local {
+                    match h.get_mut(k) {
+                        Some(mine) => {
+                            let _ = mine.add(&v);
+                        }
+                        None => {
+                            h.insert(k, v);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    progress_done.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    let s = stats.lock().map_err(|_| "worker panicked")?;
+    let h = hists.lock().map_err(|_| "worker panicked")?;
+    let mut all = new_histogram()?;
+    for (k, v) in h.iter() {
+        if *k != "login" {
+            let _ = all.add(v);
+        }
+    }
+    let ops: u64 = s.ops.values().sum();
+    let errors: u64 = s.errors.values().sum();
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let pct = |h: &Histogram<u64>| {
+        serde_json::json!({"p50": ms(h, 0.5), "p90": ms(h, 0.9), "p99": ms(h, 0.99),
+                           "p999": ms(h, 0.999), "max": h.max() as f64 / 1000.0})
+    };
+    if args.json {
+        let per_op: serde_json::Map<String, serde_json::Value> = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::json!({"count": v.len(), "latency_ms": pct(v)})))
+            .collect();
+        let report = serde_json::json!({
+            "scenario": "imap", "server": args.server, "connections": args.connections,
+            "sessions": s.logins, "operations": ops, "errors": errors, "error_kinds": s.errors,
+            "elapsed_s": elapsed, "ops_per_s": ops as f64 / elapsed,
+            "logins_per_s": s.logins as f64 / elapsed, "mb_per_s": s.bytes as f64 / elapsed / 1e6,
+            "latency_ms": pct(&all), "per_operation": per_op,
+        });
+        println!("{report}");
+        return Ok(());
+    }
+    println!("scenario      imap → {} ({} connections, mix {})", args.server, args.connections, args.mix);
+    println!("sessions      {}   operations {ops}   errors {errors}", s.logins);
+    for (k, v) in &s.errors {
+        println!("  error {k}: {v}");
+    }
+    println!("elapsed       {elapsed:.2} s");
+    println!(
+        "throughput    {:.0} ops/s   {:.0} logins/s   {:.1} MB/s received",
+        ops as f64 / elapsed,
+        s.logins as f64 / elapsed,
+        s.bytes as f64 / elapsed / 1e6
+    );
+    for (name, v) in h.iter() {
+        println!(
+            "  {name:<14} {:>7}  p50 {:.2}  p99 {:.2}  max {:.2} ms",
+            v.len(),
+            ms(v, 0.5),
+            ms(v, 0.99),
+            v.max() as f64 / 1000.0
+        );
+    }
+    println!(
+        "latency ms    p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        ms(&all, 0.5),
+        ms(&all, 0.9),
+        ms(&all, 0.99),
+        ms(&all, 0.999),
+        all.max() as f64 / 1000.0
+    );
+    Ok(())
+}
+
+struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    tag: u32,
+}
+
+impl Client {
+    /// Sends one command (with an optional synchronizing literal) and reads until its
+    /// tagged reply; returns the untagged lines and the bytes read.
+    fn command(&mut self, text: &str, literal: Option<&[u8]>) -> Result<(Vec<String>, u64), String> {
+        self.tag += 1;
+        let tag = format!("t{}", self.tag);
+        self.writer
+            .write_all(format!("{tag} {text}\r\n").as_bytes())
+            .map_err(|e| format!("write: {}", e.kind()))?;
+        let mut untagged = Vec::new();
+        let mut bytes = 0u64;
+        let mut line = Vec::new();
+        let mut literal = literal;
+        loop {
+            line.clear();
+            self.reader.read_until(b'\n', &mut line).map_err(|e| format!("read: {}", e.kind()))?;
+            if line.is_empty() {
+                return Err("connection closed".into());
+            }
+            bytes += line.len() as u64;
+            if line.starts_with(b"+") {
+                if let Some(l) = literal.take() {
+                    self.writer.write_all(l).map_err(|e| e.to_string())?;
+                    self.writer.write_all(b"\r\n").map_err(|e| e.to_string())?;
+                }
+                continue;
+            }
+            // A literal at the end of the line: read it whole, then the rest of the line.
+            while let Some(n) = literal_len(&line) {
+                let mut buf = vec![0; n];
+                self.reader.read_exact(&mut buf).map_err(|e| format!("read: {}", e.kind()))?;
+                bytes += n as u64;
+                line.clear();
+                self.reader.read_until(b'\n', &mut line).map_err(|e| format!("read: {}", e.kind()))?;
+            }
+            let reply = String::from_utf8_lossy(&line).trim_end().to_string();
+            if let Some(rest) = reply.strip_prefix(&format!("{tag} ")) {
+                if rest.starts_with("OK") {
+                    return Ok((untagged, bytes));
+                }
+                // Errors by kind: the command and the server's NO/BAD.
+                let word: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+                return Err(format!("{} {word}", text_command(text)));
+            }
+            untagged.push(reply);
+        }
+    }
+}
+
+fn text_command(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or("")
+}
+
+fn literal_len(line: &[u8]) -> Option<usize> {
+    let body = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))?;
+    let body = body.strip_suffix(b"}")?;
+    let open = body.iter().rposition(|&b| b == b'{')?;
+    std::str::from_utf8(body.get(open + 1..)?).ok()?.trim_end_matches('+').parse().ok()
+}
+
+fn pick(mix: &[(&'static str, u32)], rng: &mut impl Rng) -> &'static str {
+    let total: u32 = mix.iter().map(|m| m.1).sum();
+    let mut r = rng.gen_range(0..total);
+    for (name, w) in mix {
+        if r < *w {
+            return name;
+        }
+        r -= w;
+    }
+    "noop"
+}
+
+fn record(hists: &mut BTreeMap<&'static str, Histogram<u64>>, op: &'static str, started: Instant) {
+    let h = hists.entry(op).or_insert_with(|| new_histogram().unwrap_or_else(|e| panic!("{e}")));
+    let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+}
+
+fn session(
+    args: &ImapArgs,
+    user: &str,
+    mix: &[(&'static str, u32)],
+    rng: &mut impl Rng,
+    hists: &mut BTreeMap<&'static str, Histogram<u64>>,
+    stats: &mut Stats,
+) -> Result<(), String> {
+    let stream = TcpStream::connect(&args.server).map_err(|e| format!("connect: {}", e.kind()))?;
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let reader = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| e.to_string())?);
+    let mut c = Client { reader, writer: stream, tag: 0 };
+    let mut greeting = String::new();
+    c.reader.read_line(&mut greeting).map_err(|e| format!("read: {}", e.kind()))?;
+    if !greeting.starts_with("* OK") {
+        return Err(format!("greeting {}", greeting.trim()));
+    }
+    let started = Instant::now();
+    c.command(&format!("LOGIN \"{user}\" \"{}\"", args.password), None)?;
+    stats.login_us += started.elapsed().as_micros() as u64;
+    stats.logins += 1;
+    record(hists, "login", started);
+    let (untagged, _) = c.command("SELECT INBOX", None)?;
+    let mut exists: u32 = untagged
+        .iter()
+        .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..args.ops {
+        let op = pick(mix, rng);
+        let started = Instant::now();
+        let seq = if exists > 0 { rng.gen_range(1..=exists) } else { 0 };
+        let (untagged, bytes) = match op {
+            "fetch_headers" if exists > 0 => {
+                let last = (seq + 9).min(exists);
+                c.command(
+                    &format!("FETCH {seq}:{last} (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"),
+                    None,
+                )?
+            }
+            "fetch_body" if exists > 0 => c.command(&format!("FETCH {seq} BODY.PEEK[]"), None)?,
+            "store" if exists > 0 => {
+                let sign = if rng.gen_bool(0.5) { '+' } else { '-' };
+                c.command(&format!("STORE {seq} {sign}FLAGS (\\Seen)"), None)?
+            }
+            "search" => {
+                if rng.gen_bool(0.5) {
+                    c.command("SEARCH UNSEEN", None)?
+                } else {
+                    c.command("SEARCH FROM \"load\"", None)?
+                }
+            }
+            "append" => {
+                let mut msg = format!(
+                    "From: load@loadtest.invalid\r\nTo: {user}\r\nSubject: appended by shardmail-load\r\n\r\n"
+                )
+                .into_bytes();
+                while msg.len() < 2048 {
+                    msg.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
+                }
+                c.command(&format!("APPEND INBOX (\\Seen) {{{}}}", msg.len()), Some(&msg))?
+            }
+            _ => c.command("NOOP", None)?,
+        };
+        record(hists, op, started);
+        *stats.ops.entry(op).or_default() += 1;
+        stats.bytes += bytes;
+        for l in &untagged {
+            if let Some(n) = l.strip_prefix("* ").and_then(|r| r.strip_suffix(" EXISTS")).and_then(|n| n.parse().ok()) {
+                exists = n;
+            }
+        }
+    }
+    c.command("LOGOUT", None)?;
+    Ok(())
+}
