@@ -17,7 +17,14 @@ use rand::{Rng, SeedableRng};
 
 use super::{new_histogram, ImapArgs};
 
-const OPS: [&str; 6] = ["fetch_headers", "fetch_body", "store", "search", "append", "noop"];
+const OPS: [&str; 6] = [
+    "fetch_headers",
+    "fetch_body",
+    "store",
+    "search",
+    "append",
+    "noop",
+];
 
 #[derive(Default)]
 struct Stats {
@@ -31,12 +38,17 @@ struct Stats {
 fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>, String> {
     let mut weights = Vec::new();
     for item in mix.split(',').filter(|i| !i.is_empty()) {
-        let (name, w) = item.split_once('=').ok_or(format!("--mix: {item} is not name=weight"))?;
-        let op = OPS
-            .iter()
-            .find(|o| **o == name.trim())
-            .ok_or(format!("--mix: unknown operation {name} (known: {})", OPS.join(", ")))?;
-        let w: u32 = w.trim().parse().map_err(|_| format!("--mix: bad weight in {item}"))?;
+        let (name, w) = item
+            .split_once('=')
+            .ok_or(format!("--mix: {item} is not name=weight"))?;
+        let op = OPS.iter().find(|o| **o == name.trim()).ok_or(format!(
+            "--mix: unknown operation {name} (known: {})",
+            OPS.join(", ")
+        ))?;
+        let w: u32 = w
+            .trim()
+            .parse()
+            .map_err(|_| format!("--mix: bad weight in {item}"))?;
         weights.push((*op, w));
     }
     if weights.iter().map(|w| w.1).sum::<u32>() == 0 {
@@ -49,7 +61,8 @@ pub fn run(args: ImapArgs) -> Result<(), String> {
     let mix = parse_mix(&args.mix)?;
     let next = Arc::new(AtomicU64::new(0));
     let stats = Arc::new(Mutex::new(Stats::default()));
-    let hists: Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>> = Arc::new(Mutex::new(BTreeMap::new()));
+    let hists: Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>> =
+        Arc::new(Mutex::new(BTreeMap::new()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
     let progress_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -59,21 +72,34 @@ pub fn run(args: ImapArgs) -> Result<(), String> {
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
                 if started.elapsed().as_secs() >= 1 && started.elapsed().as_millis() % 1000 < 200 {
-                    eprintln!("  {} / {total} sessions started", next.load(Ordering::Relaxed).min(total));
+                    eprintln!(
+                        "  {} / {total} sessions started",
+                        next.load(Ordering::Relaxed).min(total)
+                    );
                 }
             }
         })
     };
     let workers: Vec<_> = (0..args.connections)
         .map(|w| {
-            let (args, next, stats, hists, mix) = (args.clone(), next.clone(), stats.clone(), hists.clone(), mix.clone());
+            let (args, next, stats, hists, mix) = (
+                args.clone(),
+                next.clone(),
+                stats.clone(),
+                hists.clone(),
+                mix.clone(),
+            );
             std::thread::spawn(move || {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 + 1);
                 let mut local: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
                 let mut s = Stats::default();
-                while Instant::now() < deadline && next.fetch_add(1, Ordering::Relaxed) < args.sessions {
+                while Instant::now() < deadline
+                    && next.fetch_add(1, Ordering::Relaxed) < args.sessions
+                {
                     let n = rng.gen_range(0..args.user.len());
-                    if let Err(e) = session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s) {
+                    if let Err(e) =
+                        session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s)
+                    {
                         *s.errors.entry(e).or_default() += 1;
                     }
                 }
@@ -125,7 +151,12 @@ pub fn run(args: ImapArgs) -> Result<(), String> {
     if args.json {
         let per_op: serde_json::Map<String, serde_json::Value> = h
             .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::json!({"count": v.len(), "latency_ms": pct(v)})))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    serde_json::json!({"count": v.len(), "latency_ms": pct(v)}),
+                )
+            })
             .collect();
         let report = serde_json::json!({
             "scenario": "imap", "server": args.server, "connections": args.connections,
@@ -137,8 +168,14 @@ pub fn run(args: ImapArgs) -> Result<(), String> {
         println!("{report}");
         return Ok(());
     }
-    println!("scenario      imap → {} ({} connections, mix {})", args.server, args.connections, args.mix);
-    println!("sessions      {}   operations {ops}   errors {errors}", s.logins);
+    println!(
+        "scenario      imap → {} ({} connections, mix {})",
+        args.server, args.connections, args.mix
+    );
+    println!(
+        "sessions      {}   operations {ops}   errors {errors}",
+        s.logins
+    );
     for (k, v) in &s.errors {
         println!("  error {k}: {v}");
     }
@@ -178,7 +215,11 @@ struct Client {
 impl Client {
     /// Sends one command (with an optional synchronizing literal) and reads until its
     /// tagged reply; returns the untagged lines and the bytes read.
-    fn command(&mut self, text: &str, literal: Option<&[u8]>) -> Result<(Vec<String>, u64), String> {
+    fn command(
+        &mut self,
+        text: &str,
+        literal: Option<&[u8]>,
+    ) -> Result<(Vec<String>, u64), String> {
         self.tag += 1;
         let tag = format!("t{}", self.tag);
         self.writer
@@ -190,7 +231,9 @@ impl Client {
         let mut literal = literal;
         loop {
             line.clear();
-            self.reader.read_until(b'\n', &mut line).map_err(|e| format!("read: {}", e.kind()))?;
+            self.reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| format!("read: {}", e.kind()))?;
             if line.is_empty() {
                 return Err("connection closed".into());
             }
@@ -205,10 +248,14 @@ impl Client {
             // A literal at the end of the line: read it whole, then the rest of the line.
             while let Some(n) = literal_len(&line) {
                 let mut buf = vec![0; n];
-                self.reader.read_exact(&mut buf).map_err(|e| format!("read: {}", e.kind()))?;
+                self.reader
+                    .read_exact(&mut buf)
+                    .map_err(|e| format!("read: {}", e.kind()))?;
                 bytes += n as u64;
                 line.clear();
-                self.reader.read_until(b'\n', &mut line).map_err(|e| format!("read: {}", e.kind()))?;
+                self.reader
+                    .read_until(b'\n', &mut line)
+                    .map_err(|e| format!("read: {}", e.kind()))?;
             }
             let reply = String::from_utf8_lossy(&line).trim_end().to_string();
             if let Some(rest) = reply.strip_prefix(&format!("{tag} ")) {
@@ -229,10 +276,16 @@ fn text_command(text: &str) -> &str {
 }
 
 fn literal_len(line: &[u8]) -> Option<usize> {
-    let body = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n"))?;
+    let body = line
+        .strip_suffix(b"\r\n")
+        .or_else(|| line.strip_suffix(b"\n"))?;
     let body = body.strip_suffix(b"}")?;
     let open = body.iter().rposition(|&b| b == b'{')?;
-    std::str::from_utf8(body.get(open + 1..)?).ok()?.trim_end_matches('+').parse().ok()
+    std::str::from_utf8(body.get(open + 1..)?)
+        .ok()?
+        .trim_end_matches('+')
+        .parse()
+        .ok()
 }
 
 fn pick(mix: &[(&'static str, u32)], rng: &mut impl Rng) -> &'static str {
@@ -248,7 +301,9 @@ fn pick(mix: &[(&'static str, u32)], rng: &mut impl Rng) -> &'static str {
 }
 
 fn record(hists: &mut BTreeMap<&'static str, Histogram<u64>>, op: &'static str, started: Instant) {
-    let h = hists.entry(op).or_insert_with(|| new_histogram().unwrap_or_else(|e| panic!("{e}")));
+    let h = hists
+        .entry(op)
+        .or_insert_with(|| new_histogram().unwrap_or_else(|e| panic!("{e}")));
     let _ = h.record(started.elapsed().as_micros().max(1) as u64);
 }
 
@@ -263,10 +318,17 @@ fn session(
     let stream = TcpStream::connect(&args.server).map_err(|e| format!("connect: {}", e.kind()))?;
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let reader = BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| e.to_string())?);
-    let mut c = Client { reader, writer: stream, tag: 0 };
+    let reader =
+        BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| e.to_string())?);
+    let mut c = Client {
+        reader,
+        writer: stream,
+        tag: 0,
+    };
     let mut greeting = String::new();
-    c.reader.read_line(&mut greeting).map_err(|e| format!("read: {}", e.kind()))?;
+    c.reader
+        .read_line(&mut greeting)
+        .map_err(|e| format!("read: {}", e.kind()))?;
     if !greeting.starts_with("* OK") {
         return Err(format!("greeting {}", greeting.trim()));
     }
@@ -283,7 +345,11 @@ fn session(
     for _ in 0..args.ops {
         let op = pick(mix, rng);
         let started = Instant::now();
-        let seq = if exists > 0 { rng.gen_range(1..=exists) } else { 0 };
+        let seq = if exists > 0 {
+            rng.gen_range(1..=exists)
+        } else {
+            0
+        };
         let (untagged, bytes) = match op {
             "fetch_headers" if exists > 0 => {
                 let last = (seq + 9).min(exists);
@@ -310,9 +376,14 @@ fn session(
                 )
                 .into_bytes();
                 while msg.len() < 2048 {
-                    msg.extend_from_slice(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n");
+                    msg.extend_from_slice(
+                        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n",
+                    );
                 }
-                c.command(&format!("APPEND INBOX (\\Seen) {{{}}}", msg.len()), Some(&msg))?
+                c.command(
+                    &format!("APPEND INBOX (\\Seen) {{{}}}", msg.len()),
+                    Some(&msg),
+                )?
             }
             _ => c.command("NOOP", None)?,
         };
@@ -320,7 +391,11 @@ fn session(
         *stats.ops.entry(op).or_default() += 1;
         stats.bytes += bytes;
         for l in &untagged {
-            if let Some(n) = l.strip_prefix("* ").and_then(|r| r.strip_suffix(" EXISTS")).and_then(|n| n.parse().ok()) {
+            if let Some(n) = l
+                .strip_prefix("* ")
+                .and_then(|r| r.strip_suffix(" EXISTS"))
+                .and_then(|n| n.parse().ok())
+            {
                 exists = n;
             }
         }

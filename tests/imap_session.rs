@@ -138,6 +138,8 @@ fn store() {
         "* OK [UIDNEXT 3] Predicted next UID",
         "* OK [HIGHESTMODSEQ 2] Highest",
         "c OK [READ-WRITE] SELECT completed",
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted",
         "* 1 FETCH (FLAGS (\\Flagged $Work) MODSEQ (3))",
         "d OK STORE completed",
         "e OK STORE completed",
@@ -222,6 +224,8 @@ fn append() {
         "* OK [HIGHESTMODSEQ 2] Highest",
         "b OK [READ-WRITE] SELECT completed",
         "+ Ready for literal data",
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)",
+        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk \\*)] Flags permitted",
         "* 3 EXISTS",
         "c OK [APPENDUID 1000 3] APPEND completed",
         "* 4 EXISTS",
@@ -412,7 +416,10 @@ fn expunge_by_another_session_waits_for_a_command_that_allows_it() {
     d.feed(b"d FETCH 2 (UID)\r\n");
     assert_eq!(
         take(&mut d),
-        "* 2 FETCH (UID 2)\r\n* 2 FETCH (FLAGS (\\Seen $Seen-elsewhere) MODSEQ (4))\r\nd OK FETCH completed\r\n"
+        "* 2 FETCH (UID 2)\r\n\
+         * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Seen-elsewhere)\r\n\
+         * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Seen-elsewhere \\*)] Flags permitted\r\n\
+         * 2 FETCH (FLAGS (\\Seen $Seen-elsewhere) MODSEQ (4))\r\nd OK FETCH completed\r\n"
     );
     d.feed(b"e NOOP\r\n");
     assert_eq!(take(&mut d), "* 1 EXPUNGE\r\ne OK NOOP completed\r\n");

@@ -169,16 +169,18 @@ class ImapEndToEnd(unittest.TestCase):
         tag = m._new_tag()
         m.send(tag + b" IDLE\r\n")
         self.assertTrue(m.readline().startswith(b"+"))
-        started = time.monotonic()
         self.deliver(user, "wake")
+        acked = time.monotonic()  # the 250: the message is durable and indexed
         line = b""
         deadline = time.monotonic() + 10
         while b"EXISTS" not in line and time.monotonic() < deadline:
             line = m.readline()
-        woke_after = time.monotonic() - started
+        woke_after = time.monotonic() - acked
         self.assertIn(b"* 2 EXISTS", line)
-        # The SMTP transaction itself is most of this; the wake-up is immediate.
-        self.assertLess(woke_after, 5.0)
+        # Pushed by the commit that made the delivery durable; generous bound for a
+        # shared CI host (measured here: about a millisecond).
+        self.assertLess(woke_after, 1.0)
+        print(f"\nIDLE woken {woke_after * 1000:.1f} ms after the SMTP 250", flush=True)
         m.send(b"DONE\r\n")
         done = m.readline()
         self.assertTrue(done.startswith(tag + b" OK"), done)

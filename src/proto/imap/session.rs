@@ -170,6 +170,8 @@ struct Selected {
     uids: Vec<u32>,
     /// Changes up to this MODSEQ have been reported.
     reported_modseq: u64,
+    /// Keywords announced in FLAGS.
+    keywords: Vec<String>,
 }
 
 /// A command waiting for the IO layer.
@@ -256,6 +258,8 @@ const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE 
 
 /// Longest line accepted in IDLE or as an AUTHENTICATE response.
 const LINE_MAX: usize = 8192;
+/// Keywords listed in FLAGS/PERMANENTFLAGS (more are still stored and fetched).
+const KEYWORDS_LISTED_MAX: usize = 256;
 /// Longest mailbox name.
 const MAILBOX_NAME_MAX: usize = 512;
 
@@ -814,23 +818,17 @@ impl Session {
             self.condstore = true;
         }
         let uids: Vec<u32> = mb.messages.iter().map(|m| m.uid).collect();
-        let mut keywords: Vec<&str> = Vec::new();
+        let mut keywords: Vec<String> = Vec::new();
         for m in &mb.messages {
             for k in &m.keywords {
-                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) && keywords.len() < 256 {
-                    keywords.push(k);
+                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k))
+                    && keywords.len() < KEYWORDS_LISTED_MAX
+                {
+                    keywords.push(k.clone());
                 }
             }
         }
-        let keyword_list = keywords.iter().fold(String::new(), |acc, k| acc + " " + k);
-        out.line(&format!(
-            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{keyword_list})"
-        ));
-        if read_only {
-            out.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
-        } else {
-            out.line(&format!("* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{keyword_list} \\*)] Flags permitted"));
-        }
+        flags_lines(out, &keywords, read_only);
         out.line(&format!("* {} EXISTS", uids.len()));
         if !self.rev2 {
             out.line("* 0 RECENT");
@@ -872,6 +870,7 @@ impl Session {
             read_only,
             uids,
             reported_modseq: mb.highest_modseq,
+            keywords,
         });
         let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let verb = if read_only { "EXAMINE" } else { "SELECT" };
@@ -1273,7 +1272,11 @@ impl Session {
             self.close(out);
             return;
         };
-        if expunges_allowed {
+        // UIDs only grow: the same count and the same last UID mean nothing was added
+        // or expunged (the common case, checked without touching every message).
+        let unchanged = mb.messages.len() == sel.uids.len()
+            && mb.messages.last().map(|m| m.uid) == sel.uids.last().copied();
+        if expunges_allowed && !unchanged {
             let gone: Vec<(usize, u32)> = sel
                 .uids
                 .iter()
@@ -1299,20 +1302,24 @@ impl Session {
         sel.uids
             .extend(mb.messages.iter().filter(|m| m.uid > last).map(|m| m.uid));
         if sel.uids.len() != known {
+            announce_keywords(sel, mb.messages.iter().filter(|m| m.uid > last), out);
             out.line(&format!("* {} EXISTS", sel.uids.len()));
         }
         if mb.highest_modseq > sel.reported_modseq {
-            for (i, uid) in sel.uids.iter().enumerate() {
-                if *uid > last || skip.contains(uid) {
+            let reported = sel.reported_modseq;
+            let changed = mb
+                .messages
+                .iter()
+                .filter(move |m| m.modseq > reported && m.uid <= last);
+            announce_keywords(sel, changed.clone(), out);
+            for m in changed {
+                if skip.contains(&m.uid) {
                     continue;
                 }
-                let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) else {
+                let Ok(i) = sel.uids.binary_search(&m.uid) else {
                     continue;
                 };
-                let Some(m) = mb.messages.get(at) else {
-                    continue;
-                };
-                if m.modseq > sel.reported_modseq {
+                {
                     let mut line = format!("* {} FETCH (", i + 1).into_bytes();
                     if self.qresync {
                         line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
@@ -1637,9 +1644,14 @@ impl Session {
         } else {
             HashSet::new()
         };
+        if items.contains(&FetchAtt::Flags) {
+            if let (Some(mb), Some(sel)) = (self.mailbox(store), self.selected.as_mut()) {
+                announce_keywords(sel, entries(mb, targets), out);
+            }
+        }
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
             for u in targets {
-                let Some(seq) = sel.uids.iter().position(|x| x == u).map(|i| i as u32 + 1) else {
+                let Some(seq) = sel.uids.binary_search(u).ok().map(|i| i as u32 + 1) else {
                     continue;
                 };
                 let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
@@ -1758,6 +1770,9 @@ impl Session {
     ) {
         let mut reported: HashSet<u32> = HashSet::new();
         let changed_uids: HashSet<u32> = changed.iter().map(|c| c.0).collect();
+        if let (Some(mb), Some(sel)) = (self.mailbox(store), self.selected.as_mut()) {
+            announce_keywords(sel, entries(mb, &p.targets), out);
+        }
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
             for u in &p.targets {
                 // .SILENT still reports a change made by someone else (RFC 7162 §3.1.3).
@@ -1765,7 +1780,7 @@ impl Session {
                     reported.insert(*u);
                     continue;
                 }
-                let Some(seq) = sel.uids.iter().position(|x| x == u) else {
+                let Ok(seq) = sel.uids.binary_search(u) else {
                     continue;
                 };
                 let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
@@ -1961,6 +1976,56 @@ impl Session {
                 }
             }
         }
+    }
+}
+
+/// The entries of `uids` still in the mailbox.
+fn entries<'m>(
+    mb: &'m MailboxIndex,
+    uids: &'m [u32],
+) -> impl Iterator<Item = &'m MessageEntry> + Clone {
+    uids.iter().filter_map(|u| {
+        mb.messages
+            .get(mb.messages.binary_search_by_key(u, |m| m.uid).ok()?)
+    })
+}
+
+/// A keyword the client has not been told about: announce it with a new FLAGS before
+/// any FETCH shows it.
+fn announce_keywords<'m>(
+    sel: &mut Selected,
+    messages: impl Iterator<Item = &'m MessageEntry>,
+    out: &mut Outbox,
+) {
+    let mut new_keywords = false;
+    for m in messages {
+        for k in &m.keywords {
+            if !sel.keywords.iter().any(|x| x.eq_ignore_ascii_case(k))
+                && sel.keywords.len() < KEYWORDS_LISTED_MAX
+            {
+                sel.keywords.push(k.clone());
+                new_keywords = true;
+            }
+        }
+    }
+    if new_keywords {
+        flags_lines(out, &sel.keywords, sel.read_only);
+    }
+}
+
+/// `* FLAGS` and `* OK [PERMANENTFLAGS]`: at SELECT, and again when a new keyword
+/// appears (RFC 9051 §7.3.5).
+fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool) {
+    let list: String = keywords.iter().map(|k| format!(" {k}")).collect();
+    out.line(&format!(
+        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{list})"
+    ));
+    if read_only {
+        out.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
+    } else {
+        out.line(&format!(
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{list} \\*)] Flags permitted"
+        ));
     }
 }
 
