@@ -1,21 +1,20 @@
 //! The `imap` scenario: sessions of LOGIN, SELECT INBOX, a weighted mix of operations,
 //! LOGOUT, against any IMAP server (shardmail, Dovecot, …).
 //!
-//! One OS thread per connection; every operation is one command and its tagged reply,
-//! timed into an hdrhistogram (per kind and overall). Runs are bounded by a session
-//! count and a time limit.
+//! Connections are tasks on the client shards; every operation is one command and its
+//! tagged reply, timed into an hdrhistogram (per kind and overall). Runs are bounded by
+//! a session count and a time limit.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use super::{new_histogram, ImapArgs};
+use super::net::{run_on_shards, Client};
+use super::{new_histogram, progress_thread, ImapArgs};
 
 const OPS: [&str; 6] = [
     "fetch_headers",
@@ -57,50 +56,49 @@ fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>, String> {
     Ok(weights)
 }
 
-pub fn run(args: ImapArgs) -> Result<(), String> {
+pub fn run(args: ImapArgs, shards: usize) -> Result<(), String> {
     let mix = parse_mix(&args.mix)?;
     let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(Stats::default()));
     let hists: Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>> =
         Arc::new(Mutex::new(BTreeMap::new()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
-    let progress_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let progress = {
-        let (next, done, total) = (next.clone(), progress_done.clone(), args.sessions);
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                if started.elapsed().as_secs() >= 1 && started.elapsed().as_millis() % 1000 < 200 {
-                    eprintln!(
-                        "  {} / {total} sessions started",
-                        next.load(Ordering::Relaxed).min(total)
-                    );
-                }
-            }
-        })
-    };
-    let workers: Vec<_> = (0..args.connections)
-        .map(|w| {
-            let (args, next, stats, hists, mix) = (
-                args.clone(),
-                next.clone(),
-                stats.clone(),
-                hists.clone(),
-                mix.clone(),
-            );
-            std::thread::spawn(move || {
+    let progress = progress_thread(
+        done.clone(),
+        stop.clone(),
+        args.sessions,
+        "sessions",
+        deadline,
+    );
+    let shared = Arc::new(args.clone());
+    let result = run_on_shards(shards, args.connections, {
+        let (next, done, stop, stats, hists) = (
+            next.clone(),
+            done.clone(),
+            stop.clone(),
+            stats.clone(),
+            hists.clone(),
+        );
+        move |w| {
+            let (args, next, done, stop) =
+                (shared.clone(), next.clone(), done.clone(), stop.clone());
+            let (stats, hists, mix) = (stats.clone(), hists.clone(), mix.clone());
+            async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 + 1);
                 let mut local: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
                 let mut s = Stats::default();
-                while Instant::now() < deadline
+                while !stop.load(Ordering::Relaxed)
                     && next.fetch_add(1, Ordering::Relaxed) < args.sessions
                 {
                     let n = rng.gen_range(0..args.user.len());
-                    if let Err(e) =
-                        session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s)
-                    {
-                        *s.errors.entry(e).or_default() += 1;
+                    match session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s).await {
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => *s.errors.entry(e).or_default() += 1,
                     }
                 }
                 let mut total = stats.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,15 +122,13 @@ pub fn run(args: ImapArgs) -> Result<(), String> {
                         }
                     }
                 }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+            }
+        }
+    });
     let elapsed = started.elapsed().as_secs_f64();
-    progress_done.store(true, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
     let _ = progress.join();
+    result?;
     let s = stats.lock().map_err(|_| "worker panicked")?;
     let h = hists.lock().map_err(|_| "worker panicked")?;
     let mut all = new_histogram()?;
@@ -206,68 +202,48 @@ pub fn run(args: ImapArgs) -> Result<(), String> {
     Ok(())
 }
 
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-    tag: u32,
-}
-
-impl Client {
-    /// Sends one command (with an optional synchronizing literal) and reads until its
-    /// tagged reply; returns the untagged lines and the bytes read.
-    fn command(
-        &mut self,
-        text: &str,
-        literal: Option<&[u8]>,
-    ) -> Result<(Vec<String>, u64), String> {
-        self.tag += 1;
-        let tag = format!("t{}", self.tag);
-        self.writer
-            .write_all(format!("{tag} {text}\r\n").as_bytes())
-            .map_err(|e| format!("write: {}", e.kind()))?;
-        let mut untagged = Vec::new();
-        let mut bytes = 0u64;
-        let mut line = Vec::new();
-        let mut literal = literal;
-        loop {
-            line.clear();
-            self.reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("read: {}", e.kind()))?;
-            if line.is_empty() {
-                return Err("connection closed".into());
+/// Sends one command (with an optional synchronizing literal) and reads until its
+/// tagged reply; returns the untagged lines and the bytes read.
+async fn command(
+    c: &mut Client,
+    tag_no: &mut u32,
+    text: &str,
+    literal: Option<&[u8]>,
+) -> Result<(Vec<String>, u64), String> {
+    *tag_no += 1;
+    let tag = format!("t{tag_no}");
+    c.write(format!("{tag} {text}\r\n").as_bytes()).await?;
+    let mut untagged = Vec::new();
+    let mut bytes = 0u64;
+    let mut line = Vec::new();
+    let mut literal = literal;
+    loop {
+        c.read_line(&mut line).await?;
+        bytes += line.len() as u64;
+        if line.starts_with(b"+") {
+            if let Some(l) = literal.take() {
+                c.write(l).await?;
+                c.write(b"\r\n").await?;
             }
-            bytes += line.len() as u64;
-            if line.starts_with(b"+") {
-                if let Some(l) = literal.take() {
-                    self.writer.write_all(l).map_err(|e| e.to_string())?;
-                    self.writer.write_all(b"\r\n").map_err(|e| e.to_string())?;
-                }
-                continue;
-            }
-            // A literal at the end of the line: read it whole, then the rest of the line.
-            while let Some(n) = literal_len(&line) {
-                let mut buf = vec![0; n];
-                self.reader
-                    .read_exact(&mut buf)
-                    .map_err(|e| format!("read: {}", e.kind()))?;
-                bytes += n as u64;
-                line.clear();
-                self.reader
-                    .read_until(b'\n', &mut line)
-                    .map_err(|e| format!("read: {}", e.kind()))?;
-            }
-            let reply = String::from_utf8_lossy(&line).trim_end().to_string();
-            if let Some(rest) = reply.strip_prefix(&format!("{tag} ")) {
-                if rest.starts_with("OK") {
-                    return Ok((untagged, bytes));
-                }
-                // Errors by kind: the command and the server's NO/BAD.
-                let word: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
-                return Err(format!("{} {word}", text_command(text)));
-            }
-            untagged.push(reply);
+            continue;
         }
+        // A literal at the end of the line: read it whole, then the rest of the line.
+        while let Some(n) = literal_len(&line) {
+            let mut buf = vec![0; n];
+            c.read_exact(&mut buf).await?;
+            bytes += n as u64;
+            c.read_line(&mut line).await?;
+        }
+        let reply = String::from_utf8_lossy(&line).trim_end().to_string();
+        if let Some(rest) = reply.strip_prefix(&format!("{tag} ")) {
+            if rest.starts_with("OK") {
+                return Ok((untagged, bytes));
+            }
+            // Errors by kind: the command and the server's NO/BAD.
+            let word: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+            return Err(format!("{} {word}", text_command(text)));
+        }
+        untagged.push(reply);
     }
 }
 
@@ -307,7 +283,7 @@ fn record(hists: &mut BTreeMap<&'static str, Histogram<u64>>, op: &'static str, 
     let _ = h.record(started.elapsed().as_micros().max(1) as u64);
 }
 
-fn session(
+async fn session(
     args: &ImapArgs,
     user: &str,
     mix: &[(&'static str, u32)],
@@ -315,29 +291,28 @@ fn session(
     hists: &mut BTreeMap<&'static str, Histogram<u64>>,
     stats: &mut Stats,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(&args.server).map_err(|e| format!("connect: {}", e.kind()))?;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let reader =
-        BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| e.to_string())?);
-    let mut c = Client {
-        reader,
-        writer: stream,
-        tag: 0,
-    };
-    let mut greeting = String::new();
-    c.reader
-        .read_line(&mut greeting)
-        .map_err(|e| format!("read: {}", e.kind()))?;
-    if !greeting.starts_with("* OK") {
-        return Err(format!("greeting {}", greeting.trim()));
+    let mut c = Client::connect(&args.server).await?;
+    let mut tag = 0u32;
+    let mut greeting = Vec::new();
+    c.read_line(&mut greeting).await?;
+    if !greeting.starts_with(b"* OK") {
+        return Err(format!(
+            "greeting {}",
+            String::from_utf8_lossy(&greeting).trim()
+        ));
     }
     let started = Instant::now();
-    c.command(&format!("LOGIN \"{user}\" \"{}\"", args.password), None)?;
+    command(
+        &mut c,
+        &mut tag,
+        &format!("LOGIN \"{user}\" \"{}\"", args.password),
+        None,
+    )
+    .await?;
     stats.login_us += started.elapsed().as_micros() as u64;
     stats.logins += 1;
     record(hists, "login", started);
-    let (untagged, _) = c.command("SELECT INBOX", None)?;
+    let (untagged, _) = command(&mut c, &mut tag, "SELECT INBOX", None).await?;
     let mut exists: u32 = untagged
         .iter()
         .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
@@ -353,21 +328,29 @@ fn session(
         let (untagged, bytes) = match op {
             "fetch_headers" if exists > 0 => {
                 let last = (seq + 9).min(exists);
-                c.command(
+                command(&mut c, &mut tag, 
                     &format!("FETCH {seq}:{last} (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"),
                     None,
-                )?
+                ).await?
             }
-            "fetch_body" if exists > 0 => c.command(&format!("FETCH {seq} BODY.PEEK[]"), None)?,
+            "fetch_body" if exists > 0 => {
+                command(&mut c, &mut tag, &format!("FETCH {seq} BODY.PEEK[]"), None).await?
+            }
             "store" if exists > 0 => {
                 let sign = if rng.gen_bool(0.5) { '+' } else { '-' };
-                c.command(&format!("STORE {seq} {sign}FLAGS (\\Seen)"), None)?
+                command(
+                    &mut c,
+                    &mut tag,
+                    &format!("STORE {seq} {sign}FLAGS (\\Seen)"),
+                    None,
+                )
+                .await?
             }
             "search" => {
                 if rng.gen_bool(0.5) {
-                    c.command("SEARCH UNSEEN", None)?
+                    command(&mut c, &mut tag, "SEARCH UNSEEN", None).await?
                 } else {
-                    c.command("SEARCH FROM \"load\"", None)?
+                    command(&mut c, &mut tag, "SEARCH FROM \"load\"", None).await?
                 }
             }
             "append" => {
@@ -380,12 +363,15 @@ fn session(
                         b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n",
                     );
                 }
-                c.command(
+                command(
+                    &mut c,
+                    &mut tag,
                     &format!("APPEND INBOX (\\Seen) {{{}}}", msg.len()),
                     Some(&msg),
-                )?
+                )
+                .await?
             }
-            _ => c.command("NOOP", None)?,
+            _ => command(&mut c, &mut tag, "NOOP", None).await?,
         };
         record(hists, op, started);
         *stats.ops.entry(op).or_default() += 1;
@@ -400,6 +386,6 @@ fn session(
             }
         }
     }
-    c.command("LOGOUT", None)?;
+    command(&mut c, &mut tag, "LOGOUT", None).await?;
     Ok(())
 }

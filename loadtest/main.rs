@@ -1,28 +1,34 @@
-//! `shardmail-load`: a load generator that speaks plain SMTP to any server.
+//! `shardmail-load`: a load generator for SMTP, IMAP and POP3 that works against any
+//! server speaking the protocol (shardmail, Postfix, Dovecot, …).
 //!
-//! One OS thread per connection (a glommio client-shard version is issue 7's work),
-//! pipelined MAIL/RCPT/DATA when the server offers PIPELINING, one latency sample per
-//! message (MAIL sent → final 250) in an hdrhistogram. Every run is bounded by a
-//! message count and a time limit. Prints a table, or JSON with `--json`; progress
-//! goes to stderr once a second.
+//! Connections are tasks on glommio client shards (`--shards`, one executor each; see
+//! [`net`]). SMTP pipelines MAIL/RCPT/DATA when the server offers PIPELINING, one
+//! latency sample per message (MAIL sent → final 250); IMAP and POP3 time each
+//! operation or download. Latencies go to hdrhistogram. Every run is bounded by a count
+//! and a time limit. Prints a table, or JSON with `--json`; progress goes to stderr
+//! once a second.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
 
 mod imap;
-use hdrhistogram::Histogram;
+mod net;
+
+use net::{run_on_shards, Client};
 
 #[derive(Parser)]
 #[command(
     name = "shardmail-load",
-    about = "SMTP load generator (works against any SMTP server)"
+    about = "SMTP/IMAP/POP3 load generator (works against any server of the protocol)"
 )]
 struct Cli {
+    /// Client shards: glommio executors the connections are spread over.
+    #[arg(long, global = true, default_value_t = 2)]
+    shards: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -146,10 +152,11 @@ struct Totals {
 
 fn main() {
     let cli = Cli::parse();
+    let shards = cli.shards;
     let result = match cli.scenario {
-        Scenario::Smtp(args) => run_smtp(args),
-        Scenario::Pop3(args) => run_pop3(args),
-        Scenario::Imap(args) => imap::run(args),
+        Scenario::Smtp(args) => run_smtp(args, shards),
+        Scenario::Pop3(args) => run_pop3(args, shards),
+        Scenario::Imap(args) => imap::run(args, shards),
     };
     std::process::exit(match result {
         Ok(()) => 0,
@@ -160,7 +167,7 @@ fn main() {
     });
 }
 
-fn run_smtp(args: SmtpArgs) -> Result<(), String> {
+fn run_smtp(args: SmtpArgs, shards: usize) -> Result<(), String> {
     if args.to.is_empty() || args.connections == 0 {
         return Err("need at least one --to and one connection".into());
     }
@@ -171,39 +178,68 @@ fn run_smtp(args: SmtpArgs) -> Result<(), String> {
     let hist = Arc::new(Mutex::new(new_histogram()?));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
-    let workers: Vec<_> = (0..args.connections)
-        .map(|w| {
-            let (args, next, done, stop) = (args.clone(), next.clone(), done.clone(), stop.clone());
+    let progress = progress_thread(
+        done.clone(),
+        stop.clone(),
+        args.messages,
+        "messages",
+        deadline,
+    );
+    let shared = Arc::new(args.clone());
+    let result = run_on_shards(shards, args.connections, {
+        let (next, done, stop, totals, hist) = (
+            next.clone(),
+            done.clone(),
+            stop.clone(),
+            totals.clone(),
+            hist.clone(),
+        );
+        move |w| {
+            let (args, next, done, stop) =
+                (shared.clone(), next.clone(), done.clone(), stop.clone());
             let (totals, hist) = (totals.clone(), hist.clone());
-            std::thread::spawn(move || {
+            async move {
                 let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
                 let mut t = Totals::default();
-                worker(w, &args, &next, &done, &stop, deadline, &mut local, &mut t);
+                worker(w, &args, &next, &done, &stop, deadline, &mut local, &mut t).await;
                 merge(&totals, &hist, t, &local);
-            })
-        })
-        .collect();
-    let mut last = (Instant::now(), 0);
-    while workers.iter().any(|w| !w.is_finished()) {
-        std::thread::sleep(Duration::from_millis(100));
-        if last.0.elapsed() >= Duration::from_secs(1) {
-            let n = done.load(Ordering::Relaxed);
-            let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
-            eprintln!("  {n}/{} messages, {rate:.0} msg/s", args.messages);
-            last = (Instant::now(), n);
+            }
         }
-        if Instant::now() > deadline {
-            stop.store(true, Ordering::Relaxed);
-        }
-    }
-    for w in workers {
-        let _ = w.join();
-    }
+    });
     let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    result?;
     let totals = totals.lock().map_err(|_| "worker panicked")?;
     let hist = hist.lock().map_err(|_| "worker panicked")?;
     report(&args, &totals, &hist, elapsed);
     Ok(())
+}
+
+/// Prints progress to stderr once a second until `stop`; sets `stop` at the deadline
+/// (the workers check it between operations).
+fn progress_thread(
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    total: u64,
+    what: &'static str,
+    deadline: Instant,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = (Instant::now(), 0);
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.0.elapsed() >= Duration::from_secs(1) {
+                let n = done.load(Ordering::Relaxed);
+                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                eprintln!("  {n}/{total} {what}, {rate:.0}/s");
+                last = (Instant::now(), n);
+            }
+            if Instant::now() > deadline {
+                stop.store(true, Ordering::Relaxed);
+            }
+        }
+    })
 }
 
 /// Adds one worker's totals and histogram to the run's (both scenarios).
@@ -229,7 +265,7 @@ fn new_histogram() -> Result<Histogram<u64>, String> {
 }
 
 #[allow(clippy::too_many_arguments)] // one worker's whole context; a struct adds nothing
-fn worker(
+async fn worker(
     id: usize,
     args: &SmtpArgs,
     next: &AtomicU64,
@@ -249,11 +285,11 @@ fn worker(
             break;
         }
         if conn.is_none() {
-            match Conn::open(&args.server, args.auth.as_deref()) {
+            match Conn::open(&args.server, args.auth.as_deref()).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     *totals.errors.entry(format!("connect: {e}")).or_default() += 1;
-                    std::thread::sleep(Duration::from_millis(50));
+                    glommio::timer::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             }
@@ -264,7 +300,7 @@ fn worker(
             .collect();
         let body = message_body(id, n, args.size);
         let started = Instant::now();
-        match c.send(&args.from, &rcpts, &body) {
+        match c.send(&args.from, &rcpts, &body).await {
             Ok(()) => {
                 let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
                 totals.ok += 1;
@@ -279,12 +315,12 @@ fn worker(
         }
         if args.no_reuse {
             if let Some(mut c) = conn.take() {
-                c.quit();
+                c.quit().await;
             }
         }
     }
     if let Some(mut c) = conn {
-        c.quit();
+        c.quit().await;
     }
 }
 
@@ -302,25 +338,19 @@ fn message_body(worker: usize, n: u64, size: usize) -> Vec<u8> {
 }
 
 struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
+    client: Client,
     pipelining: bool,
 }
 
 impl Conn {
-    fn open(server: &str, auth: Option<&str>) -> Result<Conn, String> {
-        let stream = TcpStream::connect(server).map_err(|e| e.kind().to_string())?;
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-        let reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    async fn open(server: &str, auth: Option<&str>) -> Result<Conn, String> {
         let mut c = Conn {
-            stream,
-            reader,
+            client: Client::connect(server).await?,
             pipelining: false,
         };
-        c.expect(220)?;
-        c.write(b"EHLO loadtest.invalid\r\n")?;
-        let lines = c.expect(250)?;
+        c.expect(220).await?;
+        c.client.write(b"EHLO loadtest.invalid\r\n").await?;
+        let lines = c.expect(250).await?;
         c.pipelining = lines
             .iter()
             .any(|l| l.to_ascii_uppercase().contains("PIPELINING"));
@@ -331,30 +361,21 @@ impl Conn {
                 .ok_or("--auth expects USER:PASSWORD")?;
             let token =
                 base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-            c.write(format!("AUTH PLAIN {token}\r\n").as_bytes())?;
-            c.expect(235)?;
+            c.client
+                .write(format!("AUTH PLAIN {token}\r\n").as_bytes())
+                .await?;
+            c.expect(235).await?;
         }
         Ok(c)
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.stream
-            .write_all(bytes)
-            .map_err(|e| format!("write: {}", e.kind()))
-    }
-
     /// Reads one (possibly multi-line) reply and checks its code.
-    fn expect(&mut self, code: u16) -> Result<Vec<String>, String> {
+    async fn expect(&mut self, code: u16) -> Result<Vec<String>, String> {
         let mut lines = Vec::new();
+        let mut raw = Vec::new();
         loop {
-            let mut line = String::new();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .map_err(|e| format!("read: {}", e.kind()))?;
-            if n == 0 {
-                return Err("connection closed".into());
-            }
+            self.client.read_line(&mut raw).await?;
+            let line = String::from_utf8_lossy(&raw).into_owned();
             let got: u16 = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
             let more = line.as_bytes().get(3) == Some(&b'-');
             lines.push(line);
@@ -367,27 +388,29 @@ impl Conn {
         }
     }
 
-    fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<(), String> {
+    async fn send(&mut self, from: &str, rcpts: &[&str], body: &[u8]) -> Result<(), String> {
         let mut cmds = format!("MAIL FROM:<{from}>\r\n");
         for r in rcpts {
             cmds.push_str(&format!("RCPT TO:<{r}>\r\n"));
         }
         cmds.push_str("DATA\r\n");
         if self.pipelining {
-            self.write(cmds.as_bytes())?;
-            self.expect(250)?;
+            self.client.write(cmds.as_bytes()).await?;
+            self.expect(250).await?;
             for _ in rcpts {
-                self.expect(250)?;
+                self.expect(250).await?;
             }
         } else {
             let mut lines = cmds.split_inclusive("\r\n");
             for _ in 0..=rcpts.len() {
-                self.write(lines.next().unwrap_or_default().as_bytes())?;
-                self.expect(250)?;
+                self.client
+                    .write(lines.next().unwrap_or_default().as_bytes())
+                    .await?;
+                self.expect(250).await?;
             }
-            self.write(b"DATA\r\n")?;
+            self.client.write(b"DATA\r\n").await?;
         }
-        self.expect(354)?;
+        self.expect(354).await?;
         let mut wire = Vec::with_capacity(body.len() + 8);
         for line in body.split_inclusive(|&b| b == b'\n') {
             if line.first() == Some(&b'.') {
@@ -396,14 +419,14 @@ impl Conn {
             wire.extend_from_slice(line);
         }
         wire.extend_from_slice(b".\r\n");
-        self.write(&wire)?;
-        self.expect(250)?;
+        self.client.write(&wire).await?;
+        self.expect(250).await?;
         Ok(())
     }
 
-    fn quit(&mut self) {
-        let _ = self.write(b"QUIT\r\n");
-        let _ = self.expect(221);
+    async fn quit(&mut self) {
+        let _ = self.client.write(b"QUIT\r\n").await;
+        let _ = self.expect(221).await;
     }
 }
 
@@ -455,20 +478,38 @@ fn report(args: &SmtpArgs, t: &Totals, h: &Histogram<u64>, elapsed: f64) {
 
 /// POP3: each worker logs in as the next account nobody else is using, downloads
 /// everything with pipelined RETRs, and quits without deleting (so runs repeat).
-fn run_pop3(args: Pop3Args) -> Result<(), String> {
+fn run_pop3(args: Pop3Args, shards: usize) -> Result<(), String> {
     if args.connections > args.user.len() {
         return Err("need at least as many --user accounts as connections (maildrop locks)".into());
     }
     let next = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
     let totals = Arc::new(Mutex::new(Totals::default()));
     let hist = Arc::new(Mutex::new(new_histogram()?));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.duration_secs);
-    let workers: Vec<_> = (0..args.connections)
-        .map(|w| {
-            let (args, next, totals, hist) =
-                (args.clone(), next.clone(), totals.clone(), hist.clone());
-            std::thread::spawn(move || {
+    let progress = progress_thread(
+        done.clone(),
+        stop.clone(),
+        args.sessions,
+        "sessions",
+        deadline,
+    );
+    let shared = Arc::new(args.clone());
+    let result = run_on_shards(shards, args.connections, {
+        let (next, done, stop, totals, hist) = (
+            next.clone(),
+            done.clone(),
+            stop.clone(),
+            totals.clone(),
+            hist.clone(),
+        );
+        move |w| {
+            let (args, next, done, stop) =
+                (shared.clone(), next.clone(), done.clone(), stop.clone());
+            let (totals, hist) = (totals.clone(), hist.clone());
+            async move {
                 let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
                 let mut t = Totals::default();
                 // Worker w always uses accounts w, w+connections, … so no two workers
@@ -476,25 +517,27 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
                 let mine: Vec<&String> =
                     args.user.iter().skip(w).step_by(args.connections).collect();
                 let mut round = 0usize;
-                while Instant::now() < deadline
+                while !stop.load(Ordering::Relaxed)
                     && next.fetch_add(1, Ordering::Relaxed) < args.sessions
                 {
                     let user = mine[round % mine.len()];
                     round += 1;
-                    if let Err(e) =
-                        pop3_session(&args.server, user, &args.password, &mut local, &mut t)
+                    match pop3_session(&args.server, user, &args.password, &mut local, &mut t).await
                     {
-                        *t.errors.entry(e).or_default() += 1;
+                        Ok(()) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => *t.errors.entry(e).or_default() += 1,
                     }
                 }
                 merge(&totals, &hist, t, &local);
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
+            }
+        }
+    });
     let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    result?;
     let t = totals.lock().map_err(|_| "worker panicked")?;
     let login_ms = t.login_us as f64 / t.logins.max(1) as f64 / 1000.0;
 
@@ -539,41 +582,32 @@ fn run_pop3(args: Pop3Args) -> Result<(), String> {
     Ok(())
 }
 
-fn pop3_session(
+async fn pop3_session(
     server: &str,
     user: &str,
     password: &str,
     hist: &mut Histogram<u64>,
     totals: &mut Totals,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect(server).map_err(|e| format!("connect: {}", e.kind()))?;
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    let mut reader =
-        BufReader::with_capacity(256 * 1024, stream.try_clone().map_err(|e| e.to_string())?);
-    let mut writer = stream;
+    let mut c = Client::connect(server).await?;
     let mut line = Vec::new();
-    let ok_line = |reader: &mut BufReader<TcpStream>, line: &mut Vec<u8>| -> Result<(), String> {
-        line.clear();
-        reader
-            .read_until(b'\n', line)
-            .map_err(|e| format!("read: {}", e.kind()))?;
+    async fn ok_line(c: &mut Client, line: &mut Vec<u8>) -> Result<(), String> {
+        c.read_line(line).await?;
         if line.starts_with(b"+OK") {
             Ok(())
         } else {
             Err(format!("reply {}", String::from_utf8_lossy(line).trim()))
         }
-    };
-    ok_line(&mut reader, &mut line)?;
+    }
+    ok_line(&mut c, &mut line).await?;
     let login_started = Instant::now();
-    writer
-        .write_all(format!("USER {user}\r\nPASS {password}\r\nSTAT\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    ok_line(&mut reader, &mut line)?;
-    ok_line(&mut reader, &mut line)?;
+    c.write(format!("USER {user}\r\nPASS {password}\r\nSTAT\r\n").as_bytes())
+        .await?;
+    ok_line(&mut c, &mut line).await?;
+    ok_line(&mut c, &mut line).await?;
     totals.login_us += login_started.elapsed().as_micros() as u64;
     totals.logins += 1;
-    ok_line(&mut reader, &mut line)?;
+    ok_line(&mut c, &mut line).await?;
     let count: usize = String::from_utf8_lossy(&line)
         .split_whitespace()
         .nth(1)
@@ -585,20 +619,12 @@ fn pop3_session(
         cmds.push_str(&format!("RETR {i}\r\n"));
     }
     let started = Instant::now();
-    writer
-        .write_all(cmds.as_bytes())
-        .map_err(|e| e.to_string())?;
+    c.write(cmds.as_bytes()).await?;
     for _ in 0..count {
-        ok_line(&mut reader, &mut line)?;
+        ok_line(&mut c, &mut line).await?;
         let mut bytes = 0u64;
         loop {
-            line.clear();
-            reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| format!("read: {}", e.kind()))?;
-            if line.is_empty() {
-                return Err("connection closed".into());
-            }
+            c.read_line(&mut line).await?;
             if line == b".\r\n" {
                 break;
             }
@@ -611,7 +637,7 @@ fn pop3_session(
     let download_us = started.elapsed().as_micros().max(1) as u64;
     totals.download_us += download_us;
     let _ = hist.record(download_us);
-    writer.write_all(b"QUIT\r\n").map_err(|e| e.to_string())?;
-    ok_line(&mut reader, &mut line)?;
+    c.write(b"QUIT\r\n").await?;
+    ok_line(&mut c, &mut line).await?;
     Ok(())
 }
