@@ -76,8 +76,8 @@ pub fn run(args: ImapArgs, shards: usize) -> Result<(), String> {
     let shared = Arc::new(args.clone());
     let result = run_on_shards(shards, args.connections, {
         let (next, done, stop, stats, hists) = (
-            next.clone(),
-            done.clone(),
+            next,
+            done,
             stop.clone(),
             stats.clone(),
             hists.clone(),
@@ -328,7 +328,7 @@ async fn session(
         let (untagged, bytes) = match op {
             "fetch_headers" if exists > 0 => {
                 let last = (seq + 9).min(exists);
-                command(&mut c, &mut tag, 
+                command(&mut c, &mut tag,
                     &format!("FETCH {seq}:{last} (UID FLAGS RFC822.SIZE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"),
                     None,
                 ).await?

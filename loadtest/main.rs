@@ -188,8 +188,8 @@ fn run_smtp(args: SmtpArgs, shards: usize) -> Result<(), String> {
     let shared = Arc::new(args.clone());
     let result = run_on_shards(shards, args.connections, {
         let (next, done, stop, totals, hist) = (
-            next.clone(),
-            done.clone(),
+            next,
+            done,
             stop.clone(),
             totals.clone(),
             hist.clone(),
@@ -499,8 +499,8 @@ fn run_pop3(args: Pop3Args, shards: usize) -> Result<(), String> {
     let shared = Arc::new(args.clone());
     let result = run_on_shards(shards, args.connections, {
         let (next, done, stop, totals, hist) = (
-            next.clone(),
-            done.clone(),
+            next,
+            done,
             stop.clone(),
             totals.clone(),
             hist.clone(),
