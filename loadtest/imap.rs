@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use super::net::{run_on_shards, Client};
+use super::net::{run_on_shards, Client, Tls};
 use super::{new_histogram, progress_thread, ImapArgs};
 
 const OPS: [&str; 6] = [
@@ -75,13 +75,8 @@ pub fn run(args: ImapArgs, shards: usize) -> Result<(), String> {
     );
     let shared = Arc::new(args.clone());
     let result = run_on_shards(shards, args.connections, {
-        let (next, done, stop, stats, hists) = (
-            next,
-            done,
-            stop.clone(),
-            stats.clone(),
-            hists.clone(),
-        );
+        let (next, done, stop, stats, hists) =
+            (next, done, stop.clone(), stats.clone(), hists.clone());
         move |w| {
             let (args, next, done, stop) =
                 (shared.clone(), next.clone(), done.clone(), stop.clone());
@@ -291,7 +286,7 @@ async fn session(
     hists: &mut BTreeMap<&'static str, Histogram<u64>>,
     stats: &mut Stats,
 ) -> Result<(), String> {
-    let mut c = Client::connect(&args.server).await?;
+    let mut c = Client::connect(&args.server, args.tls).await?;
     let mut tag = 0u32;
     let mut greeting = Vec::new();
     c.read_line(&mut greeting).await?;
@@ -300,6 +295,10 @@ async fn session(
             "greeting {}",
             String::from_utf8_lossy(&greeting).trim()
         ));
+    }
+    if args.tls == Tls::Starttls {
+        command(&mut c, &mut tag, "STARTTLS", None).await?;
+        c.start_tls().await?;
     }
     let started = Instant::now();
     command(

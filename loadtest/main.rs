@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 mod imap;
 mod net;
 
-use net::{run_on_shards, Client};
+use net::{run_on_shards, Client, Tls};
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +74,9 @@ struct ImapArgs {
     /// Stop after this many seconds even if sessions remain (hard bound).
     #[arg(long, default_value_t = 120)]
     duration_secs: u64,
+    /// TLS: none, implicit (SMTPS/IMAPS/POP3S port) or starttls.
+    #[arg(long, value_enum, default_value_t = Tls::None)]
+    tls: Tls,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -98,6 +101,9 @@ struct Pop3Args {
     /// Stop after this many seconds even if sessions remain (hard bound).
     #[arg(long, default_value_t = 120)]
     duration_secs: u64,
+    /// TLS: none, implicit (SMTPS/IMAPS/POP3S port) or starttls.
+    #[arg(long, value_enum, default_value_t = Tls::None)]
+    tls: Tls,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -117,9 +123,10 @@ struct SmtpArgs {
     /// Stop after this many seconds even if messages remain (hard bound).
     #[arg(long, default_value_t = 120)]
     duration_secs: u64,
-    /// Message size in bytes (headers included).
-    #[arg(long, short = 's', default_value_t = 5120)]
-    size: usize,
+    /// Message size in bytes (headers included): `5120`, or `MIN-MAX` for sizes spread
+    /// evenly over that range.
+    #[arg(long, short = 's', default_value = "5120", value_parser = parse_size_range)]
+    size: (usize, usize),
     /// Recipients per message, taken in turn from --to.
     #[arg(long, default_value_t = 1)]
     rcpts: usize,
@@ -134,6 +141,9 @@ struct SmtpArgs {
     /// AUTH PLAIN as USER:PASSWORD after EHLO (the server must allow it without TLS).
     #[arg(long, value_name = "USER:PASSWORD")]
     auth: Option<String>,
+    /// TLS: none, implicit (SMTPS/IMAPS/POP3S port) or starttls.
+    #[arg(long, value_enum, default_value_t = Tls::None)]
+    tls: Tls,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -187,13 +197,8 @@ fn run_smtp(args: SmtpArgs, shards: usize) -> Result<(), String> {
     );
     let shared = Arc::new(args.clone());
     let result = run_on_shards(shards, args.connections, {
-        let (next, done, stop, totals, hist) = (
-            next,
-            done,
-            stop.clone(),
-            totals.clone(),
-            hist.clone(),
-        );
+        let (next, done, stop, totals, hist) =
+            (next, done, stop.clone(), totals.clone(), hist.clone());
         move |w| {
             let (args, next, done, stop) =
                 (shared.clone(), next.clone(), done.clone(), stop.clone());
@@ -285,7 +290,7 @@ async fn worker(
             break;
         }
         if conn.is_none() {
-            match Conn::open(&args.server, args.auth.as_deref()).await {
+            match Conn::open(&args.server, args.tls, args.auth.as_deref()).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     *totals.errors.entry(format!("connect: {e}")).or_default() += 1;
@@ -298,7 +303,10 @@ async fn worker(
         let rcpts: Vec<&str> = (0..args.rcpts)
             .map(|i| args.to[(n as usize + i) % args.to.len()].as_str())
             .collect();
-        let body = message_body(id, n, args.size);
+        let (min, max) = args.size;
+        // A spread that does not depend on which worker sends message n.
+        let size = min + (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11) as usize % (max - min + 1);
+        let body = message_body(id, n, size);
         let started = Instant::now();
         match c.send(&args.from, &rcpts, &body).await {
             Ok(()) => {
@@ -324,6 +332,26 @@ async fn worker(
     }
 }
 
+fn parse_size_range(text: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected a byte count or MIN-MAX, got {text}");
+    match text.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (
+                a.trim().parse().map_err(|_| bad())?,
+                b.trim().parse().map_err(|_| bad())?,
+            );
+            if a > b {
+                return Err(bad());
+            }
+            Ok((a, b))
+        }
+        None => {
+            let n = text.trim().parse().map_err(|_| bad())?;
+            Ok((n, n))
+        }
+    }
+}
+
 fn message_body(worker: usize, n: u64, size: usize) -> Vec<u8> {
     let mut m = format!(
         "From: load@loadtest.invalid\r\nTo: user@localhost\r\nSubject: load {n}\r\n\
@@ -343,14 +371,21 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(server: &str, auth: Option<&str>) -> Result<Conn, String> {
+    async fn open(server: &str, tls: Tls, auth: Option<&str>) -> Result<Conn, String> {
         let mut c = Conn {
-            client: Client::connect(server).await?,
+            client: Client::connect(server, tls).await?,
             pipelining: false,
         };
         c.expect(220).await?;
         c.client.write(b"EHLO loadtest.invalid\r\n").await?;
-        let lines = c.expect(250).await?;
+        let mut lines = c.expect(250).await?;
+        if tls == Tls::Starttls {
+            c.client.write(b"STARTTLS\r\n").await?;
+            c.expect(220).await?;
+            c.client.start_tls().await?;
+            c.client.write(b"EHLO loadtest.invalid\r\n").await?;
+            lines = c.expect(250).await?;
+        }
         c.pipelining = lines
             .iter()
             .any(|l| l.to_ascii_uppercase().contains("PIPELINING"));
@@ -440,7 +475,7 @@ fn report(args: &SmtpArgs, t: &Totals, h: &Histogram<u64>, elapsed: f64) {
             "scenario": "smtp",
             "server": args.server,
             "connections": args.connections,
-            "size": args.size,
+            "size": format!("{}-{}", args.size.0, args.size.1),
             "rcpts": args.rcpts,
             "messages_ok": t.ok,
             "errors": errors,
@@ -457,8 +492,8 @@ fn report(args: &SmtpArgs, t: &Totals, h: &Histogram<u64>, elapsed: f64) {
         return;
     }
     println!(
-        "scenario      smtp → {} ({} connections, {} B, {} rcpt/msg)",
-        args.server, args.connections, args.size, args.rcpts
+        "scenario      smtp → {} ({} connections, {}-{} B, {} rcpt/msg, tls {:?})",
+        args.server, args.connections, args.size.0, args.size.1, args.rcpts, args.tls
     );
     println!("messages ok   {}   errors {}", t.ok, errors);
     for (k, v) in &t.errors {
@@ -498,13 +533,8 @@ fn run_pop3(args: Pop3Args, shards: usize) -> Result<(), String> {
     );
     let shared = Arc::new(args.clone());
     let result = run_on_shards(shards, args.connections, {
-        let (next, done, stop, totals, hist) = (
-            next,
-            done,
-            stop.clone(),
-            totals.clone(),
-            hist.clone(),
-        );
+        let (next, done, stop, totals, hist) =
+            (next, done, stop.clone(), totals.clone(), hist.clone());
         move |w| {
             let (args, next, done, stop) =
                 (shared.clone(), next.clone(), done.clone(), stop.clone());
@@ -522,7 +552,15 @@ fn run_pop3(args: Pop3Args, shards: usize) -> Result<(), String> {
                 {
                     let user = mine[round % mine.len()];
                     round += 1;
-                    match pop3_session(&args.server, user, &args.password, &mut local, &mut t).await
+                    match pop3_session(
+                        &args.server,
+                        args.tls,
+                        user,
+                        &args.password,
+                        &mut local,
+                        &mut t,
+                    )
+                    .await
                     {
                         Ok(()) => {
                             done.fetch_add(1, Ordering::Relaxed);
@@ -584,12 +622,13 @@ fn run_pop3(args: Pop3Args, shards: usize) -> Result<(), String> {
 
 async fn pop3_session(
     server: &str,
+    tls: Tls,
     user: &str,
     password: &str,
     hist: &mut Histogram<u64>,
     totals: &mut Totals,
 ) -> Result<(), String> {
-    let mut c = Client::connect(server).await?;
+    let mut c = Client::connect(server, tls).await?;
     let mut line = Vec::new();
     async fn ok_line(c: &mut Client, line: &mut Vec<u8>) -> Result<(), String> {
         c.read_line(line).await?;
@@ -600,6 +639,11 @@ async fn pop3_session(
         }
     }
     ok_line(&mut c, &mut line).await?;
+    if tls == Tls::Starttls {
+        c.write(b"STLS\r\n").await?;
+        ok_line(&mut c, &mut line).await?;
+        c.start_tls().await?;
+    }
     let login_started = Instant::now();
     c.write(format!("USER {user}\r\nPASS {password}\r\nSTAT\r\n").as_bytes())
         .await?;

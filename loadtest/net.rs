@@ -3,16 +3,17 @@
 //! [`run_on_shards`] starts one glommio executor per client shard (`--shards`) and
 //! spreads the connections over them; each connection is a task, so thousands of
 //! connections cost no threads and no context switches between them. [`Client`] reads
-//! lines and exact byte counts from a buffered glommio TCP stream and writes to it.
+//! lines and exact byte counts from a buffered glommio TCP stream — plain, implicit TLS
+//! or upgraded by STARTTLS, through the server's own connection type — and writes to it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_lite::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use glommio::net::TcpStream;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
+use shardmail::shard::conn::Stream;
 
 /// io_uring registered memory per client shard (glommio needs RLIMIT_MEMLOCK for it).
 const IO_MEMORY: usize = 512 * 1024;
@@ -53,51 +54,128 @@ where
     })
 }
 
-/// A connection with buffered reads.
+/// A connection (plain or TLS) with buffered reads.
 pub struct Client {
-    stream: BufReader<TcpStream>,
+    stream: Stream,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
+/// How a scenario's connections use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Tls {
+    /// Plain text throughout.
+    None,
+    /// TLS from the first byte (SMTPS/IMAPS/POP3S ports).
+    Implicit,
+    /// The protocol's STARTTLS/STLS after the greeting.
+    Starttls,
+}
+
+/// How long a TLS handshake may take.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(30);
+
 impl Client {
-    pub async fn connect(server: &str) -> Result<Client, String> {
-        let stream = TcpStream::connect(server)
+    pub async fn connect(server: &str, tls: Tls) -> Result<Client, String> {
+        let tcp = TcpStream::connect(server)
             .await
             .map_err(|e| format!("connect: {}", kind(&std::io::Error::from(e))))?;
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-        Ok(Client {
-            stream: BufReader::with_capacity(256 * 1024, stream),
-        })
+        let _ = tcp.set_nodelay(true);
+        let _ = tcp.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut c = Client {
+            stream: Stream::Plain(tcp),
+            buf: vec![0; 256 * 1024],
+            start: 0,
+            end: 0,
+        };
+        if tls == Tls::Implicit {
+            c.start_tls().await?;
+        }
+        Ok(c)
+    }
+
+    /// Runs the client side of a TLS handshake (implicit, or after STARTTLS's reply).
+    /// The server's certificate is not verified: this is a load tool for test servers.
+    pub async fn start_tls(&mut self) -> Result<(), String> {
+        if self.start != self.end {
+            return Err("server sent data before the TLS handshake".into());
+        }
+        let name = rustls_pki_types::ServerName::try_from("localhost")
+            .map_err(|e| e.to_string())?
+            .to_owned();
+        self.stream
+            .upgrade_client(&client_tls(), name, HANDSHAKE_LIMIT)
+            .await
+            .map_err(|e| format!("tls: {}", kind(&e)))
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let s = self.stream.get_mut();
-        s.write_all(bytes)
+        self.stream
+            .write_all(bytes)
             .await
-            .map_err(|e| format!("write: {}", kind(&e)))?;
-        s.flush().await.map_err(|e| format!("write: {}", kind(&e)))
+            .map_err(|e| format!("write: {}", kind(&e)))
     }
 
-    /// Reads one line (LF included) into `line`, replacing its contents; an empty line
-    /// means the server closed the connection.
-    pub async fn read_line(&mut self, line: &mut Vec<u8>) -> Result<(), String> {
-        line.clear();
-        self.stream
-            .read_until(b'\n', line)
+    async fn fill(&mut self) -> Result<(), String> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let grown = self.buf.len() * 2;
+            self.buf.resize(grown, 0);
+        }
+        let n = self
+            .stream
+            .read(&mut self.buf[self.end..])
             .await
             .map_err(|e| format!("read: {}", kind(&e)))?;
-        if line.is_empty() {
+        if n == 0 {
             return Err("connection closed".into());
         }
+        self.end += n;
         Ok(())
     }
 
-    pub async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
-        self.stream
-            .read_exact(buf)
-            .await
-            .map_err(|e| format!("read: {}", kind(&e)))
+    /// Reads one line (LF included) into `line`, replacing its contents.
+    pub async fn read_line(&mut self, line: &mut Vec<u8>) -> Result<(), String> {
+        line.clear();
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.start..self.end]) {
+                line.extend_from_slice(&self.buf[self.start..self.start + i + 1]);
+                self.start += i + 1;
+                return Ok(());
+            }
+            if self.end - self.start > 1 << 20 {
+                return Err("line longer than 1 MiB".into());
+            }
+            self.fill().await?;
+        }
     }
+
+    pub async fn read_exact(&mut self, out: &mut [u8]) -> Result<(), String> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.start == self.end {
+                self.fill().await?;
+            }
+            let n = (self.end - self.start).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            self.start += n;
+            done += n;
+        }
+        Ok(())
+    }
+}
+
+thread_local! {
+    static CLIENT_TLS: Arc<rustls::ClientConfig> = shardmail::tls::client_config_unverified();
+}
+
+fn client_tls() -> Arc<rustls::ClientConfig> {
+    CLIENT_TLS.with(Arc::clone)
 }
 
 /// Error kinds without addresses or numbers, so errors group by kind in the report.

@@ -2,7 +2,8 @@
 //! self-signed pair on first start when they are the defaults under the data directory.
 //!
 //! Builds one rustls `ServerConfig` (ring provider, TLS 1.2 and 1.3) that every shard
-//! shares through an `Arc` (rustls requires it). Never logs key material.
+//! shares through an `Arc` (rustls requires it), and the client configs the outbound
+//! queue and the load tester use. Never logs key material.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -61,4 +62,87 @@ fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Re
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(key_path, std::fs::Permissions::from_mode(0o600));
     Ok(())
+}
+
+/// Client config that verifies the server against the web PKI roots
+/// (`queue.tls_required`).
+pub fn client_config_verified() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| unreachable_config());
+    Arc::new(config)
+}
+
+/// Client config that encrypts without authenticating the server: opportunistic TLS
+/// between MTAs (RFC 7435), and the load tester against self-signed test servers.
+pub fn client_config_unverified() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| {
+            b.dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
+                .with_no_client_auth()
+        })
+        .unwrap_or_else(|_| unreachable_config());
+    Arc::new(config)
+}
+
+fn unreachable_config() -> rustls::ClientConfig {
+    // ring supports the safe defaults; this only keeps the constructor panic-free.
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth()
+}
+
+/// Accepts any certificate (signatures are still checked): see
+/// [`client_config_unverified`].
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

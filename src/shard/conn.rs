@@ -32,8 +32,10 @@ pub enum Stream {
 pub struct TlsConn {
     tcp: TcpStream,
     tls: rustls::Connection,
-    /// Ciphertext staging for reads.
+    /// Ciphertext read from the socket; `cipher_in[cipher_pos..]` is not yet handed to
+    /// rustls (it takes more only once the application drained its plaintext).
     cipher_in: Vec<u8>,
+    cipher_pos: usize,
     /// Ciphertext staging for writes.
     cipher_out: Vec<u8>,
 }
@@ -43,6 +45,8 @@ pub struct StreamParts {
     /// A duplicate of the socket; the original was closed when the stream was dropped.
     pub fd: RawFd,
     pub tls: Option<Box<ServerConnection>>,
+    /// Ciphertext read but not yet given to rustls.
+    pub cipher_pending: Vec<u8>,
 }
 
 impl std::fmt::Debug for StreamParts {
@@ -93,21 +97,42 @@ impl TlsConn {
         Ok(())
     }
 
-    /// Reads one chunk of ciphertext and processes it; `Ok(false)` at end of stream.
+    /// Gives rustls more ciphertext — what is left from the last socket read, else one
+    /// new read — and processes it; `Ok(false)` at end of stream. Only as much as
+    /// rustls accepts: it refuses more while 16 KiB of decrypted plaintext wait to be
+    /// read, so the rest stays in `cipher_in` for the next call (feeding it all at once
+    /// failed bulk transfers with "received plaintext buffer full").
     async fn read_tls(&mut self) -> io::Result<bool> {
-        self.cipher_in.resize(TLS_READ_BYTES, 0);
-        let n = self.tcp.read(&mut self.cipher_in).await?;
-        if n == 0 {
-            return Ok(false);
-        }
-        let mut input = self.cipher_in.get(..n).unwrap_or(&[]);
-        while !input.is_empty() {
-            self.tls.read_tls(&mut input)?;
-            let state = self.tls.process_new_packets();
-            if let Err(e) = state {
-                let _ = self.flush_tls().await; // send the alert
-                return Err(tls_error(e));
+        if self.cipher_pos >= self.cipher_in.len() {
+            self.cipher_in.resize(TLS_READ_BYTES, 0);
+            let n = self.tcp.read(&mut self.cipher_in).await?;
+            self.cipher_in.truncate(n);
+            self.cipher_pos = 0;
+            if n == 0 {
+                return Ok(false);
             }
+        }
+        let mut input = self.cipher_in.get(self.cipher_pos..).unwrap_or(&[]);
+        let before = input.len();
+        match self.tls.read_tls(&mut input) {
+            Ok(_) => {}
+            // Backpressure: plaintext is waiting; the caller reads it, then calls again.
+            Err(e) if e.kind() == io::ErrorKind::Other => {}
+            Err(e) => return Err(e),
+        }
+        let taken = before - input.len();
+        if taken == 0 {
+            // Callers come here only with no plaintext waiting: rustls refusing input
+            // now would never change. Fail rather than spin.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS input refused",
+            ));
+        }
+        self.cipher_pos += taken;
+        if let Err(e) = self.tls.process_new_packets() {
+            let _ = self.flush_tls().await; // send the alert
+            return Err(tls_error(e));
         }
         Ok(true)
     }
@@ -211,6 +236,7 @@ impl Stream {
             tcp,
             tls,
             cipher_in: Vec::new(),
+            cipher_pos: 0,
             cipher_out: Vec::new(),
         });
         with_timeout(limit, conn.handshake()).await??;
@@ -252,9 +278,12 @@ impl Stream {
         if dup < 0 {
             return Err(io::Error::last_os_error());
         }
-        let tls = match self {
+        let (tls, cipher_pending) = match self {
             Stream::Tls(c) => match c.tls {
-                rustls::Connection::Server(server) => Some(Box::new(server)),
+                rustls::Connection::Server(server) => (
+                    Some(Box::new(server)),
+                    c.cipher_in.get(c.cipher_pos..).unwrap_or(&[]).to_vec(),
+                ),
                 rustls::Connection::Client(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidInput,
@@ -262,9 +291,13 @@ impl Stream {
                     ))
                 }
             },
-            _ => None,
+            _ => (None, Vec::new()),
         };
-        Ok(StreamParts { fd: dup, tls })
+        Ok(StreamParts {
+            fd: dup,
+            tls,
+            cipher_pending,
+        })
     }
 
     /// Rebuilds a stream from [`StreamParts`] on the current shard.
@@ -278,7 +311,8 @@ impl Stream {
             Some(tls) => Stream::Tls(Box::new(TlsConn {
                 tcp,
                 tls: rustls::Connection::Server(*tls),
-                cipher_in: Vec::new(),
+                cipher_in: std::mem::take(&mut parts.cipher_pending),
+                cipher_pos: 0,
                 cipher_out: Vec::new(),
             })),
             None => Stream::Plain(tcp),

@@ -77,22 +77,6 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     pub fn new() -> Outbound {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|_| unreachable_config());
-        let opportunistic = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.dangerous()
-                    .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|_| unreachable_config());
         Outbound {
             entries: RefCell::new(BTreeMap::new()),
             active: RefCell::new(HashSet::new()),
@@ -101,8 +85,8 @@ impl Outbound {
             idle: RefCell::new(HashMap::new()),
             wake: Cell::new(false),
             flush_seen: Cell::new(None),
-            tls_opportunistic: Arc::new(opportunistic),
-            tls_verified: Arc::new(verified),
+            tls_opportunistic: crate::tls::client_config_unverified(),
+            tls_verified: crate::tls::client_config_verified(),
         }
     }
 
@@ -129,60 +113,6 @@ impl Outbound {
 impl Default for Outbound {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-fn unreachable_config() -> rustls::ClientConfig {
-    // ring supports the safe defaults; this only keeps the constructor panic-free.
-    rustls::ClientConfig::builder()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
-}
-
-/// Opportunistic TLS (RFC 7435): encrypt against passive listeners without
-/// authenticating the server, as MTAs do unless a policy requires verification.
-#[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls_pki_types::CertificateDer<'_>,
-        _: &[rustls_pki_types::CertificateDer<'_>],
-        _: &rustls_pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

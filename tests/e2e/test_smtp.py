@@ -238,6 +238,37 @@ class SmtpEndToEnd(unittest.TestCase):
 
 
 class Lifecycle(unittest.TestCase):
+    def test_large_messages_over_tls_both_ways(self):
+        # Bulk transfer over TLS in both directions: a 4 MB submission (client → server)
+        # and a pipelined POP3S download of it (server → client). rustls refuses more
+        # ciphertext while 16 KiB of plaintext wait; feeding a whole socket read at once
+        # used to fail such transfers at random.
+        server = Server()  # default limits: 50 MiB messages
+        server.add_user(BOB, "bob-pw")
+        server.start()
+        self.addCleanup(server.stop)
+        body = b"Subject: big-tls\r\nMessage-ID: <big-tls@x>\r\n\r\n" + (b"y" * 998 + b"\r\n") * 4000
+        for _ in range(3):
+            with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], timeout=60,
+                                  context=tls_context()) as s:
+                s.login(BOB, "bob-pw")
+                self.assertEqual(s.sendmail(BOB, [BOB], body), {})
+        stored = [m for m in server.messages(BOB) if b"<big-tls@x>" in m]
+        self.assertEqual(len(stored), 3)
+        import socket
+        raw = socket.create_connection(("127.0.0.1", server.ports["pop3s"]), timeout=60)
+        with tls_context().wrap_socket(raw) as t:
+            f = t.makefile("rb")
+            f.readline()
+            t.sendall(f"USER {BOB}\r\nPASS bob-pw\r\nSTAT\r\n".encode())
+            replies = [f.readline() for _ in range(3)]
+            self.assertTrue(all(r.startswith(b"+OK") for r in replies), replies)
+            count = int(replies[2].split()[1])
+            t.sendall(b"".join(b"RETR %d\r\n" % i for i in range(1, count + 1)) + b"QUIT\r\n")
+            data = f.read()
+        self.assertEqual(data.count(b"\r\nSubject: big-tls\r\n"), 3)
+        self.assertIn(b"signing off", data[-100:], "every RETR answered, then QUIT")
+
     def test_graceful_stop_then_export_matches_and_lock(self):
         server = Server()
         server.add_user(ALICE)
