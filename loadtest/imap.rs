@@ -16,12 +16,13 @@ use rand::{Rng, SeedableRng};
 use super::net::{run_on_shards, Client, Tls};
 use super::{new_histogram, progress_thread, ImapArgs};
 
-const OPS: [&str; 6] = [
+const OPS: [&str; 7] = [
     "fetch_headers",
     "fetch_body",
     "store",
     "search",
     "append",
+    "idle",
     "noop",
 ];
 
@@ -271,11 +272,108 @@ fn pick(mix: &[(&'static str, u32)], rng: &mut impl Rng) -> &'static str {
     "noop"
 }
 
-fn record(hists: &mut BTreeMap<&'static str, Histogram<u64>>, op: &'static str, started: Instant) {
+fn record(hists: &mut BTreeMap<&'static str, Histogram<u64>>, op: &'static str, took: Duration) {
     let h = hists
         .entry(op)
         .or_insert_with(|| new_histogram().unwrap_or_else(|e| panic!("{e}")));
-    let _ = h.record(started.elapsed().as_micros().max(1) as u64);
+    let _ = h.record(took.as_micros().max(1) as u64);
+}
+
+/// Connects, (STARTTLS), LOGIN; returns the connection and the next tag number.
+async fn login(
+    server: &str,
+    tls: Tls,
+    user: &str,
+    password: &str,
+) -> Result<(Client, u32), String> {
+    let mut c = Client::connect(server, tls).await?;
+    let mut tag = 0u32;
+    let mut greeting = Vec::new();
+    c.read_line(&mut greeting).await?;
+    if !greeting.starts_with(b"* OK") {
+        return Err(format!(
+            "greeting {}",
+            String::from_utf8_lossy(&greeting).trim()
+        ));
+    }
+    if tls == Tls::Starttls {
+        command(&mut c, &mut tag, "STARTTLS", None).await?;
+        c.start_tls().await?;
+    }
+    command(
+        &mut c,
+        &mut tag,
+        &format!("LOGIN \"{user}\" \"{password}\""),
+        None,
+    )
+    .await?;
+    Ok((c, tag))
+}
+
+/// A message of about `size` bytes for APPEND.
+fn append_message(user: &str, size: usize) -> Vec<u8> {
+    let mut msg = format!(
+        "From: load@loadtest.invalid\r\nTo: {user}\r\nSubject: appended by shardmail-load\r\n\r\n"
+    )
+    .into_bytes();
+    while msg.len() < size {
+        msg.extend_from_slice(
+            b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n",
+        );
+    }
+    msg
+}
+
+fn exists_in(untagged: &[String]) -> Option<u32> {
+    untagged
+        .iter()
+        .filter_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
+        .last()
+}
+
+/// IDLE wake-up: this connection idles, a second one (same user) appends; the time is
+/// from the APPEND being sent to the EXISTS arriving on the idling connection.
+async fn idle_wake(
+    c: &mut Client,
+    tag: &mut u32,
+    notifier: &mut (Client, u32),
+    user: &str,
+) -> Result<(u32, u64, Duration), String> {
+    *tag += 1;
+    let idle_tag = format!("t{tag}");
+    c.write(format!("{idle_tag} IDLE\r\n").as_bytes()).await?;
+    let mut line = Vec::new();
+    loop {
+        c.read_line(&mut line).await?;
+        if line.starts_with(b"+") {
+            break;
+        }
+        if line.starts_with(idle_tag.as_bytes()) {
+            return Err(format!("IDLE {}", String::from_utf8_lossy(&line).trim()));
+        }
+    }
+    let started = Instant::now();
+    let msg = append_message(user, 512);
+    let (n, t) = (&mut notifier.0, &mut notifier.1);
+    command(n, t, &format!("APPEND INBOX {{{}}}", msg.len()), Some(&msg)).await?;
+    let mut bytes = 0;
+    let exists = loop {
+        c.read_line(&mut line).await?;
+        bytes += line.len() as u64;
+        let text = String::from_utf8_lossy(&line);
+        if let Some(n) = exists_in(&[text.trim_end().to_string()]) {
+            break n;
+        }
+    };
+    let woke_after = started.elapsed();
+    c.write(b"DONE\r\n").await?;
+    loop {
+        c.read_line(&mut line).await?;
+        if line.starts_with(idle_tag.as_bytes()) {
+            break;
+        }
+    }
+    Ok((exists, bytes, woke_after))
 }
 
 async fn session(
@@ -286,39 +384,18 @@ async fn session(
     hists: &mut BTreeMap<&'static str, Histogram<u64>>,
     stats: &mut Stats,
 ) -> Result<(), String> {
-    let mut c = Client::connect(&args.server, args.tls).await?;
-    let mut tag = 0u32;
-    let mut greeting = Vec::new();
-    c.read_line(&mut greeting).await?;
-    if !greeting.starts_with(b"* OK") {
-        return Err(format!(
-            "greeting {}",
-            String::from_utf8_lossy(&greeting).trim()
-        ));
-    }
-    if args.tls == Tls::Starttls {
-        command(&mut c, &mut tag, "STARTTLS", None).await?;
-        c.start_tls().await?;
-    }
     let started = Instant::now();
-    command(
-        &mut c,
-        &mut tag,
-        &format!("LOGIN \"{user}\" \"{}\"", args.password),
-        None,
-    )
-    .await?;
+    let (mut c, mut tag) = login(&args.server, args.tls, user, &args.password).await?;
     stats.login_us += started.elapsed().as_micros() as u64;
     stats.logins += 1;
-    record(hists, "login", started);
+    record(hists, "login", started.elapsed());
     let (untagged, _) = command(&mut c, &mut tag, "SELECT INBOX", None).await?;
-    let mut exists: u32 = untagged
-        .iter()
-        .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
-        .unwrap_or(0);
+    let mut exists: u32 = exists_in(&untagged).unwrap_or(0);
+    let mut notifier: Option<(Client, u32)> = None;
     for _ in 0..args.ops {
         let op = pick(mix, rng);
         let started = Instant::now();
+        let mut sample = None;
         let seq = if exists > 0 {
             rng.gen_range(1..=exists)
         } else {
@@ -353,15 +430,7 @@ async fn session(
                 }
             }
             "append" => {
-                let mut msg = format!(
-                    "From: load@loadtest.invalid\r\nTo: {user}\r\nSubject: appended by shardmail-load\r\n\r\n"
-                )
-                .into_bytes();
-                while msg.len() < 2048 {
-                    msg.extend_from_slice(
-                        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n",
-                    );
-                }
+                let msg = append_message(user, 2048);
                 command(
                     &mut c,
                     &mut tag,
@@ -370,21 +439,97 @@ async fn session(
                 )
                 .await?
             }
+            "idle" => {
+                if notifier.is_none() {
+                    notifier = Some(login(&args.server, args.tls, user, &args.password).await?);
+                }
+                let Some(n) = notifier.as_mut() else { continue };
+                let (now_exists, bytes, woke_after) = idle_wake(&mut c, &mut tag, n, user).await?;
+                sample = Some(woke_after);
+                (vec![format!("* {now_exists} EXISTS")], bytes)
+            }
             _ => command(&mut c, &mut tag, "NOOP", None).await?,
         };
-        record(hists, op, started);
+        record(hists, op, sample.unwrap_or_else(|| started.elapsed()));
         *stats.ops.entry(op).or_default() += 1;
         stats.bytes += bytes;
-        for l in &untagged {
-            if let Some(n) = l
-                .strip_prefix("* ")
-                .and_then(|r| r.strip_suffix(" EXISTS"))
-                .and_then(|n| n.parse().ok())
-            {
-                exists = n;
-            }
+        if let Some(n) = exists_in(&untagged) {
+            exists = n;
         }
+    }
+    if let Some((mut n, mut t)) = notifier {
+        let _ = command(&mut n, &mut t, "LOGOUT", None).await;
     }
     command(&mut c, &mut tag, "LOGOUT", None).await?;
     Ok(())
+}
+
+/// `seed`: APPENDs `messages` messages of `size` bytes to each user's INBOX, over IMAP
+/// (so it works for any server; the users must exist).
+pub fn seed(args: super::SeedArgs, shards: usize) -> Result<(), String> {
+    let started = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = args.messages * args.user.len() as u64;
+    let deadline = started + Duration::from_secs(args.duration_secs);
+    let progress = progress_thread(done.clone(), stop.clone(), total, "messages", deadline);
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    let shared = Arc::new(args.clone());
+    let result = run_on_shards(shards, args.user.len(), {
+        let (done, stop, errors) = (done.clone(), stop.clone(), errors.clone());
+        move |u| {
+            let (args, done, stop, errors) =
+                (shared.clone(), done.clone(), stop.clone(), errors.clone());
+            async move {
+                let user = &args.user[u];
+                let run = async {
+                    let (mut c, mut tag) =
+                        login(&args.server, args.tls, user, &args.password).await?;
+                    for i in 0..args.messages {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let mut msg = format!(
+                            "From: Seed Sender <seed{i}@loadtest.invalid>\r\nTo: {user}\r\n\
+                             Subject: seeded message {i}\r\nDate: Thu, 26 Nov 2026 06:45:00 +0000\r\n\
+                             Message-ID: <{i}.{u}@loadtest.invalid>\r\n\r\n"
+                        )
+                        .into_bytes();
+                        while msg.len() < args.size {
+                            msg.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\r\n");
+                        }
+                        command(
+                            &mut c,
+                            &mut tag,
+                            &format!("APPEND INBOX {{{}}}", msg.len()),
+                            Some(&msg),
+                        )
+                        .await?;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    command(&mut c, &mut tag, "LOGOUT", None).await.map(|_| ())
+                };
+                if let Err(e) = run.await {
+                    errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("{user}: {e}"));
+                }
+            }
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    result?;
+    let errors = errors.lock().map_err(|_| "worker panicked")?;
+    let n = done.load(Ordering::Relaxed);
+    eprintln!(
+        "seeded {n} messages in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }

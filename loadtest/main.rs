@@ -42,6 +42,32 @@ enum Scenario {
     /// IMAP sessions: LOGIN, SELECT, a weighted mix of FETCH/STORE/SEARCH/APPEND/NOOP,
     /// LOGOUT.
     Imap(ImapArgs),
+    /// Put test mail into existing accounts: APPEND over IMAP (any server).
+    Seed(SeedArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct SeedArgs {
+    /// IMAP server address.
+    #[arg(long, default_value = "127.0.0.1:2143")]
+    server: String,
+    /// Accounts to fill (they must exist: `shardmail user add`, or the server's own tool).
+    #[arg(long, required = true)]
+    user: Vec<String>,
+    #[arg(long, default_value = "pw")]
+    password: String,
+    /// Messages per account.
+    #[arg(long, short = 'm', default_value_t = 300)]
+    messages: u64,
+    /// Message size in bytes.
+    #[arg(long, short = 's', default_value_t = 10 * 1024)]
+    size: usize,
+    /// TLS: none, implicit or starttls.
+    #[arg(long, value_enum, default_value_t = Tls::None)]
+    tls: Tls,
+    /// Stop after this many seconds (hard bound).
+    #[arg(long, default_value_t = 600)]
+    duration_secs: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -65,10 +91,11 @@ struct ImapArgs {
     password: String,
     /// Weights of the operations, `name=weight,…`: fetch_headers (10 messages'
     /// envelope headers), fetch_body (one whole message), store (+/-\Seen),
-    /// search (UNSEEN, or FROM), append (a 2 KiB message), noop.
+    /// search (UNSEEN, or FROM), append (a 2 KiB message), idle (IDLE until a second
+    /// connection's APPEND wakes it; timed from APPEND sent to EXISTS seen), noop.
     #[arg(
         long,
-        default_value = "fetch_headers=30,fetch_body=30,store=15,search=10,append=5,noop=10"
+        default_value = "fetch_headers=30,fetch_body=30,store=15,search=10,append=5,idle=2,noop=8"
     )]
     mix: String,
     /// Stop after this many seconds even if sessions remain (hard bound).
@@ -167,6 +194,7 @@ fn main() {
         Scenario::Smtp(args) => run_smtp(args, shards),
         Scenario::Pop3(args) => run_pop3(args, shards),
         Scenario::Imap(args) => imap::run(args, shards),
+        Scenario::Seed(args) => imap::seed(args, shards),
     };
     std::process::exit(match result {
         Ok(()) => 0,
