@@ -327,8 +327,8 @@ fn append_message(user: &str, size: usize) -> Vec<u8> {
 fn exists_in(untagged: &[String]) -> Option<u32> {
     untagged
         .iter()
-        .filter_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("* ")?.strip_suffix(" EXISTS")?.parse().ok())
 }
 
 /// IDLE wake-up: this connection idles, a second one (same user) appends; the time is
