@@ -515,7 +515,7 @@ pub fn binary<'m>(
     }
 }
 
-fn decode_base64(body: &[u8]) -> Vec<u8> {
+pub(crate) fn decode_base64(body: &[u8]) -> Vec<u8> {
     use base64::Engine;
     let clean: Vec<u8> = body
         .iter()
@@ -533,7 +533,7 @@ fn decode_base64(body: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn decode_qp(body: &[u8]) -> Vec<u8> {
+pub(crate) fn decode_qp(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
     let mut i = 0;
     let hex = |b: u8| (b as char).to_digit(16);

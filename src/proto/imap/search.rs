@@ -2,9 +2,12 @@
 //!
 //! Flags, sizes, dates, UIDs and MODSEQ come from the index entry; FROM/TO/CC/BCC/
 //! SUBJECT from the envelope cached at delivery; HEADER reads only the header block;
-//! only BODY and TEXT read the message body. Substring matches are ASCII
-//! case-insensitive over the stored bytes. Pure; never panics.
+//! only BODY and TEXT read the message body. Matches are case-insensitive substring
+//! matches over the stored bytes, and — when that finds nothing — over the decoded
+//! text: RFC 2047 encoded words in headers, base64 and quoted-printable text parts in
+//! bodies (RFC 9051 §6.4.4 asks for matching on decoded text). Pure; never panics.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use super::command::{days_from_civil, DateCmp, SearchKey};
@@ -70,6 +73,57 @@ pub fn contains_ci(haystack: &[u8], needle: &str) -> bool {
     memchr::memmem::find(&lowered, needle.as_bytes()).is_some()
 }
 
+/// Unicode case-insensitive substring test over decoded text.
+fn contains_text(haystack: &str, needle: &str) -> bool {
+    haystack.to_lowercase().contains(&needle.to_lowercase())
+}
+
+/// A header value with RFC 2047 encoded words decoded (borrowed when it has none).
+fn decoded_header(raw: &str) -> Cow<'_, str> {
+    if !raw.contains("=?") {
+        return Cow::Borrowed(raw);
+    }
+    let block = format!("Subject: {raw}\r\n\r\n");
+    mail_parser::MessageParser::default()
+        .parse(block.as_bytes())
+        .and_then(|m| m.subject().map(str::to_string))
+        .map_or(Cow::Borrowed(raw), Cow::Owned)
+}
+
+/// Whether the header value matches raw, or once its encoded words are decoded.
+fn header_matches(raw: &[u8], needle: &str) -> bool {
+    if contains_ci(raw, needle) {
+        return true;
+    }
+    let text = String::from_utf8_lossy(raw);
+    text.contains("=?") && contains_text(&decoded_header(&text), needle)
+}
+
+/// Whether a base64 or quoted-printable text part of the message contains `needle`
+/// once decoded (the raw bytes were searched already).
+fn encoded_text_matches(c: &Candidate<'_>, needle: &str) -> bool {
+    let m = c.message();
+    c.entry.summary.parts.iter().any(|p| {
+        let decode = match p
+            .encoding
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("base64") => super::render::decode_base64,
+            Some("quoted-printable") => super::render::decode_qp,
+            _ => return false,
+        };
+        if p.ctype != "text" {
+            return false;
+        }
+        let body = m
+            .get(p.offset_body as usize..(p.offset_end as usize).min(m.len()))
+            .unwrap_or(&[]);
+        contains_text(&String::from_utf8_lossy(&decode(body)), needle)
+    })
+}
+
 fn date_matches(cmp: DateCmp, day: i64, target: i64) -> bool {
     match cmp {
         DateCmp::Before => day < target,
@@ -99,19 +153,23 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
             match cached {
                 Some(value) => value
                     .as_deref()
-                    .is_some_and(|v| contains_ci(v.as_bytes(), needle)),
+                    .is_some_and(|v| header_matches(v.as_bytes(), needle)),
                 None => header_fields(c.header_block()).any(|(name, whole)| {
                     name.eq_ignore_ascii_case(field.as_bytes())
-                        && contains_ci(whole.get(name.len() + 1..).unwrap_or(&[]), needle)
+                        && header_matches(whole.get(name.len() + 1..).unwrap_or(&[]), needle)
                 }),
             }
         }
         SearchKey::Body(needle) => {
             let m = c.message();
             let start = c.header_block().len();
-            contains_ci(m.get(start..).unwrap_or(&[]), needle)
+            contains_ci(m.get(start..).unwrap_or(&[]), needle) || encoded_text_matches(c, needle)
         }
-        SearchKey::Text(needle) => contains_ci(c.message(), needle),
+        SearchKey::Text(needle) => {
+            contains_ci(c.message(), needle)
+                || header_fields(c.header_block()).any(|(_, whole)| header_matches(whole, needle))
+                || encoded_text_matches(c, needle)
+        }
         SearchKey::Date(cmp, target) => {
             date_matches(*cmp, e.internal_date.div_euclid(86_400), *target)
         }
@@ -147,5 +205,55 @@ pub fn uses_modseq(key: &SearchKey) -> bool {
         SearchKey::Or(a, b) => uses_modseq(a) || uses_modseq(b),
         SearchKey::And(keys) => keys.iter().any(uses_modseq),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+    use crate::proto::imap::command::search_args;
+    use crate::proto::imap::lexer::tokenize;
+    use crate::store::index::MessageEntry;
+    use crate::store::summary::Summary;
+
+    fn matches_message(message: &'static [u8], search: &str) -> bool {
+        let entry = MessageEntry {
+            uid: 1,
+            modseq: 1,
+            flags: 0,
+            internal_date: 0,
+            blob: 0,
+            offset: 0,
+            len: message.len() as u32,
+            summary: Summary::parse(message),
+            keywords: Vec::new(),
+        };
+        let line: &'static [u8] = Box::leak(
+            format!("a SEARCH {search}\r\n")
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        let key = search_args(&tokenize(line, 16).unwrap().args).unwrap().key;
+        let bytes = || Some(message);
+        matches(&key, &Candidate::new(1, &entry, 1, 1, &bytes))
+    }
+
+    #[test]
+    fn decoded_headers_and_bodies_match() {
+        let m: &'static [u8] = b"From: =?utf-8?q?J=C3=BCrgen?= <j@x.example>\r\nSubject: =?utf-8?b?R3LDvMOfZQ==?=\r\n\
+Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nU2Now7ZuZW4gR3LDvMOfZSBhdXMgS8O2bG4=\r\n--b\r\n\
+Content-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nsoft=\r\nbreak caf=C3=A9\r\n--b--\r\n";
+        assert!(matches_message(m, "SUBJECT \"grüße\""));
+        assert!(matches_message(m, "FROM jürgen"));
+        assert!(matches_message(m, "FROM j@x.example"));
+        assert!(
+            matches_message(m, "BODY \"GRÜSSE AUS\"") || matches_message(m, "BODY \"Grüße aus\"")
+        );
+        assert!(matches_message(m, "BODY \"softbreak café\""));
+        assert!(matches_message(m, "TEXT köln"));
+        assert!(!matches_message(m, "BODY nowhere"));
+        assert!(!matches_message(m, "SUBJECT hello"));
     }
 }
