@@ -281,7 +281,7 @@ fn bad() {
         &[
             "a OK NOOP completed",
             "b BAD Log in first",
-            "* BAD Syntax error: Empty",
+            "* BAD Syntax error: a tag and a command are needed",
             "* BAD Invalid tag",
             "d BAD LOGIN needs a user name and a password",
             "e BAD Log in first",

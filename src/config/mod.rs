@@ -58,6 +58,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// IMAP autologout (RFC 9051 §5.4: at least 30 minutes), IDLE included.
     pub imap_idle_timeout: Duration,
+    /// Parenthesized lists nested in one IMAP command (FETCH items, SEARCH keys).
+    pub imap_nesting_max: usize,
     /// Concurrent sessions per shard; past it new connections get `421 4.3.2`.
     pub sessions_per_shard_max: usize,
     /// How long a verified login is cached (zero: not at all).
@@ -296,6 +298,7 @@ impl Config {
             auth_failure_delay: Duration::from_millis(l.auth_failure_delay_ms),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             imap_idle_timeout: Duration::from_secs(l.imap_idle_timeout_secs),
+            imap_nesting_max: l.imap_nesting_max,
             sessions_per_shard_max: l.sessions_per_shard_max,
             auth_cache: Duration::from_secs(l.auth_cache_secs),
         };
@@ -316,6 +319,9 @@ impl Config {
         }
         if limits.idle_timeout < Duration::from_secs(1) {
             return Err(err("limits.idle_timeout_secs", "must be at least 1"));
+        }
+        if !(2..=64).contains(&limits.imap_nesting_max) {
+            return Err(err("limits.imap_nesting_max", "must be between 2 and 64"));
         }
         if limits.imap_idle_timeout < Duration::from_secs(1) {
             return Err(err("limits.imap_idle_timeout_secs", "must be at least 1"));

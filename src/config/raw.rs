@@ -159,6 +159,7 @@ pub struct RawLimits {
     pub auth_failure_delay_ms: u64,
     pub idle_timeout_secs: u64,
     pub imap_idle_timeout_secs: u64,
+    pub imap_nesting_max: usize,
     pub sessions_per_shard_max: usize,
     /// Seconds a successful login is remembered (as an HMAC) so the next login of the
     /// same user and password skips argon2; 0 = off (every login pays argon2).
@@ -178,6 +179,7 @@ impl Default for RawLimits {
             auth_failure_delay_ms: 1000,
             idle_timeout_secs: 300,       // RFC 5321 §4.5.3.2.7
             imap_idle_timeout_secs: 1800, // RFC 9051 §5.4: at least 30 minutes
+            imap_nesting_max: 16,
             sessions_per_shard_max: 10_000,
             auth_cache_secs: 0, // off, as Dovecot's auth_cache: an opt-in trade
         }

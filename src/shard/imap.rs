@@ -566,7 +566,7 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         allow_plaintext_auth: config.allow_plaintext_auth,
         command_bytes_max: config.limits.line_bytes_max * 4,
         literal_bytes_max: config.limits.message_size_max as u64,
-        depth_max: 16,
+        depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,
         auth_failures_max: config.limits.auth_failures_max,
     }

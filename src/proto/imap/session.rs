@@ -507,7 +507,7 @@ impl Session {
                     .filter(|t| !t.is_empty() && !t.contains(['\r', '\n', '*', '+']))
                     .unwrap_or("*")
                     .to_string();
-                self.bad(&tag, &format!("Syntax error: {e:?}"), out);
+                self.bad(&tag, &format!("Syntax error: {}", syntax_reason(e)), out);
                 return;
             }
         };
@@ -2026,6 +2026,18 @@ fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool) {
         out.line(&format!(
             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{list} \\*)] Flags permitted"
         ));
+    }
+}
+
+fn syntax_reason(e: super::lexer::SyntaxError) -> &'static str {
+    use super::lexer::SyntaxError;
+    match e {
+        SyntaxError::Unbalanced => "unbalanced parentheses or a stray character",
+        SyntaxError::TooDeep => "lists nested deeper than limits.imap_nesting_max",
+        SyntaxError::BadQuoted => "invalid quoted string",
+        SyntaxError::BadLiteral => "invalid literal",
+        SyntaxError::NotUtf8 => "text is not UTF-8",
+        SyntaxError::Empty => "a tag and a command are needed",
     }
 }
 
