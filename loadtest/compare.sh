@@ -8,8 +8,8 @@
 #   POP3: shardmail-load pop3 (pipelined RETR of every message, 8 connections) against
 #     shardmail and Dovecot, each seeded with the same messages.
 #   IMAP: shardmail-load imap (8 connections) on the same mailboxes: FETCH of whole
-#     messages, FETCH of headers, the default mixed workload in long sessions, and a
-#     login-heavy mix (20 operations per session).
+#     messages, FETCH of headers, the mixed workload without and with IDLE wake-ups in
+#     long sessions, and a login-heavy mix (20 operations per session).
 #
 # Usage: loadtest/compare.sh            (as root: it installs and starts the references)
 # Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=64 OUT=compare.json
@@ -126,13 +126,17 @@ fb_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetc
 step "IMAP FETCH headers of 10 messages: shardmail, Dovecot"
 fh_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_headers=1 "${USERS_SM[@]}")
 fh_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_headers=1 "${USERS_DC[@]}")
-step "IMAP mixed workload, long sessions: shardmail, Dovecot"
+NO_IDLE=fetch_headers=30,fetch_body=30,store=15,search=10,append=5,noop=10
+step "IMAP mixed workload without IDLE, long sessions: shardmail, Dovecot"
+mn_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix "$NO_IDLE" "${USERS_SM[@]}")
+mn_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix "$NO_IDLE" "${USERS_DC[@]}")
+step "IMAP mixed workload with IDLE wake-ups (the default mix), long sessions: shardmail, Dovecot"
 mx_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" "${USERS_SM[@]}")
 mx_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" "${USERS_DC[@]}")
 step "IMAP login-heavy ($IMAP_SESSIONS sessions x 20 operations): shardmail, Dovecot"
 il_sm=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
 il_dc=$(imap --server 127.0.0.1:10143 --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_DC[@]}")
-echo "{\"fetch_body\": {\"shardmail\": $fb_sm, \"dovecot\": $fb_dc}, \"fetch_headers\": {\"shardmail\": $fh_sm, \"dovecot\": $fh_dc}, \"mixed\": {\"shardmail\": $mx_sm, \"dovecot\": $mx_dc}, \"login_heavy\": {\"shardmail\": $il_sm, \"dovecot\": $il_dc}}" > "$WORK/imap.json"
+echo "{\"fetch_body\": {\"shardmail\": $fb_sm, \"dovecot\": $fb_dc}, \"fetch_headers\": {\"shardmail\": $fh_sm, \"dovecot\": $fh_dc}, \"mixed_no_idle\": {\"shardmail\": $mn_sm, \"dovecot\": $mn_dc}, \"mixed\": {\"shardmail\": $mx_sm, \"dovecot\": $mx_dc}, \"login_heavy\": {\"shardmail\": $il_sm, \"dovecot\": $il_dc}}" > "$WORK/imap.json"
 
 step "POP3 login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
 pkill -f "shardmail --data-dir $WORK" || true
@@ -189,6 +193,11 @@ for mix, v in imap.items():
         print(f"  {mix:18} {name:13}{x['ops_per_s']:>10.0f}{x['mb_per_s']:>8.1f}{x['latency_ms']['p99']:>9.2f}")
 for mix, ratio in r["ratios"]["imap_ops_shardmail_vs_dovecot"].items():
     print(f"shardmail / Dovecot (IMAP {mix}):{'':{max(1, 16 - len(mix))}}{ratio:.1f}x")
+for name in ("shardmail", "dovecot"):
+    idle = imap["mixed"][name]["per_operation"].get("idle")
+    if idle:
+        print(f"IDLE wake-up {name:10} p50 {idle['latency_ms']['p50']:.1f} ms  p99 {idle['latency_ms']['p99']:.1f} ms"
+              "  (a second connection's APPEND sent → EXISTS seen)")
 c = imap["login_heavy_auth_cache"]["shardmail"]["ops_per_s"] / imap["login_heavy"]["dovecot"]["ops_per_s"]
 print(f"shardmail / Dovecot (IMAP login-heavy, limits.auth_cache_secs=300): {c:.1f}x")
 print(f"\nresults written to {sys.argv[7]}")
