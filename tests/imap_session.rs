@@ -569,3 +569,25 @@ fn large_literals_are_spliced_from_the_store_byte_exact() {
     assert!(d.sent == expected, "spliced output differs");
     assert_eq!(d.splices, 2, "both literals come from the log");
 }
+
+#[test]
+fn fetching_a_large_mailbox_does_not_copy_it_into_the_reply() {
+    let mut d = driver(true, false);
+    let message = |i: usize| {
+        let mut m = format!("Subject: m{i}\r\n\r\n").into_bytes();
+        m.resize(8 * 1024, b'x');
+        m
+    };
+    for i in 0..400 {
+        d.store.deliver(1, &message(i), 1_795_600_000);
+    }
+    d.feed(b"a LOGIN bob pw\r\nb EXAMINE INBOX\r\n");
+    take(&mut d);
+    d.feed(b"c FETCH 1:* BODY.PEEK[]\r\n");
+    // 400 × 8 KiB = 3.2 MB of bodies: the first 1 MiB is copied into the reply, the
+    // rest comes from the store.
+    assert!(d.splices > 250, "only {} literals spliced", d.splices);
+    let out = take(&mut d);
+    assert!(out.ends_with("c OK FETCH completed\r\n"));
+    assert_eq!(out.matches("FETCH (BODY[] {8192}").count(), 400);
+}

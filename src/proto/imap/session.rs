@@ -2235,6 +2235,9 @@ fn fetch_one(
 
 /// Literals at least this long are spliced from the log rather than copied.
 const SPLICE_BYTES_MIN: usize = 16 * 1024;
+/// Past this much reply, every literal is spliced: `FETCH 1:* BODY[]` over a large
+/// mailbox must not copy the mailbox into memory.
+const REPLY_COPY_BYTES_MAX: usize = 1024 * 1024;
 
 /// Writes a literal of `data`, a slice of `message` (the stored bytes of `entry`) or
 /// derived from it: spliced from the log when it is a large slice of the message,
@@ -2256,7 +2259,7 @@ fn literal_of(
     let base = message.as_ptr() as usize;
     let start = (data.as_ptr() as usize).wrapping_sub(base);
     let inside = start <= message.len() && start + data.len() <= message.len();
-    if inside && data.len() >= SPLICE_BYTES_MIN {
+    if inside && (data.len() >= SPLICE_BYTES_MIN || r.len() >= REPLY_COPY_BYTES_MAX) {
         splices.push((r.len(), entry.offset + start as u64, data.len()));
     } else {
         r.extend_from_slice(data);
