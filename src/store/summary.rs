@@ -51,7 +51,9 @@ pub struct Summary {
 impl Summary {
     /// Parses `message`; an unparseable message yields an empty summary (stored anyway).
     pub fn parse(message: &[u8]) -> Summary {
-        let Some(parsed) = MessageParser::default().parse(message) else {
+        // MIME headers only: envelope fields are kept raw (`header_raw`), so parsing
+        // Received, Date or address headers here would be wasted work per delivery.
+        let Some(parsed) = MessageParser::new().with_mime_headers().parse(message) else {
             return Summary::default();
         };
         let raw = |name: &str| parsed.header_raw(name).map(|v| v.trim().to_string());
