@@ -6,15 +6,14 @@
 //! a session count and a time limit.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 
-use super::net::{run_on_shards, Client, Tls};
-use super::{new_histogram, progress_thread, ImapArgs};
+use super::net::{run_connections, Client, Tls};
+use super::{new_histogram, ImapArgs};
 
 const OPS: [&str; 7] = [
     "fetch_headers",
@@ -59,74 +58,58 @@ fn parse_mix(mix: &str) -> Result<Vec<(&'static str, u32)>, String> {
 
 pub fn run(args: ImapArgs, shards: usize) -> Result<(), String> {
     let mix = parse_mix(&args.mix)?;
-    let next = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Mutex::new(Stats::default()));
-    let hists: Arc<Mutex<BTreeMap<&'static str, Histogram<u64>>>> =
-        Arc::new(Mutex::new(BTreeMap::new()));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration_secs);
-    let progress = progress_thread(
-        done.clone(),
-        stop.clone(),
+    let args = Arc::new(args);
+    let (results, elapsed) = run_connections(
+        shards,
+        args.connections,
         args.sessions,
         "sessions",
-        deadline,
-    );
-    let shared = Arc::new(args.clone());
-    let result = run_on_shards(shards, args.connections, {
-        let (next, done, stop, stats, hists) =
-            (next, done, stop.clone(), stats.clone(), hists.clone());
-        move |w| {
-            let (args, next, done, stop) =
-                (shared.clone(), next.clone(), done.clone(), stop.clone());
-            let (stats, hists, mix) = (stats.clone(), hists.clone(), mix.clone());
-            async move {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 + 1);
-                let mut local: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
-                let mut s = Stats::default();
-                while !stop.load(Ordering::Relaxed)
-                    && next.fetch_add(1, Ordering::Relaxed) < args.sessions
-                {
-                    let n = rng.gen_range(0..args.user.len());
-                    match session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s).await {
-                        Ok(()) => {
-                            done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => *s.errors.entry(e).or_default() += 1,
-                    }
-                }
-                let mut total = stats.lock().unwrap_or_else(|e| e.into_inner());
-                for (k, v) in s.ops {
-                    *total.ops.entry(k).or_default() += v;
-                }
-                for (k, v) in s.errors {
-                    *total.errors.entry(k).or_default() += v;
-                }
-                total.bytes += s.bytes;
-                total.logins += s.logins;
-                total.login_us += s.login_us;
-                let mut h = hists.lock().unwrap_or_else(|e| e.into_inner());
-                for (k, v) in local {
-                    match h.get_mut(k) {
-                        Some(mine) => {
-                            let _ = mine.add(&v);
-                        }
-                        None => {
-                            h.insert(k, v);
+        Duration::from_secs(args.duration_secs),
+        {
+            let args = args.clone();
+            move |w, shared| {
+                let (args, mix) = (args.clone(), mix.clone());
+                async move {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(w as u64 + 1);
+                    let mut local: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
+                    let mut s = Stats::default();
+                    while shared.claim().is_some() {
+                        let n = rng.gen_range(0..args.user.len());
+                        match session(&args, &args.user[n], &mix, &mut rng, &mut local, &mut s)
+                            .await
+                        {
+                            Ok(()) => shared.finished_one(),
+                            Err(e) => *s.errors.entry(e).or_default() += 1,
                         }
                     }
+                    (s, local)
+                }
+            }
+        },
+    )?;
+    let mut s = Stats::default();
+    let mut h: BTreeMap<&'static str, Histogram<u64>> = BTreeMap::new();
+    for (one, hists) in results {
+        for (k, v) in one.ops {
+            *s.ops.entry(k).or_default() += v;
+        }
+        for (k, v) in one.errors {
+            *s.errors.entry(k).or_default() += v;
+        }
+        s.bytes += one.bytes;
+        s.logins += one.logins;
+        s.login_us += one.login_us;
+        for (k, v) in hists {
+            match h.get_mut(k) {
+                Some(mine) => {
+                    let _ = mine.add(&v);
+                }
+                None => {
+                    h.insert(k, v);
                 }
             }
         }
-    });
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
-    result?;
-    let s = stats.lock().map_err(|_| "worker panicked")?;
-    let h = hists.lock().map_err(|_| "worker panicked")?;
+    }
     let mut all = new_histogram()?;
     for (k, v) in h.iter() {
         if *k != "login" {
@@ -467,65 +450,56 @@ async fn session(
 /// `seed`: APPENDs `messages` messages of `size` bytes to each user's INBOX, over IMAP
 /// (so it works for any server; the users must exist).
 pub fn seed(args: super::SeedArgs, shards: usize) -> Result<(), String> {
-    let started = Instant::now();
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
+    let args = Arc::new(args);
     let total = args.messages * args.user.len() as u64;
-    let deadline = started + Duration::from_secs(args.duration_secs);
-    let progress = progress_thread(done.clone(), stop.clone(), total, "messages", deadline);
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    let shared = Arc::new(args.clone());
-    let result = run_on_shards(shards, args.user.len(), {
-        let (done, stop, errors) = (done.clone(), stop.clone(), errors.clone());
-        move |u| {
-            let (args, done, stop, errors) =
-                (shared.clone(), done.clone(), stop.clone(), errors.clone());
-            async move {
-                let user = &args.user[u];
-                let run = async {
-                    let (mut c, mut tag) =
-                        login(&args.server, args.tls, user, &args.password).await?;
-                    for i in 0..args.messages {
-                        if stop.load(Ordering::Relaxed) {
-                            break;
+    let (results, elapsed) = run_connections(
+        shards,
+        args.user.len(),
+        total,
+        "messages",
+        Duration::from_secs(args.duration_secs),
+        {
+            let args = args.clone();
+            move |u, shared| {
+                let args = args.clone();
+                async move {
+                    let user = &args.user[u];
+                    let run = async {
+                        let (mut c, mut tag) =
+                            login(&args.server, args.tls, user, &args.password).await?;
+                        for i in 0..args.messages {
+                            if shared.stopped() {
+                                break;
+                            }
+                            let mut msg = format!(
+                                "From: Seed Sender <seed{i}@loadtest.invalid>\r\nTo: {user}\r\n\
+                                 Subject: seeded message {i}\r\nDate: Thu, 26 Nov 2026 06:45:00 +0000\r\n\
+                                 Message-ID: <{i}.{u}@loadtest.invalid>\r\n\r\n"
+                            )
+                            .into_bytes();
+                            while msg.len() < args.size {
+                                msg.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\r\n");
+                            }
+                            command(
+                                &mut c,
+                                &mut tag,
+                                &format!("APPEND INBOX {{{}}}", msg.len()),
+                                Some(&msg),
+                            )
+                            .await?;
+                            shared.finished_one();
                         }
-                        let mut msg = format!(
-                            "From: Seed Sender <seed{i}@loadtest.invalid>\r\nTo: {user}\r\n\
-                             Subject: seeded message {i}\r\nDate: Thu, 26 Nov 2026 06:45:00 +0000\r\n\
-                             Message-ID: <{i}.{u}@loadtest.invalid>\r\n\r\n"
-                        )
-                        .into_bytes();
-                        while msg.len() < args.size {
-                            msg.extend_from_slice(b"The quick brown fox jumps over the lazy dog, again and again.\r\n");
-                        }
-                        command(
-                            &mut c,
-                            &mut tag,
-                            &format!("APPEND INBOX {{{}}}", msg.len()),
-                            Some(&msg),
-                        )
-                        .await?;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    command(&mut c, &mut tag, "LOGOUT", None).await.map(|_| ())
-                };
-                if let Err(e) = run.await {
-                    errors
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(format!("{user}: {e}"));
+                        command(&mut c, &mut tag, "LOGOUT", None).await.map(|_| ())
+                    };
+                    run.await.map_err(|e| format!("{user}: {e}"))
                 }
             }
-        }
-    });
-    stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
-    result?;
-    let errors = errors.lock().map_err(|_| "worker panicked")?;
-    let n = done.load(Ordering::Relaxed);
+        },
+    )?;
+    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
     eprintln!(
-        "seeded {n} messages in {:.1} s",
-        started.elapsed().as_secs_f64()
+        "seeded {} accounts in {elapsed:.1} s",
+        args.user.len() - errors.len()
     );
     if errors.is_empty() {
         Ok(())

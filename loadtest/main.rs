@@ -8,8 +8,7 @@
 //! and a time limit. Prints a table, or JSON with `--json`; progress goes to stderr
 //! once a second.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -18,7 +17,7 @@ use hdrhistogram::Histogram;
 mod imap;
 mod net;
 
-use net::{run_on_shards, Client, Tls};
+use net::{run_connections, Client, Shared, Tls};
 
 #[derive(Parser)]
 #[command(
@@ -209,87 +208,47 @@ fn run_smtp(args: SmtpArgs, shards: usize) -> Result<(), String> {
     if args.to.is_empty() || args.connections == 0 {
         return Err("need at least one --to and one connection".into());
     }
-    let next = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let totals = Arc::new(Mutex::new(Totals::default()));
-    let hist = Arc::new(Mutex::new(new_histogram()?));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration_secs);
-    let progress = progress_thread(
-        done.clone(),
-        stop.clone(),
+    let args = Arc::new(args);
+    let (results, elapsed) = run_connections(
+        shards,
+        args.connections,
         args.messages,
         "messages",
-        deadline,
-    );
-    let shared = Arc::new(args.clone());
-    let result = run_on_shards(shards, args.connections, {
-        let (next, done, stop, totals, hist) =
-            (next, done, stop.clone(), totals.clone(), hist.clone());
-        move |w| {
-            let (args, next, done, stop) =
-                (shared.clone(), next.clone(), done.clone(), stop.clone());
-            let (totals, hist) = (totals.clone(), hist.clone());
-            async move {
-                let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
-                let mut t = Totals::default();
-                worker(w, &args, &next, &done, &stop, deadline, &mut local, &mut t).await;
-                merge(&totals, &hist, t, &local);
+        Duration::from_secs(args.duration_secs),
+        {
+            let args = args.clone();
+            move |w, shared| {
+                let args = args.clone();
+                async move {
+                    let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
+                    let mut t = Totals::default();
+                    worker(w, &args, &shared, &mut local, &mut t).await;
+                    (t, local)
+                }
             }
-        }
-    });
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
-    result?;
-    let totals = totals.lock().map_err(|_| "worker panicked")?;
-    let hist = hist.lock().map_err(|_| "worker panicked")?;
+        },
+    )?;
+    let (totals, hist) = merge(results)?;
     report(&args, &totals, &hist, elapsed);
     Ok(())
 }
 
-/// Prints progress to stderr once a second until `stop`; sets `stop` at the deadline
-/// (the workers check it between operations).
-fn progress_thread(
-    done: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    total: u64,
-    what: &'static str,
-    deadline: Instant,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut last = (Instant::now(), 0);
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-            if last.0.elapsed() >= Duration::from_secs(1) {
-                let n = done.load(Ordering::Relaxed);
-                let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
-                eprintln!("  {n}/{total} {what}, {rate:.0}/s");
-                last = (Instant::now(), n);
-            }
-            if Instant::now() > deadline {
-                stop.store(true, Ordering::Relaxed);
-            }
-        }
-    })
-}
-
-/// Adds one worker's totals and histogram to the run's (both scenarios).
-fn merge(totals: &Mutex<Totals>, hist: &Mutex<Histogram<u64>>, t: Totals, local: &Histogram<u64>) {
-    if let Ok(mut h) = hist.lock() {
-        let _ = h.add(local);
-    }
-    if let Ok(mut g) = totals.lock() {
-        g.ok += t.ok;
-        g.bytes += t.bytes;
-        g.login_us += t.login_us;
-        g.download_us += t.download_us;
-        g.logins += t.logins;
+/// Adds up the connections' totals and histograms (SMTP and POP3).
+fn merge(results: Vec<(Totals, Histogram<u64>)>) -> Result<(Totals, Histogram<u64>), String> {
+    let mut totals = Totals::default();
+    let mut hist = new_histogram()?;
+    for (t, h) in results {
+        let _ = hist.add(&h);
+        totals.ok += t.ok;
+        totals.bytes += t.bytes;
+        totals.login_us += t.login_us;
+        totals.download_us += t.download_us;
+        totals.logins += t.logins;
         for (k, v) in t.errors {
-            *g.errors.entry(k).or_default() += v;
+            *totals.errors.entry(k).or_default() += v;
         }
     }
+    Ok((totals, hist))
 }
 
 fn new_histogram() -> Result<Histogram<u64>, String> {
@@ -297,26 +256,15 @@ fn new_histogram() -> Result<Histogram<u64>, String> {
     Histogram::new_with_bounds(1, 60_000_000, 3).map_err(|e| e.to_string())
 }
 
-#[allow(clippy::too_many_arguments)] // one worker's whole context; a struct adds nothing
 async fn worker(
     id: usize,
     args: &SmtpArgs,
-    next: &AtomicU64,
-    done: &AtomicU64,
-    stop: &AtomicBool,
-    deadline: Instant,
+    shared: &Shared,
     hist: &mut Histogram<u64>,
     totals: &mut Totals,
 ) {
     let mut conn: Option<Conn> = None;
-    loop {
-        if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-            return;
-        }
-        let n = next.fetch_add(1, Ordering::Relaxed);
-        if n >= args.messages {
-            break;
-        }
+    while let Some(n) = shared.claim() {
         if conn.is_none() {
             match Conn::open(&args.server, args.tls, args.auth.as_deref()).await {
                 Ok(c) => conn = Some(c),
@@ -341,7 +289,7 @@ async fn worker(
                 let _ = hist.record(started.elapsed().as_micros().max(1) as u64);
                 totals.ok += 1;
                 totals.bytes += body.len() as u64;
-                done.fetch_add(1, Ordering::Relaxed);
+                shared.finished_one();
             }
             Err(e) => {
                 *totals.errors.entry(e).or_default() += 1;
@@ -545,69 +493,50 @@ fn run_pop3(args: Pop3Args, shards: usize) -> Result<(), String> {
     if args.connections > args.user.len() {
         return Err("need at least as many --user accounts as connections (maildrop locks)".into());
     }
-    let next = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let totals = Arc::new(Mutex::new(Totals::default()));
-    let hist = Arc::new(Mutex::new(new_histogram()?));
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.duration_secs);
-    let progress = progress_thread(
-        done.clone(),
-        stop.clone(),
+    let args = Arc::new(args);
+    let (results, elapsed) = run_connections(
+        shards,
+        args.connections,
         args.sessions,
         "sessions",
-        deadline,
-    );
-    let shared = Arc::new(args.clone());
-    let result = run_on_shards(shards, args.connections, {
-        let (next, done, stop, totals, hist) =
-            (next, done, stop.clone(), totals.clone(), hist.clone());
-        move |w| {
-            let (args, next, done, stop) =
-                (shared.clone(), next.clone(), done.clone(), stop.clone());
-            let (totals, hist) = (totals.clone(), hist.clone());
-            async move {
-                let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
-                let mut t = Totals::default();
-                // Worker w always uses accounts w, w+connections, … so no two workers
-                // ever want the same maildrop.
-                let mine: Vec<&String> =
-                    args.user.iter().skip(w).step_by(args.connections).collect();
-                let mut round = 0usize;
-                while !stop.load(Ordering::Relaxed)
-                    && next.fetch_add(1, Ordering::Relaxed) < args.sessions
-                {
-                    let user = mine[round % mine.len()];
-                    round += 1;
-                    match pop3_session(
-                        &args.server,
-                        args.tls,
-                        user,
-                        &args.password,
-                        &mut local,
-                        &mut t,
-                    )
-                    .await
-                    {
-                        Ok(()) => {
-                            done.fetch_add(1, Ordering::Relaxed);
+        Duration::from_secs(args.duration_secs),
+        {
+            let args = args.clone();
+            move |w, shared| {
+                let args = args.clone();
+                async move {
+                    let mut local = new_histogram().unwrap_or_else(|e| panic!("{e}"));
+                    let mut t = Totals::default();
+                    // Worker w always uses accounts w, w+connections, … so no two
+                    // workers ever want the same maildrop.
+                    let mine: Vec<&String> =
+                        args.user.iter().skip(w).step_by(args.connections).collect();
+                    let mut round = 0usize;
+                    while shared.claim().is_some() {
+                        let user = mine[round % mine.len()];
+                        round += 1;
+                        match pop3_session(
+                            &args.server,
+                            args.tls,
+                            user,
+                            &args.password,
+                            &mut local,
+                            &mut t,
+                        )
+                        .await
+                        {
+                            Ok(()) => shared.finished_one(),
+                            Err(e) => *t.errors.entry(e).or_default() += 1,
                         }
-                        Err(e) => *t.errors.entry(e).or_default() += 1,
                     }
+                    (t, local)
                 }
-                merge(&totals, &hist, t, &local);
             }
-        }
-    });
-    let elapsed = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let _ = progress.join();
-    result?;
-    let t = totals.lock().map_err(|_| "worker panicked")?;
+        },
+    )?;
+    let (t, h) = merge(results)?;
     let login_ms = t.login_us as f64 / t.logins.max(1) as f64 / 1000.0;
 
-    let h = hist.lock().map_err(|_| "worker panicked")?;
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let errors: u64 = t.errors.values().sum();
     let (rate, mbps) = (t.ok as f64 / elapsed, t.bytes as f64 / elapsed / 1e6);

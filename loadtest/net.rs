@@ -182,3 +182,94 @@ fn client_tls() -> Arc<rustls::ClientConfig> {
 fn kind(e: &std::io::Error) -> String {
     format!("{:?}", e.kind())
 }
+
+/// What the connections of one run share: the next unit of work to claim, how many
+/// finished (for progress), and the stop flag the deadline sets.
+#[derive(Clone)]
+pub struct Shared {
+    next: Arc<std::sync::atomic::AtomicU64>,
+    done: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    total: u64,
+}
+
+impl Shared {
+    /// Claims the next unit of work (a message, a session); `None` when all are
+    /// claimed or the run must stop.
+    pub fn claim(&self) -> Option<u64> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (n < self.total).then_some(n)
+    }
+
+    pub fn finished_one(&self) {
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs `work(connection, shared)` for each connection on the client shards, with a
+/// progress line on stderr once a second (`total` units of `what`) and a hard stop at
+/// `duration`; returns each connection's result and the elapsed seconds.
+pub fn run_connections<R, W, Fut>(
+    shards: usize,
+    connections: usize,
+    total: u64,
+    what: &'static str,
+    duration: Duration,
+    work: W,
+) -> Result<(Vec<R>, f64), String>
+where
+    R: Send + 'static,
+    W: Fn(usize, Shared) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = R> + 'static,
+{
+    let shared = Shared {
+        next: Arc::default(),
+        done: Arc::default(),
+        stop: Arc::default(),
+        total,
+    };
+    let results: Arc<std::sync::Mutex<Vec<R>>> = Arc::default();
+    let started = std::time::Instant::now();
+    let deadline = started + duration;
+    let progress = {
+        let shared = shared.clone();
+        std::thread::spawn(move || {
+            let mut last = (std::time::Instant::now(), 0);
+            while !shared.stopped() {
+                std::thread::sleep(Duration::from_millis(100));
+                if last.0.elapsed() >= Duration::from_secs(1) {
+                    let n = shared.done.load(Ordering::Relaxed);
+                    let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                    eprintln!("  {n}/{total} {what}, {rate:.0}/s");
+                    last = (std::time::Instant::now(), n);
+                }
+                if std::time::Instant::now() > deadline {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let outcome = run_on_shards(shards, connections, {
+        let (shared, results) = (shared.clone(), results.clone());
+        move |c| {
+            let (work, shared, results) = (work.clone(), shared.clone(), results.clone());
+            async move {
+                let r = work(c, shared).await;
+                results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+            }
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    shared.stop.store(true, Ordering::Relaxed);
+    let _ = progress.join();
+    outcome?;
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok((results, elapsed))
+}

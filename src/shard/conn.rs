@@ -104,10 +104,15 @@ impl TlsConn {
     /// failed bulk transfers with "received plaintext buffer full").
     async fn read_tls(&mut self) -> io::Result<bool> {
         if self.cipher_pos >= self.cipher_in.len() {
-            self.cipher_in.resize(TLS_READ_BYTES, 0);
-            let n = self.tcp.read(&mut self.cipher_in).await?;
-            self.cipher_in.truncate(n);
+            // Cancellation-safe (IDLE drops a pending read when the mailbox changes):
+            // while the read is in flight nothing is pending, so a dropped read leaves
+            // no stale bytes behind.
+            let mut buf = std::mem::take(&mut self.cipher_in);
             self.cipher_pos = 0;
+            buf.resize(TLS_READ_BYTES, 0);
+            let n = self.tcp.read(&mut buf).await?;
+            buf.truncate(n);
+            self.cipher_in = buf;
             if n == 0 {
                 return Ok(false);
             }
@@ -436,6 +441,29 @@ pub async fn await_input<S: Interruptible>(
         ReadOutcome::TimedOut => session.timed_out(out),
     }
     true
+}
+
+/// A freshly accepted connection of a mailbox protocol: TCP_NODELAY on, and for an
+/// implicit-TLS port (`implicit_tls`) the handshake done within `limits.idle_timeout`.
+/// `None` when the peer is already gone or the handshake failed (logged at debug).
+pub async fn accepted(
+    shard: &super::Shard,
+    tcp: TcpStream,
+    implicit_tls: bool,
+) -> Option<(Stream, std::net::SocketAddr)> {
+    let peer = tcp.peer_addr().ok()?;
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    if implicit_tls {
+        if let Err(e) = stream
+            .upgrade(&shard.tls, shard.config.limits.idle_timeout)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "implicit TLS handshake failed");
+            return None;
+        }
+    }
+    Some((stream, peer))
 }
 
 /// A fixed-capacity input buffer: protocol code sees `data()`, consumes a prefix.

@@ -84,18 +84,9 @@ fn now() -> i64 {
 
 /// A freshly accepted IMAP connection (`implicit_tls` for `listen.imaps`).
 pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: bool) {
-    let Ok(peer) = tcp.peer_addr() else { return };
-    let _ = tcp.set_nodelay(true);
-    let mut stream = Stream::Plain(tcp);
-    if implicit_tls {
-        if let Err(e) = stream
-            .upgrade(&shard.tls, shard.config.limits.idle_timeout)
-            .await
-        {
-            debug!(%peer, error = %e, "implicit TLS handshake failed");
-            return;
-        }
-    }
+    let Some((stream, peer)) = super::conn::accepted(shard, tcp, implicit_tls).await else {
+        return;
+    };
     shard.refresh_users();
     metrics::add(&shard.metrics.imap.connections, 1);
     let session = Session::new(shard.imap_config.clone(), implicit_tls);
