@@ -449,7 +449,42 @@ async fn session(
 
 /// `seed`: APPENDs `messages` messages of `size` bytes to each user's INBOX, over IMAP
 /// (so it works for any server; the users must exist).
+/// `shardmail --data-dir DIR user add EMAIL` for each account that does not exist yet.
+fn create_shardmail_users(
+    data_dir: &std::path::Path,
+    users: &[String],
+    password: &str,
+) -> Result<(), String> {
+    use std::io::Write as _;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let shardmail = exe.with_file_name("shardmail");
+    for user in users {
+        let mut child = std::process::Command::new(&shardmail)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["user", "add", user, "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", shardmail.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{password}");
+        }
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() && !err.contains("already exists") {
+            return Err(format!("shardmail user add {user}: {}", err.trim()));
+        }
+    }
+    eprintln!("{} accounts ready in {}", users.len(), data_dir.display());
+    Ok(())
+}
+
 pub fn seed(args: super::SeedArgs, shards: usize) -> Result<(), String> {
+    if let Some(dir) = &args.create_shardmail_users {
+        create_shardmail_users(dir, &args.user, &args.password)?;
+    }
     let args = Arc::new(args);
     let total = args.messages * args.user.len() as u64;
     let (results, elapsed) = run_connections(

@@ -64,6 +64,11 @@ struct SeedArgs {
     /// TLS: none, implicit or starttls.
     #[arg(long, value_enum, default_value_t = Tls::None)]
     tls: Tls,
+    /// Create the accounts first in this shardmail data directory (runs the
+    /// `shardmail` binary next to this one: `user add`); other servers create users
+    /// with their own tools.
+    #[arg(long, value_name = "DATA_DIR")]
+    create_shardmail_users: Option<std::path::PathBuf>,
     /// Stop after this many seconds (hard bound).
     #[arg(long, default_value_t = 600)]
     duration_secs: u64,
