@@ -591,3 +591,15 @@ fn fetching_a_large_mailbox_does_not_copy_it_into_the_reply() {
     assert!(out.ends_with("c OK FETCH completed\r\n"));
     assert_eq!(out.matches("FETCH (BODY[] {8192}").count(), 400);
 }
+
+#[test]
+fn imap4rev2_select_lists_the_mailbox_and_searches_with_esearch() {
+    let mut d = driver(true, true);
+    d.feed(b"a LOGIN bob pw\r\nb ENABLE IMAP4rev2\r\n");
+    take(&mut d);
+    d.feed(b"c SELECT inbox\r\nd SEARCH ALL\r\n");
+    let out = take(&mut d);
+    assert!(out.contains("* LIST () \"/\" \"INBOX\"\r\n"), "{out}");
+    assert!(!out.contains("RECENT"), "{out}");
+    assert!(out.contains("* ESEARCH (TAG \"d\") ALL 1:2\r\n"), "{out}");
+}

@@ -836,6 +836,11 @@ impl Session {
                 out.line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
             }
         }
+        if self.rev2 {
+            // IMAP4rev2 requires the mailbox's LIST response (its canonical name).
+            let attrs: Vec<&str> = special_use_attr(mb.special_use).into_iter().collect();
+            self.list_line(out, "LIST", &mb.name, &attrs, None);
+        }
         out.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
         out.line(&format!(
             "* OK [UIDNEXT {}] Predicted next UID",
