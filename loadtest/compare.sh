@@ -78,8 +78,10 @@ SM=(--data-dir "$WORK/sm" --set 'domains.local=["bench.test"]' --set auth.enable
     --set 'listen.submission=[]' --set 'listen.submissions=[]' --set 'listen.pop3s=[]' --set 'listen.imaps=[]')
 echo pw | $B "${SM[@]}" user add sink@bench.test --password-stdin >/dev/null
 for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.test" --password-stdin >/dev/null; done
+# Waits (10 s at most) until the server says every shard is listening.
+ready() { for _ in $(seq 100); do grep -q "ready: every shard is listening" "$1" && return 0; sleep 0.1; done; echo "shardmail did not start: $1" >&2; return 1; }
 $B "${SM[@]}" serve 2>"$WORK/shardmail.log" &
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/${SM_SMTP%:*}/${SM_SMTP#*:}") 2>/dev/null && break; sleep 0.1; done
+ready "$WORK/shardmail.log"
 t_shardmail=$(seconds "${SOURCE[@]}" "$SM_SMTP")
 
 step "seeding POP3 maildrops: $POP3_MESSAGES messages x 8 users, 10 KiB"
@@ -141,8 +143,8 @@ echo "{\"fetch_body\": {\"shardmail\": $fb_sm, \"dovecot\": $fb_dc}, \"fetch_hea
 step "POP3 login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
 pkill -f "shardmail --data-dir $WORK" || true
 for _ in $(seq 100); do pgrep -f "shardmail --data-dir $WORK" >/dev/null || break; sleep 0.1; done
-$B "${SM[@]}" --set limits.auth_cache_secs=300 serve 2>>"$WORK/shardmail.log" &
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/${SM_POP3%:*}/${SM_POP3#*:}") 2>/dev/null && break; sleep 0.1; done
+$B "${SM[@]}" --set limits.auth_cache_secs=300 serve 2>"$WORK/shardmail-cached.log" &
+ready "$WORK/shardmail-cached.log"
 cached_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}" --json 2>/dev/null)
 step "IMAP login-heavy: shardmail with limits.auth_cache_secs=300"
 il_cached=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")

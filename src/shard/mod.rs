@@ -239,6 +239,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     let shards = config.shards;
     let mesh_builder = MeshBuilder::<ShardMsg, _>::full(shards, mesh::CHANNEL_DEPTH);
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let listening = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let config = Arc::new(config);
     tracing::info!(
         shards,
@@ -261,6 +262,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                 stop: stop.clone(),
                 auth,
                 dkim_keys,
+                listening: listening.clone(),
             };
             let failed = failed.clone();
             move || async move {
@@ -313,6 +315,8 @@ struct ShardInit {
     stop: Arc<AtomicBool>,
     auth: Option<Arc<crate::auth::worker::AuthService>>,
     dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
+    /// Shards whose listeners are all bound; the last one logs that the server is ready.
+    listening: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn run_shard(init: ShardInit) -> Result<(), String> {
@@ -325,6 +329,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         stop,
         auth,
         dkim_keys,
+        listening,
     } = init;
     let config = (*config).clone();
     let shards = config.shards;
@@ -470,6 +475,13 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
             shard.clone(),
             listener,
         )));
+    }
+    // Every shard binds every address (SO_REUSEPORT); until the last one has, a
+    // connection can land on a socket that is bound but not yet listening and be
+    // refused. Say so once, when all are listening (tests and service managers wait
+    // for this line).
+    if listening.fetch_add(1, Ordering::SeqCst) + 1 == shards {
+        tracing::info!(shards, "ready: every shard is listening");
     }
     shutdown.wait().await;
     for task in accept_tasks {

@@ -93,6 +93,8 @@ class Server:
         return partition_of(self.account_id(email), partitions) % self.shards
 
     def start(self):
+        # This run's part of the log starts here (the file is appended across restarts).
+        log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([BIN, *self.args(), "serve"], stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
@@ -101,15 +103,21 @@ class Server:
                 self.log.close()
                 self.proc = None
                 raise RuntimeError(f"server exited: {self.read_log()}")
+            # Every shard binds every listener (SO_REUSEPORT) and a connection can be
+            # refused while one of them is bound but not yet listening: wait for the
+            # server's own word that all are listening, then check the addresses.
+            with open(self.log_path, "rb") as f:
+                f.seek(log_offset)
+                ready = b"ready: every shard is listening" in f.read()
             try:
-                # Every configured listener, not just SMTP: shards bind them one after
-                # another, and a test may use IMAP first.
-                for address in self.listen_addresses():
-                    with socket.create_connection(address, timeout=1):
-                        pass
-                return self
+                if ready:
+                    for address in self.listen_addresses():
+                        with socket.create_connection(address, timeout=1):
+                            pass
+                    return self
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("server did not start listening within 30 s")
 
     def listen_addresses(self):
