@@ -262,7 +262,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                 stop: stop.clone(),
                 auth,
                 dkim_keys,
-                listening: listening.clone(),
+                listening,
             };
             let failed = failed.clone();
             move || async move {
