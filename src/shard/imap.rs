@@ -12,11 +12,9 @@
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing::{debug, Instrument};
+use tracing::Instrument;
 
-use super::conn::{
-    await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream, StreamParts,
-};
+use super::conn::{await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream};
 use super::mesh::ShardMsg;
 use super::Shard;
 use crate::metrics;
@@ -29,16 +27,8 @@ use crate::store::{self, Partition};
 /// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
 const INBOX: u32 = 1;
 
-/// An IMAP session moving to the shard that owns its account. All owned, all `Send`.
-#[derive(Debug)]
-pub struct Handoff {
-    pub parts: StreamParts,
-    pub session: Box<Session>,
-    /// Input the client pipelined behind its login.
-    pub pending: Vec<u8>,
-    pub account: u64,
-    pub user: String,
-}
+/// A IMAP session moving to the shard that owns its account.
+pub type Handoff = super::mesh::Handoff<Session>;
 
 /// The logged-in account as the session reads it: the index borrowed for one call,
 /// message bytes from one map of the log.
@@ -249,7 +239,17 @@ async fn drive(
                         {
                             return;
                         }
-                        hand_off(shard, owner, stream, session, &input, id, user).await;
+                        super::mesh::hand_off(
+                            shard,
+                            owner,
+                            stream,
+                            session,
+                            input.data(),
+                            id,
+                            user,
+                            ShardMsg::AdoptImap,
+                        )
+                        .await;
                         return;
                     }
                 }
@@ -514,39 +514,6 @@ async fn move_messages(
     let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
     p.expunge(account, from, &moved).await?;
     Ok(pairs)
-}
-
-async fn hand_off(
-    shard: &Rc<Shard>,
-    owner: usize,
-    stream: Stream,
-    session: Session,
-    input: &InputBuffer,
-    account: u64,
-    user: String,
-) {
-    let parts = match stream.into_parts() {
-        Ok(p) => p,
-        Err(e) => {
-            debug!(error = %e, "cannot take the connection apart for a hand-off");
-            return;
-        }
-    };
-    let handoff = Handoff {
-        parts,
-        session: Box::new(session),
-        pending: input.data().to_vec(),
-        account,
-        user,
-    };
-    if shard
-        .mesh
-        .send(owner, ShardMsg::AdoptImap(Box::new(handoff)))
-        .await
-        .is_err()
-    {
-        tracing::error!(owner, "IMAP hand-off failed; the connection is closed");
-    }
 }
 
 /// The session settings from the configuration.

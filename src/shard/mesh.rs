@@ -39,9 +39,9 @@ pub enum ShardMsg {
     /// Answer to `Deliver`: durable or not.
     Delivered { request: u64, ok: bool },
     /// A logged-in POP3 connection moving to the shard that owns its account.
-    AdoptPop3(Box<super::pop3::Handoff>),
+    AdoptPop3(Box<Handoff<crate::proto::pop3::Session>>),
     /// A logged-in IMAP connection moving to the shard that owns its account.
-    AdoptImap(Box<super::imap::Handoff>),
+    AdoptImap(Box<Handoff<crate::proto::imap::session::Session>>),
     /// A metrics scrape wants this shard's numbers.
     MetricsRequest { request: u64, from: usize },
     MetricsReply {
@@ -227,6 +227,56 @@ pub async fn summarize(message: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
                 (message, summary)
             })
             .await
+    }
+}
+
+/// A logged-in mailbox session (POP3 or IMAP) moving to the shard that owns its
+/// account. All owned, all `Send`.
+#[derive(Debug)]
+pub struct Handoff<S> {
+    pub parts: super::conn::StreamParts,
+    pub session: Box<S>,
+    /// Input the client pipelined behind its login.
+    pub pending: Vec<u8>,
+    pub account: u64,
+    pub user: String,
+}
+
+/// Takes the connection apart and sends it with its session to `owner`, wrapped by
+/// `wrap` into the protocol's message. Replies must have been flushed first, so the
+/// owner's answer follows them on the wire.
+#[allow(clippy::too_many_arguments)] // the session's whole state, one argument each
+pub async fn hand_off<S>(
+    shard: &Shard,
+    owner: usize,
+    stream: super::conn::Stream,
+    session: S,
+    pending: &[u8],
+    account: u64,
+    user: String,
+    wrap: fn(Box<Handoff<S>>) -> ShardMsg,
+) {
+    let parts = match stream.into_parts() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot take the connection apart for a hand-off");
+            return;
+        }
+    };
+    let handoff = Handoff {
+        parts,
+        session: Box::new(session),
+        pending: pending.to_vec(),
+        account,
+        user,
+    };
+    if shard
+        .mesh
+        .send(owner, wrap(Box::new(handoff)))
+        .await
+        .is_err()
+    {
+        tracing::error!(owner, "session hand-off failed; the connection is closed");
     }
 }
 

@@ -9,9 +9,9 @@
 use std::collections::HashSet;
 use std::rc::Rc;
 
-use tracing::{debug, Instrument};
+use tracing::Instrument;
 
-use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream, StreamParts};
+use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
 use super::mesh::ShardMsg;
 use super::Shard;
 use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
@@ -20,16 +20,8 @@ use crate::{metrics, store};
 /// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
 const INBOX: u32 = 1;
 
-/// A POP3 session moving to the shard that owns its account. All owned, all `Send`.
-#[derive(Debug)]
-pub struct Handoff {
-    pub parts: StreamParts,
-    pub session: Box<Session>,
-    /// Input the client pipelined behind its login.
-    pub pending: Vec<u8>,
-    pub account: u64,
-    pub user: String,
-}
+/// A POP3 session moving to the shard that owns its account.
+pub type Handoff = super::mesh::Handoff<Session>;
 
 /// Accounts with a POP3 session on this shard (RFC 1939 exclusive maildrop lock).
 #[derive(Debug, Default)]
@@ -201,7 +193,17 @@ async fn drive(
                         if flush(&mut stream, &mut out.reply).await.is_err() {
                             return;
                         }
-                        hand_off(shard, owner, stream, session, &input, id, user).await;
+                        super::mesh::hand_off(
+                            shard,
+                            owner,
+                            stream,
+                            session,
+                            input.data(),
+                            id,
+                            user,
+                            ShardMsg::AdoptPop3,
+                        )
+                        .await;
                         return;
                     }
                 }
@@ -279,39 +281,6 @@ async fn drive(
         {
             return;
         }
-    }
-}
-
-async fn hand_off(
-    shard: &Rc<Shard>,
-    owner: usize,
-    stream: Stream,
-    session: Session,
-    input: &InputBuffer,
-    account: u64,
-    user: String,
-) {
-    let parts = match stream.into_parts() {
-        Ok(p) => p,
-        Err(e) => {
-            debug!(error = %e, "cannot take the connection apart for a hand-off");
-            return;
-        }
-    };
-    let handoff = Handoff {
-        parts,
-        session: Box::new(session),
-        pending: input.data().to_vec(),
-        account,
-        user,
-    };
-    if shard
-        .mesh
-        .send(owner, ShardMsg::AdoptPop3(Box::new(handoff)))
-        .await
-        .is_err()
-    {
-        tracing::error!(owner, "POP3 hand-off failed; the connection is closed");
     }
 }
 
