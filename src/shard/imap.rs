@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::conn::{await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream};
 use super::mesh::ShardMsg;
-use super::Shard;
+use super::{MailboxLogin, Shard};
 use crate::metrics;
 use crate::proto::imap::session::{
     self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, Written,
@@ -212,21 +212,23 @@ async fn drive(
                     session.tls_established();
                 }
                 Action::Authenticate { username, password } => {
-                    shard.refresh_users();
-                    let Some(user) = shard.verify_password(username, password).await else {
-                        metrics::add(&shard.metrics.imap.auth_failures, 1);
-                        glommio::timer::sleep(limits.auth_failure_delay).await;
-                        session.login_failed(LoginRefusal::BadCredentials, &mut out);
-                        continue;
-                    };
-                    let Some(id) = shard.users.borrow().user(&user).map(|u| u.id) else {
-                        session.login_failed(LoginRefusal::Temporary, &mut out);
-                        continue;
-                    };
-                    let owner = store::shard_of(
-                        store::partition_of(id, shard.partitions_total),
-                        shard.config.shards,
-                    );
+                    let failures = &shard.metrics.imap.auth_failures;
+                    let (user, id, owner) =
+                        match shard.mailbox_login(username, password, failures).await {
+                            MailboxLogin::Accepted {
+                                user,
+                                account,
+                                owner,
+                            } => (user, account, owner),
+                            MailboxLogin::Refused => {
+                                session.login_failed(LoginRefusal::BadCredentials, &mut out);
+                                continue;
+                            }
+                            MailboxLogin::Unavailable => {
+                                session.login_failed(LoginRefusal::Temporary, &mut out);
+                                continue;
+                            }
+                        };
                     if owner == shard.id {
                         if open_account(shard, &mut session, id, user, &mut out).await {
                             account = Some(id);

@@ -67,6 +67,20 @@ pub struct Shard {
     pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
 
+/// The outcome of [`Shard::mailbox_login`].
+pub enum MailboxLogin {
+    /// Wrong user or password (already delayed).
+    Refused,
+    /// The account vanished meanwhile: a temporary failure.
+    Unavailable,
+    /// Logged in; `owner` is the shard whose partition holds the account.
+    Accepted {
+        user: String,
+        account: u64,
+        owner: usize,
+    },
+}
+
 /// Cached logins per shard before the cache is emptied and refilled.
 const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
 
@@ -133,6 +147,35 @@ impl Shard {
 
     pub fn partition(&self, id: u32) -> Option<&Rc<Partition>> {
         self.partitions.get(&id)
+    }
+
+    /// A POP3/IMAP login: checks the password (a failure is counted in `failures` and
+    /// answered only after `limits.auth_failure_delay`) and finds the account and the
+    /// shard that owns it.
+    pub async fn mailbox_login(
+        &self,
+        username: String,
+        password: String,
+        failures: &Cell<u64>,
+    ) -> MailboxLogin {
+        self.refresh_users();
+        let Some(user) = self.verify_password(username, password).await else {
+            crate::metrics::add(failures, 1);
+            glommio::timer::sleep(self.config.limits.auth_failure_delay).await;
+            return MailboxLogin::Refused;
+        };
+        let Some(account) = self.users.borrow().user(&user).map(|u| u.id) else {
+            return MailboxLogin::Unavailable; // deleted while we checked
+        };
+        let owner = store::shard_of(
+            store::partition_of(account, self.partitions_total),
+            self.config.shards,
+        );
+        MailboxLogin::Accepted {
+            user,
+            account,
+            owner,
+        }
     }
 
     /// Checks a password off the reactor; the account's canonical address if it matches.

@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
 use super::mesh::ShardMsg;
-use super::Shard;
+use super::{MailboxLogin, Shard};
 use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
 use crate::{metrics, store};
 
@@ -169,21 +169,23 @@ async fn drive(
                     session.tls_established();
                 }
                 Action::Authenticate { username, password } => {
-                    shard.refresh_users();
-                    let Some(user) = shard.verify_password(username, password).await else {
-                        metrics::add(&shard.metrics.pop3.auth_failures, 1);
-                        glommio::timer::sleep(limits.auth_failure_delay).await;
-                        session.login_refused(LoginRefusal::BadCredentials, &mut out);
-                        continue;
-                    };
-                    let Some(id) = shard.users.borrow().user(&user).map(|u| u.id) else {
-                        session.login_refused(LoginRefusal::Temporary, &mut out);
-                        continue;
-                    };
-                    let owner = store::shard_of(
-                        store::partition_of(id, shard.partitions_total),
-                        shard.config.shards,
-                    );
+                    let failures = &shard.metrics.pop3.auth_failures;
+                    let (user, id, owner) =
+                        match shard.mailbox_login(username, password, failures).await {
+                            MailboxLogin::Accepted {
+                                user,
+                                account,
+                                owner,
+                            } => (user, account, owner),
+                            MailboxLogin::Refused => {
+                                session.login_refused(LoginRefusal::BadCredentials, &mut out);
+                                continue;
+                            }
+                            MailboxLogin::Unavailable => {
+                                session.login_refused(LoginRefusal::Temporary, &mut out);
+                                continue;
+                            }
+                        };
                     if owner == shard.id {
                         lock = open_maildrop(shard, &mut session, id, user, &mut out);
                         account = lock.as_ref().map(|l| l.account);
