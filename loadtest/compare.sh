@@ -13,6 +13,7 @@
 #
 # Usage: loadtest/compare.sh            (as root: it installs and starts the references)
 # Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=64 OUT=compare.json
+#        RUNS=3 repeats every measurement and reports the median run (default 1)
 #        KEEP=1 keeps the temporary shardmail data and logs (path printed at the end)
 # Every loop is bounded; every server listens on loopback only; everything started here
 # is stopped on exit.
@@ -51,6 +52,24 @@ seconds() {
   tail -1 "$WORK/last.err"
 }
 rate() { python3 -c "print(round($1 / $2))"; }
+RUNS=${RUNS:-1}; export RUNS
+pop3j() { $L pop3 "$@" --json 2>/dev/null; }
+# Median wall-clock seconds of RUNS runs of a command.
+median_seconds() {
+  local ts=()
+  for _ in $(seq "$RUNS"); do ts+=("$(seconds "$@")"); done
+  python3 -c 'import sys, statistics; print(statistics.median(map(float, sys.argv[1:])))' "${ts[@]}"
+}
+# Of RUNS runs of a command printing a JSON report, the one with the median KEY.
+median_json() {
+  local key=$1; shift
+  local out=()
+  for _ in $(seq "$RUNS"); do out+=("$("$@")"); done
+  python3 -c 'import sys, json
+k = sys.argv[1]
+runs = sorted((json.loads(a) for a in sys.argv[2:]), key=lambda r: r[k])
+print(json.dumps(runs[len(runs) // 2]))' "$key" "${out[@]}"
+}
 
 step "building (release)"
 cargo build --release --locked -q
@@ -64,12 +83,12 @@ SOURCE=(smtp-source -4 -s 20 -m "$MESSAGES" -l 5120 -d -f bench@bench.test -t si
 step "smtp-sink (no storage): the load tool's ceiling here"
 smtp-sink -u nobody -c 127.0.0.1:3526 1000 >/dev/null 2>&1 &
 sleep 0.5
-t_sink=$(seconds "${SOURCE[@]}" 127.0.0.1:3526)
+t_sink=$(median_seconds "${SOURCE[@]}" 127.0.0.1:3526)
 pkill -x smtp-sink || true
 
 step "reference Postfix (MODE=maildir, default queue fsync)"
 MODE=maildir INFLOW=0 bash "$REF/start-postfix.sh" >/dev/null
-t_postfix=$(seconds "${SOURCE[@]}" 127.0.0.1:10025)
+t_postfix=$(median_seconds "${SOURCE[@]}" 127.0.0.1:10025)
 postfix stop >/dev/null 2>&1 || true
 
 step "shardmail (embedded defaults, 2 shards, group commit; auth checks off like Postfix's defaults)"
@@ -82,7 +101,7 @@ for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.tes
 ready() { for _ in $(seq 100); do grep -q "ready: every shard is listening" "$1" && return 0; sleep 0.1; done; echo "shardmail did not start: $1" >&2; return 1; }
 $B "${SM[@]}" serve 2>"$WORK/shardmail.log" &
 ready "$WORK/shardmail.log"
-t_shardmail=$(seconds "${SOURCE[@]}" "$SM_SMTP")
+t_shardmail=$(median_seconds "${SOURCE[@]}" "$SM_SMTP")
 
 step "seeding POP3 maildrops: $POP3_MESSAGES messages x 8 users, 10 KiB"
 python3 - "$SM_SMTP" "$POP3_MESSAGES" <<'PY'
@@ -111,17 +130,18 @@ for i in $(seq 1 8); do USERS_SM+=(--user "testuser$i@bench.test"); USERS_DC+=(-
 # Two mixes: retrieval-heavy (one login per maildrop, everything downloaded) and
 # login-heavy (POP3_SESSIONS logins over the same maildrops).
 step "POP3 retrieval: shardmail"
-retr_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions 8 --password pass "${USERS_SM[@]}" --json 2>/dev/null)
+retr_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions 8 --password pass "${USERS_SM[@]}")
 step "POP3 retrieval: Dovecot"
-retr_dc=$($L pop3 --server 127.0.0.1:10110 -c 8 --sessions 8 --password pass "${USERS_DC[@]}" --json 2>/dev/null)
+retr_dc=$(median_json messages_per_s pop3j --server 127.0.0.1:10110 -c 8 --sessions 8 --password pass "${USERS_DC[@]}")
 step "POP3 login-heavy: shardmail"
-pop3_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}" --json 2>/dev/null)
+pop3_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")
 step "POP3 login-heavy: Dovecot"
-pop3_dc=$($L pop3 --server 127.0.0.1:10110 -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_DC[@]}" --json 2>/dev/null)
+pop3_dc=$(median_json messages_per_s pop3j --server 127.0.0.1:10110 -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_DC[@]}")
 
 # IMAP on the same mailboxes. Read-only mixes first, so both servers hold the same
 # mail for them; the mixed workload appends about as much to each.
-imap() { $L imap -c 8 --password pass "$@" --json 2>/dev/null; }
+imap1() { $L imap -c 8 --password pass "$@" --json 2>/dev/null; }
+imap() { median_json ops_per_s imap1 "$@"; }
 step "IMAP FETCH whole messages: shardmail, Dovecot"
 fb_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_SM[@]}")
 fb_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_DC[@]}")
@@ -145,13 +165,13 @@ pkill -f "shardmail --data-dir $WORK" || true
 for _ in $(seq 100); do pgrep -f "shardmail --data-dir $WORK" >/dev/null || break; sleep 0.1; done
 $B "${SM[@]}" --set limits.auth_cache_secs=300 serve 2>"$WORK/shardmail-cached.log" &
 ready "$WORK/shardmail-cached.log"
-cached_sm=$($L pop3 --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}" --json 2>/dev/null)
+cached_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")
 step "IMAP login-heavy: shardmail with limits.auth_cache_secs=300"
 il_cached=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
 echo "$il_cached" > "$WORK/imap_cached.json"
 
 python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$pop3_sm" "$pop3_dc" "$OUT" "$retr_sm" "$retr_dc" "$cached_sm" "$WORK/imap.json" "$WORK/imap_cached.json" <<'PY'
-import json, sys
+import json, os, sys
 n, t_sink, t_pf, t_sm = int(sys.argv[1]), *map(float, sys.argv[2:5])
 sm, dc = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 rsm, rdc = json.loads(sys.argv[8]), json.loads(sys.argv[9])
@@ -174,6 +194,7 @@ r["imap"] = imap
 r["ratios"]["imap_ops_shardmail_vs_dovecot"] = {
     k: v["shardmail"]["ops_per_s"] / v["dovecot"]["ops_per_s"] for k, v in imap.items() if "dovecot" in v}
 json.dump(r, open(sys.argv[7], "w"), indent=2)
+print(f"(median of {os.environ.get('RUNS', '1')} run(s) each)")
 print(f"{'':34}{'msg/s':>10}")
 for k, v in r["smtp_msgs_per_s"].items():
     print(f"SMTP ingest {k:22}{v:>10.0f}")
