@@ -1580,14 +1580,10 @@ impl Session {
             Err(e) => return self.bad(tag, &e, out),
         };
         if modifiers.vanished {
-            if let (Some(mb), Some(since)) = (self.mailbox(store), modifiers.changed_since) {
-                let _ = since;
-                let largest = mb.uid_next.saturating_sub(1);
-                let vanished: Vec<u32> = (1..=largest)
-                    .filter(|u| set.contains(*u, largest))
-                    .filter(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_err())
-                    .take(1_000_000)
-                    .collect();
+            // Without expunge tombstones: every UID of the set that is gone (RFC 7162
+            // §3.2.6 allows reporting more than those expunged since CHANGEDSINCE).
+            if let Some(mb) = self.mailbox(store) {
+                let vanished = vanished_since(mb, Some(&set));
                 if !vanished.is_empty() {
                     out.line(&format!(
                         "* VANISHED (EARLIER) {}",
