@@ -12,7 +12,7 @@
 #     long sessions, and a login-heavy mix (20 operations per session).
 #
 # Usage: loadtest/compare.sh            (as root: it installs and starts the references)
-# Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=64 OUT=compare.json
+# Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=256 OUT=compare.json
 #        RUNS=3 repeats every measurement and reports the median run (default 1)
 #        KEEP=1 keeps the temporary shardmail data and logs (path printed at the end)
 # Every loop is bounded; every server listens on loopback only; everything started here
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${MESSAGES:-20000}
 POP3_MESSAGES=${POP3_MESSAGES:-300}
-POP3_SESSIONS=${POP3_SESSIONS:-64}
+POP3_SESSIONS=${POP3_SESSIONS:-256}
 OUT=${OUT:-compare.json}
 REF=${REF:-../shared/reference}
 WORK=$(mktemp -d /tmp/shardmail-compare.XXXXXX)
@@ -138,10 +138,25 @@ pop3_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "
 step "POP3 login-heavy: Dovecot"
 pop3_dc=$(median_json messages_per_s pop3j --server 127.0.0.1:10110 -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_DC[@]}")
 
-# IMAP on the same mailboxes. Read-only mixes first, so both servers hold the same
-# mail for them; the mixed workload appends about as much to each.
 imap1() { $L imap -c 8 --password pass "$@" --json 2>/dev/null; }
 imap() { median_json ops_per_s imap1 "$@"; }
+# The auth cache runs before the IMAP mixes append mail, so it sees the same maildrops
+# as the runs it is compared with; then the server restarts without it.
+step "POP3 and IMAP login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
+restart() {
+  pkill -f "shardmail --data-dir $WORK" || true
+  for _ in $(seq 100); do pgrep -f "shardmail --data-dir $WORK" >/dev/null || break; sleep 0.1; done
+  $B "${SM[@]}" "$@" serve 2>"$WORK/shardmail-$#.log" &
+  ready "$WORK/shardmail-$#.log"
+}
+restart --set limits.auth_cache_secs=300
+cached_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")
+il_cached=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
+echo "$il_cached" > "$WORK/imap_cached.json"
+restart
+
+# IMAP on the same mailboxes. Read-only mixes first, so both servers hold the same
+# mail for them; the mixed workload appends about as much to each.
 step "IMAP FETCH whole messages: shardmail, Dovecot"
 fb_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_SM[@]}")
 fb_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_DC[@]}")
@@ -159,16 +174,6 @@ step "IMAP login-heavy ($IMAP_SESSIONS sessions x 20 operations): shardmail, Dov
 il_sm=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
 il_dc=$(imap --server 127.0.0.1:10143 --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_DC[@]}")
 echo "{\"fetch_body\": {\"shardmail\": $fb_sm, \"dovecot\": $fb_dc}, \"fetch_headers\": {\"shardmail\": $fh_sm, \"dovecot\": $fh_dc}, \"mixed_no_idle\": {\"shardmail\": $mn_sm, \"dovecot\": $mn_dc}, \"mixed\": {\"shardmail\": $mx_sm, \"dovecot\": $mx_dc}, \"login_heavy\": {\"shardmail\": $il_sm, \"dovecot\": $il_dc}}" > "$WORK/imap.json"
-
-step "POP3 login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
-pkill -f "shardmail --data-dir $WORK" || true
-for _ in $(seq 100); do pgrep -f "shardmail --data-dir $WORK" >/dev/null || break; sleep 0.1; done
-$B "${SM[@]}" --set limits.auth_cache_secs=300 serve 2>"$WORK/shardmail-cached.log" &
-ready "$WORK/shardmail-cached.log"
-cached_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")
-step "IMAP login-heavy: shardmail with limits.auth_cache_secs=300"
-il_cached=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
-echo "$il_cached" > "$WORK/imap_cached.json"
 
 python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$pop3_sm" "$pop3_dc" "$OUT" "$retr_sm" "$retr_dc" "$cached_sm" "$WORK/imap.json" "$WORK/imap_cached.json" <<'PY'
 import json, os, sys
