@@ -278,6 +278,33 @@ class ImapEndToEnd(unittest.TestCase):
         self.assertTrue(any(b"UID MIN 1 MAX 3 COUNT 3" in e for e in esearch), esearch)
         m.logout()
 
+    def test_large_fetch_is_byte_exact_over_plain_and_tls(self):
+        # Literals of 16 KiB and more are written from the store's map, between reply
+        # pieces: check that path on a plain socket and through TLS.
+        server = Server(settings={"tls.allow_plaintext_auth": "true"})
+        user = f"plain@{DOMAIN}"
+        server.add_user(user, "pw")
+        server.start()
+        self.addCleanup(server.stop)
+        body = b"Subject: large\r\n\r\n" + b"".join(b"line %06d of a large message\r\n" % i for i in range(8000))
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as s:
+            s.sendmail("carol@remote.example", [user], body)
+            s.sendmail("carol@remote.example", [user], b"Subject: small\r\n\r\nsmall\r\n")
+        stored = sorted(server.messages(user), key=len)
+        plain = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+        tls = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls_context(), timeout=20)
+        for m in (plain, tls):
+            m.login(user, "pw")
+            m.select("INBOX", readonly=True)
+            typ, data = m.fetch("1:2", "(BODY.PEEK[] BODY.PEEK[TEXT]<100.50000>)")
+            self.assertEqual(typ, "OK")
+            parts = [p[1] for p in data if isinstance(p, tuple)]
+            self.assertIn(stored[1], parts)
+            self.assertIn(stored[0], parts)
+            text = stored[1].split(b"\r\n\r\n", 1)[1]
+            self.assertIn(text[100:50100], parts)
+            m.logout()
+
     def test_bad_commands_answered_and_failed_logins_disconnect(self):
         m = imaplib.IMAP4_SSL("127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=20)
         tag = m._new_tag()
