@@ -603,3 +603,16 @@ fn imap4rev2_select_lists_the_mailbox_and_searches_with_esearch() {
     assert!(!out.contains("RECENT"), "{out}");
     assert!(out.contains("* ESEARCH (TAG \"d\") ALL 1:2\r\n"), "{out}");
 }
+
+#[test]
+fn star_ranges_on_an_empty_mailbox_select_nothing() {
+    let mut d = driver(true, false);
+    d.feed(b"a LOGIN bob pw\r\nb SELECT Trash\r\n");
+    take(&mut d);
+    d.feed(b"c FETCH 1:* (FLAGS)\r\nd STORE 1:* +FLAGS (\\Seen)\r\ne FETCH 1 FLAGS\r\nf UID FETCH 1:* FLAGS\r\n");
+    assert_eq!(
+        take(&mut d),
+        "c OK FETCH completed\r\nd OK STORE completed\r\n\
+         e BAD Invalid sequence number (beyond the mailbox)\r\nf OK FETCH completed\r\n"
+    );
+}

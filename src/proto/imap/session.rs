@@ -1359,17 +1359,14 @@ impl Session {
                 .collect());
         }
         let count = sel.uids.len() as u32;
+        // A number beyond the mailbox is an error, except in a range ending in `*`
+        // (`1:*` on an empty mailbox names nothing; `10:*` in a 5-message one is 5).
         for (a, b) in &set.0 {
-            for n in [a, b] {
-                if let command::SeqNum::Value(v) = n {
-                    if *v > count {
-                        return Err("Invalid sequence number (beyond the mailbox)".into());
-                    }
+            if let (command::SeqNum::Value(x), command::SeqNum::Value(y)) = (a, b) {
+                if (*x).max(*y) > count {
+                    return Err("Invalid sequence number (beyond the mailbox)".into());
                 }
             }
-        }
-        if count == 0 {
-            return Err("No messages".into());
         }
         Ok(sel
             .uids
