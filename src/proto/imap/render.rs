@@ -6,6 +6,7 @@
 //! Pure functions over byte slices; must never panic on any message.
 
 use std::borrow::Cow;
+use std::rc::Rc;
 
 use crate::store::index::flags;
 use crate::store::summary::{PartSummary, Summary};
@@ -326,38 +327,99 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     b.get(start..end).unwrap_or(&[])
 }
 
-/// A MIME part found by its IMAP part number: its summary, and offsets into the
-/// *top-level* message. Parts inside a message/rfc822 attachment come from parsing
-/// that attachment (rare; everything else uses the cached summary).
+/// The structure a part belongs to: the summary cached at delivery (borrowed, never
+/// copied), or one parsed from a message/rfc822 attachment (shared by its parts).
 #[derive(Debug, Clone)]
-pub struct Part {
-    pub summary: PartSummary,
-    /// The summary the part belongs to (the message's, or an attachment's).
-    pub tree: Cow<'static, Summary>,
-    pub base: usize,
+enum Tree<'s> {
+    Cached(&'s Summary),
+    Parsed(Rc<Summary>),
 }
 
-impl Part {
+impl std::ops::Deref for Tree<'_> {
+    type Target = Summary;
+    fn deref(&self) -> &Summary {
+        match self {
+            Tree::Cached(s) => s,
+            Tree::Parsed(s) => s,
+        }
+    }
+}
+
+/// A MIME part found by its IMAP part number: where its summary is, and the offset of
+/// its tree's message in the *top-level* message. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Part<'s> {
+    tree: Tree<'s>,
+    index: usize,
+    base: usize,
+}
+
+/// What an out-of-range part index reads as (never produced by `find_part`).
+static NO_PART: PartSummary = PartSummary {
+    ctype: String::new(),
+    subtype: String::new(),
+    params: Vec::new(),
+    encoding: None,
+    offset_header: 0,
+    offset_body: 0,
+    offset_end: 0,
+    children: Vec::new(),
+};
+
+impl<'s> Part<'s> {
+    /// The top part of `tree`, a summary of `message` (which starts at `base`); a
+    /// message the parser could not make sense of is one text part.
+    fn top(tree: Tree<'s>, message: &[u8], base: usize) -> Part<'s> {
+        let tree = if tree.parts.is_empty() {
+            Tree::Parsed(Rc::new(Summary {
+                envelope: tree.envelope.clone(),
+                parts: vec![whole_message_part(message)],
+            }))
+        } else {
+            tree
+        };
+        Part {
+            tree,
+            index: 0,
+            base,
+        }
+    }
+
+    pub fn summary(&self) -> &PartSummary {
+        self.tree.parts.get(self.index).unwrap_or(&NO_PART)
+    }
     pub fn header<'m>(&self, message: &'m [u8]) -> &'m [u8] {
+        let s = self.summary();
         slice(
             message,
-            self.base + self.summary.offset_header as usize,
-            self.base + self.summary.offset_body as usize,
+            self.base + s.offset_header as usize,
+            self.base + s.offset_body as usize,
         )
     }
     pub fn body<'m>(&self, message: &'m [u8]) -> &'m [u8] {
+        let s = self.summary();
         slice(
             message,
-            self.base + self.summary.offset_body as usize,
-            self.base + self.summary.offset_end as usize,
+            self.base + s.offset_body as usize,
+            self.base + s.offset_end as usize,
         )
     }
     fn is_multipart(&self) -> bool {
-        self.summary.ctype == "multipart"
+        self.summary().ctype == "multipart"
     }
     fn is_message(&self) -> bool {
-        self.summary.ctype == "message"
-            && matches!(self.summary.subtype.as_str(), "rfc822" | "global")
+        let s = self.summary();
+        s.ctype == "message" && matches!(s.subtype.as_str(), "rfc822" | "global")
+    }
+    /// Child `n` (1-based) of a multipart, in the same tree.
+    fn child(&self, n: u32) -> Option<Part<'s>> {
+        let index = *self.summary().children.get((n as usize).checked_sub(1)?)?;
+        Some(Part {
+            tree: self.tree.clone(),
+            index: index as usize,
+            base: self.base,
+        })
+        .filter(|p| p.index < p.tree.parts.len())
     }
 }
 
@@ -371,16 +433,8 @@ fn slice(message: &[u8], start: usize, end: usize) -> &[u8] {
 const MESSAGE_DEPTH_MAX: usize = 8;
 
 /// The part `path` names (`[]` is the whole message).
-pub fn find_part(message: &[u8], summary: &Summary, path: &[u32]) -> Option<Part> {
-    let mut part = Part {
-        summary: summary
-            .parts
-            .first()
-            .cloned()
-            .unwrap_or_else(|| whole_message_part(message)),
-        tree: Cow::Owned(summary.clone()),
-        base: 0,
-    };
+pub fn find_part<'s>(message: &[u8], summary: &'s Summary, path: &[u32]) -> Option<Part<'s>> {
+    let mut part = Part::top(Tree::Cached(summary), message, 0);
     let mut depth = 0;
     for (i, &n) in path.iter().enumerate() {
         if part.is_message() && i > 0 {
@@ -389,11 +443,10 @@ pub fn find_part(message: &[u8], summary: &Summary, path: &[u32]) -> Option<Part
             if depth > MESSAGE_DEPTH_MAX {
                 return None;
             }
-            part = embedded(message, &part)?;
+            part = embedded(message, &part);
         }
         if part.is_multipart() {
-            let child = *part.summary.children.get((n as usize).checked_sub(1)?)?;
-            part.summary = part.tree.parts.get(child as usize)?.clone();
+            part = part.child(n)?;
         } else if n != 1 {
             return None;
         }
@@ -401,21 +454,12 @@ pub fn find_part(message: &[u8], summary: &Summary, path: &[u32]) -> Option<Part
     Some(part)
 }
 
-/// The top part of a message/rfc822 attachment.
-fn embedded(message: &[u8], part: &Part) -> Option<Part> {
+/// The top part of a message/rfc822 attachment (parsed here: attachments are not in
+/// the cached summary).
+fn embedded<'s>(message: &[u8], part: &Part<'_>) -> Part<'s> {
     let bytes = part.body(message);
-    let base = part.base + part.summary.offset_body as usize;
-    let tree = Summary::parse(bytes);
-    let top = tree
-        .parts
-        .first()
-        .cloned()
-        .unwrap_or_else(|| whole_message_part(bytes));
-    Some(Part {
-        summary: top,
-        tree: Cow::Owned(tree),
-        base,
-    })
+    let base = part.base + part.summary().offset_body as usize;
+    Part::top(Tree::Parsed(Rc::new(Summary::parse(bytes))), bytes, base)
 }
 
 fn whole_message_part(message: &[u8]) -> PartSummary {
@@ -430,19 +474,19 @@ fn whole_message_part(message: &[u8]) -> PartSummary {
 }
 
 /// The bytes `BODY[section]` returns (before any partial range).
-pub fn section<'m>(
+pub fn section<'m, 's>(
     message: &'m [u8],
-    summary: &Summary,
+    summary: &'s Summary,
     section: &Section,
 ) -> Option<Cow<'m, [u8]>> {
     let part = find_part(message, summary, &section.part)?;
     let top = section.part.is_empty();
     // HEADER/TEXT of a part address the attached message's header/text.
-    let target = |part: &Part| -> Option<Part> {
+    let target = |part: &Part<'s>| -> Option<Part<'s>> {
         if top {
             Some(part.clone())
         } else if part.is_message() {
-            embedded(message, part)
+            Some(embedded(message, part))
         } else {
             None
         }
@@ -502,7 +546,7 @@ pub fn binary<'m>(
     let part = find_part(message, summary, path).ok_or(BinaryError::NoSuchPart)?;
     let body = part.body(message);
     let encoding = part
-        .summary
+        .summary()
         .encoding
         .as_deref()
         .unwrap_or("7bit")
@@ -561,27 +605,18 @@ pub(crate) fn decode_qp(body: &[u8]) -> Vec<u8> {
 
 /// BODY (`extended = false`) or BODYSTRUCTURE of the whole message.
 pub fn body_structure(out: &mut Vec<u8>, message: &[u8], summary: &Summary, extended: bool) {
-    let top = find_part(message, summary, &[]).unwrap_or_else(|| Part {
-        summary: whole_message_part(message),
-        tree: Cow::Owned(Summary::default()),
-        base: 0,
-    });
+    let top = Part::top(Tree::Cached(summary), message, 0);
     structure_of(out, message, &top, extended, 0);
 }
 
-fn structure_of(out: &mut Vec<u8>, message: &[u8], part: &Part, extended: bool, depth: usize) {
-    let s = &part.summary;
+fn structure_of(out: &mut Vec<u8>, message: &[u8], part: &Part<'_>, extended: bool, depth: usize) {
+    let s = part.summary();
     let headers = part.header(message);
     out.push(b'(');
     if part.is_multipart() && depth < MESSAGE_DEPTH_MAX * 4 {
         let mut any = false;
-        for &child in &s.children {
-            if let Some(c) = part.tree.parts.get(child as usize) {
-                let child = Part {
-                    summary: c.clone(),
-                    tree: part.tree.clone(),
-                    base: part.base,
-                };
+        for n in 1..=s.children.len() as u32 {
+            if let Some(child) = part.child(n) {
                 structure_of(out, message, &child, extended, depth + 1);
                 any = true;
             }
@@ -616,13 +651,12 @@ fn structure_of(out: &mut Vec<u8>, message: &[u8], part: &Part, extended: bool, 
     out.extend_from_slice(format!(" {}", body.len()).as_bytes());
     let lines = || memchr::memchr_iter(b'\n', body).count();
     if part.is_message() && depth < MESSAGE_DEPTH_MAX {
-        if let Some(inner) = embedded(message, part) {
-            out.push(b' ');
-            envelope(out, &inner.tree);
-            out.push(b' ');
-            structure_of(out, message, &inner, extended, depth + 1);
-            out.extend_from_slice(format!(" {}", lines()).as_bytes());
-        }
+        let inner = embedded(message, part);
+        out.push(b' ');
+        envelope(out, &inner.tree);
+        out.push(b' ');
+        structure_of(out, message, &inner, extended, depth + 1);
+        out.extend_from_slice(format!(" {}", lines()).as_bytes());
     } else if s.ctype == "text" {
         out.extend_from_slice(format!(" {}", lines()).as_bytes());
     }
