@@ -32,12 +32,15 @@ pub enum Frame {
     NeedMore,
     /// The command is refused; `discard` bytes of input belong to it and must be
     /// dropped (a LITERAL+ literal the client sends anyway is still being discarded
-    /// when `remaining > 0`). `tag` is the command's tag, if one could be read.
+    /// when `remaining > 0`). When `line_continues`, the rest of the command's line
+    /// (after the discarded bytes) belongs to it too: drop input up to the next LF.
+    /// `tag` is the command's tag, if one could be read.
     Refused {
         reason: Refusal,
         tag: Option<String>,
         discard: usize,
         remaining: u64,
+        line_continues: bool,
     },
 }
 
@@ -100,13 +103,14 @@ impl Framer {
                 if scan.len() >= window {
                     // Only what was scanned: the rest of this line is the caller's to
                     // skip, and whatever follows it is the next command.
-                    return self.refuse(input, Refusal::CommandTooLong, pos + scan.len(), 0);
+                    // The line goes on past what was scanned.
+                    return self.refuse(input, Refusal::CommandTooLong, pos + scan.len(), 0, true);
                 }
                 return Frame::NeedMore;
             };
             line_bytes += lf + 1;
             if line_bytes > limits.command_bytes_max {
-                return self.refuse(input, Refusal::CommandTooLong, pos + lf + 1, 0);
+                return self.refuse(input, Refusal::CommandTooLong, pos + lf + 1, 0, false);
             }
             let line = scan.get(..lf).unwrap_or(&[]);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -127,6 +131,9 @@ impl Framer {
                     Refusal::LiteralTooLarge,
                     after_line + drop_now as usize,
                     remaining - drop_now,
+                    // A LITERAL+ literal is followed by the rest of its command line;
+                    // after a synchronizing one the client sends nothing more.
+                    non_sync,
                 );
             }
             // A client waits for `+` after a synchronizing literal's header — even for
@@ -143,13 +150,21 @@ impl Framer {
         }
     }
 
-    fn refuse(&mut self, input: &[u8], reason: Refusal, discard: usize, remaining: u64) -> Frame {
+    fn refuse(
+        &mut self,
+        input: &[u8],
+        reason: Refusal,
+        discard: usize,
+        remaining: u64,
+        line_continues: bool,
+    ) -> Frame {
         self.continued = 0;
         Frame::Refused {
             reason,
             tag: tag_of(input),
             discard: discard.min(input.len()),
             remaining,
+            line_continues,
         }
     }
 }
@@ -495,8 +510,13 @@ mod tests {
                 tag,
                 discard,
                 remaining,
+                line_continues,
             } => {
                 assert_eq!((tag.as_deref(), discard, remaining), (Some("a"), 23, 0));
+                assert!(
+                    !line_continues,
+                    "the client sends nothing after a refused {{n}}"
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -506,9 +526,14 @@ mod tests {
                 reason: Refusal::LiteralTooLarge,
                 discard,
                 remaining,
+                line_continues,
                 ..
             } => {
                 assert_eq!((discard, remaining), (27, 4997));
+                assert!(
+                    line_continues,
+                    "the command line goes on after a LITERAL+ literal"
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -415,23 +415,14 @@ impl Session {
                     tag,
                     discard,
                     remaining,
+                    line_continues,
                 } => {
-                    let consumed = rest.get(..discard).unwrap_or(&[]);
                     used += discard;
                     self.discard = remaining;
-                    if reason == Refusal::CommandTooLong && !consumed.ends_with(b"\n") {
-                        // The line goes on past what was scanned: drop up to its end
-                        // (not what follows it, which may be the next command).
-                        self.skip_line = true;
-                    }
+                    self.skip_line = line_continues;
                     let tag = tag.unwrap_or_else(|| "*".into());
                     match reason {
                         Refusal::LiteralTooLarge => {
-                            // A LITERAL+ literal is followed by the rest of its command
-                            // line, which goes too; after a synchronizing one the
-                            // client sends nothing more for this command.
-                            self.skip_line = remaining > 0
-                                || memchr::memmem::find(consumed, b"+}\r\n").is_some();
                             out.line(&format!(
                                 "{tag} NO [TOOBIG] Literal larger than limits.message_size_max ({} bytes)",
                                 self.config.literal_bytes_max
