@@ -443,6 +443,29 @@ pub async fn await_input<S: Interruptible>(
     true
 }
 
+/// STARTTLS/STLS after the session said yes: sends the reply, drops anything the client
+/// pipelined behind the command in clear (CVE-2011-0411, command injection), and runs
+/// the handshake within `limits.idle_timeout`. `false` when the connection is lost.
+pub async fn start_tls(
+    shard: &super::Shard,
+    stream: &mut Stream,
+    input: &mut InputBuffer,
+    reply: &mut Vec<u8>,
+) -> bool {
+    if flush(stream, reply).await.is_err() {
+        return false;
+    }
+    input.clear();
+    if let Err(e) = stream
+        .upgrade(&shard.tls, shard.config.limits.idle_timeout)
+        .await
+    {
+        tracing::debug!(error = %e, "STARTTLS handshake failed");
+        return false;
+    }
+    true
+}
+
 /// A freshly accepted connection of a mailbox protocol: TCP_NODELAY on, and for an
 /// implicit-TLS port (`implicit_tls`) the handshake done within `limits.idle_timeout`.
 /// `None` when the peer is already gone or the handshake failed (logged at debug).

@@ -14,7 +14,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::Instrument;
 
-use super::conn::{await_input, flush, read_more, InputBuffer, Interruptible, ReadOutcome, Stream};
+use super::conn::{
+    await_input, flush, read_more, start_tls, InputBuffer, Interruptible, ReadOutcome, Stream,
+};
 use super::mesh::ShardMsg;
 use super::{MailboxLogin, Shard};
 use crate::metrics;
@@ -195,18 +197,8 @@ async fn drive(
             match action {
                 Action::Splice { .. } => {}
                 Action::StartTls => {
-                    if flush_counted(shard, &mut stream, &mut out.reply)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    input.clear(); // plaintext pipelined after STARTTLS is dropped
-                    if stream
-                        .upgrade(&shard.tls, limits.idle_timeout)
-                        .await
-                        .is_err()
-                    {
+                    metrics::add(&shard.metrics.bytes_sent_imap, out.reply.len() as u64);
+                    if !start_tls(shard, &mut stream, &mut input, &mut out.reply).await {
                         return;
                     }
                     session.tls_established();

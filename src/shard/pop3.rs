@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use tracing::Instrument;
 
-use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
+use super::conn::{await_input, flush, start_tls, InputBuffer, Interruptible, Stream};
 use super::mesh::ShardMsg;
 use super::{MailboxLogin, Shard};
 use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
@@ -155,15 +155,7 @@ async fn drive(
         for action in actions {
             match action {
                 Action::StartTls => {
-                    if flush(&mut stream, &mut out.reply).await.is_err() {
-                        return;
-                    }
-                    input.clear(); // plaintext pipelined after STLS is dropped
-                    if stream
-                        .upgrade(&shard.tls, limits.idle_timeout)
-                        .await
-                        .is_err()
-                    {
+                    if !start_tls(shard, &mut stream, &mut input, &mut out.reply).await {
                         return;
                     }
                     session.tls_established();

@@ -13,7 +13,7 @@ use glommio::net::TcpStream;
 use std::net::IpAddr;
 use tracing::{debug, Instrument};
 
-use super::conn::{await_input, flush, InputBuffer, Interruptible, Stream};
+use super::conn::{await_input, flush, start_tls, InputBuffer, Interruptible, Stream};
 use super::{deliver, Shard};
 use crate::auth::verify::SpfCheck;
 use crate::metrics;
@@ -71,14 +71,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         for action in actions {
             match action {
                 Action::StartTls => {
-                    if flush(&mut stream, &mut out.reply).await.is_err() {
-                        return;
-                    }
-                    // Anything pipelined after STARTTLS came in clear: drop it
-                    // (CVE-2011-0411, command injection).
-                    input.clear();
-                    if let Err(e) = stream.upgrade(&shard.tls, limits.idle_timeout).await {
-                        debug!(error = %e, "STARTTLS handshake failed");
+                    if !start_tls(shard, &mut stream, &mut input, &mut out.reply).await {
                         return;
                     }
                     session.tls_established();
