@@ -67,6 +67,18 @@ fn lines(output: &str) -> Vec<&str> {
     output.split("\r\n").filter(|l| !l.is_empty()).collect()
 }
 
+/// What SELECT INBOX answers for the two seeded messages (IMAP4rev1, read-write).
+const INBOX_SELECTED: [&str; 8] = [
+    "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
+    "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
+    "* 2 EXISTS",
+    "* 0 RECENT",
+    "* OK [UNSEEN 1] First unseen",
+    "* OK [UIDVALIDITY 1000] UIDs valid",
+    "* OK [UIDNEXT 3] Predicted next UID",
+    "* OK [HIGHESTMODSEQ 2] Highest",
+];
+
 /// Checks the output; the greeting and the login reply (long CAPABILITY lines, checked
 /// once by `login`) are left out unless `all`.
 fn assert_after_login(input: &str, tls: bool, all: bool, expected: &[&str]) {
@@ -99,57 +111,62 @@ fn login() {
 #[test]
 fn select() {
     let input = "a LOGIN bob pw\nb SELECT INBOX\nc FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE ENVELOPE)\nd FETCH 2 (BODY[TEXT])\ne FETCH 2 FLAGS\nf STATUS INBOX (MESSAGES UNSEEN UIDNEXT HIGHESTMODSEQ SIZE)\n".to_string();
-    assert_after_login(&input, true, false, &[
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "b OK [READ-WRITE] SELECT completed",
-        "* 1 FETCH (UID 1 FLAGS () RFC822.SIZE 146 INTERNALDATE \"25-Nov-2026 09:46:40 +0000\" ENVELOPE (\"Wed, 25 Nov 2026 10:00:00 +0000\" \"first\" ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL \"<1@a.example>\"))",
-        "* 2 FETCH (UID 2 FLAGS () RFC822.SIZE 88 INTERNALDATE \"25-Nov-2026 09:48:20 +0000\" ENVELOPE (NIL \"second\" ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL NIL))",
-        "c OK FETCH completed",
-        "* 2 FETCH (BODY[TEXT] {19}",
-        "Quarterly report.",
-        " FLAGS (\\Seen))",
-        "d OK FETCH completed",
-        "* 2 FETCH (FLAGS (\\Seen))",
-        "e OK FETCH completed",
-        "* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 1 UIDNEXT 3 HIGHESTMODSEQ 3 SIZE 234)",
-        "f OK STATUS completed",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &[],
+            &INBOX_SELECTED[..],
+            &[
+            "b OK [READ-WRITE] SELECT completed",
+            "* 1 FETCH (UID 1 FLAGS () RFC822.SIZE 146 INTERNALDATE \"25-Nov-2026 09:46:40 +0000\" ENVELOPE (\"Wed, 25 Nov 2026 10:00:00 +0000\" \"first\" ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL \"<1@a.example>\"))",
+            "* 2 FETCH (UID 2 FLAGS () RFC822.SIZE 88 INTERNALDATE \"25-Nov-2026 09:48:20 +0000\" ENVELOPE (NIL \"second\" ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL NIL))",
+            "c OK FETCH completed",
+            "* 2 FETCH (BODY[TEXT] {19}",
+            "Quarterly report.",
+            " FLAGS (\\Seen))",
+            "d OK FETCH completed",
+            "* 2 FETCH (FLAGS (\\Seen))",
+            "e OK FETCH completed",
+            "* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 1 UIDNEXT 3 HIGHESTMODSEQ 3 SIZE 234)",
+            "f OK STATUS completed",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
 fn store() {
     let input = "a LOGIN bob pw\nb ENABLE CONDSTORE\nc SELECT INBOX\nd STORE 1 +FLAGS (\\Flagged $Work)\ne UID STORE 2 FLAGS.SILENT (\\Deleted)\nf STORE 1:2 (UNCHANGEDSINCE 3) -FLAGS (\\Flagged)\ng EXPUNGE\nh FETCH 1 (FLAGS MODSEQ)\n".to_string();
-    assert_after_login(&input, true, false, &[
-        "* ENABLED CONDSTORE",
-        "b OK ENABLE completed",
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "c OK [READ-WRITE] SELECT completed",
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted",
-        "* 1 FETCH (FLAGS (\\Flagged $Work) MODSEQ (3))",
-        "d OK STORE completed",
-        "e OK STORE completed",
-        "* 1 FETCH (FLAGS ($Work) MODSEQ (5))",
-        "f OK [MODIFIED 2] Conditional STORE failed for some messages",
-        "* 2 EXPUNGE",
-        "g OK EXPUNGE completed",
-        "* 1 FETCH (FLAGS ($Work) MODSEQ (5))",
-        "h OK FETCH completed",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &[
+            "* ENABLED CONDSTORE",
+            "b OK ENABLE completed",
+            ],
+            &INBOX_SELECTED[..],
+            &[
+            "c OK [READ-WRITE] SELECT completed",
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted",
+            "* 1 FETCH (FLAGS (\\Flagged $Work) MODSEQ (3))",
+            "d OK STORE completed",
+            "e OK STORE completed",
+            "* 1 FETCH (FLAGS ($Work) MODSEQ (5))",
+            "f OK [MODIFIED 2] Conditional STORE failed for some messages",
+            "* 2 EXPUNGE",
+            "g OK EXPUNGE completed",
+            "* 1 FETCH (FLAGS ($Work) MODSEQ (5))",
+            "h OK FETCH completed",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
@@ -188,86 +205,92 @@ fn mailboxes() {
 #[test]
 fn copymove() {
     let input = "a LOGIN bob pw\nb SELECT INBOX\nc COPY 1 Trash\nd UID MOVE 2 Junk\ne COPY 1 Nowhere\nf STATUS Trash (MESSAGES)\ng STATUS Junk (MESSAGES)\n".to_string();
-    assert_after_login(&input, true, false, &[
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "b OK [READ-WRITE] SELECT completed",
-        "c OK [COPYUID 1003 1 1] COPY completed",
-        "* OK [COPYUID 1004 2 1] Moved",
-        "* 2 EXPUNGE",
-        "d OK MOVE completed",
-        "e NO [TRYCREATE] No such mailbox",
-        "* STATUS \"Trash\" (MESSAGES 1)",
-        "f OK STATUS completed",
-        "* STATUS \"Junk\" (MESSAGES 1)",
-        "g OK STATUS completed",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &[],
+            &INBOX_SELECTED[..],
+            &[
+                "b OK [READ-WRITE] SELECT completed",
+                "c OK [COPYUID 1003 1 1] COPY completed",
+                "* OK [COPYUID 1004 2 1] Moved",
+                "* 2 EXPUNGE",
+                "d OK MOVE completed",
+                "e NO [TRYCREATE] No such mailbox",
+                "* STATUS \"Trash\" (MESSAGES 1)",
+                "f OK STATUS completed",
+                "* STATUS \"Junk\" (MESSAGES 1)",
+                "g OK STATUS completed",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
 fn append() {
     let input = format!("a LOGIN bob pw\nb SELECT INBOX\nc APPEND INBOX (\\Seen $Junk) \"25-Nov-2026 10:00:00 +0100\" {{12}}\n--\nSubject: x\n\nd APPEND INBOX {{3+}}\nabc\ne APPEND INBOX {{99999}}\n--\nf APPEND INBOX {{5000+}}\n{}\ng NOOP\nh FETCH 3:4 (FLAGS INTERNALDATE BODY.PEEK[])\n", "x".repeat(5000));
-    assert_after_login(&input, true, false, &[
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "b OK [READ-WRITE] SELECT completed",
-        "+ Ready for literal data",
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk \\*)] Flags permitted",
-        "* 3 EXISTS",
-        "c OK [APPENDUID 1000 3] APPEND completed",
-        "* 4 EXISTS",
-        "d OK [APPENDUID 1000 4] APPEND completed",
-        "e NO [TOOBIG] Literal larger than limits.message_size_max (4096 bytes)",
-        "f NO [TOOBIG] Literal larger than limits.message_size_max (4096 bytes)",
-        "g OK NOOP completed",
-        "* 3 FETCH (FLAGS (\\Seen $Junk) INTERNALDATE \"25-Nov-2026 09:00:00 +0000\" BODY[] {12}",
-        "Subject: x",
-        ")",
-        "* 4 FETCH (FLAGS () INTERNALDATE \"26-Nov-2026 06:45:00 +0000\" BODY[] {3}",
-        "abc)",
-        "h OK FETCH completed",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &[],
+            &INBOX_SELECTED[..],
+            &[
+            "b OK [READ-WRITE] SELECT completed",
+            "+ Ready for literal data",
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)",
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk \\*)] Flags permitted",
+            "* 3 EXISTS",
+            "c OK [APPENDUID 1000 3] APPEND completed",
+            "* 4 EXISTS",
+            "d OK [APPENDUID 1000 4] APPEND completed",
+            "e NO [TOOBIG] Literal larger than limits.message_size_max (4096 bytes)",
+            "f NO [TOOBIG] Literal larger than limits.message_size_max (4096 bytes)",
+            "g OK NOOP completed",
+            "* 3 FETCH (FLAGS (\\Seen $Junk) INTERNALDATE \"25-Nov-2026 09:00:00 +0000\" BODY[] {12}",
+            "Subject: x",
+            ")",
+            "* 4 FETCH (FLAGS () INTERNALDATE \"26-Nov-2026 06:45:00 +0000\" BODY[] {3}",
+            "abc)",
+            "h OK FETCH completed",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
 fn search() {
     let input = "a LOGIN bob pw\nb SELECT INBOX\nc SEARCH FROM alice\nd SEARCH OR SUBJECT second BODY hello\ne UID SEARCH RETURN (MIN COUNT) ALL\nf SEARCH CHARSET KOI8-R ALL\ng SEARCH SENTON 25-Nov-2026\nh SEARCH NOT 1\ni SEARCH BOGUS\n".to_string();
-    assert_after_login(&input, true, false, &[
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "b OK [READ-WRITE] SELECT completed",
-        "* SEARCH 1",
-        "c OK SEARCH completed",
-        "* SEARCH 1 2",
-        "d OK SEARCH completed",
-        "* ESEARCH (TAG \"e\") UID MIN 1 COUNT 2",
-        "e OK SEARCH completed",
-        "f NO [BADCHARSET (UTF-8 US-ASCII)] KOI8-R is not supported",
-        "* SEARCH 1 2",
-        "g OK SEARCH completed",
-        "* SEARCH 2",
-        "h OK SEARCH completed",
-        "i BAD unknown search key: BOGUS",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &[],
+            &INBOX_SELECTED[..],
+            &[
+                "b OK [READ-WRITE] SELECT completed",
+                "* SEARCH 1",
+                "c OK SEARCH completed",
+                "* SEARCH 1 2",
+                "d OK SEARCH completed",
+                "* ESEARCH (TAG \"e\") UID MIN 1 COUNT 2",
+                "e OK SEARCH completed",
+                "f NO [BADCHARSET (UTF-8 US-ASCII)] KOI8-R is not supported",
+                "* SEARCH 1 2",
+                "g OK SEARCH completed",
+                "* SEARCH 2",
+                "h OK SEARCH completed",
+                "i BAD unknown search key: BOGUS",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
@@ -294,20 +317,22 @@ fn bad() {
 #[test]
 fn idle() {
     let input = "a LOGIN bob pw\nb SELECT INBOX\nc IDLE\n--\nDONE\nd NOOP\n".to_string();
-    assert_after_login(&input, true, false, &[
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "b OK [READ-WRITE] SELECT completed",
-        "+ idling",
-        "c OK IDLE terminated",
-        "d OK NOOP completed",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &[],
+            &INBOX_SELECTED[..],
+            &[
+                "b OK [READ-WRITE] SELECT completed",
+                "+ idling",
+                "c OK IDLE terminated",
+                "d OK NOOP completed",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
@@ -337,22 +362,22 @@ fn sections() {
 #[test]
 fn qresync() {
     let input = "a LOGIN bob pw\nb ENABLE QRESYNC\nc SELECT INBOX (QRESYNC (1000 1))\nd UID FETCH 1:* (FLAGS) (CHANGEDSINCE 1 VANISHED)\n".to_string();
-    assert_after_login(&input, true, false, &[
-        "* ENABLED QRESYNC",
-        "b OK ENABLE completed",
-        "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
-        "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
-        "* 2 EXISTS",
-        "* 0 RECENT",
-        "* OK [UNSEEN 1] First unseen",
-        "* OK [UIDVALIDITY 1000] UIDs valid",
-        "* OK [UIDNEXT 3] Predicted next UID",
-        "* OK [HIGHESTMODSEQ 2] Highest",
-        "* 2 FETCH (UID 2 FLAGS () MODSEQ (2))",
-        "c OK [READ-WRITE] SELECT completed",
-        "* 2 FETCH (UID 2 FLAGS () MODSEQ (2))",
-        "d OK FETCH completed",
-    ]);
+    assert_after_login(
+        &input,
+        true,
+        false,
+        &[
+            &["* ENABLED QRESYNC", "b OK ENABLE completed"],
+            &INBOX_SELECTED[..],
+            &[
+                "* 2 FETCH (UID 2 FLAGS () MODSEQ (2))",
+                "c OK [READ-WRITE] SELECT completed",
+                "* 2 FETCH (UID 2 FLAGS () MODSEQ (2))",
+                "d OK FETCH completed",
+            ],
+        ]
+        .concat(),
+    );
 }
 
 #[test]
