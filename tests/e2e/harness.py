@@ -92,6 +92,21 @@ class Server:
     def shard_of_user(self, email, partitions=64):
         return partition_of(self.account_id(email), partitions) % self.shards
 
+    def users_on_every_shard(self, prefix, password="pw"):
+        """Adds accounts until one is owned by each shard; returns one per shard, so a
+        test exercises both the local path and the hand-off to another shard."""
+        users, shards_seen = [], set()
+        for i in range(40):
+            email = f"{prefix}{i}@{DOMAIN}"
+            self.add_user(email, password)
+            shard = self.shard_of_user(email)
+            if shard not in shards_seen:
+                shards_seen.add(shard)
+                users.append(email)
+            if len(shards_seen) == self.shards:
+                break
+        return users
+
     def start(self):
         # This run's part of the log starts here (the file is appended across restarts).
         log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0

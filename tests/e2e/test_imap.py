@@ -46,18 +46,7 @@ class ImapEndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server(settings={"limits.auth_failure_delay_ms": "100"})
-        # One user per shard, so both the local path and the hand-off are exercised.
-        cls.users = []
-        shards_seen = set()
-        for i in range(40):
-            email = f"imap{i}@{DOMAIN}"
-            cls.server.add_user(email, "pw")
-            shard = cls.server.shard_of_user(email)
-            if shard not in shards_seen:
-                shards_seen.add(shard)
-                cls.users.append(email)
-            if len(shards_seen) == cls.server.shards:
-                break
+        cls.users = cls.server.users_on_every_shard("imap")
         for name in ("idle", "sync", "move", "big", "search", "flags", "bad"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         cls.server.start()

@@ -32,17 +32,7 @@ class Pop3EndToEnd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server(settings={"limits.auth_failure_delay_ms": "300"})
-        cls.users = []
-        shards_seen = set()
-        for i in range(40):
-            email = f"pop{i}@{DOMAIN}"
-            cls.server.add_user(email, "pw")
-            shard = cls.server.shard_of_user(email)
-            if shard not in shards_seen:
-                shards_seen.add(shard)
-                cls.users.append(email)
-            if len(shards_seen) == cls.server.shards:
-                break
+        cls.users = cls.server.users_on_every_shard("pop")
         cls.ports = cls.server.ports
         cls.server.start()
         for user in cls.users:
