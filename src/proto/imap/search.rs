@@ -60,17 +60,30 @@ impl<'a> Candidate<'a> {
     }
 }
 
-/// ASCII case-insensitive substring test (an empty needle always matches).
+/// ASCII case-insensitive substring test (an empty needle always matches), without
+/// copying the haystack: candidates are found with `memchr2` on the needle's first
+/// byte in both cases, then compared in place.
 pub fn contains_ci(haystack: &[u8], needle: &str) -> bool {
-    if needle.is_empty() {
+    let needle = needle.as_bytes();
+    let Some(&first) = needle.first() else {
         return true;
+    };
+    let (lower, upper) = (first.to_ascii_lowercase(), first.to_ascii_uppercase());
+    let mut from = 0;
+    while let Some(i) = haystack
+        .get(from..)
+        .and_then(|rest| memchr::memchr2(lower, upper, rest))
+    {
+        let at = from + i;
+        if haystack
+            .get(at..at + needle.len())
+            .is_some_and(|window| window.eq_ignore_ascii_case(needle))
+        {
+            return true;
+        }
+        from = at + 1;
     }
-    let needle = needle.to_ascii_lowercase();
-    if haystack.len() < needle.len() {
-        return false;
-    }
-    let lowered = haystack.to_ascii_lowercase();
-    memchr::memmem::find(&lowered, needle.as_bytes()).is_some()
+    false
 }
 
 /// Unicode case-insensitive substring test over decoded text.
@@ -95,8 +108,9 @@ fn header_matches(raw: &[u8], needle: &str) -> bool {
     if contains_ci(raw, needle) {
         return true;
     }
-    let text = String::from_utf8_lossy(raw);
-    text.contains("=?") && contains_text(&decoded_header(&text), needle)
+    // Decode only values that have encoded words (no copy of the others).
+    memchr::memmem::find(raw, b"=?").is_some()
+        && contains_text(&decoded_header(&String::from_utf8_lossy(raw)), needle)
 }
 
 /// Whether a base64 or quoted-printable text part of the message contains `needle`
@@ -212,6 +226,16 @@ pub fn uses_modseq(key: &SearchKey) -> bool {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn case_insensitive_substrings() {
+        assert!(contains_ci(b"Hello World", "world"));
+        assert!(contains_ci(b"xxWORLD", "wOrLd"));
+        assert!(contains_ci(b"abc", ""));
+        assert!(!contains_ci(b"wor", "world"));
+        assert!(!contains_ci(b"w o r l d", "world"));
+        assert!(contains_ci(b"aaab", "aab"));
+    }
     use crate::proto::imap::command::search_args;
     use crate::proto::imap::lexer::tokenize;
     use crate::store::index::MessageEntry;
