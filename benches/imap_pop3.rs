@@ -131,6 +131,9 @@ fn bench_fetch(label: &str, items: &str, size: usize) {
         depth_max: 16,
         bad_commands_max: 1000,
         auth_failures_max: 1000,
+        // Large enough that one step answers the whole FETCH, as before.
+        output_bytes_max: 64 << 20,
+        ..ImapConfig::default()
     });
     let count = 1000;
     let mut d = Driver::new(config, true);

@@ -93,6 +93,7 @@ fn bench_store(durability: Durability, label: &str, messages: usize) {
             StoreOptions {
                 durability,
                 checkpoint_bytes: u64::MAX,
+                ..StoreOptions::default()
             },
         )
         .await

@@ -4,7 +4,8 @@
 //! server stopped and is safe beside a running one (the log is append-only and every
 //! record is checksummed; the export is the durable state at the moment it reads).
 //! One Maildir folder per mailbox (`INBOX` is `DIR/INBOX`), message bytes exactly as
-//! stored, flags in the file names (`:2,` + `DFRST`).
+//! stored, flags in the file names (`:2,` + `DFRST`). A mailbox whose stored name
+//! could leave `DIR` (`..`, absolute, control characters) is refused, never written.
 
 use std::path::Path;
 
@@ -34,6 +35,10 @@ pub struct ExportReport {
     pub mailboxes: usize,
     pub messages: usize,
     pub bytes: u64,
+    /// Stored mailbox names that are not safe as a path below `--out` (`..`, an
+    /// absolute name, control characters: stored before names were validated, or a
+    /// damaged index). They are not exported.
+    pub refused: Vec<String>,
 }
 
 /// Exports `email`'s mailboxes into `out` (created if needed).
@@ -70,7 +75,16 @@ pub fn export(data_dir: &Path, email: &str, out: &Path) -> Result<ExportReport, 
             .collect(),
     };
     for name in names {
+        // Whatever the store holds, nothing is written outside `out`.
+        if !crate::proto::imap::names::is_safe_relative_path(&name) {
+            report.refused.push(name);
+            continue;
+        }
         let folder = out.join(&name);
+        if !folder.starts_with(out) {
+            report.refused.push(name);
+            continue;
+        }
         for sub in ["cur", "new", "tmp"] {
             std::fs::create_dir_all(folder.join(sub))
                 .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;

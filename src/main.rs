@@ -130,12 +130,26 @@ enum AliasCmd {
     List,
 }
 
+/// The log filter: `SHARDMAIL_LOG` (tracing `EnvFilter` syntax), else `info`. rustls
+/// warns once per handshake about things any peer can send (an IP address as SNI,
+/// which RFC 6066 §3 says to ignore, and other malformed hellos): those would let any
+/// client flood the log, so rustls speaks only at `error` unless the filter names it.
+fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let base = configured
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or("info");
+    let directives = if base.contains("rustls") {
+        base.to_string()
+    } else {
+        format!("{base},rustls=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHARDMAIL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter(std::env::var("SHARDMAIL_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         // Colours only on a terminal: log files and journald get plain text.
         .with_ansi(std::io::stderr().is_terminal())
@@ -174,7 +188,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 r.mailboxes,
                 out.display()
             );
-            Ok(())
+            if r.refused.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "not exported: {} mailbox(es) whose names are not safe as paths: {:?} \
+                     (rename them over IMAP, then export again)",
+                    r.refused.len(),
+                    r.refused
+                ))
+            }
         }
     }
 }

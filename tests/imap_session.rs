@@ -19,6 +19,7 @@ fn config() -> Arc<ImapConfig> {
         depth_max: 8,
         bad_commands_max: 6,
         auth_failures_max: 2,
+        ..ImapConfig::default()
     })
 }
 
@@ -179,10 +180,11 @@ fn mailboxes() {
         &[
             "b OK CREATE completed",
             "* LIST (\\HasNoChildren) \"/\" \"INBOX\"",
-            "* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent\"",
+            // INBOX first, then byte order.
             "* LIST (\\HasNoChildren \\Drafts) \"/\" \"Drafts\"",
-            "* LIST (\\HasNoChildren \\Trash) \"/\" \"Trash\"",
             "* LIST (\\HasNoChildren \\Junk) \"/\" \"Junk\"",
+            "* LIST (\\HasNoChildren \\Sent) \"/\" \"Sent\"",
+            "* LIST (\\HasNoChildren \\Trash) \"/\" \"Trash\"",
             "* LIST (\\HasChildren) \"/\" \"Work\"",
             "* LIST (\\HasNoChildren) \"/\" \"Work/2026\"",
             "c OK LIST completed",

@@ -15,6 +15,7 @@ fn options() -> StoreOptions {
     StoreOptions {
         durability: Durability::Group,
         checkpoint_bytes: u64::MAX,
+        ..StoreOptions::default()
     }
 }
 

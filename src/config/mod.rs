@@ -64,6 +64,28 @@ pub struct Limits {
     pub sessions_per_shard_max: usize,
     /// How long a verified login is cached (zero: not at all).
     pub auth_cache: Duration,
+    /// Largest IMAP literal before login.
+    pub preauth_literal_bytes_max: usize,
+    /// Unsent reply bytes per connection before the session waits for its peer.
+    pub output_buffer_bytes_max: usize,
+    pub mailboxes_per_account_max: usize,
+    pub keywords_per_mailbox_max: usize,
+    /// Connections per client address (IPv6: per address), all shards and services.
+    pub connections_per_ip_max: usize,
+    /// Logged-in IMAP + POP3 sessions per account.
+    pub sessions_per_user_max: usize,
+    /// IMAP/POP3 connections must log in within this.
+    pub preauth_timeout: Duration,
+    /// A command line, once begun, must be complete within this.
+    pub command_timeout: Duration,
+    /// Minimum average rate of DATA/BDAT bodies and IMAP literals (bytes/s) after
+    /// `min_data_rate_grace`; 0 turns the check off.
+    pub min_data_rate: u64,
+    pub min_data_rate_grace: Duration,
+    /// Login throttling (per client address or /64, and per account).
+    pub login_failures_before_backoff: u32,
+    pub login_backoff_max: Duration,
+    pub login_failure_memory: Duration,
 }
 
 /// The validated configuration every shard holds (as an `Rc`).
@@ -137,6 +159,23 @@ pub struct Auth {
     pub exempt_networks: Vec<IpNet>,
     pub queue_depth_max: usize,
     pub policies: crate::auth::policy::Policies,
+    /// Submitted mail whose From: the login does not own.
+    pub from_header_match: FromHeaderMatch,
+    /// Lowercased login → extra lowercased domains it may use in From:.
+    pub from_header_domains: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// `auth.from_header_match`: what DKIM signing does with a From: header the login
+/// does not own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FromHeaderMatch {
+    /// `550 5.7.1`: nothing is sent or stored.
+    Refuse,
+    /// Accepted without our DKIM signature.
+    Unsigned,
+    /// Signed anyway (single-tenant servers where every user may speak for every
+    /// hosted domain).
+    Off,
 }
 
 impl Auth {
@@ -199,6 +238,42 @@ impl IpNet {
 pub struct StoreOptions {
     pub durability: Durability,
     pub checkpoint_bytes: u64,
+    /// Free space to keep on the data directory's filesystem.
+    pub reserve_free: Reserve,
+    /// Incoming messages above this go to a spool file while they arrive.
+    pub spool_threshold_bytes: usize,
+}
+
+/// `store.reserve_free_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    Bytes(u64),
+    /// Per cent of the filesystem's size.
+    Percent(u8),
+    /// 1 GiB or 5 % of the filesystem, whichever is smaller.
+    Auto,
+}
+
+impl Reserve {
+    /// Bytes to keep free on a filesystem of `total` bytes.
+    pub fn bytes_for(self, total: u64) -> u64 {
+        match self {
+            Reserve::Bytes(b) => b,
+            Reserve::Percent(p) => total / 100 * u64::from(p),
+            Reserve::Auto => (1u64 << 30).min(total / 20),
+        }
+    }
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::Group,
+            checkpoint_bytes: 256 << 20,
+            reserve_free: Reserve::Bytes(0),
+            spool_threshold_bytes: 256 * 1024,
+        }
+    }
 }
 
 /// Listening addresses per service; an empty list disables the service.
@@ -212,6 +287,8 @@ pub struct Listen {
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
     pub metrics: Vec<SocketAddr>,
+    /// listen(2) backlog.
+    pub backlog: u32,
 }
 
 impl Config {
@@ -301,7 +378,25 @@ impl Config {
             imap_nesting_max: l.imap_nesting_max,
             sessions_per_shard_max: l.sessions_per_shard_max,
             auth_cache: Duration::from_secs(l.auth_cache_secs),
+            preauth_literal_bytes_max: l
+                .preauth_literal_bytes_max
+                .bytes("limits.preauth_literal_bytes_max")?,
+            output_buffer_bytes_max: l
+                .output_buffer_bytes_max
+                .bytes("limits.output_buffer_bytes_max")?,
+            mailboxes_per_account_max: l.mailboxes_per_account_max,
+            keywords_per_mailbox_max: l.keywords_per_mailbox_max,
+            connections_per_ip_max: l.connections_per_ip_max,
+            sessions_per_user_max: l.sessions_per_user_max,
+            preauth_timeout: Duration::from_secs(l.preauth_timeout_secs),
+            command_timeout: Duration::from_secs(l.command_timeout_secs),
+            min_data_rate: l.min_data_rate,
+            min_data_rate_grace: Duration::from_secs(l.min_data_rate_grace_secs),
+            login_failures_before_backoff: l.login_failures_before_backoff,
+            login_backoff_max: Duration::from_secs(l.login_backoff_max_secs),
+            login_failure_memory: Duration::from_secs(l.login_failure_memory_secs),
         };
+        check_new_limits(&limits)?;
         if limits.message_size_max < 1024 || limits.message_size_max > (1 << 30) {
             return Err(err(
                 "limits.message_size_max",
@@ -338,7 +433,11 @@ impl Config {
             pop3: parse_addrs("listen.pop3", &raw.listen.pop3)?,
             pop3s: parse_addrs("listen.pop3s", &raw.listen.pop3s)?,
             metrics: parse_addrs("listen.metrics", &raw.listen.metrics)?,
+            backlog: raw.listen.backlog,
         };
+        if !(16..=1 << 20).contains(&listen.backlog) {
+            return Err(err("listen.backlog", "must be between 16 and 1048576"));
+        }
         Ok(Config {
             hostname,
             shards,
@@ -367,6 +466,12 @@ impl Config {
                 durability: raw.store.durability,
                 checkpoint_bytes: raw.store.checkpoint_bytes.bytes("store.checkpoint_bytes")?
                     as u64,
+                reserve_free: parse_reserve(&raw.store.reserve_free_bytes)?,
+                spool_threshold_bytes: raw
+                    .store
+                    .spool_threshold_bytes
+                    .bytes("store.spool_threshold_bytes")?
+                    .clamp(16 * 1024, 64 << 20),
             },
         })
     }
@@ -459,6 +564,79 @@ fn validate_queue(raw: &raw::RawQueue) -> Result<Queue, ConfigError> {
     })
 }
 
+/// Range checks of the limits that bound abuse (DESIGN.md §10).
+fn check_new_limits(l: &Limits) -> Result<(), ConfigError> {
+    if !(512..=16 << 20).contains(&l.preauth_literal_bytes_max) {
+        return Err(err(
+            "limits.preauth_literal_bytes_max",
+            "must be between 512 bytes and 16MiB",
+        ));
+    }
+    if !(16 * 1024..=64 << 20).contains(&l.output_buffer_bytes_max) {
+        return Err(err(
+            "limits.output_buffer_bytes_max",
+            "must be between 16KiB and 64MiB",
+        ));
+    }
+    for (key, value) in [
+        (
+            "limits.mailboxes_per_account_max",
+            l.mailboxes_per_account_max,
+        ),
+        (
+            "limits.keywords_per_mailbox_max",
+            l.keywords_per_mailbox_max,
+        ),
+        ("limits.connections_per_ip_max", l.connections_per_ip_max),
+        ("limits.sessions_per_user_max", l.sessions_per_user_max),
+    ] {
+        if value == 0 {
+            return Err(err(key, "must be at least 1"));
+        }
+    }
+    if l.mailboxes_per_account_max < crate::store::index::DEFAULT_MAILBOXES.len() {
+        return Err(err(
+            "limits.mailboxes_per_account_max",
+            "must leave room for the 5 default mailboxes",
+        ));
+    }
+    for (key, value) in [
+        ("limits.preauth_timeout_secs", l.preauth_timeout),
+        ("limits.command_timeout_secs", l.command_timeout),
+        ("limits.login_backoff_max_secs", l.login_backoff_max),
+    ] {
+        if value < Duration::from_secs(1) {
+            return Err(err(key, "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+/// `store.reserve_free_bytes`: a size, `"N%"` or `"auto"`.
+fn parse_reserve(raw: &raw::Size) -> Result<Reserve, ConfigError> {
+    let key = "store.reserve_free_bytes";
+    if let raw::Size::Text(t) = raw {
+        let t = t.trim();
+        if t.eq_ignore_ascii_case("auto") {
+            return Ok(Reserve::Auto);
+        }
+        if let Some(p) = t.strip_suffix('%') {
+            return match p.trim().parse::<u8>() {
+                Ok(p) if p <= 50 => Ok(Reserve::Percent(p)),
+                _ => Err(err(key, "a percentage must be between 0% and 50%")),
+            };
+        }
+    }
+    raw.bytes(key)
+        .map(|b| Reserve::Bytes(b as u64))
+        .map_err(|_| {
+            err(
+                key,
+                "expected \"auto\", a percentage such as \"5%\" or a size such as \"1GiB\"",
+            )
+        })
+}
+
 fn validate_auth(raw: &raw::RawAuth) -> Result<Auth, ConfigError> {
     use crate::auth::policy::{Policies, Policy};
     let mut exempt_networks = Vec::new();
@@ -492,12 +670,35 @@ fn validate_auth(raw: &raw::RawAuth) -> Result<Auth, ConfigError> {
             },
         );
     }
+    let from_header_match = match raw.from_header_match.as_str() {
+        "refuse" => FromHeaderMatch::Refuse,
+        "unsigned" => FromHeaderMatch::Unsigned,
+        "off" => FromHeaderMatch::Off,
+        other => {
+            return Err(err(
+                "auth.from_header_match",
+                format!("`{other}`: expected \"refuse\", \"unsigned\" or \"off\""),
+            ))
+        }
+    };
+    let from_header_domains = raw
+        .from_header_domains
+        .iter()
+        .map(|(login, domains)| {
+            (
+                login.to_ascii_lowercase(),
+                domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            )
+        })
+        .collect();
     Ok(Auth {
         enabled: raw.enabled,
         sender_login_match: raw.sender_login_match,
         exempt_networks,
         queue_depth_max: raw.queue_depth_max,
         policies: Policies { default, domains },
+        from_header_match,
+        from_header_domains,
     })
 }
 

@@ -120,6 +120,9 @@ pub struct RawListen {
     pub pop3s: OneOrMany,
     /// Prometheus text endpoint (HTTP GET /metrics); off unless set.
     pub metrics: OneOrMany,
+    /// listen(2) backlog of every listener: connections the kernel queues before we
+    /// accept them (capped by net.core.somaxconn).
+    pub backlog: u32,
 }
 
 impl Default for RawListen {
@@ -133,6 +136,7 @@ impl Default for RawListen {
             pop3: addr("127.0.0.1:2110"),
             pop3s: addr("127.0.0.1:2995"),
             metrics: OneOrMany::Many(Vec::new()),
+            backlog: 4096,
         }
     }
 }
@@ -164,6 +168,34 @@ pub struct RawLimits {
     /// Seconds a successful login is remembered (as an HMAC) so the next login of the
     /// same user and password skips argon2; 0 = off (every login pays argon2).
     pub auth_cache_secs: u64,
+    /// Largest IMAP literal accepted before login (a LOGIN password needs little).
+    pub preauth_literal_bytes_max: Size,
+    /// Reply bytes a session queues before it stops computing and waits for its peer
+    /// to read them.
+    pub output_buffer_bytes_max: Size,
+    /// Mailboxes one account may have (IMAP CREATE; also bounds subscriptions).
+    pub mailboxes_per_account_max: usize,
+    /// Distinct keywords one mailbox may carry (IMAP STORE/APPEND).
+    pub keywords_per_mailbox_max: usize,
+    /// Connections from one client address, all services and shards together.
+    pub connections_per_ip_max: usize,
+    /// IMAP and POP3 sessions logged in to one account at once.
+    pub sessions_per_user_max: usize,
+    /// IMAP/POP3: seconds a connection may stay without logging in.
+    pub preauth_timeout_secs: u64,
+    /// Seconds within which a whole command line must arrive once it has started.
+    pub command_timeout_secs: u64,
+    /// Bytes per second a DATA/BDAT body or an IMAP literal must average once the
+    /// grace period is over (Postfix's smtpd_min_data_rate).
+    pub min_data_rate: u64,
+    pub min_data_rate_grace_secs: u64,
+    /// Failed logins per client address (IPv6: per /64) and per account before each
+    /// further attempt waits for an exponentially growing back-off.
+    pub login_failures_before_backoff: u32,
+    /// The back-off ceiling.
+    pub login_backoff_max_secs: u64,
+    /// Failures are forgotten after this long without a new one.
+    pub login_failure_memory_secs: u64,
 }
 
 impl Default for RawLimits {
@@ -182,6 +214,19 @@ impl Default for RawLimits {
             imap_nesting_max: 16,
             sessions_per_shard_max: 10_000,
             auth_cache_secs: 0, // off, as Dovecot's auth_cache: an opt-in trade
+            preauth_literal_bytes_max: Size::Bytes(8 * 1024),
+            output_buffer_bytes_max: Size::Bytes(256 * 1024),
+            mailboxes_per_account_max: 10_000,
+            keywords_per_mailbox_max: 256,
+            connections_per_ip_max: 50,
+            sessions_per_user_max: 20,
+            preauth_timeout_secs: 60,
+            command_timeout_secs: 60,
+            min_data_rate: 500, // Postfix smtpd_min_data_rate
+            min_data_rate_grace_secs: 10,
+            login_failures_before_backoff: 5,
+            login_backoff_max_secs: 900,
+            login_failure_memory_secs: 3600,
         }
     }
 }
@@ -206,6 +251,14 @@ pub struct RawStore {
     /// Log bytes appended to a partition before its index snapshot is rewritten; bounds
     /// how much log a restart after a crash must replay.
     pub checkpoint_bytes: Size,
+    /// Free space kept on the data directory's filesystem: new mail is refused (as a
+    /// temporary failure) below it, so expunges and housekeeping can still run. A
+    /// size, a percentage of the filesystem ("5%"), or "auto" (1 GiB or 5%, the
+    /// smaller).
+    pub reserve_free_bytes: Size,
+    /// Incoming messages larger than this are written to a spool file as they arrive
+    /// instead of being held in memory.
+    pub spool_threshold_bytes: Size,
 }
 
 impl Default for RawStore {
@@ -213,6 +266,8 @@ impl Default for RawStore {
         RawStore {
             durability: Durability::Group,
             checkpoint_bytes: Size::Bytes(256 << 20),
+            reserve_free_bytes: Size::Text("auto".into()),
+            spool_threshold_bytes: Size::Bytes(256 * 1024),
         }
     }
 }
@@ -331,6 +386,13 @@ pub struct RawAuth {
     pub queue_depth_max: usize,
     /// Authenticated users may only send as their own address or its aliases.
     pub sender_login_match: bool,
+    /// What happens when a submitted message's From: header names an address the
+    /// login does not own: "refuse" (550 5.7.1), "unsigned" (sent without our DKIM
+    /// signature) or "off" (signed anyway: only for single-tenant servers).
+    pub from_header_match: String,
+    /// Extra domains a login may use in From: (its own address and aliases always
+    /// count): `"alice@example.com" = ["example.org"]`.
+    pub from_header_domains: std::collections::BTreeMap<String, Vec<String>>,
     pub spf_fail: crate::auth::policy::SpfFailAction,
     pub dmarc_reject: crate::auth::policy::DmarcAction,
     pub dmarc_quarantine: crate::auth::policy::DmarcAction,
@@ -346,6 +408,8 @@ impl Default for RawAuth {
             exempt_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
             queue_depth_max: 10_000,
             sender_login_match: true,
+            from_header_match: "refuse".into(),
+            from_header_domains: Default::default(),
             spf_fail: crate::auth::policy::Policy::default().spf_fail,
             dmarc_reject: crate::auth::policy::Policy::default().dmarc_reject,
             dmarc_quarantine: crate::auth::policy::Policy::default().dmarc_quarantine,

@@ -3,7 +3,9 @@
 //! Inbound (MX) mail is verified by the auth worker (DKIM, ARC, DMARC with the SPF
 //! verdict of its transaction), judged by `[auth]` policy (reject, defer, Junk or
 //! INBOX) and gets our Authentication-Results. Mail from an authenticated user gets an
-//! `auth=pass` Authentication-Results and a DKIM signature when its domain has a key.
+//! `auth=pass` Authentication-Results and a DKIM signature when its domain has a key —
+//! only for a From: address the login owns (`auth.from_header_match`), so one user
+//! of a multi-domain server cannot sign as another hosted domain.
 //! Any Authentication-Results that arrived claiming our authserv-id is removed. The
 //! message is then stored in every recipient's partition (`mesh::store`).
 
@@ -17,6 +19,7 @@ use crate::auth::dkim::KeyFile;
 use crate::auth::headers;
 use crate::auth::policy::{self, Disposition};
 use crate::auth::verify::SpfVerdict;
+use crate::config::FromHeaderMatch;
 use crate::proto::smtp::{DeliveryError, Envelope};
 use crate::store::index::SpecialUse;
 
@@ -67,8 +70,35 @@ pub async fn accept(
     };
     let mut signature = String::new();
     if let Some(user) = &envelope.authenticated {
-        if let Some(sig) = sign(shard, user, body.clone()).await {
-            signature = sig;
+        let from = header_from_domains(&body);
+        let owned = from
+            .iter()
+            .all(|(address, _)| from_owned(shard, user, address));
+        let sign_it = match shard.config.auth.from_header_match {
+            _ if owned => true,
+            FromHeaderMatch::Off => true,
+            FromHeaderMatch::Unsigned => {
+                tracing::info!(id = %envelope.id, %user, "From: not owned by the login; sent unsigned");
+                false
+            }
+            FromHeaderMatch::Refuse => {
+                let address = from
+                    .iter()
+                    .find(|(a, _)| !from_owned(shard, user, a))
+                    .map(|(a, _)| a.clone())
+                    .unwrap_or_default();
+                tracing::info!(id = %envelope.id, %user, %address, "From: not owned by the login; refused");
+                return Err(DeliveryError::Refused(format!(
+                    "550 5.7.1 From: header address <{address}> is not owned by user {user} \
+                     (auth.from_header_match)"
+                )));
+            }
+        };
+        let from_domain = from.first().map(|(_, d)| d.clone());
+        if sign_it {
+            if let Some(sig) = sign(shard, user, from_domain, body.clone()).await {
+                signature = sig;
+            }
         }
     }
     let (remote, local): (Vec<_>, Vec<_>) = envelope.recipients.into_iter().partition(|r| r.remote);
@@ -101,16 +131,45 @@ pub async fn accept(
     mesh::store(shard, stored, &local, mailbox, envelope.received_at).await
 }
 
-/// The key to sign with: the From header's domain, else the user's own domain.
-fn signing_key(shard: &Shard, user: &str, message: &[u8]) -> Option<Arc<KeyFile>> {
-    let from_domain = mail_parser::MessageParser::new()
-        .parse_headers(message)
-        .and_then(|m| {
-            m.from()
-                .and_then(|a| a.first())
-                .and_then(|a| a.address())
-                .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()))
-        });
+/// The addresses of the From: header (RFC 5322 allows several), with their
+/// lowercased domains.
+fn header_from_domains(message: &[u8]) -> Vec<(String, String)> {
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(message) else {
+        return Vec::new();
+    };
+    let Some(from) = parsed.from() else {
+        return Vec::new();
+    };
+    from.iter()
+        .filter_map(|a| a.address())
+        .map(|a| {
+            let domain = a.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+            (a.to_string(), domain.unwrap_or_default())
+        })
+        .collect()
+}
+
+/// May `login` put `address` in From:? Its own address or an alias of it, or a
+/// domain `auth.from_header_domains` lists for it.
+fn from_owned(shard: &Shard, login: &str, address: &str) -> bool {
+    if shard.users.borrow().owns(login, address) {
+        return true;
+    }
+    let domain = address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default();
+    shard
+        .config
+        .auth
+        .from_header_domains
+        .get(&login.to_ascii_lowercase())
+        .is_some_and(|domains| domains.contains(&domain))
+}
+
+/// The key to sign with: the From header's domain (already checked to be the
+/// login's), else the user's own domain.
+fn signing_key(shard: &Shard, user: &str, from_domain: Option<String>) -> Option<Arc<KeyFile>> {
     let user_domain = user.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
     [from_domain, user_domain]
         .into_iter()
@@ -119,8 +178,13 @@ fn signing_key(shard: &Shard, user: &str, message: &[u8]) -> Option<Arc<KeyFile>
 }
 
 /// A `DKIM-Signature:` header for mail from `user`, computed off the reactor.
-async fn sign(shard: &Shard, user: &str, message: Bytes) -> Option<String> {
-    let key = signing_key(shard, user, &message)?;
+async fn sign(
+    shard: &Shard,
+    user: &str,
+    from_domain: Option<String>,
+    message: Bytes,
+) -> Option<String> {
+    let key = signing_key(shard, user, from_domain)?;
     let result = glommio::executor()
         .spawn_blocking(move || key.sign(&message))
         .await;

@@ -21,7 +21,7 @@ use super::mesh::ShardMsg;
 use super::{MailboxLogin, Shard};
 use crate::metrics;
 use crate::proto::imap::session::{
-    self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, Written,
+    self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, WriteFailure, Written,
 };
 use crate::store::index::{AccountIndex, Index, MessageEntry};
 use crate::store::{self, Partition};
@@ -250,7 +250,7 @@ async fn drive(
                 Action::Write(write) => {
                     let result = match account {
                         Some(a) => execute(shard, a, write).await,
-                        None => Written::Failed("not logged in".into()),
+                        None => Written::Failed(WriteFailure::Cannot("Not logged in".into())),
                     };
                     with_view(shard, account, |view| {
                         session.written(result, view, &mut out)
@@ -264,6 +264,19 @@ async fn drive(
             }
         }
         if acted {
+            continue;
+        }
+        if session.wants_resume() {
+            // A long reply in steps, or pipelined commands held back: send what is
+            // queued (waiting while the peer does not read), let other sessions of
+            // this shard run, then go on (DESIGN.md §10).
+            if flush_counted(shard, &mut stream, &mut out.reply)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            glommio::yield_if_needed().await;
             continue;
         }
         if input.is_full() {
@@ -402,9 +415,13 @@ async fn idle_wait(
 /// Runs one durable change for the session.
 async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
     let Some(p) = partition_for(shard, account).cloned() else {
-        return Written::Failed("the account's partition is not on this shard".into());
+        tracing::error!(
+            shard = shard.id,
+            "IMAP write for an account this shard does not own"
+        );
+        return Written::Failed(WriteFailure::Unavailable);
     };
-    let failed = |e: store::StoreError| Written::Failed(e.to_string());
+    let failed = |e: store::StoreError| Written::Failed(write_failure(&e));
     match write {
         Write::Create { names } => {
             for name in names {
@@ -495,6 +512,22 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
     }
 }
 
+/// What the client hears of a store error (details go to the log only: they name
+/// files and OS errors).
+fn write_failure(e: &store::StoreError) -> WriteFailure {
+    match e {
+        store::StoreError::NoSpace(_) => {
+            tracing::warn!(error = %e, "IMAP change refused: no disk space");
+            WriteFailure::NoSpace
+        }
+        store::StoreError::Invalid(text) => WriteFailure::Cannot(text.clone()),
+        _ => {
+            tracing::error!(error = %e, "IMAP change failed");
+            WriteFailure::Unavailable
+        }
+    }
+}
+
 /// MOVE: copy (sharing the stored bytes), then expunge the originals. A crash between
 /// the two commits leaves the messages in both mailboxes — never in neither.
 async fn move_messages(
@@ -521,5 +554,9 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,
         auth_failures_max: config.limits.auth_failures_max,
+        preauth_literal_bytes_max: config.limits.preauth_literal_bytes_max as u64,
+        mailboxes_per_account_max: config.limits.mailboxes_per_account_max,
+        keywords_per_mailbox_max: config.limits.keywords_per_mailbox_max,
+        output_bytes_max: config.limits.output_buffer_bytes_max,
     }
 }

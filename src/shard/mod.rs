@@ -279,6 +279,10 @@ pub fn serve(config: Config) -> Result<(), String> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
+    // Catching SIGHUP replaces its default action (terminate): see shutdown::watch.
+    let hangup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())
+        .map_err(|e| format!("signal: {e}"))?;
     let shards = config.shards;
     let mesh_builder = MeshBuilder::<ShardMsg, _>::full(shards, mesh::CHANNEL_DEPTH);
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -303,6 +307,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                 partitions_total: meta.partitions,
                 mesh_builder,
                 stop: stop.clone(),
+                hangup,
                 auth,
                 dkim_keys,
                 listening,
@@ -356,6 +361,8 @@ struct ShardInit {
     partitions_total: u32,
     mesh_builder: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
+    /// Set by SIGHUP; shard 0 logs it.
+    hangup: Arc<AtomicBool>,
     auth: Option<Arc<crate::auth::worker::AuthService>>,
     dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
     /// Shards whose listeners are all bound; the last one logs that the server is ready.
@@ -370,6 +377,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         partitions_total,
         mesh_builder,
         stop,
+        hangup,
         auth,
         dkim_keys,
         listening,
@@ -382,7 +390,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     let mesh = Mesh::join(mesh_builder).await?;
     let id = mesh.peer_id();
     let shutdown = Shutdown::default();
-    shutdown::watch(stop.clone(), shutdown.clone());
+    shutdown::watch(stop.clone(), (id == 0).then_some(hangup), shutdown.clone());
     let mut partitions = HashMap::new();
     for p in (0..partitions_total).filter(|p| store::shard_of(*p, shards) == id) {
         let dir = store::partition_dir(&config.data_dir, p);

@@ -6,7 +6,7 @@
 //! with the log offset it covers; opening loads it and replays only the log after it.
 //! Pure data; no IO except the snapshot helpers at the bottom.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rkyv::{Archive, Deserialize, Serialize};
@@ -86,11 +86,37 @@ pub struct MailboxIndex {
     pub highest_modseq: u64,
     /// Sorted by UID.
     pub messages: Vec<MessageEntry>,
+    /// Every keyword a message of this mailbox has carried, in first-use order (IMAP
+    /// FLAGS, and what `limits.keywords_per_mailbox_max` counts). Kept when the
+    /// messages that used them go: clients expect a stable list.
+    pub keywords: Vec<String>,
+}
+
+impl MailboxIndex {
+    /// Records keywords the mailbox has not seen (compared case-insensitively, as IMAP
+    /// flags are).
+    fn note_keywords(&mut self, keywords: &[String]) {
+        for k in keywords {
+            if !self.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) {
+                self.keywords.push(k.clone());
+            }
+        }
+    }
+
+    /// Whether `keyword` is already known to the mailbox.
+    pub fn has_keyword(&self, keyword: &str) -> bool {
+        self.keywords
+            .iter()
+            .any(|x| x.eq_ignore_ascii_case(keyword))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
 pub struct AccountIndex {
     pub mailboxes: Vec<MailboxIndex>,
+    /// Mailbox names (INBOX as `INBOX`) → ids, in byte order: LIST walks it in
+    /// order, and a name lookup is O(log n) however many mailboxes there are.
+    pub names: BTreeMap<String, u32>,
     /// Ids of deleted mailboxes (ids are never reused).
     pub deleted: Vec<u32>,
     /// IMAP subscriptions, by mailbox name.
@@ -111,9 +137,15 @@ impl AccountIndex {
 
 impl AccountIndex {
     pub fn mailbox(&self, name: &str) -> Option<&MailboxIndex> {
-        self.mailboxes
-            .iter()
-            .find(|m| mailbox_name_eq(&m.name, name))
+        let id = if name.eq_ignore_ascii_case("INBOX") {
+            self.names.get("INBOX")
+        } else {
+            self.names.get(name)
+        }?;
+        self.mailbox_by_id(*id)
+    }
+    pub fn mailbox_by_id(&self, id: u32) -> Option<&MailboxIndex> {
+        self.mailboxes.iter().find(|m| m.id == id)
     }
     pub fn mailbox_mut_by_id(&mut self, id: u32) -> Option<&mut MailboxIndex> {
         self.mailboxes.iter_mut().find(|m| m.id == id)
@@ -131,6 +163,14 @@ pub struct Index {
     /// Log offset up to which records have been applied.
     pub log_end: u64,
     pub accounts: HashMap<u64, AccountIndex>,
+}
+
+/// Consecutive expunges from one mailbox, applied together.
+struct ExpungeRun {
+    account: u64,
+    mailbox: u32,
+    uids: Vec<u32>,
+    modseq: u64,
 }
 
 /// A record's payload the index could not decode; replay stops there.
@@ -321,6 +361,7 @@ impl Index {
             } => {
                 let acct = self.accounts.entry(account).or_default();
                 if acct.mailboxes.iter().all(|m| m.id != id) {
+                    acct.names.insert(name.clone(), id);
                     acct.mailboxes.push(MailboxIndex {
                         id,
                         name,
@@ -329,6 +370,7 @@ impl Index {
                         uid_next: 1,
                         highest_modseq: 0,
                         messages: Vec::new(),
+                        keywords: Vec::new(),
                     });
                 }
             }
@@ -354,6 +396,7 @@ impl Index {
                 };
                 mb.uid_next = mb.uid_next.max(uid + 1);
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
+                mb.note_keywords(&keywords);
                 let entry = MessageEntry {
                     uid,
                     modseq,
@@ -381,6 +424,7 @@ impl Index {
                     return Ok(());
                 };
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
+                mb.note_keywords(&keywords);
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     if let Some(m) = mb.messages.get_mut(at) {
                         m.flags = flags;
@@ -394,8 +438,15 @@ impl Index {
                 mailbox,
                 name,
             } => {
-                if let Some(mb) = self.mailbox_mut(account, mailbox)? {
-                    mb.name = name;
+                let old = match self.mailbox_mut(account, mailbox)? {
+                    Some(mb) => std::mem::replace(&mut mb.name, name.clone()),
+                    None => return Ok(()),
+                };
+                if let Some(acct) = self.accounts.get_mut(&account) {
+                    if acct.names.get(&old) == Some(&mailbox) {
+                        acct.names.remove(&old);
+                    }
+                    acct.names.insert(name, mailbox);
                 }
             }
             Op::Subscription {
@@ -412,6 +463,7 @@ impl Index {
             Op::MailboxDelete { account, mailbox } => {
                 if let Some(acct) = self.accounts.get_mut(&account) {
                     acct.mailboxes.retain(|m| m.id != mailbox);
+                    acct.names.retain(|_, id| *id != mailbox);
                     if !acct.deleted.contains(&mailbox) {
                         acct.deleted.push(mailbox);
                     }
@@ -432,6 +484,75 @@ impl Index {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Applies a commit's ops in order. Runs of expunges from one mailbox are removed
+    /// in one pass over its messages: an EXPUNGE of 100,000 messages costs O(n), not
+    /// O(n²) (DESIGN.md §10: bounded work per step).
+    pub fn apply_all(
+        &mut self,
+        ops: impl IntoIterator<Item = Op>,
+        blobs: &mut BlobCache,
+    ) -> Result<(), DanglingOp> {
+        let mut run: Option<ExpungeRun> = None;
+        for op in ops {
+            match op {
+                Op::Expunge {
+                    account,
+                    mailbox,
+                    uid,
+                    modseq,
+                } => match &mut run {
+                    Some(r) if r.account == account && r.mailbox == mailbox => {
+                        r.uids.push(uid);
+                        r.modseq = r.modseq.max(modseq);
+                    }
+                    _ => {
+                        if let Some(done) = run.take() {
+                            self.expunge_run(done)?;
+                        }
+                        run = Some(ExpungeRun {
+                            account,
+                            mailbox,
+                            uids: vec![uid],
+                            modseq,
+                        });
+                    }
+                },
+                other => {
+                    if let Some(done) = run.take() {
+                        self.expunge_run(done)?;
+                    }
+                    self.apply(other, blobs)?;
+                }
+            }
+        }
+        match run {
+            Some(done) => self.expunge_run(done),
+            None => Ok(()),
+        }
+    }
+
+    fn expunge_run(&mut self, run: ExpungeRun) -> Result<(), DanglingOp> {
+        let ExpungeRun {
+            account,
+            mailbox,
+            mut uids,
+            modseq,
+        } = run;
+        let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+            return Ok(());
+        };
+        mb.highest_modseq = mb.highest_modseq.max(modseq);
+        if let [uid] = uids.as_slice() {
+            if let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) {
+                mb.messages.remove(at);
+            }
+            return Ok(());
+        }
+        uids.sort_unstable();
+        mb.messages.retain(|m| uids.binary_search(&m.uid).is_err());
         Ok(())
     }
 
@@ -493,7 +614,7 @@ impl Index {
 
 /// Bumped whenever an archived type changes: an older snapshot is then ignored and the
 /// log replayed in full (the snapshot is only an accelerator).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap03";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap04";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.
 #[derive(Debug, Default)]

@@ -27,12 +27,25 @@ pub enum StoreError {
     /// The partition stopped after a write error; restart recovers it.
     Failed(u32),
     /// The request does not fit the mailbox state (exists already, no such mailbox).
+    /// The text is for clients: it never names a file.
     Invalid(String),
+    /// No room for new data: the filesystem is full (ENOSPC, EDQUOT) or below
+    /// `store.reserve_free_bytes`. Temporary: it clears once space is freed.
+    NoSpace(String),
 }
 
 impl StoreError {
     pub fn io(path: &Path, e: std::io::Error) -> StoreError {
-        StoreError::Io(format!("{}: {e}", path.display()))
+        let text = format!("{}: {e}", path.display());
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::NoSpace(text),
+            _ => StoreError::Io(text),
+        }
+    }
+
+    /// True for a temporary lack of space (the client may retry later).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::NoSpace(_))
     }
     pub fn glommio<T: fmt::Debug>(path: &Path, e: glommio::GlommioError<T>) -> StoreError {
         StoreError::Io(format!("{}: {e}", path.display()))
@@ -46,6 +59,7 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt(s) => write!(f, "store is damaged: {s}"),
             StoreError::Failed(p) => write!(f, "partition {p} stopped after a write error"),
             StoreError::Invalid(s) => f.write_str(s),
+            StoreError::NoSpace(s) => write!(f, "no space for new data: {s}"),
         }
     }
 }

@@ -936,8 +936,8 @@ impl Partition {
         let mut index = self.index.borrow_mut();
         let mut blobs = BlobCache::default();
         let mut touched: Vec<u64> = Vec::new();
-        for op in ops {
-            if let Op::MailboxCreate { account, .. } = &op {
+        for op in &ops {
+            if let Op::MailboxCreate { account, .. } = op {
                 self.creating.borrow_mut().remove(account);
             }
             if let Some(account) = op.account() {
@@ -945,10 +945,10 @@ impl Partition {
                     touched.push(account);
                 }
             }
-            index
-                .apply(op, &mut blobs)
-                .map_err(|e| StoreError::Corrupt(e.0.to_string()))?;
         }
+        index
+            .apply_all(ops, &mut blobs)
+            .map_err(|e| StoreError::Corrupt(e.0.to_string()))?;
         debug_assert!(end >= index.log_end, "batches applied out of order");
         index.log_end = end;
         drop(index);

@@ -18,8 +18,9 @@ ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 
 
-def message(subject, body=b"hello\r\n"):
-    return (b"From: sender@remote.example\r\nTo: " + ALICE.encode() +
+def message(subject, body=b"hello\r\n", sender="sender@remote.example"):
+    # Submitted mail needs a From: the login owns (auth.from_header_match).
+    return (b"From: " + sender.encode() + b"\r\nTo: " + ALICE.encode() +
             b"\r\nSubject: " + subject.encode() + b"\r\nMessage-ID: <" + subject.encode() +
             b"@remote.example>\r\n\r\n" + body)
 
@@ -84,9 +85,9 @@ class SmtpEndToEnd(unittest.TestCase):
             with self.assertRaises(smtplib.SMTPSenderRefused) as e:
                 s.sendmail(BOB, [BOB], message("spoofed"))  # another user's address
             self.assertEqual((e.exception.smtp_code, e.exception.smtp_error[:5]), (553, b"5.7.1"))
-            self.assertEqual(s.sendmail(ALICE, [BOB], message("submitted")), {})
+            self.assertEqual(s.sendmail(ALICE, [BOB], message("submitted", sender=ALICE)), {})
             # Remote recipients of an authenticated user go to the outbound queue.
-            self.assertEqual(s.sendmail(ALICE, ["friend@remote.example"], message("remote")), {})
+            self.assertEqual(s.sendmail(ALICE, ["friend@remote.example"], message("remote", sender=ALICE)), {})
         listing = self.server.cli("queue", "list").stdout
         self.assertIn("friend@remote.example", listing)
         stored = [m for m in self.server.messages(BOB) if b"<submitted@" in m]
@@ -97,7 +98,7 @@ class SmtpEndToEnd(unittest.TestCase):
         with smtplib.SMTP_SSL("127.0.0.1", self.server.ports["submissions"], timeout=20,
                               context=tls_context()) as s:
             s.login(BOB, "bob-pw")
-            self.assertEqual(s.sendmail(BOB, [ALICE], message("implicit-tls")), {})
+            self.assertEqual(s.sendmail(BOB, [ALICE], message("implicit-tls", sender=BOB)), {})
         self.assertTrue(any(b"<implicit-tls@" in m for m in self.server.messages(ALICE)))
 
     def test_multi_recipient_across_shards(self):

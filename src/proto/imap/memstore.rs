@@ -277,6 +277,10 @@ pub struct Driver {
     pub now: i64,
     /// Literals written from the log rather than the reply buffer.
     pub splices: usize,
+    /// Calls to `receive`, and the largest reply one of them produced (long replies
+    /// come in steps bounded by `output_bytes_max`).
+    pub steps: usize,
+    pub largest_step_reply: usize,
 }
 
 impl Driver {
@@ -293,6 +297,8 @@ impl Driver {
             closed: false,
             now: 1_795_675_500,
             splices: 0,
+            steps: 0,
+            largest_step_reply: 0,
         };
         d.settle();
         d
@@ -342,8 +348,13 @@ impl Driver {
                 let used =
                     self.session
                         .receive(&self.pending, &self.store, self.now, &mut self.out);
+                self.steps += 1;
+                self.largest_step_reply = self.largest_step_reply.max(self.out.reply.len());
                 self.pending.drain(..used.min(self.pending.len()));
-                if self.out.actions.is_empty() && self.out.reply.is_empty() {
+                if self.out.actions.is_empty()
+                    && self.out.reply.is_empty()
+                    && !self.session.wants_resume()
+                {
                     return;
                 }
                 continue;

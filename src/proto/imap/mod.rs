@@ -1,11 +1,13 @@
-//! IMAP4rev2/IMAP4rev1 (RFC 9051, RFC 3501), sans-IO. Work in progress for issue 3:
-//! today the command framer and tokenizer ([`lexer`]); the session state machine and
-//! the IO driver follow. No listener serves IMAP until they exist.
+//! IMAP4rev2/IMAP4rev1 (RFC 9051, RFC 3501), sans-IO: the command framer and
+//! tokenizer ([`lexer`]), typed arguments ([`command`]), mailbox names and LIST
+//! patterns ([`names`]), rendering ([`render`]), SEARCH ([`search`]) and the session
+//! state machine ([`session`]). The IO driver is `src/shard/imap.rs`.
 
 pub mod command;
 pub mod lexer;
 #[doc(hidden)]
 pub mod memstore;
+pub mod names;
 pub mod render;
 pub mod search;
 pub mod session;

@@ -27,8 +27,10 @@ use crate::store::index::{
 
 pub type Outbox = crate::proto::Outbox<Action>;
 
-/// The hierarchy delimiter of mailbox names.
-pub const DELIMITER: char = '/';
+use super::names::normalize;
+pub use super::names::DELIMITER;
+
+mod list;
 
 /// Settings a session needs (from `Config`).
 #[derive(Debug, Clone)]
@@ -46,6 +48,35 @@ pub struct ImapConfig {
     pub depth_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
+    /// `limits.preauth_literal_bytes_max`: the largest literal before login.
+    pub preauth_literal_bytes_max: u64,
+    /// `limits.mailboxes_per_account_max` (CREATE, RENAME of INBOX, SUBSCRIBE).
+    pub mailboxes_per_account_max: usize,
+    /// `limits.keywords_per_mailbox_max`: distinct keywords one mailbox may carry.
+    pub keywords_per_mailbox_max: usize,
+    /// `limits.output_buffer_bytes_max`: reply bytes produced before the session stops
+    /// and lets the IO layer send them (long replies continue in further steps).
+    pub output_bytes_max: usize,
+}
+
+impl Default for ImapConfig {
+    /// The embedded defaults (as `Config` has them); tests override what they need.
+    fn default() -> Self {
+        ImapConfig {
+            hostname: "localhost".into(),
+            tls_available: true,
+            allow_plaintext_auth: false,
+            command_bytes_max: 16 * 1024,
+            literal_bytes_max: 50 << 20,
+            depth_max: 16,
+            bad_commands_max: 20,
+            auth_failures_max: 3,
+            preauth_literal_bytes_max: 8 * 1024,
+            mailboxes_per_account_max: 10_000,
+            keywords_per_mailbox_max: 256,
+            output_bytes_max: 256 * 1024,
+        }
+    }
 }
 
 /// Read access to the logged-in account, for the duration of one call.
@@ -143,8 +174,37 @@ pub enum Written {
     Stored(Vec<(u32, u64)>),
     /// (source UID, new UID) pairs.
     Copied(Vec<(u32, u32)>),
-    /// The change was not made; the text goes to the client with `NO`.
-    Failed(String),
+    /// The change was not made.
+    Failed(WriteFailure),
+}
+
+/// Why a [`Write`] was not made, as the client hears it. The IO layer logs the
+/// details (file names, OS errors); none of them reach the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The disk (or `store.reserve_free_bytes`) has no room for new data; the change
+    /// can be retried once space is freed (RFC 5530 `OVERQUOTA`).
+    NoSpace,
+    /// The request conflicts with the mailbox state (it exists already, was deleted
+    /// meanwhile, a limit); the text is ours, for the client.
+    Cannot(String),
+    /// The store failed temporarily (RFC 5530 `UNAVAILABLE`).
+    Unavailable,
+}
+
+impl WriteFailure {
+    /// The `NO` response after the tag.
+    pub fn response(&self) -> String {
+        match self {
+            WriteFailure::NoSpace => {
+                "NO [OVERQUOTA] Not enough disk space on the server; try again later".into()
+            }
+            WriteFailure::Cannot(text) => format!("NO [CANNOT] {text}"),
+            WriteFailure::Unavailable => {
+                "NO [UNAVAILABLE] Temporary server failure; try again later".into()
+            }
+        }
+    }
 }
 
 /// Why a login was refused.
@@ -208,6 +268,8 @@ enum Pending {
         tag: String,
         mailbox: u32,
     },
+    /// A LIST answered in steps (see [`Session::resume`]).
+    List(list::ListPending),
 }
 
 #[derive(Debug)]
@@ -252,16 +314,16 @@ pub struct Session {
     qresync: bool,
     rev2: bool,
     commands: u64,
+    /// The last call stopped taking commands because the reply buffer was full.
+    output_full: bool,
 }
 
 const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN";
 
+/// Longest keyword (a flag atom) stored.
+const KEYWORD_BYTES_MAX: usize = 255;
 /// Longest line accepted in IDLE or as an AUTHENTICATE response.
 const LINE_MAX: usize = 8192;
-/// Keywords listed in FLAGS/PERMANENTFLAGS (more are still stored and fetched).
-const KEYWORDS_LISTED_MAX: usize = 256;
-/// Longest mailbox name.
-const MAILBOX_NAME_MAX: usize = 512;
 
 impl Session {
     pub fn new(config: Arc<ImapConfig>, tls: bool) -> Session {
@@ -283,6 +345,7 @@ impl Session {
             qresync: false,
             rev2: false,
             commands: 0,
+            output_full: false,
         }
     }
 
@@ -307,6 +370,26 @@ impl Session {
     /// Between commands (a safe point to stop).
     pub fn is_idle(&self) -> bool {
         self.pending.is_none() && self.sasl_tag.is_none()
+    }
+
+    /// The session stopped with work left that needs no input: a long reply being
+    /// produced in steps, or pipelined commands held back until the client reads what
+    /// is queued. The IO layer sends the replies, yields to other sessions, then calls
+    /// [`Session::receive`] again (with whatever input it has).
+    pub fn wants_resume(&self) -> bool {
+        self.output_full || self.is_continuing()
+    }
+
+    fn is_continuing(&self) -> bool {
+        matches!(self.pending, Some(Pending::List(_)))
+    }
+
+    /// Runs one more step of a command answered in steps.
+    fn resume(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
+        match self.pending.take() {
+            Some(Pending::List(job)) => self.list_step(job, store, out),
+            other => self.pending = other,
+        }
     }
 
     /// In IDLE: the IO layer should call [`Session::changed`] when the account changes.
@@ -355,10 +438,20 @@ impl Session {
         now: i64,
         out: &mut Outbox,
     ) -> usize {
+        self.output_full = false;
+        if self.is_continuing() {
+            self.resume(store, out);
+        }
         let mut used = 0;
         while self.pending.is_none() && self.state != State::Logout {
             let rest = input.get(used..).unwrap_or(&[]);
             if rest.is_empty() {
+                break;
+            }
+            if out.reply.len() >= self.config.output_bytes_max {
+                // Pipelined commands wait until the client has read what is queued
+                // (limits.output_buffer_bytes_max): unsent output stays bounded.
+                self.output_full = true;
                 break;
             }
             if self.discard > 0 {
@@ -603,6 +696,10 @@ impl Session {
                 let Some(mailbox) = args.first().and_then(command::mailbox_text) else {
                     return self.bad(&tag, &format!("{name} needs a mailbox name"), out);
                 };
+                let mailbox = normalize(&mailbox);
+                if name == "SUBSCRIBE" && !self.subscription_fits(&tag, &mailbox, store, out) {
+                    return;
+                }
                 self.pending = Some(Pending::Simple {
                     tag,
                     done: if name == "SUBSCRIBE" {
@@ -612,7 +709,7 @@ impl Session {
                     },
                 });
                 out.actions.push(Action::Write(Write::Subscribe {
-                    name: normalize(&mailbox),
+                    name: mailbox,
                     subscribed: name == "SUBSCRIBE",
                 }));
             }
@@ -637,6 +734,39 @@ impl Session {
             "COPY" | "MOVE" => self.copy(&tag, args, uid, name == "MOVE", store, out),
             _ => self.bad(&tag, &format!("Unknown command {name}"), out),
         }
+    }
+
+    /// Keywords a STORE or APPEND would set fit `limits.keywords_per_mailbox_max`
+    /// (counting those the mailbox knows); otherwise answers `NO [LIMIT]`.
+    fn keywords_fit(
+        &self,
+        tag: &str,
+        mb: &MailboxIndex,
+        keywords: &[String],
+        out: &mut Outbox,
+    ) -> bool {
+        let mut new: Vec<&str> = Vec::new();
+        for k in keywords {
+            if !mb.has_keyword(k) && !new.iter().any(|n| n.eq_ignore_ascii_case(k)) {
+                new.push(k);
+            }
+        }
+        let max = self.config.keywords_per_mailbox_max;
+        if !new.is_empty() && mb.keywords.len() + new.len() > max {
+            out.line(&format!(
+                "{tag} NO [LIMIT] A mailbox carries at most {max} keywords \
+                 (limits.keywords_per_mailbox_max)"
+            ));
+            return false;
+        }
+        if let Some(long) = keywords.iter().find(|k| k.len() > KEYWORD_BYTES_MAX) {
+            out.line(&format!(
+                "{tag} NO [LIMIT] Keywords are at most {KEYWORD_BYTES_MAX} bytes ({} given)",
+                long.len()
+            ));
+            return false;
+        }
+        true
     }
 
     // ---- Not authenticated ----
@@ -809,17 +939,9 @@ impl Session {
             self.condstore = true;
         }
         let uids: Vec<u32> = mb.messages.iter().map(|m| m.uid).collect();
-        let mut keywords: Vec<String> = Vec::new();
-        for m in &mb.messages {
-            for k in &m.keywords {
-                if !keywords.iter().any(|x| x.eq_ignore_ascii_case(k))
-                    && keywords.len() < KEYWORDS_LISTED_MAX
-                {
-                    keywords.push(k.clone());
-                }
-            }
-        }
-        flags_lines(out, &keywords, read_only);
+        let keywords = mb.keywords.clone();
+        let room = keywords.len() < self.config.keywords_per_mailbox_max;
+        flags_lines(out, &keywords, read_only, room);
         out.line(&format!("* {} EXISTS", uids.len()));
         if !self.rev2 {
             out.line("* 0 RECENT");
@@ -893,10 +1015,6 @@ impl Session {
         let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else {
             return;
         };
-        if let Err(e) = valid_name(&name) {
-            out.line(&format!("{tag} NO [CANNOT] {e}"));
-            return;
-        }
         let exists = |n: &str| {
             store.account().is_some_and(|a| a.mailbox(n).is_some())
                 || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, n))
@@ -916,6 +1034,9 @@ impl Session {
             if !exists(&prefix) {
                 names.push(prefix.clone());
             }
+        }
+        if !self.check_new_names(tag, &name, names.len(), store.account(), out) {
+            return;
         }
         self.pending = Some(Pending::Simple {
             tag: tag.to_string(),
@@ -963,8 +1084,9 @@ impl Session {
             out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
             return;
         };
-        if let Err(e) = valid_name(&to) {
-            out.line(&format!("{tag} NO [CANNOT] {e}"));
+        // Renaming INBOX creates a mailbox; other renames keep the count.
+        let adding = usize::from(mb.special_use == SpecialUse::Inbox);
+        if !self.check_new_names(tag, &to, adding, Some(account), out) {
             return;
         }
         if account.mailbox(&to).is_some()
@@ -1002,114 +1124,6 @@ impl Session {
         out.actions.push(Action::Write(Write::Rename { renames }));
     }
 
-    fn list(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
-        let list = match command::list_args(args) {
-            Ok(l) => l,
-            Err(e) => return self.bad(tag, &e, out),
-        };
-        if list.patterns.len() == 1
-            && list.patterns.first().is_some_and(String::is_empty)
-            && !list.extended
-        {
-            out.line("* LIST (\\Noselect) \"/\" \"\"");
-            out.line(&format!("{tag} OK LIST completed"));
-            return;
-        }
-        let empty = AccountIndex::default();
-        let account = store.account().unwrap_or(&empty);
-        let patterns: Vec<String> = list
-            .patterns
-            .iter()
-            .map(|p| format!("{}{}", list.reference, p))
-            .collect();
-        let matches_any = |name: &str| patterns.iter().any(|p| pattern_matches(p, name));
-        let subscribed = |name: &str| account.subscribed.iter().any(|s| mailbox_name_eq(s, name));
-        // Candidates: mailboxes, and for SUBSCRIBED also subscribed names that do not
-        // exist; plus parents implied by deeper names (\NonExistent or \Noselect).
-        let mut names: Vec<String> = ordered_names(account);
-        if list.subscribed_only {
-            for s in &account.subscribed {
-                if !names.iter().any(|n| mailbox_name_eq(n, s)) {
-                    names.push(s.clone());
-                }
-            }
-        }
-        let mut implied: Vec<String> = Vec::new();
-        for n in &names {
-            let mut parts: Vec<&str> = n.split(DELIMITER).collect();
-            while parts.len() > 1 {
-                parts.pop();
-                let parent = parts.join("/");
-                if !names.iter().any(|x| x == &parent) && !implied.contains(&parent) {
-                    implied.push(parent);
-                }
-            }
-        }
-        for name in names.iter().chain(implied.iter()) {
-            let exists = account.mailbox(name).is_some();
-            let is_implied = implied.contains(name);
-            let is_subscribed = subscribed(name);
-            if list.subscribed_only && !is_subscribed {
-                // RECURSIVEMATCH: a parent of a subscribed child is listed with CHILDINFO.
-                let child_subscribed = account
-                    .subscribed
-                    .iter()
-                    .any(|s| s.starts_with(&format!("{name}{DELIMITER}")));
-                if !(list.recursive_match && child_subscribed && matches_any(name)) {
-                    continue;
-                }
-                self.list_line(
-                    out,
-                    "LIST",
-                    name,
-                    &["\\NonExistent"],
-                    Some("(\"CHILDINFO\" (\"SUBSCRIBED\"))"),
-                );
-                continue;
-            }
-            if !matches_any(name) {
-                continue;
-            }
-            let mb = account.mailbox(name);
-            if list.special_use_only
-                && !mb
-                    .is_some_and(|m| !matches!(m.special_use, SpecialUse::None | SpecialUse::Inbox))
-            {
-                continue;
-            }
-            let mut attrs: Vec<&str> = Vec::new();
-            if !exists {
-                attrs.push(if is_implied && !list.extended {
-                    "\\Noselect"
-                } else {
-                    "\\NonExistent"
-                });
-            }
-            let has_children = names
-                .iter()
-                .chain(implied.iter())
-                .any(|n| n.starts_with(&format!("{name}{DELIMITER}")));
-            attrs.push(if has_children {
-                "\\HasChildren"
-            } else {
-                "\\HasNoChildren"
-            });
-            if is_subscribed && (list.return_subscribed || list.subscribed_only) {
-                attrs.push("\\Subscribed");
-            }
-            if let Some(m) = mb {
-                if let Some(s) = special_use_attr(m.special_use) {
-                    attrs.push(s);
-                }
-            }
-            self.list_line(out, "LIST", name, &attrs, None);
-            if let (Some(items), Some(m)) = (&list.return_status, mb) {
-                status_line(out, m, items);
-            }
-        }
-        out.line(&format!("{tag} OK LIST completed"));
-    }
-
     fn list_line(
         &self,
         out: &mut Outbox,
@@ -1126,29 +1140,6 @@ impl Session {
         }
         line.extend_from_slice(b"\r\n");
         out.reply.extend_from_slice(&line);
-    }
-
-    fn lsub(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
-        let (Some(reference), Some(pattern)) = (
-            args.first().and_then(command::mailbox_text),
-            args.get(1).and_then(command::mailbox_text),
-        ) else {
-            return self.bad(tag, "LSUB needs a reference and a pattern", out);
-        };
-        let pattern = format!("{reference}{pattern}");
-        if let Some(account) = store.account() {
-            for s in &account.subscribed {
-                if pattern_matches(&pattern, s) {
-                    let attrs: &[&str] = if account.mailbox(s).is_some() {
-                        &[]
-                    } else {
-                        &["\\Noselect"]
-                    };
-                    self.list_line(out, "LSUB", s, attrs, None);
-                }
-            }
-        }
-        out.line(&format!("{tag} OK LSUB completed"));
     }
 
     fn status(&mut self, tag: &str, args: &[Token<'_>], store: &dyn Mailstore, out: &mut Outbox) {
@@ -1211,6 +1202,9 @@ impl Session {
             out.line(&format!("{tag} NO [TRYCREATE] No such mailbox"));
             return;
         };
+        if !self.keywords_fit(tag, mb, &keywords, out) {
+            return;
+        }
         self.pending = Some(Pending::Append {
             tag: tag.to_string(),
             uidvalidity: mb.uidvalidity,
@@ -1255,6 +1249,7 @@ impl Session {
         expunges_allowed: bool,
         skip: &HashSet<u32>,
     ) {
+        let keywords_max = self.config.keywords_per_mailbox_max;
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
@@ -1298,7 +1293,7 @@ impl Session {
         sel.uids
             .extend(mb.messages.iter().filter(|m| m.uid > last).map(|m| m.uid));
         if sel.uids.len() != known {
-            announce_keywords(sel, mb.messages.iter().filter(|m| m.uid > last), out);
+            announce_keywords(sel, mb, keywords_max, out);
             out.line(&format!("* {} EXISTS", sel.uids.len()));
         }
         if mb.highest_modseq > sel.reported_modseq {
@@ -1307,7 +1302,7 @@ impl Session {
                 .messages
                 .iter()
                 .filter(move |m| m.modseq > reported && m.uid <= last);
-            announce_keywords(sel, changed.clone(), out);
+            announce_keywords(sel, mb, keywords_max, out);
             for m in changed {
                 if skip.contains(&m.uid) {
                     continue;
@@ -1633,9 +1628,10 @@ impl Session {
         } else {
             HashSet::new()
         };
+        let keywords_max = self.config.keywords_per_mailbox_max;
         if items.contains(&FetchAtt::Flags) {
             if let (Some(mb), Some(sel)) = (self.mailbox(store), self.selected.as_mut()) {
-                announce_keywords(sel, entries(mb, targets), out);
+                announce_keywords(sel, mb, keywords_max, out);
             }
         }
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
@@ -1693,6 +1689,9 @@ impl Session {
         let Some(mb) = self.mailbox(store) else {
             return;
         };
+        if a.mode != StoreMode::Remove && !self.keywords_fit(tag, mb, &a.keywords, out) {
+            return;
+        }
         let mut changes = Vec::new();
         let mut modified = Vec::new();
         let mut target_uids = Vec::new();
@@ -1759,8 +1758,9 @@ impl Session {
     ) {
         let mut reported: HashSet<u32> = HashSet::new();
         let changed_uids: HashSet<u32> = changed.iter().map(|c| c.0).collect();
+        let keywords_max = self.config.keywords_per_mailbox_max;
         if let (Some(mb), Some(sel)) = (self.mailbox(store), self.selected.as_mut()) {
-            announce_keywords(sel, entries(mb, &p.targets), out);
+            announce_keywords(sel, mb, keywords_max, out);
         }
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
             for u in &p.targets {
@@ -1868,7 +1868,7 @@ impl Session {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        if let Written::Failed(reason) = &result {
+        if let Written::Failed(failure) = &result {
             let tag = match &pending {
                 Pending::StartTls => return,
                 Pending::Login { tag }
@@ -1879,12 +1879,13 @@ impl Session {
                 | Pending::Delete { tag, .. } => tag.clone(),
                 Pending::Store(p) => p.tag.clone(),
                 Pending::Fetch(p) => p.tag.clone(),
+                Pending::List(_) => return,
             };
-            out.line(&format!("{tag} NO [SERVERBUG] {reason}"));
+            out.line(&format!("{tag} {}", failure.response()));
             return;
         }
         match pending {
-            Pending::StartTls | Pending::Login { .. } => {}
+            Pending::StartTls | Pending::Login { .. } | Pending::List(_) => {}
             Pending::Simple { tag, done } => {
                 self.update(store, out, true, &HashSet::new());
                 out.line(&format!("{tag} OK {done}"));
@@ -1968,43 +1969,21 @@ impl Session {
     }
 }
 
-/// The entries of `uids` still in the mailbox.
-fn entries<'m>(
-    mb: &'m MailboxIndex,
-    uids: &'m [u32],
-) -> impl Iterator<Item = &'m MessageEntry> + Clone {
-    uids.iter().filter_map(|u| {
-        mb.messages
-            .get(mb.messages.binary_search_by_key(u, |m| m.uid).ok()?)
-    })
-}
-
-/// A keyword the client has not been told about: announce it with a new FLAGS before
-/// any FETCH shows it.
-fn announce_keywords<'m>(
-    sel: &mut Selected,
-    messages: impl Iterator<Item = &'m MessageEntry>,
-    out: &mut Outbox,
-) {
-    let mut new_keywords = false;
-    for m in messages {
-        for k in &m.keywords {
-            if !sel.keywords.iter().any(|x| x.eq_ignore_ascii_case(k))
-                && sel.keywords.len() < KEYWORDS_LISTED_MAX
-            {
-                sel.keywords.push(k.clone());
-                new_keywords = true;
-            }
-        }
-    }
-    if new_keywords {
-        flags_lines(out, &sel.keywords, sel.read_only);
+/// Keywords the client has not been told about: announce them with a new FLAGS
+/// before any FETCH shows them (RFC 9051 §7.3.5). A mailbox's keyword list only
+/// grows, so a longer list is the whole news.
+fn announce_keywords(sel: &mut Selected, mb: &MailboxIndex, keywords_max: usize, out: &mut Outbox) {
+    if mb.keywords.len() > sel.keywords.len() {
+        sel.keywords = mb.keywords.clone();
+        let room = sel.keywords.len() < keywords_max;
+        flags_lines(out, &sel.keywords, sel.read_only, room);
     }
 }
 
 /// `* FLAGS` and `* OK [PERMANENTFLAGS]`: at SELECT, and again when a new keyword
 /// appears (RFC 9051 §7.3.5).
-fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool) {
+/// `room`: new keywords may still be created (`\*` in PERMANENTFLAGS).
+fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool, room: bool) {
     let list: String = keywords.iter().map(|k| format!(" {k}")).collect();
     out.line(&format!(
         "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{list})"
@@ -2013,7 +1992,8 @@ fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool) {
         out.line("* OK [PERMANENTFLAGS ()] Read-only mailbox");
     } else {
         out.line(&format!(
-            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{list} \\*)] Flags permitted"
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{list}{})] Flags permitted",
+            if room { " \\*" } else { "" }
         ));
     }
 }
@@ -2076,71 +2056,7 @@ fn join_uids(uids: &[u32]) -> String {
     }
 }
 
-/// `INBOX` in any case is INBOX; a trailing delimiter is dropped.
-fn normalize(name: &str) -> String {
-    let name = name.strip_suffix(DELIMITER).unwrap_or(name);
-    if name.eq_ignore_ascii_case("INBOX") {
-        "INBOX".into()
-    } else {
-        name.to_string()
-    }
-}
-
-fn valid_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAILBOX_NAME_MAX {
-        return Err(format!("Mailbox names are 1 to {MAILBOX_NAME_MAX} bytes"));
-    }
-    if name.starts_with(DELIMITER)
-        || name.contains("//")
-        || name.chars().any(|c| c.is_control() || c == '*' || c == '%')
-    {
-        return Err("Invalid mailbox name".into());
-    }
-    Ok(())
-}
-
-/// LIST pattern matching: `*` matches anything, `%` anything but the delimiter.
-pub fn pattern_matches(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some((b'*', rest)) => (0..=n.len()).any(|i| go(rest, n.get(i..).unwrap_or(&[]))),
-            Some((b'%', rest)) => {
-                let stop = n.iter().position(|&c| c == b'/').unwrap_or(n.len());
-                (0..=stop).any(|i| go(rest, n.get(i..).unwrap_or(&[])))
-            }
-            Some((c, rest)) => n
-                .split_first()
-                .is_some_and(|(d, nrest)| c == d && go(rest, nrest)),
-        }
-    }
-    // INBOX matches case-insensitively.
-    if name == "INBOX" && pattern.eq_ignore_ascii_case("INBOX") {
-        return true;
-    }
-    if pattern.len() > 256 || pattern.matches(['*', '%']).count() > 8 {
-        return false; // keep matching cost bounded
-    }
-    go(pattern.as_bytes(), name.as_bytes())
-}
-
-/// INBOX first, then the other mailboxes in creation order.
-fn ordered_names(account: &AccountIndex) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    if account.mailboxes.is_empty() {
-        return DEFAULT_MAILBOXES
-            .iter()
-            .map(|(n, _)| n.to_string())
-            .collect();
-    }
-    for m in &account.mailboxes {
-        names.push(m.name.clone());
-    }
-    names.sort_by_key(|n| n != "INBOX");
-    names
-}
-
-fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
+pub(super) fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
     match s {
         SpecialUse::Sent => Some("\\Sent"),
         SpecialUse::Drafts => Some("\\Drafts"),
@@ -2150,7 +2066,7 @@ fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
     }
 }
 
-fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusItem]) {
+pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusItem]) {
     let mut fields = Vec::new();
     for item in items {
         fields.push(match item {

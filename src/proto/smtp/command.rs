@@ -135,10 +135,74 @@ fn domain_arg(rest: &str) -> Result<&str, ParseError> {
     if domain.is_empty() {
         return Err(syntax("501 5.5.4 Syntax: EHLO hostname"));
     }
-    if !domain.bytes().all(|b| b.is_ascii_graphic() || b >= 0x80) {
-        return Err(BAD_ARGS);
+    // The argument ends up in our Received: header: only a real domain or address
+    // literal may go there (no controls, no Unicode line separators, no comments).
+    if !valid_helo(domain) {
+        return Err(syntax(
+            "501 5.5.4 Invalid EHLO/HELO argument: expected a domain name or address literal",
+        ));
     }
     Ok(domain)
+}
+
+/// A character that may appear in a domain label beyond ASCII letters, digits and `-`:
+/// a Unicode letter or digit (an RFC 6531 U-label), never a control or separator.
+fn label_char(c: char, underscore: bool) -> bool {
+    c.is_ascii_alphanumeric()
+        || c == '-'
+        || (underscore && c == '_')
+        || (!c.is_ascii() && c.is_alphanumeric())
+}
+
+/// RFC 5321 `Domain` (labels of letters, digits and inner hyphens, ≤ 63 bytes each,
+/// ≤ 255 in all), with U-labels allowed (RFC 6531). `underscore` admits `_`, which
+/// real clients put in host names (HELO only).
+pub fn valid_domain(domain: &str, underscore: bool) -> bool {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| label_char(c, underscore))
+    };
+    !domain.is_empty() && domain.len() <= 255 && domain.split('.').all(label_ok)
+}
+
+/// RFC 5321 address literal: `[IPv4]`, `[IPv6:…]` (or a general literal `[tag:text]`
+/// of printable ASCII).
+pub fn valid_address_literal(literal: &str) -> bool {
+    let Some(inner) = literal.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else {
+        return false;
+    };
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    if inner.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    // General-address-literal = Standardized-tag ":" 1*dcontent
+    match inner.split_once(':') {
+        Some((tag, text)) => {
+            valid_domain(tag, false)
+                && !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'[' | b']' | b'\\'))
+        }
+        None => false,
+    }
+}
+
+/// What EHLO/HELO accept: a domain (underscores tolerated) or an address literal.
+fn valid_helo(arg: &str) -> bool {
+    if arg.starts_with('[') {
+        valid_address_literal(arg)
+    } else {
+        valid_domain(arg.strip_suffix('.').unwrap_or(arg), true)
+    }
 }
 
 /// Strips a case-insensitive `prefix` such as `FROM:`.
@@ -185,12 +249,19 @@ fn parse_mailbox(path: &str) -> Option<Mailbox<'_>> {
         if local.len() < 2 || !local.ends_with('"') {
             return None;
         }
-        if local.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        if local
+            .chars()
+            .any(|c| c.is_control() || (c.is_whitespace() && c != ' '))
+        {
             return None;
         }
     } else {
+        // RFC 6531 allows UTF-8 in local parts; never controls or separators (U+0085,
+        // U+2028 would break the header lines the address is copied into).
         let atext = |c: char| {
-            c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+            c.is_ascii_alphanumeric()
+                || "!#$%&'*+-/=?^_`{|}~".contains(c)
+                || (!c.is_ascii() && !c.is_control() && !c.is_whitespace())
         };
         if local
             .split('.')
@@ -199,23 +270,13 @@ fn parse_mailbox(path: &str) -> Option<Mailbox<'_>> {
             return None;
         }
     }
-    if let Some(literal) = domain.strip_prefix('[') {
-        let literal = literal.strip_suffix(']')?;
-        if literal.is_empty() || literal.bytes().any(|b| !b.is_ascii_graphic() || b == b'[') {
-            return None;
-        }
+    let domain_ok = if domain.starts_with('[') {
+        valid_address_literal(domain)
     } else {
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii())
-        };
-        if !domain.split('.').all(label_ok) {
-            return None;
-        }
+        valid_domain(domain, false)
+    };
+    if !domain_ok {
+        return None;
     }
     Some(Mailbox { local, domain })
 }
@@ -364,6 +425,54 @@ mod tests {
         assert_eq!(parse(b"RCPT TO:<u@-bad.example>"), Err(BAD_PATH));
         assert_eq!(parse(b"RCPT TO:<>"), Err(BAD_PATH));
         assert_eq!(parse(b"RCPT TO:<a@b.c> NOTIFY=NEVER"), Err(BAD_PARAM));
+    }
+
+    #[test]
+    fn helo_takes_a_domain_or_address_literal() {
+        for ok in [
+            "client.example",
+            "mail_gw.example",
+            "localhost",
+            "[127.0.0.1]",
+            "[IPv6:::1]",
+            "bücher.example",
+            "host.example.",
+        ] {
+            assert!(parse(format!("EHLO {ok}").as_bytes()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "a\u{85}b.example",
+            "a\u{2028}b",
+            ")(",
+            "x(comment)",
+            "-lead.example",
+            "a..b",
+            "[999.1.1.1]",
+            "[IPv6:zz]",
+            "[1.2.3.4",
+            "a;b",
+        ] {
+            let reply = parse(format!("EHLO {bad}").as_bytes()).unwrap_err().reply;
+            assert!(reply.starts_with("501 5.5.4"), "{bad}: {reply}");
+            assert!(parse(format!("HELO {bad}").as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn addresses_refuse_line_separators() {
+        assert_eq!(
+            parse("RCPT TO:<a\u{2028}b@x.example>".as_bytes()),
+            Err(BAD_PATH)
+        );
+        assert_eq!(
+            parse("RCPT TO:<ab@x\u{85}.example>".as_bytes()),
+            Err(BAD_PATH)
+        );
+        assert_eq!(
+            parse("RCPT TO:<\"a\u{2028}\"@x.example>".as_bytes()),
+            Err(BAD_PATH)
+        );
+        assert!(parse("RCPT TO:<jörg@bücher.example>".as_bytes()).is_ok());
     }
 
     #[test]

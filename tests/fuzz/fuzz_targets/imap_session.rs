@@ -21,6 +21,7 @@ fn drive(setup: u8, parts: &[&[u8]]) -> Vec<u8> {
         depth_max: 8,
         bad_commands_max: 1000,
         auth_failures_max: 1000,
+        ..ImapConfig::default()
     });
     let mut d = Driver::new(config, setup & 1 == 1);
     d.store.deliver(1, MESSAGE, 1_795_600_000);

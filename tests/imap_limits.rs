@@ -1,0 +1,185 @@
+//! The IMAP session under hostile or huge input (issue 11, DESIGN.md §10): long
+//! replies come in steps of bounded size, matching is linear, names and counts are
+//! limited, every refusal says which limit. In memory, over the real session and the
+//! real index (`proto::imap::memstore`).
+
+use std::sync::Arc;
+
+use shardmail::proto::imap::memstore::Driver;
+use shardmail::proto::imap::session::{ImapConfig, Write};
+
+fn config(tweak: impl FnOnce(&mut ImapConfig)) -> Arc<ImapConfig> {
+    let mut c = ImapConfig {
+        hostname: "imap.example".into(),
+        ..ImapConfig::default()
+    };
+    tweak(&mut c);
+    Arc::new(c)
+}
+
+/// A logged-in session (over TLS) with `mailboxes` extra mailboxes `box/00001`…
+fn logged_in(config: Arc<ImapConfig>, mailboxes: usize) -> Driver {
+    let mut d = Driver::new(config, true);
+    d.store
+        .deliver(1, b"Subject: x\r\n\r\nbody\r\n", 1_795_600_000);
+    if mailboxes > 0 {
+        let names = (0..mailboxes).map(|i| format!("box/{i:05}")).collect();
+        d.store.apply(Write::Create { names });
+    }
+    d.feed(b"a LOGIN bob pw\r\n");
+    d.sent.clear();
+    d
+}
+
+fn sent(d: &Driver) -> String {
+    String::from_utf8_lossy(&d.sent).into_owned()
+}
+
+#[test]
+fn list_of_many_mailboxes_comes_in_bounded_steps() {
+    let mut d = logged_in(config(|c| c.output_bytes_max = 16 * 1024), 5000);
+    let steps = d.steps;
+    d.feed(b"l LIST \"\" *\r\n");
+    let out = sent(&d);
+    let lines: Vec<&str> = out.lines().collect();
+    // INBOX, Drafts, Junk, Sent, Trash, the implied parent "box", 5000 children.
+    assert_eq!(lines.len(), 5 + 1 + 5000 + 1, "{}", &out[..400]);
+    assert_eq!(lines.last(), Some(&"l OK LIST completed"));
+    assert_eq!(
+        lines.first(),
+        Some(&"* LIST (\\HasNoChildren) \"/\" \"INBOX\"")
+    );
+    assert!(out.contains("* LIST (\\Noselect \\HasChildren) \"/\" \"box\"\r\n"));
+    let listed: std::collections::HashSet<&str> = lines.iter().copied().collect();
+    assert_eq!(listed.len(), lines.len(), "a name listed twice");
+    assert!(
+        d.steps - steps > 10,
+        "answered in {} steps",
+        d.steps - steps
+    );
+    assert!(
+        d.largest_step_reply < 16 * 1024 + 4096,
+        "{}",
+        d.largest_step_reply
+    );
+    // The same answer in one go when the bound is large.
+    let mut whole = logged_in(config(|c| c.output_bytes_max = 64 << 20), 5000);
+    whole.feed(b"l LIST \"\" *\r\n");
+    let whole_out = sent(&whole);
+    let chunked: Vec<&str> = out.lines().collect();
+    // Within one step the walk also stops after a fixed amount of work, so compare
+    // as sets plus the fixed first and last lines.
+    let mut a: Vec<&str> = whole_out.lines().collect();
+    let mut b = chunked.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn list_steps_survive_mailboxes_changing_between_them() {
+    let mut d = logged_in(config(|c| c.output_bytes_max = 16 * 1024), 3000);
+    // Pipeline a CREATE behind the LIST: it runs only after the LIST's last step.
+    d.feed(b"l LIST \"\" box/%\r\nc CREATE box/zzz\r\n");
+    let out = sent(&d);
+    assert_eq!(out.matches("* LIST").count(), 3000);
+    assert!(out.ends_with("l OK LIST completed\r\nc OK CREATE completed\r\n"));
+}
+
+#[test]
+fn pathological_list_pattern_answers_at_once() {
+    let mut d = logged_in(config(|_| {}), 0);
+    let long = format!("{}c", "a".repeat(250));
+    d.feed(format!("c CREATE {long}\r\n").as_bytes());
+    let started = std::time::Instant::now();
+    d.feed(b"l LIST \"\" \"*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b\"\r\n");
+    d.feed(b"m LIST \"\" \"%a%a%a%a%a%a%a%a%a%a%a%a%a%a%a%a%b\"\r\n");
+    assert!(sent(&d).ends_with("l OK LIST completed\r\nm OK LIST completed\r\n"));
+    // A backtracking matcher needs minutes here; linear matching needs microseconds
+    // (the bound is loose so that no host is too slow for it).
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+}
+
+#[test]
+fn mailbox_names_that_could_escape_a_directory_are_refused() {
+    let mut d = logged_in(config(|_| {}), 0);
+    for name in [
+        "..",
+        ".",
+        "../x",
+        "INBOX/../../../x",
+        "a/./b",
+        "/etc",
+        "a//b",
+        "\"a\\x07b\"",
+    ] {
+        d.sent.clear();
+        d.feed(format!("c CREATE {name}\r\n").as_bytes());
+        let out = sent(&d);
+        assert!(
+            out.starts_with("c NO [CANNOT]") || out.starts_with("c BAD"),
+            "{name}: {out}"
+        );
+        d.sent.clear();
+        d.feed(format!("r RENAME Sent2 {name}\r\n").as_bytes());
+        assert!(!sent(&d).contains(" OK "), "{name}");
+    }
+    d.sent.clear();
+    d.feed(format!("c CREATE {}\r\n", "x".repeat(256)).as_bytes());
+    assert!(
+        sent(&d).starts_with("c NO [CANNOT] Each level"),
+        "{}",
+        sent(&d)
+    );
+    d.sent.clear();
+    d.feed(b"s SUBSCRIBE ../../x\r\n");
+    assert!(sent(&d).starts_with("s NO [CANNOT]"), "{}", sent(&d));
+}
+
+#[test]
+fn mailbox_and_keyword_counts_are_limited() {
+    let mut d = logged_in(
+        config(|c| {
+            c.mailboxes_per_account_max = 8;
+            c.keywords_per_mailbox_max = 3;
+        }),
+        0,
+    );
+    d.feed(b"a CREATE one\r\nb CREATE two\r\nc CREATE three\r\nd CREATE four\r\ne CREATE x/y\r\n");
+    let out = sent(&d);
+    assert!(out.contains("a OK CREATE"), "{out}");
+    assert!(out.contains("c OK CREATE"), "{out}");
+    assert!(
+        out.contains(
+            "d NO [LIMIT] An account holds at most 8 mailboxes (limits.mailboxes_per_account_max)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("e NO [LIMIT]"), "{out}");
+    d.sent.clear();
+    d.feed(b"s SELECT INBOX\r\nk STORE 1 +FLAGS ($a $b $c)\r\nl STORE 1 +FLAGS ($d)\r\nm STORE 1 -FLAGS ($a)\r\nn STORE 1 +FLAGS ($A)\r\n");
+    let out = sent(&d);
+    assert!(out.contains("k OK STORE"), "{out}");
+    assert!(
+        out.contains(
+            "l NO [LIMIT] A mailbox carries at most 3 keywords (limits.keywords_per_mailbox_max)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("m OK STORE"), "{out}");
+    assert!(
+        out.contains("n OK STORE"),
+        "known keywords stay usable (any case): {out}"
+    );
+    // At the limit, PERMANENTFLAGS no longer offers \* (new keywords).
+    d.sent.clear();
+    d.feed(b"t SELECT INBOX\r\n");
+    assert!(
+        sent(&d).contains("$a $b $c)] Flags permitted"),
+        "{}",
+        sent(&d)
+    );
+    d.sent.clear();
+    d.feed(b"u APPEND INBOX ($new) {5+}\r\nhello\r\n");
+    assert!(sent(&d).starts_with("u NO [LIMIT]"), "{}", sent(&d));
+}
