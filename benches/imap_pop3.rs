@@ -69,6 +69,7 @@ fn bench_pop3_session() {
         line_bytes_max: 4096,
         bad_commands_max: 1000,
         auth_failures_max: 1000,
+        output_bytes_max: 256 * 1024,
     });
     let mut s = Session::new(config, true);
     let mut out = Outbox::default();

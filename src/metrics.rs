@@ -33,6 +33,12 @@ pub struct Metrics {
     pub outbound_bounced: Cell<u64>,
     pub bytes_sent_pop3: Cell<u64>,
     pub bytes_sent_imap: Cell<u64>,
+    /// Connections refused by a limit (per address, per family, capacity).
+    pub connections_refused: Cell<u64>,
+    /// Login attempts answered "try later" by the throttle, without a hash computed.
+    pub logins_throttled: Cell<u64>,
+    /// Connections closed for a deadline (pre-login, command, minimum data rate).
+    pub deadline_disconnects: Cell<u64>,
     /// From end of DATA to the `250` (storage on every owner, checks included), µs.
     pub accept_latency: RefCell<Histogram<u64>>,
 }
@@ -56,6 +62,9 @@ impl Default for Metrics {
             outbound_bounced: Cell::default(),
             bytes_sent_pop3: Cell::default(),
             bytes_sent_imap: Cell::default(),
+            connections_refused: Cell::default(),
+            logins_throttled: Cell::default(),
+            deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
         }
     }
@@ -107,6 +116,17 @@ impl Metrics {
             ("outbound_bounced_total", "", self.outbound_bounced.get()),
             ("pop3_sent_bytes_total", "", self.bytes_sent_pop3.get()),
             ("imap_sent_bytes_total", "", self.bytes_sent_imap.get()),
+            (
+                "connections_refused_total",
+                "",
+                self.connections_refused.get(),
+            ),
+            ("logins_throttled_total", "", self.logins_throttled.get()),
+            (
+                "deadline_disconnects_total",
+                "",
+                self.deadline_disconnects.get(),
+            ),
         ];
         Snapshot {
             counters,
@@ -117,6 +137,18 @@ impl Metrics {
 }
 
 const HELP: &[(&str, &str)] = &[
+    (
+        "connections_refused_total",
+        "Connections refused by a limit (per address, per protocol family, capacity).",
+    ),
+    (
+        "logins_throttled_total",
+        "Login attempts refused by the failed-login back-off (no hash computed).",
+    ),
+    (
+        "deadline_disconnects_total",
+        "Connections closed for a deadline (pre-login, command line, minimum data rate).",
+    ),
     ("connections_total", "Connections accepted, by protocol."),
     (
         "commands_total",

@@ -183,3 +183,77 @@ fn mailbox_and_keyword_counts_are_limited() {
     d.feed(b"u APPEND INBOX ($new) {5+}\r\nhello\r\n");
     assert!(sent(&d).starts_with("u NO [LIMIT]"), "{}", sent(&d));
 }
+
+/// A logged-in session with `count` small messages in INBOX, selected.
+fn big_mailbox(config: Arc<ImapConfig>, count: usize) -> Driver {
+    let mut d = Driver::new(config, true);
+    for i in 0..count {
+        let body = format!(
+            "From: a{i}@x.example\r\nSubject: m{i}\r\n\r\nbody {i} needle{}\r\n",
+            i % 7
+        );
+        d.store.deliver(1, body.as_bytes(), 1_795_600_000);
+    }
+    d.feed(b"a LOGIN bob pw\r\nb EXAMINE INBOX\r\n");
+    d.sent.clear();
+    d
+}
+
+#[test]
+fn fetch_of_a_large_mailbox_comes_in_bounded_steps() {
+    let mut d = big_mailbox(config(|c| c.output_bytes_max = 32 * 1024), 20_000);
+    let steps = d.steps;
+    d.feed(b"f FETCH 1:* (UID BODY.PEEK[HEADER])\r\n");
+    let out = sent(&d);
+    assert_eq!(out.matches(" FETCH (UID ").count(), 20_000);
+    assert!(out.ends_with("f OK FETCH completed\r\n"));
+    assert!(d.steps - steps >= 20_000 / 512, "{} steps", d.steps - steps);
+    assert!(
+        d.largest_step_reply < 32 * 1024 + 1024,
+        "{}",
+        d.largest_step_reply
+    );
+}
+
+#[test]
+fn pipelined_commands_wait_while_output_is_queued() {
+    // A client that pipelines FETCHes without reading: each step stops taking
+    // commands once limits.output_buffer_bytes_max is queued.
+    let mut d = big_mailbox(config(|c| c.output_bytes_max = 16 * 1024), 300);
+    let mut input = Vec::new();
+    for i in 0..200 {
+        input.extend_from_slice(format!("p{i} FETCH 1:* (BODY.PEEK[HEADER])\r\n").as_bytes());
+    }
+    d.feed(&input);
+    let out = sent(&d);
+    assert_eq!(out.matches(" OK FETCH completed").count(), 200);
+    assert!(
+        d.largest_step_reply < 16 * 1024 + 1024,
+        "{}",
+        d.largest_step_reply
+    );
+}
+
+#[test]
+fn search_of_a_large_mailbox_comes_in_bounded_steps() {
+    let mut d = big_mailbox(config(|_| {}), 20_000);
+    let steps = d.steps;
+    d.feed(b"s SEARCH TEXT needle3\r\n");
+    let out = sent(&d);
+    let hits = out.lines().next().unwrap_or("").split(' ').count() - 2;
+    assert_eq!(
+        hits,
+        (0..20_000).filter(|i| i % 7 == 3).count(),
+        "{}",
+        &out[..200]
+    );
+    assert!(out.ends_with("s OK SEARCH completed\r\n"));
+    assert!(d.steps - steps > 1, "answered in one step");
+    // The same search by sequence numbers, then by UID, agree.
+    d.sent.clear();
+    d.feed(b"u UID SEARCH TEXT needle3\r\n");
+    assert_eq!(
+        sent(&d).lines().next().unwrap_or("").split(' ').count() - 2,
+        hits
+    );
+}

@@ -21,6 +21,7 @@ fn config() -> Arc<Pop3Config> {
         line_bytes_max: 256,
         bad_commands_max: 4,
         auth_failures_max: 2,
+        output_bytes_max: 256 * 1024,
     })
 }
 
@@ -79,7 +80,7 @@ fn run(transcript: &str, chunk: usize, tls: bool) -> Vec<String> {
                     }
                     let used = s.receive(&pending, &mut out);
                     pending.drain(..used);
-                    if out.actions.is_empty() {
+                    if out.actions.is_empty() && !s.wants_resume() {
                         drain(&mut out, &mut log);
                         break;
                     }
@@ -339,6 +340,9 @@ fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
             trace.append(&mut out.reply);
             let actions = std::mem::take(&mut out.actions);
             if actions.is_empty() {
+                if s.wants_resume() {
+                    continue;
+                }
                 break;
             }
             for a in actions {
@@ -381,4 +385,60 @@ proptest! {
         prop_assert!(len <= m.len());
         prop_assert!(len == m.len() || m.as_bytes()[len - 1] == b'\n');
     }
+}
+
+/// A client that pipelines LIST/UIDL of a large maildrop without reading: every
+/// step queues at most `output_bytes_max` (plus one line), and the answers are
+/// complete and in order.
+#[test]
+fn long_listings_come_in_bounded_steps() {
+    let config = Arc::new(Pop3Config {
+        output_bytes_max: 16 * 1024,
+        ..(*config()).clone()
+    });
+    let mut s = Session::new(config, true);
+    let mut out = Outbox::default();
+    let mut input = b"USER a@x\r\nPASS secret\r\n".to_vec();
+    let big = Maildrop {
+        uidvalidity: 9,
+        entries: (1..=10_000)
+            .map(|uid| Entry {
+                uid,
+                size: 1000 + u64::from(uid),
+                deleted: false,
+            })
+            .collect(),
+    };
+    for _ in 0..5 {
+        input.extend_from_slice(b"LIST\r\nUIDL\r\n");
+    }
+    let mut sent = Vec::new();
+    let (mut steps, mut largest) = (0, 0);
+    loop {
+        let used = s.receive(&input, &mut out);
+        input.drain(..used);
+        steps += 1;
+        largest = largest.max(out.reply.len());
+        sent.append(&mut out.reply);
+        for a in std::mem::take(&mut out.actions) {
+            if let Action::Authenticate { username, .. } = a {
+                s.logged_in(username, big.clone(), &mut out);
+            }
+        }
+        if input.is_empty() && !s.wants_resume() && out.reply.is_empty() {
+            break;
+        }
+        assert!(steps < 10_000, "no progress");
+    }
+    let text = String::from_utf8(sent).unwrap_or_default();
+    assert_eq!(
+        text.matches("\r\n10000 11000\r\n").count(),
+        5,
+        "{}",
+        &text[..300.min(text.len())]
+    );
+    assert_eq!(text.matches("\r\n10000 9.10000\r\n").count(), 5);
+    assert_eq!(text.matches("\r\n.\r\n").count(), 10);
+    assert!(largest < 16 * 1024 + 64, "one step queued {largest} bytes");
+    assert!(steps > 50, "{steps} steps");
 }

@@ -86,6 +86,8 @@ pub struct Limits {
     pub login_failures_before_backoff: u32,
     pub login_backoff_max: Duration,
     pub login_failure_memory: Duration,
+    /// Clients the per-address limits do not apply to.
+    pub ip_limit_exempt_networks: Vec<IpNet>,
 }
 
 /// The validated configuration every shard holds (as an `Rc`).
@@ -103,6 +105,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long an idle shard spins before parking (0: park at once).
     pub spin_before_park: Duration,
+    /// How long a task runs before a stepwise job yields (DESIGN.md §10).
+    pub step_budget: Duration,
     pub local_domains: Vec<String>,
     pub listen: Listen,
     pub tls_cert: PathBuf,
@@ -395,6 +399,10 @@ impl Config {
             login_failures_before_backoff: l.login_failures_before_backoff,
             login_backoff_max: Duration::from_secs(l.login_backoff_max_secs),
             login_failure_memory: Duration::from_secs(l.login_failure_memory_secs),
+            ip_limit_exempt_networks: parse_networks(
+                "limits.ip_limit_exempt_networks",
+                &l.ip_limit_exempt_networks,
+            )?,
         };
         check_new_limits(&limits)?;
         if limits.message_size_max < 1024 || limits.message_size_max > (1 << 30) {
@@ -435,6 +443,12 @@ impl Config {
             metrics: parse_addrs("listen.metrics", &raw.listen.metrics)?,
             backlog: raw.listen.backlog,
         };
+        if !(50..=100_000).contains(&raw.server.step_budget_us) {
+            return Err(err(
+                "server.step_budget_us",
+                "must be between 50 and 100000 microseconds",
+            ));
+        }
         if !(16..=1 << 20).contains(&listen.backlog) {
             return Err(err("listen.backlog", "must be between 16 and 1048576"));
         }
@@ -446,6 +460,7 @@ impl Config {
             io_memory_bytes,
             shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
             spin_before_park: Duration::from_micros(raw.server.spin_before_park_us),
+            step_budget: Duration::from_micros(raw.server.step_budget_us),
             local_domains,
             listen,
             tls_cert,
@@ -610,6 +625,20 @@ fn check_new_limits(l: &Limits) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn parse_networks(key: &str, raw: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, n)| {
+            IpNet::parse(n).ok_or_else(|| {
+                err(
+                    &format!("{key}[{i}]"),
+                    format!("`{n}` is not an address or ip/prefix"),
+                )
+            })
+        })
+        .collect()
 }
 
 /// `store.reserve_free_bytes`: a size, `"N%"` or `"auto"`.

@@ -54,6 +54,9 @@ pub struct RawServer {
     /// Microseconds an idle shard spins before parking; trades CPU for wake-up latency
     /// and fewer park/wake cycles (each park costs glommio a membarrier).
     pub spin_before_park_us: u64,
+    /// Microseconds a task may run before a long job (a LIST, FETCH or SEARCH answered
+    /// in steps) yields to the other sessions of its shard (glommio's preempt timer).
+    pub step_budget_us: u64,
 }
 
 impl Default for RawServer {
@@ -66,6 +69,7 @@ impl Default for RawServer {
             io_memory: Size::Bytes(512 * 1024),
             shutdown_grace_secs: 10,
             spin_before_park_us: 0,
+            step_budget_us: 500,
         }
     }
 }
@@ -196,6 +200,9 @@ pub struct RawLimits {
     pub login_backoff_max_secs: u64,
     /// Failures are forgotten after this long without a new one.
     pub login_failure_memory_secs: u64,
+    /// Clients not subject to the per-address limits (connections_per_ip_max and the
+    /// per-address login back-off): local tools and webmail on the same host.
+    pub ip_limit_exempt_networks: Vec<String>,
 }
 
 impl Default for RawLimits {
@@ -227,6 +234,7 @@ impl Default for RawLimits {
             login_failures_before_backoff: 5,
             login_backoff_max_secs: 900,
             login_failure_memory_secs: 3600,
+            ip_limit_exempt_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
         }
     }
 }

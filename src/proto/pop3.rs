@@ -22,6 +22,20 @@ pub struct Pop3Config {
     pub line_bytes_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
+    /// `limits.output_buffer_bytes_max`: reply bytes queued before the session stops
+    /// taking commands (and a long LIST/UIDL pauses) until the client has read them.
+    pub output_bytes_max: usize,
+}
+
+/// Lines of a multi-line LIST/UIDL answered in one step.
+const LIST_STEP_LINES: usize = 4096;
+
+/// A LIST or UIDL of the whole maildrop being answered in steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Listing {
+    uidl: bool,
+    /// Entries from this index on are still to be listed.
+    next: usize,
 }
 
 /// One message of the maildrop as fixed at login.
@@ -48,6 +62,10 @@ pub enum LoginRefusal {
     InUse,
     /// The store could not be read (`[SYS/TEMP]`).
     Temporary,
+    /// Backed off after failed logins: no password was checked (`[SYS/TEMP]`).
+    Throttled,
+    /// The account has `limits.sessions_per_user_max` sessions (`[SYS/TEMP]`).
+    TooManySessions,
 }
 
 /// Work for the IO layer.
@@ -102,6 +120,9 @@ pub struct Session {
     auth_failures: u32,
     /// Command lines processed (for metrics).
     commands: u64,
+    listing: Option<Listing>,
+    /// The last call stopped taking commands because the reply buffer was full.
+    output_full: bool,
 }
 
 impl Session {
@@ -115,7 +136,16 @@ impl Session {
             bad_commands: 0,
             auth_failures: 0,
             commands: 0,
+            listing: None,
+            output_full: false,
         }
+    }
+
+    /// Work is left that needs no input (a long LIST/UIDL, or pipelined commands held
+    /// back while output is queued): the IO layer sends what is queued, yields, and
+    /// calls [`Session::receive`] again.
+    pub fn wants_resume(&self) -> bool {
+        self.output_full || self.listing.is_some()
     }
 
     /// Command lines processed so far.
@@ -170,9 +200,18 @@ impl Session {
 
     /// Consumes input; returns the bytes used (the rest must be offered again).
     pub fn receive(&mut self, input: &[u8], out: &mut Outbox) -> usize {
+        self.output_full = false;
+        if let Some(listing) = self.listing.take() {
+            self.list_step(listing, out);
+        }
         let mut used = 0;
         loop {
-            if matches!(self.state, State::Waiting { .. } | State::Closed) {
+            if self.listing.is_some() || matches!(self.state, State::Waiting { .. } | State::Closed)
+            {
+                return used;
+            }
+            if out.reply.len() >= self.config.output_bytes_max {
+                self.output_full = true;
                 return used;
             }
             let Some(rest) = input.get(used..) else {
@@ -387,6 +426,18 @@ impl Session {
             LoginRefusal::Temporary => {
                 out.line("-ERR [SYS/TEMP] Mailbox temporarily unavailable, try again later")
             }
+            LoginRefusal::Throttled => {
+                out.line("-ERR [SYS/TEMP] Too many failed logins; try again later");
+                self.auth_failures += 1;
+                if self.auth_failures >= self.config.auth_failures_max {
+                    out.line("-ERR [AUTH] Too many failed logins, closing connection");
+                    self.close(out);
+                }
+            }
+            LoginRefusal::TooManySessions => out.line(
+                "-ERR [SYS/TEMP] Too many sessions for this account \
+                 (limits.sessions_per_user_max); try again later",
+            ),
         }
     }
 
@@ -417,11 +468,8 @@ impl Session {
                 let (count, size) = totals(&self.maildrop.entries);
                 out.line(&format!("+OK {count} {size}"));
             }
-            "LIST" => self.list(args, out, |n, e| format!("{n} {}", e.size)),
-            "UIDL" => {
-                let v = self.maildrop.uidvalidity;
-                self.list(args, out, move |n, e| format!("{n} {v}.{}", e.uid));
-            }
+            "LIST" => self.list(args, false, out),
+            "UIDL" => self.list(args, true, out),
             "RETR" => {
                 if let Some(entry) = self.message_arg(args, out) {
                     out.line(&format!("+OK {} octets", entry.size));
@@ -495,23 +543,41 @@ impl Session {
     }
 
     /// LIST/UIDL with or without a message number.
-    fn list(&mut self, args: &str, out: &mut Outbox, row: impl Fn(usize, &Entry) -> String) {
+    fn list(&mut self, args: &str, uidl: bool, out: &mut Outbox) {
         if args.trim().is_empty() {
             let (count, size) = totals(&self.maildrop.entries);
             out.line(&format!("+OK {count} messages ({size} octets)"));
-            for (i, e) in self
-                .maildrop
-                .entries
-                .iter()
-                .enumerate()
-                .filter(|(_, e)| !e.deleted)
-            {
-                out.line(&row(i + 1, e));
-            }
-            out.line(".");
+            self.list_step(Listing { uidl, next: 0 }, out);
         } else if let Some(entry) = self.message_arg(args, out) {
             let n = args.trim().parse::<usize>().unwrap_or(0);
-            out.line(&format!("+OK {}", row(n, &entry)));
+            out.line(&format!("+OK {}", self.list_row(uidl, n, &entry)));
+        }
+    }
+
+    /// Lists entries from `listing.next` on, at most `LIST_STEP_LINES` and
+    /// `output_bytes_max` of reply per step; the last step ends with `.`.
+    fn list_step(&mut self, mut listing: Listing, out: &mut Outbox) {
+        let mut lines = 0;
+        while let Some(e) = self.maildrop.entries.get(listing.next) {
+            if lines >= LIST_STEP_LINES || out.reply.len() >= self.config.output_bytes_max {
+                self.listing = Some(listing);
+                return;
+            }
+            listing.next += 1;
+            if !e.deleted {
+                let row = self.list_row(listing.uidl, listing.next, e);
+                out.line(&row);
+                lines += 1;
+            }
+        }
+        out.line(".");
+    }
+
+    fn list_row(&self, uidl: bool, n: usize, e: &Entry) -> String {
+        if uidl {
+            format!("{n} {}.{}", self.maildrop.uidvalidity, e.uid)
+        } else {
+            format!("{n} {}", e.size)
         }
     }
 

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -402,11 +402,133 @@ pub async fn read_more(
     }
 }
 
+/// What a session is doing, for its deadlines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading commands: a command line, once begun, must be complete within
+    /// `limits.command_timeout_secs`.
+    Commands,
+    /// Receiving a message body (SMTP DATA/BDAT, an IMAP literal): it must average
+    /// `limits.min_data_rate` after `limits.min_data_rate_grace_secs`.
+    Transfer,
+}
+
+/// Which deadline ended a wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No input for the idle timeout (the RFC timeouts).
+    Idle,
+    /// Not logged in within `limits.preauth_timeout_secs` (IMAP, POP3).
+    Preauth,
+    /// A command line took longer than `limits.command_timeout_secs`.
+    Command,
+    /// A body arrived slower than `limits.min_data_rate`.
+    DataRate,
+}
+
+/// A connection's deadlines (DESIGN.md §10: every wait has one). The idle timer alone
+/// restarts on every byte, so a client trickling a byte at a time would never be
+/// timed out by it; these bound the whole command, the whole body's rate and the time
+/// to log in.
+#[derive(Debug)]
+pub struct Deadlines {
+    connected: Instant,
+    /// `None` where there is no login to wait for (SMTP).
+    preauth: Option<Duration>,
+    idle: Duration,
+    command: Duration,
+    rate: u64,
+    grace: Duration,
+    command_started: Option<Instant>,
+    /// When the current body began, and its bytes so far.
+    transfer: Option<(Instant, u64)>,
+}
+
+impl Deadlines {
+    /// `idle`: the protocol's idle timeout; `preauth`: whether logging in is bounded.
+    pub fn new(limits: &crate::config::Limits, idle: Duration, preauth: bool) -> Deadlines {
+        Deadlines {
+            connected: Instant::now(),
+            preauth: preauth.then_some(limits.preauth_timeout),
+            idle,
+            command: limits.command_timeout,
+            rate: limits.min_data_rate,
+            grace: limits.min_data_rate_grace,
+            command_started: None,
+            transfer: None,
+        }
+    }
+
+    /// The session consumed `used` bytes and `rest_empty` says whether input remains:
+    /// a command completed, so the next one's clock starts now (if it has begun).
+    pub fn consumed(&mut self, used: usize, rest_empty: bool) {
+        if used > 0 || rest_empty {
+            self.command_started = (!rest_empty).then(Instant::now);
+        }
+    }
+
+    fn observe(&mut self, phase: Phase, input_empty: bool, now: Instant) {
+        match phase {
+            Phase::Transfer => {
+                self.command_started = None;
+                if self.transfer.is_none() {
+                    self.transfer = Some((now, 0));
+                }
+            }
+            Phase::Commands => {
+                self.transfer = None;
+                if input_empty {
+                    self.command_started = None;
+                } else if self.command_started.is_none() {
+                    self.command_started = Some(now);
+                }
+            }
+        }
+    }
+
+    fn received(&mut self, n: usize) {
+        if let Some((_, bytes)) = self.transfer.as_mut() {
+            *bytes += n as u64;
+        }
+    }
+
+    /// The earliest deadline and which it is.
+    fn next(&self, now: Instant, logged_in: bool) -> (Instant, Expiry) {
+        let mut best = (now + self.idle, Expiry::Idle);
+        let mut consider = |at: Instant, which: Expiry| {
+            if at < best.0 {
+                best = (at, which);
+            }
+        };
+        if let (Some(limit), false) = (self.preauth, logged_in) {
+            consider(self.connected + limit, Expiry::Preauth);
+        }
+        if let Some(started) = self.command_started {
+            consider(started + self.command, Expiry::Command);
+        }
+        if let (Some((started, bytes)), true) = (self.transfer, self.rate > 0) {
+            // Postfix's smtpd_min_data_rate, as a credit: the grace period plus one
+            // second per `rate` bytes received.
+            let earned = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+            consider(started + self.grace + earned, Expiry::DataRate);
+        }
+        best
+    }
+}
+
 /// What the IO layer needs from any session to stop or time it out.
 pub trait Interruptible {
     type Action;
     /// Between commands (a safe point to stop).
     fn is_idle(&self) -> bool;
+    /// Reading commands, or receiving a body (which deadline applies).
+    fn phase(&self) -> Phase {
+        Phase::Commands
+    }
+    /// Logged in (the pre-login deadline no longer applies).
+    fn logged_in(&self) -> bool {
+        true
+    }
     /// Writes the protocol's "shutting down" reply and closes.
     fn shutdown(&mut self, out: &mut Outbox<Self::Action>);
     /// Writes the protocol's idle-timeout reply and closes.
@@ -421,24 +543,41 @@ pub async fn await_input<S: Interruptible>(
     input: &mut InputBuffer,
     session: &mut S,
     out: &mut Outbox<S::Action>,
-    shutdown: &super::shutdown::Shutdown,
-    idle_timeout: Duration,
+    shard: &super::Shard,
+    deadlines: &mut Deadlines,
 ) -> bool {
     if flush(stream, &mut out.reply).await.is_err() || input.is_full() {
         // A full buffer cannot happen with capacity > line_bytes_max; fail safe.
         return false;
     }
+    input.shrink();
+    let shutdown = &shard.shutdown;
     let idle = session.is_idle() && input.is_empty();
     if idle && shutdown.is_fired() {
         session.shutdown(out);
         return true;
     }
-    match read_more(stream, input, shutdown, idle_timeout, idle).await {
-        ReadOutcome::Data => {}
+    let now = Instant::now();
+    deadlines.observe(session.phase(), input.is_empty(), now);
+    let (at, which) = deadlines.next(now, session.logged_in());
+    let before = input.len;
+    let outcome = if at <= now {
+        ReadOutcome::TimedOut
+    } else {
+        read_more(stream, input, shutdown, at - now, idle).await
+    };
+    match outcome {
+        ReadOutcome::Data => deadlines.received(input.len.saturating_sub(before)),
         // Peer gone: an unfinished SMTP message or unQUIT POP3 deletions are dropped.
         ReadOutcome::Closed => return false,
         ReadOutcome::Shutdown => session.shutdown(out),
-        ReadOutcome::TimedOut => session.timed_out(out),
+        ReadOutcome::TimedOut => {
+            if which != Expiry::Idle {
+                crate::metrics::add(&shard.metrics.deadline_disconnects, 1);
+                tracing::debug!(?which, "deadline passed; closing the connection");
+            }
+            session.timed_out(out)
+        }
     }
     true
 }
@@ -489,28 +628,35 @@ pub async fn accepted(
     Some((stream, peer))
 }
 
-/// A fixed-capacity input buffer: protocol code sees `data()`, consumes a prefix.
+/// Bytes an input buffer starts with, and shrinks back to between commands: an idle
+/// connection holds this much, not its largest command (DESIGN.md §10).
+const INPUT_BYTES_INITIAL: usize = 1024;
+
+/// A bounded input buffer: protocol code sees `data()`, consumes a prefix. It grows
+/// (doubling) while a read fills it, never beyond its maximum, and shrinks back once
+/// it is empty.
 #[derive(Debug)]
 pub struct InputBuffer {
     bytes: Vec<u8>,
     len: usize,
+    max: usize,
 }
 
 impl InputBuffer {
-    pub fn new(capacity: usize) -> InputBuffer {
+    /// A buffer that may grow to `max` bytes.
+    pub fn new(max: usize) -> InputBuffer {
         InputBuffer {
-            bytes: vec![0; capacity],
+            bytes: Vec::new(),
             len: 0,
+            max: max.max(INPUT_BYTES_INITIAL),
         }
     }
 
     /// A buffer that starts with `pending` (input carried over a hand-off).
-    pub fn with_pending(capacity: usize, pending: &[u8]) -> InputBuffer {
-        let mut b = InputBuffer::new(capacity.max(pending.len()));
-        if let Some(dst) = b.bytes.get_mut(..pending.len()) {
-            dst.copy_from_slice(pending);
-            b.len = pending.len();
-        }
+    pub fn with_pending(max: usize, pending: &[u8]) -> InputBuffer {
+        let mut b = InputBuffer::new(max.max(pending.len()));
+        b.bytes = pending.to_vec();
+        b.len = pending.len();
         b
     }
 
@@ -522,8 +668,9 @@ impl InputBuffer {
         self.len == 0
     }
 
+    /// Holds its maximum: nothing more can be read until some is consumed.
     pub fn is_full(&self) -> bool {
-        self.len == self.bytes.len()
+        self.len >= self.max
     }
 
     pub fn consume(&mut self, n: usize) {
@@ -536,27 +683,42 @@ impl InputBuffer {
         self.len = 0;
     }
 
+    /// Bytes allocated now.
     pub fn capacity(&self) -> usize {
         self.bytes.len()
     }
 
-    /// Grows the buffer to `capacity` (an IMAP literal must fit whole; the caller
-    /// bounds `capacity` by the literal limit).
-    pub fn grow(&mut self, capacity: usize) {
-        if capacity > self.bytes.len() {
-            self.bytes.resize(capacity, 0);
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Raises the maximum to `max` (an IMAP command's literal must fit whole; the
+    /// caller bounds it by the literal limit).
+    pub fn grow(&mut self, max: usize) {
+        self.max = self.max.max(max);
+    }
+
+    /// Gives memory back once empty: after a large command or body, an idle
+    /// connection keeps only `INPUT_BYTES_INITIAL`.
+    pub fn shrink(&mut self) {
+        if self.len == 0 && self.bytes.len() > INPUT_BYTES_INITIAL {
+            self.bytes = Vec::new();
         }
     }
 
     /// Reads once from `stream` into the free space; `Ok(0)` is end of stream.
     pub async fn fill(&mut self, stream: &mut Stream) -> io::Result<usize> {
-        let free = self.bytes.get_mut(self.len..).unwrap_or(&mut []);
-        if free.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::OutOfMemory,
-                "input buffer full",
-            ));
+        if self.len == self.bytes.len() {
+            if self.len >= self.max {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    "input buffer full",
+                ));
+            }
+            let next = (self.bytes.len() * 2).clamp(INPUT_BYTES_INITIAL, self.max);
+            self.bytes.resize(next, 0);
         }
+        let free = self.bytes.get_mut(self.len..).unwrap_or(&mut []);
         let n = stream.read(free).await?;
         self.len += n;
         Ok(n)

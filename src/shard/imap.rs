@@ -15,10 +15,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
 use super::conn::{
-    await_input, flush, read_more, start_tls, InputBuffer, Interruptible, ReadOutcome, Stream,
+    await_input, flush, read_more, start_tls, Deadlines, InputBuffer, Interruptible, Phase,
+    ReadOutcome, Stream,
 };
 use super::mesh::ShardMsg;
-use super::{MailboxLogin, Shard};
+use super::{Client, MailboxLogin, Shard, UserSlot};
 use crate::metrics;
 use crate::proto::imap::session::{
     self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, WriteFailure, Written,
@@ -55,6 +56,16 @@ impl Interruptible for Session {
     fn is_idle(&self) -> bool {
         Session::is_idle(self)
     }
+    fn phase(&self) -> Phase {
+        if self.receiving_literal() {
+            Phase::Transfer
+        } else {
+            Phase::Commands
+        }
+    }
+    fn logged_in(&self) -> bool {
+        self.user().is_some()
+    }
     fn shutdown(&mut self, out: &mut Outbox) {
         Session::shutdown(self, out)
     }
@@ -75,7 +86,12 @@ fn now() -> i64 {
 }
 
 /// A freshly accepted IMAP connection (`implicit_tls` for `listen.imaps`).
-pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: bool) {
+pub async fn run(
+    shard: &Rc<Shard>,
+    tcp: glommio::net::TcpStream,
+    implicit_tls: bool,
+    client: Client,
+) {
     let Some((stream, peer)) = super::conn::accepted(shard, tcp, implicit_tls).await else {
         return;
     };
@@ -86,7 +102,7 @@ pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: 
     session.greet(&mut out);
     let input = InputBuffer::new(input_capacity(shard));
     let span = tracing::debug_span!("imap", shard = shard.id, %peer);
-    drive(shard, stream, session, input, out, None)
+    drive(shard, stream, session, input, out, None, client)
         .instrument(span)
         .await;
 }
@@ -100,22 +116,18 @@ pub async fn adopt(shard: Rc<Shard>, handoff: Handoff) {
         pending,
         account,
         user,
+        client,
     } = handoff;
+    shard.count_family(super::listen::Family::Imap, 1);
     let stream = Stream::from_parts(parts);
     let mut out = Outbox::default();
-    let opened = open_account(&shard, &mut session, account, user, &mut out).await;
+    let slot = open_account(&shard, &mut session, account, user, &mut out).await;
     let input = InputBuffer::with_pending(input_capacity(&shard), &pending);
     let span = tracing::debug_span!("imap", shard = shard.id, adopted = true);
-    drive(
-        &shard,
-        stream,
-        *session,
-        input,
-        out,
-        opened.then_some(account),
-    )
-    .instrument(span)
-    .await;
+    drive(&shard, stream, *session, input, out, slot, client)
+        .instrument(span)
+        .await;
+    shard.count_family(super::listen::Family::Imap, -1);
     shard.sessions.set(shard.sessions.get() - 1);
 }
 
@@ -123,30 +135,34 @@ fn partition_for(shard: &Shard, account: u64) -> Option<&Rc<Partition>> {
     shard.partition(store::partition_of(account, shard.partitions_total))
 }
 
-/// Makes sure the account has its mailboxes (a first login before any mail) and
-/// answers the login.
+/// Takes a session slot for the account (`limits.sessions_per_user_max`), makes sure
+/// it has its mailboxes (a first login before any mail) and answers the login.
 async fn open_account(
     shard: &Rc<Shard>,
     session: &mut Session,
     account: u64,
     user: String,
     out: &mut Outbox,
-) -> bool {
+) -> Option<UserSlot> {
     let Some(p) = partition_for(shard, account) else {
         tracing::error!(
             shard = shard.id,
             "IMAP login on a shard that does not own the account"
         );
         session.login_failed(LoginRefusal::Temporary, out);
-        return false;
+        return None;
+    };
+    let Some(slot) = shard.user_slot(account) else {
+        session.login_failed(LoginRefusal::TooManySessions, out);
+        return None;
     };
     if let Err(e) = p.ensure_account(account, now()).await {
         tracing::warn!(error = %e, "cannot open an IMAP account");
         session.login_failed(LoginRefusal::Temporary, out);
-        return false;
+        return None;
     }
     session.logged_in(user, out);
-    true
+    Some(slot)
 }
 
 /// Runs `f` with the account's view (or an empty one before login).
@@ -170,10 +186,13 @@ async fn drive(
     mut session: Session,
     mut input: InputBuffer,
     mut out: Outbox,
-    mut account: Option<u64>,
+    mut slot: Option<UserSlot>,
+    client: Client,
 ) {
+    let mut account = slot.as_ref().map(UserSlot::account);
     let limits = &shard.config.limits;
     let mut commands_counted = session.commands();
+    let mut deadlines = Deadlines::new(limits, limits.imap_idle_timeout, true);
     // A whole command, literals included, must fit in the input buffer: at most one
     // literal at the limit plus the command's lines.
     let input_max = limits.message_size_max + input_capacity(shard) * 2;
@@ -182,6 +201,7 @@ async fn drive(
             session.receive(input.data(), view, now(), &mut out)
         });
         input.consume(used);
+        deadlines.consumed(used, input.is_empty());
         let commands = session.commands();
         metrics::add(&shard.metrics.imap.commands, commands - commands_counted);
         commands_counted = commands;
@@ -205,26 +225,31 @@ async fn drive(
                 }
                 Action::Authenticate { username, password } => {
                     let failures = &shard.metrics.imap.auth_failures;
-                    let (user, id, owner) =
-                        match shard.mailbox_login(username, password, failures).await {
-                            MailboxLogin::Accepted {
-                                user,
-                                account,
-                                owner,
-                            } => (user, account, owner),
-                            MailboxLogin::Refused => {
-                                session.login_failed(LoginRefusal::BadCredentials, &mut out);
-                                continue;
-                            }
-                            MailboxLogin::Unavailable => {
-                                session.login_failed(LoginRefusal::Temporary, &mut out);
-                                continue;
-                            }
-                        };
-                    if owner == shard.id {
-                        if open_account(shard, &mut session, id, user, &mut out).await {
-                            account = Some(id);
+                    let (user, id, owner) = match shard
+                        .mailbox_login(username, password, client.peer.ip(), failures)
+                        .await
+                    {
+                        MailboxLogin::Accepted {
+                            user,
+                            account,
+                            owner,
+                        } => (user, account, owner),
+                        MailboxLogin::Refused => {
+                            session.login_failed(LoginRefusal::BadCredentials, &mut out);
+                            continue;
                         }
+                        MailboxLogin::Throttled => {
+                            session.login_failed(LoginRefusal::Throttled, &mut out);
+                            continue;
+                        }
+                        MailboxLogin::Unavailable => {
+                            session.login_failed(LoginRefusal::Temporary, &mut out);
+                            continue;
+                        }
+                    };
+                    if owner == shard.id {
+                        slot = open_account(shard, &mut session, id, user, &mut out).await;
+                        account = slot.as_ref().map(UserSlot::account);
                     } else {
                         // Replies so far go first, so the owner's answer follows them.
                         if flush_counted(shard, &mut stream, &mut out.reply)
@@ -241,6 +266,7 @@ async fn drive(
                             input.data(),
                             id,
                             user,
+                            client,
                             ShardMsg::AdoptImap,
                         )
                         .await;
@@ -280,10 +306,10 @@ async fn drive(
             continue;
         }
         if input.is_full() {
-            if input.capacity() >= input_max {
+            if input.max() >= input_max {
                 return; // cannot happen within the framer's limits; fail safe
             }
-            input.grow((input.capacity() * 2).min(input_max));
+            input.grow((input.max() * 2).min(input_max));
         }
         if session.is_idling() {
             if let Some(a) = account {
@@ -294,14 +320,13 @@ async fn drive(
             }
         }
         metrics::add(&shard.metrics.bytes_sent_imap, out.reply.len() as u64);
-        let (shutdown, timeout) = (&shard.shutdown, limits.imap_idle_timeout);
         if !await_input(
             &mut stream,
             &mut input,
             &mut session,
             &mut out,
-            shutdown,
-            timeout,
+            shard,
+            &mut deadlines,
         )
         .await
         {

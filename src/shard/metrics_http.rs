@@ -7,7 +7,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
+use glommio::net::TcpStream;
 
 use super::conn::{with_timeout, InputBuffer, Stream};
 use super::{metrics_snapshot, Shard};
@@ -15,20 +15,11 @@ use super::{metrics_snapshot, Shard};
 const REQUEST_BYTES_MAX: usize = 8 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        let Ok(tcp) = listener.accept().await else {
-            glommio::timer::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            let mut stream = Stream::Plain(tcp);
-            let _ = with_timeout(REQUEST_TIMEOUT, answer(&shard, &mut stream)).await;
-            stream.close().await;
-        })
-        .detach();
-    }
+/// Answers one scrape on an accepted connection (the accept loop is `listen.rs`).
+pub async fn serve_one(shard: &Rc<Shard>, tcp: TcpStream) {
+    let mut stream = Stream::Plain(tcp);
+    let _ = with_timeout(REQUEST_TIMEOUT, answer(shard, &mut stream)).await;
+    stream.close().await;
 }
 
 async fn answer(shard: &Rc<Shard>, stream: &mut Stream) {

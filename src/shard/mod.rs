@@ -6,9 +6,11 @@
 //! mutable state: deliveries to another shard's partition travel over the channel mesh
 //! as owned messages ([`mesh::ShardMsg`]). Nothing here parses a protocol.
 
+pub mod admission;
 pub mod conn;
 pub mod deliver;
 pub mod imap;
+pub mod listen;
 pub mod mesh;
 pub mod metrics_http;
 pub mod outbound;
@@ -19,14 +21,13 @@ pub mod smtp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::TcpListener;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
@@ -48,7 +49,20 @@ pub struct Shard {
     users_mtime: Cell<Option<SystemTime>>,
     pub mesh: Mesh,
     pub shutdown: Shutdown,
+    /// Tasks serving a connection on this shard (shutdown waits for them).
     pub sessions: Cell<usize>,
+    /// Sessions per protocol family on this shard (`listen::Family` order), each
+    /// bounded by `limits.sessions_per_shard_max`.
+    family_sessions: [Cell<usize>; 3],
+    /// Refusals being written now (see `listen::refuse`).
+    pub refusing: Cell<usize>,
+    /// Connections per address and in all, shared by every shard.
+    pub connections: Arc<admission::Connections>,
+    /// Failed-login back-off, shared by every shard and protocol.
+    pub throttle: Arc<admission::LoginThrottle>,
+    /// Logged-in IMAP and POP3 sessions per account on this shard (sessions always
+    /// move to their account's shard, so this count is the account's total).
+    user_sessions: RefCell<HashMap<u64, usize>>,
     next_session: Cell<u64>,
     smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
     pub pop3_config: Arc<crate::proto::pop3::Pop3Config>,
@@ -67,10 +81,28 @@ pub struct Shard {
     pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
 
+/// The outcome of [`Shard::checked_login`].
+#[derive(Debug)]
+pub enum LoginCheck {
+    /// The password matches; the account's canonical address.
+    Ok(String),
+    /// Wrong user or password (already delayed).
+    Refused,
+    /// Backed off after failed logins; no password was checked (already delayed).
+    Throttled,
+}
+
+/// How long a login waits for another check of the same source or account to
+/// finish before it is answered "try later".
+const LOGIN_WAIT_MAX: Duration = Duration::from_secs(30);
+const LOGIN_WAIT_POLL: Duration = Duration::from_millis(10);
+
 /// The outcome of [`Shard::mailbox_login`].
 pub enum MailboxLogin {
     /// Wrong user or password (already delayed).
     Refused,
+    /// Backed off after failed logins (already delayed).
+    Throttled,
     /// The account vanished meanwhile: a temporary failure.
     Unavailable,
     /// Logged in; `owner` is the shard whose partition holds the account.
@@ -81,16 +113,41 @@ pub enum MailboxLogin {
     },
 }
 
+/// A connection that passed admission: its peer, and the slot it holds.
+#[derive(Debug)]
+pub struct Client {
+    pub peer: SocketAddr,
+    pub ticket: admission::Ticket,
+}
+
+/// One logged-in IMAP/POP3 session of an account on its shard; dropping it frees the
+/// slot (`limits.sessions_per_user_max`).
+#[derive(Debug)]
+pub struct UserSlot {
+    shard: Rc<Shard>,
+    account: u64,
+}
+
+impl UserSlot {
+    pub fn account(&self) -> u64 {
+        self.account
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut map = self.shard.user_sessions.borrow_mut();
+        if let Some(n) = map.get_mut(&self.account) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.account);
+            }
+        }
+    }
+}
+
 /// Cached logins per shard before the cache is emptied and refilled.
 const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
-
-/// What a listener serves.
-#[derive(Debug, Clone, Copy)]
-enum Service {
-    Smtp(Port),
-    Pop3 { implicit_tls: bool },
-    Imap { implicit_tls: bool },
-}
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,6 +156,33 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
+    pub fn family_sessions(&self, family: listen::Family) -> usize {
+        self.family_sessions
+            .get(family as usize)
+            .map_or(0, Cell::get)
+    }
+
+    pub fn count_family(&self, family: listen::Family, delta: isize) {
+        if let Some(c) = self.family_sessions.get(family as usize) {
+            c.set(c.get().saturating_add_signed(delta));
+        }
+    }
+
+    /// A session slot for `account` (which this shard owns), unless it already has
+    /// `limits.sessions_per_user_max`.
+    pub fn user_slot(self: &Rc<Self>, account: u64) -> Option<UserSlot> {
+        let mut map = self.user_sessions.borrow_mut();
+        let n = map.entry(account).or_insert(0);
+        if *n >= self.config.limits.sessions_per_user_max {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            shard: self.clone(),
+            account,
+        })
+    }
+
     /// A process-unique session id: shard in the top bits, a counter below.
     pub fn next_session_id(&self) -> u64 {
         let n = self.next_session.get() + 1;
@@ -149,20 +233,61 @@ impl Shard {
         self.partitions.get(&id)
     }
 
-    /// A POP3/IMAP login: checks the password (a failure is counted in `failures` and
-    /// answered only after `limits.auth_failure_delay`) and finds the account and the
-    /// shard that owns it.
+    /// A password check under the failed-login throttle (`limits.login_*`): waits
+    /// while another check for the same source or account runs, refuses at once —
+    /// computing no hash — while either is backed off, and records the outcome. A
+    /// failure or refusal is answered only after `limits.auth_failure_delay_ms`
+    /// (counted in `failures`).
+    pub async fn checked_login(
+        &self,
+        username: String,
+        password: String,
+        ip: IpAddr,
+        failures: &Cell<u64>,
+    ) -> LoginCheck {
+        let key = crate::users::normalize(&username).unwrap_or_else(|| username.to_lowercase());
+        let give_up = Instant::now() + LOGIN_WAIT_MAX;
+        let attempt = loop {
+            match self.throttle.gate(ip, &key, Instant::now()) {
+                admission::Gate::Go(a) => break a,
+                admission::Gate::Wait if Instant::now() < give_up => {
+                    glommio::timer::sleep(LOGIN_WAIT_POLL).await;
+                }
+                admission::Gate::Wait | admission::Gate::Locked(_) => {
+                    crate::metrics::add(&self.metrics.logins_throttled, 1);
+                    crate::metrics::add(failures, 1);
+                    glommio::timer::sleep(self.config.limits.auth_failure_delay).await;
+                    return LoginCheck::Throttled;
+                }
+            }
+        };
+        let guard = admission::InFlight::new(&self.throttle, attempt);
+        let user = self.verify_password(username, password).await;
+        guard.finish(user.is_some(), Instant::now());
+        match user {
+            Some(user) => LoginCheck::Ok(user),
+            None => {
+                crate::metrics::add(failures, 1);
+                glommio::timer::sleep(self.config.limits.auth_failure_delay).await;
+                LoginCheck::Refused
+            }
+        }
+    }
+
+    /// A POP3/IMAP login: checks the password under the throttle
+    /// ([`Shard::checked_login`]) and finds the account and the shard that owns it.
     pub async fn mailbox_login(
         &self,
         username: String,
         password: String,
+        ip: IpAddr,
         failures: &Cell<u64>,
     ) -> MailboxLogin {
         self.refresh_users();
-        let Some(user) = self.verify_password(username, password).await else {
-            crate::metrics::add(failures, 1);
-            glommio::timer::sleep(self.config.limits.auth_failure_delay).await;
-            return MailboxLogin::Refused;
+        let user = match self.checked_login(username, password, ip, failures).await {
+            LoginCheck::Ok(user) => user,
+            LoginCheck::Refused => return MailboxLogin::Refused,
+            LoginCheck::Throttled => return MailboxLogin::Throttled,
         };
         let Some(account) = self.users.borrow().user(&user).map(|u| u.id) else {
             return MailboxLogin::Unavailable; // deleted while we checked
@@ -275,6 +400,21 @@ pub fn serve(config: Config) -> Result<(), String> {
         },
         None,
     )?);
+    // Every socket listening before any shard starts: see listen::bind_all.
+    let sockets = listen::bind_all(&config, config.shards)?;
+    let capacity = preflight::connection_capacity(&config, meta.partitions)?;
+    let limits = &config.limits;
+    let connections = admission::Connections::new(
+        limits.connections_per_ip_max,
+        limits.ip_limit_exempt_networks.clone(),
+        capacity,
+    );
+    let throttle = admission::LoginThrottle::new(admission::ThrottleConfig {
+        failures_before_backoff: limits.login_failures_before_backoff,
+        backoff_max: limits.login_backoff_max,
+        memory: limits.login_failure_memory,
+        exempt: limits.ip_limit_exempt_networks.clone(),
+    });
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
@@ -299,6 +439,8 @@ pub fn serve(config: Config) -> Result<(), String> {
         .name("shard")
         .io_memory(config.io_memory_bytes)
         .spin_before_park(config.spin_before_park)
+        // Long jobs yield at `yield_if_needed` once this has passed (DESIGN.md §10).
+        .preempt_timer(config.step_budget)
         .on_all_shards({
             let init = ShardInit {
                 config: config.clone(),
@@ -311,6 +453,11 @@ pub fn serve(config: Config) -> Result<(), String> {
                 auth,
                 dkim_keys,
                 listening,
+                sockets: Arc::new(std::sync::Mutex::new(
+                    sockets.into_iter().map(Some).collect(),
+                )),
+                connections,
+                throttle,
             };
             let failed = failed.clone();
             move || async move {
@@ -367,6 +514,23 @@ struct ShardInit {
     dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
     /// Shards whose listeners are all bound; the last one logs that the server is ready.
     listening: Arc<std::sync::atomic::AtomicUsize>,
+    /// Listening sockets, one list per shard, made before any shard started.
+    sockets: Arc<std::sync::Mutex<Vec<Option<Vec<listen::Bound>>>>>,
+    connections: Arc<admission::Connections>,
+    throttle: Arc<admission::LoginThrottle>,
+}
+
+/// This shard's listening sockets (each shard takes its own list once).
+fn take_sockets(
+    sockets: &std::sync::Mutex<Vec<Option<Vec<listen::Bound>>>>,
+    id: usize,
+) -> Result<Vec<listen::Bound>, String> {
+    let mut all = sockets
+        .lock()
+        .map_err(|_| "listening sockets lost".to_string())?;
+    all.get_mut(id)
+        .and_then(Option::take)
+        .ok_or_else(|| format!("no listening sockets for shard {id}"))
 }
 
 async fn run_shard(init: ShardInit) -> Result<(), String> {
@@ -381,6 +545,9 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         auth,
         dkim_keys,
         listening,
+        sockets: init_sockets,
+        connections,
+        throttle,
     } = init;
     let config = (*config).clone();
     let shards = config.shards;
@@ -424,6 +591,11 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         mesh,
         shutdown: shutdown.clone(),
         sessions: Cell::new(0),
+        family_sessions: Default::default(),
+        refusing: Cell::new(0),
+        connections,
+        throttle,
+        user_sessions: RefCell::new(HashMap::new()),
         next_session: Cell::new(0),
         smtp_configs,
         pop3_config: Arc::new(crate::proto::pop3::Pop3Config {
@@ -433,6 +605,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
             line_bytes_max: config.limits.line_bytes_max,
             bad_commands_max: config.limits.bad_commands_max,
             auth_failures_max: config.limits.auth_failures_max,
+            output_bytes_max: config.limits.output_buffer_bytes_max,
         }),
         pop3_locks: pop3::Locks::default(),
         imap_config: Arc::new(imap::config(&config)),
@@ -449,88 +622,22 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     });
     mesh::serve(shard.clone());
     outbound::start(&shard);
-    use Service::{Imap, Pop3, Smtp};
-    let services: [(&str, &[SocketAddr], Option<Service>); 7] = [
-        ("listen.smtp", &config.listen.smtp, Some(Smtp(Port::Mx))),
-        (
-            "listen.submission",
-            &config.listen.submission,
-            Some(Smtp(Port::Submission)),
-        ),
-        (
-            "listen.submissions",
-            &config.listen.submissions,
-            Some(Smtp(Port::Submissions)),
-        ),
-        (
-            "listen.imap",
-            &config.listen.imap,
-            Some(Imap {
-                implicit_tls: false,
-            }),
-        ),
-        (
-            "listen.imaps",
-            &config.listen.imaps,
-            Some(Imap { implicit_tls: true }),
-        ),
-        (
-            "listen.pop3",
-            &config.listen.pop3,
-            Some(Pop3 {
-                implicit_tls: false,
-            }),
-        ),
-        (
-            "listen.pop3s",
-            &config.listen.pop3s,
-            Some(Pop3 { implicit_tls: true }),
-        ),
-    ];
+    let sockets = take_sockets(&init_sockets, id)?;
     let mut accept_tasks = Vec::new();
-    for (key, addrs, port) in services {
-        let Some(service) = port else {
-            if id == 0 && !addrs.is_empty() {
-                tracing::info!("{key} is set but this build does not serve that protocol yet");
-            }
-            continue;
-        };
-        for addr in addrs {
-            let listener = TcpListener::bind(addr).map_err(|e| {
-                format!(
-                    "{key}: cannot listen on {addr}: {e}{}",
-                    preflight::bind_hint(addr)
-                )
-            })?;
-            if id == 0 {
-                tracing::info!(%addr, "{key} listening");
-            }
-            accept_tasks.push(glommio::spawn_local(accept_loop(
-                shard.clone(),
-                listener,
-                service,
-            )));
-        }
-    }
-    for addr in &config.listen.metrics {
-        let listener = TcpListener::bind(addr).map_err(|e| {
-            format!(
-                "listen.metrics: cannot listen on {addr}: {e}{}",
-                preflight::bind_hint(addr)
-            )
-        })?;
+    for bound in sockets {
         if id == 0 {
-            tracing::info!(%addr, "listen.metrics listening");
+            tracing::info!(addr = %bound.addr, "{} listening", bound.key);
         }
-        accept_tasks.push(glommio::spawn_local(metrics_http::serve(
+        let listener = listen::listener(bound.fd);
+        accept_tasks.push(glommio::spawn_local(listen::accept_loop(
             shard.clone(),
             listener,
+            bound.service,
         )));
     }
-    // Every shard binds every address (SO_REUSEPORT); until the last one has, a
-    // connection can land on a socket that is bound but not yet listening and be
-    // refused. Say so once, when all are listening (tests and service managers wait
-    // for this line).
+    // Every socket was listening before any shard started (listen::bind_all), so no
+    // connection is refused meanwhile; say once that every shard accepts (tests and
+    // service managers wait for this line).
     if listening.fetch_add(1, Ordering::SeqCst) + 1 == shards {
         tracing::info!(shards, "ready: every shard is listening");
     }
@@ -563,35 +670,5 @@ async fn drain(shard: &Rc<Shard>) {
             outbound = shard.outbound.in_flight(),
             "grace period over"
         );
-    }
-}
-
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Service) {
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let stream = match listener.accept().await {
-            Ok(s) => {
-                backoff = Duration::from_millis(5);
-                s
-            }
-            Err(e) => {
-                // EMFILE and friends: wait and retry, with a ceiling (mini-redis).
-                tracing::warn!(error = %e, "accept failed");
-                glommio::timer::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let shard = shard.clone();
-        glommio::spawn_local(async move {
-            shard.sessions.set(shard.sessions.get() + 1);
-            match service {
-                Service::Smtp(port) => smtp::run(&shard, stream, port).await,
-                Service::Pop3 { implicit_tls } => pop3::run(&shard, stream, implicit_tls).await,
-                Service::Imap { implicit_tls } => imap::run(&shard, stream, implicit_tls).await,
-            }
-            shard.sessions.set(shard.sessions.get() - 1);
-        })
-        .detach();
     }
 }

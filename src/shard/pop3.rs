@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use tracing::Instrument;
 
-use super::conn::{await_input, flush, start_tls, InputBuffer, Interruptible, Stream};
+use super::conn::{await_input, flush, start_tls, Deadlines, InputBuffer, Interruptible, Stream};
 use super::mesh::ShardMsg;
 use super::{MailboxLogin, Shard};
 use crate::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Outbox, Session};
@@ -27,10 +27,11 @@ pub type Handoff = super::mesh::Handoff<Session>;
 #[derive(Debug, Default)]
 pub struct Locks(std::cell::RefCell<HashSet<u64>>);
 
-/// Holds an account's maildrop lock until dropped.
+/// Holds an account's maildrop lock (and its session slot) until dropped.
 struct LockGuard {
     shard: Rc<Shard>,
     account: u64,
+    _slot: super::UserSlot,
 }
 
 impl Drop for LockGuard {
@@ -44,7 +45,12 @@ fn input_capacity(shard: &Shard) -> usize {
 }
 
 /// A freshly accepted POP3 connection (`implicit_tls` for `listen.pop3s`).
-pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: bool) {
+pub async fn run(
+    shard: &Rc<Shard>,
+    tcp: glommio::net::TcpStream,
+    implicit_tls: bool,
+    client: super::Client,
+) {
     let Some((stream, peer)) = super::conn::accepted(shard, tcp, implicit_tls).await else {
         return;
     };
@@ -55,7 +61,7 @@ pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: 
     session.greet(&mut out);
     let input = InputBuffer::new(input_capacity(shard));
     let span = tracing::debug_span!("pop3", shard = shard.id, %peer);
-    drive(shard, stream, session, input, out, None)
+    drive(shard, stream, session, input, out, None, client)
         .instrument(span)
         .await;
 }
@@ -63,21 +69,24 @@ pub async fn run(shard: &Rc<Shard>, tcp: glommio::net::TcpStream, implicit_tls: 
 /// A session handed over by another shard: lock the maildrop, answer the login, go on.
 pub async fn adopt(shard: Rc<Shard>, handoff: Handoff) {
     shard.sessions.set(shard.sessions.get() + 1);
+    shard.count_family(super::listen::Family::Pop3, 1);
     let Handoff {
         parts,
         mut session,
         pending,
         account,
         user,
+        client,
     } = handoff;
     let stream = Stream::from_parts(parts);
     let mut out = Outbox::default();
     let lock = open_maildrop(&shard, &mut session, account, user, &mut out);
     let input = InputBuffer::with_pending(input_capacity(&shard), &pending);
     let span = tracing::debug_span!("pop3", shard = shard.id, adopted = true);
-    drive(&shard, stream, *session, input, out, lock)
+    drive(&shard, stream, *session, input, out, lock, client)
         .instrument(span)
         .await;
+    shard.count_family(super::listen::Family::Pop3, -1);
     shard.sessions.set(shard.sessions.get() - 1);
 }
 
@@ -99,6 +108,10 @@ fn open_maildrop(
         session.login_refused(LoginRefusal::Temporary, out);
         return None;
     };
+    let Some(slot) = shard.user_slot(account) else {
+        session.login_refused(LoginRefusal::TooManySessions, out);
+        return None;
+    };
     if !shard.pop3_locks.0.borrow_mut().insert(account) {
         session.login_refused(LoginRefusal::InUse, out);
         return None;
@@ -106,6 +119,7 @@ fn open_maildrop(
     let guard = LockGuard {
         shard: shard.clone(),
         account,
+        _slot: slot,
     };
     let maildrop = {
         let index = p.index();
@@ -140,13 +154,16 @@ async fn drive(
     mut input: InputBuffer,
     mut out: Outbox,
     mut lock: Option<LockGuard>,
+    client: super::Client,
 ) {
     let limits = &shard.config.limits;
     let mut account = lock.as_ref().map(|l| l.account);
     let mut commands_counted = session.commands();
+    let mut deadlines = Deadlines::new(limits, limits.idle_timeout, true);
     loop {
         let used = session.receive(input.data(), &mut out);
         input.consume(used);
+        deadlines.consumed(used, input.is_empty());
         let commands = session.commands();
         metrics::add(&shard.metrics.pop3.commands, commands - commands_counted);
         commands_counted = commands;
@@ -162,22 +179,28 @@ async fn drive(
                 }
                 Action::Authenticate { username, password } => {
                     let failures = &shard.metrics.pop3.auth_failures;
-                    let (user, id, owner) =
-                        match shard.mailbox_login(username, password, failures).await {
-                            MailboxLogin::Accepted {
-                                user,
-                                account,
-                                owner,
-                            } => (user, account, owner),
-                            MailboxLogin::Refused => {
-                                session.login_refused(LoginRefusal::BadCredentials, &mut out);
-                                continue;
-                            }
-                            MailboxLogin::Unavailable => {
-                                session.login_refused(LoginRefusal::Temporary, &mut out);
-                                continue;
-                            }
-                        };
+                    let (user, id, owner) = match shard
+                        .mailbox_login(username, password, client.peer.ip(), failures)
+                        .await
+                    {
+                        MailboxLogin::Accepted {
+                            user,
+                            account,
+                            owner,
+                        } => (user, account, owner),
+                        MailboxLogin::Refused => {
+                            session.login_refused(LoginRefusal::BadCredentials, &mut out);
+                            continue;
+                        }
+                        MailboxLogin::Throttled => {
+                            session.login_refused(LoginRefusal::Throttled, &mut out);
+                            continue;
+                        }
+                        MailboxLogin::Unavailable => {
+                            session.login_refused(LoginRefusal::Temporary, &mut out);
+                            continue;
+                        }
+                    };
                     if owner == shard.id {
                         lock = open_maildrop(shard, &mut session, id, user, &mut out);
                         account = lock.as_ref().map(|l| l.account);
@@ -195,6 +218,7 @@ async fn drive(
                             input.data(),
                             id,
                             user,
+                            client,
                             ShardMsg::AdoptPop3,
                         )
                         .await;
@@ -262,14 +286,22 @@ async fn drive(
         if acted {
             continue;
         }
-        let (shutdown, timeout) = (&shard.shutdown, limits.idle_timeout);
+        if session.wants_resume() {
+            // A long LIST/UIDL, or pipelined commands held back: send what is queued
+            // (waiting while the client does not read), let others run, go on.
+            if flush(&mut stream, &mut out.reply).await.is_err() {
+                return;
+            }
+            glommio::yield_if_needed().await;
+            continue;
+        }
         if !await_input(
             &mut stream,
             &mut input,
             &mut session,
             &mut out,
-            shutdown,
-            timeout,
+            shard,
+            &mut deadlines,
         )
         .await
         {
@@ -312,6 +344,9 @@ impl Interruptible for Session {
     type Action = crate::proto::pop3::Action;
     fn is_idle(&self) -> bool {
         Session::is_idle(self)
+    }
+    fn logged_in(&self) -> bool {
+        self.user().is_some()
     }
     fn shutdown(&mut self, out: &mut crate::proto::pop3::Outbox) {
         Session::shutdown(self, out)

@@ -80,6 +80,63 @@ fn check_memlock(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Connections the server can hold: RLIMIT_NOFILE (raised to its hard limit first)
+/// minus what the store, the listeners, outbound delivery and housekeeping need.
+/// Errors when too few remain to be useful.
+pub fn connection_capacity(config: &Config, partitions: u32) -> Result<usize, String> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(format!(
+            "cannot read RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    let files = if lim.rlim_cur == libc::RLIM_INFINITY {
+        1 << 20
+    } else {
+        lim.rlim_cur as usize
+    };
+    let reserve = open_file_reserve(config, partitions);
+    let capacity = files.saturating_sub(reserve);
+    if capacity < 64 {
+        return Err(format!(
+            "RLIMIT_NOFILE is {files}: after {reserve} descriptors for the store, listeners and              outbound delivery, fewer than 64 connections would fit. Raise it (`ulimit -n              65536`, LimitNOFILE= in the systemd unit, nofile in /etc/security/limits.conf)"
+        ));
+    }
+    tracing::info!(
+        open_files = files,
+        reserved = reserve,
+        connections = capacity,
+        "connection capacity (RLIMIT_NOFILE minus a reserve for the store and delivery)"
+    );
+    Ok(capacity)
+}
+
+/// Descriptors kept back from connections: three per partition (log writer, reader,
+/// appender), every listening socket, outbound connections, a spool file per shard
+/// and message in flight, and a margin for DNS, snapshots, users.json and the like.
+fn open_file_reserve(config: &Config, partitions: u32) -> usize {
+    partitions as usize * 3
+        + super::listen::socket_count(config)
+        + config.queue.connections_max * config.shards
+        + 64 * config.shards
+        + 256
+}
+
 /// Holds `DATA_DIR/lock` exclusively for the life of the server.
 pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
     std::fs::create_dir_all(data_dir)

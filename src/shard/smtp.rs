@@ -13,11 +13,13 @@ use glommio::net::TcpStream;
 use std::net::IpAddr;
 use tracing::{debug, Instrument};
 
-use super::conn::{await_input, flush, start_tls, InputBuffer, Interruptible, Stream};
-use super::{deliver, Shard};
+use super::conn::{
+    await_input, flush, start_tls, Deadlines, InputBuffer, Interruptible, Phase, Stream,
+};
+use super::{deliver, Client, LoginCheck, Shard};
 use crate::auth::verify::SpfCheck;
 use crate::metrics;
-use crate::proto::smtp::{session::TOO_MANY_SESSIONS, Action, Outbox, Port, Session};
+use crate::proto::smtp::{Action, Outbox, Port, Session};
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
 /// DATA reads.
@@ -25,14 +27,11 @@ fn input_capacity(shard: &Shard) -> usize {
     (shard.config.limits.line_bytes_max * 2).max(64 * 1024)
 }
 
-pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port) {
-    let Ok(peer) = tcp.peer_addr() else { return };
+/// A connection admitted by `listen::accept_loop` (its ticket is held until the end).
+pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) {
+    let peer = client.peer;
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
-    if shard.sessions.get() > shard.config.limits.sessions_per_shard_max {
-        let _ = stream.write_all(TOO_MANY_SESSIONS).await;
-        return;
-    }
     let limits = &shard.config.limits;
     if port == Port::Submissions {
         if let Err(e) = stream.upgrade(&shard.tls, limits.idle_timeout).await {
@@ -46,12 +45,14 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port) {
     drive(shard, stream, port, peer.ip(), id)
         .instrument(span)
         .await;
+    drop(client);
 }
 
 async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, id: u64) {
     let limits = &shard.config.limits;
     metrics::add(&shard.metrics.smtp.connections, 1);
     let mut commands_counted = 0;
+    let mut deadlines = Deadlines::new(limits, limits.idle_timeout, false);
     let mut session = Session::new(shard.smtp_config(port), peer, id, port == Port::Submissions);
     session
         .verify_senders(port == Port::Mx && shard.auth.is_some() && shard.config.auth.checks(peer));
@@ -63,6 +64,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
     loop {
         let used = session.receive(input.data(), SystemTime::now(), shard.as_ref(), &mut out);
         input.consume(used);
+        deadlines.consumed(used, input.is_empty());
         let commands = session.commands();
         metrics::add(&shard.metrics.smtp.commands, commands - commands_counted);
         commands_counted = commands;
@@ -78,12 +80,15 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                 }
                 Action::Authenticate { username, password } => {
                     shard.refresh_users();
-                    let user = shard.verify_password(username, password).await;
-                    if user.is_none() {
-                        metrics::add(&shard.metrics.smtp.auth_failures, 1);
-                        glommio::timer::sleep(limits.auth_failure_delay).await;
+                    let failures = &shard.metrics.smtp.auth_failures;
+                    match shard
+                        .checked_login(username, password, peer, failures)
+                        .await
+                    {
+                        LoginCheck::Ok(user) => session.auth_result(Some(user), &mut out),
+                        LoginCheck::Refused => session.auth_result(None, &mut out),
+                        LoginCheck::Throttled => session.auth_throttled(&mut out),
                     }
-                    session.auth_result(user, &mut out);
                 }
                 Action::CheckSpf {
                     ip,
@@ -133,14 +138,13 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         if acted {
             continue; // pipelined input may be waiting behind the action
         }
-        let (shutdown, timeout) = (&shard.shutdown, limits.idle_timeout);
         if !await_input(
             &mut stream,
             &mut input,
             &mut session,
             &mut out,
-            shutdown,
-            timeout,
+            shard,
+            &mut deadlines,
         )
         .await
         {
@@ -153,6 +157,13 @@ impl Interruptible for Session {
     type Action = crate::proto::smtp::Action;
     fn is_idle(&self) -> bool {
         Session::is_idle(self)
+    }
+    fn phase(&self) -> Phase {
+        if self.receiving_body() {
+            Phase::Transfer
+        } else {
+            Phase::Commands
+        }
     }
     fn shutdown(&mut self, out: &mut crate::proto::smtp::Outbox) {
         Session::shutdown(self, out)

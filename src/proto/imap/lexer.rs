@@ -57,6 +57,8 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct Framer {
     continued: usize,
+    /// The last call stopped inside (or right before) a literal's bytes.
+    in_literal: bool,
 }
 
 /// Parses `{n}` or `{n+}` at the end of a line (before its CRLF).
@@ -90,8 +92,15 @@ impl Framer {
         Framer::default()
     }
 
+    /// Whether the last [`Framer::frame`] stopped waiting for a literal's bytes (the
+    /// IO layer then applies the minimum data rate rather than the command timeout).
+    pub fn in_literal(&self) -> bool {
+        self.in_literal
+    }
+
     /// Looks for one complete command at the start of `input`.
     pub fn frame(&mut self, input: &[u8], limits: &FrameLimits) -> Frame {
+        self.in_literal = false;
         let mut pos = 0;
         let mut line_bytes = 0;
         let mut literal_index = 0;
@@ -140,10 +149,12 @@ impl Framer {
             // `{0}` — so it is owed one as soon as the header is in and nothing after it.
             if !non_sync && self.continued < literal_index && input.len() == after_line {
                 self.continued = literal_index;
+                self.in_literal = true;
                 return Frame::Continue;
             }
             let literal_end = after_line as u64 + size;
             if (input.len() as u64) < literal_end {
+                self.in_literal = true;
                 return Frame::NeedMore;
             }
             pos = literal_end as usize;

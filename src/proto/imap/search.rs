@@ -212,6 +212,18 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
 
 /// Whether a key (or any key inside it) mentions MODSEQ: the response then carries
 /// `(MODSEQ n)` (RFC 7162 §3.1.5).
+/// Whether evaluating `key` reads message bytes (HEADER, BODY, TEXT), which costs
+/// far more per message than the index fields do.
+pub fn reads_message(key: &SearchKey) -> bool {
+    match key {
+        SearchKey::Header(..) | SearchKey::Body(_) | SearchKey::Text(_) => true,
+        SearchKey::Not(k) => reads_message(k),
+        SearchKey::Or(a, b) => reads_message(a) || reads_message(b),
+        SearchKey::And(keys) => keys.iter().any(reads_message),
+        _ => false,
+    }
+}
+
 pub fn uses_modseq(key: &SearchKey) -> bool {
     match key {
         SearchKey::ModSeq(_) => true,

@@ -212,6 +212,10 @@ impl WriteFailure {
 pub enum LoginRefusal {
     BadCredentials,
     Temporary,
+    /// Backed off after failed logins: no password was checked.
+    Throttled,
+    /// The account has `limits.sessions_per_user_max` sessions.
+    TooManySessions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +274,10 @@ enum Pending {
     },
     /// A LIST answered in steps (see [`Session::resume`]).
     List(list::ListPending),
+    /// A FETCH answered in steps.
+    FetchSteps(FetchPending),
+    /// A SEARCH evaluated in steps.
+    SearchSteps(SearchPending),
 }
 
 #[derive(Debug)]
@@ -288,7 +296,32 @@ struct FetchPending {
     targets: Vec<u32>,
     items: Vec<FetchAtt>,
     modifiers: FetchModifiers,
+    /// `targets[next..]` are still to be answered (FETCH answers in steps).
+    next: usize,
 }
+
+/// A SEARCH being evaluated in steps.
+#[derive(Debug)]
+struct SearchPending {
+    tag: String,
+    uid: bool,
+    ret: command::SearchReturn,
+    key: command::SearchKey,
+    with_modseq: bool,
+    /// Reads message bytes (HEADER, BODY, TEXT): costs more per message.
+    reads_message: bool,
+    /// Sequence numbers `next + 1…` are still to be examined.
+    next: usize,
+    hits: Vec<u32>,
+    highest: u64,
+}
+
+/// Messages one FETCH step answers at most (besides `limits.output_buffer_bytes_max`);
+/// 512 ENVELOPE+BODYSTRUCTURE renderings take about 2 ms on a slow core.
+const FETCH_STEP_MESSAGES: usize = 512;
+/// Work one SEARCH step may do: a message costs 1, plus 1 per 256 bytes when the key
+/// reads the message (about 4 MiB of text searched per step).
+const SEARCH_STEP_UNITS: usize = 16_384;
 
 /// One IMAP session.
 #[derive(Debug)]
@@ -372,6 +405,12 @@ impl Session {
         self.pending.is_none() && self.sasl_tag.is_none()
     }
 
+    /// A literal is arriving (its deadline is a minimum data rate, not the command
+    /// timeout).
+    pub fn receiving_literal(&self) -> bool {
+        self.discard > 0 || self.framer.in_literal()
+    }
+
     /// The session stopped with work left that needs no input: a long reply being
     /// produced in steps, or pipelined commands held back until the client reads what
     /// is queued. The IO layer sends the replies, yields to other sessions, then calls
@@ -381,13 +420,18 @@ impl Session {
     }
 
     fn is_continuing(&self) -> bool {
-        matches!(self.pending, Some(Pending::List(_)))
+        matches!(
+            self.pending,
+            Some(Pending::List(_) | Pending::FetchSteps(_) | Pending::SearchSteps(_))
+        )
     }
 
     /// Runs one more step of a command answered in steps.
     fn resume(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
         match self.pending.take() {
             Some(Pending::List(job)) => self.list_step(job, store, out),
+            Some(Pending::FetchSteps(job)) => self.fetch_step(job, store, out),
+            Some(Pending::SearchSteps(job)) => self.search_step(job, store, out),
             other => self.pending = other,
         }
     }
@@ -876,6 +920,20 @@ impl Session {
                     "{tag} NO [UNAVAILABLE] Temporary failure; try again later"
                 ));
             }
+            LoginRefusal::Throttled => {
+                out.line(&format!(
+                    "{tag} NO [UNAVAILABLE] Too many failed logins; try again later"
+                ));
+                self.auth_failures += 1;
+                if self.auth_failures >= self.config.auth_failures_max {
+                    out.line("* BYE Too many failed logins");
+                    self.close(out);
+                }
+            }
+            LoginRefusal::TooManySessions => out.line(&format!(
+                "{tag} NO [LIMIT] Too many sessions for this account \
+                 (limits.sessions_per_user_max)"
+            )),
         }
     }
 
@@ -1467,27 +1525,67 @@ impl Session {
         if with_modseq {
             self.condstore = true;
         }
+        if self.selected.is_none() {
+            return;
+        }
+        let job = SearchPending {
+            tag: tag.to_string(),
+            uid,
+            ret,
+            reads_message: search::reads_message(&key),
+            key,
+            with_modseq,
+            next: 0,
+            hits: Vec::new(),
+            highest: 0,
+        };
+        self.search_step(job, store, out);
+    }
+
+    /// Evaluates the key on messages `job.next + 1…` until the step's work
+    /// (`SEARCH_STEP_UNITS`) is spent; the last step answers. Between steps other
+    /// sessions may expunge: a message gone meanwhile simply does not match.
+    fn search_step(&mut self, mut job: SearchPending, store: &dyn Mailstore, out: &mut Outbox) {
         let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else {
+            out.line(&format!("{} OK SEARCH completed", job.tag));
             return;
         };
         let largest_seq = sel.uids.len() as u32;
         let largest_uid = sel.uids.last().copied().unwrap_or(0);
-        let mut hits: Vec<u32> = Vec::new();
-        let mut highest = 0;
-        for (i, u) in sel.uids.iter().enumerate() {
-            let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
+        let mut spent = 0;
+        while let Some(u) = sel.uids.get(job.next).copied() {
+            if spent >= SEARCH_STEP_UNITS {
+                self.pending = Some(Pending::SearchSteps(job));
+                return;
+            }
+            let seq = job.next as u32 + 1;
+            job.next += 1;
+            spent += 1;
+            let Ok(at) = mb.messages.binary_search_by_key(&u, |m| m.uid) else {
                 continue;
             };
             let Some(entry) = mb.messages.get(at) else {
                 continue;
             };
+            if job.reads_message {
+                spent += entry.len as usize / 256;
+            }
             let bytes = || store.bytes(entry);
-            let candidate = Candidate::new(i as u32 + 1, entry, largest_seq, largest_uid, &bytes);
-            if search::matches(&key, &candidate) {
-                hits.push(if uid { entry.uid } else { i as u32 + 1 });
-                highest = highest.max(entry.modseq);
+            let candidate = Candidate::new(seq, entry, largest_seq, largest_uid, &bytes);
+            if search::matches(&job.key, &candidate) {
+                job.hits.push(if job.uid { entry.uid } else { seq });
+                job.highest = job.highest.max(entry.modseq);
             }
         }
+        let SearchPending {
+            tag,
+            uid,
+            ret,
+            with_modseq,
+            hits,
+            highest,
+            ..
+        } = job;
         if ret.extended || self.rev2 {
             let mut line = format!("* ESEARCH (TAG \"{tag}\")");
             if uid {
@@ -1599,6 +1697,7 @@ impl Session {
                         targets: target_uids,
                         items,
                         modifiers,
+                        next: 0,
                     }));
                     out.actions.push(Action::Write(Write::Store {
                         mailbox: mb.id,
@@ -1608,58 +1707,87 @@ impl Session {
                 }
             }
         }
-        self.finish_fetch(tag, uid, &target_uids, &items, &modifiers, store, out);
+        let job = FetchPending {
+            tag: tag.to_string(),
+            uid,
+            targets: target_uids,
+            items,
+            modifiers,
+            next: 0,
+        };
+        self.fetch_step(job, store, out);
     }
 
-    #[allow(clippy::too_many_arguments)] // FETCH's parsed arguments, one each
-    fn finish_fetch(
-        &mut self,
-        tag: &str,
-        uid: bool,
-        targets: &[u32],
-        items: &[FetchAtt],
-        modifiers: &FetchModifiers,
-        store: &dyn Mailstore,
-        out: &mut Outbox,
-    ) {
-        let mut failed = false;
-        let reported: HashSet<u32> = if items.contains(&FetchAtt::Flags) {
-            targets.iter().copied().collect()
-        } else {
-            HashSet::new()
-        };
+    /// Answers FETCH for `job.targets[job.next..]` until the step's share is used
+    /// (`FETCH_STEP_MESSAGES`, `limits.output_buffer_bytes_max` of reply and spliced
+    /// bytes); then the job waits in `pending` for the IO layer to send what is
+    /// queued. The last step reports changes and the tagged OK.
+    fn fetch_step(&mut self, mut job: FetchPending, store: &dyn Mailstore, out: &mut Outbox) {
         let keywords_max = self.config.keywords_per_mailbox_max;
-        if items.contains(&FetchAtt::Flags) {
+        let output_max = self.config.output_bytes_max;
+        let wants_flags = job.items.contains(&FetchAtt::Flags);
+        if job.next == 0 && wants_flags {
             if let (Some(mb), Some(sel)) = (self.mailbox(store), self.selected.as_mut()) {
                 announce_keywords(sel, mb, keywords_max, out);
             }
         }
+        let mut failed = false;
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
-            for u in targets {
-                let Some(seq) = sel.uids.binary_search(u).ok().map(|i| i as u32 + 1) else {
+            let (mut answered, mut spliced) = (0, 0);
+            while let Some(u) = job.targets.get(job.next).copied() {
+                if answered > 0
+                    && (answered >= FETCH_STEP_MESSAGES || out.reply.len() + spliced >= output_max)
+                {
+                    self.pending = Some(Pending::FetchSteps(job));
+                    return;
+                }
+                job.next += 1;
+                let Some(seq) = sel.uids.binary_search(&u).ok().map(|i| i as u32 + 1) else {
                     continue;
                 };
-                let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
-                    continue;
+                let Ok(at) = mb.messages.binary_search_by_key(&u, |m| m.uid) else {
+                    continue; // expunged by another session meanwhile
                 };
                 let Some(entry) = mb.messages.get(at) else {
                     continue;
                 };
-                if modifiers.changed_since.is_some_and(|c| entry.modseq <= c) {
+                if job
+                    .modifiers
+                    .changed_since
+                    .is_some_and(|c| entry.modseq <= c)
+                {
                     continue;
                 }
-                if let Err(e) = fetch_one(out, seq, entry, items, store) {
+                answered += 1;
+                let actions_before = out.actions.len();
+                if let Err(e) = fetch_one(out, seq, entry, &job.items, store) {
                     failed = true;
                     out.line(&format!(
-                        "{tag} NO [{e}] Cannot decode part of message {seq}"
+                        "{} NO [{e}] Cannot decode part of message {seq}",
+                        job.tag
                     ));
                     break;
                 }
+                spliced += out
+                    .actions
+                    .get(actions_before..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|a| match a {
+                        Action::Splice { len, .. } => *len,
+                        _ => 0,
+                    })
+                    .sum::<usize>();
             }
         }
-        self.update(store, out, uid, &reported);
+        let reported: HashSet<u32> = if wants_flags {
+            job.targets.iter().copied().collect()
+        } else {
+            HashSet::new()
+        };
+        self.update(store, out, job.uid, &reported);
         if !failed {
-            out.line(&format!("{tag} OK FETCH completed"));
+            out.line(&format!("{} OK FETCH completed", job.tag));
         }
     }
 
@@ -1879,13 +2007,17 @@ impl Session {
                 | Pending::Delete { tag, .. } => tag.clone(),
                 Pending::Store(p) => p.tag.clone(),
                 Pending::Fetch(p) => p.tag.clone(),
-                Pending::List(_) => return,
+                Pending::List(_) | Pending::FetchSteps(_) | Pending::SearchSteps(_) => return,
             };
             out.line(&format!("{tag} {}", failure.response()));
             return;
         }
         match pending {
-            Pending::StartTls | Pending::Login { .. } | Pending::List(_) => {}
+            Pending::StartTls
+            | Pending::Login { .. }
+            | Pending::List(_)
+            | Pending::FetchSteps(_)
+            | Pending::SearchSteps(_) => {}
             Pending::Simple { tag, done } => {
                 self.update(store, out, true, &HashSet::new());
                 out.line(&format!("{tag} OK {done}"));
@@ -1913,17 +2045,7 @@ impl Session {
                 };
                 self.finish_store(p, &changed, store, out);
             }
-            Pending::Fetch(p) => {
-                self.finish_fetch(
-                    &p.tag,
-                    p.uid,
-                    &p.targets,
-                    &p.items,
-                    &p.modifiers,
-                    store,
-                    out,
-                );
-            }
+            Pending::Fetch(p) => self.fetch_step(p, store, out),
             Pending::Copy {
                 tag,
                 uid,

@@ -198,9 +198,6 @@ pub struct Session {
 const HELP: &str =
     "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH";
 
-/// Reply for a connection refused because the shard is at `sessions_per_shard_max`.
-pub const TOO_MANY_SESSIONS: &[u8] = b"421 4.3.2 Too many connections, try again later\r\n";
-
 impl Session {
     /// A new session; `tls` is true on implicit-TLS ports once the handshake is done.
     pub fn new(config: Rc<SessionConfig>, peer: IpAddr, session_id: u64, tls: bool) -> Session {
@@ -265,6 +262,11 @@ impl Session {
     /// by a stop, which loses nothing: nothing of it was acknowledged.
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Command)
+    }
+
+    /// Inside a DATA or BDAT body (its deadline is a minimum data rate).
+    pub fn receiving_body(&self) -> bool {
+        matches!(self.state, State::Data(_) | State::Bdat { .. })
     }
 
     /// The authenticated user, if any.
@@ -824,6 +826,21 @@ impl Session {
                 out.line("235 2.7.0 Authentication successful");
             }
             None => self.auth_failed(out),
+        }
+    }
+
+    /// The login was not checked: its source or account is backed off after failed
+    /// logins (`limits.login_*`). Counts as a failure for this connection.
+    pub fn auth_throttled(&mut self, out: &mut Outbox) {
+        self.state = State::Command;
+        self.auth_failures += 1;
+        out.line("454 4.7.0 Too many failed authentications; try again later");
+        if self.auth_failures >= self.config.auth_failures_max {
+            out.line(&format!(
+                "421 4.7.0 {} Too many failed authentications, closing connection",
+                self.config.hostname
+            ));
+            self.close(out);
         }
     }
 

@@ -15,6 +15,7 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
         line_bytes_max: 256,
         bad_commands_max: 1000,
         auth_failures_max: 1000,
+        output_bytes_max: 256 * 1024,
     });
     let mut s = Session::new(config, false);
     let mut out = Outbox::default();

@@ -1,0 +1,484 @@
+//! Who may connect and who may try a password: limits shared by every shard.
+//!
+//! [`Connections`] counts open connections per client address and in all (against the
+//! capacity the open-file limit allows); a [`Ticket`] is one admitted connection and
+//! gives its slot back when dropped, on whichever shard the connection ends (it
+//! travels with a hand-off). [`LoginThrottle`] counts failed logins per client network
+//! (an IPv4 address, an IPv6 /64) and per account, with exponential back-off, and
+//! lets at most one verification per source and per account run at a time, so a
+//! flood of guesses cannot queue ahead of other users' logins.
+//!
+//! This is the one place where shards share mutable state (DESIGN.md §1 has none):
+//! a per-address limit means nothing if each shard counts only its own share. It is
+//! touched once when a connection opens, once when it closes, and twice per login
+//! attempt, never per command; the maps are split into independently locked parts and
+//! every lock is held for a few hash-map operations only. Never does IO.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::IpNet;
+
+/// Independently locked parts of each map (contention stays low with many shards).
+const PARTS: usize = 16;
+
+/// Addresses and accounts remembered by the throttle before the oldest are dropped.
+const THROTTLE_ENTRIES_MAX: usize = 200_000;
+
+/// A client address as the limits see it: IPv4-mapped IPv6 is IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn part_of<K: Hash>(key: &K) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() as usize) % PARTS
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `limits.connections_per_ip_max` connections from this address are open.
+    PerAddress,
+    /// The server is at the connection capacity its open-file limit allows.
+    Capacity,
+}
+
+/// Open connections, per address and in all.
+#[derive(Debug)]
+pub struct Connections {
+    per_ip: Vec<Mutex<HashMap<IpAddr, usize>>>,
+    per_ip_max: usize,
+    exempt: Vec<IpNet>,
+    total: AtomicUsize,
+    capacity: usize,
+}
+
+/// One admitted connection; dropping it frees its slots.
+#[derive(Debug)]
+pub struct Ticket {
+    table: Arc<Connections>,
+    /// `None` for an address exempt from the per-address limit.
+    ip: Option<IpAddr>,
+}
+
+impl Connections {
+    /// `capacity`: connections the process can hold (open files minus a reserve).
+    pub fn new(per_ip_max: usize, exempt: Vec<IpNet>, capacity: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            per_ip: (0..PARTS).map(|_| Mutex::new(HashMap::new())).collect(),
+            per_ip_max,
+            exempt,
+            total: AtomicUsize::new(0),
+            capacity,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Admits a connection from `ip`, or says why not.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Refusal> {
+        let ip = canonical(ip);
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Capacity);
+        }
+        if self.exempt.iter().any(|n| n.contains(ip)) {
+            return Ok(Ticket {
+                table: self.clone(),
+                ip: None,
+            });
+        }
+        let Some(part) = self.per_ip.get(part_of(&ip)) else {
+            return Ok(Ticket {
+                table: self.clone(),
+                ip: None,
+            });
+        };
+        let mut map = part.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(ip).or_insert(0);
+        if *count >= self.per_ip_max {
+            drop(map);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::PerAddress);
+        }
+        *count += 1;
+        Ok(Ticket {
+            table: self.clone(),
+            ip: Some(ip),
+        })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.table.total.fetch_sub(1, Ordering::AcqRel);
+        let Some(ip) = self.ip else { return };
+        if let Some(part) = self.table.per_ip.get(part_of(&ip)) {
+            let mut map = part.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = map.get_mut(&ip) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// What the throttle keys on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    /// An IPv4 address, or the /64 of an IPv6 one (one subscriber's allocation).
+    Source([u8; 16]),
+    /// A lowercased login name (whether or not the account exists).
+    Account(String),
+}
+
+fn source_key(ip: IpAddr) -> Key {
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&v4.octets());
+            Key::Source(k)
+        }
+        IpAddr::V6(v6) => {
+            let mut k = v6.octets();
+            k[8..].fill(0);
+            k[8] = 0xff; // never equal to a v4 key
+            Key::Source(k)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    failures: u32,
+    last_failure: Instant,
+    locked_until: Option<Instant>,
+    /// A verification for this key is running (on some shard).
+    in_flight: bool,
+}
+
+impl Record {
+    fn new(now: Instant) -> Record {
+        Record {
+            failures: 0,
+            last_failure: now,
+            locked_until: None,
+            in_flight: false,
+        }
+    }
+}
+
+/// Throttle settings (`limits.login_*`).
+#[derive(Debug, Clone)]
+pub struct ThrottleConfig {
+    pub failures_before_backoff: u32,
+    pub backoff_max: Duration,
+    pub memory: Duration,
+    /// Sources not throttled by address (the per-account limit still applies).
+    pub exempt: Vec<IpNet>,
+}
+
+/// Failed-login counters shared by every shard and protocol.
+#[derive(Debug)]
+pub struct LoginThrottle {
+    parts: Vec<Mutex<HashMap<Key, Record>>>,
+    config: ThrottleConfig,
+}
+
+/// The throttle's answer before a password is checked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// Verify now; report the outcome with [`LoginThrottle::finished`].
+    Go(Attempt),
+    /// Another verification for this source or account is running: ask again soon.
+    Wait,
+    /// Locked out for this long: answer with a temporary failure, compute no hash.
+    Locked(Duration),
+}
+
+/// A verification the throttle let through (its keys are marked in flight).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Attempt {
+    source: Option<Key>,
+    account: Key,
+}
+
+/// An [`Attempt`] being verified: if it is dropped before [`InFlight::finish`] (the
+/// task went away), its keys are released without counting a failure.
+#[derive(Debug)]
+pub struct InFlight<'t> {
+    throttle: &'t LoginThrottle,
+    attempt: Option<Attempt>,
+}
+
+impl<'t> InFlight<'t> {
+    pub fn new(throttle: &'t LoginThrottle, attempt: Attempt) -> InFlight<'t> {
+        InFlight {
+            throttle,
+            attempt: Some(attempt),
+        }
+    }
+
+    pub fn finish(mut self, ok: bool, now: Instant) {
+        if let Some(a) = self.attempt.take() {
+            self.throttle.finished(a, ok, now);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(a) = self.attempt.take() {
+            self.throttle.release(a);
+        }
+    }
+}
+
+impl LoginThrottle {
+    pub fn new(config: ThrottleConfig) -> Arc<LoginThrottle> {
+        Arc::new(LoginThrottle {
+            parts: (0..PARTS).map(|_| Mutex::new(HashMap::new())).collect(),
+            config,
+        })
+    }
+
+    fn with<T>(&self, key: &Key, f: impl FnOnce(&mut HashMap<Key, Record>) -> T) -> T {
+        let part = self.parts.get(part_of(key)).unwrap_or_else(|| {
+            // PARTS > 0, so part_of is always in range; keep a fallback anyway.
+            &self.parts[0]
+        });
+        let mut map = part.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > THROTTLE_ENTRIES_MAX / PARTS {
+            let memory = self.config.memory;
+            let now = Instant::now();
+            map.retain(|_, r| r.in_flight || now.duration_since(r.last_failure) < memory);
+            if map.len() > THROTTLE_ENTRIES_MAX / PARTS {
+                map.retain(|_, r| r.in_flight);
+            }
+        }
+        f(&mut map)
+    }
+
+    /// May `user` try a password from `ip` now?
+    pub fn gate(&self, ip: IpAddr, user: &str, now: Instant) -> Gate {
+        let exempt = self.config.exempt.iter().any(|n| n.contains(canonical(ip)));
+        let source = (!exempt).then(|| source_key(ip));
+        let account = Key::Account(user.to_ascii_lowercase());
+        let memory = self.config.memory;
+        let fresh = |r: &Record| now.duration_since(r.last_failure) < memory || r.in_flight;
+        // A source that never failed is not held back by the account's lock-out: a
+        // flood of guesses against an account must not lock its owner out.
+        let source_failures = match &source {
+            Some(k) => self.with(k, |m| {
+                m.get(k).filter(|r| fresh(r)).map_or(0, |r| r.failures)
+            }),
+            None => 1, // exempt sources: only the account counts
+        };
+        let mut keys: Vec<&Key> = Vec::new();
+        if let Some(k) = &source {
+            keys.push(k);
+        }
+        if source_failures > 0 {
+            keys.push(&account);
+        }
+        for key in &keys {
+            let state = self.with(key, |m| m.get(*key).copied());
+            if let Some(r) = state.filter(|r| fresh(r)) {
+                if let Some(until) = r.locked_until.filter(|u| *u > now) {
+                    return Gate::Locked(until - now);
+                }
+                if r.in_flight {
+                    return Gate::Wait;
+                }
+            }
+        }
+        // Mark every key in flight (the account too, so guesses from many sources
+        // against one account run one at a time).
+        let mut marked: Vec<&Key> = Vec::new();
+        for key in source.iter().chain(std::iter::once(&account)) {
+            let busy = self.with(key, |m| {
+                let r = m.entry(key.clone()).or_insert_with(|| Record::new(now));
+                if r.in_flight {
+                    true
+                } else {
+                    r.in_flight = true;
+                    false
+                }
+            });
+            if busy {
+                for k in marked {
+                    self.with(k, |m| {
+                        if let Some(r) = m.get_mut(k) {
+                            r.in_flight = false;
+                        }
+                    });
+                }
+                return Gate::Wait;
+            }
+            marked.push(key);
+        }
+        Gate::Go(Attempt { source, account })
+    }
+
+    /// Clears an attempt's in-flight marks without recording an outcome.
+    fn release(&self, attempt: Attempt) {
+        for key in attempt
+            .source
+            .iter()
+            .chain(std::iter::once(&attempt.account))
+        {
+            self.with(key, |m| {
+                if let Some(r) = m.get_mut(key) {
+                    r.in_flight = false;
+                }
+            });
+        }
+    }
+
+    /// The outcome of an attempt [`LoginThrottle::gate`] let through.
+    pub fn finished(&self, attempt: Attempt, ok: bool, now: Instant) {
+        let config = &self.config;
+        for key in attempt
+            .source
+            .iter()
+            .chain(std::iter::once(&attempt.account))
+        {
+            self.with(key, |m| {
+                if ok {
+                    m.remove(key);
+                    return;
+                }
+                let r = m.entry(key.clone()).or_insert_with(|| Record::new(now));
+                r.in_flight = false;
+                if now.duration_since(r.last_failure) >= config.memory {
+                    r.failures = 0;
+                }
+                r.failures = r.failures.saturating_add(1);
+                r.last_failure = now;
+                if r.failures >= config.failures_before_backoff {
+                    let doublings = (r.failures - config.failures_before_backoff).min(30);
+                    let backoff = Duration::from_secs(1u64 << doublings).min(config.backoff_max);
+                    r.locked_until = Some(now + backoff);
+                }
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn throttle() -> Arc<LoginThrottle> {
+        LoginThrottle::new(ThrottleConfig {
+            failures_before_backoff: 3,
+            backoff_max: Duration::from_secs(60),
+            memory: Duration::from_secs(600),
+            exempt: Vec::new(),
+        })
+    }
+
+    fn go(g: Gate) -> Attempt {
+        match g {
+            Gate::Go(a) => a,
+            other => panic!("expected Go, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn backs_off_exponentially_and_forgives_a_success() {
+        let t = throttle();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let now = Instant::now();
+        for _ in 0..3 {
+            let a = go(t.gate(ip, "bob@x", now));
+            t.finished(a, false, now);
+        }
+        assert_eq!(
+            t.gate(ip, "bob@x", now),
+            Gate::Locked(Duration::from_secs(1))
+        );
+        // Another address of the same /64 is the same source (IPv6), another IPv4
+        // address is not — and it never failed, so the account lock does not hold it.
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let a = go(t.gate(other, "bob@x", now));
+        t.finished(a, true, now);
+        let later = now + Duration::from_secs(2);
+        let a = go(t.gate(ip, "carol@x", later));
+        t.finished(a, false, later);
+        assert_eq!(
+            t.gate(ip, "carol@x", later),
+            Gate::Locked(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn one_verification_per_account_at_a_time() {
+        let t = throttle();
+        let now = Instant::now();
+        let a = go(t.gate("198.51.100.1".parse().unwrap(), "bob@x", now));
+        assert_eq!(
+            t.gate("198.51.100.2".parse().unwrap(), "bob@x", now),
+            Gate::Wait
+        );
+        assert_eq!(
+            t.gate("198.51.100.1".parse().unwrap(), "eve@x", now),
+            Gate::Wait
+        );
+        t.finished(a, false, now);
+        let b = go(t.gate("198.51.100.2".parse().unwrap(), "bob@x", now));
+        t.finished(b, true, now);
+    }
+
+    #[test]
+    fn ipv6_sources_are_their_64() {
+        let t = throttle();
+        let now = Instant::now();
+        for i in 0..3 {
+            let ip: IpAddr = format!("2001:db8::{i}").parse().unwrap();
+            let a = go(t.gate(ip, &format!("u{i}@x"), now));
+            t.finished(a, false, now);
+        }
+        let same_64: IpAddr = "2001:db8::ffff".parse().unwrap();
+        assert!(matches!(t.gate(same_64, "new@x", now), Gate::Locked(_)));
+        let other_64: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!(matches!(t.gate(other_64, "new@x", now), Gate::Go(_)));
+    }
+
+    #[test]
+    fn connections_per_address_and_capacity() {
+        let c = Connections::new(2, vec![IpNet::parse("10.0.0.0/8").unwrap()], 4);
+        let a: IpAddr = "192.0.2.7".parse().unwrap();
+        let t1 = c.admit(a).unwrap();
+        let _t2 = c.admit("::ffff:192.0.2.7".parse().unwrap()).unwrap();
+        assert_eq!(c.admit(a).unwrap_err(), Refusal::PerAddress);
+        drop(t1);
+        let _t3 = c.admit(a).unwrap();
+        // Exempt addresses have no per-address limit but count toward capacity.
+        let _e1 = c.admit("10.1.1.1".parse().unwrap()).unwrap();
+        let _e2 = c.admit("10.1.1.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            c.admit("10.1.1.1".parse().unwrap()).unwrap_err(),
+            Refusal::Capacity
+        );
+        assert_eq!(c.open(), 4);
+    }
+}
