@@ -32,6 +32,7 @@ fn bench_imap_parse() {
     let limits = FrameLimits {
         command_bytes_max: 16 * 1024,
         literal_bytes_max: 1 << 20,
+        upload_bytes_max: 0,
     };
     let mut rates = Vec::new();
     for _ in 0..ROUNDS {

@@ -10,6 +10,7 @@ use shardmail::proto::imap::lexer::{tokenize, Frame, FrameLimits, Framer, Token}
 const LIMITS: FrameLimits = FrameLimits {
     command_bytes_max: 4096,
     literal_bytes_max: 1 << 20,
+    upload_bytes_max: 0,
 };
 
 #[derive(Debug, Clone)]
@@ -79,6 +80,7 @@ fn frame_all(stream: &[u8], chunk: usize) -> (Vec<Vec<u8>>, usize) {
                 Frame::Continue => continues += 1,
                 Frame::NeedMore => break,
                 Frame::Refused { .. } => panic!("generated commands stay within limits"),
+                Frame::Upload { .. } => panic!("uploads are off in these limits"),
             }
         }
     }
@@ -117,7 +119,7 @@ proptest! {
     fn tokenizer_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = tokenize(&bytes, 8);
         let mut framer = Framer::new();
-        let _ = framer.frame(&bytes, &FrameLimits { command_bytes_max: 64, literal_bytes_max: 16 });
+        let _ = framer.frame(&bytes, &FrameLimits { command_bytes_max: 64, literal_bytes_max: 16, upload_bytes_max: 0 });
     }
 
     #[test]

@@ -257,3 +257,94 @@ fn search_of_a_large_mailbox_comes_in_bounded_steps() {
         hits
     );
 }
+
+#[test]
+fn large_literals_before_login_are_refused_before_any_continuation() {
+    let mut d = Driver::new(config(|_| {}), true);
+    d.sent.clear();
+    d.feed(b"a LOGIN {52324147}\r\n");
+    let out = sent(&d);
+    assert!(!out.contains("+ "), "a continuation was sent: {out}");
+    assert!(
+        out.starts_with("a NO [TOOBIG] Literal larger than limits.preauth_literal_bytes_max (8192 bytes) before login"),
+        "{out}"
+    );
+    // LITERAL+ before login: read and thrown away as it arrives, never buffered.
+    d.sent.clear();
+    d.feed(b"b LOGIN {100000+}\r\n");
+    for _ in 0..100 {
+        d.feed(&[b'x'; 1000]);
+        assert!(d.pending.len() < 2000, "buffered {} bytes", d.pending.len());
+    }
+    d.feed(b" pw\r\nc NOOP\r\n");
+    let out = sent(&d);
+    assert!(out.starts_with("b NO [TOOBIG]"), "{out}");
+    assert!(out.contains("c OK NOOP"), "{out}");
+    // A small literal still logs in.
+    d.sent.clear();
+    d.feed(b"d LOGIN {3}\r\n");
+    assert!(sent(&d).starts_with("+ "));
+    d.feed(b"bob pw\r\n");
+    assert!(sent(&d).contains("d OK"), "{}", sent(&d));
+}
+
+#[test]
+fn append_streams_its_message_and_refuses_before_the_literal() {
+    let mut d = logged_in(config(|c| c.literal_bytes_max = 1 << 20), 0);
+    d.spill_bytes = 4096;
+    // Refused before any continuation: no such mailbox, over APPENDLIMIT, bad flag.
+    for (cmd, reply) in [
+        ("a APPEND Nowhere {10}\r\n", "a NO [TRYCREATE]"),
+        ("b APPEND INBOX {2000000}\r\n", "b NO [TOOBIG]"),
+        ("c APPEND INBOX (\\Bogus) {10}\r\n", "c BAD"),
+    ] {
+        d.sent.clear();
+        d.feed(cmd.as_bytes());
+        let out = sent(&d);
+        assert!(out.starts_with(reply), "{cmd}: {out}");
+        assert!(!out.contains("+ "), "{cmd}: continuation sent: {out}");
+    }
+    // LITERAL+ to a missing mailbox: the bytes are thrown away as they come.
+    d.sent.clear();
+    d.feed(b"d APPEND Nowhere {20000+}\r\n");
+    for _ in 0..20 {
+        d.feed(&[b'x'; 1000]);
+    }
+    d.feed(b"\r\ne NOOP\r\n");
+    assert!(sent(&d).starts_with("d NO [TRYCREATE]"), "{}", sent(&d));
+    assert!(sent(&d).contains("e OK NOOP"));
+    // A 600 KB message arrives in pieces: the session stages at most the spill
+    // threshold plus one read, and the stored message is byte-exact.
+    let body: Vec<u8> = (0..600_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let message = [b"Subject: big\r\n\r\n".as_slice(), &body].concat();
+    d.sent.clear();
+    d.feed(format!("f APPEND INBOX (\\Seen) {{{}}}\r\n", message.len()).as_bytes());
+    assert!(sent(&d).starts_with("+ Ready"));
+    for piece in message.chunks(1500) {
+        d.feed(piece);
+    }
+    d.feed(b"\r\n");
+    assert!(sent(&d).contains("f OK [APPENDUID"), "{}", sent(&d));
+    assert!(
+        d.largest_staged < 4096 + 1500,
+        "staged {}",
+        d.largest_staged
+    );
+    d.sent.clear();
+    d.feed(b"g SELECT INBOX\r\nh FETCH 2 BODY.PEEK[]\r\n");
+    let out = d.sent.clone();
+    assert!(
+        out.len() > message.len(),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let at = memchr::memmem::find(&out, b"BODY[] {").unwrap_or(0);
+    let start = at + memchr::memchr(b'\n', &out[at..]).unwrap_or(0) + 1;
+    assert_eq!(&out[start..start + message.len()], &message[..]);
+    // Something after the literal other than the line's end: refused, nothing stored.
+    d.sent.clear();
+    d.feed(b"i APPEND INBOX {3+}\r\nabc {3+}\r\nxyz\r\nj STATUS INBOX (MESSAGES)\r\n");
+    let out = sent(&d);
+    assert!(out.contains("i BAD APPEND takes one message"), "{out}");
+    assert!(out.contains("(MESSAGES 2)"), "{out}");
+}

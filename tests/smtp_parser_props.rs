@@ -95,7 +95,7 @@ fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
                 match a {
                     Action::Deliver(env) => {
                         trace.extend_from_slice(b"[deliver]");
-                        trace.extend_from_slice(&env.message);
+                        trace.extend_from_slice(&env.message.staged);
                         s.delivered(&env.id, Ok(()), &mut out);
                     }
                     Action::Authenticate { username, .. } => {
@@ -176,7 +176,7 @@ proptest! {
         wire.extend_from_slice(b".\r\ntrailer");
         let (expect_body, expect_used) = naive_data(&wire).expect("terminated");
         let mut reader = DataReader::new();
-        let mut body = Vec::new();
+        let mut body = shardmail::proto::Incoming::default();
         let mut buf = Vec::new();
         let mut used_total = 0;
         let mut done = false;
@@ -189,6 +189,6 @@ proptest! {
         }
         prop_assert!(done);
         prop_assert_eq!(used_total, expect_used);
-        prop_assert_eq!(body, expect_body);
+        prop_assert_eq!(body.staged, expect_body);
     }
 }

@@ -148,7 +148,7 @@ fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>
                                 Ok(())
                             };
                             if !fail {
-                                delivered.push(env.message.clone());
+                                delivered.push(env.message.staged.clone());
                             }
                             session.delivered(&env.id, result, &mut out);
                         }

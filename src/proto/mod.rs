@@ -39,6 +39,73 @@ impl<A> Outbox<A> {
     }
 }
 
+/// A message body as it arrives (SMTP DATA/BDAT, an IMAP APPEND literal). The session
+/// appends to `staged`; the IO layer moves staged bytes out to a spool file whenever
+/// they pass `store.spool_threshold_bytes` (see [`Incoming::take_staged`]), so a
+/// session never holds a whole large message (DESIGN.md §2, §10). A session that
+/// throws a body away calls [`Incoming::discard`], which the IO layer notices by the
+/// changed [`Incoming::generation`] and drops its spool.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Incoming {
+    /// Bytes not yet moved out.
+    pub staged: Vec<u8>,
+    /// Bytes moved out before `staged` (they precede it).
+    pub spilled: u64,
+    generation: u64,
+}
+
+impl Incoming {
+    /// A new body; `generation` tells it apart from earlier ones of the session.
+    pub fn new(generation: u64) -> Incoming {
+        Incoming {
+            staged: Vec::new(),
+            spilled: 0,
+            generation,
+        }
+    }
+
+    /// Starts with `bytes` (our trace header).
+    pub fn with_head(generation: u64, bytes: Vec<u8>) -> Incoming {
+        Incoming {
+            staged: bytes,
+            spilled: 0,
+            generation,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Body bytes so far, moved out or not.
+    pub fn len(&self) -> u64 {
+        self.spilled + self.staged.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Hands the staged bytes to the IO layer (which writes them to the spool).
+    pub fn take_staged(&mut self) -> Vec<u8> {
+        let bytes = std::mem::take(&mut self.staged);
+        self.spilled += bytes.len() as u64;
+        bytes
+    }
+
+    /// Throws the body away (oversize, refused): memory back now, spool dropped.
+    pub fn discard(&mut self) {
+        self.staged = Vec::new();
+        self.spilled = 0;
+        self.generation = self.generation.wrapping_add(1 << 32);
+    }
+
+    /// The whole body, when nothing was moved out (tests, small messages).
+    pub fn into_bytes(self) -> Option<Vec<u8>> {
+        (self.spilled == 0).then_some(self.staged)
+    }
+}
+
 /// Offsets of the dots that must be doubled when `message` goes out as SMTP DATA or a
 /// POP3 multi-line response (RFC 5321 §4.5.2, RFC 1939 §3): every `.` starting a line.
 pub fn stuffing_points(message: &[u8]) -> Vec<usize> {

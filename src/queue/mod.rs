@@ -90,7 +90,7 @@ pub fn enqueue(
     data_dir: &Path,
     mail_from: &str,
     recipients: &[String],
-    message: &[u8],
+    message: &[&[u8]],
     now: i64,
 ) -> Result<QueueEntry, String> {
     let dir = dir(data_dir);
@@ -100,7 +100,9 @@ pub fn enqueue(
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&msg).map_err(|e| io_err(&msg, e))?;
-        f.write_all(message).map_err(|e| io_err(&msg, e))?;
+        for part in message {
+            f.write_all(part).map_err(|e| io_err(&msg, e))?;
+        }
         f.sync_all().map_err(|e| io_err(&msg, e))?;
     }
     let entry = QueueEntry {
@@ -230,7 +232,7 @@ mod tests {
             &data,
             "a@x.example",
             &["b@y.example".into(), "c@y.example".into()],
-            b"msg",
+            &[b"m", b"sg"],
             100,
         )
         .expect("enqueue");

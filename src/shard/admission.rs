@@ -124,6 +124,32 @@ impl Connections {
     }
 }
 
+/// One descriptor beyond a connection's socket (a spool file), counted against the
+/// same capacity so that the open-file limit is never reached.
+#[derive(Debug)]
+pub struct FileTicket {
+    table: Arc<Connections>,
+}
+
+impl Drop for FileTicket {
+    fn drop(&mut self) {
+        self.table.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Connections {
+    /// A descriptor slot for a spool file, if the capacity allows.
+    pub fn file(self: &Arc<Self>) -> Option<FileTicket> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(FileTicket {
+            table: self.clone(),
+        })
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.table.total.fetch_sub(1, Ordering::AcqRel);

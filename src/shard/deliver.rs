@@ -33,9 +33,9 @@ const CHECKS_BUSY: &str = "451 4.3.2 Too many messages are being checked, try ag
 pub async fn accept(
     shard: &Rc<Shard>,
     envelope: Envelope,
+    message: Bytes,
     spf: Option<SpfVerdict>,
 ) -> Result<(), DeliveryError> {
-    let message = Bytes::from(envelope.message);
     let received = message.slice(..envelope.received_len.min(message.len()));
     let original = message.slice(envelope.received_len.min(message.len())..);
     let hostname = &shard.config.hostname;
@@ -104,11 +104,13 @@ pub async fn accept(
     let (remote, local): (Vec<_>, Vec<_>) = envelope.recipients.into_iter().partition(|r| r.remote);
     if !remote.is_empty() {
         // What leaves: the DKIM signature and our Received, never our own
-        // Authentication-Results (it would publish the user's login).
-        let mut outgoing = Vec::with_capacity(signature.len() + received.len() + body.len());
-        outgoing.extend_from_slice(signature.as_bytes());
-        outgoing.extend_from_slice(&received);
-        outgoing.extend_from_slice(&body);
+        // Authentication-Results (it would publish the user's login). In parts: a
+        // large body is written to the queue from its spool map, not copied.
+        let outgoing = vec![
+            Bytes::from(signature.clone()),
+            received.clone(),
+            body.clone(),
+        ];
         let mut addresses: Vec<String> = remote.into_iter().map(|r| r.address).collect();
         addresses.sort();
         addresses.dedup();
@@ -122,13 +124,11 @@ pub async fn accept(
     if local.is_empty() {
         return Ok(());
     }
-    let mut stored =
-        Vec::with_capacity(prefix.len() + signature.len() + received.len() + body.len());
-    stored.extend_from_slice(prefix.as_bytes());
-    stored.extend_from_slice(signature.as_bytes());
-    stored.extend_from_slice(&received);
-    stored.extend_from_slice(&body);
-    mesh::store(shard, stored, &local, mailbox, envelope.received_at).await
+    let mut head = Vec::with_capacity(prefix.len() + signature.len() + received.len());
+    head.extend_from_slice(prefix.as_bytes());
+    head.extend_from_slice(signature.as_bytes());
+    head.extend_from_slice(&received);
+    mesh::store(shard, head, body, &local, mailbox, envelope.received_at).await
 }
 
 /// The addresses of the From: header (RFC 5322 allows several), with their

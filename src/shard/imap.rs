@@ -19,6 +19,7 @@ use super::conn::{
     ReadOutcome, Stream,
 };
 use super::mesh::ShardMsg;
+use super::spool::{SpoolError, Spooler};
 use super::{Client, MailboxLogin, Shard, UserSlot};
 use crate::metrics;
 use crate::proto::imap::session::{
@@ -193,6 +194,11 @@ async fn drive(
     let limits = &shard.config.limits;
     let mut commands_counted = session.commands();
     let mut deadlines = Deadlines::new(limits, limits.imap_idle_timeout, true);
+    let mut spooler = Spooler::new(
+        &shard.config.data_dir,
+        shard.config.store.spool_threshold_bytes,
+        shard.connections.clone(),
+    );
     // A whole command, literals included, must fit in the input buffer: at most one
     // literal at the limit plus the command's lines.
     let input_max = limits.message_size_max + input_capacity(shard) * 2;
@@ -202,6 +208,7 @@ async fn drive(
         });
         input.consume(used);
         deadlines.consumed(used, input.is_empty());
+        spooler.tend(session.incoming_mut());
         let commands = session.commands();
         metrics::add(&shard.metrics.imap.commands, commands - commands_counted);
         commands_counted = commands;
@@ -275,7 +282,7 @@ async fn drive(
                 }
                 Action::Write(write) => {
                     let result = match account {
-                        Some(a) => execute(shard, a, write).await,
+                        Some(a) => execute(shard, a, write, &mut spooler).await,
                         None => Written::Failed(WriteFailure::Cannot("Not logged in".into())),
                     };
                     with_view(shard, account, |view| {
@@ -438,7 +445,7 @@ async fn idle_wait(
 }
 
 /// Runs one durable change for the session.
-async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
+async fn execute(shard: &Rc<Shard>, account: u64, write: Write, spooler: &mut Spooler) -> Written {
     let Some(p) = partition_for(shard, account).cloned() else {
         tracing::error!(
             shard = shard.id,
@@ -497,8 +504,18 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write) -> Written {
             keywords,
             internal_date,
         } => {
-            let (message, summary) = super::mesh::summarize(message).await;
-            p.append(
+            let body = match spooler.finish(message) {
+                Ok(body) => body,
+                Err(SpoolError::NoSpace | SpoolError::NoDescriptor) => {
+                    return Written::Failed(WriteFailure::NoSpace)
+                }
+                Err(SpoolError::Io(e)) => {
+                    tracing::error!(error = %e, "cannot spool an APPEND");
+                    return Written::Failed(WriteFailure::Unavailable);
+                }
+            };
+            let (message, summary) = super::mesh::summarize(Vec::new(), body).await;
+            p.append_message(
                 account,
                 mailbox,
                 &message,

@@ -14,7 +14,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
 use super::Shard;
 use crate::proto::smtp::{DeliveryError, Recipient};
-use crate::store::{self, Summary};
+use crate::store::{self, StoredMessage, Summary};
 
 /// Larger messages are MIME-parsed off the reactor (256 KiB parse in ~0.5 ms, within
 /// `server.step_budget_us`).
@@ -33,12 +33,12 @@ pub enum ShardMsg {
         partition: u32,
         accounts: Vec<u64>,
         mailbox: u32,
-        message: Bytes,
+        message: StoredMessage,
         summary: Bytes,
         internal_date: i64,
     },
-    /// Answer to `Deliver`: durable or not.
-    Delivered { request: u64, ok: bool },
+    /// Answer to `Deliver`: durable, or why not.
+    Delivered { request: u64, outcome: Stored },
     /// A logged-in POP3 connection moving to the shard that owns its account.
     AdoptPop3(Box<Handoff<crate::proto::pop3::Session>>),
     /// A logged-in IMAP connection moving to the shard that owns its account.
@@ -51,11 +51,36 @@ pub enum ShardMsg {
     },
 }
 
+/// What became of a delivery to one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Durable,
+    /// No room (disk full, or below `store.reserve_free_bytes`): temporary.
+    NoSpace,
+    Failed,
+}
+
+impl Stored {
+    fn of(result: Result<(), store::StoreError>) -> Stored {
+        match result {
+            Ok(()) => Stored::Durable,
+            Err(e) if e.is_no_space() => Stored::NoSpace,
+            Err(e) => {
+                tracing::warn!(error = %e, "delivery to a partition failed");
+                Stored::Failed
+            }
+        }
+    }
+}
+
+/// The SMTP reply for a full disk (RFC 3463 4.3.1; never a path).
+const NO_SPACE_REPLY: &str = "452 4.3.1 Insufficient system storage; try again later";
+
 /// This shard's end of the mesh.
 pub struct Mesh {
     senders: Senders<ShardMsg>,
     receivers: RefCell<Option<glommio::channels::channel_mesh::Receivers<ShardMsg>>>,
-    pending: RefCell<HashMap<u64, oneshot::Sender<bool>>>,
+    pending: RefCell<HashMap<u64, oneshot::Sender<Stored>>>,
     pending_metrics: RefCell<HashMap<u64, oneshot::Sender<crate::metrics::Snapshot>>>,
     next_request: Cell<u64>,
 }
@@ -119,16 +144,16 @@ impl Mesh {
             .map_err(|e| e.to_string())
     }
 
-    async fn request(&self, owner: usize, make: impl FnOnce(u64) -> ShardMsg) -> bool {
+    async fn request(&self, owner: usize, make: impl FnOnce(u64) -> ShardMsg) -> Stored {
         let request = self.next_request.get() + 1;
         self.next_request.set(request);
         let (tx, rx) = oneshot::channel();
         self.pending.borrow_mut().insert(request, tx);
         if self.senders.send_to(owner, make(request)).await.is_err() {
             self.pending.borrow_mut().remove(&request);
-            return false;
+            return Stored::Failed;
         }
-        rx.await.unwrap_or(false)
+        rx.await.unwrap_or(Stored::Failed)
     }
 }
 
@@ -162,30 +187,30 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
         } => {
             let shard = shard.clone();
             glommio::spawn_local(async move {
-                let ok = match shard.partition(partition) {
-                    Some(p) => p
-                        .deliver(&accounts, mailbox, &message, &summary, internal_date)
-                        .await
-                        .is_ok(),
+                let outcome = match shard.partition(partition) {
+                    Some(p) => Stored::of(
+                        p.deliver_message(&accounts, mailbox, &message, &summary, internal_date)
+                            .await,
+                    ),
                     None => {
                         tracing::error!(
                             partition,
                             shard = shard.id,
                             "delivery to a partition this shard does not own"
                         );
-                        false
+                        Stored::Failed
                     }
                 };
-                let reply = ShardMsg::Delivered { request, ok };
+                let reply = ShardMsg::Delivered { request, outcome };
                 if shard.mesh.senders.send_to(from, reply).await.is_err() {
                     tracing::error!(peer = from, "cannot answer a delivery request");
                 }
             })
             .detach();
         }
-        ShardMsg::Delivered { request, ok } => {
+        ShardMsg::Delivered { request, outcome } => {
             if let Some(tx) = shard.mesh.pending.borrow_mut().remove(&request) {
-                let _ = tx.send(ok);
+                let _ = tx.send(outcome);
             }
         }
         ShardMsg::MetricsRequest { request, from } => {
@@ -214,18 +239,24 @@ fn handle(shard: &Rc<Shard>, msg: ShardMsg) {
     }
 }
 
-/// The MIME summary of `message`, encoded for the log (SMTP delivery, IMAP APPEND).
-/// mail-parser does ~0.5 GB/s: a large message goes to the blocking pool so it does
-/// not stall every other session of this shard.
-pub async fn summarize(message: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
-    if message.len() <= SUMMARY_ON_REACTOR_BYTES_MAX {
-        let summary = Summary::parse(&message).to_bytes();
-        (message, summary)
+/// The message as stored (`head` then `body`) and its MIME summary, encoded for the
+/// log (SMTP delivery, IMAP APPEND). mail-parser does ~0.5 GB/s: a large message is
+/// summarized (and its checksum taken) on the blocking pool, so it does not stall
+/// every other session of this shard, and is never copied to join head and body.
+pub async fn summarize(head: Vec<u8>, body: Bytes) -> (StoredMessage, Vec<u8>) {
+    if head.len() + body.len() <= SUMMARY_ON_REACTOR_BYTES_MAX {
+        let mut whole = head;
+        whole.extend_from_slice(&body);
+        let summary = Summary::parse(&whole).to_bytes();
+        (
+            StoredMessage::new(Bytes::new(), Bytes::from(whole)),
+            summary,
+        )
     } else {
         glommio::executor()
             .spawn_blocking(move || {
-                let summary = Summary::parse(&message).to_bytes();
-                (message, summary)
+                let summary = Summary::parse_after_head(head.len(), &body).to_bytes();
+                (StoredMessage::new(Bytes::from(head), body), summary)
             })
             .await
     }
@@ -285,18 +316,19 @@ pub async fn hand_off<S>(
     }
 }
 
-/// Stores a message in `mailbox` of every recipient, in each recipient's partition;
-/// `Ok` once all are durable.
+/// Stores a message (`head` then `body`) in `mailbox` of every recipient, in each
+/// recipient's partition; `Ok` once all are durable.
 pub async fn store(
     shard: &Rc<Shard>,
-    message: Vec<u8>,
+    head: Vec<u8>,
+    body: Bytes,
     recipients: &[Recipient],
     mailbox: u32,
     received_at: std::time::SystemTime,
 ) -> Result<(), DeliveryError> {
     // Parsed once here, on the accepting shard; owners only copy the cached bytes.
-    let (message, summary) = summarize(message).await;
-    let (message, summary) = (Bytes::from(message), Bytes::from(summary));
+    let (message, summary) = summarize(head, body).await;
+    let summary = Bytes::from(summary);
     let internal_date = received_at
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -311,10 +343,10 @@ pub async fn store(
     }
     // One partition (the common single-recipient case): store inline; several: in
     // parallel, each owner in its own task.
-    let all_ok = if by_partition.len() == 1 {
+    let outcomes: Vec<Stored> = if by_partition.len() == 1 {
         let mut only = by_partition.into_iter();
         match only.next() {
-            Some((partition, accounts)) => {
+            Some((partition, accounts)) => vec![
                 store_one(
                     shard.clone(),
                     partition,
@@ -324,9 +356,9 @@ pub async fn store(
                     summary,
                     internal_date,
                 )
-                .await
-            }
-            None => true,
+                .await,
+            ],
+            None => Vec::new(),
         }
     } else {
         let tasks: Vec<_> = by_partition
@@ -344,14 +376,16 @@ pub async fn store(
                 glommio::spawn_local(job)
             })
             .collect();
-        let mut all_ok = true;
+        let mut outcomes = Vec::new();
         for task in tasks {
-            all_ok &= task.await;
+            outcomes.push(task.await);
         }
-        all_ok
+        outcomes
     };
-    if all_ok {
+    if outcomes.iter().all(|o| *o == Stored::Durable) {
         Ok(())
+    } else if outcomes.contains(&Stored::NoSpace) {
+        Err(DeliveryError::Refused(NO_SPACE_REPLY.into()))
     } else {
         Err(DeliveryError::Temporary)
     }
@@ -363,19 +397,19 @@ async fn store_one(
     partition: u32,
     accounts: Vec<u64>,
     mailbox: u32,
-    message: Bytes,
+    message: StoredMessage,
     summary: Bytes,
     internal_date: i64,
-) -> bool {
+) -> Stored {
     let owner = store::shard_of(partition, shard.config.shards);
     if owner == shard.id {
         let Some(p) = shard.partition(partition) else {
-            return false;
+            return Stored::Failed;
         };
-        return p
-            .deliver(&accounts, mailbox, &message, &summary, internal_date)
-            .await
-            .is_ok();
+        return Stored::of(
+            p.deliver_message(&accounts, mailbox, &message, &summary, internal_date)
+                .await,
+        );
     }
     let from = shard.id;
     let make = |request| ShardMsg::Deliver {

@@ -18,6 +18,7 @@ pub mod pop3;
 pub mod preflight;
 pub mod shutdown;
 pub mod smtp;
+pub mod spool;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -379,6 +380,15 @@ fn smtp_config(config: &Config, port: Port) -> SessionConfig {
 
 /// Runs the server until SIGTERM/SIGINT; returns after a graceful shutdown.
 pub fn serve(config: Config) -> Result<(), String> {
+    // A panicking shard would leave the others serving without it (its partitions
+    // and sessions gone): stop the whole process instead, so the service manager
+    // restarts it and recovery runs. Nothing acknowledged is lost by that.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        tracing::error!("a shard panicked; aborting so the server restarts cleanly");
+        std::process::abort();
+    }));
     preflight::check(&config)?;
     let _lock = preflight::lock_data_dir(&config.data_dir)?;
     let meta = store::init(&config.data_dir, config.partitions).map_err(|e| e.to_string())?;
@@ -402,6 +412,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     )?);
     // Every socket listening before any shard starts: see listen::bind_all.
     let sockets = listen::bind_all(&config, config.shards)?;
+    spool::prepare(&config.data_dir)?;
     let capacity = preflight::connection_capacity(&config, meta.partitions)?;
     let limits = &config.limits;
     let connections = admission::Connections::new(

@@ -421,12 +421,16 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
                 mailbox,
                 remote: false,
             };
-            super::mesh::store(shard, message, &[rcpt], 1, SystemTime::now())
+            let body = bytes::Bytes::from(message);
+            super::mesh::store(shard, Vec::new(), body, &[rcpt], 1, SystemTime::now())
                 .await
                 .map_err(|_| "storing the notification failed".to_string())
         }
         Resolution::UnknownUser => Err(format!("{to} is a local address without an account")),
-        Resolution::NotLocal => enqueue(shard, "", &[to.to_string()], message).await,
+        Resolution::NotLocal => {
+            let parts = vec![bytes::Bytes::from(message)];
+            enqueue(shard, "", &[to.to_string()], parts).await
+        }
     }
 }
 
@@ -435,7 +439,7 @@ pub async fn enqueue(
     shard: &Rc<Shard>,
     mail_from: &str,
     rcpts: &[String],
-    message: Vec<u8>,
+    message: Vec<bytes::Bytes>,
 ) -> Result<(), String> {
     let (data_dir, from, rcpts) = (
         shard.config.data_dir.clone(),
@@ -443,7 +447,10 @@ pub async fn enqueue(
         rcpts.to_vec(),
     );
     let entry = glommio::executor()
-        .spawn_blocking(move || queue::enqueue(&data_dir, &from, &rcpts, &message, unix_now()))
+        .spawn_blocking(move || {
+            let parts: Vec<&[u8]> = message.iter().map(|p| p.as_ref()).collect();
+            queue::enqueue(&data_dir, &from, &rcpts, &parts, unix_now())
+        })
         .await?;
     tracing::info!(id = %entry.id, from = %entry.mail_from, rcpts = entry.recipients.len(), "queued");
     shard.outbound.add(entry);

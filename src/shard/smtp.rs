@@ -16,10 +16,11 @@ use tracing::{debug, Instrument};
 use super::conn::{
     await_input, flush, start_tls, Deadlines, InputBuffer, Interruptible, Phase, Stream,
 };
+use super::spool::Spooler;
 use super::{deliver, Client, LoginCheck, Shard};
 use crate::auth::verify::SpfCheck;
 use crate::metrics;
-use crate::proto::smtp::{Action, Outbox, Port, Session};
+use crate::proto::smtp::{Action, DeliveryError, Outbox, Port, Session};
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
 /// DATA reads.
@@ -53,6 +54,11 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
     metrics::add(&shard.metrics.smtp.connections, 1);
     let mut commands_counted = 0;
     let mut deadlines = Deadlines::new(limits, limits.idle_timeout, false);
+    let mut spooler = Spooler::new(
+        &shard.config.data_dir,
+        shard.config.store.spool_threshold_bytes,
+        shard.connections.clone(),
+    );
     let mut session = Session::new(shard.smtp_config(port), peer, id, port == Port::Submissions);
     session
         .verify_senders(port == Port::Mx && shard.auth.is_some() && shard.config.auth.checks(peer));
@@ -65,6 +71,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         let used = session.receive(input.data(), SystemTime::now(), shard.as_ref(), &mut out);
         input.consume(used);
         deadlines.consumed(used, input.is_empty());
+        spooler.tend(session.incoming_mut());
         let commands = session.commands();
         metrics::add(&shard.metrics.smtp.commands, commands - commands_counted);
         commands_counted = commands;
@@ -112,11 +119,14 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                         None => session.checks_unavailable(&mut out),
                     }
                 }
-                Action::Deliver(envelope) => {
+                Action::Deliver(mut envelope) => {
                     let id = envelope.id.clone();
-                    let (started, bytes) =
-                        (std::time::Instant::now(), envelope.message.len() as u64);
-                    let result = deliver::accept(shard, envelope, spf.take()).await;
+                    let (started, bytes) = (std::time::Instant::now(), envelope.message.len());
+                    let body = std::mem::take(&mut envelope.message);
+                    let result = match spooler.finish(body) {
+                        Ok(message) => deliver::accept(shard, envelope, message, spf.take()).await,
+                        Err(e) => Err(DeliveryError::Refused(e.smtp_reply())),
+                    };
                     let m = &shard.metrics;
                     if result.is_ok() {
                         metrics::add(&m.messages_accepted, 1);

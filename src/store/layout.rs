@@ -98,6 +98,25 @@ pub const fn record_bytes(payload_len: usize) -> usize {
     raw.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
+/// Zero bytes that follow a payload of `payload_len` to the next record.
+pub const fn padding(payload_len: usize) -> usize {
+    record_bytes(payload_len) - RECORD_HEADER_BYTES - payload_len
+}
+
+/// Appends a record header for a payload written elsewhere (a large message body
+/// goes to the file straight from its own buffer): `crc` covers kind and payload.
+pub fn encode_header(out: &mut Vec<u8>, kind: Kind, payload_len: usize, crc: u32) {
+    assert!(
+        payload_len <= RECORD_PAYLOAD_MAX,
+        "record payload {payload_len} exceeds RECORD_PAYLOAD_MAX"
+    );
+    debug_assert_eq!(out.len() % RECORD_ALIGN, 0);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.push(kind as u8);
+    out.extend_from_slice(&[0; 7]);
+}
+
 /// Appends one record to `out`.
 pub fn encode(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]]) {
     let len: usize = payload.iter().map(|p| p.len()).sum();

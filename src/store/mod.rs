@@ -8,6 +8,7 @@
 pub mod index;
 pub mod layout;
 pub mod partition;
+pub mod space;
 pub mod summary;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use index::{flags, AccountIndex, Index, MailboxIndex, MessageEntry, SpecialUse};
 pub use partition::Partition;
+
 pub use summary::Summary;
 
 /// Errors from the store; each names the file involved.
@@ -65,6 +67,47 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// A message as it is stored: our header block (trace and authentication headers,
+/// possibly empty) followed by the body as received. Both are refcounted; the body of
+/// a large message is a map of its spool file, written to the log without a copy.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub head: bytes::Bytes,
+    pub body: bytes::Bytes,
+    /// crc32c of `body` (computed with the summary, off the reactor for large bodies).
+    pub body_crc: u32,
+}
+
+impl StoredMessage {
+    pub fn new(head: bytes::Bytes, body: bytes::Bytes) -> StoredMessage {
+        let body_crc = crc32c::crc32c(&body);
+        StoredMessage {
+            head,
+            body,
+            body_crc,
+        }
+    }
+
+    /// A small message held in one piece (tests, benches).
+    pub fn from_slice(message: &[u8]) -> StoredMessage {
+        StoredMessage::new(bytes::Bytes::new(), bytes::Bytes::copy_from_slice(message))
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// crc32c of head ++ body.
+    pub fn crc_after(&self, crc: u32) -> u32 {
+        let crc = crc32c::crc32c_append(crc, &self.head);
+        crc32c::crc32c_combine(crc, self.body_crc, self.body.len())
+    }
+}
 
 /// `store.json`: what a data directory was created with.
 #[derive(Debug, Clone, Serialize, Deserialize)]

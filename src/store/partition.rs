@@ -145,13 +145,48 @@ impl Deref for MappedSlice {
 }
 
 struct Batch {
-    /// File offset of `bytes[0]`.
+    /// File offset of the first part.
     base: u64,
-    bytes: Vec<u8>,
-    /// Bytes written (set when `bytes` is handed to the kernel).
+    /// The batch's bytes in file order: encoded records, and the bodies of large
+    /// messages written from their own buffers (never copied into a record buffer).
+    parts: Vec<Part>,
+    /// Bytes in all parts.
     len: u64,
     ops: Vec<Op>,
     done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+enum Part {
+    Inline(Vec<u8>),
+    Shared(bytes::Bytes),
+}
+
+impl Part {
+    fn len(&self) -> usize {
+        match self {
+            Part::Inline(v) => v.len(),
+            Part::Shared(b) => b.len(),
+        }
+    }
+}
+
+/// Messages at least this large are written from their own buffer (a map of the
+/// spool file) rather than copied into the commit's buffer.
+const SHARED_BODY_BYTES_MIN: usize = 256 * 1024;
+
+/// How a group commit failed.
+enum CommitError {
+    /// Writing failed (ENOSPC, EDQUOT…): nothing was synced; the log can be rewound.
+    Write(StoreError),
+    /// The fdatasync failed, or the partition had stopped.
+    Sync(StoreError),
+}
+
+/// A Blob record being encoded (see [`Partition::encode_blob`]).
+struct EncodedBlob {
+    parts: Vec<Part>,
+    tail: Vec<u8>,
+    blob_op: Option<Op>,
 }
 
 /// Counters for metrics and the issue notes.
@@ -188,6 +223,8 @@ pub struct Partition {
     checkpointing: Cell<bool>,
     failed: Cell<bool>,
     stats: Cell<CommitStats>,
+    /// Free space against `store.reserve_free_bytes`.
+    space: super::space::DiskSpace,
     /// Per account: a change counter and the tasks waiting for it to move (IMAP IDLE
     /// and sessions sharing a mailbox are woken when a commit touches the account).
     watchers: RefCell<HashMap<u64, (u64, Vec<std::task::Waker>)>>,
@@ -243,6 +280,7 @@ impl Partition {
             durability: options.durability,
             failed: Cell::new(false),
             stats: Cell::new(CommitStats::default()),
+            space: super::space::DiskSpace::new(dir, options.reserve_free),
             watchers: RefCell::new(HashMap::new()),
         }))
     }
@@ -334,7 +372,7 @@ impl Partition {
 
     /// Stores `message` in mailbox `mailbox` (1-5: the default mailboxes) of every
     /// account in `accounts` (all owned by this partition); resolves once durable per
-    /// `store.durability`.
+    /// `store.durability`. (A copy for small messages: tests and benches.)
     pub async fn deliver(
         self: &Rc<Self>,
         accounts: &[u64],
@@ -343,9 +381,25 @@ impl Partition {
         summary: &[u8],
         internal_date: i64,
     ) -> Result<(), StoreError> {
+        let message = super::StoredMessage::from_slice(message);
+        self.deliver_message(accounts, mailbox, &message, summary, internal_date)
+            .await
+    }
+
+    /// [`Partition::deliver`] of a [`super::StoredMessage`] (a large body is written
+    /// from its own buffer).
+    pub async fn deliver_message(
+        self: &Rc<Self>,
+        accounts: &[u64],
+        mailbox: u32,
+        message: &super::StoredMessage,
+        summary: &[u8],
+        internal_date: i64,
+    ) -> Result<(), StoreError> {
         if self.failed.get() {
             return Err(StoreError::Failed(self.id));
         }
+        self.check_space(message.len())?;
         // A record naming a missing mailbox would be durable and then fail every replay:
         // refuse it before anything is written.
         let known = |account: u64| {
@@ -360,19 +414,70 @@ impl Partition {
                 "account {bad:x} has no mailbox {mailbox}"
             )));
         }
-        let mut bytes = Vec::with_capacity(message.len() + summary.len() + 256);
         let base = self.end.get();
+        let mut head = Vec::with_capacity(512);
         for &account in accounts {
-            self.encode_default_mailboxes(&mut bytes, account, internal_date);
+            self.encode_default_mailboxes(&mut head, account, internal_date);
         }
-        let blob = base + bytes.len() as u64;
-        let summary_len = (summary.len() as u32).to_le_bytes();
-        layout::encode(&mut bytes, Kind::Blob, &[&summary_len, summary, message]);
+        let blob = base + head.len() as u64;
+        let mut blob_parts = self.encode_blob(head, summary, message);
+        let mut tail = blob_parts.tail;
         for &account in accounts {
-            let uid = self.encode_append(&mut bytes, account, mailbox, internal_date, 0, &[], blob);
+            let uid = self.encode_append(&mut tail, account, mailbox, internal_date, 0, &[], blob);
             debug_assert!(uid > 0);
         }
-        self.commit(base, bytes).await
+        blob_parts.parts.push(Part::Inline(tail));
+        self.commit_parts(base, blob_parts.parts, blob_parts.blob_op)
+            .await
+    }
+
+    /// Encodes the Blob record of `message` after the records already in `head`:
+    /// inline (one buffer) for a small message, or with the body as its own part.
+    /// Returns the parts so far, the bytes that continue the last part, and the Blob
+    /// op when it cannot be decoded from contiguous bytes.
+    fn encode_blob(
+        &self,
+        mut head: Vec<u8>,
+        summary: &[u8],
+        message: &super::StoredMessage,
+    ) -> EncodedBlob {
+        let blob = self.end.get() + head.len() as u64;
+        let summary_len = (summary.len() as u32).to_le_bytes();
+        if message.body.len() < SHARED_BODY_BYTES_MIN {
+            layout::encode(
+                &mut head,
+                Kind::Blob,
+                &[&summary_len, summary, &message.head, &message.body],
+            );
+            return EncodedBlob {
+                parts: Vec::new(),
+                tail: head,
+                blob_op: None,
+            };
+        }
+        let payload_len = 4 + summary.len() + message.len();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[Kind::Blob as u8]), &summary_len);
+        let crc = message.crc_after(crc32c::crc32c_append(crc, summary));
+        layout::encode_header(&mut head, Kind::Blob, payload_len, crc);
+        head.extend_from_slice(&summary_len);
+        head.extend_from_slice(summary);
+        head.extend_from_slice(&message.head);
+        let op = Op::Blob {
+            blob,
+            offset: blob + layout::RECORD_HEADER_BYTES as u64 + 4 + summary.len() as u64,
+            len: message.len() as u32,
+            summary: Box::new(super::Summary::from_bytes(summary).unwrap_or_default()),
+        };
+        EncodedBlob {
+            parts: vec![
+                Part::Inline(head),
+                Part::Shared(message.body.clone()),
+                Part::Inline(vec![0; layout::padding(payload_len)]),
+            ],
+            // The records after the Blob start aligned, in a buffer of their own.
+            tail: Vec::new(),
+            blob_op: Some(op),
+        }
     }
 
     /// Encodes one Append record with a freshly reserved UID; returns the UID.
@@ -443,13 +548,38 @@ impl Partition {
         keywords: &[String],
         internal_date: i64,
     ) -> Result<u32, StoreError> {
+        let message = super::StoredMessage::from_slice(message);
+        self.append_message(
+            account,
+            mailbox,
+            &message,
+            summary,
+            flags,
+            keywords,
+            internal_date,
+        )
+        .await
+    }
+
+    /// [`Partition::append`] of a [`super::StoredMessage`].
+    #[allow(clippy::too_many_arguments)] // APPEND's arguments, one each
+    pub async fn append_message(
+        self: &Rc<Self>,
+        account: u64,
+        mailbox: u32,
+        message: &super::StoredMessage,
+        summary: &[u8],
+        flags: u32,
+        keywords: &[String],
+        internal_date: i64,
+    ) -> Result<u32, StoreError> {
         self.require_mailbox(account, mailbox)?;
+        self.check_space(message.len())?;
         let base = self.end.get();
-        let mut bytes = Vec::with_capacity(message.len() + summary.len() + 128);
-        let summary_len = (summary.len() as u32).to_le_bytes();
-        layout::encode(&mut bytes, Kind::Blob, &[&summary_len, summary, message]);
+        let mut encoded = self.encode_blob(Vec::new(), summary, message);
+        let mut tail = encoded.tail;
         let uid = self.encode_append(
-            &mut bytes,
+            &mut tail,
             account,
             mailbox,
             internal_date,
@@ -457,7 +587,9 @@ impl Partition {
             keywords,
             base,
         );
-        self.commit(base, bytes).await?;
+        encoded.parts.push(Part::Inline(tail));
+        self.commit_parts(base, encoded.parts, encoded.blob_op)
+            .await?;
         Ok(uid)
     }
 
@@ -814,12 +946,80 @@ impl Partition {
                 }
             }
         }
-        self.end.set(base + bytes.len() as u64);
+        self.queue_batch(base, vec![Part::Inline(bytes)], ops).await
+    }
+
+    /// Commits parts where a large message's Blob record spans an inline header, the
+    /// shared body and the inline rest: the ops are decoded from the inline records,
+    /// with `blob_op` (the Blob, which cannot be decoded without its body) in place.
+    async fn commit_parts(
+        self: &Rc<Self>,
+        base: u64,
+        parts: Vec<Part>,
+        blob_op: Option<Op>,
+    ) -> Result<(), StoreError> {
+        let Some(blob_op) = blob_op else {
+            // All inline: one contiguous buffer.
+            let mut bytes = Vec::new();
+            for p in parts {
+                if let Part::Inline(v) = p {
+                    if bytes.is_empty() {
+                        bytes = v;
+                    } else {
+                        bytes.extend_from_slice(&v);
+                    }
+                }
+            }
+            return self.commit(base, bytes).await;
+        };
+        let corrupt = |e: index::CorruptRecord| {
+            StoreError::Corrupt(format!("encoded an invalid record at {}", e.offset))
+        };
+        let (
+            Some(Part::Inline(head)),
+            Some(Part::Shared(body)),
+            Some(Part::Inline(padding)),
+            Some(Part::Inline(tail)),
+        ) = (parts.first(), parts.get(1), parts.get(2), parts.get(3))
+        else {
+            return Err(StoreError::Corrupt("unexpected blob layout".into()));
+        };
+        let Op::Blob { blob, .. } = &blob_op else {
+            return Err(StoreError::Corrupt("blob op expected".into()));
+        };
+        // Records before the Blob header, then the Blob, then records after its padding.
+        let before = (*blob - base) as usize;
+        let mut ops = Scanner::region(head.get(..before).unwrap_or(&[]), base)
+            .map(|r| Op::decode(&r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        ops.push(blob_op);
+        let payload_len = head.len() - before - layout::RECORD_HEADER_BYTES + body.len();
+        debug_assert_eq!(padding.len(), layout::padding(payload_len));
+        let tail_base = base + (head.len() + body.len() + padding.len()) as u64;
+        ops.extend(
+            Scanner::region(tail, tail_base)
+                .map(|r| Op::decode(&r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(corrupt)?,
+        );
+        self.queue_batch(base, parts, ops).await
+    }
+
+    /// Queues a batch for the commit loop and waits until it is durable and applied.
+    async fn queue_batch(
+        self: &Rc<Self>,
+        base: u64,
+        parts: Vec<Part>,
+        ops: Vec<Op>,
+    ) -> Result<(), StoreError> {
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        self.end.set(base + len);
         let (done, wait) = oneshot::channel();
         self.queue.borrow_mut().push(Batch {
             base,
-            len: 0,
-            bytes,
+            len,
+            parts,
             ops,
             done,
         });
@@ -845,20 +1045,41 @@ impl Partition {
                 }
             };
             let result = self.write_batches(&mut batches).await;
-            if let Err(e) = &result {
-                tracing::error!(partition = self.id, error = %e, "log write failed; partition stopped");
-                self.failed.set(true);
-            }
             let mut stats = self.stats.get();
             stats.syncs += 1;
             stats.batches += batches.len() as u64;
             self.stats.set(stats);
-            for batch in batches {
-                let outcome = match &result {
-                    Ok(()) => self.apply(batch.base + batch.len, batch.ops),
-                    Err(_) => Err(StoreError::Failed(self.id)),
-                };
-                let _ = batch.done.send(outcome);
+            match result {
+                Ok(()) => {
+                    for batch in batches {
+                        let outcome = self.apply(batch.base + batch.len, batch.ops);
+                        let _ = batch.done.send(outcome);
+                    }
+                }
+                Err(CommitError::Write(e)) => {
+                    // Nothing of these batches is durable or acknowledged: take the
+                    // log back to its durable end and go on (a full disk is temporary).
+                    let recovered = self.rewind_after_failed_write();
+                    tracing::warn!(partition = self.id, error = %e, recovered, "log write failed; its changes were refused");
+                    let error = if recovered {
+                        e
+                    } else {
+                        StoreError::Failed(self.id)
+                    };
+                    for batch in batches {
+                        let _ = batch.done.send(Err(error.clone()));
+                    }
+                }
+                Err(CommitError::Sync(e)) => {
+                    // After a failed fdatasync the page cache cannot be trusted
+                    // (written pages may be marked clean and lost): stop, so a restart
+                    // recovers from what is really on disk.
+                    tracing::error!(partition = self.id, error = %e, "fdatasync failed; partition stopped until restart");
+                    self.failed.set(true);
+                    for batch in batches {
+                        let _ = batch.done.send(Err(StoreError::Failed(self.id)));
+                    }
+                }
             }
             self.maybe_checkpoint();
         }
@@ -887,49 +1108,89 @@ impl Partition {
         .detach();
     }
 
-    async fn write_batches(&self, batches: &mut [Batch]) -> Result<(), StoreError> {
+    /// After a failed write: every queued batch was encoded after the failed ones, so
+    /// all fail too; the file goes back to the durable end (the index's end: commits
+    /// apply only after their sync), and reservations are forgotten. `false` if the
+    /// file could not be truncated (then the partition stops).
+    fn rewind_after_failed_write(&self) -> bool {
+        let durable_end = self.index.borrow().log_end;
+        for batch in self.queue.borrow_mut().drain(..) {
+            let _ = batch.done.send(Err(StoreError::NoSpace(
+                "an earlier write in the same group commit failed".into(),
+            )));
+        }
+        // No await since the failed write: no task has mapped the torn bytes.
+        if let Err(e) = self.appender.set_len(durable_end) {
+            tracing::error!(partition = self.id, error = %e, "cannot truncate the torn tail; partition stopped");
+            self.failed.set(true);
+            return false;
+        }
+        self.end.set(durable_end);
+        self.reserved.borrow_mut().clear();
+        self.creating.borrow_mut().clear();
+        self.next_mailbox.borrow_mut().clear();
+        true
+    }
+
+    async fn write_batches(&self, batches: &mut [Batch]) -> Result<(), CommitError> {
         let path = self.dir.join("messages.log");
         if self.failed.get() {
-            return Err(StoreError::Failed(self.id));
+            return Err(CommitError::Sync(StoreError::Failed(self.id)));
         }
         // Batches are contiguous in the file (each was encoded at the previous one's
-        // end), so one write covers them all: one syscall per commit, not per message.
+        // end), so one write covers their inline parts: one syscall per commit, not per
+        // message; a large body is written from its own buffer in between.
         let Some(base) = batches.first().map(|b| b.base) else {
             return Ok(());
         };
-        let mut bytes = Vec::new();
-        for batch in batches.iter_mut() {
-            debug_assert_eq!(
-                batch.base,
-                base + bytes.len() as u64,
-                "batches not contiguous"
-            );
-            batch.len = batch.bytes.len() as u64;
-            if bytes.is_empty() {
-                bytes = std::mem::take(&mut batch.bytes);
-            } else {
-                bytes.extend_from_slice(&batch.bytes);
-                batch.bytes = Vec::new();
-            }
-        }
-        // The buffer goes to io_uring by value. A short write (the buffer is gone by
-        // then) fails the partition rather than guess what reached the disk; recovery
-        // at the next start truncates the torn tail.
         // A direct pwrite: copying a commit's bytes into the page cache takes
         // microseconds, while an io_uring buffered write to ext4 is punted to an io-wq
         // worker thread (two context switches per commit). The fdatasync below, which
-        // really waits for the disk, stays asynchronous.
+        // really waits for the disk, stays asynchronous. A short or failed write
+        // leaves a torn tail, which `recover` truncates (here: before the next commit).
         use std::os::unix::fs::FileExt;
-        self.appender
-            .write_all_at(&bytes, base)
-            .map_err(|e| StoreError::io(&path, e))?;
+        let mut offset = base;
+        let mut pending: Vec<u8> = Vec::new();
+        let write = |bytes: &[u8], at: u64| {
+            self.space.wrote(bytes.len() as u64);
+            self.appender
+                .write_all_at(bytes, at)
+                .map_err(|e| CommitError::Write(StoreError::io(&path, e)))
+        };
+        for batch in batches.iter_mut() {
+            debug_assert_eq!(
+                batch.base,
+                offset + pending.len() as u64,
+                "batches not contiguous"
+            );
+            for part in std::mem::take(&mut batch.parts) {
+                match part {
+                    Part::Inline(v) if pending.is_empty() => pending = v,
+                    Part::Inline(v) => pending.extend_from_slice(&v),
+                    Part::Shared(body) => {
+                        write(&pending, offset)?;
+                        offset += pending.len() as u64;
+                        pending.clear();
+                        write(&body, offset)?;
+                        offset += body.len() as u64;
+                    }
+                }
+            }
+        }
+        write(&pending, offset)?;
         if self.durability != Durability::None {
             self.writer
                 .fdatasync()
                 .await
-                .map_err(|e| StoreError::glommio(&path, e))?;
+                .map_err(|e| CommitError::Sync(StoreError::glommio(&path, e)))?;
         }
         Ok(())
+    }
+
+    /// New mail of `bytes` fits `store.reserve_free_bytes` (a temporary refusal
+    /// otherwise; expunges and flag changes are never refused for space).
+    fn check_space(&self, bytes: usize) -> Result<(), StoreError> {
+        self.space.admit(bytes as u64)
     }
 
     fn apply(&self, end: u64, ops: Vec<Op>) -> Result<(), StoreError> {

@@ -105,6 +105,23 @@ impl Summary {
         Summary { envelope, parts }
     }
 
+    /// The summary of `head ++ body` where `head` is whole header fields (our trace
+    /// and authentication headers), parsed from `body` alone: a large message is never
+    /// copied just to prepend a few header lines. Every offset moves by the head's
+    /// length except where the whole message starts.
+    pub fn parse_after_head(head_len: usize, body: &[u8]) -> Summary {
+        let mut summary = Summary::parse(body);
+        let shift = u32::try_from(head_len).unwrap_or(u32::MAX);
+        for (i, part) in summary.parts.iter_mut().enumerate() {
+            if i > 0 {
+                part.offset_header = part.offset_header.saturating_add(shift);
+            }
+            part.offset_body = part.offset_body.saturating_add(shift);
+            part.offset_end = part.offset_end.saturating_add(shift);
+        }
+        summary
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         rkyv::to_bytes::<rkyv::rancor::Error>(self)
             .map(|v| v.to_vec())
@@ -135,5 +152,18 @@ mod tests {
         assert_eq!(s.parts[1].subtype, "plain");
         assert_eq!(Summary::from_bytes(&s.to_bytes()), Some(s));
         assert_eq!(Summary::from_bytes(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_prepended_head_only_moves_offsets() {
+        let head = b"Received: from x ([192.0.2.1])\r\n\tby y; Thu, 1 Jan 1970 00:00:00 +0000\r\nAuthentication-Results: y; auth=pass\r\n";
+        for body in [
+            &b"From: A <a@x.example>\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nx\r\n--b1--\r\n"[..],
+            b"Subject: plain\r\n\r\nbody\r\n",
+            b"no headers at all",
+        ] {
+            let whole = [&head[..], body].concat();
+            assert_eq!(Summary::parse_after_head(head.len(), body), Summary::parse(&whole));
+        }
     }
 }

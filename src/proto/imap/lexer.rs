@@ -17,8 +17,12 @@ use memchr::memchr;
 pub struct FrameLimits {
     /// Bytes of a command outside its literals (its "lines"), CRLFs included.
     pub command_bytes_max: usize,
-    /// Size of one literal.
+    /// Bytes of all literals of one command together (they are buffered whole),
+    /// except an APPEND's message.
     pub literal_bytes_max: u64,
+    /// Size of an APPEND message literal (streamed, never buffered whole: see
+    /// [`Frame::Upload`]); 0 = APPEND messages are framed like any literal.
+    pub upload_bytes_max: u64,
 }
 
 /// What [`Framer::frame`] decided about the input.
@@ -30,6 +34,16 @@ pub enum Frame {
     Continue,
     /// Wait for more input.
     NeedMore,
+    /// An APPEND's message literal begins: `input[..prefix]` is the command up to the
+    /// literal's `{` (tag, APPEND and its arguments), `input[..header]` includes the
+    /// literal header's line. The session streams the `size` literal bytes that follow
+    /// (after a continuation for a synchronizing literal), then the line's end.
+    Upload {
+        prefix: usize,
+        header: usize,
+        size: u64,
+        non_sync: bool,
+    },
     /// The command is refused; `discard` bytes of input belong to it and must be
     /// dropped (a LITERAL+ literal the client sends anyway is still being discarded
     /// when `remaining > 0`). When `line_continues`, the rest of the command's line
@@ -63,6 +77,11 @@ pub struct Framer {
 
 /// Parses `{n}` or `{n+}` at the end of a line (before its CRLF).
 fn literal_header(line: &[u8]) -> Option<(u64, bool)> {
+    literal_header_at(line).map(|(n, non_sync, _)| (n, non_sync))
+}
+
+/// [`literal_header`], with the position of its `{` in the line.
+fn literal_header_at(line: &[u8]) -> Option<(u64, bool, usize)> {
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
     let digits = inner.get(open + 1..)?;
@@ -74,7 +93,26 @@ fn literal_header(line: &[u8]) -> Option<(u64, bool)> {
         return None;
     }
     let n = std::str::from_utf8(digits).ok()?.parse().ok()?;
-    Some((n, non_sync))
+    Some((n, non_sync, open))
+}
+
+/// Is the literal whose `{` is at `input[brace]` an APPEND's message? It is when the
+/// command is APPEND and at least one argument (the mailbox) precedes it; an earlier
+/// literal is the mailbox name itself. (MULTIAPPEND is not offered: one message.)
+fn is_append_message(input: &[u8], brace: usize) -> bool {
+    let first_line = input.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let mut words = first_line.split(|&b| b == b' ');
+    let (_, name) = (words.next(), words.next().unwrap_or(&[]));
+    if !name.eq_ignore_ascii_case(b"APPEND") {
+        return false;
+    }
+    let mut prefix = input.get(..brace).unwrap_or(&[]).to_vec();
+    // literal8 (`~{n}`, RFC 3516): the `~` is not an argument of its own.
+    if prefix.last() == Some(&b'~') {
+        prefix.pop();
+    }
+    prefix.extend_from_slice(b"\r\n");
+    tokenize(&prefix, 64).is_ok_and(|c| !c.args.is_empty())
 }
 
 /// The tag of a command (its first atom), for refusals.
@@ -104,6 +142,7 @@ impl Framer {
         let mut pos = 0;
         let mut line_bytes = 0;
         let mut literal_index = 0;
+        let mut literal_total: u64 = 0;
         loop {
             let rest = input.get(pos..).unwrap_or(&[]);
             let window = limits.command_bytes_max.saturating_sub(line_bytes) + 2;
@@ -124,12 +163,29 @@ impl Framer {
             let line = scan.get(..lf).unwrap_or(&[]);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             let after_line = pos + lf + 1;
-            let Some((size, non_sync)) = literal_header(line) else {
+            let Some((size, non_sync, open)) = literal_header_at(line) else {
                 self.continued = 0;
                 return Frame::Complete { len: after_line };
             };
             literal_index += 1;
-            if size > limits.literal_bytes_max {
+            let brace = pos + open;
+            let upload = limits.upload_bytes_max > 0 && is_append_message(input, brace);
+            if upload && size <= limits.upload_bytes_max {
+                self.continued = 0;
+                return Frame::Upload {
+                    prefix: brace,
+                    header: after_line,
+                    size,
+                    non_sync,
+                };
+            }
+            literal_total = literal_total.saturating_add(size);
+            let limit = if upload {
+                limits.upload_bytes_max
+            } else {
+                limits.literal_bytes_max
+            };
+            if size > limit || (!upload && literal_total > limits.literal_bytes_max) {
                 // A synchronizing literal was never sent (no continuation); a LITERAL+
                 // one is on its way and must be read and thrown away.
                 let remaining = if non_sync { size } else { 0 };
@@ -435,6 +491,7 @@ mod tests {
     const LIMITS: FrameLimits = FrameLimits {
         command_bytes_max: 200,
         literal_bytes_max: 1000,
+        upload_bytes_max: 0,
     };
 
     #[test]

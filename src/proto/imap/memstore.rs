@@ -212,6 +212,8 @@ impl MemStore {
                 keywords,
                 internal_date,
             } => {
+                // Nothing is spooled in memory (the driver never moves bytes out).
+                let message = message.into_bytes().unwrap_or_default();
                 let uid = self.store_message(mailbox, &message, internal_date, flags, keywords);
                 Written::Appended { uid }
             }
@@ -281,6 +283,12 @@ pub struct Driver {
     /// come in steps bounded by `output_bytes_max`).
     pub steps: usize,
     pub largest_step_reply: usize,
+    /// As the IO layer's spooler: staged message bytes beyond this move to `spool`
+    /// (`usize::MAX`: never), and the largest staged amount seen.
+    pub spill_bytes: usize,
+    pub spool: Vec<u8>,
+    spool_generation: u64,
+    pub largest_staged: usize,
 }
 
 impl Driver {
@@ -299,6 +307,10 @@ impl Driver {
             splices: 0,
             steps: 0,
             largest_step_reply: 0,
+            spill_bytes: usize::MAX,
+            spool: Vec::new(),
+            spool_generation: u64::MAX,
+            largest_staged: 0,
         };
         d.settle();
         d
@@ -350,6 +362,16 @@ impl Driver {
                         .receive(&self.pending, &self.store, self.now, &mut self.out);
                 self.steps += 1;
                 self.largest_step_reply = self.largest_step_reply.max(self.out.reply.len());
+                if let Some(body) = self.session.incoming_mut() {
+                    if body.generation() != self.spool_generation {
+                        self.spool.clear(); // a new body: the old spool is stale
+                        self.spool_generation = body.generation();
+                    }
+                    self.largest_staged = self.largest_staged.max(body.staged.len());
+                    if body.staged.len() >= self.spill_bytes {
+                        self.spool.extend_from_slice(&body.take_staged());
+                    }
+                }
                 self.pending.drain(..used.min(self.pending.len()));
                 if self.out.actions.is_empty()
                     && self.out.reply.is_empty()
@@ -374,7 +396,17 @@ impl Driver {
                                 .login_failed(LoginRefusal::BadCredentials, &mut self.out)
                         }
                     }
-                    Action::Write(w) => {
+                    Action::Write(mut w) => {
+                        if let Write::Append { message, .. } = &mut w {
+                            // Reassemble what was "spooled", as the spooler does.
+                            let mut whole = if message.generation() == self.spool_generation {
+                                std::mem::take(&mut self.spool)
+                            } else {
+                                Vec::new()
+                            };
+                            whole.extend_from_slice(&message.staged);
+                            *message = crate::proto::Incoming::with_head(0, whole);
+                        }
                         let result = self.store.apply(w);
                         self.session.written(result, &self.store, &mut self.out);
                     }

@@ -30,6 +30,7 @@ pub type Outbox = crate::proto::Outbox<Action>;
 use super::names::normalize;
 pub use super::names::DELIMITER;
 
+mod append;
 mod list;
 
 /// Settings a session needs (from `Config`).
@@ -140,7 +141,8 @@ pub enum Write {
     },
     Append {
         mailbox: u32,
-        message: Vec<u8>,
+        /// The message as received: staged bytes after what the IO layer spooled.
+        message: crate::proto::Incoming,
         flags: u32,
         keywords: Vec<String>,
         internal_date: i64,
@@ -349,6 +351,10 @@ pub struct Session {
     commands: u64,
     /// The last call stopped taking commands because the reply buffer was full.
     output_full: bool,
+    /// An APPEND message literal being received.
+    upload: Option<append::Upload>,
+    /// Bodies begun (tells one upload's spool from the next).
+    uploads: u64,
 }
 
 const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN";
@@ -379,6 +385,8 @@ impl Session {
             rev2: false,
             commands: 0,
             output_full: false,
+            upload: None,
+            uploads: 0,
         }
     }
 
@@ -402,13 +410,18 @@ impl Session {
 
     /// Between commands (a safe point to stop).
     pub fn is_idle(&self) -> bool {
-        self.pending.is_none() && self.sasl_tag.is_none()
+        self.pending.is_none() && self.sasl_tag.is_none() && self.upload.is_none()
+    }
+
+    /// The APPEND message being received, for the IO layer to spool as it grows.
+    pub fn incoming_mut(&mut self) -> Option<&mut crate::proto::Incoming> {
+        self.upload.as_mut().map(append::Upload::incoming_mut)
     }
 
     /// A literal is arriving (its deadline is a minimum data rate, not the command
     /// timeout).
     pub fn receiving_literal(&self) -> bool {
-        self.discard > 0 || self.framer.in_literal()
+        self.upload.is_some() || self.discard > 0 || self.framer.in_literal()
     }
 
     /// The session stopped with work left that needs no input: a long reply being
@@ -467,9 +480,46 @@ impl Session {
     }
 
     fn frame_limits(&self) -> FrameLimits {
+        // Before login a literal can only be a user name or password: a peer that has
+        // proved nothing cannot make us buffer a message (limits.preauth_literal_bytes_max).
+        let literal_bytes_max = if self.state == State::NotAuthenticated {
+            self.config
+                .preauth_literal_bytes_max
+                .min(self.config.literal_bytes_max)
+        } else {
+            self.config.literal_bytes_max
+        };
+        // Logged in, an APPEND's message streams (up to APPENDLIMIT); every other
+        // literal is buffered with its command, so together they are bounded like a
+        // command line.
+        let authenticated = self.state == State::Authenticated;
         FrameLimits {
             command_bytes_max: self.config.command_bytes_max,
-            literal_bytes_max: self.config.literal_bytes_max,
+            literal_bytes_max: if authenticated {
+                self.config.command_bytes_max as u64
+            } else {
+                literal_bytes_max
+            },
+            upload_bytes_max: if authenticated {
+                self.config.literal_bytes_max
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The largest literal accepted now (for the refusal text).
+    fn literal_limit_text(&self) -> String {
+        if self.state == State::NotAuthenticated {
+            format!(
+                "Literal larger than limits.preauth_literal_bytes_max ({} bytes) before login",
+                self.frame_limits().literal_bytes_max
+            )
+        } else {
+            format!(
+                "Literal larger than limits.message_size_max ({} bytes)",
+                self.config.literal_bytes_max
+            )
         }
     }
 
@@ -517,6 +567,15 @@ impl Session {
                     }
                 }
             }
+            if self.upload.is_some() {
+                match self.upload_input(rest, out) {
+                    Some(n) => {
+                        used += n;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
             if self.idle_tag.is_some() || self.sasl_tag.is_some() {
                 let Some(lf) = memchr::memchr(b'\n', rest) else {
                     if rest.len() > LINE_MAX {
@@ -547,6 +606,17 @@ impl Session {
                     used += len;
                     self.command(command, store, now, out);
                 }
+                Frame::Upload {
+                    prefix,
+                    header,
+                    size,
+                    non_sync,
+                } => {
+                    let command = rest.get(..prefix).unwrap_or(&[]);
+                    used += header;
+                    self.commands += 1;
+                    self.begin_upload(command, size, non_sync, store, now, out);
+                }
                 Frame::Refused {
                     reason,
                     tag,
@@ -560,10 +630,7 @@ impl Session {
                     let tag = tag.unwrap_or_else(|| "*".into());
                     match reason {
                         Refusal::LiteralTooLarge => {
-                            out.line(&format!(
-                                "{tag} NO [TOOBIG] Literal larger than limits.message_size_max ({} bytes)",
-                                self.config.literal_bytes_max
-                            ));
+                            out.line(&format!("{tag} NO [TOOBIG] {}", self.literal_limit_text()));
                             self.count_bad(out);
                         }
                         Refusal::CommandTooLong => {
@@ -760,7 +827,7 @@ impl Session {
             "LIST" => self.list(&tag, args, store, out),
             "LSUB" => self.lsub(&tag, args, store, out),
             "STATUS" => self.status(&tag, args, store, out),
-            "APPEND" => self.append(&tag, args, store, now, out),
+            "APPEND" => self.append_framed(&tag, args, store, now, out),
             "IDLE" => {
                 out.line("+ idling");
                 self.idle_tag = Some(tag);
@@ -1218,62 +1285,6 @@ impl Session {
         };
         status_line(out, mb, &items);
         out.line(&format!("{tag} OK STATUS completed"));
-    }
-
-    fn append(
-        &mut self,
-        tag: &str,
-        args: &[Token<'_>],
-        store: &dyn Mailstore,
-        now: i64,
-        out: &mut Outbox,
-    ) {
-        let Some(name) = args.first().and_then(command::mailbox_text) else {
-            return self.bad(tag, "APPEND needs a mailbox name", out);
-        };
-        let mut rest = args.get(1..).unwrap_or(&[]);
-        let (mut bits, mut keywords) = (0, Vec::new());
-        if let Some(Token::List(list)) = rest.first() {
-            match command::flag_list(list) {
-                Ok((b, k)) => (bits, keywords) = (b, k),
-                Err(e) => return self.bad(tag, &e, out),
-            }
-            rest = rest.get(1..).unwrap_or(&[]);
-        }
-        let mut internal_date = now;
-        if let Some(Token::Quoted(date)) = rest.first() {
-            match command::parse_date_time(date) {
-                Ok(d) => internal_date = d,
-                Err(e) => return self.bad(tag, &e, out),
-            }
-            rest = rest.get(1..).unwrap_or(&[]);
-        }
-        // literal8 (`~{n}`, RFC 3516) arrives as the atom `~` and a literal.
-        if let Some(Token::Atom("~")) = rest.first() {
-            rest = rest.get(1..).unwrap_or(&[]);
-        }
-        let message = match rest {
-            [Token::Literal(m)] => *m,
-            _ => return self.bad(tag, "APPEND needs the message as a literal", out),
-        };
-        let Some(mb) = store.account().and_then(|a| a.mailbox(&normalize(&name))) else {
-            out.line(&format!("{tag} NO [TRYCREATE] No such mailbox"));
-            return;
-        };
-        if !self.keywords_fit(tag, mb, &keywords, out) {
-            return;
-        }
-        self.pending = Some(Pending::Append {
-            tag: tag.to_string(),
-            uidvalidity: mb.uidvalidity,
-        });
-        out.actions.push(Action::Write(Write::Append {
-            mailbox: mb.id,
-            message: message.to_vec(),
-            flags: bits,
-            keywords,
-            internal_date,
-        }));
     }
 
     fn idle_line(&mut self, line: &[u8], store: &dyn Mailstore, out: &mut Outbox) {

@@ -9,6 +9,8 @@
 
 use memchr::memchr2;
 
+use crate::proto::Incoming;
+
 /// Progress of one DATA body.
 #[derive(Debug)]
 pub struct DataReader {
@@ -48,7 +50,7 @@ impl DataReader {
     }
 
     /// Reads body bytes from `input` into `sink` (bounded by `size_max`).
-    pub fn read(&mut self, input: &[u8], sink: &mut Vec<u8>, size_max: usize) -> DataProgress {
+    pub fn read(&mut self, input: &[u8], sink: &mut Incoming, size_max: usize) -> DataProgress {
         let mut pos = 0;
         loop {
             let Some(rest) = input.get(pos..) else {
@@ -91,18 +93,22 @@ impl DataReader {
         }
     }
 
-    fn keep(&mut self, bytes: &[u8], sink: &mut Vec<u8>, size_max: usize) {
+    fn keep(&mut self, bytes: &[u8], sink: &mut Incoming, size_max: usize) {
         self.body_bytes += bytes.len() as u64;
         if self.body_bytes > size_max as u64 {
             if !self.oversize {
                 self.oversize = true;
                 // Nothing of an oversize message will be stored: free it now.
-                *sink = Vec::new();
+                sink.discard();
             }
             return;
         }
-        if !self.bare_newline {
-            sink.extend_from_slice(bytes);
+        if self.bare_newline {
+            if !sink.is_empty() {
+                sink.discard(); // it will be refused: keep nothing
+            }
+        } else {
+            sink.staged.extend_from_slice(bytes);
         }
     }
 }
@@ -114,7 +120,7 @@ mod tests {
 
     fn read_all(input: &[u8], chunk: usize) -> (Vec<u8>, usize, DataReader) {
         let mut r = DataReader::new();
-        let mut sink = Vec::new();
+        let mut sink = Incoming::default();
         let mut buf: Vec<u8> = Vec::new();
         let mut consumed_total = 0;
         for piece in input.chunks(chunk) {
@@ -126,7 +132,7 @@ mod tests {
                 }
                 DataProgress::Done(n) => {
                     consumed_total += n;
-                    return (sink, consumed_total, r);
+                    return (sink.staged, consumed_total, r);
                 }
             }
         }
@@ -159,7 +165,7 @@ mod tests {
     #[test]
     fn oversize_is_counted_not_kept() {
         let mut r = DataReader::new();
-        let mut sink = Vec::new();
+        let mut sink = Incoming::default();
         let p = r.read(b"0123456789\r\n.\r\n", &mut sink, 5);
         assert_eq!(p, DataProgress::Done(15));
         assert!(r.oversize);

@@ -17,8 +17,8 @@ use memchr::memchr;
 use super::command::{self, Command, MailParams};
 use super::data::{DataProgress, DataReader};
 use crate::auth::policy::{self, Policies, SpfKind};
-use crate::proto::rfc5322_date;
 use crate::proto::sasl::{self, SaslError};
+use crate::proto::{rfc5322_date, Incoming};
 
 /// Which listener the session arrived on; decides policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +96,9 @@ pub struct Envelope {
     /// Reverse path; empty for the null sender `<>`.
     pub mail_from: String,
     pub recipients: Vec<Recipient>,
-    /// `Received:` header followed by the message exactly as received (unstuffed).
-    pub message: Vec<u8>,
+    /// `Received:` header followed by the message exactly as received (unstuffed);
+    /// what the IO layer moved to its spool precedes what is still staged.
+    pub message: Incoming,
     /// Length of our `Received:` header at the start of `message`.
     pub received_len: usize,
     pub received_at: SystemTime,
@@ -163,8 +164,8 @@ struct Transaction {
     mail_from: String,
     params: MailParams,
     recipients: Vec<Recipient>,
-    /// `Received:` + body; allocated when DATA or the first BDAT begins.
-    message: Option<Vec<u8>>,
+    /// `Received:` + body; begun when DATA or the first BDAT begins.
+    message: Option<Incoming>,
     /// Length of our `Received:` header at the start of `message`.
     header_len: usize,
     bdat_bytes: u64,
@@ -262,6 +263,11 @@ impl Session {
     /// by a stop, which loses nothing: nothing of it was acknowledged.
     pub fn is_idle(&self) -> bool {
         matches!(self.state, State::Command)
+    }
+
+    /// The body being received, for the IO layer to move to its spool as it grows.
+    pub fn incoming_mut(&mut self) -> Option<&mut Incoming> {
+        self.transaction.as_mut().and_then(|t| t.message.as_mut())
     }
 
     /// Inside a DATA or BDAT body (its deadline is a minimum data rate).
@@ -629,7 +635,8 @@ impl Session {
         if let Some(txn) = self.transaction.as_mut() {
             if txn.message.is_none() {
                 txn.header_len = header.len();
-                txn.message = Some(header.into_bytes());
+                let generation = u64::from(self.transactions) << 1 | 1;
+                txn.message = Some(Incoming::with_head(generation, header.into_bytes()));
             }
         }
     }
@@ -700,10 +707,14 @@ impl Session {
             if let Some(t) = self.transaction.as_mut() {
                 t.bdat_bytes += take as u64;
                 if t.bdat_bytes > size_max {
+                    if !t.bdat_oversize {
+                        if let Some(m) = t.message.as_mut() {
+                            m.discard(); // nothing of it will be stored
+                        }
+                    }
                     t.bdat_oversize = true;
-                    t.message = Some(Vec::new());
                 } else if let Some(m) = t.message.as_mut() {
-                    m.extend_from_slice(chunk);
+                    m.staged.extend_from_slice(chunk);
                 }
             }
         }
