@@ -71,6 +71,9 @@ class Server:
         self.settings.update(settings or {})
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "server.log")
+        # A command prefix for the server process (e.g. prlimit); the pid is the
+        # server's own, since such wrappers exec it.
+        self.start_with = []
 
     def args(self):
         out = ["--data-dir", self.data_dir]
@@ -111,7 +114,8 @@ class Server:
         # This run's part of the log starts here (the file is appended across restarts).
         log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([BIN, *self.args(), "serve"], stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen([*self.start_with, BIN, *self.args(), "serve"],
+                                     stdout=self.log, stderr=self.log)
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.proc.poll() is not None:

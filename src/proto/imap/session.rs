@@ -318,12 +318,12 @@ struct SearchPending {
     highest: u64,
 }
 
-/// Messages one FETCH step answers at most (besides `limits.output_buffer_bytes_max`);
-/// 512 ENVELOPE+BODYSTRUCTURE renderings take about 2 ms on a slow core.
-const FETCH_STEP_MESSAGES: usize = 512;
+/// Messages one FETCH step answers at most (besides `limits.output_buffer_bytes_max`):
+/// 256 ENVELOPE+BODYSTRUCTURE renderings take about 1 ms (275k/s, benches/imap_pop3).
+const FETCH_STEP_MESSAGES: usize = 256;
 /// Work one SEARCH step may do: a message costs 1, plus 1 per 256 bytes when the key
-/// reads the message (about 4 MiB of text searched per step).
-const SEARCH_STEP_UNITS: usize = 16_384;
+/// reads the message (about 1 MiB of text searched, or 4,096 index entries, a step).
+const SEARCH_STEP_UNITS: usize = 4096;
 
 /// One IMAP session.
 #[derive(Debug)]

@@ -17,8 +17,9 @@ use super::super::names::{self, Pattern, DELIMITER};
 use super::{special_use_attr, status_line, Outbox, Pending, Session};
 use crate::store::index::{mailbox_name_eq, AccountIndex, SpecialUse};
 
-/// Work units one LIST step may spend: a name costs one, a STATUS also its messages.
-const LIST_STEP_UNITS: usize = 20_000;
+/// Work units one LIST step may spend: a name costs one, a STATUS also its messages
+/// (1,024 names matched and rendered take well under a millisecond).
+const LIST_STEP_UNITS: usize = 1024;
 
 /// A LIST being answered in steps.
 #[derive(Debug)]
