@@ -6,7 +6,7 @@
 //! latency sample per message (MAIL sent → final 250); IMAP and POP3 time each
 //! operation or download. Latencies go to hdrhistogram. Every run is bounded by a count
 //! and a time limit. Prints a table, or JSON with `--json`; progress goes to stderr
-//! once a second.
+//! once a second. `abuse` measures what hostile clients cost ([`abuse`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 
+mod abuse;
 mod imap;
 mod net;
 
@@ -43,6 +44,9 @@ enum Scenario {
     Imap(ImapArgs),
     /// Put test mail into existing accounts: APPEND over IMAP (any server).
     Seed(SeedArgs),
+    /// Hostile clients: bystander latency during heavy commands, memory per idle
+    /// connection and under unfinished uploads (issue 11).
+    Abuse(abuse::AbuseArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -199,6 +203,7 @@ fn main() {
         Scenario::Pop3(args) => run_pop3(args, shards),
         Scenario::Imap(args) => imap::run(args, shards),
         Scenario::Seed(args) => imap::seed(args, shards),
+        Scenario::Abuse(args) => abuse::run(args),
     };
     std::process::exit(match result {
         Ok(()) => 0,

@@ -19,6 +19,8 @@ use crate::proto::Outbox;
 
 /// Ciphertext read per socket read (a TLS record is at most 16 KiB + overhead).
 const TLS_READ_BYTES: usize = 18 * 1024;
+/// …and while the peer is not sending in bulk (the last read did not fill a buffer).
+const TLS_READ_BYTES_IDLE: usize = 2 * 1024;
 
 /// Plain or TLS; `Moved` once taken apart for a hand-off or during STARTTLS.
 pub enum Stream {
@@ -38,6 +40,8 @@ pub struct TlsConn {
     cipher_pos: usize,
     /// Ciphertext staging for writes.
     cipher_out: Vec<u8>,
+    /// The last read filled its buffer: the peer is sending in bulk.
+    bulk: bool,
 }
 
 /// A connection taken apart for a move to another shard: everything here is `Send`.
@@ -109,9 +113,20 @@ impl TlsConn {
             // no stale bytes behind.
             let mut buf = std::mem::take(&mut self.cipher_in);
             self.cipher_pos = 0;
-            buf.resize(TLS_READ_BYTES, 0);
+            // Small reads while the peer is quiet (an idle connection holds 2 KiB, not
+            // a whole record's worth); full records while it is sending in bulk.
+            let want = if self.bulk {
+                TLS_READ_BYTES
+            } else {
+                TLS_READ_BYTES_IDLE
+            };
+            if buf.capacity() > 2 * want {
+                buf = Vec::new();
+            }
+            buf.resize(want, 0);
             let n = self.tcp.read(&mut buf).await?;
             buf.truncate(n);
+            self.bulk = n == want;
             self.cipher_in = buf;
             if n == 0 {
                 return Ok(false);
@@ -243,8 +258,11 @@ impl Stream {
             cipher_in: Vec::new(),
             cipher_pos: 0,
             cipher_out: Vec::new(),
+            bulk: false,
         });
         with_timeout(limit, conn.handshake()).await??;
+        // The handshake's flights were the largest writes so far: do not keep them.
+        conn.cipher_out = Vec::new();
         *self = Stream::Tls(conn);
         Ok(())
     }
@@ -263,6 +281,15 @@ impl Stream {
             .map(|s| format!("{:?}", s.suite()))
             .unwrap_or_default();
         Some(format!("{version} {suite}"))
+    }
+
+    /// Gives back buffer memory kept from a large write (between commands).
+    pub fn trim(&mut self) {
+        if let Stream::Tls(c) = self {
+            if c.cipher_out.capacity() > REPLY_BYTES_KEPT {
+                c.cipher_out = Vec::new();
+            }
+        }
     }
 
     pub fn is_tls(&self) -> bool {
@@ -319,6 +346,7 @@ impl Stream {
                 cipher_in: std::mem::take(&mut parts.cipher_pending),
                 cipher_pos: 0,
                 cipher_out: Vec::new(),
+                bulk: false,
             })),
             None => Stream::Plain(tcp),
         }
@@ -370,8 +398,16 @@ pub async fn flush(stream: &mut Stream, reply: &mut Vec<u8>) -> io::Result<()> {
     }
     let result = stream.write_all(reply).await;
     reply.clear();
+    if reply.capacity() > REPLY_BYTES_KEPT {
+        // After a large reply, an idle connection gives the memory back.
+        *reply = Vec::new();
+        stream.trim();
+    }
     result
 }
+
+/// Reply buffer capacity kept between commands.
+const REPLY_BYTES_KEPT: usize = 16 * 1024;
 
 /// Waits for more input with the idle timeout; between commands (`idle`) a shutdown
 /// interrupts the wait too.

@@ -225,7 +225,7 @@ async fn drive(
                 Action::Splice { .. } => {}
                 Action::StartTls => {
                     metrics::add(&shard.metrics.bytes_sent_imap, out.reply.len() as u64);
-                    if !start_tls(shard, &mut stream, &mut input, &mut out.reply).await {
+                    if !Box::pin(start_tls(shard, &mut stream, &mut input, &mut out.reply)).await {
                         return;
                     }
                     session.tls_established();
@@ -255,7 +255,8 @@ async fn drive(
                         }
                     };
                     if owner == shard.id {
-                        slot = open_account(shard, &mut session, id, user, &mut out).await;
+                        slot =
+                            Box::pin(open_account(shard, &mut session, id, user, &mut out)).await;
                         account = slot.as_ref().map(UserSlot::account);
                     } else {
                         // Replies so far go first, so the owner's answer follows them.
@@ -265,7 +266,7 @@ async fn drive(
                         {
                             return;
                         }
-                        super::mesh::hand_off(
+                        Box::pin(super::mesh::hand_off(
                             shard,
                             owner,
                             stream,
@@ -275,14 +276,14 @@ async fn drive(
                             user,
                             client,
                             ShardMsg::AdoptImap,
-                        )
+                        ))
                         .await;
                         return;
                     }
                 }
                 Action::Write(write) => {
                     let result = match account {
-                        Some(a) => execute(shard, a, write, &mut spooler).await,
+                        Some(a) => Box::pin(execute(shard, a, write, &mut spooler)).await,
                         None => Written::Failed(WriteFailure::Cannot("Not logged in".into())),
                     };
                     with_view(shard, account, |view| {
@@ -320,7 +321,16 @@ async fn drive(
         }
         if session.is_idling() {
             if let Some(a) = account {
-                if !idle_wait(shard, &mut stream, &mut input, &mut session, &mut out, a).await {
+                if !Box::pin(idle_wait(
+                    shard,
+                    &mut stream,
+                    &mut input,
+                    &mut session,
+                    &mut out,
+                    a,
+                ))
+                .await
+                {
                     return;
                 }
                 continue;
@@ -485,7 +495,7 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write, spooler: &mut Sp
                 index
                     .accounts
                     .get(&account)
-                    .and_then(|a| a.mailboxes.iter().find(|m| m.id == INBOX))
+                    .and_then(|a| a.mailbox_by_id(INBOX))
                     .map(|m| m.messages.iter().map(|e| e.uid).collect())
                     .unwrap_or_default()
             };

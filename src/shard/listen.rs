@@ -233,8 +233,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Servi
         glommio::spawn_local(async move {
             shard.sessions.set(shard.sessions.get() + 1);
             match admitted {
-                Ok(ticket) => serve(&shard, stream, service, super::Client { peer, ticket }).await,
-                Err(why) => refuse(&shard, stream, service, why, peer).await,
+                Ok(ticket) => {
+                    let client = super::Client { peer, ticket };
+                    Box::pin(serve(&shard, stream, service, client)).await
+                }
+                Err(why) => Box::pin(refuse(&shard, stream, service, why, peer)).await,
             }
             shard.sessions.set(shard.sessions.get() - 1);
         })

@@ -126,7 +126,7 @@ fn open_maildrop(
         let inbox = index
             .accounts
             .get(&account)
-            .and_then(|a| a.mailboxes.iter().find(|m| m.id == INBOX));
+            .and_then(|a| a.mailbox_by_id(INBOX));
         match inbox {
             Some(mb) => Maildrop {
                 uidvalidity: mb.uidvalidity,
@@ -172,7 +172,7 @@ async fn drive(
         for action in actions {
             match action {
                 Action::StartTls => {
-                    if !start_tls(shard, &mut stream, &mut input, &mut out.reply).await {
+                    if !Box::pin(start_tls(shard, &mut stream, &mut input, &mut out.reply)).await {
                         return;
                     }
                     session.tls_established();
@@ -210,7 +210,7 @@ async fn drive(
                         if flush(&mut stream, &mut out.reply).await.is_err() {
                             return;
                         }
-                        super::mesh::hand_off(
+                        Box::pin(super::mesh::hand_off(
                             shard,
                             owner,
                             stream,
@@ -220,7 +220,7 @@ async fn drive(
                             user,
                             client,
                             ShardMsg::AdoptPop3,
-                        )
+                        ))
                         .await;
                         return;
                     }

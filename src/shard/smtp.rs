@@ -80,7 +80,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         for action in actions {
             match action {
                 Action::StartTls => {
-                    if !start_tls(shard, &mut stream, &mut input, &mut out.reply).await {
+                    if !Box::pin(start_tls(shard, &mut stream, &mut input, &mut out.reply)).await {
                         return;
                     }
                     session.tls_established();
@@ -88,10 +88,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                 Action::Authenticate { username, password } => {
                     shard.refresh_users();
                     let failures = &shard.metrics.smtp.auth_failures;
-                    match shard
-                        .checked_login(username, password, peer, failures)
-                        .await
-                    {
+                    match Box::pin(shard.checked_login(username, password, peer, failures)).await {
                         LoginCheck::Ok(user) => session.auth_result(Some(user), &mut out),
                         LoginCheck::Refused => session.auth_result(None, &mut out),
                         LoginCheck::Throttled => session.auth_throttled(&mut out),
@@ -108,7 +105,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                         mail_from,
                     };
                     let verdict = match shard.auth.as_ref() {
-                        Some(auth) => auth.spf(check).await.ok(),
+                        Some(auth) => Box::pin(auth.spf(check)).await.ok(),
                         None => None,
                     };
                     match verdict {
@@ -124,7 +121,9 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     let (started, bytes) = (std::time::Instant::now(), envelope.message.len());
                     let body = std::mem::take(&mut envelope.message);
                     let result = match spooler.finish(body) {
-                        Ok(message) => deliver::accept(shard, envelope, message, spf.take()).await,
+                        Ok(message) => {
+                            Box::pin(deliver::accept(shard, envelope, message, spf.take())).await
+                        }
                         Err(e) => Err(DeliveryError::Refused(e.smtp_reply())),
                     };
                     let m = &shard.metrics;

@@ -20,6 +20,9 @@ use bytes::Bytes;
 use super::admission::{Connections, FileTicket};
 use crate::proto::Incoming;
 
+/// Room beyond the threshold in a staging buffer: the most one read can add.
+const STAGING_SLACK_BYTES: usize = 64 * 1024;
+
 /// Why a body could not be kept.
 #[derive(Debug)]
 pub enum SpoolError {
@@ -115,6 +118,9 @@ impl Spooler {
             return;
         }
         let staged = body.take_staged();
+        // The next bytes land in a buffer that will not need to grow: one receive adds
+        // at most an input buffer's worth before the next spill.
+        body.staged = Vec::with_capacity(self.threshold + STAGING_SLACK_BYTES);
         if self.failed.is_some() {
             return; // already refused: count the bytes, keep none
         }

@@ -144,11 +144,19 @@ impl AccountIndex {
         }?;
         self.mailbox_by_id(*id)
     }
+    /// Mailboxes are kept in id order (ids only grow and are applied in order), so
+    /// this is a binary search; a linear scan backs it up should that ever not hold.
     pub fn mailbox_by_id(&self, id: u32) -> Option<&MailboxIndex> {
-        self.mailboxes.iter().find(|m| m.id == id)
+        match self.mailboxes.binary_search_by_key(&id, |m| m.id) {
+            Ok(at) => self.mailboxes.get(at),
+            Err(_) => self.mailboxes.iter().find(|m| m.id == id),
+        }
     }
     pub fn mailbox_mut_by_id(&mut self, id: u32) -> Option<&mut MailboxIndex> {
-        self.mailboxes.iter_mut().find(|m| m.id == id)
+        match self.mailboxes.binary_search_by_key(&id, |m| m.id) {
+            Ok(at) => self.mailboxes.get_mut(at),
+            Err(_) => self.mailboxes.iter_mut().find(|m| m.id == id),
+        }
     }
 }
 
@@ -360,18 +368,21 @@ impl Index {
                 name,
             } => {
                 let acct = self.accounts.entry(account).or_default();
-                if acct.mailboxes.iter().all(|m| m.id != id) {
+                if let Err(at) = acct.mailboxes.binary_search_by_key(&id, |m| m.id) {
                     acct.names.insert(name.clone(), id);
-                    acct.mailboxes.push(MailboxIndex {
-                        id,
-                        name,
-                        special_use: special,
-                        uidvalidity,
-                        uid_next: 1,
-                        highest_modseq: 0,
-                        messages: Vec::new(),
-                        keywords: Vec::new(),
-                    });
+                    acct.mailboxes.insert(
+                        at,
+                        MailboxIndex {
+                            id,
+                            name,
+                            special_use: special,
+                            uidvalidity,
+                            uid_next: 1,
+                            highest_modseq: 0,
+                            messages: Vec::new(),
+                            keywords: Vec::new(),
+                        },
+                    );
                 }
             }
             Op::Append {

@@ -340,7 +340,7 @@ impl Partition {
             let Some(mb) = index
                 .accounts
                 .get(&account)
-                .and_then(|a| a.mailboxes.iter().find(|m| m.id == mailbox))
+                .and_then(|a| a.mailbox_by_id(mailbox))
             else {
                 return Ok(());
             };
@@ -405,7 +405,7 @@ impl Partition {
         let known = |account: u64| {
             let index = self.index.borrow();
             match index.accounts.get(&account) {
-                Some(a) => a.mailboxes.iter().any(|m| m.id == mailbox),
+                Some(a) => a.mailbox_by_id(mailbox).is_some(),
                 None => (1..=DEFAULT_MAILBOXES.len() as u32).contains(&mailbox),
             }
         };
@@ -527,7 +527,7 @@ impl Partition {
         let exists = index
             .accounts
             .get(&account)
-            .is_some_and(|a| a.mailboxes.iter().any(|m| m.id == mailbox));
+            .is_some_and(|a| a.mailbox_by_id(mailbox).is_some());
         if exists {
             Ok(())
         } else {
@@ -885,7 +885,7 @@ impl Partition {
             .borrow()
             .accounts
             .get(&account)
-            .and_then(|a| a.mailboxes.iter().find(|m| m.id == mailbox))
+            .and_then(|a| a.mailbox_by_id(mailbox))
             .map(|m| (m.uid_next, m.highest_modseq + 1))
             .unwrap_or((1, 1));
         let mut reserved = self.reserved.borrow_mut();

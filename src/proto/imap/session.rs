@@ -1322,10 +1322,7 @@ impl Session {
         let Some(sel) = self.selected.as_mut() else {
             return;
         };
-        let Some(mb) = store
-            .account()
-            .and_then(|a| a.mailboxes.iter().find(|m| m.id == sel.id))
-        else {
+        let Some(mb) = store.account().and_then(|a| a.mailbox_by_id(sel.id)) else {
             // Deleted by another session.
             out.line("* BYE Selected mailbox was deleted");
             self.selected = None;
@@ -1434,7 +1431,7 @@ impl Session {
 
     fn mailbox<'s>(&self, store: &'s dyn Mailstore) -> Option<&'s MailboxIndex> {
         let id = self.selected.as_ref()?.id;
-        store.account()?.mailboxes.iter().find(|m| m.id == id)
+        store.account()?.mailbox_by_id(id)
     }
 
     fn close_mailbox(&mut self, tag: &str, store: &dyn Mailstore, out: &mut Outbox) {
