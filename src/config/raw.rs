@@ -54,8 +54,8 @@ pub struct RawServer {
     /// Microseconds an idle shard spins before parking; trades CPU for wake-up latency
     /// and fewer park/wake cycles (each park costs glommio a membarrier).
     pub spin_before_park_us: u64,
-    /// Microseconds a task may run before a long job (a LIST, FETCH or SEARCH answered
-    /// in steps) yields to the other sessions of its shard (glommio's preempt timer).
+    /// Microseconds a long job (a LIST, FETCH or SEARCH answered in steps) may keep its
+    /// shard before it lets the other sessions run and new input be read.
     pub step_budget_us: u64,
 }
 

@@ -310,7 +310,7 @@ async fn drive(
             {
                 return;
             }
-            glommio::yield_if_needed().await;
+            shard.pause_if_due().await;
             continue;
         }
         if input.is_full() {

@@ -292,7 +292,7 @@ async fn drive(
             if flush(&mut stream, &mut out.reply).await.is_err() {
                 return;
             }
-            glommio::yield_if_needed().await;
+            shard.pause_if_due().await;
             continue;
         }
         if !await_input(
