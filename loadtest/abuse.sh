@@ -35,7 +35,7 @@ stop() {
 trap 'stop; rm -rf "$DATA"' EXIT
 
 SET=(--data-dir "$DATA" --set limits.mailboxes_per_account_max=20000
-     --set limits.connections_per_ip_max=100000)
+     --set limits.connections_per_ip_max=100000 --set limits.sessions_per_user_max=1000)
 RUN=0
 start() {
   RUN=$((RUN + 1))
@@ -69,7 +69,7 @@ for spec in 2525:plain 2143:plain 2110:plain 2465:tls 2993:tls 2995:tls; do
   # A fresh process on an empty data directory per protocol: memory freed by an
   # earlier round (or by loading a large index) would be reused and hide the cost.
   DATA=$(mktemp -d /tmp/shardmail-abuse-idle-XXXXXX)
-  SET=(--data-dir "$DATA" --set limits.connections_per_ip_max=100000)
+  SET=(--data-dir "$DATA" --set limits.connections_per_ip_max=100000 --set limits.sessions_per_user_max=1000)
   start
   echo "== idle connections on $spec"
   TLS=(); [ "${spec#*:}" = tls ] && TLS=(--tls)
@@ -79,7 +79,7 @@ for spec in 2525:plain 2143:plain 2110:plain 2465:tls 2993:tls 2995:tls; do
 done
 DATA=$MAIL_DATA
 SET=(--data-dir "$DATA" --set limits.mailboxes_per_account_max=20000
-     --set limits.connections_per_ip_max=100000)
+     --set limits.connections_per_ip_max=100000 --set limits.sessions_per_user_max=1000)
 
 start
 echo "== unfinished uploads"

@@ -19,8 +19,9 @@ use crate::proto::Outbox;
 
 /// Ciphertext read per socket read (a TLS record is at most 16 KiB + overhead).
 const TLS_READ_BYTES: usize = 18 * 1024;
-/// …and while the peer is not sending in bulk (the last read did not fill a buffer).
-const TLS_READ_BYTES_IDLE: usize = 2 * 1024;
+/// …and while the peer is not sending in bulk (the last read did not fill a buffer):
+/// a command fits, and an idle connection holds no more.
+const TLS_READ_BYTES_IDLE: usize = 512;
 
 /// Plain or TLS; `Moved` once taken apart for a hand-off or during STARTTLS.
 pub enum Stream {
@@ -170,6 +171,21 @@ impl TlsConn {
         self.flush_tls().await
     }
 
+    /// Waits until plaintext (or the end of the stream) can be read, without a
+    /// buffer of the caller's: an idle TLS connection holds only rustls's own.
+    async fn readable(&mut self) -> io::Result<()> {
+        loop {
+            let state = self.tls.process_new_packets().map_err(tls_error)?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(());
+            }
+            self.flush_tls().await?;
+            if !self.read_tls().await? {
+                return Ok(()); // end of stream: the read that follows says so
+            }
+        }
+    }
+
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
@@ -203,6 +219,15 @@ impl Stream {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
             Stream::Moved => Err(gone()),
+        }
+    }
+
+    /// For TLS, waits until plaintext can be read (see [`InputBuffer::fill`]); a plain
+    /// stream reads straight into the buffer, so there is nothing to wait for first.
+    async fn readable(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tls(s) => s.readable().await,
+            _ => Ok(()),
         }
     }
 
@@ -666,7 +691,7 @@ pub async fn accepted(
 
 /// Bytes an input buffer starts with, and shrinks back to between commands: an idle
 /// connection holds this much, not its largest command (DESIGN.md §10).
-const INPUT_BYTES_INITIAL: usize = 1024;
+const INPUT_BYTES_INITIAL: usize = 512;
 
 /// A bounded input buffer: protocol code sees `data()`, consumes a prefix. It grows
 /// (doubling) while a read fills it, never beyond its maximum, and shrinks back once
@@ -744,6 +769,11 @@ impl InputBuffer {
 
     /// Reads once from `stream` into the free space; `Ok(0)` is end of stream.
     pub async fn fill(&mut self, stream: &mut Stream) -> io::Result<usize> {
+        if self.bytes.is_empty() {
+            // Allocate only once input is there (TLS): an idle connection waits with
+            // no input buffer at all.
+            stream.readable().await?;
+        }
         if self.len == self.bytes.len() {
             if self.len >= self.max {
                 return Err(io::Error::new(

@@ -250,17 +250,19 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, service: Service, client: s
     if let Some(f) = family {
         shard.count_family(f, 1);
     }
+    // Each protocol's future is boxed: a connection's task holds only its own
+    // protocol's state, not the largest of the four (idle connections stay small).
     match service {
-        Service::Smtp(port) => super::smtp::run(shard, stream, port, client).await,
+        Service::Smtp(port) => Box::pin(super::smtp::run(shard, stream, port, client)).await,
         Service::Pop3 { implicit_tls } => {
-            super::pop3::run(shard, stream, implicit_tls, client).await
+            Box::pin(super::pop3::run(shard, stream, implicit_tls, client)).await
         }
         Service::Imap { implicit_tls } => {
-            super::imap::run(shard, stream, implicit_tls, client).await
+            Box::pin(super::imap::run(shard, stream, implicit_tls, client)).await
         }
         Service::Metrics => {
             drop(client);
-            super::metrics_http::serve_one(shard, stream).await
+            Box::pin(super::metrics_http::serve_one(shard, stream)).await
         }
     }
     if let Some(f) = family {

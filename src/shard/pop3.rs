@@ -51,7 +51,8 @@ pub async fn run(
     implicit_tls: bool,
     client: super::Client,
 ) {
-    let Some((stream, peer)) = super::conn::accepted(shard, tcp, implicit_tls).await else {
+    let Some((stream, peer)) = Box::pin(super::conn::accepted(shard, tcp, implicit_tls)).await
+    else {
         return;
     };
     shard.refresh_users();

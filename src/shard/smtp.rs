@@ -35,7 +35,7 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) 
     let mut stream = Stream::Plain(tcp);
     let limits = &shard.config.limits;
     if port == Port::Submissions {
-        if let Err(e) = stream.upgrade(&shard.tls, limits.idle_timeout).await {
+        if let Err(e) = Box::pin(stream.upgrade(&shard.tls, limits.idle_timeout)).await {
             debug!(%peer, error = %e, "implicit TLS handshake failed");
             return;
         }
