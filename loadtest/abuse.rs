@@ -42,14 +42,28 @@ pub enum AbuseKind {
 
 #[derive(clap::Args, Clone)]
 pub struct MailboxArgs {
+    #[command(flatten)]
+    pub login: Login,
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+}
+
+/// An IMAPS server and an account on it.
+#[derive(clap::Args, Clone)]
+pub struct Login {
+    /// IMAPS address (implicit TLS).
     #[arg(long)]
     pub imaps: SocketAddr,
     #[arg(long)]
     pub user: String,
     #[arg(long)]
     pub password: String,
-    #[arg(long, default_value_t = 10_000)]
-    pub count: usize,
+}
+
+impl Login {
+    fn session(&self) -> Result<Line, String> {
+        Line::imap(self.imaps, &self.user, &self.password)
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,16 +80,11 @@ pub enum Attack {
 
 #[derive(clap::Args, Clone)]
 pub struct StallArgs {
-    /// IMAPS address (implicit TLS).
-    #[arg(long)]
-    pub imaps: SocketAddr,
+    #[command(flatten)]
+    pub login: Login,
     /// SMTP address probed for its greeting.
     #[arg(long)]
     pub smtp: Option<SocketAddr>,
-    #[arg(long)]
-    pub user: String,
-    #[arg(long)]
-    pub password: String,
     #[arg(long, value_enum)]
     pub attack: Attack,
     /// Attacking sessions.
@@ -105,13 +114,9 @@ pub struct UploadArgs {
     /// SMTP address (DATA uploads).
     #[arg(long)]
     pub smtp: SocketAddr,
-    /// IMAPS address (APPEND uploads).
-    #[arg(long)]
-    pub imaps: SocketAddr,
-    #[arg(long)]
-    pub user: String,
-    #[arg(long)]
-    pub password: String,
+    /// The account APPEND uploads log in to (and DATA uploads are addressed to).
+    #[command(flatten)]
+    pub login: Login,
     #[arg(long)]
     pub pid: u32,
     /// Connections in all (half DATA, half APPEND).
@@ -132,7 +137,7 @@ pub fn run(args: AbuseArgs) -> Result<(), String> {
 }
 
 fn mailboxes(a: MailboxArgs) -> Result<(), String> {
-    let mut l = Line::imap(a.imaps, &a.user, &a.password)?;
+    let mut l = a.login.session()?;
     l.command(&format!("CREATE \"{}c\"", "a".repeat(254)))?;
     let started = Instant::now();
     let mut batch = Vec::new();
@@ -288,14 +293,14 @@ fn stall(a: StallArgs) -> Result<(), String> {
         Attack::Search => "SEARCH TEXT needle".into(),
         Attack::Fetch => "FETCH 1:* (BODY.PEEK[HEADER])".into(),
     };
-    let mut probe = Line::imap(a.imaps, &a.user, &a.password)?;
+    let mut probe = a.login.session()?;
     probe.command("SELECT Sent")?;
     let (noop0, greet0) = measure(&mut probe, a.smtp, a.probes)?;
     let stop = Arc::new(AtomicBool::new(false));
     let rounds = Arc::new(AtomicU64::new(0));
     let mut attackers = Vec::new();
     for _ in 0..a.attackers.max(1) {
-        let mut l = Line::imap(a.imaps, &a.user, &a.password)?;
+        let mut l = a.login.session()?;
         l.command("EXAMINE INBOX")?;
         let (stop, rounds, command) = (stop.clone(), rounds.clone(), command.clone());
         attackers.push(std::thread::spawn(move || -> Result<Duration, String> {
@@ -402,7 +407,7 @@ fn uploads(a: UploadArgs) -> Result<(), String> {
     let half = a.connections / 2;
     let mut appends = Vec::new();
     for _ in 0..a.connections - half {
-        let mut l = Line::imap(a.imaps, &a.user, &a.password)?;
+        let mut l = a.login.session()?;
         l.tag += 1;
         let size = a.megabytes << 20;
         l.send(format!("u APPEND INBOX {{{}}}\r\n", size + 2).as_bytes())?;
@@ -423,7 +428,7 @@ fn uploads(a: UploadArgs) -> Result<(), String> {
         l.send(
             format!(
                 "EHLO load.test\r\nMAIL FROM:<load@load.test>\r\nRCPT TO:<{}>\r\nDATA\r\n",
-                a.user
+                a.login.user
             )
             .as_bytes(),
         )?;

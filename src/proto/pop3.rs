@@ -414,11 +414,7 @@ impl Session {
         match why {
             LoginRefusal::BadCredentials => {
                 out.line("-ERR [AUTH] Authentication failed");
-                self.auth_failures += 1;
-                if self.auth_failures >= self.config.auth_failures_max {
-                    out.line("-ERR [AUTH] Too many failed logins, closing connection");
-                    self.close(out);
-                }
+                self.count_auth_failure(out);
             }
             LoginRefusal::InUse => {
                 out.line("-ERR [IN-USE] Mailbox is locked by another POP3 session")
@@ -428,11 +424,7 @@ impl Session {
             }
             LoginRefusal::Throttled => {
                 out.line("-ERR [SYS/TEMP] Too many failed logins; try again later");
-                self.auth_failures += 1;
-                if self.auth_failures >= self.config.auth_failures_max {
-                    out.line("-ERR [AUTH] Too many failed logins, closing connection");
-                    self.close(out);
-                }
+                self.count_auth_failure(out);
             }
             LoginRefusal::TooManySessions => out.line(
                 "-ERR [SYS/TEMP] Too many sessions for this account \
@@ -444,6 +436,16 @@ impl Session {
     pub fn tls_established(&mut self) {
         self.tls = true;
         self.state = State::Authorization { user: None };
+    }
+
+    /// One more failed (or refused) login; at `limits.auth_failures_max` the
+    /// connection ends.
+    fn count_auth_failure(&mut self, out: &mut Outbox) {
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.auth_failures_max {
+            out.line("-ERR [AUTH] Too many failed logins, closing connection");
+            self.close(out);
+        }
     }
 
     /// The message of a `Retrieve` action has been sent.

@@ -976,11 +976,7 @@ impl Session {
                 out.line(&format!(
                     "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials"
                 ));
-                self.auth_failures += 1;
-                if self.auth_failures >= self.config.auth_failures_max {
-                    out.line("* BYE Too many failed logins");
-                    self.close(out);
-                }
+                self.count_auth_failure(out);
             }
             LoginRefusal::Temporary => {
                 out.line(&format!(
@@ -991,16 +987,22 @@ impl Session {
                 out.line(&format!(
                     "{tag} NO [UNAVAILABLE] Too many failed logins; try again later"
                 ));
-                self.auth_failures += 1;
-                if self.auth_failures >= self.config.auth_failures_max {
-                    out.line("* BYE Too many failed logins");
-                    self.close(out);
-                }
+                self.count_auth_failure(out);
             }
             LoginRefusal::TooManySessions => out.line(&format!(
                 "{tag} NO [LIMIT] Too many sessions for this account \
                  (limits.sessions_per_user_max)"
             )),
+        }
+    }
+
+    /// One more failed (or refused) login on this connection; at
+    /// `limits.auth_failures_max` the connection ends.
+    fn count_auth_failure(&mut self, out: &mut Outbox) {
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.auth_failures_max {
+            out.line("* BYE Too many failed logins");
+            self.close(out);
         }
     }
 
