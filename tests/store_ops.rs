@@ -195,3 +195,60 @@ fn changes_queued_while_a_mailbox_is_deleted_replay_cleanly() {
     assert_eq!(from_log.accounts, from_snapshot.accounts);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A mailbox name stored before names were validated (or by a damaged index) must not
+/// let `shardmail export` write outside `--out`: such mailboxes are refused, the rest
+/// exported.
+#[test]
+fn export_refuses_names_that_would_leave_the_output_directory() {
+    let data = temp_dir("export-escape");
+    shardmail::store::init(&data, 1).expect("store.json");
+    shardmail::users::UserDb::update(&data, |db| {
+        db.users.insert(
+            "eve@x.example".into(),
+            shardmail::users::User {
+                id: ACCOUNT,
+                password: String::new(),
+                created: 0,
+            },
+        );
+        Ok(())
+    })
+    .expect("users.json");
+    let part = shardmail::store::partition_dir(&data, 0);
+    run(async move {
+        let p = Partition::open(0, &part, options()).await.expect("open");
+        let (m, s) = message("hello");
+        p.deliver(&[ACCOUNT], 1, &m, &s, 1).await.expect("deliver");
+        // The store itself does not judge names (the IMAP session does): write the
+        // hostile ones straight through it.
+        for name in ["../escaped", "INBOX/../../../escaped2", "/abs", "ok/child"] {
+            let id = p.create_mailbox(ACCOUNT, name, 2).await.expect("create");
+            let (m, s) = message(name);
+            p.append(ACCOUNT, id, &m, &s, 0, &[], 3)
+                .await
+                .expect("append");
+        }
+        p.checkpoint().expect("snapshot");
+    });
+    let out = data.join("out");
+    let report = shardmail::export::export(&data, "eve@x.example", &out).expect("export");
+    assert_eq!(report.refused.len(), 3, "{:?}", report.refused);
+    assert!(out.join("ok/child/cur").is_dir());
+    assert!(out.join("INBOX/cur").is_dir());
+    assert!(!data.join("escaped").exists() && !out.join("../escaped").exists());
+    let mut files = Vec::new();
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().contains("shardmail,S=") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.iter().all(|f| f.starts_with(&out)), "{files:?}");
+    assert_eq!(files.len(), 2, "INBOX and ok/child: {files:?}");
+}
