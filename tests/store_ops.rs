@@ -238,7 +238,7 @@ fn export_refuses_names_that_would_leave_the_output_directory() {
     assert!(out.join("INBOX/cur").is_dir());
     assert!(!data.join("escaped").exists() && !out.join("../escaped").exists());
     let mut files = Vec::new();
-    let mut stack = vec![data.clone()];
+    let mut stack = vec![data];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
             let path = e.path();

@@ -28,9 +28,6 @@ use crate::proto::imap::session::{
 use crate::store::index::{AccountIndex, Index, MessageEntry};
 use crate::store::{self, Partition};
 
-/// INBOX is mailbox 1 of every account (`store::index::DEFAULT_MAILBOXES`).
-const INBOX: u32 = 1;
-
 /// A IMAP session moving to the shard that owns its account.
 pub type Handoff = super::mesh::Handoff<Session>;
 
@@ -464,104 +461,24 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write, spooler: &mut Sp
         );
         return Written::Failed(WriteFailure::Unavailable);
     };
-    let failed = |e: store::StoreError| Written::Failed(write_failure(&e));
-    match write {
-        Write::Create { names } => {
-            for name in names {
-                if let Err(e) = p.create_mailbox(account, &name, now()).await {
-                    return failed(e);
-                }
+    let (change, message) = write.into_change();
+    let stored = match message {
+        None => None,
+        Some(message) => match spooler.finish(message) {
+            Ok(body) => Some(super::mesh::summarize(Vec::new(), body).await),
+            Err(SpoolError::NoSpace | SpoolError::NoDescriptor) => {
+                return Written::Failed(WriteFailure::NoSpace)
             }
-            Written::Done
-        }
-        Write::Delete { mailbox } => p
-            .delete_mailbox(account, mailbox)
-            .await
-            .map_or_else(failed, |()| Written::Done),
-        Write::Rename { renames } => {
-            for (mailbox, name) in renames {
-                if let Err(e) = p.rename_mailbox(account, mailbox, &name).await {
-                    return failed(e);
-                }
+            Err(SpoolError::Io(e)) => {
+                tracing::error!(error = %e, "cannot spool an APPEND");
+                return Written::Failed(WriteFailure::Unavailable);
             }
-            Written::Done
-        }
-        Write::RenameInbox { to } => {
-            let id = match p.create_mailbox(account, &to, now()).await {
-                Ok(id) => id,
-                Err(e) => return failed(e),
-            };
-            let uids: Vec<u32> = {
-                let index = p.index();
-                index
-                    .accounts
-                    .get(&account)
-                    .and_then(|a| a.mailbox_by_id(INBOX))
-                    .map(|m| m.messages.iter().map(|e| e.uid).collect())
-                    .unwrap_or_default()
-            };
-            move_messages(&p, account, INBOX, &uids, id)
-                .await
-                .map_or_else(failed, |_| Written::Done)
-        }
-        Write::Subscribe { name, subscribed } => p
-            .subscribe(account, &name, subscribed, now())
-            .await
-            .map_or_else(failed, |()| Written::Done),
-        Write::Append {
-            mailbox,
-            message,
-            flags,
-            keywords,
-            internal_date,
-        } => {
-            let body = match spooler.finish(message) {
-                Ok(body) => body,
-                Err(SpoolError::NoSpace | SpoolError::NoDescriptor) => {
-                    return Written::Failed(WriteFailure::NoSpace)
-                }
-                Err(SpoolError::Io(e)) => {
-                    tracing::error!(error = %e, "cannot spool an APPEND");
-                    return Written::Failed(WriteFailure::Unavailable);
-                }
-            };
-            let (message, summary) = super::mesh::summarize(Vec::new(), body).await;
-            p.append_message(
-                account,
-                mailbox,
-                &message,
-                &summary,
-                flags,
-                &keywords,
-                internal_date,
-            )
-            .await
-            .map_or_else(failed, |uid| Written::Appended { uid })
-        }
-        Write::Store { mailbox, changes } => p
-            .store_flags(account, mailbox, &changes)
-            .await
-            .map_or_else(failed, Written::Stored),
-        Write::Copy {
-            from,
-            uids,
-            to,
-            expunge_source,
-        } => {
-            if expunge_source {
-                move_messages(&p, account, from, &uids, to)
-                    .await
-                    .map_or_else(failed, Written::Copied)
-            } else {
-                p.copy(account, from, &uids, to)
-                    .await
-                    .map_or_else(failed, Written::Copied)
-            }
-        }
-        Write::Expunge { mailbox, uids } => p
-            .expunge(account, mailbox, &uids)
-            .await
-            .map_or_else(failed, |()| Written::Done),
+        },
+    };
+    let message = stored.as_ref().map(|(m, s)| (m, s.as_slice()));
+    match p.execute(account, change, now(), message).await {
+        Ok(outcome) => outcome.into(),
+        Err(e) => Written::Failed(write_failure(&e)),
     }
 }
 
@@ -579,21 +496,6 @@ fn write_failure(e: &store::StoreError) -> WriteFailure {
             WriteFailure::Unavailable
         }
     }
-}
-
-/// MOVE: copy (sharing the stored bytes), then expunge the originals. A crash between
-/// the two commits leaves the messages in both mailboxes — never in neither.
-async fn move_messages(
-    p: &Rc<Partition>,
-    account: u64,
-    from: u32,
-    uids: &[u32],
-    to: u32,
-) -> Result<Vec<(u32, u32)>, store::StoreError> {
-    let pairs = p.copy(account, from, uids, to).await?;
-    let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-    p.expunge(account, from, &moved).await?;
-    Ok(pairs)
 }
 
 /// The session settings from the configuration.

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use super::layout::{decode_keywords, Fields, Kind, Record};
+pub use super::op::{CorruptRecord, Op};
 use super::summary::Summary;
 
 /// System flags as bits (IMAP names; Maildir letters in [`crate::export`]).
@@ -36,7 +36,7 @@ pub enum SpecialUse {
 }
 
 impl SpecialUse {
-    fn from_u8(v: u8) -> SpecialUse {
+    pub(crate) fn from_u8(v: u8) -> SpecialUse {
         match v {
             1 => SpecialUse::Inbox,
             2 => SpecialUse::Sent,
@@ -179,171 +179,6 @@ struct ExpungeRun {
     mailbox: u32,
     uids: Vec<u32>,
     modseq: u64,
-}
-
-/// A record's payload the index could not decode; replay stops there.
-#[derive(Debug)]
-pub struct CorruptRecord {
-    pub offset: u64,
-}
-
-/// One decoded log record: what [`Index::apply`] does with it.
-#[derive(Debug)]
-pub enum Op {
-    Blob {
-        blob: u64,
-        offset: u64,
-        len: u32,
-        summary: Box<Summary>,
-    },
-    MailboxCreate {
-        account: u64,
-        id: u32,
-        uidvalidity: u32,
-        special: SpecialUse,
-        name: String,
-    },
-    Append {
-        account: u64,
-        mailbox: u32,
-        uid: u32,
-        modseq: u64,
-        internal_date: i64,
-        flags: u32,
-        blob: u64,
-        keywords: Vec<String>,
-        /// The blob's location and summary when it was written by an earlier commit
-        /// (COPY); `None` means "look it up among this replay's blobs".
-        resolved: Option<(u64, u32, Box<Summary>)>,
-    },
-    Flags {
-        account: u64,
-        mailbox: u32,
-        uid: u32,
-        modseq: u64,
-        flags: u32,
-        keywords: Vec<String>,
-    },
-    MailboxRename {
-        account: u64,
-        mailbox: u32,
-        name: String,
-    },
-    MailboxDelete {
-        account: u64,
-        mailbox: u32,
-    },
-    Expunge {
-        account: u64,
-        mailbox: u32,
-        uid: u32,
-        modseq: u64,
-    },
-    Subscription {
-        account: u64,
-        subscribed: bool,
-        name: String,
-    },
-}
-
-impl Op {
-    /// The account an op changes (`None` for blobs, which belong to no mailbox).
-    pub fn account(&self) -> Option<u64> {
-        match self {
-            Op::Blob { .. } => None,
-            Op::MailboxCreate { account, .. }
-            | Op::Append { account, .. }
-            | Op::Flags { account, .. }
-            | Op::Expunge { account, .. }
-            | Op::MailboxRename { account, .. }
-            | Op::MailboxDelete { account, .. }
-            | Op::Subscription { account, .. } => Some(*account),
-        }
-    }
-
-    /// Decodes a record that passed its checksum.
-    pub fn decode(record: &Record<'_>) -> Result<Op, CorruptRecord> {
-        let corrupt = || CorruptRecord {
-            offset: record.offset,
-        };
-        let mut f = Fields(record.payload);
-        Ok(match record.kind {
-            Kind::Blob => {
-                let summary_len = f.u32().ok_or_else(corrupt)? as usize;
-                let summary = f.bytes(summary_len).ok_or_else(corrupt)?;
-                let len = u32::try_from(f.rest().len()).map_err(|_| corrupt())?;
-                Op::Blob {
-                    blob: record.offset,
-                    offset: record.payload_offset() + 4 + summary_len as u64,
-                    len,
-                    summary: Box::new(Summary::from_bytes(summary).unwrap_or_default()),
-                }
-            }
-            Kind::MailboxCreate => {
-                let account = f.u64().ok_or_else(corrupt)?;
-                let id = f.u32().ok_or_else(corrupt)?;
-                let uidvalidity = f.u32().ok_or_else(corrupt)?;
-                let special = SpecialUse::from_u8(f.u8().ok_or_else(corrupt)?);
-                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
-                Op::MailboxCreate {
-                    account,
-                    id,
-                    uidvalidity,
-                    special,
-                    name,
-                }
-            }
-            Kind::Append => Op::Append {
-                account: f.u64().ok_or_else(corrupt)?,
-                mailbox: f.u32().ok_or_else(corrupt)?,
-                uid: f.u32().ok_or_else(corrupt)?,
-                modseq: f.u64().ok_or_else(corrupt)?,
-                internal_date: f.i64().ok_or_else(corrupt)?,
-                flags: f.u32().ok_or_else(corrupt)?,
-                blob: f.u64().ok_or_else(corrupt)?,
-                keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
-                resolved: None,
-            },
-            Kind::Flags => Op::Flags {
-                account: f.u64().ok_or_else(corrupt)?,
-                mailbox: f.u32().ok_or_else(corrupt)?,
-                uid: f.u32().ok_or_else(corrupt)?,
-                modseq: f.u64().ok_or_else(corrupt)?,
-                flags: f.u32().ok_or_else(corrupt)?,
-                keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
-            },
-            Kind::MailboxRename => {
-                let account = f.u64().ok_or_else(corrupt)?;
-                let mailbox = f.u32().ok_or_else(corrupt)?;
-                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
-                Op::MailboxRename {
-                    account,
-                    mailbox,
-                    name,
-                }
-            }
-            Kind::Subscription => {
-                let account = f.u64().ok_or_else(corrupt)?;
-                let subscribed = f.u8().ok_or_else(corrupt)? != 0;
-                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
-                Op::Subscription {
-                    account,
-                    subscribed,
-                    name,
-                }
-            }
-            Kind::MailboxDelete => Op::MailboxDelete {
-                account: f.u64().ok_or_else(corrupt)?,
-                mailbox: f.u32().ok_or_else(corrupt)?,
-            },
-            Kind::Expunge => Op::Expunge {
-                account: f.u64().ok_or_else(corrupt)?,
-                mailbox: f.u32().ok_or_else(corrupt)?,
-                uid: f.u32().ok_or_else(corrupt)?,
-                modseq: f.u64().ok_or_else(corrupt)?,
-            },
-        })
-    }
 }
 
 /// An op refers to something the index does not have (a bug or a damaged log).
@@ -593,7 +428,7 @@ impl Index {
         let mut file_bytes = Vec::with_capacity(bytes.len() + 16);
         file_bytes.extend_from_slice(SNAPSHOT_MAGIC);
         file_bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-        file_bytes.extend_from_slice(&[0; 4]);
+        file_bytes.extend_from_slice(&[super::summary::SUMMARY_VERSION, 0, 0, 0]);
         file_bytes.extend_from_slice(&bytes);
         let tmp = dir.join("index.snap.tmp");
         {
@@ -610,7 +445,11 @@ impl Index {
     pub fn load_snapshot(dir: &Path) -> Option<Index> {
         let bytes = std::fs::read(dir.join("index.snap")).ok()?;
         let body = bytes.get(16..)?;
-        if bytes.get(..8)? != SNAPSHOT_MAGIC {
+        // The snapshot archives summaries as today's type: one from another summary
+        // version is ignored, like one of another index layout.
+        if bytes.get(..8)? != SNAPSHOT_MAGIC
+            || bytes.get(12..16)? != [super::summary::SUMMARY_VERSION, 0, 0, 0]
+        {
             return None;
         }
         let crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
@@ -623,8 +462,9 @@ impl Index {
     }
 }
 
-/// Bumped whenever an archived type changes: an older snapshot is then ignored and the
-/// log replayed in full (the snapshot is only an accelerator).
+/// Bumped whenever an archived index type changes (the summary's version is checked
+/// separately, byte 12): an older snapshot is then ignored and the log replayed in
+/// full (the snapshot is only an accelerator).
 const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap04";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.

@@ -2,13 +2,17 @@
 //!
 //! ```text
 //! file   = FILE_MAGIC (16 bytes) record*
-//! record = len:u32le crc32c:u32le kind:u8 zero[7] payload[len] zero-pad to 8
-//! crc    = crc32c(kind ++ payload)
+//! record = len:u32le crc32c:u32le kind:u8 version:u8 zero[6] payload[len] zero-pad to 8
+//! crc    = crc32c(kind ++ payload)            version 0 (logs written before versions)
+//!        = crc32c(kind ++ version ++ payload) version 1 and later
 //! ```
 //! The log holds message blobs and the index journal in one stream, so one fdatasync
 //! makes a whole group commit durable. Scanning stops at the first record that is
-//! short, has a bad checksum or an unknown kind: that is the torn tail recovery
-//! truncates. Pure code; no IO.
+//! short or has a bad checksum: that is the torn tail recovery truncates. A record
+//! with a good checksum but a kind or version this build does not know is returned
+//! (kind `None`) so that decoding fails loudly — a log written by a newer shardmail is
+//! never mistaken for a torn tail. The records' payloads are defined in `op.rs`.
+//! Pure code; no IO.
 
 /// First 16 bytes of every log file.
 pub const FILE_MAGIC: &[u8; 16] = b"shardmail-log-v1";
@@ -45,37 +49,6 @@ pub enum Kind {
     Subscription = 8,
 }
 
-/// Optional trailing keyword list of Append and Flags: `count:u16 (len:u16 bytes)*`.
-/// Absent (older records, or no keywords) means none.
-pub fn encode_keywords(out: &mut Vec<u8>, keywords: &[String]) {
-    if keywords.is_empty() {
-        return;
-    }
-    out.extend_from_slice(&(keywords.len().min(u16::MAX as usize) as u16).to_le_bytes());
-    for k in keywords.iter().take(u16::MAX as usize) {
-        let bytes = k.as_bytes();
-        let len = bytes.len().min(u16::MAX as usize);
-        out.extend_from_slice(&(len as u16).to_le_bytes());
-        out.extend_from_slice(bytes.get(..len).unwrap_or(bytes));
-    }
-}
-
-/// Reads what [`encode_keywords`] wrote; `None` if it is malformed.
-pub fn decode_keywords(mut rest: &[u8]) -> Option<Vec<String>> {
-    if rest.is_empty() {
-        return Some(Vec::new());
-    }
-    let count = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-    rest = rest.get(2..)?;
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
-        let len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-        out.push(String::from_utf8(rest.get(2..2 + len)?.to_vec()).ok()?);
-        rest = rest.get(2 + len..)?;
-    }
-    rest.is_empty().then_some(out)
-}
-
 impl Kind {
     fn from_u8(v: u8) -> Option<Kind> {
         Some(match v {
@@ -98,14 +71,19 @@ pub const fn record_bytes(payload_len: usize) -> usize {
     raw.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
 
+/// Record kind byte values this build knows (for the scanner).
+fn known_kind(b: u8) -> Option<Kind> {
+    Kind::from_u8(b)
+}
+
 /// Zero bytes that follow a payload of `payload_len` to the next record.
 pub const fn padding(payload_len: usize) -> usize {
     record_bytes(payload_len) - RECORD_HEADER_BYTES - payload_len
 }
 
 /// Appends a record header for a payload written elsewhere (a large message body
-/// goes to the file straight from its own buffer): `crc` covers kind and payload.
-pub fn encode_header(out: &mut Vec<u8>, kind: Kind, payload_len: usize, crc: u32) {
+/// goes to the file straight from its own buffer): `crc` is [`record_crc`]'s.
+pub fn encode_header(out: &mut Vec<u8>, kind: Kind, version: u8, payload_len: usize, crc: u32) {
     assert!(
         payload_len <= RECORD_PAYLOAD_MAX,
         "record payload {payload_len} exceeds RECORD_PAYLOAD_MAX"
@@ -114,11 +92,35 @@ pub fn encode_header(out: &mut Vec<u8>, kind: Kind, payload_len: usize, crc: u32
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
     out.extend_from_slice(&crc.to_le_bytes());
     out.push(kind as u8);
-    out.extend_from_slice(&[0; 7]);
+    out.push(version);
+    out.extend_from_slice(&[0; 6]);
 }
 
-/// Appends one record to `out`.
+/// The crc of a record: over its kind byte, its version byte unless that is 0, and
+/// its payload. Version-0 records predate the version byte (it was a zero pad the crc
+/// did not cover), so they keep their crc; every later version is protected by it.
+pub fn record_crc(kind: Kind, version: u8, payload: &[&[u8]]) -> u32 {
+    let mut crc = crc_head(kind as u8, version);
+    for p in payload {
+        crc = crc32c::crc32c_append(crc, p);
+    }
+    crc
+}
+
+fn crc_head(kind: u8, version: u8) -> u32 {
+    match version {
+        0 => crc32c::crc32c(&[kind]),
+        v => crc32c::crc32c(&[kind, v]),
+    }
+}
+
+/// Appends one version-0 record to `out`.
 pub fn encode(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]]) {
+    encode_versioned(out, kind, 0, payload);
+}
+
+/// Appends one record of `version` to `out`.
+pub fn encode_versioned(out: &mut Vec<u8>, kind: Kind, version: u8, payload: &[&[u8]]) {
     let len: usize = payload.iter().map(|p| p.len()).sum();
     assert!(
         len <= RECORD_PAYLOAD_MAX,
@@ -126,14 +128,7 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]]) {
     );
     let start = out.len();
     debug_assert_eq!(start % RECORD_ALIGN, 0);
-    let mut crc = crc32c::crc32c(&[kind as u8]);
-    for p in payload {
-        crc = crc32c::crc32c_append(crc, p);
-    }
-    out.extend_from_slice(&(len as u32).to_le_bytes());
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.push(kind as u8);
-    out.extend_from_slice(&[0; 7]);
+    encode_header(out, kind, version, len, record_crc(kind, version, payload));
     for p in payload {
         out.extend_from_slice(p);
     }
@@ -145,7 +140,9 @@ pub fn encode(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]]) {
 pub struct Record<'a> {
     /// Offset of the record header in the file.
     pub offset: u64,
-    pub kind: Kind,
+    /// `None`: a kind this build does not know (decoding fails loudly).
+    pub kind: Option<Kind>,
+    pub version: u8,
     pub payload: &'a [u8],
 }
 
@@ -198,23 +195,25 @@ impl<'a> Iterator for Scanner<'a> {
         let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
         let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
         let kind_byte = header[8];
-        if len > RECORD_PAYLOAD_MAX || header[9..16] != [0; 7] {
+        let version = header[9];
+        if len > RECORD_PAYLOAD_MAX || header[10..16] != [0; 6] {
             return None;
         }
-        let kind = Kind::from_u8(kind_byte)?;
+        let kind = known_kind(kind_byte);
         let start = self.pos + RECORD_HEADER_BYTES;
         let payload = self.bytes.get(start..start + len)?;
         let end = self.pos + record_bytes(len);
         if end > self.bytes.len() {
             return None;
         }
-        let actual = crc32c::crc32c_append(crc32c::crc32c(&[kind_byte]), payload);
+        let actual = crc32c::crc32c_append(crc_head(kind_byte, version), payload);
         if actual != crc {
             return None;
         }
         let record = Record {
             offset: self.base + self.pos as u64,
             kind,
+            version,
             payload,
         };
         self.pos = end;
@@ -272,7 +271,10 @@ mod tests {
         let log = log_with(&[(Kind::Blob, b"hello"), (Kind::Expunge, b"0123456789abcdef")]);
         let mut s = Scanner::new(&log, 0);
         let kinds: Vec<_> = s.by_ref().map(|r| (r.kind, r.payload.len())).collect();
-        assert_eq!(kinds, vec![(Kind::Blob, 5), (Kind::Expunge, 16)]);
+        assert_eq!(
+            kinds,
+            vec![(Some(Kind::Blob), 5), (Some(Kind::Expunge), 16)]
+        );
         assert_eq!(s.valid_end(), log.len() as u64);
 
         // Every truncation point leaves a valid prefix ending on a record boundary.
@@ -294,5 +296,35 @@ mod tests {
         let mut s = Scanner::new(&bad, 0);
         assert_eq!(s.by_ref().count(), 0);
         assert_eq!(s.valid_end() as usize, FILE_MAGIC.len());
+    }
+
+    #[test]
+    fn unknown_kinds_are_returned_not_truncated() {
+        let mut log = FILE_MAGIC.to_vec();
+        encode(&mut log, Kind::Expunge, &[b"x"]);
+        // A record of kind 200, version 3, with a good checksum: a newer format.
+        let start = log.len();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&[200, 3]), b"future");
+        log.extend_from_slice(&6u32.to_le_bytes());
+        log.extend_from_slice(&crc.to_le_bytes());
+        log.extend_from_slice(&[200, 3, 0, 0, 0, 0, 0, 0]);
+        log.extend_from_slice(b"future\0\0");
+        let records: Vec<_> = Scanner::new(&log, 0).collect();
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].kind, None);
+        assert_eq!(records[1].version, 3);
+        assert_eq!(records[1].offset as usize, start);
+    }
+
+    #[test]
+    fn the_crc_covers_the_version_byte_from_version_1() {
+        let mut log = FILE_MAGIC.to_vec();
+        encode_versioned(&mut log, Kind::Blob, 1, &[b"\0\0\0\0body"]);
+        assert_eq!(Scanner::new(&log, 0).count(), 1);
+        for flipped in [0u8, 2, 0x81] {
+            let mut bad = log.clone();
+            bad[FILE_MAGIC.len() + 9] = flipped;
+            assert_eq!(Scanner::new(&bad, 0).count(), 0, "version {flipped}");
+        }
     }
 }

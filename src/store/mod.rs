@@ -5,8 +5,10 @@
 //! hash of their id; partitions map to shards by `partition % shards`. This module owns
 //! the on-disk format; it never speaks a protocol and never blocks a shard on fsync.
 
+pub mod change;
 pub mod index;
 pub mod layout;
+pub mod op;
 pub mod partition;
 pub mod space;
 pub mod summary;

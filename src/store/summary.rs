@@ -40,6 +40,14 @@ pub struct PartSummary {
     pub children: Vec<u32>,
 }
 
+/// The version of [`Summary::to_bytes`]; bump it whenever `Summary` (or a type in it)
+/// changes, so stored summaries of the old shape are re-derived instead of misread.
+pub const SUMMARY_VERSION: u8 = 1;
+
+/// A summary written by a newer shardmail (its version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewerSummary(pub u8);
+
 /// Everything cached about a message's structure.
 #[derive(Debug, Clone, Default, PartialEq, Archive, Serialize, Deserialize)]
 pub struct Summary {
@@ -122,19 +130,66 @@ impl Summary {
         summary
     }
 
+    /// `[SUMMARY_VERSION][rkyv archive]`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        rkyv::to_bytes::<rkyv::rancor::Error>(self)
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(self)
             .map(|v| v.to_vec())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(archive.len() + 1);
+        out.push(SUMMARY_VERSION);
+        out.extend_from_slice(&archive);
+        out
     }
 
-    /// Decodes bytes written by [`Summary::to_bytes`]; `None` if they are damaged.
+    /// Decodes bytes written by [`Summary::to_bytes`] of this version; `None` if they
+    /// are of another version or damaged.
     pub fn from_bytes(bytes: &[u8]) -> Option<Summary> {
-        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
-        aligned.extend_from_slice(bytes);
+        match bytes.split_first() {
+            Some((&SUMMARY_VERSION, archive)) => Self::from_archive(archive),
+            _ => None,
+        }
+    }
+
+    fn from_archive(archive: &[u8]) -> Option<Summary> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(archive.len());
+        aligned.extend_from_slice(archive);
         rkyv::from_bytes::<Summary, rkyv::rancor::Error>(&aligned).ok()
     }
+
+    /// The summary stored beside `message`: this version's is decoded; an older (or a
+    /// damaged) one is re-derived from the message bytes — an upgrade, never a blank
+    /// summary; a newer one is an error (written by a newer shardmail).
+    pub fn decode(bytes: &[u8], message: &[u8]) -> Result<Summary, NewerSummary> {
+        match bytes.split_first() {
+            Some((&v, _)) if v > SUMMARY_VERSION => Err(NewerSummary(v)),
+            Some((&v, archive)) => Ok(Self::decode_at(v, archive, message)),
+            None => Ok(Summary::parse(message)),
+        }
+    }
+
+    /// A summary of the first format (an rkyv archive without a version byte, Blob
+    /// records of version 0). Its layout is that of summary version
+    /// [`UNVERSIONED_LAYOUT`]; once `SUMMARY_VERSION` moves past it, such archives are
+    /// re-derived from the message like any older one.
+    pub fn decode_unversioned(archive: &[u8], message: &[u8]) -> Summary {
+        Self::decode_at(UNVERSIONED_LAYOUT, archive, message)
+    }
+
+    /// An archive is only ever read as today's type, and only if it was written at
+    /// today's version: an archive of another layout could pass rkyv's validation and
+    /// decode to the wrong fields, so it is re-derived instead.
+    fn decode_at(version: u8, archive: &[u8], message: &[u8]) -> Summary {
+        match version {
+            SUMMARY_VERSION => {
+                Self::from_archive(archive).unwrap_or_else(|| Summary::parse(message))
+            }
+            _ => Summary::parse(message),
+        }
+    }
 }
+
+/// The summary version whose layout unversioned (Blob version 0) archives share.
+const UNVERSIONED_LAYOUT: u8 = 1;
 
 #[cfg(test)]
 mod tests {
@@ -150,8 +205,17 @@ mod tests {
         assert_eq!(s.parts[0].ctype, "multipart");
         assert_eq!(s.parts[0].children.len(), 1);
         assert_eq!(s.parts[1].subtype, "plain");
-        assert_eq!(Summary::from_bytes(&s.to_bytes()), Some(s));
+        assert_eq!(Summary::from_bytes(&s.to_bytes()), Some(s.clone()));
         assert_eq!(Summary::from_bytes(b"garbage"), None);
+        // Older or damaged summaries are re-derived from the message; newer refused.
+        assert_eq!(Summary::decode(b"\x00old", msg), Ok(s.clone()));
+        assert_eq!(Summary::decode(&s.to_bytes(), b"ignored"), Ok(s.clone()));
+        assert_eq!(
+            Summary::decode(&[SUMMARY_VERSION + 1, 1, 2], msg),
+            Err(NewerSummary(SUMMARY_VERSION + 1))
+        );
+        let unversioned = &s.to_bytes()[1..];
+        assert_eq!(Summary::decode_unversioned(unversioned, b"x"), s);
     }
 
     #[test]

@@ -1,23 +1,29 @@
 //! An in-memory account for driving [`Session`](super::session::Session) without a
 //! server: transcript tests, property tests and the fuzz target use it.
 //!
-//! Changes go through the real [`Index::apply`] with the same [`Op`]s the partition
-//! logs, so the session is tested against the index semantics it runs on; only the
-//! log file and the group commit are missing. Test support: not used by the server.
+//! It is the real store over in-memory bytes: every change is planned by
+//! [`change::plan`] (as the partition does), encoded into an in-memory log with the
+//! log's own record format, decoded back and applied with [`Index::apply_all`] — the
+//! recovery path. Only the file, the mmap and the group commit are missing. Test
+//! support: not used by the server.
 
-use crate::store::index::{BlobCache, Index, MessageEntry, Op, SpecialUse, DEFAULT_MAILBOXES};
+use crate::store::change::{self, BlobAt, Change, Outcome, Reservations};
+use crate::store::index::{BlobCache, Index, MessageEntry, Op};
+use crate::store::layout::{Scanner, FILE_MAGIC};
 use crate::store::summary::Summary;
 
-use super::session::{Mailstore, Write, Written};
+use super::session::{Mailstore, Write, WriteFailure, Written};
 
 /// One account in memory.
 #[derive(Debug)]
 pub struct MemStore {
     pub index: Index,
     pub account: u64,
+    /// The log: [`FILE_MAGIC`] then records, as on disk.
     log: Vec<u8>,
     blobs: BlobCache,
-    clock: u32,
+    /// "Now" for the changes (UIDVALIDITY of new mailboxes).
+    pub now: i64,
 }
 
 impl Default for MemStore {
@@ -27,229 +33,121 @@ impl Default for MemStore {
 }
 
 impl MemStore {
-    /// An account with the default mailboxes and nothing in them.
+    /// An account with the default mailboxes (UIDVALIDITY 1000…) and nothing in them.
     pub fn new() -> MemStore {
         let mut store = MemStore {
             index: Index::default(),
             account: 7,
-            log: Vec::new(),
+            log: FILE_MAGIC.to_vec(),
             blobs: BlobCache::default(),
-            clock: 1_000,
+            now: 1_000,
         };
-        for (i, (name, special)) in DEFAULT_MAILBOXES.iter().enumerate() {
-            store.op(Op::MailboxCreate {
-                account: 7,
-                id: i as u32 + 1,
-                uidvalidity: 1_000 + i as u32,
-                special: *special,
-                name: (*name).to_string(),
-            });
-        }
+        let ops = Reservations::default().default_mailboxes(&store.index, 7, 1_000);
+        store.commit(&ops, None);
+        store.now = 1_795_675_500;
         store
     }
 
-    fn op(&mut self, op: Op) -> bool {
-        self.index.apply(op, &mut self.blobs).is_ok()
+    /// Encodes `ops` (and a Blob's bytes) at the log's end, then decodes and applies
+    /// what was written, as recovery replays a log.
+    fn commit(&mut self, ops: &[Op], blob: Option<(&[u8], &[u8])>) {
+        let base = self.log.len();
+        let message = blob.map(|(summary, message)| (summary, [message]));
+        change::encode(
+            &mut self.log,
+            ops,
+            message.as_ref().map(|(s, m)| (*s, &m[..])),
+        );
+        let decoded: Vec<Op> = Scanner::region(self.log.get(base..).unwrap_or(&[]), base as u64)
+            .filter_map(|r| Op::decode(&r).ok())
+            .collect();
+        // Resolved locations (COPY) are in memory only: take them from the plan.
+        let decoded = decoded
+            .into_iter()
+            .zip(ops)
+            .map(|(d, planned)| match (d, planned) {
+                (Op::Append { .. }, p @ Op::Append { .. }) => p.clone(),
+                (d, _) => d,
+            })
+            .collect::<Vec<_>>();
+        let _ = self.index.apply_all(decoded, &mut self.blobs);
     }
 
-    fn next_modseq(&self, mailbox: u32) -> u64 {
-        self.mailbox(mailbox).map_or(1, |m| m.highest_modseq + 1)
-    }
-
-    fn mailbox(&self, id: u32) -> Option<&crate::store::index::MailboxIndex> {
-        self.index
-            .accounts
-            .get(&self.account)?
-            .mailboxes
-            .iter()
-            .find(|m| m.id == id)
+    fn blob_at(&self, message: &[u8], summary: &[u8]) -> BlobAt {
+        let blob = self.log.len() as u64;
+        BlobAt {
+            blob,
+            offset: blob
+                + crate::store::layout::RECORD_HEADER_BYTES as u64
+                + 4
+                + summary.len() as u64,
+            len: message.len() as u32,
+            summary: Summary::from_bytes(summary).unwrap_or_default(),
+        }
     }
 
     /// Delivers a message into `mailbox` (as SMTP would); returns its UID.
     pub fn deliver(&mut self, mailbox: u32, message: &[u8], internal_date: i64) -> u32 {
-        self.store_message(mailbox, message, internal_date, 0, Vec::new())
-    }
-
-    fn store_message(
-        &mut self,
-        mailbox: u32,
-        message: &[u8],
-        internal_date: i64,
-        flags: u32,
-        keywords: Vec<String>,
-    ) -> u32 {
-        let offset = self.log.len() as u64;
-        self.log.extend_from_slice(message);
-        let summary = Box::new(Summary::parse(message));
-        self.op(Op::Blob {
-            blob: offset,
-            offset,
-            len: message.len() as u32,
-            summary,
-        });
-        let uid = self.mailbox(mailbox).map_or(1, |m| m.uid_next);
-        let modseq = self.next_modseq(mailbox);
-        self.op(Op::Append {
-            account: self.account,
+        let summary = Summary::parse(message).to_bytes();
+        let blob = self.blob_at(message, &summary);
+        let mut numbers = Reservations::default();
+        let ops = change::plan_delivery(
+            &self.index,
+            &[self.account],
             mailbox,
-            uid,
-            modseq,
             internal_date,
-            flags,
-            blob: offset,
-            keywords,
-            resolved: None,
-        });
-        uid
-    }
-
-    fn create(&mut self, name: &str) -> u32 {
-        let id = self
-            .index
-            .accounts
-            .get(&self.account)
-            .map_or(6, |a| a.next_mailbox_id());
-        self.clock += 1;
-        self.op(Op::MailboxCreate {
-            account: self.account,
-            id,
-            uidvalidity: self.clock,
-            special: SpecialUse::None,
-            name: name.to_string(),
-        });
-        id
-    }
-
-    fn copy(&mut self, from: u32, uids: &[u32], to: u32) -> Vec<(u32, u32)> {
-        let entries: Vec<MessageEntry> = self
-            .mailbox(from)
-            .map(|m| {
-                m.messages
-                    .iter()
-                    .filter(|e| uids.contains(&e.uid))
-                    .cloned()
-                    .collect()
+            &mut numbers,
+            blob,
+        );
+        let uid = ops
+            .iter()
+            .find_map(|o| match o {
+                Op::Append { uid, .. } => Some(*uid),
+                _ => None,
             })
-            .unwrap_or_default();
-        let mut pairs = Vec::new();
-        for e in entries {
-            let uid = self.mailbox(to).map_or(1, |m| m.uid_next);
-            let modseq = self.next_modseq(to);
-            self.op(Op::Append {
-                account: self.account,
-                mailbox: to,
-                uid,
-                modseq,
-                internal_date: e.internal_date,
-                flags: e.flags,
-                blob: e.blob,
-                keywords: e.keywords.clone(),
-                resolved: Some((e.offset, e.len, Box::new(e.summary.clone()))),
-            });
-            pairs.push((e.uid, uid));
-        }
-        pairs
-    }
-
-    fn expunge(&mut self, mailbox: u32, uids: &[u32]) {
-        for &uid in uids {
-            let modseq = self.next_modseq(mailbox);
-            self.op(Op::Expunge {
-                account: self.account,
-                mailbox,
-                uid,
-                modseq,
-            });
-        }
+            .unwrap_or(0);
+        self.commit(&ops, Some((&summary, message)));
+        uid
     }
 
     /// Makes a change as the partition would, durably at once.
     pub fn apply(&mut self, write: Write) -> Written {
-        let account = self.account;
-        match write {
-            Write::Create { names } => {
-                for n in names {
-                    self.create(&n);
-                }
-                Written::Done
+        let (change, message) = write.into_change();
+        // Nothing is spooled in memory (the driver reassembles what it "spooled").
+        let message = message.map(|m| m.into_bytes().unwrap_or_default());
+        self.apply_change(&change, message.as_deref())
+    }
+
+    /// [`MemStore::apply`] of a store [`Change`].
+    pub fn apply_change(&mut self, change: &Change, message: Option<&[u8]>) -> Written {
+        let summary = message.map(|m| Summary::parse(m).to_bytes());
+        let blob = match (message, &summary) {
+            (Some(m), Some(s)) => Some(self.blob_at(m, s)),
+            _ => None,
+        };
+        let mut numbers = Reservations::default();
+        let planned = match change::plan(
+            &self.index,
+            self.account,
+            change,
+            self.now,
+            &mut numbers,
+            blob,
+        ) {
+            Ok(p) => p,
+            Err(crate::store::StoreError::Invalid(text)) => {
+                return Written::Failed(WriteFailure::Cannot(text))
             }
-            Write::Delete { mailbox } => {
-                self.op(Op::MailboxDelete { account, mailbox });
-                Written::Done
-            }
-            Write::Rename { renames } => {
-                for (mailbox, name) in renames {
-                    self.op(Op::MailboxRename {
-                        account,
-                        mailbox,
-                        name,
-                    });
-                }
-                Written::Done
-            }
-            Write::RenameInbox { to } => {
-                let id = self.create(&to);
-                let uids: Vec<u32> = self
-                    .mailbox(1)
-                    .map(|m| m.messages.iter().map(|e| e.uid).collect())
-                    .unwrap_or_default();
-                self.copy(1, &uids, id);
-                self.expunge(1, &uids);
-                Written::Done
-            }
-            Write::Subscribe { name, subscribed } => {
-                self.op(Op::Subscription {
-                    account,
-                    subscribed,
-                    name,
-                });
-                Written::Done
-            }
-            Write::Append {
-                mailbox,
-                message,
-                flags,
-                keywords,
-                internal_date,
-            } => {
-                // Nothing is spooled in memory (the driver never moves bytes out).
-                let message = message.into_bytes().unwrap_or_default();
-                let uid = self.store_message(mailbox, &message, internal_date, flags, keywords);
-                Written::Appended { uid }
-            }
-            Write::Store { mailbox, changes } => {
-                let mut changed = Vec::new();
-                for (uid, flags, keywords) in changes {
-                    let modseq = self.next_modseq(mailbox);
-                    self.op(Op::Flags {
-                        account,
-                        mailbox,
-                        uid,
-                        modseq,
-                        flags,
-                        keywords,
-                    });
-                    changed.push((uid, modseq));
-                }
-                Written::Stored(changed)
-            }
-            Write::Copy {
-                from,
-                uids,
-                to,
-                expunge_source,
-            } => {
-                let pairs = self.copy(from, &uids, to);
-                if expunge_source {
-                    let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-                    self.expunge(from, &moved);
-                }
-                Written::Copied(pairs)
-            }
-            Write::Expunge { mailbox, uids } => {
-                self.expunge(mailbox, &uids);
-                Written::Done
-            }
+            Err(_) => return Written::Failed(WriteFailure::Unavailable),
+        };
+        let bytes = match (message, &summary) {
+            (Some(m), Some(s)) => Some((s.as_slice(), m)),
+            _ => None,
+        };
+        self.commit(&planned.ops, bytes);
+        match planned.outcome {
+            Outcome::Done => Written::Done,
+            other => other.into(),
         }
     }
 }

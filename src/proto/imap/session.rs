@@ -21,6 +21,7 @@ use super::lexer::{tokenize, Frame, FrameLimits, Framer, Refusal, Token};
 use super::render;
 use super::search::{self, Candidate};
 use crate::proto::sasl;
+use crate::store::change::{Change, Outcome};
 use crate::store::index::{
     flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES,
 };
@@ -163,6 +164,62 @@ pub enum Write {
         mailbox: u32,
         uids: Vec<u32>,
     },
+}
+
+impl Write {
+    /// The store's change, and APPEND's message (which the IO layer spools and
+    /// summarizes first): the store plans every change itself (`store::change`).
+    pub fn into_change(self) -> (Change, Option<crate::proto::Incoming>) {
+        match self {
+            Write::Create { names } => (Change::Create { names }, None),
+            Write::Delete { mailbox } => (Change::Delete { mailbox }, None),
+            Write::Rename { renames } => (Change::Rename { renames }, None),
+            Write::RenameInbox { to } => (Change::RenameInbox { to }, None),
+            Write::Subscribe { name, subscribed } => (Change::Subscribe { name, subscribed }, None),
+            Write::Append {
+                mailbox,
+                message,
+                flags,
+                keywords,
+                internal_date,
+            } => (
+                Change::Append {
+                    mailbox,
+                    flags,
+                    keywords,
+                    internal_date,
+                },
+                Some(message),
+            ),
+            Write::Store { mailbox, changes } => (Change::Store { mailbox, changes }, None),
+            Write::Copy {
+                from,
+                uids,
+                to,
+                expunge_source,
+            } => (
+                Change::Copy {
+                    from,
+                    uids,
+                    to,
+                    expunge_source,
+                },
+                None,
+            ),
+            Write::Expunge { mailbox, uids } => (Change::Expunge { mailbox, uids }, None),
+        }
+    }
+}
+
+impl From<Outcome> for Written {
+    fn from(o: Outcome) -> Written {
+        match o {
+            Outcome::Done => Written::Done,
+            Outcome::Appended { uid } => Written::Appended { uid },
+            Outcome::Stored(s) => Written::Stored(s),
+            Outcome::Copied(c) => Written::Copied(c),
+        }
+    }
 }
 
 /// The outcome of a [`Write`].

@@ -1,0 +1,374 @@
+//! The log's records as changes to the index: one definition of each, encoded and
+//! decoded here and nowhere else (DESIGN.md §4).
+//!
+//! Every record carries a version in its header (`layout::Record::version`); a record
+//! whose kind or version this build does not know is an error naming its offset —
+//! never skipped, never truncated as a torn tail, never decoded to a default. The
+//! cached MIME summary in a Blob is versioned too ([`Summary::decode`]): an older one
+//! is re-derived from the message bytes stored beside it. `docs/format.md` has the
+//! byte layout and the upgrade rules. Pure code; no IO.
+
+use super::index::SpecialUse;
+use super::layout::{self, Fields, Kind, Record};
+use super::summary::Summary;
+
+/// Record versions this build writes, per kind (all kinds are at version 0 but the
+/// Blob, whose summary gained a version byte in version 1).
+pub const BLOB_VERSION: u8 = 1;
+
+/// A record the index could not decode; opening the partition stops there.
+#[derive(Debug)]
+pub struct CorruptRecord {
+    pub offset: u64,
+    pub reason: &'static str,
+}
+
+/// One decoded log record: what [`super::Index::apply`] does with it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Blob {
+        blob: u64,
+        offset: u64,
+        len: u32,
+        summary: Box<Summary>,
+    },
+    MailboxCreate {
+        account: u64,
+        id: u32,
+        uidvalidity: u32,
+        special: SpecialUse,
+        name: String,
+    },
+    Append {
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        modseq: u64,
+        internal_date: i64,
+        flags: u32,
+        blob: u64,
+        keywords: Vec<String>,
+        /// The blob's location and summary when it was written by an earlier commit
+        /// (COPY); `None` means "look it up among this replay's blobs". Not on disk.
+        resolved: Option<(u64, u32, Box<Summary>)>,
+    },
+    Flags {
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        modseq: u64,
+        flags: u32,
+        keywords: Vec<String>,
+    },
+    MailboxRename {
+        account: u64,
+        mailbox: u32,
+        name: String,
+    },
+    MailboxDelete {
+        account: u64,
+        mailbox: u32,
+    },
+    Expunge {
+        account: u64,
+        mailbox: u32,
+        uid: u32,
+        modseq: u64,
+    },
+    Subscription {
+        account: u64,
+        subscribed: bool,
+        name: String,
+    },
+}
+
+impl Op {
+    /// The account an op changes (`None` for blobs, which belong to no mailbox).
+    pub fn account(&self) -> Option<u64> {
+        match self {
+            Op::Blob { .. } => None,
+            Op::MailboxCreate { account, .. }
+            | Op::Append { account, .. }
+            | Op::Flags { account, .. }
+            | Op::Expunge { account, .. }
+            | Op::MailboxRename { account, .. }
+            | Op::MailboxDelete { account, .. }
+            | Op::Subscription { account, .. } => Some(*account),
+        }
+    }
+
+    /// Appends the op's record to `out` (at version 0). A Blob carries message bytes
+    /// the op does not hold: write it with [`encode_blob`].
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Op::Blob { .. } => debug_assert!(false, "a Blob is written by encode_blob"),
+            Op::MailboxCreate {
+                account,
+                id,
+                uidvalidity,
+                special,
+                name,
+            } => layout::encode(
+                out,
+                Kind::MailboxCreate,
+                &[
+                    &account.to_le_bytes(),
+                    &id.to_le_bytes(),
+                    &uidvalidity.to_le_bytes(),
+                    &[*special as u8],
+                    name.as_bytes(),
+                ],
+            ),
+            Op::Append {
+                account,
+                mailbox,
+                uid,
+                modseq,
+                internal_date,
+                flags,
+                blob,
+                keywords,
+                resolved: _,
+            } => {
+                let mut tail = Vec::new();
+                encode_keywords(&mut tail, keywords);
+                layout::encode(
+                    out,
+                    Kind::Append,
+                    &[
+                        &account.to_le_bytes(),
+                        &mailbox.to_le_bytes(),
+                        &uid.to_le_bytes(),
+                        &modseq.to_le_bytes(),
+                        &internal_date.to_le_bytes(),
+                        &flags.to_le_bytes(),
+                        &blob.to_le_bytes(),
+                        &tail,
+                    ],
+                );
+            }
+            Op::Flags {
+                account,
+                mailbox,
+                uid,
+                modseq,
+                flags,
+                keywords,
+            } => {
+                let mut tail = Vec::new();
+                encode_keywords(&mut tail, keywords);
+                layout::encode(
+                    out,
+                    Kind::Flags,
+                    &[
+                        &account.to_le_bytes(),
+                        &mailbox.to_le_bytes(),
+                        &uid.to_le_bytes(),
+                        &modseq.to_le_bytes(),
+                        &flags.to_le_bytes(),
+                        &tail,
+                    ],
+                );
+            }
+            Op::MailboxRename {
+                account,
+                mailbox,
+                name,
+            } => layout::encode(
+                out,
+                Kind::MailboxRename,
+                &[
+                    &account.to_le_bytes(),
+                    &mailbox.to_le_bytes(),
+                    name.as_bytes(),
+                ],
+            ),
+            Op::MailboxDelete { account, mailbox } => layout::encode(
+                out,
+                Kind::MailboxDelete,
+                &[&account.to_le_bytes(), &mailbox.to_le_bytes()],
+            ),
+            Op::Expunge {
+                account,
+                mailbox,
+                uid,
+                modseq,
+            } => layout::encode(
+                out,
+                Kind::Expunge,
+                &[
+                    &account.to_le_bytes(),
+                    &mailbox.to_le_bytes(),
+                    &uid.to_le_bytes(),
+                    &modseq.to_le_bytes(),
+                ],
+            ),
+            Op::Subscription {
+                account,
+                subscribed,
+                name,
+            } => layout::encode(
+                out,
+                Kind::Subscription,
+                &[
+                    &account.to_le_bytes(),
+                    &[u8::from(*subscribed)],
+                    name.as_bytes(),
+                ],
+            ),
+        }
+    }
+
+    /// Decodes a record that passed its checksum. An unknown kind or version is an
+    /// error (written by a newer shardmail, or damage), never a default.
+    pub fn decode(record: &Record<'_>) -> Result<Op, CorruptRecord> {
+        let fail = |reason| CorruptRecord {
+            offset: record.offset,
+            reason,
+        };
+        let corrupt = || fail("a field is missing or malformed");
+        let Some(kind) = record.kind else {
+            return Err(fail("unknown record kind (written by a newer shardmail?)"));
+        };
+        let newest = if kind == Kind::Blob { BLOB_VERSION } else { 0 };
+        if record.version > newest {
+            return Err(fail(
+                "unknown record version (written by a newer shardmail?)",
+            ));
+        }
+        let mut f = Fields(record.payload);
+        Ok(match kind {
+            Kind::Blob => {
+                let summary_len = f.u32().ok_or_else(corrupt)? as usize;
+                let summary = f.bytes(summary_len).ok_or_else(corrupt)?;
+                let message = f.rest();
+                let len = u32::try_from(message.len()).map_err(|_| corrupt())?;
+                let summary = match record.version {
+                    // Version 0: the summary was an unversioned rkyv archive.
+                    0 => Summary::decode_unversioned(summary, message),
+                    _ => Summary::decode(summary, message)
+                        .map_err(|_| fail("summary of an unknown version"))?,
+                };
+                Op::Blob {
+                    blob: record.offset,
+                    offset: record.payload_offset() + 4 + summary_len as u64,
+                    len,
+                    summary: Box::new(summary),
+                }
+            }
+            Kind::MailboxCreate => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let id = f.u32().ok_or_else(corrupt)?;
+                let uidvalidity = f.u32().ok_or_else(corrupt)?;
+                let special = SpecialUse::from_u8(f.u8().ok_or_else(corrupt)?);
+                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
+                Op::MailboxCreate {
+                    account,
+                    id,
+                    uidvalidity,
+                    special,
+                    name,
+                }
+            }
+            Kind::Append => Op::Append {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid: f.u32().ok_or_else(corrupt)?,
+                modseq: f.u64().ok_or_else(corrupt)?,
+                internal_date: f.i64().ok_or_else(corrupt)?,
+                flags: f.u32().ok_or_else(corrupt)?,
+                blob: f.u64().ok_or_else(corrupt)?,
+                keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
+                resolved: None,
+            },
+            Kind::Flags => Op::Flags {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid: f.u32().ok_or_else(corrupt)?,
+                modseq: f.u64().ok_or_else(corrupt)?,
+                flags: f.u32().ok_or_else(corrupt)?,
+                keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
+            },
+            Kind::MailboxRename => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let mailbox = f.u32().ok_or_else(corrupt)?;
+                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
+                Op::MailboxRename {
+                    account,
+                    mailbox,
+                    name,
+                }
+            }
+            Kind::Subscription => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let subscribed = f.u8().ok_or_else(corrupt)? != 0;
+                let name = String::from_utf8(f.rest().to_vec()).map_err(|_| corrupt())?;
+                Op::Subscription {
+                    account,
+                    subscribed,
+                    name,
+                }
+            }
+            Kind::MailboxDelete => Op::MailboxDelete {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+            },
+            Kind::Expunge => Op::Expunge {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid: f.u32().ok_or_else(corrupt)?,
+                modseq: f.u64().ok_or_else(corrupt)?,
+            },
+        })
+    }
+}
+
+/// Where a Blob record puts its parts: `summary_len:u32 summary message`, the message
+/// being `head ++ body`. Returns the crc of the record's kind and payload given the
+/// body's crc (so a large body is checksummed once, off the reactor).
+pub fn blob_payload_head(summary: &[u8], head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + summary.len() + head.len());
+    out.extend_from_slice(&(summary.len() as u32).to_le_bytes());
+    out.extend_from_slice(summary);
+    out.extend_from_slice(head);
+    out
+}
+
+/// Appends a whole Blob record (summary and message bytes) to `out`.
+pub fn encode_blob(out: &mut Vec<u8>, summary: &[u8], message: &[&[u8]]) {
+    let summary_len = (summary.len() as u32).to_le_bytes();
+    let mut parts: Vec<&[u8]> = vec![&summary_len, summary];
+    parts.extend_from_slice(message);
+    layout::encode_versioned(out, Kind::Blob, BLOB_VERSION, &parts);
+}
+
+/// Optional trailing keyword list of Append and Flags: `count:u16 (len:u16 bytes)*`.
+/// Absent (older records, or no keywords) means none.
+pub fn encode_keywords(out: &mut Vec<u8>, keywords: &[String]) {
+    if keywords.is_empty() {
+        return;
+    }
+    out.extend_from_slice(&(keywords.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    for k in keywords.iter().take(u16::MAX as usize) {
+        let bytes = k.as_bytes();
+        let len = bytes.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(bytes.get(..len).unwrap_or(bytes));
+    }
+}
+
+/// Reads what [`encode_keywords`] wrote; `None` if it is malformed.
+pub fn decode_keywords(mut rest: &[u8]) -> Option<Vec<String>> {
+    if rest.is_empty() {
+        return Some(Vec::new());
+    }
+    let count = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+    rest = rest.get(2..)?;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+        out.push(String::from_utf8(rest.get(2..2 + len)?.to_vec()).ok()?);
+        rest = rest.get(2 + len..)?;
+    }
+    rest.is_empty().then_some(out)
+}
