@@ -135,7 +135,10 @@ fn imap_operations_are_durable_and_replay_identically() {
         let acct = index.accounts.get(&ACCOUNT).expect("account");
         let inbox = acct.mailbox("INBOX").expect("inbox");
         assert_eq!(inbox.messages[0].flags, flags::FLAGGED);
-        assert_eq!(inbox.messages[0].keywords, vec!["$Forwarded".to_string()]);
+        assert_eq!(
+            inbox.messages[0].keywords[..],
+            vec!["$Forwarded".to_string()][..]
+        );
         let archived = acct.mailbox("Archive/2026").expect("renamed");
         assert_eq!(archived.messages.len(), 1);
         assert_eq!(
@@ -143,8 +146,8 @@ fn imap_operations_are_durable_and_replay_identically() {
             "COPY shares the stored bytes"
         );
         assert_eq!(
-            archived.messages[0].keywords,
-            vec!["$Forwarded".to_string()]
+            archived.messages[0].keywords[..],
+            ["$Forwarded".to_string()]
         );
         let sent_box = acct.mailbox("Sent").expect("sent");
         assert_eq!(

@@ -25,7 +25,7 @@ use crate::metrics;
 use crate::proto::imap::session::{
     self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, WriteFailure, Written,
 };
-use crate::store::index::{AccountIndex, Index, MessageEntry};
+use crate::store::index::{AccountIndex, Index};
 use crate::store::{self, Partition};
 
 /// A IMAP session moving to the shard that owns its account.
@@ -43,9 +43,8 @@ impl Mailstore for View<'_> {
     fn account(&self) -> Option<&AccountIndex> {
         self.index.accounts.get(&self.account)
     }
-    fn bytes(&self, entry: &MessageEntry) -> Option<&[u8]> {
-        let start = entry.offset as usize;
-        self.map.as_ref()?.get(start..start + entry.len as usize)
+    fn log(&self) -> Option<&[u8]> {
+        self.map.as_deref().map(|m| &m[..])
     }
 }
 

@@ -14,7 +14,6 @@ use std::collections::{HashMap, HashSet};
 
 use super::index::{mailbox_name_eq, Index, SpecialUse, DEFAULT_MAILBOXES};
 use super::op::{self, Op};
-use super::summary::Summary;
 use super::StoreError;
 
 /// INBOX is mailbox 1 of every account.
@@ -83,7 +82,7 @@ pub enum Outcome {
     Copied(Vec<(u32, u32)>),
 }
 
-/// Where a new message's Blob record goes, and its summary (for the index).
+/// Where a new message's Blob record goes.
 #[derive(Debug, Clone)]
 pub struct BlobAt {
     /// Offset of the Blob record.
@@ -91,7 +90,6 @@ pub struct BlobAt {
     /// Offset and length of the message bytes.
     pub offset: u64,
     pub len: u32,
-    pub summary: Summary,
 }
 
 /// A change made into ops: the Blob op (if any) comes first.
@@ -317,7 +315,6 @@ pub fn plan(
                 blob: blob.blob,
                 offset: blob.offset,
                 len: blob.len,
-                summary: Box::new(blob.summary),
             });
             ops.push(Op::Append {
                 account,
@@ -417,7 +414,6 @@ pub fn plan_delivery(
         blob: blob.blob,
         offset: blob.offset,
         len: blob.len,
-        summary: Box::new(blob.summary),
     }];
     for &account in accounts {
         let (uid, modseq) = numbers.uid(index, account, mailbox);
@@ -476,8 +472,8 @@ fn copy_ops(
             internal_date: e.internal_date,
             flags: e.flags,
             blob: e.blob,
-            keywords: e.keywords.clone(),
-            resolved: Some((e.offset, e.len, Box::new(e.summary.clone()))),
+            keywords: e.keywords.to_vec(),
+            resolved: Some((e.offset, e.len)),
         });
         pairs.push((*uid, new_uid));
     }

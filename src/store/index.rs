@@ -12,7 +12,6 @@ use std::path::Path;
 use rkyv::{Archive, Deserialize, Serialize};
 
 pub use super::op::{CorruptRecord, Op};
-use super::summary::Summary;
 
 /// System flags as bits (IMAP names; Maildir letters in [`crate::export`]).
 pub mod flags {
@@ -70,9 +69,11 @@ pub struct MessageEntry {
     /// Offset and length of the message bytes in the log (what FETCH/RETR serve).
     pub offset: u64,
     pub len: u32,
-    pub summary: Summary,
-    /// IMAP keywords (`$Forwarded`, `$MDNSent`, user keywords), in the order set.
-    pub keywords: Vec<String>,
+    /// IMAP keywords (`$Forwarded`, `$MDNSent`, user keywords), in the order set. A
+    /// boxed slice: two words, and no allocation for the common message without any.
+    /// (The MIME summary is not here: it stays in the Blob record, in the page
+    /// cache, and is read when a command needs it — `op::summary_at`.)
+    pub keywords: Box<[String]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -90,7 +91,30 @@ pub struct MailboxIndex {
     /// FLAGS, and what `limits.keywords_per_mailbox_max` counts). Kept when the
     /// messages that used them go: clients expect a stable list.
     pub keywords: Vec<String>,
+    /// Expunge tombstones, (MODSEQ, UID) in MODSEQ order: what a session, QRESYNC's
+    /// `VANISHED (EARLIER)` and CHANGEDSINCE ask "what went since MODSEQ m" of, in
+    /// O(log n + answer). Complete above `expunged_floor` (compaction may drop older
+    /// ones; a question about an older MODSEQ gets the full, pessimistic answer).
+    pub expunged: Vec<(u64, u32)>,
+    pub expunged_floor: u64,
+    /// Recent flag changes, (MODSEQ, UID) in MODSEQ order, at most
+    /// [`FLAG_CHANGES_KEPT`] of them (older ones are dropped in halves): complete above
+    /// `flag_changes_floor`. A session that looked after the floor learns what
+    /// changed without reading every message.
+    pub flag_changes: Vec<(u64, u32)>,
+    pub flag_changes_floor: u64,
+    /// Every [`APPEND_MARK_EVERY`]th append's (MODSEQ, UID): appends raise both, so
+    /// the messages appended after MODSEQ m are those above the UID of the last mark
+    /// at or below m (plus at most that many more to filter).
+    pub append_marks: Vec<(u64, u32)>,
 }
+
+/// Spacing of [`MailboxIndex::append_marks`] (in UIDs).
+pub const APPEND_MARK_EVERY: u32 = 256;
+
+/// How many flag changes a mailbox remembers; a session that last looked before the
+/// oldest of them rescans its mailbox (O(n) once, then O(changes) again).
+pub const FLAG_CHANGES_KEPT: usize = 8192;
 
 impl MailboxIndex {
     /// Records keywords the mailbox has not seen (compared case-insensitively, as IMAP
@@ -101,6 +125,70 @@ impl MailboxIndex {
                 self.keywords.push(k.clone());
             }
         }
+    }
+
+    /// UIDs expunged after MODSEQ `since`, `None` if tombstones that old may be gone.
+    pub fn expunged_since(&self, since: u64) -> Option<&[(u64, u32)]> {
+        if since < self.expunged_floor {
+            return None;
+        }
+        let start = self.expunged.partition_point(|(m, _)| *m <= since);
+        self.expunged.get(start..)
+    }
+
+    /// Flag changes after MODSEQ `since` ((MODSEQ, UID); a UID may repeat, and a
+    /// change superseded by a later one is listed too), `None` if changes that old
+    /// may be forgotten.
+    pub fn flag_changes_since(&self, since: u64) -> Option<&[(u64, u32)]> {
+        if since < self.flag_changes_floor {
+            return None;
+        }
+        let start = self.flag_changes.partition_point(|(m, _)| *m <= since);
+        self.flag_changes.get(start..)
+    }
+
+    /// The messages with a UID above `uid` (those a session has not seen yet).
+    pub fn messages_after(&self, uid: u32) -> &[MessageEntry] {
+        let start = self.messages.partition_point(|m| m.uid <= uid);
+        self.messages.get(start..).unwrap_or(&[])
+    }
+
+    /// Messages that may have been appended after MODSEQ `since`: a suffix of the
+    /// mailbox at most [`APPEND_MARK_EVERY`] longer than the answer; callers keep
+    /// those whose MODSEQ is above `since`.
+    pub fn appended_since(&self, since: u64) -> &[MessageEntry] {
+        let at = self.append_marks.partition_point(|(m, _)| *m <= since);
+        match at.checked_sub(1).and_then(|i| self.append_marks.get(i)) {
+            Some((_, uid)) => self.messages_after(*uid),
+            None => &self.messages,
+        }
+    }
+
+    fn note_append(&mut self, modseq: u64, uid: u32) {
+        if self
+            .append_marks
+            .last()
+            .is_none_or(|(_, u)| uid >= u.saturating_add(APPEND_MARK_EVERY))
+        {
+            self.append_marks.push((modseq, uid));
+        }
+    }
+
+    fn note_expunge(&mut self, modseq: u64, uid: u32) {
+        // MODSEQs only grow as ops apply; keep the order should a run's be lower.
+        let at = self.expunged.partition_point(|(m, _)| *m <= modseq);
+        self.expunged.insert(at, (modseq, uid));
+    }
+
+    fn note_flag_change(&mut self, modseq: u64, uid: u32) {
+        if self.flag_changes.len() >= FLAG_CHANGES_KEPT {
+            let drop = FLAG_CHANGES_KEPT / 2;
+            if let Some((m, _)) = self.flag_changes.get(drop - 1) {
+                self.flag_changes_floor = *m;
+            }
+            self.flag_changes.drain(..drop);
+        }
+        self.flag_changes.push((modseq, uid));
     }
 
     /// Whether `keyword` is already known to the mailbox.
@@ -117,7 +205,8 @@ pub struct AccountIndex {
     /// Mailbox names (INBOX as `INBOX`) → ids, in byte order: LIST walks it in
     /// order, and a name lookup is O(log n) however many mailboxes there are.
     pub names: BTreeMap<String, u32>,
-    /// Ids of deleted mailboxes (ids are never reused).
+    /// Ids of deleted mailboxes, sorted (ids are never reused; every op checks its
+    /// mailbox against this list, in O(log n) however many were deleted).
     pub deleted: Vec<u32>,
     /// IMAP subscriptions, by mailbox name.
     pub subscribed: Vec<String>,
@@ -126,12 +215,8 @@ pub struct AccountIndex {
 impl AccountIndex {
     /// The id a new mailbox gets: above every id ever used.
     pub fn next_mailbox_id(&self) -> u32 {
-        let used = self
-            .mailboxes
-            .iter()
-            .map(|m| m.id)
-            .chain(self.deleted.iter().copied());
-        used.max().unwrap_or(0) + 1
+        let live = self.mailboxes.last().map_or(0, |m| m.id);
+        live.max(self.deleted.last().copied().unwrap_or(0)) + 1
     }
 }
 
@@ -189,12 +274,7 @@ impl Index {
     /// Applies one durable op (replay and live commits both come here).
     pub fn apply(&mut self, op: Op, blobs: &mut BlobCache) -> Result<(), DanglingOp> {
         match op {
-            Op::Blob {
-                blob,
-                offset,
-                len,
-                summary,
-            } => blobs.insert(blob, offset, len, *summary),
+            Op::Blob { blob, offset, len } => blobs.insert(blob, offset, len),
             Op::MailboxCreate {
                 account,
                 id,
@@ -216,6 +296,11 @@ impl Index {
                             highest_modseq: 0,
                             messages: Vec::new(),
                             keywords: Vec::new(),
+                            expunged: Vec::new(),
+                            expunged_floor: 0,
+                            flag_changes: Vec::new(),
+                            flag_changes_floor: 0,
+                            append_marks: Vec::new(),
                         },
                     );
                 }
@@ -231,8 +316,8 @@ impl Index {
                 keywords,
                 resolved,
             } => {
-                let (offset, len, summary) = match resolved {
-                    Some((offset, len, summary)) => (offset, len, *summary),
+                let (offset, len) = match resolved {
+                    Some(at) => at,
                     None => blobs
                         .get(blob)
                         .ok_or(DanglingOp("append refers to an unknown blob"))?,
@@ -251,11 +336,11 @@ impl Index {
                     blob,
                     offset,
                     len,
-                    summary,
-                    keywords,
+                    keywords: keywords.into_boxed_slice(),
                 };
                 if let Err(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     mb.messages.insert(at, entry);
+                    mb.note_append(modseq, uid);
                 }
             }
             Op::Flags {
@@ -274,8 +359,9 @@ impl Index {
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     if let Some(m) = mb.messages.get_mut(at) {
                         m.flags = flags;
-                        m.keywords = keywords;
+                        m.keywords = keywords.into_boxed_slice();
                         m.modseq = modseq;
+                        mb.note_flag_change(modseq, uid);
                     }
                 }
             }
@@ -310,8 +396,8 @@ impl Index {
                 if let Some(acct) = self.accounts.get_mut(&account) {
                     acct.mailboxes.retain(|m| m.id != mailbox);
                     acct.names.retain(|_, id| *id != mailbox);
-                    if !acct.deleted.contains(&mailbox) {
-                        acct.deleted.push(mailbox);
+                    if let Err(at) = acct.deleted.binary_search(&mailbox) {
+                        acct.deleted.insert(at, mailbox);
                     }
                 }
             }
@@ -327,6 +413,7 @@ impl Index {
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     mb.messages.remove(at);
+                    mb.note_expunge(modseq, uid);
                 }
             }
         }
@@ -394,11 +481,25 @@ impl Index {
         if let [uid] = uids.as_slice() {
             if let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) {
                 mb.messages.remove(at);
+                mb.note_expunge(modseq, *uid);
             }
             return Ok(());
         }
         uids.sort_unstable();
-        mb.messages.retain(|m| uids.binary_search(&m.uid).is_err());
+        let mut removed = Vec::new();
+        mb.messages.retain(|m| {
+            let gone = uids.binary_search(&m.uid).is_ok();
+            if gone {
+                removed.push(m.uid);
+            }
+            !gone
+        });
+        // One MODSEQ for the run (its highest): the run is applied at once, so no
+        // session saw a state between its expunges, and "expunged after m" may at
+        // worst name a UID expunged at m itself (RFC 7162 allows reporting more).
+        for uid in removed {
+            mb.note_expunge(modseq, uid);
+        }
         Ok(())
     }
 
@@ -413,7 +514,7 @@ impl Index {
             .accounts
             .get_mut(&account)
             .ok_or(DanglingOp("op refers to an unknown account"))?;
-        if acct.deleted.contains(&mailbox) {
+        if acct.deleted.binary_search(&mailbox).is_ok() {
             return Ok(None);
         }
         acct.mailbox_mut_by_id(mailbox)
@@ -428,7 +529,7 @@ impl Index {
         let mut file_bytes = Vec::with_capacity(bytes.len() + 16);
         file_bytes.extend_from_slice(SNAPSHOT_MAGIC);
         file_bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
-        file_bytes.extend_from_slice(&[super::summary::SUMMARY_VERSION, 0, 0, 0]);
+        file_bytes.extend_from_slice(&[0; 4]);
         file_bytes.extend_from_slice(&bytes);
         let tmp = dir.join("index.snap.tmp");
         {
@@ -445,11 +546,8 @@ impl Index {
     pub fn load_snapshot(dir: &Path) -> Option<Index> {
         let bytes = std::fs::read(dir.join("index.snap")).ok()?;
         let body = bytes.get(16..)?;
-        // The snapshot archives summaries as today's type: one from another summary
-        // version is ignored, like one of another index layout.
-        if bytes.get(..8)? != SNAPSHOT_MAGIC
-            || bytes.get(12..16)? != [super::summary::SUMMARY_VERSION, 0, 0, 0]
-        {
+        // Bytes 12..16 are reserved (zero); a snapshot of another layout is ignored.
+        if bytes.get(..8)? != SNAPSHOT_MAGIC || bytes.get(12..16)? != [0; 4] {
             return None;
         }
         let crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
@@ -462,23 +560,23 @@ impl Index {
     }
 }
 
-/// Bumped whenever an archived index type changes (the summary's version is checked
-/// separately, byte 12): an older snapshot is then ignored and the log replayed in
+/// Bumped whenever an archived index type changes (05: summaries left the index and
+/// keywords became a boxed slice): an older snapshot is then ignored and the log replayed in
 /// full (the snapshot is only an accelerator).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap04";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap05";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.
 #[derive(Debug, Default)]
 pub struct BlobCache {
-    blobs: HashMap<u64, (u64, u32, Summary)>,
+    blobs: HashMap<u64, (u64, u32)>,
 }
 
 impl BlobCache {
-    pub fn insert(&mut self, blob: u64, offset: u64, len: u32, summary: Summary) {
-        self.blobs.insert(blob, (offset, len, summary));
+    pub fn insert(&mut self, blob: u64, offset: u64, len: u32) {
+        self.blobs.insert(blob, (offset, len));
     }
-    pub fn get(&self, blob: u64) -> Option<(u64, u32, Summary)> {
-        self.blobs.get(&blob).cloned()
+    pub fn get(&self, blob: u64) -> Option<(u64, u32)> {
+        self.blobs.get(&blob).copied()
     }
     /// Rebuilds the cache from the index (after loading a snapshot).
     pub fn from_index(index: &Index) -> BlobCache {
@@ -486,7 +584,7 @@ impl BlobCache {
         for acct in index.accounts.values() {
             for mb in &acct.mailboxes {
                 for m in &mb.messages {
-                    cache.insert(m.blob, m.offset, m.len, m.summary.clone());
+                    cache.insert(m.blob, m.offset, m.len);
                 }
             }
         }

@@ -26,11 +26,13 @@ pub struct CorruptRecord {
 /// One decoded log record: what [`super::Index::apply`] does with it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
+    /// A message's bytes and its cached MIME summary. The summary stays in the log
+    /// (read with [`summary_at`] when a FETCH or SEARCH needs it): the index keeps
+    /// only where the bytes are.
     Blob {
         blob: u64,
         offset: u64,
         len: u32,
-        summary: Box<Summary>,
     },
     MailboxCreate {
         account: u64,
@@ -48,9 +50,10 @@ pub enum Op {
         flags: u32,
         blob: u64,
         keywords: Vec<String>,
-        /// The blob's location and summary when it was written by an earlier commit
-        /// (COPY); `None` means "look it up among this replay's blobs". Not on disk.
-        resolved: Option<(u64, u32, Box<Summary>)>,
+        /// The blob's location (offset and length of the message bytes) when it was
+        /// written by an earlier commit (COPY); `None` means "look it up among this
+        /// replay's blobs". Not on disk.
+        resolved: Option<(u64, u32)>,
     },
     Flags {
         account: u64,
@@ -243,17 +246,15 @@ impl Op {
                 let summary = f.bytes(summary_len).ok_or_else(corrupt)?;
                 let message = f.rest();
                 let len = u32::try_from(message.len()).map_err(|_| corrupt())?;
-                let summary = match record.version {
-                    // Version 0: the summary was an unversioned rkyv archive.
-                    0 => Summary::decode_unversioned(summary, message),
-                    _ => Summary::decode(summary, message)
-                        .map_err(|_| fail("summary of an unknown version"))?,
-                };
+                // The summary itself is decoded when read; one a newer shardmail
+                // wrote is refused here, at open, not at the first FETCH.
+                if record.version >= 1 && summary_version(summary).is_err() {
+                    return Err(fail("summary of an unknown version"));
+                }
                 Op::Blob {
                     blob: record.offset,
                     offset: record.payload_offset() + 4 + summary_len as u64,
                     len,
-                    summary: Box::new(summary),
                 }
             }
             Kind::MailboxCreate => {
@@ -320,6 +321,46 @@ impl Op {
                 modseq: f.u64().ok_or_else(corrupt)?,
             },
         })
+    }
+}
+
+/// The version byte of a versioned summary (Blob version ≥ 1), `Err` if this build
+/// cannot read it.
+fn summary_version(summary: &[u8]) -> Result<u8, &'static str> {
+    match summary.first() {
+        Some(&v) if v <= super::summary::SUMMARY_VERSION => Ok(v),
+        _ => Err("summary of an unknown version"),
+    }
+}
+
+/// The MIME summary of the message whose Blob record starts at `blob` in `log` (the
+/// message bytes being `offset..offset+len`). Old summaries are re-derived from the
+/// message; a record that is not a readable Blob is an error naming its offset.
+pub fn summary_at(log: &[u8], blob: u64, offset: u64, len: u32) -> Result<Summary, CorruptRecord> {
+    let fail = |reason| CorruptRecord {
+        offset: blob,
+        reason,
+    };
+    let (start, body) = (blob as usize, offset as usize);
+    let header = log
+        .get(start..start + layout::RECORD_HEADER_BYTES)
+        .ok_or(fail("blob record beyond the log"))?;
+    let version = *header.get(9).ok_or(fail("blob record header damaged"))?;
+    let summary = log
+        .get(start + layout::RECORD_HEADER_BYTES + 4..body)
+        .ok_or(fail("blob record damaged"))?;
+    let message = log
+        .get(body..body + len as usize)
+        .ok_or(fail("message beyond the log"))?;
+    match version {
+        // Version 0: the summary was an unversioned rkyv archive.
+        0 => Ok(Summary::decode_unversioned(summary, message)),
+        BLOB_VERSION => {
+            Summary::decode(summary, message).map_err(|_| fail("summary of an unknown version"))
+        }
+        _ => Err(fail(
+            "unknown record version (written by a newer shardmail?)",
+        )),
     }
 }
 

@@ -607,12 +607,6 @@ fn blob_at(blob: u64, message: &StoredMessage, summary: &[u8]) -> BlobAt {
         blob,
         offset: blob + super::layout::RECORD_HEADER_BYTES as u64 + 4 + summary.len() as u64,
         len: message.len() as u32,
-        summary: super::Summary::from_bytes(summary).unwrap_or_else(|| {
-            // Summaries come from `Summary::to_bytes` of this build; re-derive rather
-            // than index a blank one should that ever not hold.
-            let whole = [&message.head[..], &message.body[..]].concat();
-            super::Summary::parse(&whole)
-        }),
     }
 }
 

@@ -65,6 +65,28 @@ impl SequenceSet {
         })
     }
 
+    /// The ranges `lo..=hi` the set names (`*` being `largest`), sorted and merged:
+    /// what a lookup walks instead of testing every message against every range.
+    pub fn ranges(&self, largest: u32) -> Vec<(u32, u32)> {
+        let mut ranges: Vec<(u32, u32)> = self
+            .0
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.resolve(largest), b.resolve(largest));
+                (a.min(b), a.max(b))
+            })
+            .collect();
+        ranges.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        for (lo, hi) in ranges {
+            match merged.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => merged.push((lo, hi)),
+            }
+        }
+        merged
+    }
+
     /// A set of UIDs from sorted, distinct values (for COPYUID, VANISHED, ESEARCH).
     pub fn compact(values: &[u32]) -> String {
         let mut out = String::new();

@@ -8,7 +8,7 @@
 //! support: not used by the server.
 
 use crate::store::change::{self, BlobAt, Change, Outcome, Reservations};
-use crate::store::index::{BlobCache, Index, MessageEntry, Op};
+use crate::store::index::{BlobCache, Index, Op};
 use crate::store::layout::{Scanner, FILE_MAGIC};
 use crate::store::summary::Summary;
 
@@ -82,7 +82,6 @@ impl MemStore {
                 + 4
                 + summary.len() as u64,
             len: message.len() as u32,
-            summary: Summary::from_bytes(summary).unwrap_or_default(),
         }
     }
 
@@ -156,9 +155,8 @@ impl Mailstore for MemStore {
     fn account(&self) -> Option<&crate::store::index::AccountIndex> {
         self.index.accounts.get(&self.account)
     }
-    fn bytes(&self, entry: &MessageEntry) -> Option<&[u8]> {
-        let start = entry.offset as usize;
-        self.log.get(start..start + entry.len as usize)
+    fn log(&self) -> Option<&[u8]> {
+        Some(&self.log)
     }
 }
 

@@ -13,6 +13,7 @@ use std::cell::OnceCell;
 use super::command::{days_from_civil, DateCmp, SearchKey};
 use super::render::header_fields;
 use crate::store::index::MessageEntry;
+use crate::store::Summary;
 
 /// One message as SEARCH sees it.
 pub struct Candidate<'a> {
@@ -24,6 +25,9 @@ pub struct Candidate<'a> {
     /// The message bytes, fetched only if a key needs them.
     pub bytes: &'a dyn Fn() -> Option<&'a [u8]>,
     pub(crate) cache: OnceCell<Option<&'a [u8]>>,
+    /// Its MIME summary (read from the log), likewise only if a key needs it.
+    pub summary: &'a dyn Fn() -> Option<Summary>,
+    summary_cache: OnceCell<Option<Summary>>,
 }
 
 impl<'a> Candidate<'a> {
@@ -33,6 +37,7 @@ impl<'a> Candidate<'a> {
         largest_seq: u32,
         largest_uid: u32,
         bytes: &'a dyn Fn() -> Option<&'a [u8]>,
+        summary: &'a dyn Fn() -> Option<Summary>,
     ) -> Candidate<'a> {
         Candidate {
             seq,
@@ -41,7 +46,15 @@ impl<'a> Candidate<'a> {
             largest_uid,
             bytes,
             cache: OnceCell::new(),
+            summary,
+            summary_cache: OnceCell::new(),
         }
+    }
+
+    /// The summary, `None` if its record cannot be read (keys then fall back to the
+    /// raw header block).
+    fn summary(&self) -> Option<&Summary> {
+        self.summary_cache.get_or_init(|| (self.summary)()).as_ref()
     }
 
     fn message(&self) -> &'a [u8] {
@@ -50,12 +63,10 @@ impl<'a> Candidate<'a> {
 
     fn header_block(&self) -> &'a [u8] {
         let m = self.message();
-        let end = self
-            .entry
-            .summary
-            .parts
-            .first()
-            .map_or(m.len(), |p| p.offset_body as usize);
+        let end = match self.summary().and_then(|s| s.parts.first()) {
+            Some(p) => p.offset_body as usize,
+            None => memchr::memmem::find(m, b"\r\n\r\n").map_or(m.len(), |at| at + 4),
+        };
         m.get(..end.min(m.len())).unwrap_or(m)
     }
 }
@@ -117,7 +128,10 @@ fn header_matches(raw: &[u8], needle: &str) -> bool {
 /// once decoded (the raw bytes were searched already).
 fn encoded_text_matches(c: &Candidate<'_>, needle: &str) -> bool {
     let m = c.message();
-    c.entry.summary.parts.iter().any(|p| {
+    let Some(summary) = c.summary() else {
+        return false;
+    };
+    summary.parts.iter().any(|p| {
         let decode = match p
             .encoding
             .as_deref()
@@ -155,15 +169,15 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
         SearchKey::Keyword(k, set) => e.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) == *set,
         SearchKey::Recent(recent) => !recent,
         SearchKey::Header(field, needle) => {
-            let env = &e.summary.envelope;
-            let cached = match field.as_str() {
+            let env = c.summary().map(|s| &s.envelope);
+            let cached = env.and_then(|env| match field.as_str() {
                 "FROM" => Some(&env.from),
                 "TO" => Some(&env.to),
                 "CC" => Some(&env.cc),
                 "BCC" => Some(&env.bcc),
                 "SUBJECT" => Some(&env.subject),
                 _ => None,
-            };
+            });
             match cached {
                 Some(value) => value
                     .as_deref()
@@ -188,11 +202,9 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
             date_matches(*cmp, e.internal_date.div_euclid(86_400), *target)
         }
         SearchKey::SentDate(cmp, target) => {
-            let sent = e
-                .summary
-                .envelope
-                .date
-                .as_deref()
+            let sent = c
+                .summary()
+                .and_then(|s| s.envelope.date.as_deref())
                 .and_then(mail_parser::DateTime::parse_rfc822)
                 .map(|d| days_from_civil(i64::from(d.year), u32::from(d.month), u32::from(d.day)))
                 // No usable Date: fall back to the internal date (RFC 9051 leaves it open).
@@ -262,8 +274,7 @@ mod tests {
             blob: 0,
             offset: 0,
             len: message.len() as u32,
-            summary: Summary::parse(message),
-            keywords: Vec::new(),
+            keywords: Box::default(),
         };
         let line: &'static [u8] = Box::leak(
             format!("a SEARCH {search}\r\n")
@@ -272,7 +283,8 @@ mod tests {
         );
         let key = search_args(&tokenize(line, 16).unwrap().args).unwrap().key;
         let bytes = || Some(message);
-        matches(&key, &Candidate::new(1, &entry, 1, 1, &bytes))
+        let summary = || Some(Summary::parse(message));
+        matches(&key, &Candidate::new(1, &entry, 1, 1, &bytes, &summary))
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //!
 //! Never touches a socket, a clock (time is an argument) or panics on input.
 
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ use crate::store::change::{Change, Outcome};
 use crate::store::index::{
     flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES,
 };
+use crate::store::op::CorruptRecord;
+use crate::store::Summary;
 
 pub type Outbox = crate::proto::Outbox<Action>;
 
@@ -33,6 +36,9 @@ pub use super::names::DELIMITER;
 
 mod append;
 mod list;
+mod view;
+
+use view::{View, Viewpoint};
 
 /// Settings a session needs (from `Config`).
 #[derive(Debug, Clone)]
@@ -85,8 +91,20 @@ impl Default for ImapConfig {
 pub trait Mailstore {
     /// The account's mailboxes (`None` before login or if the account has none yet).
     fn account(&self) -> Option<&AccountIndex>;
+    /// The account's partition log (mapped), where message bytes and their MIME
+    /// summaries are read from.
+    fn log(&self) -> Option<&[u8]>;
     /// The stored bytes of a message.
-    fn bytes(&self, entry: &MessageEntry) -> Option<&[u8]>;
+    fn bytes(&self, entry: &MessageEntry) -> Option<&[u8]> {
+        let start = entry.offset as usize;
+        self.log()?.get(start..start + entry.len as usize)
+    }
+    /// The MIME summary of a message, read from its Blob record (re-derived from the
+    /// message if it is of an older version); an error if the record is unreadable.
+    fn summary(&self, entry: &MessageEntry) -> Result<Summary, CorruptRecord> {
+        let log = self.log().unwrap_or(&[]);
+        crate::store::op::summary_at(log, entry.blob, entry.offset, entry.len)
+    }
 }
 
 /// A store with nothing in it (before login).
@@ -96,7 +114,7 @@ impl Mailstore for NoStore {
     fn account(&self) -> Option<&AccountIndex> {
         None
     }
-    fn bytes(&self, _: &MessageEntry) -> Option<&[u8]> {
+    fn log(&self) -> Option<&[u8]> {
         None
     }
 }
@@ -289,9 +307,9 @@ enum State {
 struct Selected {
     id: u32,
     read_only: bool,
-    /// Sequence number `i + 1` is UID `uids[i]`.
-    uids: Vec<u32>,
-    /// Changes up to this MODSEQ have been reported.
+    /// What the session was told: its sequence numbers ([`View`]).
+    at: Viewpoint,
+    /// Flag changes up to this MODSEQ have been reported.
     reported_modseq: u64,
     /// Keywords announced in FLAGS.
     keywords: Vec<String>,
@@ -1122,11 +1140,11 @@ impl Session {
         if params.condstore {
             self.condstore = true;
         }
-        let uids: Vec<u32> = mb.messages.iter().map(|m| m.uid).collect();
+        let at = Viewpoint::current(mb);
         let keywords = mb.keywords.clone();
         let room = keywords.len() < self.config.keywords_per_mailbox_max;
         flags_lines(out, &keywords, read_only, room);
-        out.line(&format!("* {} EXISTS", uids.len()));
+        out.line(&format!("* {} EXISTS", mb.messages.len()));
         if !self.rev2 {
             out.line("* 0 RECENT");
             if let Some(first) = mb.messages.iter().position(|m| m.flags & flags::SEEN == 0) {
@@ -1149,15 +1167,18 @@ impl Session {
         ));
         if let Some(q) = &params.qresync {
             if q.uidvalidity == mb.uidvalidity {
-                let vanished = vanished_since(mb, q.known_uids.as_ref());
+                let vanished = vanished_since(mb, q.modseq, q.known_uids.as_ref());
                 if !vanished.is_empty() {
                     out.line(&format!(
                         "* VANISHED (EARLIER) {}",
                         SequenceSet::compact(&vanished)
                     ));
                 }
-                for (i, m) in mb.messages.iter().enumerate() {
-                    if m.modseq > q.modseq {
+                for m in changed_since(mb, q.modseq) {
+                    let Ok(i) = mb.messages.binary_search_by_key(&m.uid, |e| e.uid) else {
+                        continue;
+                    };
+                    {
                         let mut line =
                             format!("* {} FETCH (UID {} FLAGS ", i + 1, m.uid).into_bytes();
                         render::flag_list(&mut line, m.flags, &m.keywords);
@@ -1170,7 +1191,7 @@ impl Session {
         self.selected = Some(Selected {
             id: mb.id,
             read_only,
-            uids,
+            at,
             reported_modseq: mb.highest_modseq,
             keywords,
         });
@@ -1388,18 +1409,19 @@ impl Session {
             self.close(out);
             return;
         };
-        // UIDs only grow: the same count and the same last UID mean nothing was added
-        // or expunged (the common case, checked without touching every message).
-        let unchanged = mb.messages.len() == sel.uids.len()
-            && mb.messages.last().map(|m| m.uid) == sel.uids.last().copied();
-        if expunges_allowed && !unchanged {
-            let gone: Vec<(usize, u32)> = sel
-                .uids
-                .iter()
-                .enumerate()
-                .filter(|(_, u)| mb.messages.binary_search_by_key(*u, |m| m.uid).is_err())
-                .map(|(i, u)| (i, *u))
-                .collect();
+        // What changed since the session last looked comes from the mailbox's
+        // tombstones, flag-change log and UID order: O(changes), not O(mailbox).
+        if !sel.at.is_reconstructible(mb) {
+            // Compaction dropped tombstones this session still needed to number its
+            // messages: it must select again.
+            out.line("* BYE [UNAVAILABLE] Mailbox compacted; select it again");
+            self.selected = None;
+            self.close(out);
+            return;
+        }
+        if expunges_allowed {
+            let view = View::new(mb, sel.at);
+            let gone: Vec<(usize, u32)> = view.ghosts().collect();
             if !gone.is_empty() {
                 if self.qresync {
                     let uids: Vec<u32> = gone.iter().map(|g| g.1).collect();
@@ -1409,45 +1431,37 @@ impl Session {
                         out.line(&format!("* {} EXPUNGE", i + 1));
                     }
                 }
-                sel.uids
-                    .retain(|u| mb.messages.binary_search_by_key(u, |m| m.uid).is_ok());
             }
+            sel.at.expunges_seen = mb.highest_modseq;
         }
-        let last = sel.uids.last().copied().unwrap_or(0);
-        let known = sel.uids.len();
-        sel.uids
-            .extend(mb.messages.iter().filter(|m| m.uid > last).map(|m| m.uid));
-        if sel.uids.len() != known {
+        let last = sel.at.known_last;
+        if let Some(newest) = mb.messages_after(last).last() {
+            sel.at.known_last = newest.uid;
             announce_keywords(sel, mb, keywords_max, out);
-            out.line(&format!("* {} EXISTS", sel.uids.len()));
+            out.line(&format!("* {} EXISTS", View::new(mb, sel.at).len()));
         }
         if mb.highest_modseq > sel.reported_modseq {
-            let reported = sel.reported_modseq;
-            let changed = mb
-                .messages
-                .iter()
-                .filter(move |m| m.modseq > reported && m.uid <= last);
+            let changed = flags_changed_since(mb, sel.reported_modseq, last);
             announce_keywords(sel, mb, keywords_max, out);
+            let view = View::new(mb, sel.at);
             for m in changed {
                 if skip.contains(&m.uid) {
                     continue;
                 }
-                let Ok(i) = sel.uids.binary_search(&m.uid) else {
+                let Some(i) = view.index_of(m.uid) else {
                     continue;
                 };
-                {
-                    let mut line = format!("* {} FETCH (", i + 1).into_bytes();
-                    if self.qresync {
-                        line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
-                    }
-                    line.extend_from_slice(b"FLAGS ");
-                    render::flag_list(&mut line, m.flags, &m.keywords);
-                    if self.condstore {
-                        line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
-                    }
-                    line.extend_from_slice(b")\r\n");
-                    out.reply.extend_from_slice(&line);
+                let mut line = format!("* {} FETCH (", i + 1).into_bytes();
+                if self.qresync {
+                    line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
                 }
+                line.extend_from_slice(b"FLAGS ");
+                render::flag_list(&mut line, m.flags, &m.keywords);
+                if self.condstore {
+                    line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+                }
+                line.extend_from_slice(b")\r\n");
+                out.reply.extend_from_slice(&line);
             }
             sel.reported_modseq = mb.highest_modseq;
         }
@@ -1455,37 +1469,44 @@ impl Session {
 
     /// Sequence numbers (1-based) and UIDs of the selected messages a set names.
     /// `Err` for a sequence number beyond the mailbox.
-    fn resolve(&self, set: &SequenceSet, uid: bool) -> Result<Vec<(u32, u32)>, String> {
-        let Some(sel) = &self.selected else {
+    fn resolve(
+        &self,
+        set: &SequenceSet,
+        uid: bool,
+        store: &dyn Mailstore,
+    ) -> Result<Vec<(u32, u32)>, String> {
+        let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else {
             return Ok(Vec::new());
         };
-        let largest_uid = sel.uids.last().copied().unwrap_or(0);
-        if uid {
-            return Ok(sel
-                .uids
-                .iter()
-                .enumerate()
-                .filter(|(_, u)| set.contains(**u, largest_uid))
-                .map(|(i, u)| (i as u32 + 1, *u))
-                .collect());
-        }
-        let count = sel.uids.len() as u32;
-        // A number beyond the mailbox is an error, except in a range ending in `*`
-        // (`1:*` on an empty mailbox names nothing; `10:*` in a 5-message one is 5).
-        for (a, b) in &set.0 {
-            if let (command::SeqNum::Value(x), command::SeqNum::Value(y)) = (a, b) {
-                if (*x).max(*y) > count {
-                    return Err("Invalid sequence number (beyond the mailbox)".into());
+        let view = View::new(mb, sel.at);
+        let count = view.len() as u32;
+        if !uid {
+            // A number beyond the mailbox is an error, except in a range ending in `*`
+            // (`1:*` on an empty mailbox names nothing; `10:*` in a 5-message one is 5).
+            for (a, b) in &set.0 {
+                if let (command::SeqNum::Value(x), command::SeqNum::Value(y)) = (a, b) {
+                    if (*x).max(*y) > count {
+                        return Err("Invalid sequence number (beyond the mailbox)".into());
+                    }
                 }
             }
         }
-        Ok(sel
-            .uids
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| set.contains(*i as u32 + 1, count))
-            .map(|(i, u)| (i as u32 + 1, *u))
-            .collect())
+        // Each range is found by position or binary search: the cost is the answer's,
+        // not the mailbox's.
+        let mut out = Vec::new();
+        for (lo, hi) in set.ranges(if uid { view.last_uid() } else { count }) {
+            let (start, end) = if uid {
+                (view.count_below(lo), view.count_below(hi.saturating_add(1)))
+            } else {
+                (lo.max(1) as usize - 1, (hi as usize).min(view.len()))
+            };
+            out.extend(
+                view.iter_from(start)
+                    .take(end.saturating_sub(start))
+                    .map(|(i, u)| (i as u32 + 1, u)),
+            );
+        }
+        Ok(out)
     }
 
     fn mailbox<'s>(&self, store: &'s dyn Mailstore) -> Option<&'s MailboxIndex> {
@@ -1545,15 +1566,17 @@ impl Session {
         } else {
             None
         };
-        let largest = sel.uids.last().copied().unwrap_or(0);
-        let in_view: HashSet<u32> = sel.uids.iter().copied().collect();
-        let mailbox = sel.id;
+        let (mailbox, at) = (sel.id, sel.at);
         let uids: Vec<u32> = self
             .mailbox(store)
             .map(|mb| {
+                // Messages the session was not told of yet are not its to expunge.
+                let largest = View::new(mb, at).last_uid();
                 mb.messages
+                    .get(..mb.messages.partition_point(|m| m.uid <= at.known_last))
+                    .unwrap_or(&[])
                     .iter()
-                    .filter(|m| m.flags & flags::DELETED != 0 && in_view.contains(&m.uid))
+                    .filter(|m| m.flags & flags::DELETED != 0)
                     .filter(|m| set.as_ref().is_none_or(|s| s.contains(m.uid, largest)))
                     .map(|m| m.uid)
                     .collect()
@@ -1617,10 +1640,11 @@ impl Session {
             out.line(&format!("{} OK SEARCH completed", job.tag));
             return;
         };
-        let largest_seq = sel.uids.len() as u32;
-        let largest_uid = sel.uids.last().copied().unwrap_or(0);
+        let view = View::new(mb, sel.at);
+        let largest_seq = view.len() as u32;
+        let largest_uid = view.last_uid();
         let mut spent = 0;
-        while let Some(u) = sel.uids.get(job.next).copied() {
+        for (_, u) in view.iter_from(job.next) {
             if spent >= SEARCH_STEP_UNITS {
                 self.pending = Some(Pending::SearchSteps(job));
                 return;
@@ -1638,7 +1662,8 @@ impl Session {
                 spent += entry.len as usize / 256;
             }
             let bytes = || store.bytes(entry);
-            let candidate = Candidate::new(seq, entry, largest_seq, largest_uid, &bytes);
+            let summary = || store.summary(entry).ok();
+            let candidate = Candidate::new(seq, entry, largest_seq, largest_uid, &bytes, &summary);
             if search::matches(&job.key, &candidate) {
                 job.hits.push(if job.uid { entry.uid } else { seq });
                 job.highest = job.highest.max(entry.modseq);
@@ -1723,15 +1748,15 @@ impl Session {
         {
             items.push(FetchAtt::ModSeq);
         }
-        let targets = match self.resolve(&set, uid) {
+        let targets = match self.resolve(&set, uid, store) {
             Ok(t) => t,
             Err(e) => return self.bad(tag, &e, out),
         };
         if modifiers.vanished {
-            // Without expunge tombstones: every UID of the set that is gone (RFC 7162
-            // §3.2.6 allows reporting more than those expunged since CHANGEDSINCE).
+            // UIDs of the set expunged after CHANGEDSINCE (RFC 7162 §3.2.6).
             if let Some(mb) = self.mailbox(store) {
-                let vanished = vanished_since(mb, Some(&set));
+                let since = modifiers.changed_since.unwrap_or(0);
+                let vanished = vanished_since(mb, since, Some(&set));
                 if !vanished.is_empty() {
                     out.line(&format!(
                         "* VANISHED (EARLIER) {}",
@@ -1751,7 +1776,7 @@ impl Session {
                             .messages
                             .get(mb.messages.binary_search_by_key(u, |m| m.uid).ok()?)?;
                         (m.flags & flags::SEEN == 0)
-                            .then(|| (m.uid, m.flags | flags::SEEN, m.keywords.clone()))
+                            .then(|| (m.uid, m.flags | flags::SEEN, m.keywords.to_vec()))
                     })
                     .collect();
                 if !changes.is_empty() {
@@ -1800,6 +1825,7 @@ impl Session {
         }
         let mut failed = false;
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
+            let view = View::new(mb, sel.at);
             let (mut answered, mut spliced) = (0, 0);
             while let Some(u) = job.targets.get(job.next).copied() {
                 if answered > 0
@@ -1809,7 +1835,7 @@ impl Session {
                     return;
                 }
                 job.next += 1;
-                let Some(seq) = sel.uids.binary_search(&u).ok().map(|i| i as u32 + 1) else {
+                let Some(seq) = view.index_of(u).map(|i| i as u32 + 1) else {
                     continue;
                 };
                 let Ok(at) = mb.messages.binary_search_by_key(&u, |m| m.uid) else {
@@ -1877,7 +1903,7 @@ impl Session {
         if a.unchanged_since.is_some() {
             self.condstore = true;
         }
-        let targets = match self.resolve(&a.set, uid) {
+        let targets = match self.resolve(&a.set, uid, store) {
             Ok(t) => t,
             Err(e) => return self.bad(tag, &e, out),
         };
@@ -1905,7 +1931,7 @@ impl Session {
             let (bits, keywords) = match a.mode {
                 StoreMode::Replace => (a.flags, a.keywords.clone()),
                 StoreMode::Add => {
-                    let mut k = m.keywords.clone();
+                    let mut k = m.keywords.to_vec();
                     for new in &a.keywords {
                         if !k.iter().any(|x| x.eq_ignore_ascii_case(new)) {
                             k.push(new.clone());
@@ -1923,7 +1949,7 @@ impl Session {
                     (m.flags & !a.flags, k)
                 }
             };
-            if bits != m.flags || keywords != m.keywords {
+            if bits != m.flags || keywords[..] != m.keywords[..] {
                 changes.push((m.uid, bits, keywords));
             }
         }
@@ -1958,13 +1984,14 @@ impl Session {
             announce_keywords(sel, mb, keywords_max, out);
         }
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
+            let view = View::new(mb, sel.at);
             for u in &p.targets {
                 // .SILENT still reports a change made by someone else (RFC 7162 §3.1.3).
                 if p.silent && (changed_uids.contains(u) || !self.condstore) {
                     reported.insert(*u);
                     continue;
                 }
-                let Ok(seq) = sel.uids.binary_search(u) else {
+                let Some(seq) = view.index_of(*u) else {
                     continue;
                 };
                 let Ok(at) = mb.messages.binary_search_by_key(u, |m| m.uid) else {
@@ -2027,7 +2054,7 @@ impl Session {
             out.line(&format!("{tag} NO [READ-ONLY] Mailbox is read-only"));
             return;
         }
-        let targets = match self.resolve(&set, uid) {
+        let targets = match self.resolve(&set, uid, store) {
             Ok(t) => t,
             Err(e) => return self.bad(tag, &e, out),
         };
@@ -2290,21 +2317,60 @@ pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusIt
     out.reply.extend_from_slice(&line);
 }
 
-/// UIDs below UIDNEXT that the client may know (its known-uids, or all) and that are
-/// gone. Without expunge tombstones we cannot tell *when* a UID vanished, so this
-/// reports every vanished UID the client named — RFC 7162 §3.2.5.1 allows that.
-fn vanished_since(mb: &MailboxIndex, known: Option<&SequenceSet>) -> Vec<u32> {
+/// Messages up to UID `last` whose flags changed after MODSEQ `since`, each once:
+/// from the flag-change log, or a scan if `since` is older than the log.
+fn flags_changed_since(mb: &MailboxIndex, since: u64, last: u32) -> Vec<&MessageEntry> {
+    match mb.flag_changes_since(since) {
+        Some(changes) => changes
+            .iter()
+            .filter(|(_, uid)| *uid <= last)
+            .filter_map(|(modseq, uid)| {
+                let at = mb.messages.binary_search_by_key(uid, |m| m.uid).ok()?;
+                // A later change of the same message is listed further on.
+                mb.messages.get(at).filter(|m| m.modseq == *modseq)
+            })
+            .collect(),
+        None => mb
+            .messages
+            .iter()
+            .filter(|m| m.modseq > since && m.uid <= last)
+            .collect(),
+    }
+}
+
+/// Messages changed or added after MODSEQ `since` (QRESYNC SELECT), in UID order.
+fn changed_since(mb: &MailboxIndex, since: u64) -> Vec<&MessageEntry> {
+    let appended = mb.appended_since(since);
+    let first_new = appended.first().map_or(u32::MAX, |m| m.uid);
+    let mut out = flags_changed_since(mb, since, first_new.saturating_sub(1));
+    out.sort_unstable_by_key(|m| m.uid);
+    out.extend(appended.iter().filter(|m| m.modseq > since));
+    out
+}
+
+/// UIDs the client may know (its known-uids, or all below UIDNEXT) that were
+/// expunged after MODSEQ `since`, from the tombstones (RFC 7162 §3.2.5.1). Past
+/// the tombstones' horizon, every such UID that is gone (the RFC allows more).
+fn vanished_since(mb: &MailboxIndex, since: u64, known: Option<&SequenceSet>) -> Vec<u32> {
     let largest = mb.uid_next.saturating_sub(1);
+    let named = |u: u32| known.is_none_or(|k| k.contains(u, largest));
+    if let Some(tombstones) = mb.expunged_since(since) {
+        let mut out: Vec<u32> = tombstones
+            .iter()
+            .map(|t| t.1)
+            .filter(|u| named(*u))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        return out;
+    }
     let mut out = Vec::new();
     let mut present = mb.messages.iter().map(|m| m.uid).peekable();
     for u in 1..=largest {
         while present.peek().is_some_and(|p| *p < u) {
             present.next();
         }
-        if present.peek() == Some(&u) {
-            continue;
-        }
-        if known.is_none_or(|k| k.contains(u, largest)) {
+        if present.peek() != Some(&u) && named(u) {
             out.push(u);
         }
     }
@@ -2370,6 +2436,14 @@ fn fetch_items_into(
 ) -> Result<(), &'static str> {
     r.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
     let bytes = || store.bytes(entry).unwrap_or(&[]);
+    // Read from the log once, and only if an item needs it.
+    let summary_cell = OnceCell::new();
+    let summary = || {
+        summary_cell
+            .get_or_init(|| store.summary(entry).ok())
+            .as_ref()
+            .ok_or("CORRUPTION")
+    };
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
             r.push(b' ');
@@ -2392,7 +2466,7 @@ fn fetch_items_into(
             }
             FetchAtt::Envelope => {
                 r.extend_from_slice(b"ENVELOPE ");
-                render::envelope(r, &entry.summary);
+                render::envelope(r, summary()?);
             }
             FetchAtt::Body | FetchAtt::BodyStructure => {
                 let extended = *item == FetchAtt::BodyStructure;
@@ -2401,7 +2475,7 @@ fn fetch_items_into(
                 } else {
                     b"BODY "
                 });
-                render::body_structure(r, bytes(), &entry.summary, extended);
+                render::body_structure(r, bytes(), summary()?, extended);
             }
             FetchAtt::Rfc822 => {
                 r.extend_from_slice(b"RFC822 ");
@@ -2416,7 +2490,7 @@ fn fetch_items_into(
                 };
                 let data = render::section(
                     bytes(),
-                    &entry.summary,
+                    summary()?,
                     &Section {
                         part: Vec::new(),
                         text: Some(text),
@@ -2433,7 +2507,7 @@ fn fetch_items_into(
                 section, partial, ..
             } => {
                 let message = bytes();
-                let data = render::section(message, &entry.summary, section);
+                let data = render::section(message, summary()?, section);
                 r.extend_from_slice(b"BODY[");
                 section_name(r, section);
                 r.push(b']');
@@ -2451,7 +2525,7 @@ fn fetch_items_into(
             }
             FetchAtt::Binary { part, partial, .. } => {
                 let message = bytes();
-                let data = render::binary(message, &entry.summary, part).map_err(binary_error)?;
+                let data = render::binary(message, summary()?, part).map_err(binary_error)?;
                 r.extend_from_slice(b"BINARY[");
                 r.extend_from_slice(part_path(part).as_bytes());
                 r.push(b']');
@@ -2463,7 +2537,7 @@ fn fetch_items_into(
                 literal_of(r, splices, message, entry, d, true);
             }
             FetchAtt::BinarySize { part } => {
-                let data = render::binary(bytes(), &entry.summary, part).map_err(binary_error)?;
+                let data = render::binary(bytes(), summary()?, part).map_err(binary_error)?;
                 r.extend_from_slice(
                     format!("BINARY.SIZE[{}] {}", part_path(part), data.len()).as_bytes(),
                 );
