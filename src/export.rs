@@ -4,7 +4,8 @@
 //! server stopped and is safe beside a running one (the log is append-only and every
 //! record is checksummed; the export is the durable state at the moment it reads).
 //! One Maildir folder per mailbox (`INBOX` is `DIR/INBOX`), message bytes exactly as
-//! stored, flags in the file names (`:2,` + `DFRST`). A mailbox whose stored name
+//! stored, flags in the file names (`:2,` + `DFRST`), INTERNALDATE as the file's
+//! modification time. A mailbox whose stored name
 //! could leave `DIR` (`..`, absolute, control characters) is refused, never written.
 
 use std::path::Path;
@@ -108,6 +109,14 @@ pub fn export(data_dir: &Path, email: &str, out: &Path) -> Result<ExportReport, 
             ));
             std::fs::write(&file, bytes)
                 .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+            // INTERNALDATE as the file's time, as Dovecot reads it (and `import`).
+            let when = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(m.internal_date.max(0) as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .and_then(|f| f.set_modified(when))
+                .map_err(|e| format!("cannot date {}: {e}", file.display()))?;
             report.messages += 1;
             report.bytes += u64::from(m.len);
         }

@@ -14,10 +14,12 @@
 pub mod auth;
 pub mod config;
 pub mod export;
+pub mod import;
 pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod shard;
 pub mod store;
+pub mod store_admin;
 pub mod tls;
 pub mod users;

@@ -56,6 +56,21 @@ enum Command {
     /// DKIM signing keys for local domains.
     #[command(subcommand)]
     Dkim(DkimCmd),
+    /// Import mail into an account (server stopped): a Maildir / Maildir++ tree (what
+    /// `export` writes, or Dovecot's and Courier's), or an mbox file.
+    Import {
+        email: String,
+        #[arg(long, conflicts_with = "mbox", required_unless_present = "mbox")]
+        maildir: Option<PathBuf>,
+        #[arg(long)]
+        mbox: Option<PathBuf>,
+        /// The mailbox an mbox goes into.
+        #[arg(long, default_value = "INBOX", requires = "mbox")]
+        mailbox: String,
+    },
+    /// The mailstore: per-partition usage and garbage, compaction.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Write an account's mailboxes as Maildir (works with the server stopped).
     Export {
         email: String,
@@ -81,6 +96,34 @@ enum UserCmd {
         email: String,
         #[arg(long)]
         password_stdin: bool,
+    },
+    /// Set an account's quota: a size ("2GiB") or count, "default" (quota.*_default)
+    /// or "unlimited". Applies to a running server within a second.
+    Quota {
+        email: String,
+        #[arg(long, value_name = "SIZE|default|unlimited")]
+        storage: Option<String>,
+        #[arg(long, value_name = "N|default|unlimited")]
+        messages: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Per partition: log size, live bytes, garbage (expunged mail, deleted mailboxes
+    /// and accounts), messages (safe while the server runs).
+    Stats {
+        #[arg(long)]
+        partition: Option<u32>,
+    },
+    /// Rewrite partitions without their garbage (server stopped; shows progress).
+    Compact {
+        #[arg(long)]
+        partition: Option<u32>,
+        /// Only partitions with at least this share of garbage (0.0-1.0); default:
+        /// every partition with any.
+        #[arg(long, default_value_t = 0.0)]
+        min_garbage_ratio: f64,
     },
 }
 
@@ -179,6 +222,19 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Alias(cmd) => alias(cmd, &data),
         Command::Dkim(cmd) => dkim(cmd, &config, &data),
         Command::Queue(cmd) => queue(cmd, &data),
+        Command::Import {
+            email,
+            maildir,
+            mbox,
+            mailbox,
+        } => import(&config, &email, maildir, mbox, mailbox),
+        Command::Store(StoreCmd::Stats { partition }) => {
+            shardmail::store_admin::stats(&data, partition)
+        }
+        Command::Store(StoreCmd::Compact {
+            partition,
+            min_garbage_ratio,
+        }) => shardmail::store_admin::compact_all(&data, partition, min_garbage_ratio),
         Command::Export { email, out } => {
             let r = shardmail::export::export(&data, &email, &out)?;
             println!(
@@ -230,6 +286,7 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
                         id: users::new_account_id(),
                         password: hash,
                         created,
+                        quota: users::Quota::default(),
                     },
                 );
                 Ok(())
@@ -239,8 +296,24 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
         }
         UserCmd::List => {
             let db = UserDb::load(data).map_err(|e| e.to_string())?;
+            let shown = |limit: Option<u64>, default: Option<u64>, size: bool| match limit {
+                Some(u64::MAX) => "unlimited".to_string(),
+                Some(n) if size => shardmail::store_admin::human(n),
+                Some(n) => n.to_string(),
+                None => match default {
+                    Some(n) if size => format!("{} (default)", shardmail::store_admin::human(n)),
+                    Some(n) => format!("{n} (default)"),
+                    None => "unlimited (default)".to_string(),
+                },
+            };
+            let default = config.quota.default;
             for (email, u) in &db.users {
-                println!("{email}\t{:016x}", u.id);
+                println!(
+                    "{email}\t{:016x}\tstorage {}\tmessages {}",
+                    u.id,
+                    shown(u.quota.storage, default.storage, true),
+                    shown(u.quota.messages, default.messages, false)
+                );
             }
             Ok(())
         }
@@ -275,6 +348,117 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             println!("password changed for {email}");
             Ok(())
         }
+        UserCmd::Quota {
+            email,
+            storage,
+            messages,
+        } => {
+            let email =
+                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            if storage.is_none() && messages.is_none() {
+                return Err("give --storage and/or --messages (see `user quota --help`)".into());
+            }
+            let storage = storage
+                .as_deref()
+                .map(|s| quota_limit(s, true))
+                .transpose()?;
+            let messages = messages
+                .as_deref()
+                .map(|s| quota_limit(s, false))
+                .transpose()?;
+            let quota = UserDb::update(data, |db| {
+                let u = db
+                    .users
+                    .get_mut(&email)
+                    .ok_or_else(|| format!("no user {email}"))?;
+                if let Some(limit) = storage {
+                    u.quota.storage = limit;
+                }
+                if let Some(limit) = messages {
+                    u.quota.messages = limit;
+                }
+                Ok(u.quota)
+            })?;
+            let show = |l: Option<u64>| l.map_or("default".to_string(), |n| n.to_string());
+            println!(
+                "quota of {email}: storage {} bytes, messages {}",
+                show(quota.storage),
+                show(quota.messages)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn import(
+    config: &Config,
+    email: &str,
+    maildir: Option<PathBuf>,
+    mbox: Option<PathBuf>,
+    mailbox: String,
+) -> Result<(), String> {
+    use shardmail::import::{self, Source};
+    use shardmail::store_admin::human;
+    let email = users::normalize(email).ok_or("expected an address like user@example.org")?;
+    let source = match (maildir, mbox) {
+        (Some(dir), _) => Source::Maildir(dir),
+        (None, Some(file)) => Source::Mbox {
+            file,
+            mailbox: shardmail::proto::imap::names::normalize(&mailbox),
+        },
+        (None, None) => return Err("give --maildir DIR or --mbox FILE".into()),
+    };
+    let started = std::time::Instant::now();
+    let mut show = |r: &import::ImportReport, total: u64, total_bytes: u64| {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = r.bytes as f64 / secs;
+        let eta = if rate > 0.0 {
+            total_bytes.saturating_sub(r.bytes) as f64 / rate
+        } else {
+            0.0
+        };
+        eprint!(
+            "\r{}/{total} messages, {} of {}, {:.1} MB/s, ETA {eta:.0} s   ",
+            r.messages,
+            human(r.bytes),
+            human(total_bytes),
+            rate / 1e6
+        );
+    };
+    let r = import::import(config, &email, &source, &mut show)?;
+    eprintln!();
+    println!(
+        "imported {} messages ({}) into {email}, {} new mailboxes, in {:.1} s{}",
+        r.messages,
+        human(r.bytes),
+        r.mailboxes,
+        started.elapsed().as_secs_f64(),
+        if r.skipped_too_big > 0 {
+            format!(
+                "; {} skipped: larger than limits.message_size_max",
+                r.skipped_too_big
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// A `user quota` limit: `None` = the configured default, `u64::MAX` = no limit.
+fn quota_limit(text: &str, size: bool) -> Result<Option<u64>, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "default" => Ok(None),
+        "unlimited" | "none" => Ok(Some(u64::MAX)),
+        _ if size => shardmail::config::raw::Size::Text(text.to_string())
+            .bytes("--storage")
+            .map(|n| Some(n as u64))
+            .map_err(|e| format!("--storage: {}", e.reason)),
+        _ => text
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| "--messages: expected a count, \"default\" or \"unlimited\"".into()),
     }
 }
 

@@ -26,6 +26,47 @@ pub struct User {
     /// argon2id PHC string.
     pub password: String,
     pub created: i64,
+    /// Limits set for this account (`shardmail user quota`); a missing one is
+    /// `quota.storage_default` / `quota.messages_default`.
+    #[serde(default, skip_serializing_if = "Quota::is_unset")]
+    pub quota: Quota,
+}
+
+/// Storage and message limits of an account; `None` = no limit of that kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+}
+
+impl Quota {
+    fn is_unset(&self) -> bool {
+        *self == Quota::default()
+    }
+
+    /// This account's limits over the configured defaults.
+    pub fn over(self, default: Quota) -> Quota {
+        Quota {
+            storage: self.storage.or(default.storage),
+            messages: self.messages.or(default.messages),
+        }
+    }
+
+    /// Whether `usage` leaves no room for `more_bytes` more in `more_messages` more.
+    pub fn is_exceeded_by(
+        &self,
+        usage: crate::store::index::Usage,
+        more_bytes: u64,
+        more_messages: u64,
+    ) -> bool {
+        self.storage
+            .is_some_and(|max| usage.bytes.saturating_add(more_bytes) > max)
+            || self
+                .messages
+                .is_some_and(|max| usage.messages.saturating_add(more_messages) > max)
+    }
 }
 
 /// The whole user database.
@@ -209,6 +250,7 @@ mod tests {
                 id: 7,
                 password: String::new(),
                 created: 0,
+                quota: Quota::default(),
             },
         );
         db.aliases.insert("info@ex.org".into(), "bob@ex.org".into());

@@ -104,6 +104,22 @@ fn op() -> impl Strategy<Value = Op> {
                 name,
             }
         }),
+        (
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>()
+        )
+            .prop_map(
+                |(account, mailbox, uid_next, highest_modseq, history_floor)| Op::MailboxState {
+                    account,
+                    mailbox,
+                    uid_next,
+                    highest_modseq,
+                    history_floor,
+                }
+            ),
     ]
 }
 
@@ -369,4 +385,78 @@ fn a_format_v0_log_takes_new_writes() {
 #[test]
 fn an_index_entry_fits_64_bytes() {
     assert!(std::mem::size_of::<shardmail::store::MessageEntry>() <= 64);
+}
+
+/// Compaction of a log holding format-v0 records and new ones: what is live keeps its
+/// numbers and bytes (the v0 Blob records are copied verbatim), what was expunged or
+/// deleted is gone and stays gone, the counters go on from where they were, and a
+/// second compaction is a no-op for the content.
+#[test]
+fn a_format_v0_log_survives_compaction() {
+    use shardmail::store::compact;
+    let data = fixture_copy("format-v0", "compact");
+    let (account, dir) = fixture_account(&data);
+    let d = dir.clone();
+    let (before, expunged_uid) = run(async move {
+        let p = Partition::open(0, &d, options()).await.expect("open");
+        let inbox = p.mailbox_id(account, "INBOX").expect("INBOX");
+        let m = b"Subject: padding\r\n\r\n".to_vec();
+        let big = [m, vec![b'x'; 200_000]].concat();
+        let s = Summary::parse(&big).to_bytes();
+        let uid = p
+            .append(account, inbox, &big, &s, 0, &[], 1_900_000_000)
+            .await
+            .expect("append");
+        p.expunge(account, inbox, &[uid]).await.expect("expunge");
+        let index = p.index().clone();
+        (index, uid)
+    });
+    let keep_all = |_: u64| true;
+    let stats = compact::stats(&dir, &keep_all).expect("stats");
+    assert!(stats.garbage_bytes() >= 200_000, "{stats:?}");
+    let report = compact::compact(&dir, &keep_all, &mut |_, _| {}).expect("compact");
+    assert!(
+        report.after_bytes + 200_000 <= report.before.log_bytes,
+        "{report:?}"
+    );
+    assert!(!compact::staging_dir(&dir).exists());
+    let loaded = partition::load(&dir).expect("opens");
+    let (old, new) = (&before.accounts[&account], &loaded.index.accounts[&account]);
+    assert_eq!(old.mailboxes.len(), new.mailboxes.len());
+    for (a, b) in old.mailboxes.iter().zip(&new.mailboxes) {
+        assert_eq!(
+            (a.id, &a.name, a.uidvalidity, a.uid_next, a.highest_modseq),
+            (b.id, &b.name, b.uidvalidity, b.uid_next, b.highest_modseq)
+        );
+        let uids = |m: &shardmail::store::MailboxIndex| -> Vec<(u32, u64, u32)> {
+            m.messages
+                .iter()
+                .map(|e| (e.uid, e.modseq, e.flags))
+                .collect()
+        };
+        assert_eq!(uids(a), uids(b), "{}", a.name);
+    }
+    assert_eq!(old.usage, new.usage);
+    assert_eq!(export_listing(&data), expected_listing("format-v0"));
+    // The next message takes the next UID, not the expunged one's.
+    let d = dir.clone();
+    let next = run(async move {
+        let p = Partition::open(0, &d, options()).await.expect("reopen");
+        let inbox = p.mailbox_id(account, "INBOX").expect("INBOX");
+        let m = b"Subject: after compaction\r\n\r\nx\r\n";
+        let s = Summary::parse(m).to_bytes();
+        p.append(account, inbox, m, &s, 0, &[], 1_900_000_100)
+            .await
+            .expect("append")
+    });
+    assert_eq!(next, expunged_uid + 1);
+    // An account missing from users.json is dropped.
+    let report = compact::compact(&dir, &|a| a != account, &mut |_, _| {}).expect("drop");
+    assert_eq!(report.dropped_accounts, 1);
+    assert!(!partition::load(&dir)
+        .expect("opens")
+        .index
+        .accounts
+        .contains_key(&account));
+    let _ = std::fs::remove_dir_all(&data);
 }

@@ -213,6 +213,7 @@ fn export_refuses_names_that_would_leave_the_output_directory() {
                 id: ACCOUNT,
                 password: String::new(),
                 created: 0,
+                quota: shardmail::users::Quota::default(),
             },
         );
         Ok(())

@@ -118,6 +118,14 @@ pub struct Config {
     pub dns: Dns,
     pub auth: Auth,
     pub queue: Queue,
+    pub quota: QuotaPolicy,
+}
+
+/// `[quota]`: default limits per account and how SMTP refuses a full mailbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaPolicy {
+    pub default: crate::users::Quota,
+    pub hard_bounce: bool,
 }
 
 /// `[queue]`: outbound delivery.
@@ -477,6 +485,14 @@ impl Config {
             },
             auth: validate_auth(&raw.auth)?,
             queue: validate_queue(&raw.queue)?,
+            quota: QuotaPolicy {
+                default: crate::users::Quota {
+                    storage: Some(raw.quota.storage_default.bytes("quota.storage_default")? as u64)
+                        .filter(|n| *n > 0),
+                    messages: Some(raw.quota.messages_default).filter(|n| *n > 0),
+                },
+                hard_bounce: raw.quota.hard_bounce,
+            },
             store: StoreOptions {
                 durability: raw.store.durability,
                 checkpoint_bytes: raw.store.checkpoint_bytes.bytes("store.checkpoint_bytes")?

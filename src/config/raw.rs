@@ -22,6 +22,30 @@ pub struct RawConfig {
     pub dns: RawDns,
     pub auth: RawAuth,
     pub queue: RawQueue,
+    pub quota: RawQuota,
+}
+
+/// `[quota]`: what an account may store, unless `shardmail user quota` says otherwise.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQuota {
+    /// Bytes of mail per account (sum of message sizes); 0 = no limit.
+    pub storage_default: Size,
+    /// Messages per account; 0 = no limit.
+    pub messages_default: u64,
+    /// Refuse over-quota recipients permanently (`552 5.2.2`) instead of asking the
+    /// sender to retry (`452 4.2.2`).
+    pub hard_bounce: bool,
+}
+
+impl Default for RawQuota {
+    fn default() -> Self {
+        RawQuota {
+            storage_default: Size::Bytes(0),
+            messages_default: 0,
+            hard_bounce: false,
+        }
+    }
 }
 
 impl RawConfig {

@@ -37,6 +37,7 @@ struct View<'a> {
     index: std::cell::Ref<'a, Index>,
     account: u64,
     map: Option<Rc<memmap2::Mmap>>,
+    quota: crate::users::Quota,
 }
 
 impl Mailstore for View<'_> {
@@ -45,6 +46,9 @@ impl Mailstore for View<'_> {
     }
     fn log(&self) -> Option<&[u8]> {
         self.map.as_deref().map(|m| &m[..])
+    }
+    fn quota(&self) -> crate::users::Quota {
+        self.quota
     }
 }
 
@@ -164,13 +168,32 @@ async fn open_account(
 }
 
 /// Runs `f` with the account's view (or an empty one before login).
-fn with_view<T>(shard: &Shard, account: Option<u64>, f: impl FnOnce(&dyn Mailstore) -> T) -> T {
+/// The logged-in user's quota (looked up per call: `shardmail user quota` applies to
+/// sessions already logged in).
+fn quota_of(shard: &Shard, session: &Session) -> crate::users::Quota {
+    // The session may have moved here from the shard that checked its password:
+    // this shard's copy of the users must be as fresh (one stat a second at most).
+    shard.refresh_users();
+    session
+        .user()
+        .and_then(crate::users::normalize)
+        .map(|address| shard.quota_of(&address))
+        .unwrap_or_default()
+}
+
+fn with_view<T>(
+    shard: &Shard,
+    account: Option<u64>,
+    quota: crate::users::Quota,
+    f: impl FnOnce(&dyn Mailstore) -> T,
+) -> T {
     match account.and_then(|a| Some((a, partition_for(shard, a)?))) {
         Some((account, p)) => {
             let view = View {
                 map: p.current_map(),
                 index: p.index(),
                 account,
+                quota,
             };
             f(&view)
         }
@@ -200,7 +223,8 @@ async fn drive(
     // literal at the limit plus the command's lines.
     let input_max = limits.message_size_max + input_capacity(shard) * 2;
     loop {
-        let used = with_view(shard, account, |view| {
+        let quota = quota_of(shard, &session);
+        let used = with_view(shard, account, quota, |view| {
             session.receive(input.data(), view, now(), &mut out)
         });
         input.consume(used);
@@ -283,7 +307,8 @@ async fn drive(
                         Some(a) => Box::pin(execute(shard, a, write, &mut spooler)).await,
                         None => Written::Failed(WriteFailure::Cannot("Not logged in".into())),
                     };
-                    with_view(shard, account, |view| {
+                    let quota = quota_of(shard, &session);
+                    with_view(shard, account, quota, |view| {
                         session.written(result, view, &mut out)
                     });
                 }
@@ -435,7 +460,10 @@ async fn idle_wait(
         .await;
         match woke {
             Woke::Changed => {
-                with_view(shard, Some(account), |view| session.changed(view, out));
+                let quota = quota_of(shard, session);
+                with_view(shard, Some(account), quota, |view| {
+                    session.changed(view, out)
+                });
             }
             Woke::Read(ReadOutcome::Data) => return true,
             Woke::Read(ReadOutcome::Closed) => return false,

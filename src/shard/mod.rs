@@ -63,6 +63,8 @@ pub struct Shard {
     pub connections: Arc<admission::Connections>,
     /// Failed-login back-off, shared by every shard and protocol.
     pub throttle: Arc<admission::LoginThrottle>,
+    /// Every account's storage usage, published by the shard owning it (quotas).
+    pub usage: Arc<store::usage::UsageBoard>,
     /// Logged-in IMAP and POP3 sessions per account on this shard (sessions always
     /// move to their account's shard, so this count is the account's total).
     user_sessions: RefCell<HashMap<u64, usize>>,
@@ -363,11 +365,41 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// The limits of the account `address` (its own over `quota.*_default`).
+    pub fn quota_of(&self, address: &str) -> crate::users::Quota {
+        let own = self
+            .users
+            .borrow()
+            .users
+            .get(address)
+            .map(|u| u.quota)
+            .unwrap_or_default();
+        own.over(self.config.quota.default)
+    }
+}
+
 /// Recipient lookups for SMTP sessions, from the shard's copy of the user database.
 impl Directory for Shard {
     fn resolve(&self, address: &str) -> Resolution {
+        // At most one stat a second: users and quotas changed by the CLI apply to
+        // connections already open.
+        self.refresh_users();
         let db = self.users.borrow().clone();
-        db.resolve(address, |d| self.config.is_local_domain(d))
+        let resolution = db.resolve(address, |d| self.config.is_local_domain(d));
+        if let Resolution::Local { account, mailbox } = &resolution {
+            // Full when not even one more byte and one more message fit (the message's
+            // own size is not known at RCPT; a delivery may overshoot by one message).
+            if self
+                .quota_of(mailbox)
+                .is_exceeded_by(self.usage.get(*account), 1, 1)
+            {
+                return Resolution::OverQuota {
+                    permanent: self.config.quota.hard_bounce,
+                };
+            }
+        }
+        resolution
     }
 
     fn may_send_as(&self, login: &str, address: &str) -> bool {
@@ -485,6 +517,7 @@ pub fn serve(config: Config) -> Result<(), String> {
                 )),
                 connections,
                 throttle,
+                usage: Arc::new(store::usage::UsageBoard::default()),
             };
             let failed = failed.clone();
             move || async move {
@@ -545,6 +578,7 @@ struct ShardInit {
     sockets: Arc<std::sync::Mutex<Vec<Option<Vec<listen::Bound>>>>>,
     connections: Arc<admission::Connections>,
     throttle: Arc<admission::LoginThrottle>,
+    usage: Arc<store::usage::UsageBoard>,
 }
 
 /// This shard's listening sockets (each shard takes its own list once).
@@ -575,6 +609,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         sockets: init_sockets,
         connections,
         throttle,
+        usage,
     } = init;
     let config = (*config).clone();
     let shards = config.shards;
@@ -591,6 +626,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         let partition = Partition::open(p, &dir, config.store)
             .await
             .map_err(|e| format!("partition {p}: {e}"))?;
+        partition.publish_usage(usage.clone());
         partitions.insert(p, partition);
     }
     let config = Rc::new(config);
@@ -623,6 +659,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         last_pause: Cell::new(Instant::now()),
         connections,
         throttle,
+        usage,
         user_sessions: RefCell::new(HashMap::new()),
         next_session: Cell::new(0),
         smtp_configs,

@@ -427,6 +427,7 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
                 .map_err(|_| "storing the notification failed".to_string())
         }
         Resolution::UnknownUser => Err(format!("{to} is a local address without an account")),
+        Resolution::OverQuota { .. } => Err(format!("{to} is over quota")),
         Resolution::NotLocal => {
             let parts = vec![bytes::Bytes::from(message)];
             enqueue(shard, "", &[to.to_string()], parts).await

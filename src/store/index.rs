@@ -107,6 +107,51 @@ pub struct MailboxIndex {
     /// the messages appended after MODSEQ m are those above the UID of the last mark
     /// at or below m (plus at most that many more to filter).
     pub append_marks: Vec<(u64, u32)>,
+    /// Kept as messages come, go and change flags (STATUS UNSEEN, DELETED and SIZE
+    /// answer without reading the messages).
+    pub counts: Counts,
+}
+
+/// Message counts of a mailbox, maintained by [`Index::apply`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Archive, Serialize, Deserialize)]
+pub struct Counts {
+    pub unseen: u32,
+    pub deleted: u32,
+    /// Sum of the messages' sizes (RFC822.SIZE), and of those marked `\Deleted`.
+    pub bytes: u64,
+    pub deleted_bytes: u64,
+}
+
+impl Counts {
+    fn add(&mut self, flags: u32, len: u32) {
+        self.unseen += u32::from(flags & flags::SEEN == 0);
+        self.deleted += u32::from(flags & flags::DELETED != 0);
+        self.bytes += u64::from(len);
+        if flags & flags::DELETED != 0 {
+            self.deleted_bytes += u64::from(len);
+        }
+    }
+    fn remove(&mut self, flags: u32, len: u32) {
+        self.unseen = self
+            .unseen
+            .saturating_sub(u32::from(flags & flags::SEEN == 0));
+        self.deleted = self
+            .deleted
+            .saturating_sub(u32::from(flags & flags::DELETED != 0));
+        self.bytes = self.bytes.saturating_sub(u64::from(len));
+        if flags & flags::DELETED != 0 {
+            self.deleted_bytes = self.deleted_bytes.saturating_sub(u64::from(len));
+        }
+    }
+}
+
+/// What an account stores, for quotas: kept incrementally, never by a scan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Usage {
+    /// Sum of message sizes over all mailboxes (a message copied twice counts twice,
+    /// as IMAP QUOTA's STORAGE does).
+    pub bytes: u64,
+    pub messages: u64,
 }
 
 /// Spacing of [`MailboxIndex::append_marks`] (in UIDs).
@@ -174,6 +219,13 @@ impl MailboxIndex {
         }
     }
 
+    /// Takes an expunged message out of the counts and the account's usage.
+    fn forget(&mut self, gone: &MessageEntry, usage: &mut Usage) {
+        self.counts.remove(gone.flags, gone.len);
+        usage.bytes = usage.bytes.saturating_sub(u64::from(gone.len));
+        usage.messages = usage.messages.saturating_sub(1);
+    }
+
     fn note_expunge(&mut self, modseq: u64, uid: u32) {
         // MODSEQs only grow as ops apply; keep the order should a run's be lower.
         let at = self.expunged.partition_point(|(m, _)| *m <= modseq);
@@ -210,6 +262,8 @@ pub struct AccountIndex {
     pub deleted: Vec<u32>,
     /// IMAP subscriptions, by mailbox name.
     pub subscribed: Vec<String>,
+    /// Storage in use, over all mailboxes.
+    pub usage: Usage,
 }
 
 impl AccountIndex {
@@ -301,6 +355,7 @@ impl Index {
                             flag_changes: Vec::new(),
                             flag_changes_floor: 0,
                             append_marks: Vec::new(),
+                            counts: Counts::default(),
                         },
                     );
                 }
@@ -322,7 +377,7 @@ impl Index {
                         .get(blob)
                         .ok_or(DanglingOp("append refers to an unknown blob"))?,
                 };
-                let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+                let Some((mb, usage)) = self.mailbox_and_usage(account, mailbox)? else {
                     return Ok(());
                 };
                 mb.uid_next = mb.uid_next.max(uid + 1);
@@ -339,6 +394,9 @@ impl Index {
                     keywords: keywords.into_boxed_slice(),
                 };
                 if let Err(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
+                    mb.counts.add(flags, len);
+                    usage.bytes += u64::from(len);
+                    usage.messages += 1;
                     mb.messages.insert(at, entry);
                     mb.note_append(modseq, uid);
                 }
@@ -358,6 +416,8 @@ impl Index {
                 mb.note_keywords(&keywords);
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     if let Some(m) = mb.messages.get_mut(at) {
+                        mb.counts.remove(m.flags, m.len);
+                        mb.counts.add(flags, m.len);
                         m.flags = flags;
                         m.keywords = keywords.into_boxed_slice();
                         m.modseq = modseq;
@@ -394,11 +454,39 @@ impl Index {
             }
             Op::MailboxDelete { account, mailbox } => {
                 if let Some(acct) = self.accounts.get_mut(&account) {
+                    if let Some(gone) = acct.mailbox_by_id(mailbox) {
+                        let (bytes, count) = (gone.counts.bytes, gone.messages.len() as u64);
+                        acct.usage.bytes = acct.usage.bytes.saturating_sub(bytes);
+                        acct.usage.messages = acct.usage.messages.saturating_sub(count);
+                    }
                     acct.mailboxes.retain(|m| m.id != mailbox);
                     acct.names.retain(|_, id| *id != mailbox);
                     if let Err(at) = acct.deleted.binary_search(&mailbox) {
                         acct.deleted.insert(at, mailbox);
                     }
+                }
+            }
+            Op::MailboxState {
+                account,
+                mailbox,
+                uid_next,
+                highest_modseq,
+                history_floor,
+            } => {
+                let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+                    return Ok(());
+                };
+                mb.uid_next = mb.uid_next.max(uid_next);
+                mb.highest_modseq = mb.highest_modseq.max(highest_modseq);
+                mb.expunged_floor = mb.expunged_floor.max(history_floor);
+                mb.flag_changes_floor = mb.flag_changes_floor.max(history_floor);
+                mb.expunged.retain(|(m, _)| *m > history_floor);
+                mb.flag_changes.retain(|(m, _)| *m > history_floor);
+                // Compaction writes Appends in UID order with their current MODSEQs:
+                // the only safe mark is "all of these existed at highest_modseq".
+                mb.append_marks.clear();
+                if let Some(last) = mb.messages.last() {
+                    mb.append_marks.push((mb.highest_modseq, last.uid));
                 }
             }
             Op::Expunge {
@@ -407,12 +495,13 @@ impl Index {
                 uid,
                 modseq,
             } => {
-                let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+                let Some((mb, usage)) = self.mailbox_and_usage(account, mailbox)? else {
                     return Ok(());
                 };
                 mb.highest_modseq = mb.highest_modseq.max(modseq);
                 if let Ok(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
-                    mb.messages.remove(at);
+                    let gone = mb.messages.remove(at);
+                    mb.forget(&gone, usage);
                     mb.note_expunge(modseq, uid);
                 }
             }
@@ -474,26 +563,32 @@ impl Index {
             mut uids,
             modseq,
         } = run;
-        let Some(mb) = self.mailbox_mut(account, mailbox)? else {
+        let Some((mb, usage)) = self.mailbox_and_usage(account, mailbox)? else {
             return Ok(());
         };
         mb.highest_modseq = mb.highest_modseq.max(modseq);
         if let [uid] = uids.as_slice() {
             if let Ok(at) = mb.messages.binary_search_by_key(uid, |m| m.uid) {
-                mb.messages.remove(at);
+                let gone = mb.messages.remove(at);
+                mb.forget(&gone, usage);
                 mb.note_expunge(modseq, *uid);
             }
             return Ok(());
         }
         uids.sort_unstable();
         let mut removed = Vec::new();
+        let mut counts = mb.counts;
         mb.messages.retain(|m| {
             let gone = uids.binary_search(&m.uid).is_ok();
             if gone {
                 removed.push(m.uid);
+                counts.remove(m.flags, m.len);
+                usage.bytes = usage.bytes.saturating_sub(u64::from(m.len));
+                usage.messages = usage.messages.saturating_sub(1);
             }
             !gone
         });
+        mb.counts = counts;
         // One MODSEQ for the run (its highest): the run is applied at once, so no
         // session saw a state between its expunges, and "expunged after m" may at
         // worst name a UID expunged at m itself (RFC 7162 allows reporting more).
@@ -501,6 +596,31 @@ impl Index {
             mb.note_expunge(modseq, uid);
         }
         Ok(())
+    }
+
+    /// The mailbox an op targets and its account's usage (see [`Self::mailbox_mut`]).
+    fn mailbox_and_usage(
+        &mut self,
+        account: u64,
+        mailbox: u32,
+    ) -> Result<Option<(&mut MailboxIndex, &mut Usage)>, DanglingOp> {
+        let acct = self
+            .accounts
+            .get_mut(&account)
+            .ok_or(DanglingOp("op refers to an unknown account"))?;
+        if acct.deleted.binary_search(&mailbox).is_ok() {
+            return Ok(None);
+        }
+        let usage = &mut acct.usage;
+        let at = match acct.mailboxes.binary_search_by_key(&mailbox, |m| m.id) {
+            Ok(at) => at,
+            Err(_) => acct
+                .mailboxes
+                .iter()
+                .position(|m| m.id == mailbox)
+                .ok_or(DanglingOp("op refers to an unknown mailbox"))?,
+        };
+        Ok(acct.mailboxes.get_mut(at).map(|mb| (mb, usage)))
     }
 
     /// The mailbox an op targets; `Ok(None)` if it was deleted (an op queued while the
@@ -526,10 +646,11 @@ impl Index {
     pub fn save_snapshot(&self, dir: &Path) -> std::io::Result<()> {
         let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(self)
             .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let mut file_bytes = Vec::with_capacity(bytes.len() + 16);
+        let mut file_bytes = Vec::with_capacity(bytes.len() + SNAPSHOT_HEADER_BYTES);
         file_bytes.extend_from_slice(SNAPSHOT_MAGIC);
         file_bytes.extend_from_slice(&crc32c::crc32c(&bytes).to_le_bytes());
         file_bytes.extend_from_slice(&[0; 4]);
+        file_bytes.extend_from_slice(&log_identity(dir)?.to_le_bytes());
         file_bytes.extend_from_slice(&bytes);
         let tmp = dir.join("index.snap.tmp");
         {
@@ -545,9 +666,15 @@ impl Index {
     /// Loads `index.snap` if present and intact.
     pub fn load_snapshot(dir: &Path) -> Option<Index> {
         let bytes = std::fs::read(dir.join("index.snap")).ok()?;
-        let body = bytes.get(16..)?;
-        // Bytes 12..16 are reserved (zero); a snapshot of another layout is ignored.
+        let body = bytes.get(SNAPSHOT_HEADER_BYTES..)?;
+        // Bytes 12..16 are reserved (zero); a snapshot of another layout is ignored,
+        // and so is one of another log file (compaction replaces the log: its
+        // offsets would be wrong).
         if bytes.get(..8)? != SNAPSHOT_MAGIC || bytes.get(12..16)? != [0; 4] {
+            return None;
+        }
+        let identity = u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?);
+        if log_identity(dir).ok()? != identity {
             return None;
         }
         let crc = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
@@ -560,10 +687,20 @@ impl Index {
     }
 }
 
+/// `magic crc32c(body):u32 zero[4] log_inode:u64`, then the body.
+const SNAPSHOT_HEADER_BYTES: usize = 24;
+
+/// Which log file a snapshot describes: its inode number (a copied data directory
+/// gets new inodes, and its snapshots are then merely ignored).
+fn log_identity(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(dir.join("messages.log"))?.ino())
+}
+
 /// Bumped whenever an archived index type changes (05: summaries left the index and
-/// keywords became a boxed slice): an older snapshot is then ignored and the log replayed in
+/// keywords became a boxed slice; 06: per-mailbox counts and per-account usage): an older snapshot is then ignored and the log replayed in
 /// full (the snapshot is only an accelerator).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap05";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap06";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.
 #[derive(Debug, Default)]

@@ -47,6 +47,10 @@ pub enum Kind {
     /// `account:u64 subscribed:u8 name` — IMAP SUBSCRIBE/UNSUBSCRIBE (by name: a
     /// subscription may name a mailbox that does not exist, RFC 9051 §6.3.7).
     Subscription = 8,
+    /// `account:u64 mailbox:u32 uid_next:u32 highest_modseq:u64 history_floor:u64` —
+    /// written by compaction after a mailbox's messages: what its records no longer
+    /// say (UIDs and MODSEQs used by expunged messages, where its history starts).
+    MailboxState = 9,
 }
 
 impl Kind {
@@ -60,6 +64,7 @@ impl Kind {
             6 => Kind::MailboxRename,
             7 => Kind::MailboxDelete,
             8 => Kind::Subscription,
+            9 => Kind::MailboxState,
             _ => return None,
         })
     }

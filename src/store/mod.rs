@@ -6,12 +6,14 @@
 //! the on-disk format; it never speaks a protocol and never blocks a shard on fsync.
 
 pub mod change;
+pub mod compact;
 pub mod index;
 pub mod layout;
 pub mod op;
 pub mod partition;
 pub mod space;
 pub mod summary;
+pub mod usage;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -83,6 +83,16 @@ pub enum Op {
         subscribed: bool,
         name: String,
     },
+    /// A compacted mailbox's counters: UIDs below `uid_next` and MODSEQs up to
+    /// `highest_modseq` are used; expunges and flag changes at or below
+    /// `history_floor` are forgotten (QRESYNC gets the full answer for them).
+    MailboxState {
+        account: u64,
+        mailbox: u32,
+        uid_next: u32,
+        highest_modseq: u64,
+        history_floor: u64,
+    },
 }
 
 impl Op {
@@ -96,7 +106,8 @@ impl Op {
             | Op::Expunge { account, .. }
             | Op::MailboxRename { account, .. }
             | Op::MailboxDelete { account, .. }
-            | Op::Subscription { account, .. } => Some(*account),
+            | Op::Subscription { account, .. }
+            | Op::MailboxState { account, .. } => Some(*account),
         }
     }
 
@@ -219,6 +230,23 @@ impl Op {
                     name.as_bytes(),
                 ],
             ),
+            Op::MailboxState {
+                account,
+                mailbox,
+                uid_next,
+                highest_modseq,
+                history_floor,
+            } => layout::encode(
+                out,
+                Kind::MailboxState,
+                &[
+                    &account.to_le_bytes(),
+                    &mailbox.to_le_bytes(),
+                    &uid_next.to_le_bytes(),
+                    &highest_modseq.to_le_bytes(),
+                    &history_floor.to_le_bytes(),
+                ],
+            ),
         }
     }
 
@@ -319,6 +347,13 @@ impl Op {
                 mailbox: f.u32().ok_or_else(corrupt)?,
                 uid: f.u32().ok_or_else(corrupt)?,
                 modseq: f.u64().ok_or_else(corrupt)?,
+            },
+            Kind::MailboxState => Op::MailboxState {
+                account: f.u64().ok_or_else(corrupt)?,
+                mailbox: f.u32().ok_or_else(corrupt)?,
+                uid_next: f.u32().ok_or_else(corrupt)?,
+                highest_modseq: f.u64().ok_or_else(corrupt)?,
+                history_floor: f.u64().ok_or_else(corrupt)?,
             },
         })
     }

@@ -183,6 +183,8 @@ pub struct Partition {
     /// Per account: a change counter and the tasks waiting for it to move (IMAP IDLE
     /// and sessions sharing a mailbox are woken when a commit touches the account).
     watchers: RefCell<HashMap<u64, (u64, Vec<std::task::Waker>)>>,
+    /// Where each commit publishes the usage of the accounts it touched (quotas).
+    usage: RefCell<Option<std::sync::Arc<super::usage::UsageBoard>>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -234,7 +236,16 @@ impl Partition {
             stats: Cell::new(CommitStats::default()),
             space: super::space::DiskSpace::new(dir, options.reserve_free),
             watchers: RefCell::new(HashMap::new()),
+            usage: RefCell::new(None),
         }))
+    }
+
+    /// Publishes every account's usage to `board`, and after each commit the usage
+    /// of the accounts it touched.
+    pub fn publish_usage(&self, board: std::sync::Arc<super::usage::UsageBoard>) {
+        let index = self.index.borrow();
+        board.publish(&index, index.accounts.keys().copied());
+        *self.usage.borrow_mut() = Some(board);
     }
 
     /// Read access to the index (never hold it across an await).
@@ -498,6 +509,9 @@ impl Partition {
     }
 
     fn touched(&self, account: u64) {
+        if let Some(board) = self.usage.borrow().as_ref() {
+            board.publish(&self.index.borrow(), [account]);
+        }
         let mut watchers = self.watchers.borrow_mut();
         if let Some(entry) = watchers.get_mut(&account) {
             entry.0 += 1;

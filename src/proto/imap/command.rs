@@ -750,6 +750,8 @@ pub enum StatusItem {
     UidValidity,
     Unseen,
     Deleted,
+    /// RFC 9208: bytes of the messages marked `\Deleted`.
+    DeletedStorage,
     Size,
     HighestModSeq,
     Recent,
@@ -764,6 +766,7 @@ pub fn status_items(tokens: &[Token<'_>]) -> Result<Vec<StatusItem>, Bad> {
             Some("UIDVALIDITY") => StatusItem::UidValidity,
             Some("UNSEEN") => StatusItem::Unseen,
             Some("DELETED") => StatusItem::Deleted,
+            Some("DELETED-STORAGE") => StatusItem::DeletedStorage,
             Some("SIZE") => StatusItem::Size,
             Some("HIGHESTMODSEQ") => StatusItem::HighestModSeq,
             Some("RECENT") => StatusItem::Recent,

@@ -24,6 +24,8 @@ pub struct MemStore {
     blobs: BlobCache,
     /// "Now" for the changes (UIDVALIDITY of new mailboxes).
     pub now: i64,
+    /// The account's limits, as the shard would look them up.
+    pub quota: crate::users::Quota,
 }
 
 impl Default for MemStore {
@@ -41,6 +43,7 @@ impl MemStore {
             log: FILE_MAGIC.to_vec(),
             blobs: BlobCache::default(),
             now: 1_000,
+            quota: crate::users::Quota::default(),
         };
         let ops = Reservations::default().default_mailboxes(&store.index, 7, 1_000);
         store.commit(&ops, None);
@@ -157,6 +160,9 @@ impl Mailstore for MemStore {
     }
     fn log(&self) -> Option<&[u8]> {
         Some(&self.log)
+    }
+    fn quota(&self) -> crate::users::Quota {
+        self.quota
     }
 }
 

@@ -36,6 +36,7 @@ pub use super::names::DELIMITER;
 
 mod append;
 mod list;
+mod quota;
 mod view;
 
 use view::{View, Viewpoint};
@@ -104,6 +105,10 @@ pub trait Mailstore {
     fn summary(&self, entry: &MessageEntry) -> Result<Summary, CorruptRecord> {
         let log = self.log().unwrap_or(&[]);
         crate::store::op::summary_at(log, entry.blob, entry.offset, entry.len)
+    }
+    /// The logged-in account's limits (none unless the store says).
+    fn quota(&self) -> crate::users::Quota {
+        crate::users::Quota::default()
     }
 }
 
@@ -541,6 +546,7 @@ impl Session {
     fn capabilities(&self) -> String {
         let mut caps = CAPABILITIES.to_string();
         caps.push_str(&format!(" APPENDLIMIT={}", self.config.literal_bytes_max));
+        caps.push_str(quota::CAPABILITIES);
         if self.state == State::NotAuthenticated {
             if !self.tls && self.config.tls_available {
                 caps.push_str(" STARTTLS");
@@ -902,6 +908,9 @@ impl Session {
             "LIST" => self.list(&tag, args, store, out),
             "LSUB" => self.lsub(&tag, args, store, out),
             "STATUS" => self.status(&tag, args, store, out),
+            "GETQUOTA" | "GETQUOTAROOT" | "SETQUOTA" => {
+                self.quota_command(&tag, &name, args, store, out)
+            }
             "APPEND" => self.append_framed(&tag, args, store, now, out),
             "IDLE" => {
                 out.line("+ idling");
@@ -2071,6 +2080,22 @@ impl Session {
             out.line(&format!("{tag} OK {verb} completed (no messages)"));
             return;
         }
+        // A MOVE inside the account changes no usage; a COPY adds its messages.
+        if !moving {
+            let bytes: u64 = self
+                .mailbox(store)
+                .map(|mb| {
+                    uids.iter()
+                        .filter_map(|u| mb.messages.binary_search_by_key(u, |m| m.uid).ok())
+                        .filter_map(|at| mb.messages.get(at))
+                        .map(|m| u64::from(m.len))
+                        .sum()
+                })
+                .unwrap_or(0);
+            if self.over_quota(tag, store, bytes, uids.len() as u64, out) {
+                return;
+            }
+        }
         self.pending = Some(Pending::Copy {
             tag: tag.to_string(),
             uid,
@@ -2242,6 +2267,9 @@ fn is_known(name: &str) -> bool {
             | "LIST"
             | "LSUB"
             | "STATUS"
+            | "GETQUOTA"
+            | "GETQUOTAROOT"
+            | "SETQUOTA"
             | "APPEND"
             | "IDLE"
             | "ENABLE"
@@ -2289,24 +2317,11 @@ pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusIt
             StatusItem::Messages => format!("MESSAGES {}", mb.messages.len()),
             StatusItem::UidNext => format!("UIDNEXT {}", mb.uid_next),
             StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
-            StatusItem::Unseen => format!(
-                "UNSEEN {}",
-                mb.messages
-                    .iter()
-                    .filter(|m| m.flags & flags::SEEN == 0)
-                    .count()
-            ),
-            StatusItem::Deleted => format!(
-                "DELETED {}",
-                mb.messages
-                    .iter()
-                    .filter(|m| m.flags & flags::DELETED != 0)
-                    .count()
-            ),
-            StatusItem::Size => format!(
-                "SIZE {}",
-                mb.messages.iter().map(|m| u64::from(m.len)).sum::<u64>()
-            ),
+            // Kept by the index as messages change: no scan of the mailbox.
+            StatusItem::Unseen => format!("UNSEEN {}", mb.counts.unseen),
+            StatusItem::Deleted => format!("DELETED {}", mb.counts.deleted),
+            StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.counts.deleted_bytes),
+            StatusItem::Size => format!("SIZE {}", mb.counts.bytes),
             StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
             StatusItem::Recent => "RECENT 0".to_string(),
         });

@@ -61,6 +61,9 @@ pub enum Resolution {
     UnknownUser,
     /// Not one of our domains.
     NotLocal,
+    /// A local account that is over its quota (`452 4.2.2`, or `552 5.2.2` when
+    /// `permanent`: `quota.hard_bounce`).
+    OverQuota { permanent: bool },
 }
 
 /// Recipient lookup, kept behind a trait so transcripts can use a fake.
@@ -594,6 +597,12 @@ impl Session {
             Resolution::UnknownUser => out.line(&format!(
                 "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
             )),
+            Resolution::OverQuota { permanent: false } => out.line(&format!(
+                "452 4.2.2 <{address}>: Mailbox full (over quota), try again later"
+            )),
+            Resolution::OverQuota { permanent: true } => {
+                out.line(&format!("552 5.2.2 <{address}>: Mailbox full (over quota)"))
+            }
             Resolution::NotLocal if is_mx || !authenticated => {
                 out.line(&format!("554 5.7.1 <{address}>: Relay access denied"))
             }

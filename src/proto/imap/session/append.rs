@@ -126,6 +126,9 @@ impl Session {
         if !self.keywords_fit(&tag, mb, &args.keywords, out) {
             return refuse(self);
         }
+        if self.over_quota(&tag, store, size, 1, out) {
+            return refuse(self);
+        }
         if !non_sync {
             out.line("+ Ready for literal data");
         }
@@ -219,6 +222,9 @@ impl Session {
             return;
         };
         if !self.keywords_fit(tag, mb, &args.keywords, out) {
+            return;
+        }
+        if self.over_quota(tag, store, message.len() as u64, 1, out) {
             return;
         }
         self.uploads += 1;

@@ -1,0 +1,182 @@
+"""Compaction (issue 12) against the real binary and Python's imaplib.
+
+Mail is delivered over SMTP, some of it expunged over IMAP, a mailbox deleted and an
+account deleted (`user del`); with the server stopped, `shardmail store compact` is
+killed (-9) at random moments within the time one run takes, many times, each on a
+fresh copy of the data directory: after every kill the store opens (`store stats`)
+and exports exactly the live mail. Then it runs to the end on the real directory: every live message is
+there byte for byte with its UID, nothing expunged came back, UIDVALIDITY, UIDNEXT
+and HIGHESTMODSEQ are unchanged, a new delivery takes the next UID, and the logs
+take at most 1.2 times the live message bytes plus a fixed overhead. Bounded: 12
+kills, each within a second.
+"""
+import imaplib
+import os
+import random
+import shutil
+import smtplib
+import subprocess
+import tempfile
+import time
+import unittest
+
+from harness import BIN, DOMAIN, Server, strip_received, tls_context
+
+KILLS = 12
+
+
+def message(i, size=40000):
+    return (f"From: c@remote.example\r\nSubject: m{i}\r\n\r\n".encode() +
+            (f"line {i} ".encode() * (size // 8)) + b"\r\n")
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def log_bytes(data_dir):
+    total = 0
+    for root, _, files in os.walk(os.path.join(data_dir, "partitions")):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if f == "messages.log")
+    return total
+
+
+class Compaction(unittest.TestCase):
+    def imap(self, server, user):
+        c = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=tls_context())
+        c.login(user, "pw")
+        return c
+
+    def state(self, server, user):
+        c = self.imap(server, user)
+        try:
+            out = {}
+            for box in ("INBOX", "Keep"):
+                typ, data = c.status(box, "(MESSAGES UIDNEXT UIDVALIDITY HIGHESTMODSEQ)")
+                self.assertEqual(typ, "OK", data)
+                out[box] = data[0].decode()
+            c.select("INBOX")
+            typ, data = c.uid("SEARCH", None, "ALL")
+            out["uids"] = data[0].decode()
+            return out
+        finally:
+            c.logout()
+
+    def test_kill_9_during_compaction_loses_nothing_and_resurrects_nothing(self):
+        server = Server()
+        alice, gone = f"alice@{DOMAIN}", f"gone@{DOMAIN}"
+        server.add_user(alice, "pw")
+        server.add_user(gone, "pw")
+        server.start()
+        with smtplib.SMTP(*server.smtp_address(), timeout=30) as s:
+            for i in range(300):
+                s.sendmail("c@remote.example", [alice], message(i))
+            for i in range(100):
+                s.sendmail("c@remote.example", [gone], message(1000 + i))
+        c = self.imap(server, alice)
+        try:
+            c.create("Keep")
+            c.create("Doomed")
+            c.select("INBOX")
+            c.copy("1:20", "Keep")
+            c.copy("1:50", "Doomed")
+            # Expunge two of every three in INBOX, keep flags on some survivors.
+            c.store("1:300", "+FLAGS.SILENT", "(\\Deleted)")
+            every_third = ",".join(str(n) for n in range(3, 301, 3))
+            c.store(every_third, "-FLAGS.SILENT", "(\\Deleted)")
+            c.store("3,6,9", "+FLAGS", "(\\Flagged $Important)")
+            c.expunge()
+            c.delete("Doomed")
+        finally:
+            c.logout()
+        before = self.state(server, alice)
+        server.cli("user", "del", gone)
+        server.stop()
+        expected = {box: sorted(server.messages(alice, box)) for box in ("INBOX", "Keep")}
+        live = sum(len(m) for msgs in expected.values() for m in msgs)
+        stats = server.cli("store", "stats").stdout
+        self.assertIn("total", stats)
+        size_before = log_bytes(server.data_dir)
+
+        # How long one compaction takes here, on a copy; then kill copies of the
+        # same directory at random moments within that time.
+        pristine = tempfile.mkdtemp(prefix="shardmail-compact-")
+        shutil.copytree(server.data_dir, pristine, dirs_exist_ok=True)
+        work = pristine + "-work"
+
+        def run_on_copy():
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(pristine, work)
+            args = server.args()
+            args[args.index("--data-dir") + 1] = work
+            return args
+
+        args = run_on_copy()
+        t0 = time.monotonic()
+        subprocess.run([BIN, *args, "store", "compact"], check=True, capture_output=True)
+        took = time.monotonic() - t0
+        rng = random.Random(12)
+        interrupted = 0
+        for _ in range(KILLS):
+            args = run_on_copy()
+            proc = subprocess.Popen([BIN, *args, "store", "compact"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.0, took))
+            proc.kill()
+            proc.wait(timeout=30)
+            interrupted += proc.returncode != 0
+            # After every kill the store opens, and holds exactly the live mail.
+            subprocess.run([BIN, *args, "store", "stats"], check=True, capture_output=True)
+            for box, msgs in expected.items():
+                out = tempfile.mkdtemp(prefix="shardmail-compact-export-")
+                subprocess.run([BIN, *args, "export", alice, "--out", out], check=True,
+                               capture_output=True)
+                cur = os.path.join(out, box, "cur")
+                got = sorted(read(os.path.join(cur, n)) for n in os.listdir(cur))
+                shutil.rmtree(out)
+                self.assertEqual(got, msgs, box)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pristine, ignore_errors=True)
+        print(f"\ncompaction takes {took:.2f} s here; killed {KILLS} times, "
+              f"{interrupted} before it finished", end=" ")
+        done = server.cli("store", "compact")
+        self.assertIn("compacted:", done.stdout)
+        for box, msgs in expected.items():
+            self.assertEqual(sorted(server.messages(alice, box)), msgs, box)
+        size_after = log_bytes(server.data_dir)
+        self.assertLess(size_after, size_before)
+        # Each message once, plus a fixed overhead per partition and per record.
+        self.assertLessEqual(size_after, 1.2 * live + 64 * 1024, (size_after, live))
+
+        # The server refuses to share the directory with a compaction, and a running
+        # server's directory cannot be compacted.
+        server.start()
+        try:
+            refused = server.cli("store", "compact", check=False)
+            self.assertNotEqual(refused.returncode, 0)
+            self.assertIn("stop it", refused.stderr)
+            after = self.state(server, alice)
+            self.assertEqual(after, before)
+            with smtplib.SMTP(*server.smtp_address(), timeout=30) as s:
+                s.sendmail("c@remote.example", [alice], message(9999))
+            c = self.imap(server, alice)
+            try:
+                c.select("INBOX")
+                typ, data = c.uid("FETCH", "*", "(UID FLAGS)")
+                uidnext = int(before["INBOX"].split("UIDNEXT ")[1].split()[0].rstrip(")"))
+                self.assertIn(f"UID {uidnext}".encode(), data[0])
+                typ, data = c.fetch("1", "(FLAGS)")
+                self.assertIn(b"$Important", data[0])
+            finally:
+                c.logout()
+            # The deleted account's mail is gone for good.
+            self.assertNotIn(b"m1000", b"".join(
+                strip_received(m) for m in server.messages(alice, "INBOX")))
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
