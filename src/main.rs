@@ -57,16 +57,24 @@ enum Command {
     #[command(subcommand)]
     Dkim(DkimCmd),
     /// Import mail into an account (server stopped): a Maildir / Maildir++ tree (what
-    /// `export` writes, or Dovecot's and Courier's), or an mbox file.
+    /// `export` writes, or Dovecot's and Courier's), an mbox file, or every mailbox of
+    /// an account on another IMAP server (password on stdin; resumable).
     Import {
         email: String,
-        #[arg(long, conflicts_with = "mbox", required_unless_present = "mbox")]
+        #[arg(long, group = "source", required = true)]
         maildir: Option<PathBuf>,
-        #[arg(long)]
+        #[arg(long, group = "source")]
         mbox: Option<PathBuf>,
+        /// `imaps://USER@HOST[:PORT]`.
+        #[arg(long, group = "source", value_name = "URL")]
+        imap: Option<String>,
         /// The mailbox an mbox goes into.
         #[arg(long, default_value = "INBOX", requires = "mbox")]
         mailbox: String,
+        /// A PEM file of CA certificates the IMAP server's certificate may chain to
+        /// (besides the web PKI roots).
+        #[arg(long, requires = "imap")]
+        ca: Option<PathBuf>,
     },
     /// The mailstore: per-partition usage and garbage, compaction.
     #[command(subcommand)]
@@ -226,8 +234,10 @@ fn run(cli: Cli) -> Result<(), String> {
             email,
             maildir,
             mbox,
+            imap,
             mailbox,
-        } => import(&config, &email, maildir, mbox, mailbox),
+            ca,
+        } => import(&config, &email, maildir, mbox, imap, mailbox, ca),
         Command::Store(StoreCmd::Stats { partition }) => {
             shardmail::store_admin::stats(&data, partition)
         }
@@ -395,37 +405,51 @@ fn import(
     email: &str,
     maildir: Option<PathBuf>,
     mbox: Option<PathBuf>,
+    imap: Option<String>,
     mailbox: String,
+    ca: Option<PathBuf>,
 ) -> Result<(), String> {
-    use shardmail::import::{self, Source};
+    use shardmail::import::{self, imap::Imap, Feed, Maildir, Mbox};
     use shardmail::store_admin::human;
     let email = users::normalize(email).ok_or("expected an address like user@example.org")?;
-    let source = match (maildir, mbox) {
-        (Some(dir), _) => Source::Maildir(dir),
-        (None, Some(file)) => Source::Mbox {
-            file,
-            mailbox: shardmail::proto::imap::names::normalize(&mailbox),
-        },
-        (None, None) => return Err("give --maildir DIR or --mbox FILE".into()),
+    let mut feed: Box<dyn Feed> = match (maildir, mbox, imap) {
+        (Some(dir), _, _) => Box::new(Maildir::open(&dir)?),
+        (None, Some(file), _) => Box::new(Mbox::open(
+            &file,
+            &shardmail::proto::imap::names::normalize(&mailbox),
+        )?),
+        (None, None, Some(url)) => {
+            let password = read_password(false)?;
+            eprintln!("planning the import from {url} …");
+            Box::new(Imap::open(
+                &url,
+                &password,
+                ca.as_deref(),
+                &config.data_dir,
+                config.limits.message_size_max,
+            )?)
+        }
+        _ => return Err("give --maildir DIR, --mbox FILE or --imap URL".into()),
     };
     let started = std::time::Instant::now();
-    let mut show = |r: &import::ImportReport, total: u64, total_bytes: u64| {
+    let mut show = |r: &import::ImportReport| {
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         let rate = r.bytes as f64 / secs;
         let eta = if rate > 0.0 {
-            total_bytes.saturating_sub(r.bytes) as f64 / rate
+            r.total_bytes.saturating_sub(r.bytes) as f64 / rate
         } else {
             0.0
         };
         eprint!(
-            "\r{}/{total} messages, {} of {}, {:.1} MB/s, ETA {eta:.0} s   ",
+            "\r{}/{} messages, {} of {}, {:.1} MB/s, ETA {eta:.0} s   ",
             r.messages,
+            r.total_messages,
             human(r.bytes),
-            human(total_bytes),
+            human(r.total_bytes),
             rate / 1e6
         );
     };
-    let r = import::import(config, &email, &source, &mut show)?;
+    let r = import::import(config, &email, feed.as_mut(), &mut show)?;
     eprintln!();
     println!(
         "imported {} messages ({}) into {email}, {} new mailboxes, in {:.1} s{}",
@@ -433,14 +457,23 @@ fn import(
         human(r.bytes),
         r.mailboxes,
         started.elapsed().as_secs_f64(),
-        if r.skipped_too_big > 0 {
-            format!(
-                "; {} skipped: larger than limits.message_size_max",
-                r.skipped_too_big
-            )
-        } else {
-            String::new()
-        }
+        [
+            (r.skipped_too_big > 0).then(|| {
+                format!(
+                    "; {} skipped: larger than limits.message_size_max",
+                    r.skipped_too_big
+                )
+            }),
+            (r.already_present > 0).then(|| {
+                format!(
+                    "; {} already stored by the interrupted run",
+                    r.already_present
+                )
+            }),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<String>()
     );
     Ok(())
 }

@@ -4,17 +4,29 @@
 INTERNALDATE and mailbox names; a Dovecot-style Maildir++ tree (`.Folder.Sub`, LF line
 ends, flags in the names) and an mbox file (mboxrd quoting, Status/X-Status flags, the
 From line's date) arrive as IMAP clients expect; a running server's directory is
-refused with a message saying what to do.
+refused with a message saying what to do. An import over IMAPS from a running
+shardmail account (every mailbox, flags, INTERNALDATE) is killed part-way and run
+again: it resumes without duplicating anything; a wrong password is reported.
 """
 import imaplib
+import json
 import os
 import shutil
 import smtplib
+import subprocess
 import tempfile
 import time
 import unittest
 
-from harness import DOMAIN, Server, tls_context
+from harness import BIN, DOMAIN, Server, tls_context
+
+
+def log_bytes(data_dir):
+    total = 0
+    for root, _, files in os.walk(os.path.join(data_dir, "partitions")):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if f == "messages.log")
+    return total
 
 
 def imap(server, user):
@@ -116,6 +128,78 @@ class Import(unittest.TestCase):
             self.assertEqual(archive[1][1], "27-Nov-2026 00:00:01 +0000")
         finally:
             server.stop()
+
+
+    def test_imap_import_from_a_running_server_resumes_after_a_kill(self):
+        source = Server()
+        alice = f"alice@{DOMAIN}"
+        source.add_user(alice, "pw")
+        source.start()
+        target = Server()
+        target.add_user(f"bob@{DOMAIN}", "pw")
+        try:
+            with smtplib.SMTP(*source.smtp_address(), timeout=30) as s:
+                for i in range(300):
+                    s.sendmail("c@remote.example", [alice],
+                               f"Subject: m{i}\r\n\r\n".encode() + b"x" * 30000 + b"\r\n")
+            c = imap(source, alice)
+            try:
+                c.create("Lists/Rust")
+                c.select("INBOX")
+                c.store("1:10", "+FLAGS", "(\\Seen)")
+                c.store("4", "+FLAGS", "(\\Flagged \\Answered)")
+                c.copy("1:30", "Lists/Rust")
+                c.append("Lists/Rust", "(\\Draft)", '"01-Jan-2020 10:00:00 +0100"',
+                         b"Subject: drafted\r\n\r\nold\r\n")
+            finally:
+                c.logout()
+            expected = {box: mailbox_contents(source, alice, box)
+                        for box in ("INBOX", "Lists/Rust")}
+            url = f"imaps://{alice}@localhost:{source.ports['imaps']}"
+            ca = os.path.join(source.data_dir, "tls", "cert.pem")
+            command = [BIN, *target.args(), "import", f"bob@{DOMAIN}", "--imap", url, "--ca", ca]
+            # Interrupted once it has stored something, then run again: it resumes.
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
+            proc.stdin.write(b"pw\n")
+            proc.stdin.flush()
+            deadline = time.time() + 60
+            while log_bytes(target.data_dir) < 3_000_000 and time.time() < deadline:
+                time.sleep(0.01)
+            proc.kill()
+            proc.communicate(timeout=30)
+            self.assertLess(log_bytes(target.data_dir), 9_000_000, "killed part-way")
+            done = subprocess.run(command, input=b"pw\n", capture_output=True, timeout=300)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn(b"imported", done.stdout)
+            print("\n" + done.stdout.decode().strip(), end=" ")
+            # Stored but not yet recorded when a run stopped: found, not stored twice.
+            state_file = os.path.join(target.data_dir, "import",
+                                      f"{alice}@localhost.json")
+            with open(state_file) as f:
+                state = json.load(f)
+            state["mailboxes"]["INBOX"]["last_uid"] -= 50
+            with open(state_file, "w") as f:
+                json.dump(state, f)
+            again = subprocess.run(command, input=b"pw\n", capture_output=True, timeout=300)
+            self.assertEqual(again.returncode, 0, again.stderr)
+            self.assertIn(b"imported 0 messages", again.stdout)
+            self.assertIn(b"50 already stored", again.stdout)
+            wrong = subprocess.run([BIN, *target.args(), "import", f"bob@{DOMAIN}", "--imap",
+                                    url, "--ca", ca], input=b"nope\n", capture_output=True,
+                                   timeout=60)
+            self.assertNotEqual(wrong.returncode, 0)
+            self.assertIn(b"login", wrong.stderr)
+        finally:
+            source.stop()
+        target.start()
+        try:
+            for box, want in expected.items():
+                got = mailbox_contents(target, f"bob@{DOMAIN}", box)
+                self.assertEqual(len(got), len(want), box)
+                self.assertEqual(got, want, box)
+        finally:
+            target.stop()
 
 
 if __name__ == "__main__":

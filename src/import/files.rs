@@ -1,185 +1,130 @@
-//! `shardmail import EMAIL --maildir DIR | --mbox FILE [--mailbox NAME]`: mail from
-//! another server's files into an account, with the server stopped (the import holds
-//! the data directory's lock and writes through the same partition code the server
-//! uses: every message is durable when counted, and the mailbox rules are the
-//! store's).
+//! Maildir and mbox sources for [`super::import`].
 //!
-//! Maildir: the top-level `cur`/`new` are INBOX; Maildir++ folders `.A.B` become `A/B`;
-//! a directory tree of Maildirs (what `shardmail export` writes: `INBOX/`, `Work/2026/`)
-//! is read the same way. Flags come from the `:2,` info (`D F R S T`), INTERNALDATE
-//! from the file's modification time. Mbox: messages split at `From ` lines, `>From `
-//! unquoted (mboxrd), flags from `Status:`/`X-Status:`, INTERNALDATE from the `From `
-//! line. Bare LF line ends become CRLF (IMAP's); CRLF messages are stored byte for
-//! byte. A message over `limits.message_size_max` is skipped and counted, never cut.
-//! Never reads outside the source it was given, never follows symlinks out of it.
+//! Maildir: the top-level `cur`/`new` are INBOX; Maildir++ folders `.A.B` become
+//! `A/B`; a directory tree of Maildirs (what `shardmail export` writes: `INBOX/`,
+//! `Work/2026/`) is read the same way. Flags come from the `:2,` info (`D F R S T`),
+//! INTERNALDATE from the file's modification time. Mbox: messages split at `From `
+//! lines, `>From ` unquoted (mboxrd), flags from `Status:`/`X-Status:`, INTERNALDATE
+//! from the `From ` line; the file is mapped, not read into memory. Never reads
+//! outside the source it was given and never follows symlinks out of it.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
-use crate::config::Config;
-use crate::store::{self, flags, partition::Partition, Summary};
-use crate::users::UserDb;
+use super::{crlf, now, Feed, Message};
+use crate::store::flags;
 
-/// Where the mail comes from.
-pub enum Source {
-    Maildir(PathBuf),
-    Mbox { file: PathBuf, mailbox: String },
+/// Files per batch.
+const BATCH: usize = 256;
+
+/// One message file found: (mailbox, path, flags, INTERNALDATE, size).
+type Found = (String, PathBuf, u32, i64, u64);
+
+/// A Maildir tree, listed up front (names and metadata), read a batch at a time.
+pub struct Maildir {
+    /// In import order.
+    files: std::vec::IntoIter<Found>,
+    total: (u64, u64),
 }
 
-/// One message to store.
-pub struct Message {
-    pub mailbox: String,
-    pub bytes: Vec<u8>,
-    pub flags: u32,
-    pub internal_date: i64,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ImportReport {
-    pub messages: u64,
-    pub bytes: u64,
-    pub mailboxes: u64,
-    pub skipped_too_big: u64,
-}
-
-/// Messages imported at once (each append is its own durable commit; in flight
-/// together they share fdatasyncs).
-const IN_FLIGHT: usize = 64;
-
-pub fn import(
-    config: &Config,
-    email: &str,
-    source: &Source,
-    progress: &mut dyn FnMut(&ImportReport, u64, u64),
-) -> Result<ImportReport, String> {
-    let data_dir = &config.data_dir;
-    let _lock = crate::shard::preflight::lock_data_dir(data_dir).map_err(|_| {
-        format!(
-            "the server is running on {} (it holds its lock): stop it, then import \
-             (importing into a running server is not available yet)",
-            data_dir.display()
-        )
-    })?;
-    let db = UserDb::load(data_dir).map_err(|e| e.to_string())?;
-    let user = db
-        .user(email)
-        .ok_or_else(|| format!("no user {email} (add it first: shardmail user add {email})"))?;
-    let meta = store::init(data_dir, config.partitions).map_err(|e| e.to_string())?;
-    let part = store::partition_of(user.id, meta.partitions);
-    let dir = store::partition_dir(data_dir, part);
-    let messages = match source {
-        Source::Maildir(root) => maildir_messages(root)?,
-        Source::Mbox { file, mailbox } => mbox_messages(file, mailbox)?,
-    };
-    let total_bytes: u64 = messages.iter().map(|m| m.bytes.len() as u64).sum();
-    let total = messages.len() as u64;
-    let size_max = config.limits.message_size_max;
-    let account = user.id;
-    let options = config.store;
-    let mut report = ImportReport::default();
-    let mut shown = Instant::now();
-    let result = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .io_memory(512 << 10)
-        .make()
-        .map_err(|e| format!("cannot start the store's executor: {e}"))?
-        .run(async move {
-            let p = Partition::open(part, &dir, options)
-                .await
-                .map_err(|e| e.to_string())?;
-            p.ensure_account(account, now())
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut window: Vec<glommio::Task<Result<u64, String>>> = Vec::new();
-            for m in messages {
-                if m.bytes.len() > size_max {
-                    report.skipped_too_big += 1;
-                    continue;
-                }
-                let mailbox = match p.mailbox_id(account, &m.mailbox) {
-                    Some(id) => id,
-                    None => {
-                        // Wait for what is in flight: a create is ordered after it.
-                        for t in window.drain(..) {
-                            report.bytes += t.await?;
-                            report.messages += 1;
-                        }
-                        report.mailboxes += 1;
-                        p.create_mailbox(account, &m.mailbox, now())
-                            .await
-                            .map_err(|e| format!("creating {}: {e}", m.mailbox))?
-                    }
-                };
-                let p2 = Rc::clone(&p);
-                window.push(glommio::spawn_local(async move {
-                    let summary = Summary::parse(&m.bytes).to_bytes();
-                    p2.append(
-                        account,
-                        mailbox,
-                        &m.bytes,
-                        &summary,
-                        m.flags,
-                        &[],
-                        m.internal_date,
-                    )
-                    .await
-                    .map_err(|e| format!("storing a message in {}: {e}", m.mailbox))?;
-                    Ok(m.bytes.len() as u64)
-                }));
-                if window.len() >= IN_FLIGHT {
-                    let oldest = window.remove(0);
-                    report.bytes += oldest.await?;
-                    report.messages += 1;
-                }
-                if shown.elapsed().as_millis() >= 250 {
-                    shown = Instant::now();
-                    progress(&report, total, total_bytes);
-                }
-            }
-            for t in window {
-                report.bytes += t.await?;
-                report.messages += 1;
-            }
-            progress(&report, total, total_bytes);
-            p.checkpoint().map_err(|e| e.to_string())?;
-            Ok::<ImportReport, String>(report)
-        })?;
-    Ok(result)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Bare LF → CRLF; a message already in CRLF is returned unchanged.
-pub fn crlf(bytes: Vec<u8>) -> Vec<u8> {
-    let bare = bytes
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || bytes.get(i - 1) != Some(&b'\r')));
-    if !bare {
-        return bytes;
+impl Maildir {
+    pub fn open(root: &Path) -> Result<Maildir, String> {
+        let files = maildir_files(root)?;
+        let total = (files.len() as u64, files.iter().map(|f| f.4).sum::<u64>());
+        Ok(Maildir {
+            files: files.into_iter(),
+            total,
+        })
     }
-    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 40);
-    let mut prev = 0u8;
-    for b in bytes {
-        if b == b'\n' && prev != b'\r' {
-            out.push(b'\r');
+}
+
+impl Feed for Maildir {
+    fn total(&self) -> (u64, u64) {
+        self.total
+    }
+    fn next_batch(&mut self) -> Result<Option<Vec<Message>>, String> {
+        let mut out = Vec::new();
+        for (mailbox, path, flags, internal_date, _) in self.files.by_ref().take(BATCH) {
+            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            out.push(Message {
+                mailbox,
+                bytes: crlf(bytes),
+                flags,
+                internal_date,
+                maybe_stored: false,
+            });
         }
-        out.push(b);
-        prev = b;
+        Ok((!out.is_empty()).then_some(out))
     }
-    out
 }
 
-// ---- Maildir ----
+/// An mbox file, mapped; messages are copied out a batch at a time.
+pub struct Mbox {
+    map: memmap2::Mmap,
+    /// (From line, message) ranges.
+    parts: Vec<((usize, usize), (usize, usize))>,
+    next: usize,
+    mailbox: String,
+}
 
-/// Every message of every Maildir under `root`, mailbox by mailbox (sorted by name,
-/// messages by file name).
-pub fn maildir_messages(root: &Path) -> Result<Vec<Message>, String> {
-    if !root.join("cur").is_dir() && !root.join("new").is_dir() && !root.is_dir() {
+impl Mbox {
+    pub fn open(file: &Path, mailbox: &str) -> Result<Mbox, String> {
+        let f = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        // SAFETY: a read-only map of a file the operator handed us to import; if
+        // another process truncates it meanwhile, reading it may fault (the documented
+        // risk of mapping, as for the server's own logs).
+        let map =
+            unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("{}: {e}", file.display()))?;
+        if !map.starts_with(b"From ") {
+            return Err(format!(
+                "{}: not an mbox file (it does not start with a \"From \" line)",
+                file.display()
+            ));
+        }
+        let base = map.as_ptr() as usize;
+        let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+        let parts = split_mbox(&map)
+            .into_iter()
+            .map(|(line, body)| (at(line), at(body)))
+            .collect();
+        Ok(Mbox {
+            map,
+            parts,
+            next: 0,
+            mailbox: mailbox.to_string(),
+        })
+    }
+}
+
+impl Feed for Mbox {
+    fn total(&self) -> (u64, u64) {
+        let bytes = self.parts.iter().map(|p| p.1 .1 as u64).sum();
+        (self.parts.len() as u64, bytes)
+    }
+    fn next_batch(&mut self) -> Result<Option<Vec<Message>>, String> {
+        let end = (self.next + BATCH).min(self.parts.len());
+        let mut out = Vec::new();
+        for ((ls, ll), (bs, bl)) in self.parts.get(self.next..end).unwrap_or(&[]) {
+            let line = self.map.get(*ls..ls + ll).unwrap_or(&[]);
+            let body = self.map.get(*bs..bs + bl).unwrap_or(&[]);
+            let bytes = crlf(unquote_from(body));
+            out.push(Message {
+                mailbox: self.mailbox.clone(),
+                flags: mbox_flags(&bytes),
+                internal_date: from_line_date(line).unwrap_or_else(now),
+                bytes,
+                maybe_stored: false,
+            });
+        }
+        self.next = end;
+        Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+/// Every message file of every Maildir under `root`: (mailbox, path, flags,
+/// INTERNALDATE, size), mailbox by mailbox (sorted by name), files in arrival order.
+fn maildir_files(root: &Path) -> Result<Vec<Found>, String> {
+    if !root.is_dir() {
         return Err(format!("{}: not a directory", root.display()));
     }
     let mut folders = Vec::new();
@@ -215,18 +160,18 @@ pub fn maildir_messages(root: &Path) -> Result<Vec<Message>, String> {
             files.sort_by(|a, b| natural_cmp(&a.0, &b.0));
         }
         for (file_name, path, meta) in files {
-            let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
             let internal_date = meta
                 .modified()
                 .ok()
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or_else(now, |d| d.as_secs() as i64);
-            out.push(Message {
-                mailbox: name.clone(),
-                bytes: crlf(bytes),
-                flags: maildir_flags(&file_name),
+            out.push((
+                name.clone(),
+                path,
+                maildir_flags(&file_name),
                 internal_date,
-            });
+                meta.len(),
+            ));
         }
     }
     Ok(out)
@@ -324,32 +269,6 @@ pub fn maildir_flags(file_name: &str) -> u32 {
             _ => 0,
         }
     })
-}
-
-// ---- mbox ----
-
-/// The messages of an mbox file (all into `mailbox`).
-pub fn mbox_messages(file: &Path, mailbox: &str) -> Result<Vec<Message>, String> {
-    let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    if !text.starts_with(b"From ") {
-        return Err(format!(
-            "{}: not an mbox file (it does not start with a \"From \" line)",
-            file.display()
-        ));
-    }
-    Ok(split_mbox(&text)
-        .into_iter()
-        .map(|(from_line, body)| {
-            let bytes = crlf(unquote_from(body));
-            let flags = mbox_flags(&bytes);
-            Message {
-                mailbox: mailbox.to_string(),
-                internal_date: from_line_date(from_line).unwrap_or_else(now),
-                bytes,
-                flags,
-            }
-        })
-        .collect())
 }
 
 /// (From line, message) pairs: a message starts after each line that begins with
