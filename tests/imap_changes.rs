@@ -150,3 +150,36 @@ fn a_session_older_than_the_flag_change_log_still_hears_every_change_once() {
         "* 2 FETCH (FLAGS ())\r\nd OK NOOP completed\r\n"
     );
 }
+
+/// A SEARCH bounded by a UID or sequence set reads only that part of the mailbox:
+/// one step, however large the mailbox (without the bounds, 10,000 messages take
+/// three steps of 4,096). EXPUNGE with nothing marked `\Deleted` reads nothing.
+#[test]
+fn bounded_searches_read_only_their_range() {
+    let mut d = driver(10_000);
+    d.feed(b"a LOGIN bob pw\r\nb SELECT INBOX\r\n");
+    take(&mut d);
+    let before = d.steps;
+    d.feed(b"n NOOP\r\n");
+    let one_step = d.steps - before;
+    take(&mut d);
+    let before = d.steps;
+    d.feed(b"c UID SEARCH UID 9995:* NOT DELETED\r\n");
+    assert_eq!(
+        take(&mut d),
+        "* SEARCH 9995 9996 9997 9998 9999 10000\r\nc OK SEARCH completed\r\n"
+    );
+    assert_eq!(d.steps - before, one_step, "answered in one step");
+    let before = d.steps;
+    d.feed(b"d SEARCH 2,9998:* SUBJECT 9\r\n");
+    assert_eq!(
+        take(&mut d),
+        "* SEARCH 9998 9999 10000\r\nd OK SEARCH completed\r\n"
+    );
+    assert!(
+        d.steps - before > one_step,
+        "a hull of 2..10000 is still walked in steps"
+    );
+    d.feed(b"e EXPUNGE\r\n");
+    assert_eq!(take(&mut d), "e OK EXPUNGE completed\r\n");
+}

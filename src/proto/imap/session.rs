@@ -392,8 +392,10 @@ struct SearchPending {
     with_modseq: bool,
     /// Reads message bytes (HEADER, BODY, TEXT): costs more per message.
     reads_message: bool,
-    /// Sequence numbers `next + 1…` are still to be examined.
+    /// Sequence numbers `next + 1…end` are still to be examined (the key's UID or
+    /// sequence-set bounds, so `UID SEARCH UID 999990:*` reads 10 messages, not 1M).
     next: usize,
+    end: usize,
     hits: Vec<u32>,
     highest: u64,
 }
@@ -1156,7 +1158,11 @@ impl Session {
         out.line(&format!("* {} EXISTS", mb.messages.len()));
         if !self.rev2 {
             out.line("* 0 RECENT");
-            if let Some(first) = mb.messages.iter().position(|m| m.flags & flags::SEEN == 0) {
+            let first_unseen = match mb.counts.unseen {
+                0 => None,
+                _ => mb.messages.iter().position(|m| m.flags & flags::SEEN == 0),
+            };
+            if let Some(first) = first_unseen {
                 out.line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
             }
         }
@@ -1581,8 +1587,18 @@ impl Session {
             .map(|mb| {
                 // Messages the session was not told of yet are not its to expunge.
                 let largest = View::new(mb, at).last_uid();
+                // Nothing marked \Deleted (the index counts them): no scan at all.
+                let marked = if mb.counts.deleted == 0 {
+                    0
+                } else {
+                    mb.messages.len()
+                };
                 mb.messages
-                    .get(..mb.messages.partition_point(|m| m.uid <= at.known_last))
+                    .get(
+                        ..mb.messages
+                            .partition_point(|m| m.uid <= at.known_last)
+                            .min(marked),
+                    )
                     .unwrap_or(&[])
                     .iter()
                     .filter(|m| m.flags & flags::DELETED != 0)
@@ -1627,7 +1643,7 @@ impl Session {
         if self.selected.is_none() {
             return;
         }
-        let job = SearchPending {
+        let mut job = SearchPending {
             tag: tag.to_string(),
             uid,
             ret,
@@ -1635,9 +1651,14 @@ impl Session {
             key,
             with_modseq,
             next: 0,
+            end: usize::MAX,
             hits: Vec::new(),
             highest: 0,
         };
+        if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
+            let view = View::new(mb, sel.at);
+            (job.next, job.end) = search_bounds(&job.key, &view).unwrap_or((0, view.len()));
+        }
         self.search_step(job, store, out);
     }
 
@@ -1654,6 +1675,9 @@ impl Session {
         let largest_uid = view.last_uid();
         let mut spent = 0;
         for (_, u) in view.iter_from(job.next) {
+            if job.next >= job.end {
+                break;
+            }
             if spent >= SEARCH_STEP_UNITS {
                 self.pending = Some(Pending::SearchSteps(job));
                 return;
@@ -2350,6 +2374,29 @@ fn flags_changed_since(mb: &MailboxIndex, since: u64, last: u32) -> Vec<&Message
             .iter()
             .filter(|m| m.modseq > since && m.uid <= last)
             .collect(),
+    }
+}
+
+/// The index range `[start, end)` of the view a SEARCH key can match at all, from
+/// its UID and sequence sets (through AND); `None` if it is not bounded.
+fn search_bounds(key: &command::SearchKey, view: &View<'_>) -> Option<(usize, usize)> {
+    use command::SearchKey;
+    match key {
+        SearchKey::Uid(set) => {
+            let ranges = set.ranges(view.last_uid());
+            let (lo, hi) = (ranges.first()?.0, ranges.last()?.1);
+            Some((view.count_below(lo), view.count_below(hi.saturating_add(1))))
+        }
+        SearchKey::Seq(set) => {
+            let ranges = set.ranges(view.len() as u32);
+            let (lo, hi) = (ranges.first()?.0, ranges.last()?.1);
+            Some((lo.max(1) as usize - 1, (hi as usize).min(view.len())))
+        }
+        SearchKey::And(keys) => keys
+            .iter()
+            .filter_map(|k| search_bounds(k, view))
+            .reduce(|a, b| (a.0.max(b.0), a.1.min(b.1))),
+        _ => None,
     }
 }
 
