@@ -1,8 +1,9 @@
 //! `shardmail store stats` and `shardmail store compact`: what the operator runs
-//! against a data directory. Stats are read-only and safe beside a running server;
-//! compaction needs the server stopped (it takes the data directory's lock, as the
-//! server does) and shows its progress per partition. The work itself is
-//! [`crate::store::compact`].
+//! against a data directory. Stats are read-only and safe beside a running server.
+//! Compaction with the server stopped runs here (holding the data directory's lock,
+//! as the server does), partition by partition with progress; with the server
+//! running it asks the server (a request file per partition) and waits. The work
+//! itself is [`crate::store::compact`].
 
 use std::io::Write;
 use std::path::Path;
@@ -80,13 +81,9 @@ fn print_stats(label: &str, s: &compact::Stats) {
 /// Compacts every partition (or one); with `min_ratio`, only those with at least that
 /// share of garbage.
 pub fn compact_all(data_dir: &Path, only: Option<u32>, min_ratio: f64) -> Result<(), String> {
-    let _lock = crate::shard::preflight::lock_data_dir(data_dir).map_err(|_| {
-        format!(
-            "the server is running on {} (it holds its lock): stop it, then compact \
-             (compaction with the server running is not available yet)",
-            data_dir.display()
-        )
-    })?;
+    let Ok(_lock) = crate::shard::preflight::lock_data_dir(data_dir) else {
+        return request_compaction(data_dir, only, min_ratio);
+    };
     let keep = kept_accounts(data_dir)?;
     let list = partitions(data_dir, only)?;
     let (mut before, mut after) = (0u64, 0u64);
@@ -141,6 +138,50 @@ pub fn compact_all(data_dir: &Path, only: Option<u32>, min_ratio: f64) -> Result
         "compacted: {} → {} in {:.1} s",
         human(before),
         human(after),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The server is running: ask it to compact (a request file per partition, which
+/// the owning shard removes when done) and wait, showing progress.
+fn request_compaction(data_dir: &Path, only: Option<u32>, min_ratio: f64) -> Result<(), String> {
+    let keep = kept_accounts(data_dir)?;
+    let mut waiting = Vec::new();
+    for p in partitions(data_dir, only)? {
+        let dir = store::partition_dir(data_dir, p);
+        if !dir.join("messages.log").exists() {
+            continue;
+        }
+        let s = compact::stats(&dir, &keep).map_err(|e| format!("partition {p}: {e}"))?;
+        if s.garbage_ratio() < min_ratio || s.garbage_bytes() == 0 {
+            continue;
+        }
+        let request = dir.join(crate::shard::compaction::REQUEST);
+        std::fs::write(&request, b"")
+            .map_err(|e| format!("cannot write {}: {e}", request.display()))?;
+        waiting.push(request);
+    }
+    let total = waiting.len();
+    eprintln!("the server is running: it compacts {total} partitions now (logs say \"compacted\")");
+    let started = Instant::now();
+    let deadline = started + std::time::Duration::from_secs(24 * 3600);
+    while !waiting.is_empty() {
+        if Instant::now() > deadline {
+            return Err("the server did not finish within a day; see its log".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        waiting.retain(|r| r.exists());
+        eprint!(
+            "\r{}/{total} partitions compacted, {:.0} s   ",
+            total - waiting.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    println!(
+        "compacted {total} partitions in {:.1} s (`shardmail store stats` shows the result)",
         started.elapsed().as_secs_f64()
     );
     Ok(())

@@ -128,6 +128,17 @@ pub struct QuotaPolicy {
     pub hard_bounce: bool,
 }
 
+fn ratio(key: &str, value: f64) -> Result<f64, ConfigError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            key: key.into(),
+            reason: format!("{value} is not a share between 0.0 and 1.0"),
+        })
+    }
+}
+
 /// `[queue]`: outbound delivery.
 #[derive(Debug, Clone)]
 pub struct Queue {
@@ -254,6 +265,32 @@ pub struct StoreOptions {
     pub reserve_free: Reserve,
     /// Incoming messages above this go to a spool file while they arrive.
     pub spool_threshold_bytes: usize,
+    pub compaction: Compaction,
+}
+
+/// `store.compaction_*`: when a running server compacts a partition, and how fast.
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    /// Compact once garbage is at least this share of the log (0 = never by itself).
+    pub garbage_ratio: f64,
+    /// …and at least this many bytes.
+    pub min_garbage_bytes: u64,
+    /// Message bytes copied per second at most.
+    pub bytes_per_sec: u64,
+    /// How often each shard checks its partitions (and `shardmail store compact`
+    /// requests).
+    pub check_interval: Duration,
+}
+
+impl Default for Compaction {
+    fn default() -> Self {
+        Compaction {
+            garbage_ratio: 0.3,
+            min_garbage_bytes: 64 << 20,
+            bytes_per_sec: 64 << 20,
+            check_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// `store.reserve_free_bytes`.
@@ -284,6 +321,7 @@ impl Default for StoreOptions {
             checkpoint_bytes: 256 << 20,
             reserve_free: Reserve::Bytes(0),
             spool_threshold_bytes: 256 * 1024,
+            compaction: Compaction::default(),
         }
     }
 }
@@ -503,6 +541,24 @@ impl Config {
                     .spool_threshold_bytes
                     .bytes("store.spool_threshold_bytes")?
                     .clamp(16 * 1024, 64 << 20),
+                compaction: Compaction {
+                    garbage_ratio: ratio(
+                        "store.compaction_garbage_ratio",
+                        raw.store.compaction_garbage_ratio,
+                    )?,
+                    min_garbage_bytes: raw
+                        .store
+                        .compaction_min_garbage_bytes
+                        .bytes("store.compaction_min_garbage_bytes")?
+                        as u64,
+                    bytes_per_sec: (raw
+                        .store
+                        .compaction_bytes_per_sec
+                        .bytes("store.compaction_bytes_per_sec")?
+                        as u64)
+                        .max(1 << 20),
+                    check_interval: Duration::from_secs(raw.store.compaction_check_secs.max(1)),
+                },
             },
         })
     }

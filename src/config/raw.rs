@@ -291,6 +291,15 @@ pub struct RawStore {
     /// Incoming messages larger than this are written to a spool file as they arrive
     /// instead of being held in memory.
     pub spool_threshold_bytes: Size,
+    /// A running server compacts a partition once garbage (expunged mail, deleted
+    /// mailboxes and accounts) is this share of its log (0 = only on request)…
+    pub compaction_garbage_ratio: f64,
+    /// …and at least this much.
+    pub compaction_min_garbage_bytes: Size,
+    /// Message bytes a compaction copies per second at most.
+    pub compaction_bytes_per_sec: Size,
+    /// Seconds between checks (and between looks for `shardmail store compact`).
+    pub compaction_check_secs: u64,
 }
 
 impl Default for RawStore {
@@ -300,6 +309,10 @@ impl Default for RawStore {
             checkpoint_bytes: Size::Bytes(256 << 20),
             reserve_free_bytes: Size::Text("auto".into()),
             spool_threshold_bytes: Size::Bytes(256 * 1024),
+            compaction_garbage_ratio: 0.3,
+            compaction_min_garbage_bytes: Size::Bytes(64 << 20),
+            compaction_bytes_per_sec: Size::Bytes(64 << 20),
+            compaction_check_secs: 60,
         }
     }
 }

@@ -181,16 +181,23 @@ fn quota_of(shard: &Shard, session: &Session) -> crate::users::Quota {
         .unwrap_or_default()
 }
 
+/// The map of the account's log that a call plans with (and its splices are read
+/// from: after a compaction swapped the log, offsets are only valid in this map).
+fn log_map(shard: &Shard, account: Option<u64>) -> Option<Rc<memmap2::Mmap>> {
+    partition_for(shard, account?)?.current_map()
+}
+
 fn with_view<T>(
     shard: &Shard,
     account: Option<u64>,
     quota: crate::users::Quota,
+    map: Option<Rc<memmap2::Mmap>>,
     f: impl FnOnce(&dyn Mailstore) -> T,
 ) -> T {
     match account.and_then(|a| Some((a, partition_for(shard, a)?))) {
         Some((account, p)) => {
             let view = View {
-                map: p.current_map(),
+                map,
                 index: p.index(),
                 account,
                 quota,
@@ -224,7 +231,8 @@ async fn drive(
     let input_max = limits.message_size_max + input_capacity(shard) * 2;
     loop {
         let quota = quota_of(shard, &session);
-        let used = with_view(shard, account, quota, |view| {
+        let map = log_map(shard, account);
+        let used = with_view(shard, account, quota, map.clone(), |view| {
             session.receive(input.data(), view, now(), &mut out)
         });
         input.consume(used);
@@ -235,7 +243,7 @@ async fn drive(
         commands_counted = commands;
         let actions = std::mem::take(&mut out.actions);
         let acted = actions.iter().any(|a| !matches!(a, Action::Splice { .. }));
-        if send_splices(shard, &mut stream, &mut out.reply, &actions, account)
+        if send_splices(shard, &mut stream, &mut out.reply, &actions, map.as_deref())
             .await
             .is_err()
         {
@@ -308,7 +316,8 @@ async fn drive(
                         None => Written::Failed(WriteFailure::Cannot("Not logged in".into())),
                     };
                     let quota = quota_of(shard, &session);
-                    with_view(shard, account, quota, |view| {
+                    let map = log_map(shard, account);
+                    with_view(shard, account, quota, map, |view| {
                         session.written(result, view, &mut out)
                     });
                 }
@@ -382,7 +391,7 @@ async fn send_splices(
     stream: &mut Stream,
     reply: &mut Vec<u8>,
     actions: &[Action],
-    account: Option<u64>,
+    map: Option<&memmap2::Mmap>,
 ) -> std::io::Result<()> {
     let mut written = 0;
     for action in actions {
@@ -391,11 +400,11 @@ async fn send_splices(
         };
         let head = reply.get(written..*at).unwrap_or(&[]);
         stream.write_all(head).await?;
-        let bytes = account
-            .and_then(|a| partition_for(shard, a))
-            .and_then(|p| p.read(*offset, *len as u32))
+        let start = *offset as usize;
+        let bytes = map
+            .and_then(|m| m.get(start..start + len))
             .ok_or_else(|| std::io::Error::other("spliced bytes are outside the log"))?;
-        stream.write_all(&bytes).await?;
+        stream.write_all(bytes).await?;
         metrics::add(&shard.metrics.bytes_sent_imap, (head.len() + len) as u64);
         written = *at;
     }
@@ -461,7 +470,8 @@ async fn idle_wait(
         match woke {
             Woke::Changed => {
                 let quota = quota_of(shard, session);
-                with_view(shard, Some(account), quota, |view| {
+                let map = log_map(shard, Some(account));
+                with_view(shard, Some(account), quota, map, |view| {
                     session.changed(view, out)
                 });
             }

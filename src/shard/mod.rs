@@ -7,6 +7,7 @@
 //! as owned messages ([`mesh::ShardMsg`]). Nothing here parses a protocol.
 
 pub mod admission;
+pub mod compaction;
 pub mod conn;
 pub mod deliver;
 pub mod imap;
@@ -687,6 +688,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     });
     mesh::serve(shard.clone());
     outbound::start(&shard);
+    compaction::start(&shard);
     let sockets = take_sockets(&init_sockets, id)?;
     let mut accept_tasks = Vec::new();
     for bound in sockets {

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use super::index::{AccountIndex, Index, MailboxIndex};
 use super::layout::{self, FILE_MAGIC};
 use super::op::Op;
-use super::partition::{self, Loaded};
+use super::partition;
 use super::StoreError;
 
 /// What one partition holds and how much of it is garbage.
@@ -172,37 +172,195 @@ pub fn staging_dir(dir: &Path) -> PathBuf {
     dir.with_file_name(name)
 }
 
-/// Compacts the partition in `dir`, keeping the accounts `keep` accepts.
-/// `progress(done, total)` is called as message bytes are copied.
+/// A compacted log written and verified beside the partition, not yet in place.
+pub struct Staged {
+    pub before: Stats,
+    /// Old blob offset → new blob offset.
+    pub moved: HashMap<u64, u64>,
+    /// Length of the staged log.
+    pub len: u64,
+    pub dropped_accounts: u64,
+}
+
+/// Compacts the partition in `dir` (server stopped), keeping the accounts `keep`
+/// accepts. `progress(done, total)` is called as message bytes are copied.
 pub fn compact(
     dir: &Path,
     keep: &dyn Fn(u64) -> bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Report, StoreError> {
+    let loaded = partition::recover(dir)?;
+    let old = partition::map_log(dir)?;
+    let staged = stage(
+        dir,
+        &loaded.index,
+        &old,
+        loaded.file_len,
+        keep,
+        None,
+        progress,
+    )?;
+    drop(old);
+    swap(dir)?;
+    // A snapshot of the new log, so the next start need not replay it.
+    let reopened = partition::load(dir)?;
+    reopened
+        .index
+        .save_snapshot(dir)
+        .map_err(|e| StoreError::io(dir, e))?;
+    Ok(Report {
+        before: staged.before,
+        after_bytes: staged.len,
+        dropped_accounts: staged.dropped_accounts,
+    })
+}
+
+/// Writes the compacted form of `index` (whose records are in `log`, `log_len`
+/// bytes of it) to the staging directory, fsyncs it, opens it and checks it against
+/// `index` and the old bytes. At most `bytes_per_sec` of message bytes are copied a
+/// second when given (a running server's disk is shared).
+pub fn stage(
+    dir: &Path,
+    index: &Index,
+    log: &[u8],
+    log_len: u64,
+    keep: &dyn Fn(u64) -> bool,
+    bytes_per_sec: Option<u64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Staged, StoreError> {
     let staging = staging_dir(dir);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
     }
-    let loaded = partition::recover(dir)?;
-    let old = partition::map_log(dir)?;
-    let before = measure(&loaded.index, &old, loaded.file_len, keep);
+    let before = measure(index, log, log_len, keep);
     std::fs::create_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
     let new_path = staging.join("messages.log");
-    let dropped = write_compacted(
-        &loaded,
-        &old,
+    let started = std::time::Instant::now();
+    let mut paced = |done: u64, total: u64| {
+        progress(done, total);
+        if let Some(rate) = bytes_per_sec.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(done as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    };
+    let (dropped, moved, len) = write_compacted(
+        index,
+        log,
         keep,
         &new_path,
         before.message_bytes,
-        progress,
+        &mut paced,
     )?;
     sync_dir(&staging)?;
     let fresh = partition::load(&staging)?;
     let new_map = partition::map_log(&staging)?;
-    verify(&loaded.index, &old, &fresh.index, &new_map, keep)?;
-    let after_bytes = fresh.file_len;
-    drop(new_map);
-    // The old snapshot describes the old log's offsets: gone before the new log is.
+    verify(index, log, &fresh.index, &new_map, keep)?;
+    Ok(Staged {
+        before,
+        moved,
+        len,
+        dropped_accounts: dropped,
+    })
+}
+
+/// Appends to the staged log the records `tail` holds (the old log from offset
+/// `base` on: what was committed while the bulk was copied), their blob offsets
+/// translated, and fsyncs it. Records of dropped accounts are left out.
+pub fn append_tail(
+    dir: &Path,
+    staged: &mut Staged,
+    tail: &[u8],
+    base: u64,
+    keep: &dyn Fn(u64) -> bool,
+) -> Result<(), StoreError> {
+    let path = staging_dir(dir).join("messages.log");
+    let mut out = Vec::new();
+    for record in layout::Scanner::region(tail, base) {
+        let op = Op::decode(&record).map_err(|e| {
+            StoreError::Corrupt(format!("record at {} in the tail: {}", e.offset, e.reason))
+        })?;
+        match op {
+            Op::Blob { blob, .. } => {
+                let len = record_len(tail, blob - base).ok_or_else(|| damaged(blob))?;
+                let start = (blob - base) as usize;
+                let bytes = tail.get(start..start + len).ok_or_else(|| damaged(blob))?;
+                staged.moved.insert(blob, staged.len + out.len() as u64);
+                out.extend_from_slice(bytes);
+            }
+            Op::Append { account, .. } | Op::Flags { account, .. } if !keep(account) => {}
+            Op::Append {
+                account,
+                mailbox,
+                uid,
+                modseq,
+                internal_date,
+                flags,
+                blob,
+                keywords,
+                resolved: _,
+            } => {
+                let blob = *staged.moved.get(&blob).ok_or_else(|| damaged(blob))?;
+                Op::Append {
+                    account,
+                    mailbox,
+                    uid,
+                    modseq,
+                    internal_date,
+                    flags,
+                    blob,
+                    keywords,
+                    resolved: None,
+                }
+                .encode(&mut out);
+            }
+            other if other.account().is_some_and(|a| !keep(a)) => {}
+            other => other.encode(&mut out),
+        }
+    }
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::io(&path, e))?;
+    file.write_all_at(&out, staged.len)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| StoreError::io(&path, e))?;
+    staged.len += out.len() as u64;
+    Ok(())
+}
+
+/// `index` as it reads over the compacted log: every message's blob and bytes at
+/// their new offsets, dropped accounts gone. Everything else (numbers, flags,
+/// tombstones, flag-change logs) is kept as it is, so sessions go on undisturbed.
+pub fn remap(
+    index: &Index,
+    staged: &Staged,
+    keep: &dyn Fn(u64) -> bool,
+) -> Result<Index, StoreError> {
+    let mut out = index.clone();
+    out.accounts.retain(|id, _| keep(*id));
+    for acct in out.accounts.values_mut() {
+        for m in acct
+            .mailboxes
+            .iter_mut()
+            .flat_map(|mb| mb.messages.iter_mut())
+        {
+            let blob = *staged.moved.get(&m.blob).ok_or_else(|| damaged(m.blob))?;
+            m.offset = blob + (m.offset - m.blob);
+            m.blob = blob;
+        }
+    }
+    out.log_end = staged.len;
+    Ok(out)
+}
+
+/// Puts the staged log in place: the old snapshot goes first (its offsets are the
+/// old log's), then one rename, each step made durable.
+pub fn swap(dir: &Path) -> Result<(), StoreError> {
+    let staging = staging_dir(dir);
+    let new_path = staging.join("messages.log");
     match std::fs::remove_file(dir.join("index.snap")) {
         Ok(()) => sync_dir(dir)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -211,28 +369,23 @@ pub fn compact(
     let log = dir.join("messages.log");
     std::fs::rename(&new_path, &log).map_err(|e| StoreError::io(&log, e))?;
     sync_dir(dir)?;
-    std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))?;
-    // A snapshot of the new log, so the next start need not replay it.
-    let reopened = partition::load(dir)?;
-    reopened
-        .index
-        .save_snapshot(dir)
-        .map_err(|e| StoreError::io(dir, e))?;
-    Ok(Report {
-        before,
-        after_bytes,
-        dropped_accounts: dropped,
-    })
+    std::fs::remove_dir_all(&staging).map_err(|e| StoreError::io(&staging, e))
 }
 
+/// Removes a staged log that will not be used (a failed or abandoned compaction).
+pub fn discard(dir: &Path) {
+    let _ = std::fs::remove_dir_all(staging_dir(dir));
+}
+
+#[allow(clippy::type_complexity)]
 fn write_compacted(
-    loaded: &Loaded,
+    index: &Index,
     old: &[u8],
     keep: &dyn Fn(u64) -> bool,
     path: &Path,
     total: u64,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<u64, StoreError> {
+) -> Result<(u64, HashMap<u64, u64>, u64), StoreError> {
     let file = std::fs::File::create(path).map_err(|e| StoreError::io(path, e))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let io = |e| StoreError::io(path, e);
@@ -240,7 +393,7 @@ fn write_compacted(
     let mut at = FILE_MAGIC.len() as u64;
     let mut moved: HashMap<u64, u64> = HashMap::new();
     let (mut done, mut dropped) = (0u64, 0u64);
-    let mut accounts: Vec<(&u64, &AccountIndex)> = loaded.index.accounts.iter().collect();
+    let mut accounts: Vec<(&u64, &AccountIndex)> = index.accounts.iter().collect();
     accounts.sort_by_key(|(id, _)| **id);
     for (&account, acct) in accounts {
         if !keep(account) {
@@ -277,7 +430,7 @@ fn write_compacted(
         .map_err(|e| StoreError::io(path, e.into_error()))?;
     file.sync_all().map_err(io)?;
     debug_assert_eq!(file.metadata().map(|m| m.len()).ok(), Some(at));
-    Ok(dropped)
+    Ok((dropped, moved, at))
 }
 
 fn damaged(offset: u64) -> StoreError {

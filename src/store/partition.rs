@@ -7,6 +7,9 @@
 //! mmap of the same file. This is the only module with `unsafe` in the store (the mmap).
 
 mod commit;
+mod compaction;
+
+pub use compaction::Keep;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -159,10 +162,11 @@ pub struct CommitStats {
 pub struct Partition {
     pub id: u32,
     dir: PathBuf,
-    writer: BufferedFile,
+    /// The log's handles (replaced when compaction swaps in a new log file).
+    writer: RefCell<Rc<BufferedFile>>,
     /// The same file opened for writing with std: appends are plain `pwrite`s.
-    appender: std::fs::File,
-    reader: std::fs::File,
+    appender: RefCell<std::fs::File>,
+    reader: RefCell<std::fs::File>,
     map: RefCell<Rc<Mmap>>,
     index: RefCell<Index>,
     queue: RefCell<Vec<Batch>>,
@@ -185,6 +189,11 @@ pub struct Partition {
     watchers: RefCell<HashMap<u64, (u64, Vec<std::task::Waker>)>>,
     /// Where each commit publishes the usage of the accounts it touched (quotas).
     usage: RefCell<Option<std::sync::Arc<super::usage::UsageBoard>>>,
+    /// New changes wait while compaction swaps the log (their records would be
+    /// encoded for the old file's offsets); woken when it is done.
+    paused: Cell<bool>,
+    resume: RefCell<Vec<std::task::Waker>>,
+    compacting: Cell<bool>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -202,6 +211,9 @@ impl Partition {
         dir: &Path,
         options: StoreOptions,
     ) -> Result<Rc<Partition>, StoreError> {
+        // A compaction cut short (by a crash or a stop) left its staging directory;
+        // the log it was to replace is intact.
+        super::compact::discard(dir);
         let loaded = recover(dir)?;
         let path = dir.join("messages.log");
         let writer = glommio::io::OpenOptions::new()
@@ -217,11 +229,11 @@ impl Partition {
             .map_err(|e| StoreError::io(&path, e))?;
         let map = map_file(&reader, &path)?;
         Ok(Rc::new(Partition {
-            appender,
+            appender: RefCell::new(appender),
             id,
             dir: dir.to_path_buf(),
-            writer,
-            reader,
+            writer: RefCell::new(Rc::new(writer)),
+            reader: RefCell::new(reader),
             map: RefCell::new(Rc::new(map)),
             end: Cell::new(loaded.valid_end),
             snapshot_end: Cell::new(loaded.snapshot_end),
@@ -237,6 +249,9 @@ impl Partition {
             space: super::space::DiskSpace::new(dir, options.reserve_free),
             watchers: RefCell::new(HashMap::new()),
             usage: RefCell::new(None),
+            paused: Cell::new(false),
+            resume: RefCell::new(Vec::new()),
+            compacting: Cell::new(false),
         }))
     }
 
@@ -263,7 +278,7 @@ impl Partition {
         if end > self.map.borrow().len() {
             // The file grew since the last map; map it again (old maps stay valid for
             // readers that still hold them).
-            let fresh = map_file(&self.reader, &self.dir).ok()?;
+            let fresh = map_file(&self.reader.borrow(), &self.dir).ok()?;
             *self.map.borrow_mut() = Rc::new(fresh);
         }
         let map = self.map.borrow().clone();
@@ -275,7 +290,7 @@ impl Partition {
     pub fn current_map(&self) -> Option<Rc<Mmap>> {
         let need = self.index.borrow().log_end as usize;
         if self.map.borrow().len() < need {
-            let fresh = map_file(&self.reader, &self.dir).ok()?;
+            let fresh = map_file(&self.reader.borrow(), &self.dir).ok()?;
             *self.map.borrow_mut() = Rc::new(fresh);
         }
         Some(self.map.borrow().clone())
@@ -296,6 +311,7 @@ impl Partition {
         now: i64,
         message: Option<(&StoredMessage, &[u8])>,
     ) -> Result<Outcome, StoreError> {
+        self.unpaused().await;
         if self.failed.get() {
             return Err(StoreError::Failed(self.id));
         }
@@ -359,6 +375,7 @@ impl Partition {
         summary: &[u8],
         internal_date: i64,
     ) -> Result<(), StoreError> {
+        self.unpaused().await;
         if self.failed.get() {
             return Err(StoreError::Failed(self.id));
         }
@@ -604,6 +621,11 @@ impl Partition {
 
     /// Writes an index snapshot (at shutdown, after the last commit).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
+        if self.compacting.get() {
+            // Mid-swap the index and the file on disk may be different logs' (the
+            // next start replays instead).
+            return Ok(());
+        }
         self.index
             .borrow()
             .save_snapshot(&self.dir)

@@ -141,7 +141,7 @@ impl Partition {
 
     /// Rewrites the snapshot in the background once `store.checkpoint_bytes` of log
     /// have accumulated since the last one, so replay after a crash stays bounded.
-    fn maybe_checkpoint(self: &Rc<Self>) {
+    pub(super) fn maybe_checkpoint(self: &Rc<Self>) {
         let log_end = self.index.borrow().log_end;
         if self.checkpointing.get() || log_end - self.snapshot_end.get() < self.checkpoint_bytes {
             return;
@@ -174,7 +174,7 @@ impl Partition {
             )));
         }
         // No await since the failed write: no task has mapped the torn bytes.
-        if let Err(e) = self.appender.set_len(durable_end) {
+        if let Err(e) = self.appender.borrow().set_len(durable_end) {
             tracing::error!(partition = self.id, error = %e, "cannot truncate the torn tail; partition stopped");
             self.failed.set(true);
             return false;
@@ -206,6 +206,7 @@ impl Partition {
         let write = |bytes: &[u8], at: u64| {
             self.space.wrote(bytes.len() as u64);
             self.appender
+                .borrow()
                 .write_all_at(bytes, at)
                 .map_err(|e| CommitError::Write(StoreError::io(&path, e)))
         };
@@ -231,7 +232,8 @@ impl Partition {
         }
         write(&pending, offset)?;
         if self.durability != Durability::None {
-            self.writer
+            let writer = self.writer.borrow().clone();
+            writer
                 .fdatasync()
                 .await
                 .map_err(|e| CommitError::Sync(StoreError::glommio(&path, e)))?;
