@@ -51,6 +51,7 @@ impl Feed for Maildir {
                 bytes: crlf(bytes),
                 flags,
                 internal_date,
+                keywords: Vec::new(),
                 maybe_stored: false,
             });
         }
@@ -113,6 +114,7 @@ impl Feed for Mbox {
                 flags: mbox_flags(&bytes),
                 internal_date: from_line_date(line).unwrap_or_else(now),
                 bytes,
+                keywords: Vec::new(),
                 maybe_stored: false,
             });
         }

@@ -217,6 +217,7 @@ impl Feed for Imap {
                 mailbox: plan.target.clone(),
                 bytes: crlf(body),
                 flags: items.flags,
+                keywords: items.keywords,
                 internal_date: items.internal_date.unwrap_or_else(super::now),
                 maybe_stored,
             });
@@ -423,6 +424,7 @@ struct FetchItems {
     uid: Option<u32>,
     size: Option<u64>,
     flags: u32,
+    keywords: Vec<String>,
     internal_date: Option<i64>,
     body: Option<Vec<u8>>,
 }
@@ -454,6 +456,9 @@ fn fetch_items(line: &[u8]) -> Result<FetchItems, String> {
                             "\\draft" => flags::DRAFT,
                             _ => 0,
                         };
+                        if is_keyword(&f) && items.keywords.len() < super::KEYWORDS_MAX {
+                            items.keywords.push(f);
+                        }
                     }
                 }
             }
@@ -467,6 +472,15 @@ fn fetch_items(line: &[u8]) -> Result<FetchItems, String> {
         }
     }
     Ok(items)
+}
+
+/// A keyword as IMAP allows it: an atom of at most 255 bytes, not a system flag.
+fn is_keyword(f: &str) -> bool {
+    !f.is_empty()
+        && f.len() <= 255
+        && !f.starts_with('\\')
+        && f.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b))
 }
 
 /// `26-Nov-2026 06:45:00 +0100` → Unix seconds.
@@ -624,6 +638,7 @@ mod tests {
         let items = fetch_items(line).unwrap();
         assert_eq!(items.uid, Some(17));
         assert_eq!(items.flags, flags::SEEN | flags::FLAGGED);
+        assert_eq!(items.keywords, vec!["$Work".to_string()]);
         assert_eq!(items.internal_date, Some(1_795_737_601));
         assert_eq!(items.body.as_deref(), Some(&b"ab\r\ncd\r\n"[..]));
         let sized = fetch_items(b"* 1 FETCH (UID 4 RFC822.SIZE 1234)\r\n").unwrap();

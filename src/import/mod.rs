@@ -28,6 +28,8 @@ pub struct Message {
     pub mailbox: String,
     pub bytes: Vec<u8>,
     pub flags: u32,
+    /// IMAP keywords (`$Forwarded`, `$Label1`…), at most [`KEYWORDS_MAX`].
+    pub keywords: Vec<String>,
     pub internal_date: i64,
     /// An interrupted run may have stored it already (the batch in flight when it
     /// stopped): skipped if the mailbox's newest messages hold the same bytes.
@@ -61,6 +63,10 @@ pub struct ImportReport {
 
 /// Messages stored at once.
 const IN_FLIGHT: usize = 64;
+
+/// Keywords kept per imported message (more are dropped: a source's junk must not
+/// swamp the mailbox's keyword list, `limits.keywords_per_mailbox_max`).
+pub const KEYWORDS_MAX: usize = 16;
 
 /// Imports everything `feed` yields into `email`'s account.
 pub fn import(
@@ -161,7 +167,7 @@ async fn store_batch(
                 &m.bytes,
                 &summary,
                 m.flags,
-                &[],
+                &m.keywords,
                 m.internal_date,
             )
             .await

@@ -24,6 +24,7 @@ import unittest
 from harness import BIN, DOMAIN, Server, strip_received, tls_context
 
 KILLS = 12
+ROUNDS_ONLINE = 6
 
 
 def message(i, size=40000):
@@ -200,7 +201,7 @@ class OnlineCompaction(unittest.TestCase):
                     acked.add(f"m{i}")
             rng = random.Random(7)
             interrupted = 0
-            for round_no in range(4):
+            for round_no in range(ROUNDS_ONLINE):
                 # Make garbage: expunge two of every three messages there now.
                 c = Compaction.imap(self, server, alice)
                 try:
@@ -251,7 +252,7 @@ class OnlineCompaction(unittest.TestCase):
                 missing = {t for t in acked - expunged if t not in present}
                 self.assertEqual(missing, set(), f"round {round_no}")
                 self.assertEqual(present & expunged, set(), f"round {round_no}")
-            print(f"\nonline compaction killed 4 times, {interrupted} before it finished",
+            print(f"\nonline compaction killed {ROUNDS_ONLINE} times, {interrupted} before it finished",
                   end=" ")
             # Left alone, it finishes: the log shrinks, a bystander was served.
             log_start = os.path.getsize(server.log_path)

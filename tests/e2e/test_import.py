@@ -147,7 +147,7 @@ class Import(unittest.TestCase):
                 c.create("Lists/Rust")
                 c.select("INBOX")
                 c.store("1:10", "+FLAGS", "(\\Seen)")
-                c.store("4", "+FLAGS", "(\\Flagged \\Answered)")
+                c.store("4", "+FLAGS", "(\\Flagged \\Answered $Work)")
                 c.copy("1:30", "Lists/Rust")
                 c.append("Lists/Rust", "(\\Draft)", '"01-Jan-2020 10:00:00 +0100"',
                          b"Subject: drafted\r\n\r\nold\r\n")
