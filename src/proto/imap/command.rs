@@ -398,8 +398,11 @@ pub fn flag_list(tokens: &[Token<'_>]) -> Result<(u32, Vec<String>), Bad> {
     let mut bits = 0;
     let mut keywords: Vec<String> = Vec::new();
     for t in tokens {
-        let Token::Atom(name) = t else {
-            return Err("a flag must be an atom".into());
+        // `NIL` is an atom too (a keyword named NIL).
+        let name = match t {
+            Token::Atom(name) => name,
+            Token::Nil => &"NIL",
+            _ => return Err("a flag must be an atom".into()),
         };
         if let Some(bit) = system_flag(name) {
             bits |= bit;

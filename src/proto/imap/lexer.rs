@@ -257,7 +257,10 @@ impl<'a> Token<'a> {
             Token::Atom(a) => Some(Cow::Borrowed(a)),
             Token::Quoted(q) => Some(q.clone()),
             Token::Literal(l) => std::str::from_utf8(l).ok().map(Cow::Borrowed),
-            _ => None,
+            // No client command gives NIL a meaning of its own: where the grammar has
+            // an astring, `NIL` is just the atom (`SEARCH SUBJECT NIL`).
+            Token::Nil => Some(Cow::Borrowed("NIL")),
+            Token::List(_) => None,
         }
     }
 }
@@ -277,6 +280,20 @@ pub enum SyntaxError {
 /// Wider than RFC 9051's atom on purpose: flags (`\Seen`), list wildcards (`%`, `*`),
 /// sequence sets (`1:*`) and `BODY[…]` are all single tokens here; the command layer
 /// checks each argument's grammar.
+/// Whether a `[` after `atom` starts a FETCH section.
+fn opens_section(atom: Option<&[u8]>) -> bool {
+    let atom = atom.unwrap_or(&[]);
+    [
+        &b"BODY"[..],
+        b"BODY.PEEK",
+        b"BINARY",
+        b"BINARY.PEEK",
+        b"BINARY.SIZE",
+    ]
+    .iter()
+    .any(|name| atom.eq_ignore_ascii_case(name))
+}
+
 fn is_atom_char(b: u8) -> bool {
     b > 0x20 && b != 0x7f && !matches!(b, b'(' | b')' | b'{' | b'"')
 }
@@ -375,7 +392,11 @@ impl<'a> Parser<'a> {
         let mut brackets = 0usize;
         while let Some(b) = self.peek() {
             match b {
-                b'[' => brackets += 1,
+                // `[` is an ATOM-CHAR (RFC 3501 §9); only a FETCH section opens a
+                // bracket, after BODY, BODY.PEEK, BINARY, BINARY.PEEK or BINARY.SIZE.
+                b'[' if brackets > 0 || opens_section(self.input.get(start..self.pos)) => {
+                    brackets += 1
+                }
                 // Inside BODY[...] a space or parenthesis belongs to the atom:
                 // BODY[HEADER.FIELDS (DATE FROM)].
                 b']' if brackets > 0 => brackets -= 1,
