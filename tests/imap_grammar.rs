@@ -86,3 +86,72 @@ fn nil_is_an_atom_where_an_astring_or_a_flag_is_allowed() {
         "{out}"
     );
 }
+
+/// The default command-line limit fits every command the RFCs allow: an ID at RFC
+/// 2971's maximum (30 field-value pairs, values of 1,024 octets) and a long QRESYNC
+/// known-UIDs set; past `limits.imap_command_bytes_max` the reply names the key.
+#[test]
+fn the_longest_commands_the_rfcs_allow_fit() {
+    let fields: Vec<String> = (0..30)
+        .map(|i| format!("\"field{i:02}\" \"{}\"", "v".repeat(1024)))
+        .collect();
+    let id = format!("b ID ({})\r\n", fields.join(" "));
+    assert!(id.len() > 30_000);
+    assert!(replies(&id).ends_with("b OK ID completed\r\n"));
+    let known: Vec<String> = (1..4000).step_by(2).map(|u| u.to_string()).collect();
+    let select = format!(
+        "c ENABLE QRESYNC\r\nd SELECT INBOX (QRESYNC (1000 1 {}))\r\n",
+        known.join(",")
+    );
+    assert!(replies(&select).contains("d OK [READ-WRITE]"));
+    let too_long = format!("e NOOP {}\r\n", "x".repeat(70 * 1024));
+    let mut d = driver();
+    d.feed(too_long.as_bytes());
+    let out = String::from_utf8_lossy(&d.sent).into_owned();
+    assert!(out.contains("limits.imap_command_bytes_max"), "{out}");
+}
+
+/// RFC 7162 §3.1.5: `SEARCH RETURN (MIN)` / `(MAX)` with a MODSEQ criterion reports the
+/// MODSEQ of the message returned, `ALL` (or COUNT) that of every match.
+#[test]
+fn esearch_min_and_max_report_their_own_modseq() {
+    let mut d = driver();
+    for i in 0..3 {
+        d.store
+            .deliver(1, format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(), 1);
+    }
+    d.feed(b"b SELECT INBOX\r\nc STORE 1 +FLAGS (\\Seen)\r\n");
+    d.sent.clear();
+    // Messages 1..4: message 1 changed last, so it has the highest MODSEQ.
+    d.feed(b"d FETCH 1:* (MODSEQ)\r\n");
+    let fetched = String::from_utf8_lossy(&d.sent).into_owned();
+    let modseq_of = |seq: u32| -> u64 {
+        let key = format!("* {seq} FETCH (MODSEQ (");
+        let at = fetched.find(&key).expect("fetched") + key.len();
+        fetched[at..]
+            .split(')')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("a number")
+    };
+    let (first, last, top) = (
+        modseq_of(1),
+        modseq_of(4),
+        (1..=4).map(modseq_of).max().unwrap_or(0),
+    );
+    assert!(
+        first > last,
+        "message 1 changed after the others were delivered"
+    );
+    let search = |d: &mut Driver, cmd: &str| {
+        d.sent.clear();
+        d.feed(cmd.as_bytes());
+        String::from_utf8_lossy(&d.sent).into_owned()
+    };
+    let out = search(&mut d, "e SEARCH RETURN (MAX) MODSEQ 1\r\n");
+    assert!(out.contains(&format!("MAX 4 MODSEQ {last}")), "{out}");
+    let out = search(&mut d, "f SEARCH RETURN (MIN) MODSEQ 1\r\n");
+    assert!(out.contains(&format!("MIN 1 MODSEQ {first}")), "{out}");
+    let out = search(&mut d, "g SEARCH RETURN (ALL) MODSEQ 1\r\n");
+    assert!(out.contains(&format!("ALL 1:4 MODSEQ {top}")), "{out}");
+}

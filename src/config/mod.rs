@@ -46,6 +46,9 @@ pub struct Limits {
     pub message_size_max: usize,
     /// Longest SMTP command line, CRLF included (RFC 5321 §4.5.3.1.4 requires ≥ 512).
     pub line_bytes_max: usize,
+    /// Longest IMAP command line outside literals: an `ID` at RFC 2971's maximum and a
+    /// QRESYNC known-UIDs set must fit (Dovecot's default is 64 KiB too).
+    pub imap_command_bytes_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
     /// Unknown or malformed commands before the session is closed.
@@ -419,6 +422,7 @@ impl Config {
         let limits = Limits {
             message_size_max: l.message_size_max.bytes("limits.message_size_max")?,
             line_bytes_max: l.line_bytes_max,
+            imap_command_bytes_max: l.imap_command_bytes_max,
             recipients_max: l.recipients_max,
             bad_commands_max: l.bad_commands_max,
             auth_failures_max: l.auth_failures_max,
@@ -461,6 +465,12 @@ impl Config {
             return Err(err(
                 "limits.line_bytes_max",
                 "must be between 512 and 65536 (RFC 5321)",
+            ));
+        }
+        if !(8 * 1024..=1 << 20).contains(&limits.imap_command_bytes_max) {
+            return Err(err(
+                "limits.imap_command_bytes_max",
+                "must be between 8192 and 1048576",
             ));
         }
         if limits.recipients_max < 1 || limits.recipients_max > 100_000 {

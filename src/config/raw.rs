@@ -185,6 +185,7 @@ pub struct RawTls {
 pub struct RawLimits {
     pub message_size_max: Size,
     pub line_bytes_max: usize,
+    pub imap_command_bytes_max: usize,
     pub recipients_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
@@ -236,6 +237,7 @@ impl Default for RawLimits {
             // now, and Gmail accepts 25 MB encoded (50 MB here leaves room for base64).
             message_size_max: Size::Bytes(50 << 20),
             line_bytes_max: 4096,
+            imap_command_bytes_max: 64 * 1024,
             recipients_max: 1000, // Postfix smtpd_recipient_limit
             bad_commands_max: 20,
             auth_failures_max: 3,

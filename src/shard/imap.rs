@@ -75,8 +75,9 @@ impl Interruptible for Session {
     }
 }
 
+/// The input buffer's maximum outside literals (it starts small and grows on demand).
 fn input_capacity(shard: &Shard) -> usize {
-    (shard.config.limits.line_bytes_max * 4).max(16 * 1024)
+    shard.config.limits.imap_command_bytes_max.max(16 * 1024)
 }
 
 fn now() -> i64 {
@@ -541,7 +542,7 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         hostname: config.hostname.clone(),
         tls_available: true,
         allow_plaintext_auth: config.allow_plaintext_auth,
-        command_bytes_max: config.limits.line_bytes_max * 4,
+        command_bytes_max: config.limits.imap_command_bytes_max,
         literal_bytes_max: config.limits.message_size_max as u64,
         depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,

@@ -49,7 +49,7 @@ pub struct ImapConfig {
     pub tls_available: bool,
     /// `tls.allow_plaintext_auth`: LOGIN/AUTHENTICATE without TLS.
     pub allow_plaintext_auth: bool,
-    /// `limits.line_bytes_max` (× 2 for IMAP's longer command lines).
+    /// `limits.imap_command_bytes_max`: longest command line outside literals.
     pub command_bytes_max: usize,
     /// `limits.message_size_max`: APPENDLIMIT and the largest literal.
     pub literal_bytes_max: u64,
@@ -75,7 +75,7 @@ impl Default for ImapConfig {
             hostname: "localhost".into(),
             tls_available: true,
             allow_plaintext_auth: false,
-            command_bytes_max: 16 * 1024,
+            command_bytes_max: 64 * 1024,
             literal_bytes_max: 50 << 20,
             depth_max: 16,
             bad_commands_max: 20,
@@ -397,6 +397,8 @@ struct SearchPending {
     next: usize,
     end: usize,
     hits: Vec<u32>,
+    /// MODSEQ of each hit (for RETURN (MIN)/(MAX) with a MODSEQ criterion).
+    hit_modseqs: Vec<u64>,
     highest: u64,
 }
 
@@ -718,7 +720,7 @@ impl Session {
                         }
                         Refusal::CommandTooLong => {
                             out.line(&format!(
-                                "{tag} BAD Command line longer than {} bytes (limits.line_bytes_max)",
+                                "{tag} BAD Command line longer than {} bytes (limits.imap_command_bytes_max)",
                                 self.config.command_bytes_max
                             ));
                             self.count_bad(out);
@@ -1653,6 +1655,7 @@ impl Session {
             next: 0,
             end: usize::MAX,
             hits: Vec::new(),
+            hit_modseqs: Vec::new(),
             highest: 0,
         };
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
@@ -1700,6 +1703,9 @@ impl Session {
             if search::matches(&job.key, &candidate) {
                 job.hits.push(if job.uid { entry.uid } else { seq });
                 job.highest = job.highest.max(entry.modseq);
+                if job.with_modseq {
+                    job.hit_modseqs.push(entry.modseq);
+                }
             }
         }
         let SearchPending {
@@ -1708,6 +1714,7 @@ impl Session {
             ret,
             with_modseq,
             hits,
+            hit_modseqs,
             highest,
             ..
         } = job;
@@ -1732,7 +1739,17 @@ impl Session {
                 line.push_str(&format!(" COUNT {}", hits.len()));
             }
             if with_modseq && !hits.is_empty() {
-                line.push_str(&format!(" MODSEQ {highest}"));
+                // RFC 7162 §3.1.5: with only MIN and/or MAX returned, the MODSEQ is
+                // that of the returned message(s), not of every match.
+                let only_ends = !all && !ret.count;
+                let modseq = if only_ends {
+                    let first = hit_modseqs.first().copied().filter(|_| ret.min);
+                    let last = hit_modseqs.last().copied().filter(|_| ret.max);
+                    first.max(last).unwrap_or(highest)
+                } else {
+                    highest
+                };
+                line.push_str(&format!(" MODSEQ {modseq}"));
             }
             out.line(&line);
         } else {
