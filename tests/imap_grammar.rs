@@ -155,3 +155,37 @@ fn esearch_min_and_max_report_their_own_modseq() {
     let out = search(&mut d, "g SEARCH RETURN (ALL) MODSEQ 1\r\n");
     assert!(out.contains(&format!("ALL 1:4 MODSEQ {top}")), "{out}");
 }
+
+/// Without UTF8=ACCEPT, mailbox names are 7-bit with modified UTF-7 (RFC 3501
+/// §5.1.3); a special use that cannot be set refuses the CREATE (RFC 6154 §5.1).
+#[test]
+fn mailbox_names_are_modified_utf7_and_use_cannot_be_dropped_silently() {
+    let out = replies("b CREATE bad&name\r\n");
+    assert!(
+        out.starts_with("b NO [CANNOT] Invalid modified UTF-7"),
+        "{out}"
+    );
+    let out = replies("c CREATE caf\u{e9}\r\n");
+    assert!(
+        out.starts_with("c NO [CANNOT] Mailbox names are 7-bit"),
+        "{out}"
+    );
+    let out = replies("d CREATE Entw&APw-rfe\r\ne CREATE Tom&-Jerry\r\nf LIST \"\" *\r\n");
+    assert!(out.contains("d OK") && out.contains("e OK"), "{out}");
+    assert!(
+        out.contains("\"Entw&APw-rfe\"") && out.contains("\"Tom&-Jerry\""),
+        "{out}"
+    );
+    let out = replies("g CREATE Old (USE (\\Archive))\r\nh LIST \"\" Old\r\n");
+    assert!(out.starts_with("g NO [USEATTR]"), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("* LIST")).count(),
+        0,
+        "{out}"
+    );
+    let out = replies("i RENAME INBOX x&Jjo\r\n");
+    assert!(
+        out.starts_with("i NO [CANNOT] Invalid modified UTF-7"),
+        "{out}"
+    );
+}

@@ -33,6 +33,11 @@ pub enum NameError {
     DotComponent,
     /// A control character, or `*`/`%` (LIST wildcards).
     BadCharacter,
+    /// An 8-bit byte: without UTF8=ACCEPT names are 7-bit (RFC 3501 §5.1.3).
+    NotAscii,
+    /// An `&` that does not start a modified UTF-7 sequence (`&-`, or `&`
+    /// modified-base64 `-`).
+    BadUtf7,
 }
 
 impl NameError {
@@ -49,6 +54,13 @@ impl NameError {
             NameError::DotComponent => "Mailbox name levels cannot be . or ..".into(),
             NameError::BadCharacter => {
                 "Mailbox names cannot contain control characters, * or %".into()
+            }
+            NameError::NotAscii => {
+                "Mailbox names are 7-bit: encode others in modified UTF-7 (RFC 3501 5.1.3)".into()
+            }
+            NameError::BadUtf7 => {
+                "Invalid modified UTF-7 in the mailbox name: & starts &-, or base64 ending in -"
+                    .into()
             }
         }
     }
@@ -78,6 +90,12 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     {
         return Err(NameError::BadCharacter);
     }
+    if !name.is_ascii() {
+        return Err(NameError::NotAscii);
+    }
+    if !is_modified_utf7(name) {
+        return Err(NameError::BadUtf7);
+    }
     for component in name.split(DELIMITER) {
         match component {
             "" => return Err(NameError::EmptyComponent),
@@ -87,6 +105,32 @@ pub fn validate(name: &str) -> Result<(), NameError> {
         }
     }
     Ok(())
+}
+
+/// Whether every `&` in an ASCII name starts a well-formed modified UTF-7 shift:
+/// `&-` (a literal `&`), or `&` + modified base64 (`A-Z a-z 0-9 + ,`) + `-`.
+fn is_modified_utf7(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'&' {
+            continue;
+        }
+        let mut encoded = 0usize;
+        loop {
+            match bytes.next() {
+                Some(b'-') => break,
+                Some(c) if c.is_ascii_alphanumeric() || c == b'+' || c == b',' => encoded += 1,
+                _ => return false,
+            }
+        }
+        // Base64 of UTF-16: a count that is no whole number of code units is
+        // malformed.
+        // n code units take ceil(16n / 6) characters: 3, 6, 8, 11, 14, 16, …
+        if encoded != 0 && !matches!(encoded % 8, 0 | 3 | 6) {
+            return false;
+        }
+    }
+    true
 }
 
 /// True if a stored name is safe to use as a relative path below a directory (no

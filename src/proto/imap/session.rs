@@ -1237,6 +1237,22 @@ impl Session {
         let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else {
             return;
         };
+        match args.get(1..).unwrap_or(&[]) {
+            [] => {}
+            // RFC 6154 §5.1: a special use that cannot be set refuses the CREATE.
+            [Token::List(options)]
+                if options
+                    .first()
+                    .and_then(Token::as_str)
+                    .is_some_and(|o| o.eq_ignore_ascii_case("USE")) =>
+            {
+                out.line(&format!(
+                    "{tag} NO [USEATTR] Special-use attributes cannot be set (no CREATE-SPECIAL-USE)"
+                ));
+                return;
+            }
+            _ => return self.bad(tag, "CREATE takes a mailbox name (and USE options)", out),
+        }
         let exists = |n: &str| {
             store.account().is_some_and(|a| a.mailbox(n).is_some())
                 || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, n))
