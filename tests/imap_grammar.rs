@@ -189,3 +189,23 @@ fn mailbox_names_are_modified_utf7_and_use_cannot_be_dropped_silently() {
         "{out}"
     );
 }
+
+/// BINARY decodes quoted-printable as RFC 2045 §6.7 says: trailing whitespace is
+/// transport padding, and a soft line break may be followed by it (issue 13 item 5).
+#[test]
+fn binary_decodes_quoted_printable_padding_and_soft_breaks() {
+    let mut d = driver();
+    d.store.deliver(
+        1,
+        b"Subject: qp\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nHello   \r\nwor=  \r\nld=21\r\n",
+        1,
+    );
+    d.feed(b"b SELECT INBOX\r\n");
+    d.sent.clear();
+    d.feed(b"c FETCH 2 (BINARY.SIZE[1] BINARY[1])\r\n");
+    let out = String::from_utf8_lossy(&d.sent).into_owned();
+    assert!(
+        out.contains("BINARY.SIZE[1] 15 BINARY[1] {15}\r\nHello\r\nworld!\r\n FLAGS"),
+        "{out}"
+    );
+}

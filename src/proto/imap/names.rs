@@ -352,7 +352,11 @@ mod tests {
     #[test]
     fn names() {
         assert_eq!(validate("a/b"), Ok(()));
-        assert_eq!(validate("Ärger/Post"), Ok(()));
+        // Without UTF8=ACCEPT: 7-bit, non-ASCII in modified UTF-7 (Ä = &AMQ-).
+        assert_eq!(validate("&AMQ-rger/Post"), Ok(()));
+        assert_eq!(validate("Ärger/Post"), Err(NameError::NotAscii));
+        assert_eq!(validate("a&b"), Err(NameError::BadUtf7));
+        assert_eq!(validate("a&AM-"), Err(NameError::BadUtf7));
         for (bad, why) in [
             ("", NameError::Empty),
             (".", NameError::DotComponent),

@@ -577,16 +577,32 @@ pub(crate) fn decode_base64(body: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// Quoted-printable (RFC 2045 §6.7): `=HH` is a byte; trailing spaces and tabs on a
+/// line are transport padding and go; a line ending in `=` (padding after it allowed)
+/// is a soft break and joins the next; an `=` that is neither stays as it is.
 pub(crate) fn decode_qp(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len());
-    let mut i = 0;
     let hex = |b: u8| (b as char).to_digit(16);
-    while let Some(&b) = body.get(i) {
-        if b == b'=' {
-            match (body.get(i + 1), body.get(i + 2)) {
-                (Some(b'\r'), Some(b'\n')) => i += 3,
-                (Some(b'\n'), _) => i += 2,
-                (Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+    for raw in body.split_inclusive(|b| *b == b'\n') {
+        let (line, ending): (&[u8], &[u8]) = if let Some(l) = raw.strip_suffix(b"\r\n") {
+            (l, b"\r\n")
+        } else if let Some(l) = raw.strip_suffix(b"\n") {
+            (l, b"\n")
+        } else {
+            (raw, b"")
+        };
+        let mut line = line;
+        while let [rest @ .., b' ' | b'\t'] = line {
+            line = rest;
+        }
+        let (line, soft) = match line.strip_suffix(b"=") {
+            Some(l) => (l, true),
+            None => (line, false),
+        };
+        let mut i = 0;
+        while let Some(&b) = line.get(i) {
+            match (b, line.get(i + 1).copied(), line.get(i + 2).copied()) {
+                (b'=', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
                     out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
                     i += 3;
                 }
@@ -595,9 +611,9 @@ pub(crate) fn decode_qp(body: &[u8]) -> Vec<u8> {
                     i += 1;
                 }
             }
-        } else {
-            out.push(b);
-            i += 1;
+        }
+        if !soft {
+            out.extend_from_slice(ending);
         }
     }
     out
@@ -799,6 +815,11 @@ Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nC
     #[test]
     fn qp_and_dates() {
         assert_eq!(decode_qp(b"a=3Db=\r\nc"), b"a=bc");
+        // Transport padding goes; a soft break may be followed by padding.
+        assert_eq!(
+            decode_qp(b"padded   \r\nsoft=  \r\nbreak\t\r\nend=\nof=3D\n=zz"),
+            b"padded\r\nsoftbreak\r\nendof=\n=zz"
+        );
         assert_eq!(internal_date(0), "\"01-Jan-1970 00:00:00 +0000\"");
     }
 }
