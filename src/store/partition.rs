@@ -136,6 +136,41 @@ pub fn recover(dir: &Path) -> Result<Loaded, StoreError> {
     Ok(loaded)
 }
 
+/// The handles a partition keeps on its log (opened at start, and again after
+/// compaction renamed a new log into place).
+struct LogFiles {
+    /// Async fdatasync (glommio).
+    writer: BufferedFile,
+    reader: std::fs::File,
+    /// Plain `pwrite`s.
+    appender: std::fs::File,
+    map: Mmap,
+}
+
+impl LogFiles {
+    async fn open(dir: &Path) -> Result<LogFiles, StoreError> {
+        let path = dir.join("messages.log");
+        let writer = glommio::io::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .buffered_open(&path)
+            .await
+            .map_err(|e| StoreError::glommio(&path, e))?;
+        let reader = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
+        let appender = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        let map = map_file(&reader, &path)?;
+        Ok(LogFiles {
+            writer,
+            reader,
+            appender,
+            map,
+        })
+    }
+}
+
 /// Bytes of a stored message, borrowed from the mmap (no copy).
 #[derive(Debug, Clone)]
 pub struct MappedSlice {
@@ -215,19 +250,12 @@ impl Partition {
         // the log it was to replace is intact.
         super::compact::discard(dir);
         let loaded = recover(dir)?;
-        let path = dir.join("messages.log");
-        let writer = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| StoreError::glommio(&path, e))?;
-        let reader = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
-        let appender = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
-        let map = map_file(&reader, &path)?;
+        let LogFiles {
+            writer,
+            reader,
+            appender,
+            map,
+        } = LogFiles::open(dir).await?;
         Ok(Rc::new(Partition {
             appender: RefCell::new(appender),
             id,

@@ -186,6 +186,15 @@ class Server:
         return result
 
 
+def log_bytes(data_dir):
+    """Bytes of every partition's messages.log under a data directory."""
+    total = 0
+    for root, _, files in os.walk(os.path.join(data_dir, "partitions")):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if f == "messages.log")
+    return total
+
+
 def strip_received(stored):
     """The message as the client sent it: our Received: header removed."""
     assert stored.startswith(b"Received: "), stored[:80]

@@ -21,7 +21,7 @@ import threading
 import time
 import unittest
 
-from harness import BIN, DOMAIN, Server, strip_received, tls_context
+from harness import BIN, DOMAIN, Server, log_bytes, strip_received, tls_context
 
 KILLS = 12
 ROUNDS_ONLINE = 6
@@ -35,14 +35,6 @@ def message(i, size=40000):
 def read(path):
     with open(path, "rb") as f:
         return f.read()
-
-
-def log_bytes(data_dir):
-    total = 0
-    for root, _, files in os.walk(os.path.join(data_dir, "partitions")):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
-                     if f == "messages.log")
-    return total
 
 
 class Compaction(unittest.TestCase):

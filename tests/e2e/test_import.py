@@ -18,15 +18,7 @@ import tempfile
 import time
 import unittest
 
-from harness import BIN, DOMAIN, Server, tls_context
-
-
-def log_bytes(data_dir):
-    total = 0
-    for root, _, files in os.walk(os.path.join(data_dir, "partitions")):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
-                     if f == "messages.log")
-    return total
+from harness import BIN, DOMAIN, Server, log_bytes, tls_context
 
 
 def imap(server, user):

@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{map_file, Partition};
+use super::{LogFiles, Partition};
 use crate::store::compact::{self, Report};
 use crate::store::StoreError;
 
@@ -153,23 +153,11 @@ impl Partition {
 
     /// Opens the (new) log file's handles and map.
     async fn reopen(&self) -> Result<(), StoreError> {
-        let path = self.dir.join("messages.log");
-        let writer = glommio::io::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .buffered_open(&path)
-            .await
-            .map_err(|e| StoreError::glommio(&path, e))?;
-        let reader = std::fs::File::open(&path).map_err(|e| StoreError::io(&path, e))?;
-        let appender = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
-        let map = map_file(&reader, &path)?;
-        *self.writer.borrow_mut() = Rc::new(writer);
-        *self.reader.borrow_mut() = reader;
-        *self.appender.borrow_mut() = appender;
-        *self.map.borrow_mut() = Rc::new(map);
+        let files = LogFiles::open(&self.dir).await?;
+        *self.writer.borrow_mut() = Rc::new(files.writer);
+        *self.reader.borrow_mut() = files.reader;
+        *self.appender.borrow_mut() = files.appender;
+        *self.map.borrow_mut() = Rc::new(files.map);
         Ok(())
     }
 }
