@@ -77,6 +77,10 @@ class QuotaEndToEnd(unittest.TestCase):
         c = imap_login(self.server, full)
         try:
             self.assertEqual(int(c.select("INBOX")[1][0]), 3)
+            # The shard owning the session re-reads users.json within a second.
+            deadline = time.time() + 5
+            while "MESSAGE" not in " ".join(quota_response(c)) and time.time() < deadline:
+                time.sleep(0.2)
             self.assertRegex(" ".join(quota_response(c)), r'"" \(STORAGE [67] 1024 MESSAGE 3 3\)')
             with self.assertRaises(imaplib.IMAP4.error) as e:
                 typ, data = c.append("INBOX", None, None, BODY)
