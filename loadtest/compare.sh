@@ -33,9 +33,25 @@ SM_IMAP=127.0.0.1:3143
 IMAP_OPS=${IMAP_OPS:-1000}
 IMAP_SESSIONS=${IMAP_SESSIONS:-400}
 
+# Processes this script started, stopped by their pid (never by name: an operator's
+# own shardmail or smtp-sink must survive a comparison run).
+SM_PID=
+SINK_PID=
+stop_pid() {
+  local pid=$1
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  # Gone, or exited and waiting to be reaped (a zombie): done.
+  for _ in $(seq 100); do
+    grep -qs '^State:[[:space:]]*[^Z]' "/proc/$pid/status" || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
 cleanup() {
-  pkill -f "shardmail --data-dir $WORK" 2>/dev/null || true
-  pkill -x smtp-sink 2>/dev/null || true
+  stop_pid "$SM_PID"
+  stop_pid "$SINK_PID"
   postfix stop >/dev/null 2>&1 || true
   [ -f /tmp/dovecot-ref/run/master.pid ] && kill "$(cat /tmp/dovecot-ref/run/master.pid)" 2>/dev/null || true
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
@@ -82,9 +98,10 @@ SOURCE=(smtp-source -4 -s 20 -m "$MESSAGES" -l 5120 -d -f bench@bench.test -t si
 
 step "smtp-sink (no storage): the load tool's ceiling here"
 smtp-sink -u nobody -c 127.0.0.1:3526 1000 >/dev/null 2>&1 &
+SINK_PID=$!
 sleep 0.5
 t_sink=$(median_seconds "${SOURCE[@]}" 127.0.0.1:3526)
-pkill -x smtp-sink || true
+stop_pid "$SINK_PID"; SINK_PID=
 
 step "reference Postfix (MODE=maildir, default queue fsync)"
 MODE=maildir INFLOW=0 bash "$REF/start-postfix.sh" >/dev/null
@@ -100,6 +117,7 @@ for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.tes
 # Waits (10 s at most) until the server says every shard is listening.
 ready() { for _ in $(seq 100); do grep -q "ready: every shard is listening" "$1" && return 0; sleep 0.1; done; echo "shardmail did not start: $1" >&2; return 1; }
 $B "${SM[@]}" serve 2>"$WORK/shardmail.log" &
+SM_PID=$!
 ready "$WORK/shardmail.log"
 t_shardmail=$(median_seconds "${SOURCE[@]}" "$SM_SMTP")
 
@@ -144,9 +162,9 @@ imap() { median_json ops_per_s imap1 "$@"; }
 # as the runs it is compared with; then the server restarts without it.
 step "POP3 and IMAP login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
 restart() {
-  pkill -f "shardmail --data-dir $WORK" || true
-  for _ in $(seq 100); do pgrep -f "shardmail --data-dir $WORK" >/dev/null || break; sleep 0.1; done
+  stop_pid "$SM_PID"
   $B "${SM[@]}" "$@" serve 2>"$WORK/shardmail-$#.log" &
+  SM_PID=$!
   ready "$WORK/shardmail-$#.log"
 }
 restart --set limits.auth_cache_secs=300
