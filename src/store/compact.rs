@@ -289,34 +289,17 @@ pub fn append_tail(
                 staged.moved.insert(blob, staged.len + out.len() as u64);
                 out.extend_from_slice(bytes);
             }
-            Op::Append { account, .. } | Op::Flags { account, .. } if !keep(account) => {}
-            Op::Append {
-                account,
-                mailbox,
-                uid,
-                modseq,
-                internal_date,
-                flags,
-                blob,
-                keywords,
-                resolved: _,
-            } => {
-                let blob = *staged.moved.get(&blob).ok_or_else(|| damaged(blob))?;
-                Op::Append {
-                    account,
-                    mailbox,
-                    uid,
-                    modseq,
-                    internal_date,
-                    flags,
-                    blob,
-                    keywords,
-                    resolved: None,
-                }
-                .encode(&mut out);
-            }
+            // A dropped account's records go; an Append points at its blob's new place.
             other if other.account().is_some_and(|a| !keep(a)) => {}
-            other => other.encode(&mut out),
+            Op::Append { blob, .. } if !staged.moved.contains_key(&blob) => {
+                return Err(damaged(blob));
+            }
+            mut other => {
+                if let Op::Append { blob, .. } = &mut other {
+                    *blob = staged.moved.get(blob).copied().unwrap_or(*blob);
+                }
+                other.encode(&mut out);
+            }
         }
     }
     use std::os::unix::fs::FileExt;
