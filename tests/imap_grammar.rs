@@ -77,7 +77,7 @@ fn nil_is_an_atom_where_an_astring_or_a_flag_is_allowed() {
     let out = replies("b SELECT INBOX\r\nc STORE 1 +FLAGS NIL\r\nd FETCH 1 FLAGS\r\n");
     assert!(out.contains("c OK"), "{out}");
     assert!(
-        out.contains("* 1 FETCH (FLAGS (NIL))\r\nd OK FETCH completed\r\n"),
+        out.contains("* 1 FETCH (FLAGS (\\Recent NIL))\r\nd OK FETCH completed\r\n"),
         "{out}"
     );
     let out = replies("b CREATE NIL\r\nc STATUS NIL (MESSAGES)\r\n");

@@ -73,7 +73,7 @@ const INBOX_SELECTED: [&str; 8] = [
     "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
     "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] Flags permitted",
     "* 2 EXISTS",
-    "* 0 RECENT",
+    "* 2 RECENT",
     "* OK [UNSEEN 1] First unseen",
     "* OK [UIDVALIDITY 1000] UIDs valid",
     "* OK [UIDNEXT 3] Predicted next UID",
@@ -95,15 +95,15 @@ fn assert_after_login(input: &str, tls: bool, all: bool, expected: &[&str]) {
 fn login() {
     let input = "a1 CAPABILITY\na2 LOGIN bob pw\na3 STARTTLS\n--\na4 CAPABILITY\na5 LOGIN bob wrong\na6 LOGIN bob pw\na7 LOGOUT\n".to_string();
     assert_after_login(&input, false, true, &[
-        "* OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN APPENDLIMIT=4096 QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE STARTTLS LOGINDISABLED] imap.example shardmail IMAP ready",
-        "* CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN APPENDLIMIT=4096 QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE STARTTLS LOGINDISABLED",
+        "* OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN ID SASL-IR ENABLE NAMESPACE LIST-EXTENDED STATUS=SIZE QUOTA IDLE UNAUTHENTICATE UNSELECT UIDPLUS ESEARCH MOVE QUOTA=RES-STORAGE QUOTA=RES-MESSAGE APPENDLIMIT=4096 STARTTLS LOGINDISABLED] imap.example shardmail IMAP ready",
+        "* CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN ID SASL-IR ENABLE NAMESPACE LIST-EXTENDED STATUS=SIZE QUOTA IDLE UNAUTHENTICATE UNSELECT UIDPLUS ESEARCH MOVE QUOTA=RES-STORAGE QUOTA=RES-MESSAGE APPENDLIMIT=4096 STARTTLS LOGINDISABLED",
         "a1 OK CAPABILITY completed",
         "a2 NO [PRIVACYREQUIRED] Use STARTTLS or the IMAPS port first (tls.allow_plaintext_auth)",
         "a3 OK Begin TLS negotiation now",
-        "* CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN APPENDLIMIT=4096 QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE AUTH=PLAIN",
+        "* CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN ID SASL-IR ENABLE NAMESPACE LIST-EXTENDED STATUS=SIZE QUOTA IDLE UNAUTHENTICATE UNSELECT UIDPLUS ESEARCH MOVE QUOTA=RES-STORAGE QUOTA=RES-MESSAGE APPENDLIMIT=4096 AUTH=PLAIN",
         "a4 OK CAPABILITY completed",
         "a5 NO [AUTHENTICATIONFAILED] Invalid credentials",
-        "a6 OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN APPENDLIMIT=4096 QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE] Logged in",
+        "a6 OK [CAPABILITY IMAP4rev1 IMAP4rev2 LITERAL+ CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN ID SASL-IR ENABLE NAMESPACE LIST-EXTENDED STATUS=SIZE QUOTA IDLE UNAUTHENTICATE UNSELECT UIDPLUS ESEARCH MOVE QUOTA=RES-STORAGE QUOTA=RES-MESSAGE APPENDLIMIT=4096] Logged in",
         "* BYE shardmail logging out",
         "a7 OK LOGOUT completed",
     ]);
@@ -121,14 +121,14 @@ fn select() {
             &INBOX_SELECTED[..],
             &[
             "b OK [READ-WRITE] SELECT completed",
-            "* 1 FETCH (UID 1 FLAGS () RFC822.SIZE 146 INTERNALDATE \"25-Nov-2026 09:46:40 +0000\" ENVELOPE (\"Wed, 25 Nov 2026 10:00:00 +0000\" \"first\" ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL \"<1@a.example>\"))",
-            "* 2 FETCH (UID 2 FLAGS () RFC822.SIZE 88 INTERNALDATE \"25-Nov-2026 09:48:20 +0000\" ENVELOPE (NIL \"second\" ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL NIL))",
+            "* 1 FETCH (UID 1 FLAGS (\\Recent) RFC822.SIZE 146 INTERNALDATE \"25-Nov-2026 09:46:40 +0000\" ENVELOPE (\"Wed, 25 Nov 2026 10:00:00 +0000\" \"first\" ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((\"Alice\" NIL \"alice\" \"a.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL \"<1@a.example>\"))",
+            "* 2 FETCH (UID 2 FLAGS (\\Recent) RFC822.SIZE 88 INTERNALDATE \"25-Nov-2026 09:48:20 +0000\" ENVELOPE (NIL \"second\" ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((\"Carol\" NIL \"carol\" \"c.example\")) ((NIL NIL \"bob\" \"b.example\")) NIL NIL NIL NIL))",
             "c OK FETCH completed",
             "* 2 FETCH (BODY[TEXT] {19}",
             "Quarterly report.",
-            " FLAGS (\\Seen))",
+            " FLAGS (\\Seen \\Recent))",
             "d OK FETCH completed",
-            "* 2 FETCH (FLAGS (\\Seen))",
+            "* 2 FETCH (FLAGS (\\Seen \\Recent))",
             "e OK FETCH completed",
             "* STATUS \"INBOX\" (MESSAGES 2 UNSEEN 1 UIDNEXT 3 HIGHESTMODSEQ 3 SIZE 234)",
             "f OK STATUS completed",
@@ -155,14 +155,14 @@ fn store() {
             "c OK [READ-WRITE] SELECT completed",
             "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)",
             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work \\*)] Flags permitted",
-            "* 1 FETCH (FLAGS (\\Flagged $Work) MODSEQ (3))",
+            "* 1 FETCH (FLAGS (\\Flagged \\Recent $Work) MODSEQ (3))",
             "d OK STORE completed",
             "e OK STORE completed",
-            "* 1 FETCH (FLAGS ($Work) MODSEQ (5))",
+            "* 1 FETCH (FLAGS (\\Recent $Work) MODSEQ (5))",
             "f OK [MODIFIED 2] Conditional STORE failed for some messages",
             "* 2 EXPUNGE",
             "g OK EXPUNGE completed",
-            "* 1 FETCH (FLAGS ($Work) MODSEQ (5))",
+            "* 1 FETCH (FLAGS (\\Recent $Work) MODSEQ (5))",
             "h OK FETCH completed",
             ],
         ]
@@ -247,16 +247,18 @@ fn append() {
             "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk)",
             "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Junk \\*)] Flags permitted",
             "* 3 EXISTS",
+            "* 3 RECENT",
             "c OK [APPENDUID 1000 3] APPEND completed",
             "* 4 EXISTS",
+            "* 4 RECENT",
             "d OK [APPENDUID 1000 4] APPEND completed",
             "e NO [TOOBIG] Literal larger than limits.message_size_max (4096 bytes)",
             "f NO [TOOBIG] Literal larger than limits.message_size_max (4096 bytes)",
             "g OK NOOP completed",
-            "* 3 FETCH (FLAGS (\\Seen $Junk) INTERNALDATE \"25-Nov-2026 09:00:00 +0000\" BODY[] {12}",
+            "* 3 FETCH (FLAGS (\\Seen \\Recent $Junk) INTERNALDATE \"25-Nov-2026 09:00:00 +0000\" BODY[] {12}",
             "Subject: x",
             ")",
-            "* 4 FETCH (FLAGS () INTERNALDATE \"26-Nov-2026 06:45:00 +0000\" BODY[] {3}",
+            "* 4 FETCH (FLAGS (\\Recent) INTERNALDATE \"26-Nov-2026 06:45:00 +0000\" BODY[] {3}",
             "abc)",
             "h OK FETCH completed",
             ],
@@ -344,7 +346,7 @@ fn sections() {
         "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
         "* OK [PERMANENTFLAGS ()] Read-only mailbox",
         "* 2 EXISTS",
-        "* 0 RECENT",
+        "* 2 RECENT",
         "* OK [UNSEEN 1] First unseen",
         "* OK [UIDVALIDITY 1000] UIDs valid",
         "* OK [UIDNEXT 3] Predicted next UID",
@@ -356,7 +358,7 @@ fn sections() {
         " BODY[]<0> {10}",
         "From: Alic BODYSTRUCTURE (\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 12 1 NIL NIL NIL NIL) BINARY.SIZE[1] 12)",
         "c OK FETCH completed",
-        "* 1 FETCH (FLAGS ())",
+        "* 1 FETCH (FLAGS (\\Recent))",
         "d OK FETCH completed",
     ]);
 }
@@ -372,9 +374,9 @@ fn qresync() {
             &["* ENABLED QRESYNC", "b OK ENABLE completed"],
             &INBOX_SELECTED[..],
             &[
-                "* 2 FETCH (UID 2 FLAGS () MODSEQ (2))",
+                "* 2 FETCH (UID 2 FLAGS (\\Recent) MODSEQ (2))",
                 "c OK [READ-WRITE] SELECT completed",
-                "* 2 FETCH (UID 2 FLAGS () MODSEQ (2))",
+                "* 2 FETCH (UID 2 FLAGS (\\Recent) MODSEQ (2))",
                 "d OK FETCH completed",
             ],
         ]
@@ -405,7 +407,7 @@ fn idle_reports_a_delivery_and_an_expunge_at_once() {
     assert!(take(&mut d).ends_with("+ idling\r\n"));
     d.store.deliver(1, MSG2, 1_795_700_000);
     d.notify();
-    assert_eq!(take(&mut d), "* 3 EXISTS\r\n");
+    assert_eq!(take(&mut d), "* 3 EXISTS\r\n* 3 RECENT\r\n");
     // Another session expunges UID 1: inside IDLE the expunge is reported at once.
     d.store
         .apply(shardmail::proto::imap::session::Write::Expunge {
@@ -421,7 +423,10 @@ fn idle_reports_a_delivery_and_an_expunge_at_once() {
     d.notify();
     assert_eq!(take(&mut d), "");
     d.feed(b"d NOOP\r\n");
-    assert_eq!(take(&mut d), "* 3 EXISTS\r\nd OK NOOP completed\r\n");
+    assert_eq!(
+        take(&mut d),
+        "* 3 EXISTS\r\n* 3 RECENT\r\nd OK NOOP completed\r\n"
+    );
 }
 
 #[test]
@@ -446,7 +451,7 @@ fn expunge_by_another_session_waits_for_a_command_that_allows_it() {
         "* 2 FETCH (UID 2)\r\n\
          * FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Seen-elsewhere)\r\n\
          * OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Seen-elsewhere \\*)] Flags permitted\r\n\
-         * 2 FETCH (FLAGS (\\Seen $Seen-elsewhere) MODSEQ (4))\r\nd OK FETCH completed\r\n"
+         * 2 FETCH (FLAGS (\\Seen \\Recent $Seen-elsewhere) MODSEQ (4))\r\nd OK FETCH completed\r\n"
     );
     d.feed(b"e NOOP\r\n");
     assert_eq!(take(&mut d), "* 1 EXPUNGE\r\ne OK NOOP completed\r\n");

@@ -322,6 +322,11 @@ async fn drive(
                         session.written(result, view, &mut out)
                     });
                 }
+                Action::Unauthenticated => {
+                    // Frees the session slot; the next login finds its owner anew.
+                    drop(slot.take());
+                    account = None;
+                }
                 Action::Close => {
                     let _ = flush_counted(shard, &mut stream, &mut out.reply).await;
                     stream.close().await;

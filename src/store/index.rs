@@ -20,6 +20,9 @@ pub mod flags {
     pub const FLAGGED: u32 = 1 << 2;
     pub const DELETED: u32 = 1 << 3;
     pub const DRAFT: u32 = 1 << 4;
+    /// `\Recent`: never stored; an IMAP session adds it when rendering the flags of
+    /// a message it shows as recent.
+    pub const RECENT: u32 = 1 << 31;
 }
 
 /// RFC 6154 special-use attribute of a mailbox.
@@ -110,6 +113,26 @@ pub struct MailboxIndex {
     /// Kept as messages come, go and change flags (STATUS UNSEEN, DELETED and SIZE
     /// answer without reading the messages).
     pub counts: Counts,
+    /// Where `\Recent` starts: in memory only, never logged or snapshotted.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub recent: RecentMark,
+}
+
+/// The first UID no session has yet been shown as `\Recent` (RFC 3501 §2.3.2: a
+/// message is recent in exactly one session, the first to select its mailbox after it
+/// arrived). Sessions claim through a shared reference, so it is a `Cell`: the index
+/// belongs to one shard's thread. It lives only in memory: after a restart it starts
+/// at `uid_next` ([`Index::forget_recent`]), so mail that arrived before the restart
+/// is not recent afterwards (RFC 3501 says SHOULD be; we choose not to mark a whole
+/// mailbox recent on every restart).
+#[derive(Debug, Clone, Default)]
+pub struct RecentMark(std::cell::Cell<u32>);
+
+impl PartialEq for RecentMark {
+    /// Session state, not mailbox content: a recovered index equals the live one.
+    fn eq(&self, _: &RecentMark) -> bool {
+        true
+    }
 }
 
 /// Message counts of a mailbox, maintained by [`Index::apply`].
@@ -162,6 +185,19 @@ pub const APPEND_MARK_EVERY: u32 = 256;
 pub const FLAG_CHANGES_KEPT: usize = 8192;
 
 impl MailboxIndex {
+    /// The first UID not yet claimed as recent by any session.
+    pub fn recent_from(&self) -> u32 {
+        self.recent.0.get()
+    }
+
+    /// Claims every message not yet shown as recent for the calling session; returns
+    /// the first UID of those (they run from there to `uid_next`).
+    pub fn claim_recent(&self) -> u32 {
+        let from = self.recent.0.get();
+        self.recent.0.set(self.uid_next.max(from));
+        from
+    }
+
     /// Records keywords the mailbox has not seen (compared case-insensitively, as IMAP
     /// flags are).
     fn note_keywords(&mut self, keywords: &[String]) {
@@ -325,6 +361,13 @@ struct ExpungeRun {
 pub struct DanglingOp(pub &'static str);
 
 impl Index {
+    /// After recovery: nothing that arrived before is recent (see [`RecentMark`]).
+    pub fn forget_recent(&mut self) {
+        for mb in self.accounts.values().flat_map(|a| &a.mailboxes) {
+            mb.recent.0.set(mb.uid_next);
+        }
+    }
+
     /// Applies one durable op (replay and live commits both come here).
     pub fn apply(&mut self, op: Op, blobs: &mut BlobCache) -> Result<(), DanglingOp> {
         match op {
@@ -356,6 +399,7 @@ impl Index {
                             flag_changes_floor: 0,
                             append_marks: Vec::new(),
                             counts: Counts::default(),
+                            recent: RecentMark::default(),
                         },
                     );
                 }

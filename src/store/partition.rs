@@ -81,6 +81,7 @@ pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
         })?;
     }
     index.log_end = scanner.valid_end();
+    index.forget_recent();
     Ok(Loaded {
         valid_end: index.log_end,
         index,

@@ -166,6 +166,8 @@ class ImapEndToEnd(unittest.TestCase):
             line = m.readline()
         woke_after = time.monotonic() - acked
         self.assertIn(b"* 2 EXISTS", line)
+        # An IMAP4rev1 session that selected first is told the delivery is \Recent.
+        self.assertEqual(m.readline(), b"* 2 RECENT\r\n")
         # Pushed by the commit that made the delivery durable; generous bound for a
         # shared CI host (measured here: about a millisecond).
         self.assertLess(woke_after, 1.0)

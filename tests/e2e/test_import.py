@@ -40,7 +40,9 @@ def mailbox_contents(server, user, box):
                 meta = item[0].decode()
                 flags = meta.split("FLAGS (")[1].split(")")[0]
                 date = meta.split('INTERNALDATE "')[1].split('"')[0]
-                out.append((sorted(flags.split()), date, item[1]))
+                # \Recent is which session saw the message first, not content.
+                kept = [f for f in flags.split() if f != "\\Recent"]
+                out.append((sorted(kept), date, item[1]))
         return out
     finally:
         c.logout()

@@ -482,7 +482,7 @@ pub enum SearchKey {
     All,
     Flag(u32, bool),
     Keyword(String, bool),
-    /// `\Recent` (never set here: NEW and RECENT match nothing, OLD everything).
+    /// `\Recent` as the session shows it (RECENT, and OLD as `Recent(false)`).
     Recent(bool),
     Header(String, String),
     Body(String),
@@ -620,7 +620,12 @@ fn search_key<'a, 'b>(
         "UNDRAFT" => SearchKey::Flag(flags::DRAFT, false),
         "UNFLAGGED" => SearchKey::Flag(flags::FLAGGED, false),
         "UNSEEN" => SearchKey::Flag(flags::SEEN, false),
-        "NEW" | "RECENT" => SearchKey::Recent(true),
+        "RECENT" => SearchKey::Recent(true),
+        // RFC 3501 §6.4.4: NEW is RECENT UNSEEN.
+        "NEW" => SearchKey::And(vec![
+            SearchKey::Recent(true),
+            SearchKey::Flag(flags::SEEN, false),
+        ]),
         "OLD" => SearchKey::Recent(false),
         "KEYWORD" => SearchKey::Keyword(string("KEYWORD")?, true),
         "UNKEYWORD" => SearchKey::Keyword(string("UNKEYWORD")?, false),

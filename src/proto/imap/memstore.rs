@@ -316,7 +316,7 @@ impl Driver {
                         self.closed = true;
                         self.pending.clear();
                     }
-                    Action::Splice { .. } => {}
+                    Action::Splice { .. } | Action::Unauthenticated => {}
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! IMAP4rev2/IMAP4rev1 (RFC 9051, RFC 3501), sans-IO: the command framer and
 //! tokenizer ([`lexer`]), typed arguments ([`command`]), mailbox names and LIST
-//! patterns ([`names`]), rendering ([`render`]), SEARCH ([`search`]) and the session
+//! patterns ([`names`]), command names and their states ([`verb`]), rendering ([`render`]), SEARCH ([`search`]) and the session
 //! state machine ([`session`]). The IO driver is `src/shard/imap.rs`.
 
 pub mod command;
@@ -11,3 +11,4 @@ pub mod names;
 pub mod render;
 pub mod search;
 pub mod session;
+pub mod verb;

@@ -70,6 +70,7 @@ pub fn flag_list(out: &mut Vec<u8>, bits: u32, keywords: &[String]) {
         (flags::FLAGGED, "\\Flagged"),
         (flags::DELETED, "\\Deleted"),
         (flags::DRAFT, "\\Draft"),
+        (flags::RECENT, "\\Recent"),
     ] {
         if bits & bit != 0 {
             put(out, name);

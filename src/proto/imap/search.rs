@@ -28,6 +28,8 @@ pub struct Candidate<'a> {
     /// Its MIME summary (read from the log), likewise only if a key needs it.
     pub summary: &'a dyn Fn() -> Option<Summary>,
     summary_cache: OnceCell<Option<Summary>>,
+    /// The session shows it as `\Recent` (RFC 3501 §2.3.2).
+    pub recent: bool,
 }
 
 impl<'a> Candidate<'a> {
@@ -48,6 +50,7 @@ impl<'a> Candidate<'a> {
             cache: OnceCell::new(),
             summary,
             summary_cache: OnceCell::new(),
+            recent: false,
         }
     }
 
@@ -167,7 +170,7 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
         SearchKey::All => true,
         SearchKey::Flag(bit, set) => (e.flags & bit != 0) == *set,
         SearchKey::Keyword(k, set) => e.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) == *set,
-        SearchKey::Recent(recent) => !recent,
+        SearchKey::Recent(recent) => c.recent == *recent,
         SearchKey::Header(field, needle) => {
             let env = c.summary().map(|s| &s.envelope);
             let cached = env.and_then(|env| match field.as_str() {

@@ -21,6 +21,7 @@ use super::command::{
 use super::lexer::{tokenize, Frame, FrameLimits, Framer, Refusal, Token};
 use super::render;
 use super::search::{self, Candidate};
+use super::verb::Verb;
 use crate::proto::sasl;
 use crate::store::change::{Change, Outcome};
 use crate::store::index::{
@@ -37,6 +38,7 @@ pub use super::names::DELIMITER;
 mod append;
 mod list;
 mod quota;
+mod recent;
 mod view;
 
 use view::{View, Viewpoint};
@@ -139,6 +141,9 @@ pub enum Action {
     Splice { at: usize, offset: u64, len: usize },
     /// Flush replies and close the connection.
     Close,
+    /// The session logged out but stays connected (UNAUTHENTICATE, RFC 8437): release
+    /// the account (its session slot) before the next login.
+    Unauthenticated,
 }
 
 /// A durable change to the account.
@@ -318,6 +323,16 @@ struct Selected {
     reported_modseq: u64,
     /// Keywords announced in FLAGS.
     keywords: Vec<String>,
+    /// What this session shows as `\Recent` (IMAP4rev1 only).
+    recent: recent::Recent,
+}
+
+impl Selected {
+    /// The flags to render for `entry`: its stored flags, plus `\Recent` if this
+    /// session shows it so.
+    fn flags_of(&self, entry: &MessageEntry) -> u32 {
+        entry.flags | recent_bit(&self.recent, entry.uid)
+    }
 }
 
 /// A command waiting for the IO layer.
@@ -441,7 +456,23 @@ pub struct Session {
     uploads: u64,
 }
 
-const CAPABILITIES: &str = "IMAP4rev1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UIDPLUS MOVE CONDSTORE QRESYNC UNSELECT SPECIAL-USE ESEARCH LIST-EXTENDED LIST-STATUS STATUS=SIZE BINARY CHILDREN";
+/// Capabilities that are not commands (those come from [`Verb::capability`]).
+const PROTOCOL_CAPABILITIES: &str =
+    "IMAP4rev1 IMAP4rev2 LITERAL+ CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN";
+
+/// The capability list shared by every session, built once.
+fn static_capabilities() -> &'static str {
+    static CAPS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CAPS.get_or_init(|| {
+        let mut caps = PROTOCOL_CAPABILITIES.to_string();
+        for cap in super::verb::command_capabilities() {
+            caps.push(' ');
+            caps.push_str(cap);
+        }
+        caps.push_str(quota::CAPABILITIES);
+        caps
+    })
+}
 
 /// Longest keyword (a flag atom) stored.
 const KEYWORD_BYTES_MAX: usize = 255;
@@ -548,9 +579,8 @@ impl Session {
     }
 
     fn capabilities(&self) -> String {
-        let mut caps = CAPABILITIES.to_string();
+        let mut caps = static_capabilities().to_string();
         caps.push_str(&format!(" APPENDLIMIT={}", self.config.literal_bytes_max));
-        caps.push_str(quota::CAPABILITIES);
         if self.state == State::NotAuthenticated {
             if !self.tls && self.config.tls_available {
                 caps.push_str(" STARTTLS");
@@ -808,64 +838,38 @@ impl Session {
         } else {
             &cmd.args
         };
-        let any_state = matches!(name.as_str(), "CAPABILITY" | "NOOP" | "LOGOUT" | "ID");
-        let not_auth = matches!(name.as_str(), "STARTTLS" | "LOGIN" | "AUTHENTICATE");
-        let selected_only = matches!(
-            name.as_str(),
-            "CHECK"
-                | "CLOSE"
-                | "UNSELECT"
-                | "EXPUNGE"
-                | "SEARCH"
-                | "FETCH"
-                | "STORE"
-                | "COPY"
-                | "MOVE"
-        );
-        let valid_uid = !uid
-            || matches!(
-                name.as_str(),
-                "FETCH" | "STORE" | "SEARCH" | "COPY" | "MOVE" | "EXPUNGE"
-            );
-        if !valid_uid {
+        let Some(verb) = Verb::parse(&name) else {
+            return self.bad(&tag, &format!("Unknown command {name}"), out);
+        };
+        if uid && !verb.has_uid_form() {
             return self.bad(&tag, &format!("UID {name} is not a command"), out);
         }
-        let state_ok = any_state
-            || match self.state {
-                State::NotAuthenticated => not_auth,
-                State::Authenticated => !not_auth && (!selected_only || self.selected.is_some()),
-                State::Logout => false,
-            };
-        if !state_ok && is_known(&name) {
-            let why = match self.state {
-                State::NotAuthenticated => "Log in first",
-                _ if not_auth => "Already logged in",
-                _ => "No mailbox selected",
-            };
-            return self.bad(&tag, why, out);
+        let logged_in = matches!(self.state, State::Authenticated);
+        if self.state == State::Logout || !verb.allowed_in(logged_in, self.selected.is_some()) {
+            return self.bad(&tag, verb.refusal(logged_in), out);
         }
-        match name.as_str() {
-            "CAPABILITY" => {
+        match verb {
+            Verb::Capability => {
                 out.line(&format!("* CAPABILITY {}", self.capabilities()));
                 out.line(&format!("{tag} OK CAPABILITY completed"));
             }
-            "NOOP" | "CHECK" => {
+            Verb::Noop | Verb::Check => {
                 self.update(store, out, true, &HashSet::new());
                 out.line(&format!("{tag} OK {name} completed"));
             }
-            "LOGOUT" => {
+            Verb::Logout => {
                 out.line("* BYE shardmail logging out");
                 out.line(&format!("{tag} OK LOGOUT completed"));
                 self.close(out);
             }
-            "ID" => {
+            Verb::Id => {
                 out.line(&format!(
                     "* ID (\"name\" \"shardmail\" \"version\" \"{}\")",
                     env!("CARGO_PKG_VERSION")
                 ));
                 out.line(&format!("{tag} OK ID completed"));
             }
-            "STARTTLS" => {
+            Verb::StartTls => {
                 if self.tls || !self.config.tls_available {
                     return self.bad(
                         &tag,
@@ -877,28 +881,30 @@ impl Session {
                 self.pending = Some(Pending::StartTls);
                 out.actions.push(Action::StartTls);
             }
-            "LOGIN" => self.login(&tag, args, out),
-            "AUTHENTICATE" => self.authenticate(&tag, args, out),
-            "ENABLE" => self.enable(&tag, args, out),
-            "NAMESPACE" => {
+            Verb::Login => self.login(&tag, args, out),
+            Verb::Authenticate => self.authenticate(&tag, args, out),
+            Verb::Enable => self.enable(&tag, args, out),
+            Verb::Namespace => {
                 out.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
                 out.line(&format!("{tag} OK NAMESPACE completed"));
             }
-            "SELECT" | "EXAMINE" => self.select(&tag, args, name == "EXAMINE", store, out),
-            "CREATE" => self.create(&tag, args, store, out),
-            "DELETE" => self.delete(&tag, args, store, out),
-            "RENAME" => self.rename(&tag, args, store, out),
-            "SUBSCRIBE" | "UNSUBSCRIBE" => {
+            Verb::Select | Verb::Examine => {
+                self.select(&tag, args, verb == Verb::Examine, store, out)
+            }
+            Verb::Create => self.create(&tag, args, store, out),
+            Verb::Delete => self.delete(&tag, args, store, out),
+            Verb::Rename => self.rename(&tag, args, store, out),
+            Verb::Subscribe | Verb::Unsubscribe => {
                 let Some(mailbox) = args.first().and_then(command::mailbox_text) else {
                     return self.bad(&tag, &format!("{name} needs a mailbox name"), out);
                 };
                 let mailbox = normalize(&mailbox);
-                if name == "SUBSCRIBE" && !self.subscription_fits(&tag, &mailbox, store, out) {
+                if verb == Verb::Subscribe && !self.subscription_fits(&tag, &mailbox, store, out) {
                     return;
                 }
                 self.pending = Some(Pending::Simple {
                     tag,
-                    done: if name == "SUBSCRIBE" {
+                    done: if verb == Verb::Subscribe {
                         "SUBSCRIBE completed"
                     } else {
                         "UNSUBSCRIBE completed"
@@ -906,32 +912,32 @@ impl Session {
                 });
                 out.actions.push(Action::Write(Write::Subscribe {
                     name: mailbox,
-                    subscribed: name == "SUBSCRIBE",
+                    subscribed: verb == Verb::Subscribe,
                 }));
             }
-            "LIST" => self.list(&tag, args, store, out),
-            "LSUB" => self.lsub(&tag, args, store, out),
-            "STATUS" => self.status(&tag, args, store, out),
-            "GETQUOTA" | "GETQUOTAROOT" | "SETQUOTA" => {
+            Verb::List => self.list(&tag, args, store, out),
+            Verb::Lsub => self.lsub(&tag, args, store, out),
+            Verb::Status => self.status(&tag, args, store, out),
+            Verb::GetQuota | Verb::GetQuotaRoot | Verb::SetQuota => {
                 self.quota_command(&tag, &name, args, store, out)
             }
-            "APPEND" => self.append_framed(&tag, args, store, now, out),
-            "IDLE" => {
+            Verb::Append => self.append_framed(&tag, args, store, now, out),
+            Verb::Idle => {
                 out.line("+ idling");
                 self.idle_tag = Some(tag);
                 self.update(store, out, true, &HashSet::new());
             }
-            "UNSELECT" => {
+            Verb::Unselect => {
                 self.selected = None;
                 out.line(&format!("{tag} OK UNSELECT completed"));
             }
-            "CLOSE" => self.close_mailbox(&tag, store, out),
-            "EXPUNGE" => self.expunge(&tag, args, uid, store, out),
-            "SEARCH" => self.search(&tag, args, uid, store, out),
-            "FETCH" => self.fetch(&tag, args, uid, store, out),
-            "STORE" => self.store(&tag, args, uid, store, out),
-            "COPY" | "MOVE" => self.copy(&tag, args, uid, name == "MOVE", store, out),
-            _ => self.bad(&tag, &format!("Unknown command {name}"), out),
+            Verb::Close => self.close_mailbox(&tag, store, out),
+            Verb::Expunge => self.expunge(&tag, args, uid, store, out),
+            Verb::Search => self.search(&tag, args, uid, store, out),
+            Verb::Fetch => self.fetch(&tag, args, uid, store, out),
+            Verb::Store => self.store(&tag, args, uid, store, out),
+            Verb::Copy | Verb::Move => self.copy(&tag, args, uid, verb == Verb::Move, store, out),
+            Verb::Unauthenticate => self.unauthenticate(&tag, out),
         }
     }
 
@@ -1055,6 +1061,20 @@ impl Session {
         ));
     }
 
+    /// UNAUTHENTICATE (RFC 8437): back to the not-authenticated state on the same
+    /// connection, keeping TLS; everything the login brought (the mailbox, ENABLEd
+    /// extensions) is dropped, so the next login starts as a new session would.
+    fn unauthenticate(&mut self, tag: &str, out: &mut Outbox) {
+        self.state = State::NotAuthenticated;
+        self.user = None;
+        self.selected = None;
+        self.condstore = false;
+        self.qresync = false;
+        self.rev2 = false;
+        out.line(&format!("{tag} OK UNAUTHENTICATE completed"));
+        out.actions.push(Action::Unauthenticated);
+    }
+
     pub fn login_failed(&mut self, refusal: LoginRefusal, out: &mut Outbox) {
         let Some(Pending::Login { tag }) = self.pending.take() else {
             return;
@@ -1158,8 +1178,10 @@ impl Session {
         let room = keywords.len() < self.config.keywords_per_mailbox_max;
         flags_lines(out, &keywords, read_only, room);
         out.line(&format!("* {} EXISTS", mb.messages.len()));
+        let mut recent = recent::Recent::default();
         if !self.rev2 {
-            out.line("* 0 RECENT");
+            recent.take_new(mb, read_only);
+            out.line(&format!("* {} RECENT", recent.count(mb)));
             let first_unseen = match mb.counts.unseen {
                 0 => None,
                 _ => mb.messages.iter().position(|m| m.flags & flags::SEEN == 0),
@@ -1195,13 +1217,8 @@ impl Session {
                     let Ok(i) = mb.messages.binary_search_by_key(&m.uid, |e| e.uid) else {
                         continue;
                     };
-                    {
-                        let mut line =
-                            format!("* {} FETCH (UID {} FLAGS ", i + 1, m.uid).into_bytes();
-                        render::flag_list(&mut line, m.flags, &m.keywords);
-                        line.extend_from_slice(format!(" MODSEQ ({}))\r\n", m.modseq).as_bytes());
-                        out.reply.extend_from_slice(&line);
-                    }
+                    let flags = m.flags | recent_bit(&recent, m.uid);
+                    flags_update(out, i + 1, m, flags, true, true);
                 }
             }
         }
@@ -1211,6 +1228,7 @@ impl Session {
             at,
             reported_modseq: mb.highest_modseq,
             keywords,
+            recent,
         });
         let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let verb = if read_only { "EXAMINE" } else { "SELECT" };
@@ -1472,6 +1490,10 @@ impl Session {
             sel.at.known_last = newest.uid;
             announce_keywords(sel, mb, keywords_max, out);
             out.line(&format!("* {} EXISTS", View::new(mb, sel.at).len()));
+            if !self.rev2 {
+                sel.recent.take_new(mb, sel.read_only);
+                out.line(&format!("* {} RECENT", sel.recent.count(mb)));
+            }
         }
         if mb.highest_modseq > sel.reported_modseq {
             let changed = flags_changed_since(mb, sel.reported_modseq, last);
@@ -1484,17 +1506,8 @@ impl Session {
                 let Some(i) = view.index_of(m.uid) else {
                     continue;
                 };
-                let mut line = format!("* {} FETCH (", i + 1).into_bytes();
-                if self.qresync {
-                    line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
-                }
-                line.extend_from_slice(b"FLAGS ");
-                render::flag_list(&mut line, m.flags, &m.keywords);
-                if self.condstore {
-                    line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
-                }
-                line.extend_from_slice(b")\r\n");
-                out.reply.extend_from_slice(&line);
+                let flags = sel.flags_of(m);
+                flags_update(out, i + 1, m, flags, self.qresync, self.condstore);
             }
             sel.reported_modseq = mb.highest_modseq;
         }
@@ -1715,7 +1728,9 @@ impl Session {
             }
             let bytes = || store.bytes(entry);
             let summary = || store.summary(entry).ok();
-            let candidate = Candidate::new(seq, entry, largest_seq, largest_uid, &bytes, &summary);
+            let mut candidate =
+                Candidate::new(seq, entry, largest_seq, largest_uid, &bytes, &summary);
+            candidate.recent = sel.recent.contains(entry.uid);
             if search::matches(&job.key, &candidate) {
                 job.hits.push(if job.uid { entry.uid } else { seq });
                 job.highest = job.highest.max(entry.modseq);
@@ -1919,7 +1934,8 @@ impl Session {
                 }
                 answered += 1;
                 let actions_before = out.actions.len();
-                if let Err(e) = fetch_one(out, seq, entry, &job.items, store) {
+                let flags = sel.flags_of(entry);
+                if let Err(e) = fetch_one(out, seq, entry, flags, &job.items, store) {
                     failed = true;
                     out.line(&format!(
                         "{} NO [{e}] Cannot decode part of message {seq}",
@@ -2066,17 +2082,15 @@ impl Session {
                 let Some(m) = mb.messages.get(at) else {
                     continue;
                 };
-                let mut line = format!("* {} FETCH (", seq + 1).into_bytes();
-                if p.uid || self.qresync {
-                    line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
-                }
-                line.extend_from_slice(b"FLAGS ");
-                render::flag_list(&mut line, m.flags, &m.keywords);
-                if self.condstore {
-                    line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
-                }
-                line.extend_from_slice(b")\r\n");
-                out.reply.extend_from_slice(&line);
+                let flags = sel.flags_of(m);
+                flags_update(
+                    out,
+                    seq + 1,
+                    m,
+                    flags,
+                    p.uid || self.qresync,
+                    self.condstore,
+                );
                 reported.insert(*u);
             }
         }
@@ -2281,6 +2295,38 @@ fn announce_keywords(sel: &mut Selected, mb: &MailboxIndex, keywords_max: usize,
 /// `* FLAGS` and `* OK [PERMANENTFLAGS]`: at SELECT, and again when a new keyword
 /// appears (RFC 9051 §7.3.5).
 /// `room`: new keywords may still be created (`\*` in PERMANENTFLAGS).
+/// `* n FETCH ([UID u ]FLAGS (…)[ MODSEQ (m)])`: how a flag change is reported, in
+/// a STORE reply, an unsolicited update or a QRESYNC resynchronisation.
+fn flags_update(
+    out: &mut Outbox,
+    seq: usize,
+    m: &MessageEntry,
+    flags: u32,
+    with_uid: bool,
+    with_modseq: bool,
+) {
+    let mut line = format!("* {seq} FETCH (").into_bytes();
+    if with_uid {
+        line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
+    }
+    line.extend_from_slice(b"FLAGS ");
+    render::flag_list(&mut line, flags, &m.keywords);
+    if with_modseq {
+        line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
+    }
+    line.extend_from_slice(b")\r\n");
+    out.reply.extend_from_slice(&line);
+}
+
+/// The `\Recent` bit for `uid` in `recent`.
+fn recent_bit(recent: &recent::Recent, uid: u32) -> u32 {
+    if recent.contains(uid) {
+        flags::RECENT
+    } else {
+        0
+    }
+}
+
 fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool, room: bool) {
     let list: String = keywords.iter().map(|k| format!(" {k}")).collect();
     out.line(&format!(
@@ -2306,41 +2352,6 @@ fn syntax_reason(e: super::lexer::SyntaxError) -> &'static str {
         SyntaxError::NotUtf8 => "text is not UTF-8",
         SyntaxError::Empty => "a tag and a command are needed",
     }
-}
-
-fn is_known(name: &str) -> bool {
-    matches!(
-        name,
-        "STARTTLS"
-            | "LOGIN"
-            | "AUTHENTICATE"
-            | "SELECT"
-            | "EXAMINE"
-            | "CREATE"
-            | "DELETE"
-            | "RENAME"
-            | "SUBSCRIBE"
-            | "UNSUBSCRIBE"
-            | "LIST"
-            | "LSUB"
-            | "STATUS"
-            | "GETQUOTA"
-            | "GETQUOTAROOT"
-            | "SETQUOTA"
-            | "APPEND"
-            | "IDLE"
-            | "ENABLE"
-            | "NAMESPACE"
-            | "CHECK"
-            | "CLOSE"
-            | "UNSELECT"
-            | "EXPUNGE"
-            | "SEARCH"
-            | "FETCH"
-            | "STORE"
-            | "COPY"
-            | "MOVE"
-    )
 }
 
 /// COPYUID wants the UIDs in the order copied: a list, compacted only where sorted.
@@ -2380,7 +2391,11 @@ pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusIt
             StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.counts.deleted_bytes),
             StatusItem::Size => format!("SIZE {}", mb.counts.bytes),
             StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
-            StatusItem::Recent => "RECENT 0".to_string(),
+            // Not yet shown as recent to any session (RFC 3501 §6.3.10).
+            StatusItem::Recent => {
+                let from = mb.messages.partition_point(|m| m.uid < mb.recent_from());
+                format!("RECENT {}", mb.messages.len() - from)
+            }
         });
     }
     let mut line = b"* STATUS ".to_vec();
@@ -2477,11 +2492,20 @@ fn fetch_one(
     out: &mut Outbox,
     seq: u32,
     entry: &MessageEntry,
+    flags: u32,
     items: &[FetchAtt],
     store: &dyn Mailstore,
 ) -> Result<(), &'static str> {
     let mut splices: Vec<(usize, u64, usize)> = Vec::new();
-    let result = fetch_items_into(&mut out.reply, &mut splices, seq, entry, items, store);
+    let result = fetch_items_into(
+        &mut out.reply,
+        &mut splices,
+        seq,
+        entry,
+        flags,
+        items,
+        store,
+    );
     for (at, offset, len) in splices {
         out.actions.push(Action::Splice { at, offset, len });
     }
@@ -2526,6 +2550,7 @@ fn fetch_items_into(
     splices: &mut Vec<(usize, u64, usize)>,
     seq: u32,
     entry: &MessageEntry,
+    flags: u32,
     items: &[FetchAtt],
     store: &dyn Mailstore,
 ) -> Result<(), &'static str> {
@@ -2547,7 +2572,7 @@ fn fetch_items_into(
             FetchAtt::Uid => r.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
             FetchAtt::Flags => {
                 r.extend_from_slice(b"FLAGS ");
-                render::flag_list(r, entry.flags, &entry.keywords);
+                render::flag_list(r, flags, &entry.keywords);
             }
             FetchAtt::InternalDate => {
                 r.extend_from_slice(b"INTERNALDATE ");

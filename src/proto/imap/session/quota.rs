@@ -11,7 +11,8 @@ use super::{Mailstore, Outbox, Session};
 use crate::users::Quota;
 
 /// The capabilities this module answers for.
-pub(super) const CAPABILITIES: &str = " QUOTA QUOTA=RES-STORAGE QUOTA=RES-MESSAGE";
+/// (QUOTA itself comes with the GETQUOTA verb.)
+pub(super) const CAPABILITIES: &str = " QUOTA=RES-STORAGE QUOTA=RES-MESSAGE";
 
 impl Session {
     /// Whether storing `bytes` more in `messages` more messages would pass a limit;

@@ -1,0 +1,92 @@
+"""IMAP details a careful client checks (issue 13), through Python's imaplib against
+the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437)."""
+
+import imaplib
+import smtplib
+import unittest
+
+from harness import DOMAIN, Server, tls_context
+
+
+def message(to, subject):
+    return (
+        f"From: Carol <carol@remote.example>\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{subject}@remote.example>\r\n\r\nHello.\r\n"
+    ).encode()
+
+
+class ImapRfc(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server()
+        for name in ("recent",):
+            cls.server.add_user(f"{name}@{DOMAIN}", "pw")
+        # One account per shard: the second login must move the session.
+        cls.unauth = cls.server.users_on_every_shard("unauth")
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def deliver(self, to, subject):
+        with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=20) as s:
+            s.sendmail("carol@remote.example", [to], message(to, subject))
+
+    def login(self, user):
+        m = imaplib.IMAP4_SSL(
+            "127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=20
+        )
+        self.assertEqual(m.login(user, "pw")[0], "OK")
+        return m
+
+    def test_recent_is_seen_by_exactly_one_session(self):
+        user = f"recent@{DOMAIN}"
+        self.deliver(user, "one")
+        self.deliver(user, "two")
+        first, second = self.login(user), self.login(user)
+        try:
+            first.select("INBOX")
+            self.assertEqual(first.response("RECENT"), ("RECENT", [b"2"]))
+            self.assertEqual(first.search(None, "RECENT")[1], [b"1 2"])
+            second.select("INBOX")
+            self.assertEqual(second.response("RECENT"), ("RECENT", [b"0"]))
+            self.assertEqual(second.search(None, "RECENT")[1], [b""])
+            self.assertEqual(second.search(None, "OLD")[1], [b"1 2"])
+            # A delivery while both are selected: the first to hear of it takes it.
+            self.deliver(user, "three")
+            second.noop()
+            self.assertEqual(second.search(None, "NEW")[1], [b"3"])
+            first.noop()
+            self.assertEqual(first.search(None, "RECENT")[1], [b"1 2"])
+            typ, data = first.fetch("3", "(FLAGS)")
+            self.assertNotIn(b"\\Recent", data[0])
+        finally:
+            first.logout()
+            second.logout()
+
+    def test_unauthenticate_then_log_in_as_someone_else(self):
+        first, other = self.unauth[0], self.unauth[-1]
+        self.assertNotEqual(first, other, "needs two shards")
+        m = self.login(first)
+        try:
+            self.assertIn("UNAUTHENTICATE", m.capabilities)
+            m.select("INBOX")
+            # imaplib predates RFC 8437: teach it the command and its states.
+            imaplib.Commands.setdefault("UNAUTHENTICATE", ("AUTH", "SELECTED"))
+            typ, data = m._simple_command("UNAUTHENTICATE")
+            self.assertEqual(typ, "OK", data)
+            m.state = "NONAUTH"
+            # The other user lives on another shard: the login moves the session.
+            self.assertEqual(m.login(other, "pw")[0], "OK")
+            self.deliver(other, "for-other")
+            typ, data = m.select("INBOX")
+            self.assertEqual(typ, "OK")
+            typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            self.assertIn(b"for-other", data[0][1])
+        finally:
+            m.logout()
+
+
+if __name__ == "__main__":
+    unittest.main()
