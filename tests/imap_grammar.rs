@@ -1,7 +1,8 @@
-//! Grammar details clients trip on (issue 13, items 2 and 3): `[` is an ATOM-CHAR
-//! outside a FETCH section (RFC 3501 §9), and `NIL` is an atom wherever the grammar
-//! has an astring or a flag. Each command is also fed a byte at a time, with the same
-//! replies.
+//! RFC details clients trip on (issue 13): `[` is an ATOM-CHAR outside a FETCH
+//! section (RFC 3501 §9), `NIL` is an atom wherever the grammar has an astring or a
+//! flag, the longest commands the RFCs allow fit, ESEARCH MIN/MAX MODSEQ, modified
+//! UTF-7 names, ENVELOPE addresses and MIME decoding. Where fed through `replies`,
+//! each command is also fed a byte at a time, with the same replies.
 
 use std::sync::Arc;
 
@@ -208,4 +209,43 @@ fn binary_decodes_quoted_printable_padding_and_soft_breaks() {
         out.contains("BINARY.SIZE[1] 15 BINARY[1] {15}\r\nHello\r\nworld!\r\n FLAGS"),
         "{out}"
     );
+}
+
+/// Item 4: ENVELOPE takes the obsolete `addr (Real Name)` comment as the name, keeps
+/// source routes, defaults an empty Sender and Reply-To to From (RFC 3501 §7.4.2);
+/// SEARCH FROM/TO/CC match the parsed addresses, not the raw header.
+#[test]
+fn envelope_addresses_as_rfc_3501_parses_them() {
+    let mut d = driver();
+    d.store.deliver(
+        1,
+        b"From: user@example.org (Real Name)\r\nSender:\r\nReply-To: \r\n\
+To: Routed <@relay.example,@hop.example:joe@x.example>\r\n\
+Cc: <user (comment)@ (comment) domain.org>\r\nSubject: env\r\n\r\nbody\r\n",
+        1_795_600_100,
+    );
+    d.feed(b"b SELECT INBOX\r\nc FETCH 2 ENVELOPE\r\n");
+    let out = String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned();
+    let from = "((\"Real Name\" NIL \"user\" \"example.org\"))";
+    let want = format!(
+        "* 2 FETCH (ENVELOPE (NIL \"env\" {from} {from} {from} \
+         ((\"Routed\" \"@relay.example,@hop.example\" \"joe\" \"x.example\")) \
+         ((NIL NIL \"user\" \"domain.org\")) NIL NIL NIL))\r\n"
+    );
+    assert!(out.contains(&want), "{out}");
+    for (query, hits) in [
+        ("SEARCH FROM \"Real Name\"", "* SEARCH 2"),
+        ("SEARCH FROM user@example.org", "* SEARCH 2"),
+        ("SEARCH CC user@domain.org", "* SEARCH 2"),
+        ("SEARCH CC comment", "* SEARCH"),
+        ("SEARCH TO joe@x.example", "* SEARCH 2"),
+    ] {
+        d.feed(format!("s {query}\r\n").as_bytes());
+        let out = String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned();
+        assert_eq!(
+            out,
+            format!("{hits}\r\ns OK SEARCH completed\r\n"),
+            "{query}"
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! IMAP4rev2/IMAP4rev1 (RFC 9051, RFC 3501), sans-IO: the command framer and
-//! tokenizer ([`lexer`]), typed arguments ([`command`]), mailbox names and LIST
+//! tokenizer ([`lexer`]), typed arguments ([`command`]), addresses ([`address`]), mailbox names and LIST
 //! patterns ([`names`]), command names and their states ([`verb`]), rendering ([`render`]), SEARCH ([`search`]) and the session
 //! state machine ([`session`]). The IO driver is `src/shard/imap.rs`.
 
+pub mod address;
 pub mod command;
 pub mod lexer;
 #[doc(hidden)]

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use crate::store::index::flags;
 use crate::store::summary::{PartSummary, Summary};
 
+use super::address;
 use super::command::{Section, SectionText};
 
 /// Appends `s` as an IMAP string: quoted when it is short printable ASCII, a literal
@@ -98,151 +99,6 @@ pub fn internal_date(t: i64) -> String {
     )
 }
 
-/// One address of an address list, or a group's start/end marker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Address {
-    Mailbox {
-        name: Option<String>,
-        local: String,
-        domain: Option<String>,
-    },
-    GroupStart(String),
-    GroupEnd,
-}
-
-/// Parses an RFC 5322 address list leniently (display names, angle addresses, groups,
-/// comments dropped). Mail in the wild is messy: anything unparseable becomes a bare
-/// local part rather than an error.
-pub fn parse_addresses(raw: &str) -> Vec<Address> {
-    let mut out = Vec::new();
-    let (mut phrase, mut angle) = (String::new(), None::<String>);
-    let (mut in_quote, mut comment, mut in_angle, mut in_group) = (false, 0u32, false, false);
-    let mut chars = raw.chars();
-    let finish = |out: &mut Vec<Address>, phrase: &mut String, angle: &mut Option<String>| {
-        let name = phrase.split_whitespace().collect::<Vec<_>>().join(" ");
-        let (name, spec) = match angle.take() {
-            Some(a) => ((!name.is_empty()).then_some(name), a),
-            None => (None, name),
-        };
-        phrase.clear();
-        // Drop a source route (`@a,@b:user@host`).
-        let spec = spec
-            .rsplit_once(':')
-            .map_or(spec.as_str(), |(_, s)| s)
-            .trim()
-            .to_string();
-        if spec.is_empty() {
-            return;
-        }
-        let (local, domain) = match spec.rsplit_once('@') {
-            Some((l, d)) => (l.to_string(), Some(d.to_string())),
-            None => (spec, None),
-        };
-        out.push(Address::Mailbox {
-            name,
-            local: local.trim_matches('"').to_string(),
-            domain,
-        });
-    };
-    while let Some(c) = chars.next() {
-        if comment > 0 {
-            match c {
-                '(' => comment += 1,
-                ')' => comment -= 1,
-                '\\' => {
-                    chars.next();
-                }
-                _ => {}
-            }
-            continue;
-        }
-        if in_quote {
-            match c {
-                '"' => in_quote = false,
-                '\\' => {
-                    if let Some(n) = chars.next() {
-                        push(&mut phrase, &mut angle, in_angle, n);
-                    }
-                }
-                _ => push(&mut phrase, &mut angle, in_angle, c),
-            }
-            continue;
-        }
-        match c {
-            '"' => in_quote = true,
-            '(' => comment = 1,
-            '<' if !in_angle => {
-                in_angle = true;
-                angle = Some(String::new());
-            }
-            '>' if in_angle => in_angle = false,
-            ':' if !in_angle && !in_group && angle.is_none() => {
-                let name = phrase.split_whitespace().collect::<Vec<_>>().join(" ");
-                phrase.clear();
-                out.push(Address::GroupStart(name));
-                in_group = true;
-            }
-            ';' if !in_angle && in_group => {
-                finish(&mut out, &mut phrase, &mut angle);
-                out.push(Address::GroupEnd);
-                in_group = false;
-            }
-            ',' if !in_angle => finish(&mut out, &mut phrase, &mut angle),
-            '\r' | '\n' => push(&mut phrase, &mut angle, in_angle, ' '),
-            _ => push(&mut phrase, &mut angle, in_angle, c),
-        }
-    }
-    finish(&mut out, &mut phrase, &mut angle);
-    if in_group {
-        out.push(Address::GroupEnd);
-    }
-    out
-}
-
-fn push(phrase: &mut String, angle: &mut Option<String>, in_angle: bool, c: char) {
-    match (in_angle, angle) {
-        (true, Some(a)) => {
-            if !c.is_whitespace() {
-                a.push(c)
-            }
-        }
-        _ => phrase.push(c),
-    }
-}
-
-fn address_list(out: &mut Vec<u8>, raw: Option<&str>) {
-    let addresses = raw.map(parse_addresses).unwrap_or_default();
-    if addresses.is_empty() {
-        out.extend_from_slice(b"NIL");
-        return;
-    }
-    out.push(b'(');
-    for a in &addresses {
-        match a {
-            Address::Mailbox {
-                name,
-                local,
-                domain,
-            } => {
-                out.push(b'(');
-                nstring(out, name.as_deref());
-                out.extend_from_slice(b" NIL ");
-                string(out, local.as_bytes());
-                out.push(b' ');
-                nstring(out, domain.as_deref());
-                out.push(b')');
-            }
-            Address::GroupStart(name) => {
-                out.extend_from_slice(b"(NIL NIL ");
-                string(out, name.as_bytes());
-                out.extend_from_slice(b" NIL)");
-            }
-            Address::GroupEnd => out.extend_from_slice(b"(NIL NIL NIL NIL)"),
-        }
-    }
-    out.push(b')');
-}
-
 /// ENVELOPE from the cached header values.
 pub fn envelope(out: &mut Vec<u8>, summary: &Summary) {
     let e = &summary.envelope;
@@ -250,26 +106,33 @@ pub fn envelope(out: &mut Vec<u8>, summary: &Summary) {
     nstring(out, e.date.as_deref());
     out.push(b' ');
     nstring(out, e.subject.as_deref());
-    for (i, list) in [
-        e.from.as_deref(),
-        e.sender.as_deref().or(e.from.as_deref()),
-        e.reply_to.as_deref().or(e.from.as_deref()),
+    // An absent or empty Sender or Reply-To is From (RFC 3501 §7.4.2).
+    let from = e.from.as_deref();
+    for list in [
+        from,
+        or_from(e.sender.as_deref(), from),
+        or_from(e.reply_to.as_deref(), from),
         e.to.as_deref(),
         e.cc.as_deref(),
         e.bcc.as_deref(),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let _ = i;
+    ] {
         out.push(b' ');
-        address_list(out, list);
+        address::address_list(out, list);
     }
     out.push(b' ');
     nstring(out, e.in_reply_to.as_deref());
     out.push(b' ');
     nstring(out, e.message_id.as_deref());
     out.push(b')');
+}
+
+/// `value`, or `from` when `value` holds no address.
+fn or_from<'a>(value: Option<&'a str>, from: Option<&'a str>) -> Option<&'a str> {
+    if address::is_empty_list(value) {
+        from
+    } else {
+        value
+    }
 }
 
 /// The value of header `name` in a header block, unfolded.
@@ -737,26 +600,6 @@ mod tests {
 Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\npreamble\r\n--b1\r\n\
 Content-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b1\r\n\
 Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"x.bin\"\r\n\r\nAAEC/w==\r\n--b1--\r\n";
-
-    #[test]
-    fn addresses() {
-        let a = parse_addresses(
-            "\"Alice A.\" <alice@a.example>, bob@b.example (Bob), Team: c@c.example;",
-        );
-        assert_eq!(a.len(), 5);
-        assert_eq!(
-            a[0],
-            Address::Mailbox {
-                name: Some("Alice A.".into()),
-                local: "alice".into(),
-                domain: Some("a.example".into())
-            }
-        );
-        assert_eq!(a[2], Address::GroupStart("Team".into()));
-        assert_eq!(a[4], Address::GroupEnd);
-        assert!(parse_addresses("").is_empty());
-        parse_addresses("<<<\"\\"); // no panic
-    }
 
     #[test]
     fn sections_and_structure() {

@@ -1,7 +1,7 @@
 //! SEARCH evaluation (RFC 9051 §6.4.4): one message against a [`SearchKey`].
 //!
 //! Flags, sizes, dates, UIDs and MODSEQ come from the index entry; FROM/TO/CC/BCC/
-//! SUBJECT from the envelope cached at delivery; HEADER reads only the header block;
+//! SUBJECT from the envelope cached at delivery (addresses as parsed, not raw); HEADER reads only the header block;
 //! only BODY and TEXT read the message body. Matches are case-insensitive substring
 //! matches over the stored bytes, and — when that finds nothing — over the decoded
 //! text: RFC 2047 encoded words in headers, base64 and quoted-printable text parts in
@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 use std::cell::OnceCell;
 
+use super::address;
 use super::command::{days_from_civil, DateCmp, SearchKey};
 use super::render::header_fields;
 use crate::store::index::MessageEntry;
@@ -181,13 +182,24 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
                 "SUBJECT" => Some(&env.subject),
                 _ => None,
             });
+            // Address fields match their parsed envelope form (RFC 3501 §6.4.4);
+            // SUBJECT and other fields the (decoded) value.
+            let is_address = matches!(field.as_str(), "FROM" | "TO" | "CC" | "BCC");
+            let value_matches = |v: &[u8]| {
+                if is_address {
+                    let form = address::search_form(&String::from_utf8_lossy(v));
+                    header_matches(form.as_bytes(), needle)
+                } else {
+                    header_matches(v, needle)
+                }
+            };
             match cached {
                 Some(value) => value
                     .as_deref()
-                    .is_some_and(|v| header_matches(v.as_bytes(), needle)),
+                    .is_some_and(|v| value_matches(v.as_bytes())),
                 None => header_fields(c.header_block()).any(|(name, whole)| {
                     name.eq_ignore_ascii_case(field.as_bytes())
-                        && header_matches(whole.get(name.len() + 1..).unwrap_or(&[]), needle)
+                        && value_matches(whole.get(name.len() + 1..).unwrap_or(&[]))
                 }),
             }
         }
