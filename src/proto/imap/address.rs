@@ -232,6 +232,7 @@ pub fn search_form(raw: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
