@@ -249,3 +249,66 @@ Cc: <user (comment)@ (comment) domain.org>\r\nSubject: env\r\n\r\nbody\r\n",
         );
     }
 }
+
+/// Item 5: parts of a multipart/digest default to message/rfc822 (RFC 2046 §5.1.5).
+#[test]
+fn digest_parts_are_messages() {
+    let mut d = driver();
+    d.store.deliver(
+        1,
+        b"Subject: digest\r\nContent-Type: multipart/mixed; boundary=\"m\"\r\n\r\n\
+--m\r\nContent-Type: multipart/digest; boundary=\"d\"\r\n\r\n\
+--d\r\n\r\nSubject: inner one\r\nFrom: a@b.example\r\n\r\nfirst body\r\n\
+--d\r\nContent-Type: text/plain\r\n\r\nnot a message\r\n--d--\r\n--m--\r\n",
+        1_795_600_100,
+    );
+    d.feed(b"b SELECT INBOX\r\nc FETCH 2 (BODY.PEEK[1.1.HEADER] BODY.PEEK[1.1.TEXT] BODY.PEEK[1.2])\r\n");
+    let out = String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned();
+    assert!(
+        out.contains("BODY[1.1.HEADER] {41}\r\nSubject: inner one\r\nFrom: a@b.example\r\n\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("BODY[1.1.TEXT] {10}\r\nfirst body"), "{out}");
+    assert!(out.contains("BODY[1.2] {13}\r\nnot a message"), "{out}");
+    d.feed(b"d FETCH 2 BODYSTRUCTURE\r\n");
+    let out = String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned();
+    assert!(
+        out.contains("((\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 51 (NIL \"inner one\""),
+        "{out}"
+    );
+}
+
+/// Item 5: a `Content-Transfer-Encoding: binary` part never puts NUL in an ordinary
+/// literal: BODY[] sends 0x80 for it (sizes unchanged), BINARY[] a literal8.
+#[test]
+fn nul_bytes_only_travel_in_literal8() {
+    let mut d = driver();
+    let mut msg = b"Subject: nul\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        .to_vec();
+    msg.extend_from_slice(b"a\0b\0c");
+    msg.extend_from_slice(b"\r\n--b--\r\n");
+    d.store.deliver(1, &msg, 1_795_600_100);
+    d.feed(b"b SELECT INBOX\r\nc FETCH 2 (RFC822.SIZE BODY.PEEK[] BODY.PEEK[1])\r\n");
+    let sent = std::mem::take(&mut d.sent);
+    let at = sent
+        .windows(9)
+        .position(|w| w == b"c OK FETC")
+        .expect("reply");
+    let fetch = &sent[..at];
+    assert!(!fetch.contains(&0), "{}", String::from_utf8_lossy(fetch));
+    let text = String::from_utf8_lossy(fetch);
+    assert!(
+        text.contains(&format!("RFC822.SIZE {}", msg.len())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("BODY[] {{{}}}", msg.len())),
+        "{text}"
+    );
+    assert!(fetch.windows(5).any(|w| w == b"a\x80b\x80c"), "{text}");
+    d.feed(b"d FETCH 2 (BINARY.PEEK[1] BINARY.SIZE[1])\r\n");
+    let sent = std::mem::take(&mut d.sent);
+    assert!(sent.windows(10).any(|w| w == b"~{5}\r\na\0b\0"), "{sent:?}");
+    assert!(String::from_utf8_lossy(&sent).contains("BINARY.SIZE[1] 5"));
+}

@@ -77,10 +77,27 @@ impl Summary {
             in_reply_to: raw("In-Reply-To"),
             message_id: raw("Message-ID"),
         };
+        // In a multipart/digest a part without Content-Type is message/rfc822, not
+        // text/plain (RFC 2046 §5.1.5).
+        let mut in_digest = vec![false; parsed.parts.len()];
+        for part in &parsed.parts {
+            let digest = part.content_type().is_some_and(|ct| {
+                ct.subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("digest"))
+            });
+            if let (PartType::Multipart(ids), true) = (&part.body, digest) {
+                for &id in ids {
+                    if let Some(flag) = in_digest.get_mut(id as usize) {
+                        *flag = true;
+                    }
+                }
+            }
+        }
         let parts = parsed
             .parts
             .iter()
-            .map(|part| {
+            .enumerate()
+            .map(|(i, part)| {
                 let (ctype, subtype, params) = match part.content_type() {
                     Some(ct) => (
                         ct.ctype().to_ascii_lowercase(),
@@ -91,6 +108,9 @@ impl Summary {
                             .map(|a| (a.name.to_string(), a.value.to_string()))
                             .collect(),
                     ),
+                    None if in_digest.get(i) == Some(&true) => {
+                        ("message".into(), "rfc822".into(), Vec::new())
+                    }
                     None => ("text".into(), "plain".into(), Vec::new()),
                 };
                 let children = match &part.body {

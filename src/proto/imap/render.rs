@@ -15,7 +15,7 @@ use super::address;
 use super::command::{Section, SectionText};
 
 /// Appends `s` as an IMAP string: quoted when it is short printable ASCII, a literal
-/// otherwise (safe for any bytes but NUL).
+/// otherwise (NUL, which no string may carry, is sent as 0x80).
 pub fn string(out: &mut Vec<u8>, s: &[u8]) {
     let quotable = s.len() <= 1024 && s.iter().all(|&b| (0x20..0x7f).contains(&b));
     if quotable {
@@ -28,17 +28,25 @@ pub fn string(out: &mut Vec<u8>, s: &[u8]) {
         }
         out.push(b'"');
     } else {
-        literal(out, s);
+        literal(out, s, false);
     }
 }
 
-/// Appends `{n}` CRLF and the bytes (`~{n}` for BINARY data containing NUL).
-pub fn literal(out: &mut Vec<u8>, s: &[u8]) {
-    if s.contains(&0) {
+/// Appends `{n}` CRLF and the bytes. Data containing NUL goes as a `~{n}` literal8
+/// where the reply allows one (`eight`: BINARY, RFC 3516); elsewhere an ordinary
+/// literal cannot carry NUL (RFC 3501 §4.3), so each becomes 0x80, as Dovecot does,
+/// keeping every size (RFC822.SIZE, partial ranges) true.
+pub fn literal(out: &mut Vec<u8>, s: &[u8], eight: bool) {
+    let has_nul = memchr::memchr(0, s).is_some();
+    if has_nul && eight {
         out.push(b'~');
     }
     out.extend_from_slice(format!("{{{}}}\r\n", s.len()).as_bytes());
-    out.extend_from_slice(s);
+    if has_nul && !eight {
+        out.extend(s.iter().map(|&b| if b == 0 { 0x80 } else { b }));
+    } else {
+        out.extend_from_slice(s);
+    }
 }
 
 /// An nstring: `NIL` or a string.

@@ -2529,20 +2529,18 @@ fn literal_of(
     data: &[u8],
     literal8: bool,
 ) {
-    let prefix = if literal8 && memchr::memchr(0, data).is_some() {
-        "~"
-    } else {
-        ""
-    };
-    r.extend_from_slice(format!("{prefix}{{{}}}\r\n", data.len()).as_bytes());
     let base = message.as_ptr() as usize;
     let start = (data.as_ptr() as usize).wrapping_sub(base);
     let inside = start <= message.len() && start + data.len() <= message.len();
-    if inside && (data.len() >= SPLICE_BYTES_MIN || r.len() >= REPLY_COPY_BYTES_MAX) {
-        splices.push((r.len(), entry.offset + start as u64, data.len()));
-    } else {
-        r.extend_from_slice(data);
+    let big = data.len() >= SPLICE_BYTES_MIN || r.len() >= REPLY_COPY_BYTES_MAX;
+    let has_nul = memchr::memchr(0, data).is_some();
+    // NUL outside a literal8 must be converted (render::literal), so is copied.
+    if !(inside && big) || (has_nul && !literal8) {
+        return render::literal(r, data, literal8);
     }
+    let prefix = if has_nul { "~" } else { "" };
+    r.extend_from_slice(format!("{prefix}{{{}}}\r\n", data.len()).as_bytes());
+    splices.push((r.len(), entry.offset + start as u64, data.len()));
 }
 
 fn fetch_items_into(
@@ -2621,7 +2619,7 @@ fn fetch_items_into(
                 } else {
                     b"RFC822.TEXT "
                 });
-                render::literal(r, data.as_deref().unwrap_or(&[]));
+                render::literal(r, data.as_deref().unwrap_or(&[]), false);
             }
             FetchAtt::BodySection {
                 section, partial, ..
