@@ -312,3 +312,17 @@ fn nul_bytes_only_travel_in_literal8() {
     assert!(sent.windows(10).any(|w| w == b"~{5}\r\na\0b\0"), "{sent:?}");
     assert!(String::from_utf8_lossy(&sent).contains("BINARY.SIZE[1] 5"));
 }
+
+/// Item 6: the first CONDSTORE-enabling command in a selected mailbox reports
+/// HIGHESTMODSEQ (RFC 7162 §3.1), once.
+#[test]
+fn the_first_fetch_modseq_reports_highestmodseq() {
+    let out = replies("b SELECT INBOX\r\nc FETCH 1 (MODSEQ)\r\nd FETCH 1 (MODSEQ)\r\n");
+    assert!(
+        out.contains(
+            "b OK [READ-WRITE] SELECT completed\r\n* OK [HIGHESTMODSEQ 1] Highest\r\n\
+             * 1 FETCH (MODSEQ (1))\r\nc OK FETCH completed\r\n* 1 FETCH (MODSEQ (1))\r\nd OK"
+        ),
+        "{out}"
+    );
+}

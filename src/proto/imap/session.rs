@@ -1116,6 +1116,22 @@ impl Session {
 
     // ---- Authenticated ----
 
+    /// A CONDSTORE-enabling command (RFC 7162 §3.1): the first one while a mailbox is
+    /// selected also reports the mailbox's HIGHESTMODSEQ, before its own replies.
+    fn condstore_on(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
+        if std::mem::replace(&mut self.condstore, true) {
+            return;
+        }
+        // What the session has been told up to, not the mailbox's newest: changes
+        // it has not heard of yet must not look already synchronised.
+        if let (Some(sel), Some(_)) = (&self.selected, self.mailbox(store)) {
+            out.line(&format!(
+                "* OK [HIGHESTMODSEQ {}] Highest",
+                sel.reported_modseq
+            ));
+        }
+    }
+
     fn enable(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
         let mut enabled = Vec::new();
         for a in args {
@@ -1669,7 +1685,7 @@ impl Session {
         };
         let with_modseq = search::uses_modseq(&key);
         if with_modseq {
-            self.condstore = true;
+            self.condstore_on(store, out);
         }
         if self.selected.is_none() {
             return;
@@ -1820,7 +1836,7 @@ impl Session {
             return self.bad(tag, "VANISHED needs UID FETCH and QRESYNC enabled", out);
         }
         if modifiers.changed_since.is_some() || items.contains(&FetchAtt::ModSeq) {
-            self.condstore = true;
+            self.condstore_on(store, out);
         }
         if uid && !items.contains(&FetchAtt::Uid) {
             items.insert(0, FetchAtt::Uid);
@@ -1983,7 +1999,7 @@ impl Session {
             return;
         }
         if a.unchanged_since.is_some() {
-            self.condstore = true;
+            self.condstore_on(store, out);
         }
         let targets = match self.resolve(&a.set, uid, store) {
             Ok(t) => t,
