@@ -326,3 +326,55 @@ fn the_first_fetch_modseq_reports_highestmodseq() {
         "{out}"
     );
 }
+
+/// Item 7: LIST (SUBSCRIBED RECURSIVEMATCH) and LSUB show the parents of subscribed
+/// names a `%` pattern misses — as they are (RFC 5258 §3.5), with CHILDINFO only
+/// when the descendant is not listed itself; LSUB flags them `\Noselect` (RFC 3501
+/// §6.3.9).
+#[test]
+fn recursive_match_and_lsub_show_parents_of_subscribed_children() {
+    let setup = "b CREATE Fruit/Apple\r\nc CREATE Fruit/Pear\r\nd SUBSCRIBE Fruit/Apple\r\n\
+                 e SUBSCRIBE Ghost/Child\r\nf SUBSCRIBE Moo\r\n";
+    let out = replies(&format!(
+        "{setup}g LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %\r\n"
+    ));
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("* LIST")).collect();
+    assert_eq!(
+        rows,
+        // Subscribed names first, then the parents RECURSIVEMATCH adds.
+        [
+            "* LIST (\\NonExistent \\HasNoChildren \\Subscribed) \"/\" \"Moo\"",
+            "* LIST (\\HasChildren) \"/\" \"Fruit\" (\"CHILDINFO\" (\"SUBSCRIBED\"))",
+            "* LIST (\\NonExistent) \"/\" \"Ghost\" (\"CHILDINFO\" (\"SUBSCRIBED\"))",
+        ],
+        "{out}"
+    );
+    // With `*` the children are listed themselves: no parent rows, no CHILDINFO.
+    let out = replies(&format!(
+        "{setup}g LIST (SUBSCRIBED RECURSIVEMATCH) \"\" *\r\n"
+    ));
+    assert!(!out.contains("CHILDINFO"), "{out}");
+    assert!(out.contains("\"Fruit/Apple\""), "{out}");
+    // A subscribed parent with a subscribed child it hides carries CHILDINFO too.
+    let out = replies(&format!(
+        "{setup}g SUBSCRIBE Fruit\r\nh LIST (SUBSCRIBED RECURSIVEMATCH) \"\" %\r\n"
+    ));
+    assert!(
+        out.contains(
+            "* LIST (\\HasChildren \\Subscribed) \"/\" \"Fruit\" (\"CHILDINFO\" (\"SUBSCRIBED\"))"
+        ),
+        "{out}"
+    );
+    let out = replies(&format!("{setup}g LSUB \"\" %\r\nh LSUB \"\" Fruit/%\r\n"));
+    let rows: Vec<&str> = out.lines().filter(|l| l.starts_with("* LSUB")).collect();
+    assert_eq!(
+        rows,
+        [
+            "* LSUB (\\Noselect) \"/\" \"Fruit\"",
+            "* LSUB (\\Noselect) \"/\" \"Ghost\"",
+            "* LSUB (\\Noselect) \"/\" \"Moo\"",
+            "* LSUB () \"/\" \"Fruit/Apple\"",
+        ],
+        "{out}"
+    );
+}

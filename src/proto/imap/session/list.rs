@@ -206,6 +206,16 @@ impl Session {
         let mut subscribed: Vec<&str> = account.subscribed.iter().map(String::as_str).collect();
         subscribed.sort_unstable();
         subscribed.dedup();
+        // RECURSIVEMATCH (RFC 5258 §3.5): a name with a subscribed descendant the
+        // patterns miss carries CHILDINFO, listed as LIST would list it;
+        // `\NonExistent` only when it does not exist.
+        let parents = if list.recursive_match {
+            parents_of_unmatched(&subscribed, patterns)
+        } else {
+            Vec::new()
+        };
+        const CHILDINFO: &str = "(\"CHILDINFO\" (\"SUBSCRIBED\"))";
+        let childinfo = |name: &str| parents.binary_search(&name).is_ok().then_some(CHILDINFO);
         let mut reported: HashSet<&str> = HashSet::new();
         for name in &subscribed {
             if names::any_matches(patterns, name) {
@@ -223,39 +233,29 @@ impl Session {
                 if let Some(m) = mb {
                     attrs.extend(special_use_attr(m.special_use));
                 }
-                self.list_line(out, "LIST", name, &attrs, None);
+                self.list_line(out, "LIST", name, &attrs, childinfo(name));
                 reported.insert(name);
                 if let (Some(items), Some(m)) = (&list.return_status, mb) {
                     status_line(out, m, items);
                 }
             }
         }
-        if !list.recursive_match {
-            return;
-        }
-        // A parent (existing or not) of a subscribed child, itself not subscribed.
-        let mut parents: Vec<&str> = Vec::new();
-        for name in &subscribed {
-            let mut end = name.len();
-            while let Some(cut) = name.get(..end).and_then(|n| n.rfind(DELIMITER)) {
-                end = cut;
-                if let Some(parent) = name.get(..cut) {
-                    parents.push(parent);
-                }
+        for &parent in &parents {
+            if reported.contains(parent) {
+                continue;
             }
-        }
-        parents.sort_unstable();
-        parents.dedup();
-        for parent in parents {
-            if !reported.contains(parent) && names::any_matches(patterns, parent) {
-                self.list_line(
-                    out,
-                    "LIST",
-                    parent,
-                    &["\\NonExistent"],
-                    Some("(\"CHILDINFO\" (\"SUBSCRIBED\"))"),
-                );
+            let mb = account.mailbox(parent);
+            let mut attrs: Vec<&str> = Vec::new();
+            if mb.is_none() {
+                attrs.push("\\NonExistent");
             }
+            if child_exists(&account.names, parent) {
+                attrs.push("\\HasChildren");
+            }
+            if let Some(m) = mb {
+                attrs.extend(special_use_attr(m.special_use));
+            }
+            self.list_line(out, "LIST", parent, &attrs, Some(CHILDINFO));
         }
     }
 
@@ -274,17 +274,26 @@ impl Session {
         };
         let pattern = Pattern::new(&format!("{reference}{pattern}"));
         if let Some(account) = store.account() {
-            let mut subscribed: Vec<&String> = account.subscribed.iter().collect();
+            let mut subscribed: Vec<&str> = account.subscribed.iter().map(String::as_str).collect();
             subscribed.sort_unstable();
-            for s in subscribed {
-                if pattern.matches(s) {
-                    let attrs: &[&str] = if account.mailbox(s).is_some() {
-                        &[]
-                    } else {
-                        &["\\Noselect"]
-                    };
-                    self.list_line(out, "LSUB", s, attrs, None);
+            subscribed.dedup();
+            let patterns = std::slice::from_ref(&pattern);
+            // Subscribed names, and (RFC 3501 §6.3.9) unsubscribed parents of
+            // subscribed names the pattern misses, flagged `\Noselect`.
+            let mut rows: Vec<(&str, bool)> = subscribed
+                .iter()
+                .filter(|s| pattern.matches(s))
+                .map(|s| (*s, account.mailbox(s).is_none()))
+                .collect();
+            for parent in parents_of_unmatched(&subscribed, patterns) {
+                if !rows.iter().any(|(n, _)| mailbox_name_eq(n, parent)) {
+                    rows.push((parent, true));
                 }
+            }
+            rows.sort_unstable();
+            for (name, noselect) in rows {
+                let attrs: &[&str] = if noselect { &["\\Noselect"] } else { &[] };
+                self.list_line(out, "LSUB", name, attrs, None);
             }
         }
         out.line(&format!("{tag} OK LSUB completed"));
@@ -345,6 +354,28 @@ impl Session {
         }
         true
     }
+}
+
+/// Ancestors of subscribed names that match `patterns` while some subscribed
+/// descendant of theirs does not (so the hierarchy stays visible to a `%` pattern),
+/// in byte order, each once.
+fn parents_of_unmatched<'a>(subscribed: &[&'a str], patterns: &[Pattern]) -> Vec<&'a str> {
+    let mut parents: Vec<&str> = Vec::new();
+    for name in subscribed {
+        if names::any_matches(patterns, name) {
+            continue;
+        }
+        for (cut, _) in name.match_indices(DELIMITER) {
+            if let Some(parent) = name.get(..cut) {
+                if names::any_matches(patterns, parent) {
+                    parents.push(parent);
+                }
+            }
+        }
+    }
+    parents.sort_unstable();
+    parents.dedup();
+    parents
 }
 
 fn is_subscribed(account: &AccountIndex, name: &str) -> bool {
