@@ -1,0 +1,146 @@
+//! LOGIN, AUTHENTICATE (SASL PLAIN, with SASL-IR) and UNAUTHENTICATE (RFC 8437): the
+//! not-authenticated state's commands and the answers the IO layer gives them after
+//! checking a password. Never checks a password itself (the IO layer does, off the
+//! shard's reactor).
+
+use super::*;
+
+impl Session {
+    pub(super) fn login(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        if !self.login_allowed() {
+            out.line(&format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the IMAPS port first (tls.allow_plaintext_auth)"));
+            return;
+        }
+        let (Some(user), Some(pass), None) = (
+            args.first().and_then(Token::as_str),
+            args.get(1).and_then(Token::as_str),
+            args.get(2),
+        ) else {
+            return self.bad(tag, "LOGIN needs a user name and a password", out);
+        };
+        self.pending = Some(Pending::Login {
+            tag: tag.to_string(),
+        });
+        out.actions.push(Action::Authenticate {
+            username: user.into_owned(),
+            password: pass.into_owned(),
+        });
+    }
+
+    pub(super) fn authenticate(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        let Some(mechanism) = args.first().and_then(Token::as_str) else {
+            return self.bad(tag, "AUTHENTICATE needs a mechanism", out);
+        };
+        if !mechanism.eq_ignore_ascii_case("PLAIN") {
+            out.line(&format!(
+                "{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is supported"
+            ));
+            return;
+        }
+        if !self.login_allowed() {
+            out.line(&format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the IMAPS port first (tls.allow_plaintext_auth)"));
+            return;
+        }
+        match args.get(1).and_then(Token::as_str) {
+            Some(initial) => {
+                let initial = if initial == "=" {
+                    String::new()
+                } else {
+                    initial.into_owned()
+                };
+                self.sasl_tag = Some(tag.to_string());
+                self.sasl_line(initial.as_bytes(), out);
+            }
+            None => {
+                out.line("+ ");
+                self.sasl_tag = Some(tag.to_string());
+            }
+        }
+    }
+
+    pub(super) fn sasl_line(&mut self, line: &[u8], out: &mut Outbox) {
+        let Some(tag) = self.sasl_tag.take() else {
+            return;
+        };
+        if line == b"*" {
+            out.line(&format!("{tag} BAD AUTHENTICATE cancelled"));
+            return;
+        }
+        match sasl::plain(line) {
+            Ok(credentials) => {
+                self.pending = Some(Pending::Login { tag });
+                out.actions.push(Action::Authenticate {
+                    username: credentials.username,
+                    password: credentials.password,
+                });
+            }
+            Err(_) => self.bad(&tag, "Invalid SASL PLAIN response", out),
+        }
+    }
+
+    /// The password checked out; the account is open on this shard.
+    pub fn logged_in(&mut self, user: String, out: &mut Outbox) {
+        let Some(Pending::Login { tag }) = self.pending.take() else {
+            return;
+        };
+        self.state = State::Authenticated;
+        self.user = Some(user);
+        out.line(&format!(
+            "{tag} OK [CAPABILITY {}] Logged in",
+            self.capabilities()
+        ));
+    }
+
+    /// UNAUTHENTICATE (RFC 8437): back to the not-authenticated state on the same
+    /// connection, keeping TLS; everything the login brought (the mailbox, ENABLEd
+    /// extensions) is dropped, so the next login starts as a new session would.
+    pub(super) fn unauthenticate(&mut self, tag: &str, out: &mut Outbox) {
+        self.state = State::NotAuthenticated;
+        self.user = None;
+        self.selected = None;
+        self.condstore = false;
+        self.qresync = false;
+        self.rev2 = false;
+        out.line(&format!("{tag} OK UNAUTHENTICATE completed"));
+        out.actions.push(Action::Unauthenticated);
+    }
+
+    pub fn login_failed(&mut self, refusal: LoginRefusal, out: &mut Outbox) {
+        let Some(Pending::Login { tag }) = self.pending.take() else {
+            return;
+        };
+        match refusal {
+            LoginRefusal::BadCredentials => {
+                out.line(&format!(
+                    "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials"
+                ));
+                self.count_auth_failure(out);
+            }
+            LoginRefusal::Temporary => {
+                out.line(&format!(
+                    "{tag} NO [UNAVAILABLE] Temporary failure; try again later"
+                ));
+            }
+            LoginRefusal::Throttled => {
+                out.line(&format!(
+                    "{tag} NO [UNAVAILABLE] Too many failed logins; try again later"
+                ));
+                self.count_auth_failure(out);
+            }
+            LoginRefusal::TooManySessions => out.line(&format!(
+                "{tag} NO [LIMIT] Too many sessions for this account \
+                 (limits.sessions_per_user_max)"
+            )),
+        }
+    }
+
+    /// One more failed (or refused) login on this connection; at
+    /// `limits.auth_failures_max` the connection ends.
+    pub(super) fn count_auth_failure(&mut self, out: &mut Outbox) {
+        self.auth_failures += 1;
+        if self.auth_failures >= self.config.auth_failures_max {
+            out.line("* BYE Too many failed logins");
+            self.close(out);
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! SELECT/EXAMINE (with CONDSTORE and QRESYNC resynchronisation), CREATE, DELETE,
+//! RENAME and STATUS: the commands that name a mailbox. Writes go out as
+//! [`Action::Write`]; nothing here touches the store directly.
+
+use super::*;
+
+impl Session {
+    pub(super) fn select(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        read_only: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let params = match command::select_args(args) {
+            Ok(p) => p,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        if params.qresync.is_some() && !self.qresync {
+            return self.bad(tag, "QRESYNC must be enabled first (ENABLE QRESYNC)", out);
+        }
+        if self.selected.take().is_some() {
+            out.line("* OK [CLOSED] Previous mailbox closed");
+        }
+        let Some(mb) = store
+            .account()
+            .and_then(|a| a.mailbox(&normalize(&params.mailbox)))
+        else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        if params.condstore {
+            self.condstore = true;
+        }
+        let at = Viewpoint::current(mb);
+        let keywords = mb.keywords.clone();
+        let room = keywords.len() < self.config.keywords_per_mailbox_max;
+        flags_lines(out, &keywords, read_only, room);
+        out.line(&format!("* {} EXISTS", mb.messages.len()));
+        let mut recent = recent::Recent::default();
+        if !self.rev2 {
+            recent.take_new(mb, read_only);
+            out.line(&format!("* {} RECENT", recent.count(mb)));
+            let first_unseen = match mb.counts.unseen {
+                0 => None,
+                _ => mb.messages.iter().position(|m| m.flags & flags::SEEN == 0),
+            };
+            if let Some(first) = first_unseen {
+                out.line(&format!("* OK [UNSEEN {}] First unseen", first + 1));
+            }
+        }
+        if self.rev2 {
+            // IMAP4rev2 requires the mailbox's LIST response (its canonical name).
+            let attrs: Vec<&str> = special_use_attr(mb.special_use).into_iter().collect();
+            self.list_line(out, "LIST", &mb.name, &attrs, None);
+        }
+        out.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        out.line(&format!(
+            "* OK [UIDNEXT {}] Predicted next UID",
+            mb.uid_next
+        ));
+        out.line(&format!(
+            "* OK [HIGHESTMODSEQ {}] Highest",
+            mb.highest_modseq
+        ));
+        if let Some(q) = &params.qresync {
+            if q.uidvalidity == mb.uidvalidity {
+                let vanished = vanished_since(mb, q.modseq, q.known_uids.as_ref());
+                if !vanished.is_empty() {
+                    out.line(&format!(
+                        "* VANISHED (EARLIER) {}",
+                        SequenceSet::compact(&vanished)
+                    ));
+                }
+                for m in changed_since(mb, q.modseq) {
+                    let Ok(i) = mb.messages.binary_search_by_key(&m.uid, |e| e.uid) else {
+                        continue;
+                    };
+                    let flags = m.flags | recent_bit(&recent, m.uid);
+                    flags_update(out, i + 1, m, flags, true, true);
+                }
+            }
+        }
+        self.selected = Some(Selected {
+            id: mb.id,
+            read_only,
+            at,
+            reported_modseq: mb.highest_modseq,
+            keywords,
+            recent,
+        });
+        let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
+        let verb = if read_only { "EXAMINE" } else { "SELECT" };
+        out.line(&format!("{tag} OK [{mode}] {verb} completed"));
+    }
+
+    pub(super) fn mailbox_arg(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        what: &str,
+        out: &mut Outbox,
+    ) -> Option<String> {
+        match args.first().and_then(command::mailbox_text) {
+            Some(m) => Some(normalize(&m)),
+            None => {
+                self.bad(tag, &format!("{what} needs a mailbox name"), out);
+                None
+            }
+        }
+    }
+
+    pub(super) fn create(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else {
+            return;
+        };
+        match args.get(1..).unwrap_or(&[]) {
+            [] => {}
+            // RFC 6154 §5.1: a special use that cannot be set refuses the CREATE.
+            [Token::List(options)]
+                if options
+                    .first()
+                    .and_then(Token::as_str)
+                    .is_some_and(|o| o.eq_ignore_ascii_case("USE")) =>
+            {
+                out.line(&format!(
+                    "{tag} NO [USEATTR] Special-use attributes cannot be set (no CREATE-SPECIAL-USE)"
+                ));
+                return;
+            }
+            _ => return self.bad(tag, "CREATE takes a mailbox name (and USE options)", out),
+        }
+        let exists = |n: &str| {
+            store.account().is_some_and(|a| a.mailbox(n).is_some())
+                || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, n))
+        };
+        if exists(&name) {
+            out.line(&format!("{tag} NO [ALREADYEXISTS] Mailbox already exists"));
+            return;
+        }
+        // Superior names are created too (RFC 9051 §6.3.4).
+        let mut names = Vec::new();
+        let mut prefix = String::new();
+        for (i, level) in name.split(DELIMITER).enumerate() {
+            if i > 0 {
+                prefix.push(DELIMITER);
+            }
+            prefix.push_str(level);
+            if !exists(&prefix) {
+                names.push(prefix.clone());
+            }
+        }
+        if !self.check_new_names(tag, &name, names.len(), store.account(), out) {
+            return;
+        }
+        self.pending = Some(Pending::Simple {
+            tag: tag.to_string(),
+            done: "CREATE completed",
+        });
+        out.actions.push(Action::Write(Write::Create { names }));
+    }
+
+    pub(super) fn delete(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let Some(name) = self.mailbox_arg(tag, args, "DELETE", out) else {
+            return;
+        };
+        let Some(mb) = store.account().and_then(|a| a.mailbox(&name)) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        if mb.special_use != SpecialUse::None {
+            out.line(&format!(
+                "{tag} NO [CANNOT] {} is a default mailbox and cannot be deleted",
+                mb.name
+            ));
+            return;
+        }
+        self.pending = Some(Pending::Delete {
+            tag: tag.to_string(),
+            mailbox: mb.id,
+        });
+        out.actions
+            .push(Action::Write(Write::Delete { mailbox: mb.id }));
+    }
+
+    pub(super) fn rename(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let (Some(from), Some(to)) = (
+            args.first().and_then(command::mailbox_text),
+            args.get(1).and_then(command::mailbox_text),
+        ) else {
+            return self.bad(tag, "RENAME needs two mailbox names", out);
+        };
+        let (from, to) = (normalize(&from), normalize(&to));
+        let Some(account) = store.account() else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        let Some(mb) = account.mailbox(&from) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        // Renaming INBOX creates a mailbox; other renames keep the count.
+        let adding = usize::from(mb.special_use == SpecialUse::Inbox);
+        if !self.check_new_names(tag, &to, adding, Some(account), out) {
+            return;
+        }
+        if account.mailbox(&to).is_some()
+            || DEFAULT_MAILBOXES
+                .iter()
+                .any(|(d, _)| mailbox_name_eq(d, &to))
+        {
+            out.line(&format!("{tag} NO [ALREADYEXISTS] Target mailbox exists"));
+            return;
+        }
+        self.pending = Some(Pending::Simple {
+            tag: tag.to_string(),
+            done: "RENAME completed",
+        });
+        if mb.special_use == SpecialUse::Inbox {
+            // INBOX stays, empty; its messages move to the new name (RFC 9051 §6.3.6).
+            out.actions.push(Action::Write(Write::RenameInbox { to }));
+            return;
+        }
+        if mb.special_use != SpecialUse::None {
+            self.pending = None;
+            out.line(&format!(
+                "{tag} NO [CANNOT] {} is a default mailbox and cannot be renamed",
+                mb.name
+            ));
+            return;
+        }
+        let child_prefix = format!("{}{DELIMITER}", mb.name);
+        let mut renames = vec![(mb.id, to.clone())];
+        for m in &account.mailboxes {
+            if let Some(rest) = m.name.strip_prefix(&child_prefix) {
+                renames.push((m.id, format!("{to}{DELIMITER}{rest}")));
+            }
+        }
+        out.actions.push(Action::Write(Write::Rename { renames }));
+    }
+
+    pub(super) fn status(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let Some(name) = args.first().and_then(command::mailbox_text) else {
+            return self.bad(tag, "STATUS needs a mailbox name", out);
+        };
+        let items = match args.get(1) {
+            Some(Token::List(items)) => command::status_items(items),
+            _ => Err("STATUS needs a list of items".into()),
+        };
+        let items = match items {
+            Ok(i) => i,
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let Some(mb) = store.account().and_then(|a| a.mailbox(&normalize(&name))) else {
+            out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
+            return;
+        };
+        status_line(out, mb, &items);
+        out.line(&format!("{tag} OK STATUS completed"));
+    }
+}

@@ -1,0 +1,180 @@
+//! SEARCH and UID SEARCH (RFC 9051 §6.4.4, ESEARCH, CONDSTORE MODSEQ), answered in
+//! steps of bounded work; matching itself is [`super::super::search`]'s.
+
+use super::*;
+
+impl Session {
+    pub(super) fn search(
+        &mut self,
+        tag: &str,
+        args: &[Token<'_>],
+        uid: bool,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let SearchArgs { ret, key } = match command::search_args(args) {
+            Ok(s) => s,
+            Err(e) if e.starts_with("[BADCHARSET") => {
+                out.line(&format!("{tag} NO {e}"));
+                return;
+            }
+            Err(e) => return self.bad(tag, &e, out),
+        };
+        let with_modseq = search::uses_modseq(&key);
+        if with_modseq {
+            self.condstore_on(store, out);
+        }
+        if self.selected.is_none() {
+            return;
+        }
+        let mut job = SearchPending {
+            tag: tag.to_string(),
+            uid,
+            ret,
+            reads_message: search::reads_message(&key),
+            key,
+            with_modseq,
+            next: 0,
+            end: usize::MAX,
+            hits: Vec::new(),
+            hit_modseqs: Vec::new(),
+            highest: 0,
+        };
+        if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
+            let view = View::new(mb, sel.at);
+            (job.next, job.end) = search_bounds(&job.key, &view).unwrap_or((0, view.len()));
+        }
+        self.search_step(job, store, out);
+    }
+
+    /// Evaluates the key on messages `job.next + 1…` until the step's work
+    /// (`SEARCH_STEP_UNITS`) is spent; the last step answers. Between steps other
+    /// sessions may expunge: a message gone meanwhile simply does not match.
+    pub(super) fn search_step(
+        &mut self,
+        mut job: SearchPending,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else {
+            out.line(&format!("{} OK SEARCH completed", job.tag));
+            return;
+        };
+        let view = View::new(mb, sel.at);
+        let largest_seq = view.len() as u32;
+        let largest_uid = view.last_uid();
+        let mut spent = 0;
+        for (_, u) in view.iter_from(job.next) {
+            if job.next >= job.end {
+                break;
+            }
+            if spent >= SEARCH_STEP_UNITS {
+                self.pending = Some(Pending::SearchSteps(job));
+                return;
+            }
+            let seq = job.next as u32 + 1;
+            job.next += 1;
+            spent += 1;
+            let Ok(at) = mb.messages.binary_search_by_key(&u, |m| m.uid) else {
+                continue;
+            };
+            let Some(entry) = mb.messages.get(at) else {
+                continue;
+            };
+            if job.reads_message {
+                spent += entry.len as usize / 256;
+            }
+            let bytes = || store.bytes(entry);
+            let summary = || store.summary(entry).ok();
+            let mut candidate =
+                Candidate::new(seq, entry, largest_seq, largest_uid, &bytes, &summary);
+            candidate.recent = sel.recent.contains(entry.uid);
+            if search::matches(&job.key, &candidate) {
+                job.hits.push(if job.uid { entry.uid } else { seq });
+                job.highest = job.highest.max(entry.modseq);
+                if job.with_modseq {
+                    job.hit_modseqs.push(entry.modseq);
+                }
+            }
+        }
+        let SearchPending {
+            tag,
+            uid,
+            ret,
+            with_modseq,
+            hits,
+            hit_modseqs,
+            highest,
+            ..
+        } = job;
+        if ret.extended || self.rev2 {
+            let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+            if uid {
+                line.push_str(" UID");
+            }
+            let all = ret.all || !ret.extended;
+            if !hits.is_empty() {
+                if ret.min {
+                    line.push_str(&format!(" MIN {}", hits.first().copied().unwrap_or(0)));
+                }
+                if ret.max {
+                    line.push_str(&format!(" MAX {}", hits.last().copied().unwrap_or(0)));
+                }
+                if all {
+                    line.push_str(&format!(" ALL {}", SequenceSet::compact(&hits)));
+                }
+            }
+            if ret.count {
+                line.push_str(&format!(" COUNT {}", hits.len()));
+            }
+            if with_modseq && !hits.is_empty() {
+                // RFC 7162 §3.1.5: with only MIN and/or MAX returned, the MODSEQ is
+                // that of the returned message(s), not of every match.
+                let only_ends = !all && !ret.count;
+                let modseq = if only_ends {
+                    let first = hit_modseqs.first().copied().filter(|_| ret.min);
+                    let last = hit_modseqs.last().copied().filter(|_| ret.max);
+                    first.max(last).unwrap_or(highest)
+                } else {
+                    highest
+                };
+                line.push_str(&format!(" MODSEQ {modseq}"));
+            }
+            out.line(&line);
+        } else {
+            let mut line = String::from("* SEARCH");
+            for h in &hits {
+                line.push_str(&format!(" {h}"));
+            }
+            if with_modseq && !hits.is_empty() {
+                line.push_str(&format!(" (MODSEQ {highest})"));
+            }
+            out.line(&line);
+        }
+        self.update(store, out, uid, &HashSet::new());
+        out.line(&format!("{tag} OK SEARCH completed"));
+    }
+}
+
+/// The index range `[start, end)` of the view a SEARCH key can match at all, from
+/// its UID and sequence sets (through AND); `None` if it is not bounded.
+pub(super) fn search_bounds(key: &command::SearchKey, view: &View<'_>) -> Option<(usize, usize)> {
+    use command::SearchKey;
+    match key {
+        SearchKey::Uid(set) => {
+            let ranges = set.ranges(view.last_uid());
+            let (lo, hi) = (ranges.first()?.0, ranges.last()?.1);
+            Some((view.count_below(lo), view.count_below(hi.saturating_add(1))))
+        }
+        SearchKey::Seq(set) => {
+            let ranges = set.ranges(view.len() as u32);
+            let (lo, hi) = (ranges.first()?.0, ranges.last()?.1);
+            Some((lo.max(1) as usize - 1, (hi as usize).min(view.len())))
+        }
+        SearchKey::And(keys) => keys
+            .iter()
+            .filter_map(|k| search_bounds(k, view))
+            .reduce(|a, b| (a.0.max(b.0), a.1.min(b.1))),
+        _ => None,
+    }
+}
