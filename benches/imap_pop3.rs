@@ -33,6 +33,7 @@ fn bench_imap_parse() {
         command_bytes_max: 16 * 1024,
         literal_bytes_max: 1 << 20,
         upload_bytes_max: 0,
+        non_sync_bytes_max: u64::MAX,
     };
     let mut rates = Vec::new();
     for _ in 0..ROUNDS {

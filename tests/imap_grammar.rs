@@ -158,7 +158,8 @@ fn esearch_min_and_max_report_their_own_modseq() {
 }
 
 /// Without UTF8=ACCEPT, mailbox names are 7-bit with modified UTF-7 (RFC 3501
-/// §5.1.3); a special use that cannot be set refuses the CREATE (RFC 6154 §5.1).
+/// §5.1.3); CREATE-SPECIAL-USE sets the attribute asked for, and one that cannot be
+/// set refuses the CREATE (RFC 6154 §5.1).
 #[test]
 fn mailbox_names_are_modified_utf7_and_use_cannot_be_dropped_silently() {
     let out = replies("b CREATE bad&name\r\n");
@@ -177,13 +178,25 @@ fn mailbox_names_are_modified_utf7_and_use_cannot_be_dropped_silently() {
         out.contains("\"Entw&APw-rfe\"") && out.contains("\"Tom&-Jerry\""),
         "{out}"
     );
-    let out = replies("g CREATE Old (USE (\\Archive))\r\nh LIST \"\" Old\r\n");
-    assert!(out.starts_with("g NO [USEATTR]"), "{out}");
-    assert_eq!(
-        out.lines().filter(|l| l.starts_with("* LIST")).count(),
-        0,
+    let out = replies(
+        "g CREATE Old (USE (\\Archive))\r\nh LIST (SPECIAL-USE) \"\" *\r\n\
+         i DELETE Old\r\nj CREATE All (USE (\\All))\r\nk CREATE Two (USE (\\Sent \\Junk))\r\n\
+         l LIST \"\" All\r\n",
+    );
+    assert!(out.starts_with("g OK [MAILBOXID (F6-"), "{out}");
+    assert!(
+        out.contains("* LIST (\\HasNoChildren \\Archive) \"/\" \"Old\"\r\n"),
         "{out}"
     );
+    // A special-use mailbox a user created is theirs to delete.
+    assert!(out.contains("i OK DELETE"), "{out}");
+    assert!(out.contains("j NO [USEATTR] \\All and \\Flagged"), "{out}");
+    assert!(
+        out.contains("k NO [USEATTR] A mailbox carries one"),
+        "{out}"
+    );
+    assert!(out.contains("l OK LIST completed\r\n"), "{out}");
+    assert!(!out.contains("\"All\""), "{out}");
     let out = replies("i RENAME INBOX x&Jjo\r\n");
     assert!(
         out.starts_with("i NO [CANNOT] Invalid modified UTF-7"),

@@ -11,6 +11,7 @@ const LIMITS: FrameLimits = FrameLimits {
     command_bytes_max: 4096,
     literal_bytes_max: 1 << 20,
     upload_bytes_max: 0,
+    non_sync_bytes_max: u64::MAX,
 };
 
 #[derive(Debug, Clone)]
@@ -119,7 +120,7 @@ proptest! {
     fn tokenizer_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
         let _ = tokenize(&bytes, 8);
         let mut framer = Framer::new();
-        let _ = framer.frame(&bytes, &FrameLimits { command_bytes_max: 64, literal_bytes_max: 16, upload_bytes_max: 0 });
+        let _ = framer.frame(&bytes, &FrameLimits { command_bytes_max: 64, literal_bytes_max: 16, upload_bytes_max: 0, non_sync_bytes_max: u64::MAX });
     }
 
     #[test]

@@ -24,7 +24,10 @@ fn logged_in(config: Arc<ImapConfig>, mailboxes: usize) -> Driver {
         .deliver(1, b"Subject: x\r\n\r\nbody\r\n", 1_795_600_000);
     if mailboxes > 0 {
         let names = (0..mailboxes).map(|i| format!("box/{i:05}")).collect();
-        d.store.apply(Write::Create { names });
+        d.store.apply(Write::Create {
+            names,
+            special: shardmail::store::index::SpecialUse::None,
+        });
     }
     d.feed(b"a LOGIN bob pw\r\n");
     d.sent.clear();
@@ -83,7 +86,11 @@ fn list_steps_survive_mailboxes_changing_between_them() {
     d.feed(b"l LIST \"\" box/%\r\nc CREATE box/zzz\r\n");
     let out = sent(&d);
     assert_eq!(out.matches("* LIST").count(), 3000);
-    assert!(out.ends_with("l OK LIST completed\r\nc OK CREATE completed\r\n"));
+    assert!(
+        out.contains("l OK LIST completed\r\nc OK [MAILBOXID ("),
+        "{out}"
+    );
+    assert!(out.ends_with("] CREATE completed\r\n"), "{out}");
 }
 
 #[test]
@@ -147,8 +154,8 @@ fn mailbox_and_keyword_counts_are_limited() {
     );
     d.feed(b"a CREATE one\r\nb CREATE two\r\nc CREATE three\r\nd CREATE four\r\ne CREATE x/y\r\n");
     let out = sent(&d);
-    assert!(out.contains("a OK CREATE"), "{out}");
-    assert!(out.contains("c OK CREATE"), "{out}");
+    assert!(out.contains("a OK [MAILBOXID"), "{out}");
+    assert!(out.contains("c OK [MAILBOXID"), "{out}");
     assert!(
         out.contains(
             "d NO [LIMIT] An account holds at most 8 mailboxes (limits.mailboxes_per_account_max)"

@@ -25,6 +25,8 @@ pub enum Change {
     /// Create these mailboxes, in order (missing parents first).
     Create {
         names: Vec<String>,
+        /// The special use of the last name (CREATE-SPECIAL-USE); parents get none.
+        special: SpecialUse,
     },
     Delete {
         mailbox: u32,
@@ -236,9 +238,9 @@ pub fn plan(
     let mut outcome = Outcome::Done;
     match change {
         Change::EnsureAccount => ops.extend(numbers.default_mailboxes(index, account, now)),
-        Change::Create { names } => {
+        Change::Create { names, special } => {
             ops.extend(numbers.default_mailboxes(index, account, now));
-            for name in names {
+            for (i, name) in names.iter().enumerate() {
                 if name_taken(index, account, name) {
                     return Err(invalid(format!("Mailbox {name} already exists")));
                 }
@@ -247,7 +249,11 @@ pub fn plan(
                     account,
                     id,
                     uidvalidity: (now.max(1) as u32).wrapping_add(id),
-                    special: SpecialUse::None,
+                    special: if i + 1 == names.len() {
+                        *special
+                    } else {
+                        SpecialUse::None
+                    },
                     name: name.clone(),
                 });
             }

@@ -35,6 +35,8 @@ pub enum SpecialUse {
     Drafts = 3,
     Trash = 4,
     Junk = 5,
+    /// Set only by CREATE … (USE (\Archive)) (RFC 6154 CREATE-SPECIAL-USE).
+    Archive = 6,
 }
 
 impl SpecialUse {
@@ -45,6 +47,7 @@ impl SpecialUse {
             3 => SpecialUse::Drafts,
             4 => SpecialUse::Trash,
             5 => SpecialUse::Junk,
+            6 => SpecialUse::Archive,
             _ => SpecialUse::None,
         }
     }
@@ -185,6 +188,16 @@ pub const APPEND_MARK_EVERY: u32 = 256;
 pub const FLAG_CHANGES_KEPT: usize = 8192;
 
 impl MailboxIndex {
+    /// One of the mailboxes every account has (cannot be deleted or renamed away).
+    pub fn is_default(&self) -> bool {
+        (1..=DEFAULT_MAILBOXES.len() as u32).contains(&self.id)
+    }
+
+    /// RFC 8474 MAILBOXID: the id never changes (RENAME keeps it) and is never reused.
+    pub fn object_id(&self) -> String {
+        format!("F{}-{}", self.id, self.uidvalidity)
+    }
+
     /// The first UID not yet claimed as recent by any session.
     pub fn recent_from(&self) -> u32 {
         self.recent.0.get()

@@ -576,6 +576,7 @@ impl Partition {
     ) -> Result<u32, StoreError> {
         let change = Change::Create {
             names: vec![name.to_string()],
+            special: crate::store::index::SpecialUse::None,
         };
         self.execute(account, change, now, None).await?;
         self.mailbox_id(account, name)

@@ -1,5 +1,9 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
-the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437)."""
+the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
+OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
+before login (RFC 7888)."""
+
+import re
 
 import imaplib
 import smtplib
@@ -19,7 +23,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent",):
+        for name in ("recent", "objects"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -86,6 +90,52 @@ class ImapRfc(unittest.TestCase):
             self.assertIn(b"for-other", data[0][1])
         finally:
             m.logout()
+
+    def test_objectid_within_and_create_special_use(self):
+        user = f"objects@{DOMAIN}"
+        self.deliver(user, "kept")
+        m = self.login(user)
+        try:
+            caps = m.capability()[1][0].split()
+            for cap in (b"OBJECTID", b"WITHIN", b"CREATE-SPECIAL-USE", b"LITERAL+"):
+                self.assertIn(cap, caps)
+            typ, data = m.create('Archive2 (USE (\\Archive))')
+            self.assertEqual(typ, "OK", data)
+            self.assertIn(b"MAILBOXID (", data[0])
+            typ, data = m.list('""', "*")
+            self.assertIn(b'(\\HasNoChildren \\Archive) "/" "Archive2"', b"\n".join(data))
+            m.select("INBOX")
+            self.assertEqual(m.response("MAILBOXID")[1][0][:2], b"(F")
+            typ, data = m.fetch("1", "(EMAILID THREADID)")
+            email_id = re.search(rb"EMAILID \((M[0-9a-f]+)\)", data[0]).group(1)
+            self.assertIn(b"THREADID NIL", data[0])
+            self.assertEqual(m.copy("1", "Archive2")[0], "OK")
+            self.assertEqual(m.search(None, "YOUNGER", "3600")[1], [b"1"])
+            self.assertEqual(m.search(None, "OLDER", "3600")[1], [b""])
+            typ, data = m.rename("Archive2", "Archive3")
+            self.assertEqual(typ, "OK")
+            m.select("Archive3")
+            typ, data = m.fetch("1", "(EMAILID)")
+            self.assertIn(email_id, data[0])
+            self.assertEqual(m.search(None, "EMAILID", email_id.decode())[1], [b"1"])
+        finally:
+            m.logout()
+
+    def test_literal_minus_before_login(self):
+        m = imaplib.IMAP4_SSL(
+            "127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=20
+        )
+        try:
+            self.assertIn("LITERAL-", m.capabilities)
+            self.assertNotIn("LITERAL+", m.capabilities)
+            # A 5,000-byte non-synchronizing literal before login is refused, its
+            # bytes swallowed; the connection goes on.
+            m.send(b"x1 LOGIN {5000+}\r\n" + b"u" * 5000 + b" pw\r\nx2 NOOP\r\n")
+            first, second = m.readline(), m.readline()
+            self.assertTrue(first.startswith(b"x1 NO [TOOBIG]"), first)
+            self.assertTrue(second.startswith(b"x2 OK"), second)
+        finally:
+            m.shutdown()
 
 
 if __name__ == "__main__":

@@ -142,6 +142,9 @@ pub enum FetchAtt {
     BodyStructure,
     Uid,
     ModSeq,
+    /// RFC 8474 OBJECTID.
+    EmailId,
+    ThreadId,
     BodySection {
         peek: bool,
         section: Section,
@@ -299,6 +302,8 @@ pub fn fetch_items(args: &[Token<'_>]) -> Result<(Vec<FetchAtt>, FetchModifiers)
             "BODYSTRUCTURE" => Some(FetchAtt::BodyStructure),
             "UID" => Some(FetchAtt::Uid),
             "MODSEQ" => Some(FetchAtt::ModSeq),
+            "EMAILID" => Some(FetchAtt::EmailId),
+            "THREADID" => Some(FetchAtt::ThreadId),
             _ => None,
         };
         if let Some(att) = simple {
@@ -495,6 +500,13 @@ pub enum SearchKey {
     Uid(SequenceSet),
     Seq(SequenceSet),
     ModSeq(u64),
+    /// RFC 8474: the message's EMAILID / THREADID.
+    EmailId(String),
+    ThreadId(String),
+    /// RFC 5032 WITHIN: internal date more (`Older`) or less (`Younger`) than this
+    /// many seconds before now.
+    Older(u64),
+    Younger(u64),
     Not(Box<SearchKey>),
     Or(Box<SearchKey>, Box<SearchKey>),
     And(Vec<SearchKey>),
@@ -652,6 +664,10 @@ fn search_key<'a, 'b>(
         "LARGER" => SearchKey::Larger(number(&string("LARGER")?, "LARGER")?),
         "SMALLER" => SearchKey::Smaller(number(&string("SMALLER")?, "SMALLER")?),
         "UID" => SearchKey::Uid(SequenceSet::parse(&string("UID")?)?),
+        "EMAILID" => SearchKey::EmailId(string("EMAILID")?),
+        "THREADID" => SearchKey::ThreadId(string("THREADID")?),
+        "OLDER" => SearchKey::Older(number(&string("OLDER")?, "OLDER")?),
+        "YOUNGER" => SearchKey::Younger(number(&string("YOUNGER")?, "YOUNGER")?),
         "MODSEQ" => {
             // MODSEQ [entry-name entry-type] n
             let first = string("MODSEQ")?;
@@ -763,6 +779,8 @@ pub enum StatusItem {
     Size,
     HighestModSeq,
     Recent,
+    /// RFC 8474.
+    MailboxId,
 }
 
 pub fn status_items(tokens: &[Token<'_>]) -> Result<Vec<StatusItem>, Bad> {
@@ -778,6 +796,7 @@ pub fn status_items(tokens: &[Token<'_>]) -> Result<Vec<StatusItem>, Bad> {
             Some("SIZE") => StatusItem::Size,
             Some("HIGHESTMODSEQ") => StatusItem::HighestModSeq,
             Some("RECENT") => StatusItem::Recent,
+            Some("MAILBOXID") => StatusItem::MailboxId,
             _ => return Err("unknown STATUS item".into()),
         };
         items.push(item);

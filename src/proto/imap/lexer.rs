@@ -23,6 +23,9 @@ pub struct FrameLimits {
     /// Size of an APPEND message literal (streamed, never buffered whole: see
     /// [`Frame::Upload`]); 0 = APPEND messages are framed like any literal.
     pub upload_bytes_max: u64,
+    /// Largest non-synchronizing (`{n+}`) literal: 4,096 where LITERAL- is
+    /// advertised (RFC 7888 §5), `u64::MAX` under LITERAL+.
+    pub non_sync_bytes_max: u64,
 }
 
 /// What [`Framer::frame`] decided about the input.
@@ -184,6 +187,11 @@ impl Framer {
                 limits.upload_bytes_max
             } else {
                 limits.literal_bytes_max
+            };
+            let limit = if non_sync {
+                limit.min(limits.non_sync_bytes_max)
+            } else {
+                limit
             };
             if size > limit || (!upload && literal_total > limits.literal_bytes_max) {
                 // A synchronizing literal was never sent (no continuation); a LITERAL+
@@ -513,6 +521,7 @@ mod tests {
         command_bytes_max: 200,
         literal_bytes_max: 1000,
         upload_bytes_max: 0,
+        non_sync_bytes_max: u64::MAX,
     };
 
     #[test]

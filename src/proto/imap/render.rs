@@ -49,6 +49,19 @@ pub fn literal(out: &mut Vec<u8>, s: &[u8], eight: bool) {
     }
 }
 
+/// RFC 8474 EMAILID: from the message's bytes (SHA-256, 96 bits in hex), so it
+/// survives COPY, MOVE, compaction, export and import, and identical stored bytes
+/// share one, as in Cyrus. Costs one hash per message asked.
+pub fn email_id(message: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, message);
+    let mut id = String::with_capacity(25);
+    id.push('M');
+    for b in digest.as_ref().iter().take(12) {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
 /// An nstring: `NIL` or a string.
 pub fn nstring(out: &mut Vec<u8>, s: Option<&str>) {
     match s {

@@ -31,6 +31,8 @@ pub struct Candidate<'a> {
     summary_cache: OnceCell<Option<Summary>>,
     /// The session shows it as `\Recent` (RFC 3501 §2.3.2).
     pub recent: bool,
+    /// Now, in seconds since the epoch (WITHIN's OLDER and YOUNGER).
+    pub now: i64,
 }
 
 impl<'a> Candidate<'a> {
@@ -52,6 +54,7 @@ impl<'a> Candidate<'a> {
             summary,
             summary_cache: OnceCell::new(),
             recent: false,
+            now: 0,
         }
     }
 
@@ -172,6 +175,11 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
         SearchKey::Flag(bit, set) => (e.flags & bit != 0) == *set,
         SearchKey::Keyword(k, set) => e.keywords.iter().any(|x| x.eq_ignore_ascii_case(k)) == *set,
         SearchKey::Recent(recent) => c.recent == *recent,
+        SearchKey::EmailId(id) => super::render::email_id(c.message()).eq_ignore_ascii_case(id),
+        // No threads are computed: THREADID is NIL, so matches nothing.
+        SearchKey::ThreadId(_) => false,
+        SearchKey::Older(secs) => e.internal_date <= c.now.saturating_sub(*secs as i64),
+        SearchKey::Younger(secs) => e.internal_date > c.now.saturating_sub(*secs as i64),
         SearchKey::Header(field, needle) => {
             let env = c.summary().map(|s| &s.envelope);
             let cached = env.and_then(|env| match field.as_str() {
@@ -243,7 +251,9 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
 /// far more per message than the index fields do.
 pub fn reads_message(key: &SearchKey) -> bool {
     match key {
-        SearchKey::Header(..) | SearchKey::Body(_) | SearchKey::Text(_) => true,
+        SearchKey::Header(..) | SearchKey::Body(_) | SearchKey::Text(_) | SearchKey::EmailId(_) => {
+            true
+        }
         SearchKey::Not(k) => reads_message(k),
         SearchKey::Or(a, b) => reads_message(a) || reads_message(b),
         SearchKey::And(keys) => keys.iter().any(reads_message),

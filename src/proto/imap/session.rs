@@ -162,9 +162,11 @@ pub enum Action {
 /// A durable change to the account.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    /// Create these mailboxes, in order (missing parents first).
+    /// Create these mailboxes, in order (missing parents first); the last one gets
+    /// `special` (CREATE-SPECIAL-USE).
     Create {
         names: Vec<String>,
+        special: SpecialUse,
     },
     Delete {
         mailbox: u32,
@@ -212,7 +214,7 @@ impl Write {
     /// summarizes first): the store plans every change itself (`store::change`).
     pub fn into_change(self) -> (Change, Option<crate::proto::Incoming>) {
         match self {
-            Write::Create { names } => (Change::Create { names }, None),
+            Write::Create { names, special } => (Change::Create { names, special }, None),
             Write::Delete { mailbox } => (Change::Delete { mailbox }, None),
             Write::Rename { renames } => (Change::Rename { renames }, None),
             Write::RenameInbox { to } => (Change::RenameInbox { to }, None),
@@ -361,6 +363,11 @@ enum Pending {
         tag: String,
         done: &'static str,
     },
+    /// CREATE: the reply names the new mailbox's MAILBOXID (RFC 8474).
+    Create {
+        tag: String,
+        name: String,
+    },
     Append {
         tag: String,
         uidvalidity: u32,
@@ -467,11 +474,13 @@ pub struct Session {
     upload: Option<append::Upload>,
     /// Bodies begun (tells one upload's spool from the next).
     uploads: u64,
+    /// The time given with the latest input (WITHIN's OLDER/YOUNGER measure from it).
+    now: i64,
 }
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
-const PROTOCOL_CAPABILITIES: &str =
-    "IMAP4rev1 IMAP4rev2 LITERAL+ CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN";
+const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
+     OBJECTID WITHIN";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {
@@ -486,6 +495,9 @@ fn static_capabilities() -> &'static str {
         caps
     })
 }
+
+/// The largest non-synchronizing literal under LITERAL- (RFC 7888 §5).
+const LITERAL_MINUS_BYTES_MAX: u64 = 4096;
 
 /// Longest keyword (a flag atom) stored.
 const KEYWORD_BYTES_MAX: usize = 255;
@@ -515,6 +527,7 @@ impl Session {
             output_full: false,
             upload: None,
             uploads: 0,
+            now: 0,
         }
     }
 
@@ -592,7 +605,12 @@ impl Session {
     }
 
     fn capabilities(&self) -> String {
-        let mut caps = static_capabilities().to_string();
+        let literal = if self.state == State::NotAuthenticated {
+            "LITERAL-"
+        } else {
+            "LITERAL+"
+        };
+        let mut caps = format!("IMAP4rev1 IMAP4rev2 {literal} {}", static_capabilities());
         caps.push_str(&format!(" APPENDLIMIT={}", self.config.literal_bytes_max));
         if self.state == State::NotAuthenticated {
             if !self.tls && self.config.tls_available {
@@ -633,6 +651,13 @@ impl Session {
             } else {
                 0
             },
+            // Before login LITERAL- is advertised instead of LITERAL+ (RFC 7888 §5):
+            // nobody unproven sends more than 4 KiB without being asked.
+            non_sync_bytes_max: if self.state == State::NotAuthenticated {
+                LITERAL_MINUS_BYTES_MAX
+            } else {
+                u64::MAX
+            },
         }
     }
 
@@ -640,7 +665,8 @@ impl Session {
     fn literal_limit_text(&self) -> String {
         if self.state == State::NotAuthenticated {
             format!(
-                "Literal larger than limits.preauth_literal_bytes_max ({} bytes) before login",
+                "Literal larger than limits.preauth_literal_bytes_max ({} bytes) before login \
+                 (and {{n+}} ones at most 4096: LITERAL-)",
                 self.frame_limits().literal_bytes_max
             )
         } else {
@@ -660,6 +686,7 @@ impl Session {
         now: i64,
         out: &mut Outbox,
     ) -> usize {
+        self.now = now;
         self.output_full = false;
         if self.is_continuing() {
             self.resume(store, out);
@@ -1173,6 +1200,7 @@ impl Session {
                 Pending::StartTls => return,
                 Pending::Login { tag }
                 | Pending::Simple { tag, .. }
+                | Pending::Create { tag, .. }
                 | Pending::Append { tag, .. }
                 | Pending::Copy { tag, .. }
                 | Pending::Expunge { tag, .. }
@@ -1193,6 +1221,16 @@ impl Session {
             Pending::Simple { tag, done } => {
                 self.update(store, out, true, &HashSet::new());
                 out.line(&format!("{tag} OK {done}"));
+            }
+            Pending::Create { tag, name } => {
+                self.update(store, out, true, &HashSet::new());
+                match store.account().and_then(|a| a.mailbox(&name)) {
+                    Some(mb) => out.line(&format!(
+                        "{tag} OK [MAILBOXID ({})] CREATE completed",
+                        mb.object_id()
+                    )),
+                    None => out.line(&format!("{tag} OK CREATE completed")),
+                }
             }
             Pending::Delete { tag, mailbox } => {
                 if self.selected_mailbox() == Some(mailbox) {
@@ -1356,6 +1394,7 @@ pub(super) fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
         SpecialUse::Drafts => Some("\\Drafts"),
         SpecialUse::Trash => Some("\\Trash"),
         SpecialUse::Junk => Some("\\Junk"),
+        SpecialUse::Archive => Some("\\Archive"),
         SpecialUse::None | SpecialUse::Inbox => None,
     }
 }
@@ -1373,6 +1412,7 @@ pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusIt
             StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.counts.deleted_bytes),
             StatusItem::Size => format!("SIZE {}", mb.counts.bytes),
             StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
+            StatusItem::MailboxId => format!("MAILBOXID ({})", mb.object_id()),
             // Not yet shown as recent to any session (RFC 3501 §6.3.10).
             StatusItem::Recent => {
                 let from = mb.messages.partition_point(|m| m.uid < mb.recent_from());

@@ -71,7 +71,7 @@ verbs! {
     Namespace "NAMESPACE" Authenticated uid=false cap=Some("NAMESPACE");
     Select "SELECT" Authenticated uid=false cap=None;
     Examine "EXAMINE" Authenticated uid=false cap=None;
-    Create "CREATE" Authenticated uid=false cap=None;
+    Create "CREATE" Authenticated uid=false cap=Some("CREATE-SPECIAL-USE");
     Delete "DELETE" Authenticated uid=false cap=None;
     Rename "RENAME" Authenticated uid=false cap=None;
     Subscribe "SUBSCRIBE" Authenticated uid=false cap=None;

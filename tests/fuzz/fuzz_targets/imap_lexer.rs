@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use shardmail::proto::imap::lexer::{tokenize, Frame, FrameLimits, Framer};
 
-const LIMITS: FrameLimits = FrameLimits { command_bytes_max: 512, literal_bytes_max: 256, upload_bytes_max: 0 };
+const LIMITS: FrameLimits = FrameLimits { command_bytes_max: 512, literal_bytes_max: 256, upload_bytes_max: 0, non_sync_bytes_max: u64::MAX };
 
 fn first_frame(parts: &[&[u8]]) -> Option<Frame> {
     let mut framer = Framer::new();

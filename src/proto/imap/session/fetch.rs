@@ -263,6 +263,11 @@ pub(super) fn fetch_items_into(
         }
         match item {
             FetchAtt::Uid => r.extend_from_slice(format!("UID {}", entry.uid).as_bytes()),
+            FetchAtt::EmailId => {
+                r.extend_from_slice(format!("EMAILID ({})", render::email_id(bytes())).as_bytes())
+            }
+            // Threads are not computed; RFC 8474 §5.2 answers NIL then.
+            FetchAtt::ThreadId => r.extend_from_slice(b"THREADID NIL"),
             FetchAtt::Flags => {
                 r.extend_from_slice(b"FLAGS ");
                 render::flag_list(r, flags, &entry.keywords);

@@ -56,6 +56,7 @@ impl Session {
             self.list_line(out, "LIST", &mb.name, &attrs, None);
         }
         out.line(&format!("* OK [UIDVALIDITY {}] UIDs valid", mb.uidvalidity));
+        out.line(&format!("* OK [MAILBOXID ({})] Ok", mb.object_id()));
         out.line(&format!(
             "* OK [UIDNEXT {}] Predicted next UID",
             mb.uid_next
@@ -121,22 +122,21 @@ impl Session {
         let Some(name) = self.mailbox_arg(tag, args, "CREATE", out) else {
             return;
         };
-        match args.get(1..).unwrap_or(&[]) {
-            [] => {}
-            // RFC 6154 §5.1: a special use that cannot be set refuses the CREATE.
-            [Token::List(options)]
-                if options
-                    .first()
-                    .and_then(Token::as_str)
-                    .is_some_and(|o| o.eq_ignore_ascii_case("USE")) =>
-            {
-                out.line(&format!(
-                    "{tag} NO [USEATTR] Special-use attributes cannot be set (no CREATE-SPECIAL-USE)"
-                ));
-                return;
-            }
+        let special = match args.get(1..).unwrap_or(&[]) {
+            [] => SpecialUse::None,
+            [Token::List(options)] => match create_use(options) {
+                Ok(special) => special,
+                Err(CreateUse::Unsupported(why)) => {
+                    // RFC 6154 §5.1: a special use that cannot be set refuses the CREATE.
+                    out.line(&format!("{tag} NO [USEATTR] {why}"));
+                    return;
+                }
+                Err(CreateUse::Syntax) => {
+                    return self.bad(tag, "CREATE options are (USE (attributes))", out)
+                }
+            },
             _ => return self.bad(tag, "CREATE takes a mailbox name (and USE options)", out),
-        }
+        };
         let exists = |n: &str| {
             store.account().is_some_and(|a| a.mailbox(n).is_some())
                 || DEFAULT_MAILBOXES.iter().any(|(d, _)| mailbox_name_eq(d, n))
@@ -160,11 +160,12 @@ impl Session {
         if !self.check_new_names(tag, &name, names.len(), store.account(), out) {
             return;
         }
-        self.pending = Some(Pending::Simple {
+        self.pending = Some(Pending::Create {
             tag: tag.to_string(),
-            done: "CREATE completed",
+            name,
         });
-        out.actions.push(Action::Write(Write::Create { names }));
+        out.actions
+            .push(Action::Write(Write::Create { names, special }));
     }
 
     pub(super) fn delete(
@@ -181,7 +182,7 @@ impl Session {
             out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
             return;
         };
-        if mb.special_use != SpecialUse::None {
+        if mb.is_default() {
             out.line(&format!(
                 "{tag} NO [CANNOT] {} is a default mailbox and cannot be deleted",
                 mb.name
@@ -240,7 +241,7 @@ impl Session {
             out.actions.push(Action::Write(Write::RenameInbox { to }));
             return;
         }
-        if mb.special_use != SpecialUse::None {
+        if mb.is_default() {
             self.pending = None;
             out.line(&format!(
                 "{tag} NO [CANNOT] {} is a default mailbox and cannot be renamed",
@@ -283,4 +284,52 @@ impl Session {
         status_line(out, mb, &items);
         out.line(&format!("{tag} OK STATUS completed"));
     }
+}
+
+/// Why a CREATE's USE option was refused.
+enum CreateUse {
+    /// `NO [USEATTR]` with this text.
+    Unsupported(&'static str),
+    Syntax,
+}
+
+/// The special use a `CREATE name (USE (attr))` asks for (RFC 6154 §3): one of the
+/// attributes a mailbox can carry here; `\All` and `\Flagged` are virtual
+/// mailboxes, which this store does not have.
+fn create_use(options: &[Token<'_>]) -> Result<SpecialUse, CreateUse> {
+    let [Token::Atom(word), Token::List(attrs)] = options else {
+        return Err(CreateUse::Syntax);
+    };
+    if !word.eq_ignore_ascii_case("USE") {
+        return Err(CreateUse::Syntax);
+    }
+    let mut special = SpecialUse::None;
+    for attr in attrs {
+        let Some(name) = attr.as_str() else {
+            return Err(CreateUse::Syntax);
+        };
+        let this =
+            match name.to_ascii_lowercase().as_str() {
+                "\\sent" => SpecialUse::Sent,
+                "\\drafts" => SpecialUse::Drafts,
+                "\\trash" => SpecialUse::Trash,
+                "\\junk" => SpecialUse::Junk,
+                "\\archive" => SpecialUse::Archive,
+                "\\all" | "\\flagged" => return Err(CreateUse::Unsupported(
+                    "\\All and \\Flagged are virtual mailboxes, which this server does not have",
+                )),
+                _ => {
+                    return Err(CreateUse::Unsupported(
+                        "Unknown special-use attribute (RFC 6154 defines the valid ones)",
+                    ))
+                }
+            };
+        if special != SpecialUse::None && special != this {
+            return Err(CreateUse::Unsupported(
+                "A mailbox carries one special-use attribute here",
+            ));
+        }
+        special = this;
+    }
+    Ok(special)
 }

@@ -89,6 +89,7 @@ impl Session {
             let mut candidate =
                 Candidate::new(seq, entry, largest_seq, largest_uid, &bytes, &summary);
             candidate.recent = sel.recent.contains(entry.uid);
+            candidate.now = self.now;
             if search::matches(&job.key, &candidate) {
                 job.hits.push(if job.uid { entry.uid } else { seq });
                 job.highest = job.highest.max(entry.modseq);

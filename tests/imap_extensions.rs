@@ -1,0 +1,119 @@
+//! Extensions of issue 13, as transcripts over the in-memory store: OBJECTID (RFC
+//! 8474), WITHIN (RFC 5032), LITERAL- before login (RFC 7888 §5). Each is also
+//! checked end to end with imaplib (tests/e2e/test_imap_rfc.py).
+
+use std::sync::Arc;
+
+use shardmail::proto::imap::memstore::Driver;
+use shardmail::proto::imap::session::ImapConfig;
+
+const NOW: i64 = 1_795_675_500;
+
+fn connection() -> Driver {
+    let mut d = Driver::new(
+        Arc::new(ImapConfig {
+            hostname: "imap.example".into(),
+            tls_available: true,
+            ..ImapConfig::default()
+        }),
+        true,
+    );
+    d.now = NOW;
+    d.sent.clear();
+    d
+}
+
+fn say(d: &mut Driver, input: &str) -> String {
+    d.feed(input.as_bytes());
+    String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned()
+}
+
+/// The value inside `NAME (…)` of the first line that has it.
+fn object_id(out: &str, name: &str) -> String {
+    let at = out.find(&format!("{name} (")).expect(name) + name.len() + 2;
+    out[at..].split(')').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn objectid_emailid_survives_copy_and_mailboxid_survives_rename() {
+    let mut d = connection();
+    d.store
+        .deliver(1, b"Subject: one\r\n\r\nfirst\r\n", NOW - 100);
+    d.store
+        .deliver(1, b"Subject: two\r\n\r\nsecond\r\n", NOW - 50);
+    say(&mut d, "a LOGIN bob pw\r\n");
+    let created = say(&mut d, "b CREATE Work\r\n");
+    let work = object_id(&created, "MAILBOXID");
+    assert!(work.starts_with('F'), "{created}");
+    let out = say(
+        &mut d,
+        "c SELECT INBOX\r\nd FETCH 1:2 (EMAILID THREADID)\r\ne COPY 1 Work\r\n",
+    );
+    assert!(out.contains("* OK [MAILBOXID (F1-"), "{out}");
+    let first = object_id(&out, "EMAILID");
+    assert!(
+        out.contains(&format!("* 1 FETCH (EMAILID ({first}) THREADID NIL)")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&format!("* 2 FETCH (EMAILID ({first})")),
+        "distinct: {out}"
+    );
+    assert!(first.len() <= 255 && first.bytes().all(|b| b.is_ascii_alphanumeric()));
+    // The copy is the same message: same EMAILID; SEARCH EMAILID finds it.
+    let out = say(
+        &mut d,
+        &format!("f RENAME Work Projects\r\ng STATUS Projects (MAILBOXID)\r\nh SELECT Projects\r\ni FETCH 1 EMAILID\r\nj SEARCH EMAILID {first}\r\nk SEARCH THREADID T1\r\n"),
+    );
+    assert!(out.contains(&format!("(MAILBOXID ({work}))")), "{out}");
+    assert!(
+        out.contains(&format!("* OK [MAILBOXID ({work})] Ok")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("* 1 FETCH (EMAILID ({first}))")),
+        "{out}"
+    );
+    assert!(out.contains("* SEARCH 1\r\nj OK"), "{out}");
+    assert!(out.contains("* SEARCH\r\nk OK"), "{out}");
+}
+
+#[test]
+fn within_counts_seconds_back_from_now() {
+    let mut d = connection();
+    d.store.deliver(1, b"Subject: old\r\n\r\nx\r\n", NOW - 7200);
+    d.store.deliver(1, b"Subject: new\r\n\r\ny\r\n", NOW - 60);
+    let out = say(
+        &mut d,
+        "a LOGIN bob pw\r\nb SELECT INBOX\r\nc SEARCH YOUNGER 3600\r\nd SEARCH OLDER 3600\r\ne SEARCH YOUNGER 10\r\nf SEARCH OLDER x\r\n",
+    );
+    assert!(out.contains("* SEARCH 2\r\nc OK"), "{out}");
+    assert!(out.contains("* SEARCH 1\r\nd OK"), "{out}");
+    assert!(out.contains("* SEARCH\r\ne OK"), "{out}");
+    assert!(out.contains("f BAD"), "{out}");
+}
+
+#[test]
+fn before_login_non_synchronizing_literals_stop_at_4096_bytes() {
+    let mut d = connection();
+    let out = say(&mut d, "a CAPABILITY\r\n");
+    assert!(
+        out.contains(" LITERAL- ") && !out.contains("LITERAL+"),
+        "{out}"
+    );
+    // 4,096 bytes go through without a continuation; one more is refused and its
+    // bytes are read and thrown away, not taken as commands.
+    let small = "x".repeat(4096);
+    let out = say(&mut d, &format!("b LOGIN {{4096+}}\r\n{small} nope\r\n"));
+    assert!(out.starts_with("b NO [AUTHENTICATIONFAILED]"), "{out}");
+    let big = "y".repeat(4097);
+    let out = say(
+        &mut d,
+        &format!("c LOGIN {{4097+}}\r\n{big} pw\r\nd NOOP\r\n"),
+    );
+    assert!(out.starts_with("c NO [TOOBIG]"), "{out}");
+    assert!(out.contains("LITERAL-"), "{out}");
+    assert!(out.ends_with("d OK NOOP completed\r\n"), "{out}");
+    let out = say(&mut d, "e LOGIN bob pw\r\n");
+    assert!(out.contains("LITERAL+"), "{out}");
+}
