@@ -117,3 +117,62 @@ fn before_login_non_synchronizing_literals_stop_at_4096_bytes() {
     let out = say(&mut d, "e LOGIN bob pw\r\n");
     assert!(out.contains("LITERAL+"), "{out}");
 }
+
+#[test]
+fn searchres_saves_the_result_as_dollar_for_the_next_commands() {
+    let mut d = connection();
+    for i in 0..5 {
+        let flagged = if i % 2 == 0 {
+            "Subject: even\r\n\r\nx\r\n"
+        } else {
+            "Subject: odd\r\n\r\nx\r\n"
+        };
+        d.store.deliver(1, flagged.as_bytes(), NOW - 100 + i);
+    }
+    say(&mut d, "a LOGIN bob pw\r\nb SELECT INBOX\r\n");
+    // SAVE alone: no ESEARCH, the result is kept.
+    let out = say(
+        &mut d,
+        "c SEARCH RETURN (SAVE) SUBJECT even\r\nd FETCH $ (UID)\r\ne STORE $ +FLAGS.SILENT (\\Flagged)\r\nf SEARCH FLAGGED\r\n",
+    );
+    assert!(out.starts_with("c OK SEARCH completed\r\n"), "{out}");
+    assert!(
+        out.contains("* 1 FETCH (UID 1)\r\n* 3 FETCH (UID 3)\r\n* 5 FETCH (UID 5)\r\nd OK"),
+        "{out}"
+    );
+    assert!(out.contains("* SEARCH 1 3 5\r\nf OK"), "{out}");
+    // `$` in SEARCH, combined with other keys, and in UID commands.
+    let out = say(&mut d, "g SEARCH $ 2:5\r\nh UID SEARCH NOT $\r\n");
+    assert!(out.contains("* SEARCH 3 5\r\ng OK"), "{out}");
+    assert!(out.contains("* SEARCH 2 4\r\nh OK"), "{out}");
+    // SAVE with MIN and MAX keeps only those; an expunged message leaves `$`.
+    let out = say(
+        &mut d,
+        "i UID SEARCH RETURN (SAVE MIN MAX) SUBJECT even\r\nj FETCH $ (UID)\r\n\
+         k STORE 1 +FLAGS.SILENT (\\Deleted)\r\nl EXPUNGE\r\nm UID FETCH $ (UID)\r\n",
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"i\") UID MIN 1 MAX 5\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* 1 FETCH (UID 1)\r\n* 5 FETCH (UID 5)\r\nj OK"),
+        "{out}"
+    );
+    assert!(out.contains("* 4 FETCH (UID 5)\r\nm OK"), "{out}");
+    // A failed SEARCH empties it; selecting again does too.
+    let out = say(
+        &mut d,
+        "n SEARCH RETURN (SAVE) BOGUS\r\no FETCH $ (UID)\r\n",
+    );
+    assert!(out.contains("n BAD"), "{out}");
+    assert!(
+        out.contains("o OK FETCH completed\r\n") && !out.contains("* 4 FETCH"),
+        "{out}"
+    );
+    let out = say(
+        &mut d,
+        "p SEARCH RETURN (SAVE) ALL\r\nq SELECT INBOX\r\nr FETCH $ (UID)\r\n",
+    );
+    assert!(!out.contains("FETCH (UID"), "{out}");
+}

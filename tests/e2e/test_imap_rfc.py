@@ -1,7 +1,7 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
-before login (RFC 7888)."""
+before login (RFC 7888), SEARCHRES (RFC 5182)."""
 
 import re
 
@@ -23,7 +23,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects"):
+        for name in ("recent", "objects", "saved"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -118,6 +118,23 @@ class ImapRfc(unittest.TestCase):
             typ, data = m.fetch("1", "(EMAILID)")
             self.assertIn(email_id, data[0])
             self.assertEqual(m.search(None, "EMAILID", email_id.decode())[1], [b"1"])
+        finally:
+            m.logout()
+
+    def test_searchres_dollar_in_fetch_and_store(self):
+        user = f"saved@{DOMAIN}"
+        for subject in ("keep-a", "other", "keep-b"):
+            self.deliver(user, subject)
+        m = self.login(user)
+        try:
+            self.assertIn(b"SEARCHRES", m.capability()[1][0].split())
+            m.select("INBOX")
+            typ, data = m._simple_command("SEARCH", "RETURN", "(SAVE)", "SUBJECT", "keep")
+            self.assertEqual(typ, "OK", data)
+            self.assertEqual(m.store("$", "+FLAGS", "(\\Flagged)")[0], "OK")
+            self.assertEqual(m.search(None, "FLAGGED")[1], [b"1 3"])
+            typ, data = m.fetch("$", "(UID)")
+            self.assertEqual([d for d in data if d], [b"1 (UID 1)", b"3 (UID 3)"])
         finally:
             m.logout()
 

@@ -33,7 +33,32 @@ impl SeqNum {
 pub struct SequenceSet(pub Vec<(SeqNum, SeqNum)>);
 
 impl SequenceSet {
+    /// `$`, the saved search result (RFC 5182): an empty set here, which the session
+    /// replaces with the UIDs it saved (a set that is never substituted matches
+    /// nothing; every parsed set is otherwise non-empty).
+    pub const SAVED: SequenceSet = SequenceSet(Vec::new());
+
+    /// Whether this is `$`.
+    pub fn is_saved(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The set of exactly `values` (sorted, distinct), as ranges.
+    pub fn from_sorted(values: &[u32]) -> SequenceSet {
+        let mut ranges: Vec<(SeqNum, SeqNum)> = Vec::new();
+        for &v in values {
+            match ranges.last_mut() {
+                Some((_, SeqNum::Value(hi))) if hi.checked_add(1) == Some(v) => *hi = v,
+                _ => ranges.push((SeqNum::Value(v), SeqNum::Value(v))),
+            }
+        }
+        SequenceSet(ranges)
+    }
+
     pub fn parse(text: &str) -> Result<SequenceSet, Bad> {
+        if text == "$" {
+            return Ok(SequenceSet::SAVED);
+        }
         let number = |s: &str| -> Result<SeqNum, Bad> {
             if s == "*" {
                 return Ok(SeqNum::Star);
@@ -528,6 +553,15 @@ pub struct SearchReturn {
     pub max: bool,
     pub all: bool,
     pub count: bool,
+    /// SAVE (RFC 5182): keep the result as `$`.
+    pub save: bool,
+}
+
+impl SearchReturn {
+    /// `RETURN (SAVE)` alone: the result is kept, and no ESEARCH is sent.
+    pub fn save_only(&self) -> bool {
+        self.save && !(self.min || self.max || self.all || self.count)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -551,10 +585,11 @@ pub fn search_args(args: &[Token<'_>]) -> Result<SearchArgs, Bad> {
                 Some("MAX") => ret.max = true,
                 Some("ALL") => ret.all = true,
                 Some("COUNT") => ret.count = true,
+                Some("SAVE") => ret.save = true,
                 _ => return Err("unknown RETURN option".into()),
             }
         }
-        if !(ret.min || ret.max || ret.count) {
+        if !(ret.min || ret.max || ret.count || ret.save) {
             ret.all = true; // RETURN () means ALL
         }
         rest = rest.get(2..).unwrap_or(&[]);
@@ -691,7 +726,7 @@ fn search_key<'a, 'b>(
             let b = search_key(it, depth + 1)?.ok_or("OR needs two search keys")?;
             SearchKey::Or(Box::new(a), Box::new(b))
         }
-        _ if name.starts_with(|c: char| c.is_ascii_digit() || c == '*') => {
+        _ if name.starts_with(|c: char| c.is_ascii_digit() || c == '*' || c == '$') => {
             SearchKey::Seq(SequenceSet::parse(&name)?)
         }
         _ => return Err(format!("unknown search key: {name}")),

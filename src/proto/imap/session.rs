@@ -340,6 +340,9 @@ struct Selected {
     keywords: Vec<String>,
     /// What this session shows as `\Recent` (IMAP4rev1 only).
     recent: recent::Recent,
+    /// `$`, the last SEARCH RETURN (SAVE) result, as UIDs (RFC 5182): messages
+    /// expunged since simply are not found; selecting again empties it.
+    saved: SequenceSet,
 }
 
 impl Selected {
@@ -432,6 +435,8 @@ struct SearchPending {
     next: usize,
     end: usize,
     hits: Vec<u32>,
+    /// UIDs of the hits, when the result is to be saved as `$`.
+    hit_uids: Vec<u32>,
     /// MODSEQ of each hit (for RETURN (MIN)/(MAX) with a MODSEQ criterion).
     hit_modseqs: Vec<u64>,
     highest: u64,
@@ -480,7 +485,7 @@ pub struct Session {
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
 const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
-     OBJECTID WITHIN";
+     OBJECTID WITHIN SEARCHRES";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {
@@ -1153,6 +1158,12 @@ impl Session {
     ) -> Result<Vec<(u32, u32)>, String> {
         let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) else {
             return Ok(Vec::new());
+        };
+        // `$` names the saved UIDs, in a UID command or not (RFC 5182 §2.1).
+        let (set, uid) = if set.is_saved() {
+            (&sel.saved, true)
+        } else {
+            (set, uid)
         };
         let view = View::new(mb, sel.at);
         let count = view.len() as u32;

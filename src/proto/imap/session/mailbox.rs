@@ -90,6 +90,7 @@ impl Session {
             reported_modseq: mb.highest_modseq,
             keywords,
             recent,
+            saved: SequenceSet::SAVED,
         });
         let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let verb = if read_only { "EXAMINE" } else { "SELECT" };

@@ -14,11 +14,21 @@ impl Session {
     ) {
         let SearchArgs { ret, key } = match command::search_args(args) {
             Ok(s) => s,
-            Err(e) if e.starts_with("[BADCHARSET") => {
-                out.line(&format!("{tag} NO {e}"));
-                return;
+            Err(e) => {
+                // A failed SEARCH leaves `$` empty (RFC 5182 §2.1).
+                if let Some(sel) = self.selected.as_mut() {
+                    sel.saved = SequenceSet::SAVED;
+                }
+                if e.starts_with("[BADCHARSET") {
+                    out.line(&format!("{tag} NO {e}"));
+                    return;
+                }
+                return self.bad(tag, &e, out);
             }
-            Err(e) => return self.bad(tag, &e, out),
+        };
+        let key = match &self.selected {
+            Some(sel) => with_saved(key, &sel.saved),
+            None => key,
         };
         let with_modseq = search::uses_modseq(&key);
         if with_modseq {
@@ -37,6 +47,7 @@ impl Session {
             next: 0,
             end: usize::MAX,
             hits: Vec::new(),
+            hit_uids: Vec::new(),
             hit_modseqs: Vec::new(),
             highest: 0,
         };
@@ -93,6 +104,9 @@ impl Session {
             if search::matches(&job.key, &candidate) {
                 job.hits.push(if job.uid { entry.uid } else { seq });
                 job.highest = job.highest.max(entry.modseq);
+                if job.ret.save {
+                    job.hit_uids.push(entry.uid);
+                }
                 if job.with_modseq {
                     job.hit_modseqs.push(entry.modseq);
                 }
@@ -104,11 +118,35 @@ impl Session {
             ret,
             with_modseq,
             hits,
+            hit_uids,
             hit_modseqs,
             highest,
             ..
         } = job;
-        if ret.extended || self.rev2 {
+        if ret.save {
+            // With only MIN and/or MAX, only those are saved (RFC 5182 §2.1).
+            let ends = (ret.min || ret.max) && !(ret.all || ret.count);
+            let saved: Vec<u32> = if ends {
+                let mut v: Vec<u32> = [
+                    hit_uids.first().filter(|_| ret.min),
+                    hit_uids.last().filter(|_| ret.max),
+                ]
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+                v.dedup();
+                v
+            } else {
+                hit_uids
+            };
+            if let Some(sel) = self.selected.as_mut() {
+                sel.saved = SequenceSet::from_sorted(&saved);
+            }
+        }
+        if ret.save_only() {
+            // Nothing to report: the result went into `$`.
+        } else if ret.extended || self.rev2 {
             let mut line = format!("* ESEARCH (TAG \"{tag}\")");
             if uid {
                 line.push_str(" UID");
@@ -177,5 +215,24 @@ pub(super) fn search_bounds(key: &command::SearchKey, view: &View<'_>) -> Option
             .filter_map(|k| search_bounds(k, view))
             .reduce(|a, b| (a.0.max(b.0), a.1.min(b.1))),
         _ => None,
+    }
+}
+
+/// `key` with every `$` (RFC 5182) replaced by the saved UIDs.
+fn with_saved(key: command::SearchKey, saved: &SequenceSet) -> command::SearchKey {
+    use command::SearchKey;
+    match key {
+        SearchKey::Seq(set) | SearchKey::Uid(set) if set.is_saved() => {
+            SearchKey::Uid(saved.clone())
+        }
+        SearchKey::Not(k) => SearchKey::Not(Box::new(with_saved(*k, saved))),
+        SearchKey::Or(a, b) => SearchKey::Or(
+            Box::new(with_saved(*a, saved)),
+            Box::new(with_saved(*b, saved)),
+        ),
+        SearchKey::And(keys) => {
+            SearchKey::And(keys.into_iter().map(|k| with_saved(k, saved)).collect())
+        }
+        other => other,
     }
 }
