@@ -176,3 +176,81 @@ fn searchres_saves_the_result_as_dollar_for_the_next_commands() {
     );
     assert!(!out.contains("FETCH (UID"), "{out}");
 }
+
+/// SORT (RFC 5256), ESORT (RFC 5267), SORT=DISPLAY (RFC 5957), THREAD=ORDEREDSUBJECT.
+#[test]
+fn sort_and_thread_by_base_subject_date_and_address() {
+    let mut d = connection();
+    let msgs: [(&str, &str, &str, i64); 5] = [
+        (
+            "Re: budget",
+            "Zed <a@x.example>",
+            "Tue, 1 Dec 2026 10:00:00 +0000",
+            5,
+        ),
+        (
+            "lunch",
+            "Bob Jones <z@x.example>",
+            "Mon, 30 Nov 2026 09:00:00 +0000",
+            4,
+        ),
+        (
+            "budget",
+            "carol@x.example",
+            "Sun, 29 Nov 2026 08:00:00 +0000",
+            3,
+        ),
+        (
+            "[team] Fwd: Budget (fwd)",
+            "\"Alice\" <m@x.example>",
+            "Wed, 2 Dec 2026 12:00:00 +0100",
+            2,
+        ),
+        ("apples", "<b@x.example>", "not a date", 1),
+    ];
+    for (i, (subject, from, date, arrival)) in msgs.iter().enumerate() {
+        let body = format!(
+            "Subject: {subject}\r\nFrom: {from}\r\nDate: {date}\r\n\r\n{}\r\n",
+            "x".repeat(i * 200)
+        );
+        d.store
+            .deliver(1, body.as_bytes(), NOW - 1000 + arrival * 10);
+    }
+    say(&mut d, "a LOGIN bob pw\r\nb SELECT INBOX\r\n");
+    let out = say(
+        &mut d,
+        "c SORT (SUBJECT) UTF-8 ALL\r\nd SORT (REVERSE SIZE) US-ASCII ALL\r\n\
+         e SORT (FROM) UTF-8 ALL\r\nf SORT (DISPLAYFROM) UTF-8 ALL\r\ng SORT (ARRIVAL) UTF-8 2:4\r\n\
+         h UID SORT (DATE) UTF-8 ALL\r\n",
+    );
+    // Base subjects: apples; budget ×3 (ties in mailbox order); lunch.
+    assert!(
+        out.contains("* SORT 5 1 3 4 2\r\nc OK SORT completed"),
+        "{out}"
+    );
+    assert!(out.contains("* SORT 5 4 3 2 1\r\nd OK"), "{out}");
+    // addr-mailbox: a, b, carol, m, z.
+    assert!(out.contains("* SORT 1 5 3 4 2\r\ne OK"), "{out}");
+    // Display name, else address: Alice, b@x, Bob Jones, carol@x, Zed.
+    assert!(out.contains("* SORT 4 5 2 3 1\r\nf OK"), "{out}");
+    assert!(out.contains("* SORT 4 3 2\r\ng OK"), "{out}");
+    // Sent date; the message without one sorts by its arrival (the earliest).
+    assert!(out.contains("* SORT 5 3 2 1 4\r\nh OK"), "{out}");
+    let out = say(
+        &mut d,
+        "i SORT RETURN (MIN MAX COUNT ALL) (SUBJECT) UTF-8 ALL\r\nj SORT (SUBJECT) KOI8-R ALL\r\n\
+         k SORT (REVERSE) UTF-8 ALL\r\nl THREAD ORDEREDSUBJECT UTF-8 ALL\r\nm THREAD REFERENCES UTF-8 ALL\r\n",
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"i\") MIN 5 MAX 2 ALL 5,1,3:4,2 COUNT 5\r\ni OK"),
+        "{out}"
+    );
+    assert!(out.contains("j NO [BADCHARSET"), "{out}");
+    assert!(out.contains("k BAD"), "{out}");
+    // Threads by base subject, each ordered by date, threads by their first date.
+    assert!(
+        out.contains("* THREAD (5)(3 (1)(4))(2)\r\nl OK THREAD completed"),
+        "{out}"
+    );
+    assert!(out.contains("m BAD"), "{out}");
+}

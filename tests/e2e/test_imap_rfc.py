@@ -1,7 +1,7 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
-before login (RFC 7888), SEARCHRES (RFC 5182)."""
+before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256)."""
 
 import re
 
@@ -23,7 +23,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved"):
+        for name in ("recent", "objects", "saved", "sorted"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -135,6 +135,28 @@ class ImapRfc(unittest.TestCase):
             self.assertEqual(m.search(None, "FLAGGED")[1], [b"1 3"])
             typ, data = m.fetch("$", "(UID)")
             self.assertEqual([d for d in data if d], [b"1 (UID 1)", b"3 (UID 3)"])
+        finally:
+            m.logout()
+
+    def test_sort_and_thread(self):
+        user = f"sorted@{DOMAIN}"
+        for subject in ("Re: beta", "alpha", "beta", "Fwd: alpha"):
+            self.deliver(user, subject)
+        m = self.login(user)
+        try:
+            caps = m.capability()[1][0].split()
+            for cap in (b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT"):
+                self.assertIn(cap, caps)
+            m.select("INBOX")
+            typ, data = m.sort("(SUBJECT)", "UTF-8", "ALL")
+            self.assertEqual((typ, data), ("OK", [b"2 4 1 3"]))
+            # Equal keys stay in mailbox order, REVERSE or not (RFC 5256 §3).
+            typ, data = m.sort("(REVERSE SUBJECT)", "UTF-8", "ALL")
+            self.assertEqual(data, [b"1 3 2 4"])
+            typ, data = m.uid("SORT", "(SUBJECT)", "UTF-8", "ALL")
+            self.assertEqual(data, [b"2 4 1 3"])
+            typ, data = m.thread("ORDEREDSUBJECT", "UTF-8", "ALL")
+            self.assertEqual((typ, data), ("OK", [b"(1 3)(2 4)"]))
         finally:
             m.logout()
 

@@ -572,6 +572,15 @@ pub struct SearchArgs {
 
 /// Parses `SEARCH [RETURN (...)] [CHARSET x] keys...`.
 pub fn search_args(args: &[Token<'_>]) -> Result<SearchArgs, Bad> {
+    let (ret, rest) = return_options(args)?;
+    search_keys(ret, rest)
+}
+
+/// `[RETURN (options)]` (RFC 4731, RFC 5182 SAVE, RFC 5267 for SORT) and what
+/// follows it.
+pub fn return_options<'a, 't>(
+    args: &'a [Token<'t>],
+) -> Result<(SearchReturn, &'a [Token<'t>]), Bad> {
     let mut rest = args;
     let mut ret = SearchReturn::default();
     if atom(rest.first()).is_some_and(|a| a.eq_ignore_ascii_case("RETURN")) {
@@ -594,6 +603,12 @@ pub fn search_args(args: &[Token<'_>]) -> Result<SearchArgs, Bad> {
         }
         rest = rest.get(2..).unwrap_or(&[]);
     }
+    Ok((ret, rest))
+}
+
+/// Parses what SEARCH and SORT take after RETURN (their charset and keys).
+pub fn search_keys(ret: SearchReturn, rest: &[Token<'_>]) -> Result<SearchArgs, Bad> {
+    let mut rest = rest;
     if atom(rest.first()).is_some_and(|a| a.eq_ignore_ascii_case("CHARSET")) {
         let charset = rest
             .get(1)

@@ -1,6 +1,6 @@
 //! IMAP4rev2/IMAP4rev1 (RFC 9051, RFC 3501), sans-IO: the command framer and
 //! tokenizer ([`lexer`]), typed arguments ([`command`]), addresses ([`address`]), mailbox names and LIST
-//! patterns ([`names`]), command names and their states ([`verb`]), rendering ([`render`]), SEARCH ([`search`]) and the session
+//! patterns ([`names`]), command names and their states ([`verb`]), rendering ([`render`]), SEARCH ([`search`]), SORT and THREAD ([`sort`]) and the session
 //! state machine ([`session`]). The IO driver is `src/shard/imap.rs`.
 
 pub mod address;
@@ -12,4 +12,5 @@ pub mod names;
 pub mod render;
 pub mod search;
 pub mod session;
+pub mod sort;
 pub mod verb;

@@ -60,7 +60,7 @@ impl<'a> Candidate<'a> {
 
     /// The summary, `None` if its record cannot be read (keys then fall back to the
     /// raw header block).
-    fn summary(&self) -> Option<&Summary> {
+    pub fn summary(&self) -> Option<&Summary> {
         self.summary_cache.get_or_init(|| (self.summary)()).as_ref()
     }
 
@@ -110,7 +110,7 @@ fn contains_text(haystack: &str, needle: &str) -> bool {
 }
 
 /// A header value with RFC 2047 encoded words decoded (borrowed when it has none).
-fn decoded_header(raw: &str) -> Cow<'_, str> {
+pub(crate) fn decoded_header(raw: &str) -> Cow<'_, str> {
     if !raw.contains("=?") {
         return Cow::Borrowed(raw);
     }

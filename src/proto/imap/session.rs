@@ -51,6 +51,7 @@ mod mailbox;
 mod quota;
 mod recent;
 mod search_command;
+mod sort_command;
 mod store_command;
 mod view;
 
@@ -435,6 +436,9 @@ struct SearchPending {
     next: usize,
     end: usize,
     hits: Vec<u32>,
+    /// SORT or THREAD: the order asked for, and each match with its key.
+    order: Option<sort_command::Order>,
+    ordered: Vec<sort_command::Ordered>,
     /// UIDs of the hits, when the result is to be saved as `$`.
     hit_uids: Vec<u32>,
     /// MODSEQ of each hit (for RETURN (MIN)/(MAX) with a MODSEQ criterion).
@@ -485,7 +489,7 @@ pub struct Session {
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
 const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
-     OBJECTID WITHIN SEARCHRES";
+     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {
@@ -979,6 +983,8 @@ impl Session {
             Verb::Close => self.close_mailbox(&tag, store, out),
             Verb::Expunge => self.expunge(&tag, args, uid, store, out),
             Verb::Search => self.search(&tag, args, uid, store, out),
+            Verb::Sort => self.sort(&tag, args, uid, store, out),
+            Verb::Thread => self.thread(&tag, args, uid, store, out),
             Verb::Fetch => self.fetch(&tag, args, uid, store, out),
             Verb::Store => self.store(&tag, args, uid, store, out),
             Verb::Copy | Verb::Move => self.copy(&tag, args, uid, verb == Verb::Move, store, out),

@@ -90,6 +90,8 @@ verbs! {
     Unselect "UNSELECT" Selected uid=false cap=Some("UNSELECT");
     Expunge "EXPUNGE" Selected uid=true cap=Some("UIDPLUS");
     Search "SEARCH" Selected uid=true cap=Some("ESEARCH");
+    Sort "SORT" Selected uid=true cap=Some("SORT");
+    Thread "THREAD" Selected uid=true cap=Some("THREAD=ORDEREDSUBJECT");
     Fetch "FETCH" Selected uid=true cap=None;
     Store "STORE" Selected uid=true cap=None;
     Copy "COPY" Selected uid=true cap=None;
@@ -147,7 +149,10 @@ mod tests {
             .filter(|v| v.has_uid_form())
             .map(|v| v.name())
             .collect();
-        assert_eq!(uid, ["EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE"]);
+        assert_eq!(
+            uid,
+            ["EXPUNGE", "SEARCH", "SORT", "THREAD", "FETCH", "STORE", "COPY", "MOVE"]
+        );
     }
 
     #[test]

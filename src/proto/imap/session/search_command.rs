@@ -26,31 +26,32 @@ impl Session {
                 return self.bad(tag, &e, out);
             }
         };
-        let key = match &self.selected {
-            Some(sel) => with_saved(key, &sel.saved),
-            None => key,
-        };
-        let with_modseq = search::uses_modseq(&key);
-        if with_modseq {
+        let job = SearchPending::new(tag, uid, ret, key, None);
+        self.begin_search(job, store, out);
+    }
+
+    /// Starts a SEARCH, SORT or THREAD: `$` substituted, CONDSTORE enabled by a
+    /// MODSEQ key, the range the key can match found, then the first step.
+    pub(super) fn begin_search(
+        &mut self,
+        mut job: SearchPending,
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        if let Some(sel) = &self.selected {
+            job.key = with_saved(
+                std::mem::replace(&mut job.key, command::SearchKey::All),
+                &sel.saved,
+            );
+        }
+        job.reads_message = search::reads_message(&job.key);
+        job.with_modseq = search::uses_modseq(&job.key);
+        if job.with_modseq {
             self.condstore_on(store, out);
         }
         if self.selected.is_none() {
             return;
         }
-        let mut job = SearchPending {
-            tag: tag.to_string(),
-            uid,
-            ret,
-            reads_message: search::reads_message(&key),
-            key,
-            with_modseq,
-            next: 0,
-            end: usize::MAX,
-            hits: Vec::new(),
-            hit_uids: Vec::new(),
-            hit_modseqs: Vec::new(),
-            highest: 0,
-        };
         if let (Some(sel), Some(mb)) = (&self.selected, self.mailbox(store)) {
             let view = View::new(mb, sel.at);
             (job.next, job.end) = search_bounds(&job.key, &view).unwrap_or((0, view.len()));
@@ -102,6 +103,15 @@ impl Session {
             candidate.recent = sel.recent.contains(entry.uid);
             candidate.now = self.now;
             if search::matches(&job.key, &candidate) {
+                if let Some(order) = &job.order {
+                    // SORT and THREAD keep each match's key (its envelope is
+                    // read from the log: that costs like reading a bit of text).
+                    let number = if job.uid { entry.uid } else { seq };
+                    job.ordered
+                        .push(order.item(number, seq, entry, candidate.summary()));
+                    spent += 4;
+                    continue;
+                }
                 job.hits.push(if job.uid { entry.uid } else { seq });
                 job.highest = job.highest.max(entry.modseq);
                 if job.ret.save {
@@ -121,8 +131,13 @@ impl Session {
             hit_uids,
             hit_modseqs,
             highest,
+            order,
+            ordered,
             ..
         } = job;
+        if let Some(order) = order {
+            return self.finish_ordered(&tag, uid, &ret, &order, ordered, store, out);
+        }
         if ret.save {
             // With only MIN and/or MAX, only those are saved (RFC 5182 §2.1).
             let ends = (ret.min || ret.max) && !(ret.all || ret.count);
