@@ -254,3 +254,87 @@ fn sort_and_thread_by_base_subject_date_and_address() {
     );
     assert!(out.contains("m BAD"), "{out}");
 }
+
+/// PREVIEW (RFC 8970): decoded text of the first text part, at most 256 characters.
+#[test]
+fn preview_is_decoded_text_of_at_most_256_characters() {
+    let mut d = connection();
+    d.store.deliver(
+        1,
+        b"Subject: p\r\nContent-Type: multipart/alternative; boundary=\"b\"\r\n\r\n--b\r\n\
+Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+Caf=C3=A9   at\r\n  noon?\r\n--b\r\nContent-Type: text/html\r\n\r\n<p>ignored</p>\r\n--b--\r\n",
+        NOW,
+    );
+    let long = format!("Subject: long\r\n\r\n{}\r\n", "word ".repeat(200));
+    d.store.deliver(1, long.as_bytes(), NOW);
+    d.store.deliver(
+        1,
+        b"Subject: image\r\nContent-Type: image/png\r\nContent-Transfer-Encoding: base64\r\n\r\niVBORw0KGgo=\r\n",
+        NOW,
+    );
+    let out = say(
+        &mut d,
+        "a LOGIN bob pw\r\nb SELECT INBOX\r\nc FETCH 1 (PREVIEW)\r\nd FETCH 3 (PREVIEW (LAZY))\r\ne FETCH 2 PREVIEW\r\nf FETCH 1 (PREVIEW (EAGER))\r\n",
+    );
+    assert!(
+        out.contains("* 1 FETCH (PREVIEW {14}\r\nCafé at noon?)\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("* 3 FETCH (PREVIEW NIL)\r\n"), "{out}");
+    let long = out
+        .split("* 2 FETCH (PREVIEW \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect(&out);
+    assert!(
+        long.chars().count() <= 256 && long.starts_with("word word"),
+        "{long}"
+    );
+    assert!(out.contains("f BAD"), "{out}");
+}
+
+/// UTF8=ACCEPT (RFC 6855) and IMAP4rev2 see UTF-8 mailbox names; the same mailbox is
+/// modified UTF-7 to an IMAP4rev1 session. UTF8 APPEND takes a literal8.
+#[test]
+fn utf8_sessions_see_utf8_names_and_rev1_sessions_modified_utf7() {
+    let mut d = connection();
+    let out = say(
+        &mut d,
+        "a LOGIN bob pw\r\nb ENABLE UTF8=ACCEPT\r\nc CREATE \"Entwürfe/日本語\"\r\nd LIST \"\" \"Entw*\"\r\n\
+         e STATUS \"Entwürfe\" (MESSAGES)\r\nf CREATE \"Tom&Jerry\"\r\n",
+    );
+    assert!(out.contains("* ENABLED UTF8=ACCEPT\r\n"), "{out}");
+    assert!(out.contains("c OK"), "{out}");
+    assert!(
+        out.contains("* LIST (\\HasChildren) \"/\" {9}\r\nEntwürfe\r\n")
+            || out.contains("\"Entwürfe\""),
+        "{out}"
+    );
+    assert!(out.contains("日本語"), "{out}");
+    assert!(out.contains("f OK"), "{out}");
+    let out = say(
+        &mut d,
+        "g APPEND \"Entwürfe\" UTF8 (~{24}\r\nSubject: caf\u{e9}\r\n\r\nbody\r\n)\r\nh SELECT \"Entwürfe\"\r\n",
+    );
+    assert!(out.contains("g OK [APPENDUID"), "{out}");
+    assert!(out.contains("* 1 EXISTS"), "{out}");
+    // The same account through an IMAP4rev1 session: modified UTF-7.
+    let mut classic = connection();
+    classic.store = std::mem::replace(
+        &mut d.store,
+        shardmail::proto::imap::memstore::MemStore::new(),
+    );
+    let out = say(
+        &mut classic,
+        "a LOGIN bob pw\r\nb LIST \"\" *\r\nc APPEND Entw&APw-rfe UTF8 (~{3}\r\nabc)\r\n",
+    );
+    assert!(out.contains("\"Entw&APw-rfe\""), "{out}");
+    assert!(out.contains("\"Entw&APw-rfe/&ZeVnLIqe-\""), "{out}");
+    // A literal `&` is `&-` in modified UTF-7.
+    assert!(out.contains("\"Tom&-Jerry\""), "{out}");
+    assert!(
+        out.contains("c BAD"),
+        "UTF8 APPEND needs UTF8=ACCEPT: {out}"
+    );
+}

@@ -1,7 +1,7 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
-before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256)."""
+before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855)."""
 
 import re
 
@@ -23,7 +23,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved", "sorted"):
+        for name in ("recent", "objects", "saved", "sorted", "utf8"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -109,6 +109,8 @@ class ImapRfc(unittest.TestCase):
             typ, data = m.fetch("1", "(EMAILID THREADID)")
             email_id = re.search(rb"EMAILID \((M[0-9a-f]+)\)", data[0]).group(1)
             self.assertIn(b"THREADID NIL", data[0])
+            typ, data = m.fetch("1", "(PREVIEW)")
+            self.assertIn(b'PREVIEW "Hello."', data[0])
             self.assertEqual(m.copy("1", "Archive2")[0], "OK")
             self.assertEqual(m.search(None, "YOUNGER", "3600")[1], [b"1"])
             self.assertEqual(m.search(None, "OLDER", "3600")[1], [b""])
@@ -159,6 +161,27 @@ class ImapRfc(unittest.TestCase):
             self.assertEqual((typ, data), ("OK", [b"(1 3)(2 4)"]))
         finally:
             m.logout()
+
+    def test_utf8_accept_names(self):
+        user = f"utf8@{DOMAIN}"
+        m = self.login(user)
+        try:
+            self.assertIn(b"UTF8=ACCEPT", m.capability()[1][0].split())
+            typ, data = m.enable("UTF8=ACCEPT")
+            self.assertEqual(typ, "OK", data)
+            self.assertEqual(m.create('"Entwürfe"')[0], "OK")
+            typ, data = m.list('""', '"Entw*"')
+            # Sent as UTF-8 (quoted, or as here a literal: it is 8-bit).
+            flat = b"".join(p if isinstance(p, bytes) else p[0] + p[1] for p in data)
+            self.assertIn("Entwürfe".encode(), flat)
+        finally:
+            m.logout()
+        classic = self.login(user)
+        try:
+            typ, data = classic.list('""', "Entw*")
+            self.assertIn(b'"Entw&APw-rfe"', data[0])
+        finally:
+            classic.logout()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

@@ -167,6 +167,8 @@ pub enum FetchAtt {
     BodyStructure,
     Uid,
     ModSeq,
+    /// RFC 8970 PREVIEW.
+    Preview,
     /// RFC 8474 OBJECTID.
     EmailId,
     ThreadId,
@@ -310,11 +312,26 @@ pub fn fetch_items(args: &[Token<'_>]) -> Result<(Vec<FetchAtt>, FetchModifiers)
         _ => return Err("FETCH needs data items".into()),
     };
     let mut out = Vec::new();
-    for token in &items {
+    let mut tokens = items.iter().peekable();
+    while let Some(token) = tokens.next() {
         let Some(name) = atom(Some(token)) else {
             return Err("invalid FETCH item".into());
         };
         let upper = name.to_ascii_uppercase();
+        if upper == "PREVIEW" {
+            // `PREVIEW (LAZY)` (RFC 8970 §3.1): the preview is always at hand here.
+            if let Some(Token::List(mods)) = tokens.peek() {
+                if !mods
+                    .iter()
+                    .all(|m| atom(Some(m)).is_some_and(|a| a.eq_ignore_ascii_case("LAZY")))
+                {
+                    return Err("PREVIEW takes only the LAZY modifier".into());
+                }
+                tokens.next();
+            }
+            out.push(FetchAtt::Preview);
+            continue;
+        }
         let simple = match upper.as_str() {
             "ENVELOPE" => Some(FetchAtt::Envelope),
             "FLAGS" => Some(FetchAtt::Flags),

@@ -13,4 +13,5 @@ pub mod render;
 pub mod search;
 pub mod session;
 pub mod sort;
+pub mod utf7;
 pub mod verb;

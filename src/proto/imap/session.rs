@@ -485,11 +485,13 @@ pub struct Session {
     uploads: u64,
     /// The time given with the latest input (WITHIN's OLDER/YOUNGER measure from it).
     now: i64,
+    /// ENABLE UTF8=ACCEPT (RFC 6855): UTF-8 mailbox names and UTF8 APPEND.
+    utf8_accept: bool,
 }
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
 const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
-     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY";
+     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {
@@ -537,6 +539,7 @@ impl Session {
             upload: None,
             uploads: 0,
             now: 0,
+            utf8_accept: false,
         }
     }
 
@@ -944,7 +947,7 @@ impl Session {
             Verb::Delete => self.delete(&tag, args, store, out),
             Verb::Rename => self.rename(&tag, args, store, out),
             Verb::Subscribe | Verb::Unsubscribe => {
-                let Some(mailbox) = args.first().and_then(command::mailbox_text) else {
+                let Some(mailbox) = self.mailbox_name(args.first()) else {
                     return self.bad(&tag, &format!("{name} needs a mailbox name"), out);
                 };
                 let mailbox = normalize(&mailbox);
@@ -1026,6 +1029,10 @@ impl Session {
                     self.condstore = true;
                     enabled.push("QRESYNC");
                 }
+                "UTF8=ACCEPT" if !self.utf8_accept => {
+                    self.utf8_accept = true;
+                    enabled.push("UTF8=ACCEPT");
+                }
                 "IMAP4REV2" if !self.rev2 => {
                     self.rev2 = true;
                     enabled.push("IMAP4rev2");
@@ -1041,6 +1048,35 @@ impl Session {
         out.line(&format!("{tag} OK ENABLE completed"));
     }
 
+    /// Sessions that speak UTF-8 mailbox names: UTF8=ACCEPT enabled (RFC 6855) or
+    /// IMAP4rev2 (RFC 9051 §5.1). Others see the stored modified UTF-7.
+    fn utf8_names(&self) -> bool {
+        self.utf8_accept || self.rev2
+    }
+
+    /// A mailbox-name argument in stored form (modified UTF-7).
+    fn mailbox_name(&self, token: Option<&Token<'_>>) -> Option<String> {
+        let name = command::mailbox_text(token?)?;
+        Some(self.stored_name(name))
+    }
+
+    /// A name (or LIST pattern) the client sent, in stored form.
+    fn stored_name(&self, name: String) -> String {
+        if self.utf8_names() {
+            super::utf7::encode(&name)
+        } else {
+            name
+        }
+    }
+
+    /// A stored name as this session is to see it.
+    fn shown_name<'n>(&self, stored: &'n str) -> std::borrow::Cow<'n, str> {
+        match super::utf7::decode(stored).filter(|_| self.utf8_names()) {
+            Some(utf8) => std::borrow::Cow::Owned(utf8),
+            None => std::borrow::Cow::Borrowed(stored),
+        }
+    }
+
     fn list_line(
         &self,
         out: &mut Outbox,
@@ -1050,7 +1086,7 @@ impl Session {
         extra: Option<&str>,
     ) {
         let mut line = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
-        render::mailbox_name(&mut line, name);
+        render::mailbox_name(&mut line, &self.shown_name(name));
         if let Some(extra) = extra {
             line.push(b' ');
             line.extend_from_slice(extra.as_bytes());
@@ -1416,7 +1452,8 @@ pub(super) fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
     }
 }
 
-pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusItem]) {
+/// `* STATUS name (…)`; `name` as the session shows it ([`Session::shown_name`]).
+pub(super) fn status_line(out: &mut Outbox, name: &str, mb: &MailboxIndex, items: &[StatusItem]) {
     let mut fields = Vec::new();
     for item in items {
         fields.push(match item {
@@ -1438,7 +1475,7 @@ pub(super) fn status_line(out: &mut Outbox, mb: &MailboxIndex, items: &[StatusIt
         });
     }
     let mut line = b"* STATUS ".to_vec();
-    render::mailbox_name(&mut line, &mb.name);
+    render::mailbox_name(&mut line, name);
     line.extend_from_slice(format!(" ({})\r\n", fields.join(" ")).as_bytes());
     out.reply.extend_from_slice(&line);
 }

@@ -109,7 +109,7 @@ impl Session {
             return self.bad(&tag, "Log in first", out);
         }
         let args = match append_args(&cmd.args, now) {
-            Ok(a) => a,
+            Ok(a) => self.in_stored_form(a),
             Err(e) => {
                 refuse(self);
                 return self.bad(&tag, &e, out);
@@ -196,6 +196,12 @@ impl Session {
         Some(lf + 1)
     }
 
+    /// The APPEND's mailbox name in stored form (UTF-8 sessions send UTF-8).
+    fn in_stored_form(&self, mut args: AppendArgs) -> AppendArgs {
+        args.mailbox = self.stored_name(args.mailbox);
+        args
+    }
+
     /// An APPEND framed as a whole command (not logged in, or a message that is not a
     /// literal): answered like any command.
     pub(super) fn append_framed(
@@ -208,10 +214,27 @@ impl Session {
     ) {
         let (message, head) = match args.split_last() {
             Some((Token::Literal(m), head)) => (*m, head),
+            // UTF8 APPEND (RFC 6855 §4): `UTF8 (literal8)`, once UTF8=ACCEPT is on.
+            // It is framed whole, so bounded by limits.imap_command_bytes_max.
+            Some((Token::List(inner), head)) if self.utf8_accept => {
+                // The `~` of the literal8 lexes as an atom of its own.
+                let literal = match inner.as_slice() {
+                    [Token::Literal(m)] | [Token::Atom("~"), Token::Literal(m)] => Some(*m),
+                    _ => None,
+                };
+                match (literal, head.split_last()) {
+                    (Some(m), Some((Token::Atom(word), head)))
+                        if word.eq_ignore_ascii_case("UTF8") =>
+                    {
+                        (m, head)
+                    }
+                    _ => return self.bad(tag, "APPEND needs the message as a literal", out),
+                }
+            }
             _ => return self.bad(tag, "APPEND needs the message as a literal", out),
         };
         let args = match append_args(head, now) {
-            Ok(a) => a,
+            Ok(a) => self.in_stored_form(a),
             Err(e) => return self.bad(tag, &e, out),
         };
         let Some(mb) = store

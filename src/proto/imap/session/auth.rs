@@ -101,6 +101,7 @@ impl Session {
         self.condstore = false;
         self.qresync = false;
         self.rev2 = false;
+        self.utf8_accept = false;
         out.line(&format!("{tag} OK UNAUTHENTICATE completed"));
         out.actions.push(Action::Unauthenticated);
     }

@@ -15,7 +15,7 @@ impl Session {
         let verb = if moving { "MOVE" } else { "COPY" };
         let (Some(set), Some(dest)) = (
             args.first().and_then(Token::as_str),
-            args.get(1).and_then(command::mailbox_text),
+            self.mailbox_name(args.get(1)),
         ) else {
             return self.bad(
                 tag,

@@ -266,6 +266,11 @@ pub(super) fn fetch_items_into(
             FetchAtt::EmailId => {
                 r.extend_from_slice(format!("EMAILID ({})", render::email_id(bytes())).as_bytes())
             }
+            FetchAtt::Preview => {
+                r.extend_from_slice(b"PREVIEW ");
+                let text = render::preview(bytes());
+                render::nstring(r, text.as_deref());
+            }
             // Threads are not computed; RFC 8474 §5.2 answers NIL then.
             FetchAtt::ThreadId => r.extend_from_slice(b"THREADID NIL"),
             FetchAtt::Flags => {

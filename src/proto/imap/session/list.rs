@@ -59,7 +59,7 @@ impl Session {
         let patterns: Vec<Pattern> = list
             .patterns
             .iter()
-            .map(|p| Pattern::new(&format!("{}{}", list.reference, p)))
+            .map(|p| Pattern::new(&self.stored_name(format!("{}{}", list.reference, p))))
             .collect();
         if list.subscribed_only {
             // Subscriptions are few (bounded by limits.mailboxes_per_account_max):
@@ -190,7 +190,7 @@ impl Session {
         self.list_line(out, "LIST", name, &attrs, None);
         if let (Some(items), Some(m)) = (&job.return_status, mb) {
             *spent += m.messages.len();
-            status_line(out, m, items);
+            status_line(out, &self.shown_name(&m.name), m, items);
         }
     }
 
@@ -236,7 +236,7 @@ impl Session {
                 self.list_line(out, "LIST", name, &attrs, childinfo(name));
                 reported.insert(name);
                 if let (Some(items), Some(m)) = (&list.return_status, mb) {
-                    status_line(out, m, items);
+                    status_line(out, &self.shown_name(&m.name), m, items);
                 }
             }
         }
@@ -267,8 +267,8 @@ impl Session {
         out: &mut Outbox,
     ) {
         let (Some(reference), Some(pattern)) = (
-            args.first().and_then(command::mailbox_text),
-            args.get(1).and_then(command::mailbox_text),
+            self.mailbox_name(args.first()),
+            self.mailbox_name(args.get(1)),
         ) else {
             return self.bad(tag, "LSUB needs a reference and a pattern", out);
         };

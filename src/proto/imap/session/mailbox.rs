@@ -25,7 +25,7 @@ impl Session {
         }
         let Some(mb) = store
             .account()
-            .and_then(|a| a.mailbox(&normalize(&params.mailbox)))
+            .and_then(|a| a.mailbox(&normalize(&self.stored_name(params.mailbox.clone()))))
         else {
             out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
             return;
@@ -104,7 +104,7 @@ impl Session {
         what: &str,
         out: &mut Outbox,
     ) -> Option<String> {
-        match args.first().and_then(command::mailbox_text) {
+        match self.mailbox_name(args.first()) {
             Some(m) => Some(normalize(&m)),
             None => {
                 self.bad(tag, &format!("{what} needs a mailbox name"), out);
@@ -206,8 +206,8 @@ impl Session {
         out: &mut Outbox,
     ) {
         let (Some(from), Some(to)) = (
-            args.first().and_then(command::mailbox_text),
-            args.get(1).and_then(command::mailbox_text),
+            self.mailbox_name(args.first()),
+            self.mailbox_name(args.get(1)),
         ) else {
             return self.bad(tag, "RENAME needs two mailbox names", out);
         };
@@ -267,7 +267,7 @@ impl Session {
         store: &dyn Mailstore,
         out: &mut Outbox,
     ) {
-        let Some(name) = args.first().and_then(command::mailbox_text) else {
+        let Some(name) = self.mailbox_name(args.first()) else {
             return self.bad(tag, "STATUS needs a mailbox name", out);
         };
         let items = match args.get(1) {
@@ -282,7 +282,7 @@ impl Session {
             out.line(&format!("{tag} NO [NONEXISTENT] No such mailbox"));
             return;
         };
-        status_line(out, mb, &items);
+        status_line(out, &self.shown_name(&mb.name), mb, &items);
         out.line(&format!("{tag} OK STATUS completed"));
     }
 }

@@ -4,7 +4,6 @@
 //! ([`Mailstore::quota`]: `shardmail user quota` over `quota.*_default`), usage from
 //! the index, kept incrementally (never a scan). Part of the sans-IO session.
 
-use super::super::command;
 use super::super::lexer::Token;
 use super::super::names::normalize;
 use super::{Mailstore, Outbox, Session};
@@ -44,7 +43,7 @@ impl Session {
         store: &dyn Mailstore,
         out: &mut Outbox,
     ) {
-        let Some(arg) = args.first().and_then(command::mailbox_text) else {
+        let Some(arg) = self.mailbox_name(args.first()) else {
             return self.bad(tag, &format!("{name} needs a quota root or mailbox"), out);
         };
         match name {

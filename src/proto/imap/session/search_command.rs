@@ -104,12 +104,16 @@ impl Session {
             candidate.now = self.now;
             if search::matches(&job.key, &candidate) {
                 if let Some(order) = &job.order {
-                    // SORT and THREAD keep each match's key (its envelope is
-                    // read from the log: that costs like reading a bit of text).
+                    // SORT and THREAD keep each match's key; an envelope read from
+                    // the log costs like reading a bit of text.
                     let number = if job.uid { entry.uid } else { seq };
-                    job.ordered
-                        .push(order.item(number, seq, entry, candidate.summary()));
-                    spent += 4;
+                    let summary = if order.needs_summary() {
+                        spent += 4;
+                        candidate.summary()
+                    } else {
+                        None
+                    };
+                    job.ordered.push(order.item(number, seq, entry, summary));
                     continue;
                 }
                 job.hits.push(if job.uid { entry.uid } else { seq });

@@ -23,6 +23,14 @@ pub(super) struct Ordered {
 }
 
 impl Order {
+    /// Whether the key needs the message's envelope (read from the log).
+    pub(super) fn needs_summary(&self) -> bool {
+        match self {
+            Order::Sort(criteria) => criteria.iter().any(|c| c.criterion.needs_summary()),
+            Order::Thread => true,
+        }
+    }
+
     pub(super) fn item(
         &self,
         number: u32,

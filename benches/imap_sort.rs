@@ -1,0 +1,123 @@
+//! SORT and THREAD over one mailbox of 100,000 messages (`cargo bench --bench
+//! imap_sort`): the real session over the in-memory store, so the time is the
+//! protocol's own (key extraction from the cached envelopes, the sort, the reply),
+//! without sockets. Reports the median of a few rounds and how many bounded steps
+//! the command was answered in (DESIGN.md §10). Numbers go to the README with the
+//! host named, never into assertions.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardmail::proto::imap::memstore::Driver;
+use shardmail::proto::imap::session::ImapConfig;
+
+const MESSAGES: usize = 100_000;
+const ROUNDS: usize = 3;
+
+fn mailbox() -> Driver {
+    let mut d = Driver::new(
+        Arc::new(ImapConfig {
+            hostname: "bench.example".into(),
+            tls_available: true,
+            output_bytes_max: 4 << 20,
+            ..ImapConfig::default()
+        }),
+        true,
+    );
+    let topics = [
+        "budget", "lunch", "release", "invoice", "meeting", "report", "travel",
+    ];
+    let t = Instant::now();
+    for i in 0..MESSAGES {
+        let topic = topics[i % topics.len()];
+        let prefix = ["", "Re: ", "Fwd: ", "Re: [team] "][i % 4];
+        let day = 1 + (i * 7919) % 28;
+        let msg = format!(
+            "From: Sender {n} <user{n}@example.org>\r\nTo: team@example.org\r\n\
+             Subject: {prefix}{topic} {k}\r\nDate: {day} Nov 2026 {h:02}:{m:02}:00 +0000\r\n\
+             Message-ID: <{i}@example.org>\r\n\r\nbody {i}\r\n",
+            n = (i * 31) % 5000,
+            k = i % 997,
+            h = i % 24,
+            m = i % 60,
+        );
+        d.store.deliver(1, msg.as_bytes(), 1_795_000_000 + i as i64);
+    }
+    eprintln!(
+        "built {MESSAGES} messages in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    d.feed(b"a LOGIN bob pw\r\nb SELECT INBOX\r\n");
+    d.sent.clear();
+    d
+}
+
+/// The one step that is not bounded by the step budget: sorting the keys made in
+/// the earlier steps.
+fn bench_sort_step() {
+    use shardmail::proto::imap::sort::{base_subject, compare, Criterion, KeyPart, SortBy};
+    let criteria = [SortBy {
+        criterion: Criterion::Subject,
+        reverse: false,
+    }];
+    let keys: Vec<(Vec<KeyPart>, u32)> = (0..MESSAGES as u32)
+        .map(|i| {
+            let subject = format!("Re: topic {}", (i * 7919) % 997);
+            (vec![KeyPart::Text(base_subject(&subject))], i)
+        })
+        .collect();
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        let mut k = keys.clone();
+        let t = Instant::now();
+        k.sort_by(|a, b| compare(&criteria, &a.0, &b.0).then(a.1.cmp(&b.1)));
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::hint::black_box(&k);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  the sort step alone ({MESSAGES} subject keys)                 median {:7.1} ms",
+        times[times.len() / 2]
+    );
+}
+
+fn main() {
+    let mut d = mailbox();
+    println!("SORT/THREAD over {MESSAGES} messages (in-memory store, one core):");
+    for (name, command) in [
+        ("SORT (ARRIVAL)", "SORT (ARRIVAL) UTF-8 ALL"),
+        ("SORT (SUBJECT)", "SORT (SUBJECT) UTF-8 ALL"),
+        ("SORT (DATE)", "SORT (DATE) UTF-8 ALL"),
+        ("SORT (REVERSE FROM)", "SORT (REVERSE FROM) UTF-8 ALL"),
+        (
+            "SORT RETURN (MIN COUNT) (SUBJECT) … SUBJECT budget",
+            "SORT RETURN (MIN COUNT) (SUBJECT) UTF-8 SUBJECT budget",
+        ),
+        ("THREAD ORDEREDSUBJECT", "THREAD ORDEREDSUBJECT UTF-8 ALL"),
+    ] {
+        let mut times = Vec::new();
+        let mut steps = 0;
+        for _ in 0..ROUNDS {
+            d.sent.clear();
+            let before = d.steps;
+            let t = Instant::now();
+            d.feed(format!("s {command}\r\n").as_bytes());
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            steps = d.steps - before;
+            let reply = String::from_utf8_lossy(&d.sent);
+            assert!(
+                reply.contains("s OK"),
+                "{name}: {}",
+                &reply[reply.len().saturating_sub(200)..]
+            );
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "  {name:<52} median {:7.1} ms  (range {:.1}–{:.1}), {steps} steps",
+            times[times.len() / 2],
+            times[0],
+            times[times.len() - 1]
+        );
+    }
+    bench_sort_step();
+}
