@@ -338,3 +338,49 @@ fn utf8_sessions_see_utf8_names_and_rev1_sessions_modified_utf7() {
         "UTF8 APPEND needs UTF8=ACCEPT: {out}"
     );
 }
+
+/// A SORT over more keys than one sort run is ordered in bounded steps (runs, then a
+/// merge) and gives exactly the order one sort would.
+#[test]
+fn a_large_sort_is_answered_in_steps_and_in_the_right_order() {
+    use shardmail::proto::imap::sort::base_subject;
+    let mut d = connection();
+    let count = 7000u32;
+    let mut subjects = Vec::new();
+    for i in 0..count {
+        let subject = format!(
+            "{}topic {}",
+            ["", "Re: ", "Fwd: "][(i % 3) as usize],
+            (i * 7919) % 1009
+        );
+        d.store.deliver(
+            1,
+            format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes(),
+            NOW,
+        );
+        subjects.push(subject);
+    }
+    say(&mut d, "a LOGIN bob pw\r\nb SELECT INBOX\r\n");
+    let steps = d.steps;
+    let out = say(&mut d, "c SORT (SUBJECT) UTF-8 ALL\r\n");
+    assert!(d.steps - steps > 5, "answered in {} steps", d.steps - steps);
+    let got: Vec<u32> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("* SORT "))
+        .unwrap_or_else(|| panic!("{}", &out[..200.min(out.len())]))
+        .split(' ')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let mut want: Vec<u32> = (1..=count).collect();
+    want.sort_by_key(|&seq| (base_subject(&subjects[seq as usize - 1]), seq));
+    assert_eq!(got, want);
+    let out = say(&mut d, "d SORT (REVERSE SUBJECT) UTF-8 ALL\r\n");
+    let first: u32 = out.split(' ').nth(2).unwrap().trim().parse().unwrap();
+    let top = want
+        .iter()
+        .rev()
+        .map(|&s| base_subject(&subjects[s as usize - 1]))
+        .next()
+        .unwrap();
+    assert_eq!(base_subject(&subjects[first as usize - 1]), top);
+}

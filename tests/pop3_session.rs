@@ -1,5 +1,6 @@
-//! POP3 session transcripts in memory, each replayed whole and in 1-, 2-, 7- and
-//! 100-byte fragments with identical results; plus property tests (never panics,
+//! POP3 session transcripts in memory (through `proto::testkit`, the drivers the
+//! protocols share), each replayed whole and in 1-, 2-, 7- and 100-byte fragments
+//! with identical results; plus property tests (never panics,
 //! split-invariant) and the TOP/dot-stuffing helpers against naive versions.
 //!
 //! Lines: `C:` client line (CRLF added), `S:` expected reply line, `A:` expected action
@@ -9,9 +10,8 @@
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use shardmail::proto::pop3::{
-    self, Action, Entry, LoginRefusal, Maildrop, Outbox, Pop3Config, Session,
-};
+use shardmail::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Pop3Config, Session};
+use shardmail::proto::testkit::{Driver, Turn};
 
 fn config() -> Arc<Pop3Config> {
     Arc::new(Pop3Config {
@@ -48,12 +48,45 @@ fn maildrop() -> Maildrop {
     }
 }
 
+/// Answers the session's actions as the IO layer would, logging each as an `A:` line.
+fn answer(s: &mut Session, action: Action, turn: &mut Turn<'_, Action>) {
+    match action {
+        Action::Authenticate { username, password } => {
+            turn.log.push(format!("A: auth {username} {password}"));
+            if username == "busy@x" {
+                s.login_refused(LoginRefusal::InUse, turn.out);
+            } else if password == "secret" {
+                s.logged_in(username, maildrop(), turn.out);
+            } else {
+                s.login_refused(LoginRefusal::BadCredentials, turn.out);
+            }
+        }
+        Action::Retrieve { uid, lines } => {
+            turn.log.push(match lines {
+                Some(n) => format!("A: retr {uid} {n}"),
+                None => format!("A: retr {uid}"),
+            });
+            s.retrieved();
+        }
+        Action::Update { expunge } => {
+            let uids: Vec<String> = expunge.iter().map(u32::to_string).collect();
+            turn.log.push(format!("A: update {}", uids.join(",")));
+            s.updated(Ok(expunge.len()), turn.out);
+        }
+        Action::StartTls => {
+            turn.log.push("A: starttls".into());
+            turn.drop_input();
+            s.tls_established();
+        }
+        Action::Close => turn.log.push("A: close".into()),
+    }
+}
+
+/// Runs a transcript, each client block fed in `chunk`-byte pieces; returns the
+/// `S:`/`A:` lines produced.
 fn run(transcript: &str, chunk: usize, tls: bool) -> Vec<String> {
-    let mut s = Session::new(config(), tls);
-    let mut out = Outbox::default();
-    let mut log = Vec::new();
-    s.greet(&mut out);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut d = Driver::new(Session::new(config(), tls));
+    d.machine.greet(&mut d.out);
     let mut block: Vec<u8> = Vec::new();
     let lines: Vec<&str> = transcript.lines().map(str::trim_start).collect();
     for i in 0..=lines.len() {
@@ -62,75 +95,9 @@ fn run(transcript: &str, chunk: usize, tls: bool) -> Vec<String> {
             block.extend_from_slice(b"\r\n");
             continue;
         }
-        let fed: Vec<u8> = std::mem::take(&mut block);
-        let pieces: Vec<&[u8]> = if fed.is_empty() {
-            vec![&[][..]]
-        } else {
-            fed.chunks(chunk).collect()
-        };
-        for piece in pieces {
-            pending.extend_from_slice(piece);
-            loop {
-                drain(&mut out, &mut log);
-                let actions = std::mem::take(&mut out.actions);
-                if actions.is_empty() {
-                    if s.is_closed() {
-                        pending.clear();
-                        break;
-                    }
-                    let used = s.receive(&pending, &mut out);
-                    pending.drain(..used);
-                    if out.actions.is_empty() && !s.wants_resume() {
-                        drain(&mut out, &mut log);
-                        break;
-                    }
-                    continue;
-                }
-                for a in actions {
-                    match a {
-                        Action::Authenticate { username, password } => {
-                            log.push(format!("A: auth {username} {password}"));
-                            if username == "busy@x" {
-                                s.login_refused(LoginRefusal::InUse, &mut out);
-                            } else if password == "secret" {
-                                s.logged_in(username, maildrop(), &mut out);
-                            } else {
-                                s.login_refused(LoginRefusal::BadCredentials, &mut out);
-                            }
-                        }
-                        Action::Retrieve { uid, lines } => {
-                            log.push(match lines {
-                                Some(n) => format!("A: retr {uid} {n}"),
-                                None => format!("A: retr {uid}"),
-                            });
-                            s.retrieved();
-                        }
-                        Action::Update { expunge } => {
-                            let uids: Vec<String> = expunge.iter().map(u32::to_string).collect();
-                            log.push(format!("A: update {}", uids.join(",")));
-                            s.updated(Ok(expunge.len()), &mut out);
-                        }
-                        Action::StartTls => {
-                            log.push("A: starttls".into());
-                            pending.clear();
-                            s.tls_established();
-                        }
-                        Action::Close => log.push("A: close".into()),
-                    }
-                    drain(&mut out, &mut log);
-                }
-            }
-        }
+        d.feed(&std::mem::take(&mut block), chunk, &mut answer);
     }
-    log
-}
-
-fn drain(out: &mut Outbox, log: &mut Vec<String>) {
-    let text = String::from_utf8_lossy(&out.reply).to_string();
-    out.reply.clear();
-    for l in text.split("\r\n").filter(|l| !l.is_empty()) {
-        log.push(format!("S: {l}"));
-    }
+    d.log
 }
 
 fn check(transcript: &str, tls: bool) {
@@ -326,44 +293,23 @@ fn command_soup() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(piece, 0..20).prop_map(|v| v.concat())
 }
 
-fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
-    let mut s = Session::new(config(), true);
-    let mut out = Outbox::default();
-    let mut trace = Vec::new();
-    let mut pending = Vec::new();
-    for piece in input.chunks(chunk.max(1)) {
-        pending.extend_from_slice(piece);
-        loop {
-            let used = s.receive(&pending, &mut out);
-            assert!(used <= pending.len());
-            pending.drain(..used);
-            trace.append(&mut out.reply);
-            let actions = std::mem::take(&mut out.actions);
-            if actions.is_empty() {
-                if s.wants_resume() {
-                    continue;
-                }
-                break;
+/// Arbitrary input, in `chunk`-byte pieces: the transcript (replies and actions).
+fn drive(input: &[u8], chunk: usize) -> Vec<String> {
+    let mut d = Driver::new(Session::new(config(), true));
+    d.feed(input, chunk, &mut |s, action, turn| {
+        turn.log.push(format!("A: {action:?}"));
+        match action {
+            Action::Authenticate { username, password } if password == "secret" => {
+                s.logged_in(username, maildrop(), turn.out)
             }
-            for a in actions {
-                trace.extend_from_slice(format!("{a:?}").as_bytes());
-                match a {
-                    Action::Authenticate { username, password } if password == "secret" => {
-                        s.logged_in(username, maildrop(), &mut out)
-                    }
-                    Action::Authenticate { .. } => {
-                        s.login_refused(LoginRefusal::BadCredentials, &mut out)
-                    }
-                    Action::Retrieve { .. } => s.retrieved(),
-                    Action::Update { expunge } => s.updated(Ok(expunge.len()), &mut out),
-                    Action::StartTls => s.tls_established(),
-                    Action::Close => {}
-                }
-                trace.append(&mut out.reply);
-            }
+            Action::Authenticate { .. } => s.login_refused(LoginRefusal::BadCredentials, turn.out),
+            Action::Retrieve { .. } => s.retrieved(),
+            Action::Update { expunge } => s.updated(Ok(expunge.len()), turn.out),
+            Action::StartTls => s.tls_established(),
+            Action::Close => {}
         }
-    }
-    trace
+    });
+    d.log
 }
 
 proptest! {
@@ -396,8 +342,7 @@ fn long_listings_come_in_bounded_steps() {
         output_bytes_max: 16 * 1024,
         ..(*config()).clone()
     });
-    let mut s = Session::new(config, true);
-    let mut out = Outbox::default();
+    let mut d = Driver::new(Session::new(config, true));
     let mut input = b"USER a@x\r\nPASS secret\r\n".to_vec();
     let big = Maildrop {
         uidvalidity: 9,
@@ -412,24 +357,13 @@ fn long_listings_come_in_bounded_steps() {
     for _ in 0..5 {
         input.extend_from_slice(b"LIST\r\nUIDL\r\n");
     }
-    let mut sent = Vec::new();
-    let (mut steps, mut largest) = (0, 0);
-    loop {
-        let used = s.receive(&input, &mut out);
-        input.drain(..used);
-        steps += 1;
-        largest = largest.max(out.reply.len());
-        sent.append(&mut out.reply);
-        for a in std::mem::take(&mut out.actions) {
-            if let Action::Authenticate { username, .. } = a {
-                s.logged_in(username, big.clone(), &mut out);
-            }
+    d.feed(&input, usize::MAX, &mut |s, action, turn| {
+        if let Action::Authenticate { username, .. } = action {
+            s.logged_in(username, big.clone(), turn.out);
         }
-        if input.is_empty() && !s.wants_resume() && out.reply.is_empty() {
-            break;
-        }
-        assert!(steps < 10_000, "no progress");
-    }
+    });
+    let (steps, largest) = (d.steps, d.largest_step_reply);
+    let sent = d.sent;
     let text = String::from_utf8(sent).unwrap_or_default();
     assert_eq!(
         text.matches("\r\n10000 11000\r\n").count(),

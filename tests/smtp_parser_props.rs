@@ -13,7 +13,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use proptest::prelude::*;
 use shardmail::proto::smtp::command::{self, Command};
 use shardmail::proto::smtp::data::{DataProgress, DataReader};
-use shardmail::proto::smtp::{Action, Directory, Outbox, Port, Resolution, Session, SessionConfig};
+use shardmail::proto::smtp::{Action, Directory, Port, Resolution, Session, SessionConfig};
+use shardmail::proto::testkit::{Driver, Smtp, Turn};
 
 struct AnyLocal;
 impl Directory for AnyLocal {
@@ -75,54 +76,41 @@ fn session() -> Session {
 
 /// Feeds `input` in `chunk`-sized pieces; returns replies plus a trace of actions.
 fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
-    let mut s = session();
-    let mut out = Outbox::default();
-    let mut trace = Vec::new();
-    let mut pending = Vec::new();
-    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    for piece in input.chunks(chunk.max(1)) {
-        pending.extend_from_slice(piece);
-        loop {
-            let used = s.receive(&pending, now, &AnyLocal, &mut out);
-            assert!(used <= pending.len());
-            pending.drain(..used);
-            trace.append(&mut out.reply);
-            let actions = std::mem::take(&mut out.actions);
-            if actions.is_empty() {
-                break;
-            }
-            for a in actions {
-                match a {
-                    Action::Deliver(env) => {
-                        trace.extend_from_slice(b"[deliver]");
-                        trace.extend_from_slice(&env.message.staged);
-                        s.delivered(&env.id, Ok(()), &mut out);
-                    }
-                    Action::Authenticate { username, .. } => {
-                        trace.extend_from_slice(b"[auth]");
-                        s.auth_result(Some(username), &mut out);
-                    }
-                    Action::StartTls => {
-                        // Keep the pending bytes (unlike the IO layer) so the
-                        // property compares like with like across splits.
-                        trace.extend_from_slice(b"[tls]");
-                        s.tls_established();
-                    }
-                    Action::CheckSpf { .. } => {
-                        trace.extend_from_slice(b"[spf]");
-                        s.spf_checked(shardmail::auth::policy::SpfKind::Pass, &mut out);
-                    }
-                    Action::Close => trace.extend_from_slice(b"[close]"),
+    let mut d = Driver::new(Smtp {
+        session: session(),
+        now: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        directory: AnyLocal,
+    });
+    let mut trace_actions =
+        |smtp: &mut Smtp<AnyLocal>, action: Action, turn: &mut Turn<'_, Action>| {
+            let s = &mut smtp.session;
+            match action {
+                Action::Deliver(env) => {
+                    turn.log.push(format!(
+                        "[deliver]{}",
+                        String::from_utf8_lossy(&env.message.staged)
+                    ));
+                    s.delivered(&env.id, Ok(()), turn.out);
                 }
-                trace.append(&mut out.reply);
+                Action::Authenticate { username, .. } => {
+                    turn.log.push("[auth]".into());
+                    s.auth_result(Some(username), turn.out);
+                }
+                Action::StartTls => {
+                    // Keep the pending bytes (unlike the IO layer) so the property
+                    // compares like with like across splits.
+                    turn.log.push("[tls]".into());
+                    s.tls_established();
+                }
+                Action::CheckSpf { .. } => {
+                    turn.log.push("[spf]".into());
+                    s.spf_checked(shardmail::auth::policy::SpfKind::Pass, turn.out);
+                }
+                Action::Close => turn.log.push("[close]".into()),
             }
-        }
-        trace.append(&mut out.reply);
-        if s.is_closed() {
-            break;
-        }
-    }
-    trace
+        };
+    d.feed(input, chunk, &mut trace_actions);
+    d.log.join("\n").into_bytes()
 }
 
 /// Naive DATA oracle: split on CRLF, stop at ".", strip one leading dot.

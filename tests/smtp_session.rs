@@ -1,5 +1,6 @@
-//! SMTP session transcripts, run in memory (no sockets), each replayed whole and in
-//! 1-, 2-, 7- and 100-byte fragments: the replies and actions must be identical.
+//! SMTP session transcripts, run in memory (no sockets) through `proto::testkit`,
+//! each replayed whole and in 1-, 2-, 7- and 100-byte fragments: the replies and
+//! actions must be identical.
 //!
 //! Transcript lines: `C: text` client line (CRLF added), `R: text` raw client bytes
 //! with `\r` `\n` escapes and no CRLF added, `S: text` expected reply line, `A: …`
@@ -14,8 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shardmail::auth::policy::{Policies, Policy, SpfFailAction, SpfKind};
 use shardmail::proto::smtp::{
-    Action, DeliveryError, Directory, Outbox, Port, Resolution, Session, SessionConfig,
+    Action, DeliveryError, Directory, Port, Resolution, Session, SessionConfig,
 };
+use shardmail::proto::testkit::{Driver, Smtp, Turn};
 
 struct FakeDirectory;
 
@@ -82,122 +84,94 @@ fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>
     let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
     let mut session = Session::new(config(port), peer, 0xABC, port == Port::Submissions);
     session.verify_senders(transcript.contains("A: spf "));
-    let mut out = Outbox::default();
-    let mut log = Vec::new();
-    let mut delivered = Vec::new();
-    session.greet(&mut out);
+    let mut d = Driver::new(Smtp {
+        session,
+        now: now(),
+        directory: FakeDirectory,
+    });
+    d.machine.session.greet(&mut d.out);
     let fail_flags: Vec<bool> = transcript
         .lines()
         .filter(|l| l.trim_start().starts_with("A: deliver"))
         .map(|l| l.trim_end().ends_with("=> fail"))
         .collect();
     let mut deliveries = 0usize;
-    drain_replies(&mut out, &mut log);
-    let mut pending: Vec<u8> = Vec::new();
+    let mut delivered = Vec::new();
+    let mut answer =
+        |smtp: &mut Smtp<FakeDirectory>, action: Action, turn: &mut Turn<'_, Action>| {
+            let session = &mut smtp.session;
+            match action {
+                Action::Deliver(env) => {
+                    let to: Vec<_> = env.recipients.iter().map(|r| r.address.clone()).collect();
+                    let fail = fail_flags.get(deliveries).copied().unwrap_or(false);
+                    deliveries += 1;
+                    turn.log.push(format!(
+                        "A: deliver {} -> {}{}",
+                        env.mail_from,
+                        to.join(","),
+                        if fail { " => fail" } else { "" }
+                    ));
+                    let result = if fail {
+                        Err(DeliveryError::Temporary)
+                    } else {
+                        Ok(())
+                    };
+                    if !fail {
+                        delivered.push(env.message.staged.clone());
+                    }
+                    session.delivered(&env.id, result, turn.out);
+                }
+                Action::Authenticate { username, password } => {
+                    turn.log.push(format!("A: auth {username} {password}"));
+                    let ok = password == "secret";
+                    session.auth_result(ok.then_some(username), turn.out);
+                }
+                Action::StartTls => {
+                    turn.log.push("A: starttls".into());
+                    turn.drop_input(); // as the IO layer does (CVE-2011-0411)
+                    session.tls_established();
+                }
+                Action::CheckSpf {
+                    ip,
+                    helo,
+                    mail_from,
+                } => {
+                    turn.log.push(format!("A: spf {ip} {helo} {mail_from}"));
+                    // The fake DNS: the sender's domain names its SPF result.
+                    let kind = match mail_from.rsplit_once('@').map(|(_, d)| d) {
+                        Some("busy.example") => None, // the worker's queue is full
+                        Some("fail.example") => Some(SpfKind::Fail),
+                        Some("temp.example") => Some(SpfKind::TempError),
+                        _ => Some(SpfKind::Pass),
+                    };
+                    match kind {
+                        Some(kind) => session.spf_checked(kind, turn.out),
+                        None => session.checks_unavailable(turn.out),
+                    }
+                }
+                Action::Close => turn.log.push("A: close".into()),
+            }
+        };
+    d.drain();
     let mut block: Vec<u8> = Vec::new();
     let lines: Vec<&str> = transcript.lines().map(str::trim_start).collect();
-    let mut i = 0;
-    while i <= lines.len() {
-        let line = lines.get(i).copied();
-        let is_client = line.is_some_and(|l| l.starts_with("C:") || l.starts_with("R:"));
-        if is_client {
-            let l = line.unwrap_or_default();
-            if let Some(text) = l.strip_prefix("C: ").or(l.strip_prefix("C:")) {
-                block.extend_from_slice(text.as_bytes());
-                block.extend_from_slice(b"\r\n");
-            } else if let Some(raw) = l.strip_prefix("R: ") {
-                block.extend_from_slice(&unescape(raw));
-            }
-            i += 1;
+    for i in 0..=lines.len() {
+        let line = lines.get(i).copied().unwrap_or_default();
+        if let Some(text) = line.strip_prefix("C: ").or(line.strip_prefix("C:")) {
+            block.extend_from_slice(text.as_bytes());
+            block.extend_from_slice(b"\r\n");
+            continue;
+        }
+        if let Some(raw) = line.strip_prefix("R: ") {
+            block.extend_from_slice(&unescape(raw));
             continue;
         }
         // End of a client block: feed it in fragments.
-        for piece in block.chunks(chunk.max(1)) {
-            pending.extend_from_slice(piece);
-            loop {
-                let actions = std::mem::take(&mut out.actions);
-                if actions.is_empty() {
-                    if session.is_closed() {
-                        pending.clear();
-                        break;
-                    }
-                    let used = session.receive(&pending, now(), &FakeDirectory, &mut out);
-                    pending.drain(..used);
-                    drain_replies(&mut out, &mut log);
-                    if out.actions.is_empty() {
-                        break;
-                    }
-                    continue;
-                }
-                for action in actions {
-                    match action {
-                        Action::Deliver(env) => {
-                            let to: Vec<_> =
-                                env.recipients.iter().map(|r| r.address.clone()).collect();
-                            let fail = fail_flags.get(deliveries).copied().unwrap_or(false);
-                            deliveries += 1;
-                            log.push(format!(
-                                "A: deliver {} -> {}{}",
-                                env.mail_from,
-                                to.join(","),
-                                if fail { " => fail" } else { "" }
-                            ));
-                            let result = if fail {
-                                Err(DeliveryError::Temporary)
-                            } else {
-                                Ok(())
-                            };
-                            if !fail {
-                                delivered.push(env.message.staged.clone());
-                            }
-                            session.delivered(&env.id, result, &mut out);
-                        }
-                        Action::Authenticate { username, password } => {
-                            log.push(format!("A: auth {username} {password}"));
-                            let ok = password == "secret";
-                            session.auth_result(ok.then_some(username), &mut out);
-                        }
-                        Action::StartTls => {
-                            log.push("A: starttls".into());
-                            pending.clear(); // as the IO layer does (CVE-2011-0411)
-                            session.tls_established();
-                        }
-                        Action::CheckSpf {
-                            ip,
-                            helo,
-                            mail_from,
-                        } => {
-                            log.push(format!("A: spf {ip} {helo} {mail_from}"));
-                            // The fake DNS: the sender's domain names its SPF result.
-                            let kind = match mail_from.rsplit_once('@').map(|(_, d)| d) {
-                                Some("busy.example") => None, // the worker's queue is full
-                                Some("fail.example") => Some(SpfKind::Fail),
-                                Some("temp.example") => Some(SpfKind::TempError),
-                                _ => Some(SpfKind::Pass),
-                            };
-                            match kind {
-                                Some(kind) => session.spf_checked(kind, &mut out),
-                                None => session.checks_unavailable(&mut out),
-                            }
-                        }
-                        Action::Close => log.push("A: close".into()),
-                    }
-                    drain_replies(&mut out, &mut log);
-                }
-            }
+        if !block.is_empty() {
+            d.feed(&std::mem::take(&mut block), chunk, &mut answer);
         }
-        block.clear();
-        i += 1;
     }
-    (log, delivered)
-}
-
-fn drain_replies(out: &mut Outbox, log: &mut Vec<String>) {
-    let text = String::from_utf8_lossy(&out.reply).to_string();
-    out.reply.clear();
-    for l in text.split("\r\n").filter(|l| !l.is_empty()) {
-        log.push(format!("S: {l}"));
-    }
+    (d.log, delivered)
 }
 
 /// Checks the transcript in every fragmentation; returns the delivered messages.

@@ -10,6 +10,8 @@ pub mod imap;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;
+#[doc(hidden)]
+pub mod testkit;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -185,6 +185,9 @@ pub struct Driver {
     /// come in steps bounded by `output_bytes_max`).
     pub steps: usize,
     pub largest_step_reply: usize,
+    /// The longest one `receive` call took (benches report it: the reactor is held
+    /// that long).
+    pub longest_step: std::time::Duration,
     /// As the IO layer's spooler: staged message bytes beyond this move to `spool`
     /// (`usize::MAX`: never), and the largest staged amount seen.
     pub spill_bytes: usize,
@@ -209,6 +212,7 @@ impl Driver {
             splices: 0,
             steps: 0,
             largest_step_reply: 0,
+            longest_step: std::time::Duration::ZERO,
             spill_bytes: usize::MAX,
             spool: Vec::new(),
             spool_generation: u64::MAX,
@@ -259,9 +263,11 @@ impl Driver {
                 if self.closed {
                     return;
                 }
+                let started = std::time::Instant::now();
                 let used =
                     self.session
                         .receive(&self.pending, &self.store, self.now, &mut self.out);
+                self.longest_step = self.longest_step.max(started.elapsed());
                 self.steps += 1;
                 self.largest_step_reply = self.largest_step_reply.max(self.out.reply.len());
                 if let Some(body) = self.session.incoming_mut() {

@@ -399,6 +399,8 @@ enum Pending {
     FetchSteps(FetchPending),
     /// A SEARCH evaluated in steps.
     SearchSteps(SearchPending),
+    /// A SORT or THREAD's matches being ordered in steps.
+    SortSteps(sort_command::SortJob),
 }
 
 #[derive(Debug)]
@@ -588,7 +590,12 @@ impl Session {
     fn is_continuing(&self) -> bool {
         matches!(
             self.pending,
-            Some(Pending::List(_) | Pending::FetchSteps(_) | Pending::SearchSteps(_))
+            Some(
+                Pending::List(_)
+                    | Pending::FetchSteps(_)
+                    | Pending::SearchSteps(_)
+                    | Pending::SortSteps(_)
+            )
         )
     }
 
@@ -598,6 +605,7 @@ impl Session {
             Some(Pending::List(job)) => self.list_step(job, store, out),
             Some(Pending::FetchSteps(job)) => self.fetch_step(job, store, out),
             Some(Pending::SearchSteps(job)) => self.search_step(job, store, out),
+            Some(Pending::SortSteps(job)) => self.sort_step(job, store, out),
             other => self.pending = other,
         }
     }
@@ -1260,7 +1268,10 @@ impl Session {
                 | Pending::Delete { tag, .. } => tag.clone(),
                 Pending::Store(p) => p.tag.clone(),
                 Pending::Fetch(p) => p.tag.clone(),
-                Pending::List(_) | Pending::FetchSteps(_) | Pending::SearchSteps(_) => return,
+                Pending::List(_)
+                | Pending::FetchSteps(_)
+                | Pending::SearchSteps(_)
+                | Pending::SortSteps(_) => return,
             };
             out.line(&format!("{tag} {}", failure.response()));
             return;
@@ -1270,7 +1281,8 @@ impl Session {
             | Pending::Login { .. }
             | Pending::List(_)
             | Pending::FetchSteps(_)
-            | Pending::SearchSteps(_) => {}
+            | Pending::SearchSteps(_)
+            | Pending::SortSteps(_) => {}
             Pending::Simple { tag, done } => {
                 self.update(store, out, true, &HashSet::new());
                 out.line(&format!("{tag} OK {done}"));

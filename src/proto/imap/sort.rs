@@ -283,22 +283,30 @@ pub fn ordered_subject(mut messages: Vec<Threadable>) -> String {
             .then(a.date.cmp(&b.date))
             .then(a.number.cmp(&b.number))
     });
+    ordered_subject_of_sorted(&messages)
+}
+
+/// [`ordered_subject`] of messages already in (base subject, date, number) order.
+pub fn ordered_subject_of_sorted(messages: &[Threadable]) -> String {
+    use std::fmt::Write as _;
     let mut threads: Vec<&[Threadable]> =
         messages.chunk_by(|a, b| a.subject == b.subject).collect();
     threads.sort_by_key(|t| t.first().map(|m| (m.date, m.number)));
-    let mut out = String::new();
+    let mut out = String::with_capacity(messages.len() * 8);
     for thread in threads {
         let Some((first, rest)) = thread.split_first() else {
             continue;
         };
-        out.push_str(&format!("({}", first.number));
+        let _ = write!(out, "({}", first.number);
         match rest {
             [] => {}
-            [only] => out.push_str(&format!(" {}", only.number)),
+            [only] => {
+                let _ = write!(out, " {}", only.number);
+            }
             many => {
                 out.push(' ');
                 for m in many {
-                    out.push_str(&format!("({})", m.number));
+                    let _ = write!(out, "({})", m.number);
                 }
             }
         }

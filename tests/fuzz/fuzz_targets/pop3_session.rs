@@ -1,11 +1,13 @@
 //! Fuzz target: a POP3 session fed arbitrary bytes, split at a fuzzer-chosen point,
-//! never panics and answers the same whole or in two pieces.
+//! never panics and answers the same whole or in two pieces (driven by
+//! `proto::testkit`).
 #![no_main]
 
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use shardmail::proto::pop3::{Action, Entry, LoginRefusal, Maildrop, Outbox, Pop3Config, Session};
+use shardmail::proto::pop3::{Action, Entry, LoginRefusal, Maildrop, Pop3Config, Session};
+use shardmail::proto::testkit::Driver;
 
 fn drive(parts: &[&[u8]]) -> Vec<u8> {
     let config = Arc::new(Pop3Config {
@@ -17,41 +19,24 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
         auth_failures_max: 1000,
         output_bytes_max: 256 * 1024,
     });
-    let mut s = Session::new(config, false);
-    let mut out = Outbox::default();
-    let mut trace = Vec::new();
-    let mut pending = Vec::new();
+    let mut d = Driver::new(Session::new(config, false));
     for part in parts {
-        pending.extend_from_slice(part);
-        loop {
-            let used = s.receive(&pending, &mut out);
-            assert!(used <= pending.len());
-            pending.drain(..used);
-            trace.append(&mut out.reply);
-            let actions = std::mem::take(&mut out.actions);
-            if actions.is_empty() {
-                break;
+        d.feed(part, usize::MAX, &mut |s, action, turn| match action {
+            Action::Authenticate { username, password } if password == "pw" => {
+                let drop = Maildrop {
+                    uidvalidity: 1,
+                    entries: vec![Entry { uid: 1, size: 10, deleted: false }],
+                };
+                s.logged_in(username, drop, turn.out)
             }
-            for a in actions {
-                match a {
-                    Action::Authenticate { username, password } if password == "pw" => {
-                        let drop = Maildrop {
-                            uidvalidity: 1,
-                            entries: vec![Entry { uid: 1, size: 10, deleted: false }],
-                        };
-                        s.logged_in(username, drop, &mut out)
-                    }
-                    Action::Authenticate { .. } => s.login_refused(LoginRefusal::BadCredentials, &mut out),
-                    Action::Retrieve { .. } => s.retrieved(),
-                    Action::Update { expunge } => s.updated(Ok(expunge.len()), &mut out),
-                    Action::StartTls => s.tls_established(),
-                    Action::Close => {}
-                }
-                trace.append(&mut out.reply);
-            }
-        }
+            Action::Authenticate { .. } => s.login_refused(LoginRefusal::BadCredentials, turn.out),
+            Action::Retrieve { .. } => s.retrieved(),
+            Action::Update { expunge } => s.updated(Ok(expunge.len()), turn.out),
+            Action::StartTls => s.tls_established(),
+            Action::Close => {}
+        });
     }
-    trace
+    d.sent
 }
 
 fuzz_target!(|data: &[u8]| {

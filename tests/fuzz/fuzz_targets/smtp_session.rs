@@ -1,6 +1,6 @@
 //! Fuzz target: a whole SMTP session fed arbitrary bytes, split at a fuzzer-chosen
 //! point, never panics, never consumes more than it was given, and answers the same
-//! whether the input arrives whole or in two pieces.
+//! whether the input arrives whole or in two pieces (driven by `proto::testkit`).
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -8,7 +8,8 @@ use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use libfuzzer_sys::fuzz_target;
-use shardmail::proto::smtp::{Action, Directory, Outbox, Port, Resolution, Session, SessionConfig};
+use shardmail::proto::smtp::{Action, Directory, Port, Resolution, Session, SessionConfig};
+use shardmail::proto::testkit::{Driver, Smtp};
 
 struct Dir;
 impl Directory for Dir {
@@ -36,35 +37,22 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
         policies: Default::default(),
         sender_login_match: true,
     });
-    let mut s = Session::new(config, IpAddr::V4(Ipv4Addr::LOCALHOST), 1, false);
-    let mut out = Outbox::default();
-    let mut trace = Vec::new();
-    let mut pending = Vec::new();
+    let session = Session::new(config, IpAddr::V4(Ipv4Addr::LOCALHOST), 1, false);
     let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let mut d = Driver::new(Smtp { session, now, directory: Dir });
     for part in parts {
-        pending.extend_from_slice(part);
-        loop {
-            let used = s.receive(&pending, now, &Dir, &mut out);
-            assert!(used <= pending.len());
-            pending.drain(..used);
-            trace.append(&mut out.reply);
-            let actions = std::mem::take(&mut out.actions);
-            if actions.is_empty() {
-                break;
+        d.feed(part, usize::MAX, &mut |smtp, action, turn| {
+            let s = &mut smtp.session;
+            match action {
+                Action::Deliver(env) => s.delivered(&env.id, Ok(()), turn.out),
+                Action::Authenticate { username, .. } => s.auth_result(Some(username), turn.out),
+                Action::StartTls => s.tls_established(),
+                Action::CheckSpf { .. } => s.spf_checked(shardmail::auth::policy::SpfKind::Fail, turn.out),
+                Action::Close => {}
             }
-            for a in actions {
-                match a {
-                    Action::Deliver(env) => s.delivered(&env.id, Ok(()), &mut out),
-                    Action::Authenticate { username, .. } => s.auth_result(Some(username), &mut out),
-                    Action::StartTls => s.tls_established(),
-                    Action::CheckSpf { .. } => s.spf_checked(shardmail::auth::policy::SpfKind::Fail, &mut out),
-                    Action::Close => {}
-                }
-                trace.append(&mut out.reply);
-            }
-        }
+        });
     }
-    trace
+    d.sent
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -140,7 +140,8 @@ impl Session {
             ..
         } = job;
         if let Some(order) = order {
-            return self.finish_ordered(&tag, uid, &ret, &order, ordered, store, out);
+            let job = sort_command::SortJob::new(tag, uid, ret, order, ordered);
+            return self.sort_step(job, store, out);
         }
         if ret.save {
             // With only MIN and/or MAX, only those are saved (RFC 5182 §2.1).
