@@ -36,7 +36,8 @@ fn mailbox() -> Driver {
         let msg = format!(
             "From: Sender {n} <user{n}@example.org>\r\nTo: team@example.org\r\n\
              Subject: {prefix}{topic} {k}\r\nDate: {day} Nov 2026 {h:02}:{m:02}:00 +0000\r\n\
-             Message-ID: <{i}@example.org>\r\n\r\nbody {i}\r\n",
+             Message-ID: <{i}@example.org>\r\nReferences: <{parent}@example.org>\r\n\r\nbody {i}\r\n",
+            parent = i / 4 * 4,
             n = (i * 31) % 5000,
             k = i % 997,
             h = i % 24,
@@ -66,6 +67,7 @@ fn main() {
             "SORT RETURN (MIN COUNT) (SUBJECT) UTF-8 SUBJECT budget",
         ),
         ("THREAD ORDEREDSUBJECT", "THREAD ORDEREDSUBJECT UTF-8 ALL"),
+        ("THREAD REFERENCES", "THREAD REFERENCES UTF-8 ALL"),
     ] {
         let mut times = Vec::new();
         let mut steps = 0;

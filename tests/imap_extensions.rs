@@ -252,7 +252,65 @@ fn sort_and_thread_by_base_subject_date_and_address() {
         out.contains("* THREAD (5)(3 (1)(4))(2)\r\nl OK THREAD completed"),
         "{out}"
     );
-    assert!(out.contains("m BAD"), "{out}");
+    // No Message-IDs or References here: each message is its own thread, gathered
+    // by base subject (RFC 5256 §4 step 5).
+    assert!(out.contains("* THREAD "), "{out}");
+    assert!(out.contains("m OK THREAD completed"), "{out}");
+}
+
+/// THREAD=REFERENCES (RFC 5256 §4): replies under what they reference, a missing
+/// parent kept as the thread's root, threads by date.
+#[test]
+fn thread_references_follows_references_and_in_reply_to() {
+    let mut d = connection();
+    let mail = [
+        ("<a@x>", "", "hello", "Mon, 30 Nov 2026 09:00:00 +0000"),
+        (
+            "<b@x>",
+            "References: <a@x>\r\n",
+            "Re: hello",
+            "Mon, 30 Nov 2026 10:00:00 +0000",
+        ),
+        (
+            "<c@x>",
+            "In-Reply-To: <b@x>\r\n",
+            "Re: hello",
+            "Mon, 30 Nov 2026 11:00:00 +0000",
+        ),
+        (
+            "<d@x>",
+            "References: <a@x>\r\n",
+            "Re: hello",
+            "Mon, 30 Nov 2026 10:30:00 +0000",
+        ),
+        ("<e@x>", "", "unrelated", "Sun, 29 Nov 2026 09:00:00 +0000"),
+        (
+            "<f@x>",
+            "References: <gone@x>\r\n",
+            "Re: lost",
+            "Tue, 1 Dec 2026 09:00:00 +0000",
+        ),
+        (
+            "<g@x>",
+            "References: <gone@x>\r\n",
+            "Re: lost",
+            "Tue, 1 Dec 2026 10:00:00 +0000",
+        ),
+    ];
+    for (id, refs, subject, date) in mail {
+        let m =
+            format!("Message-ID: {id}\r\n{refs}Subject: {subject}\r\nDate: {date}\r\n\r\nx\r\n");
+        d.store.deliver(1, m.as_bytes(), NOW);
+    }
+    let out = say(
+        &mut d,
+        "a LOGIN bob pw\r\nb SELECT INBOX\r\nc THREAD REFERENCES UTF-8 ALL\r\nd UID THREAD REFERENCES UTF-8 SUBJECT hello\r\n",
+    );
+    assert!(
+        out.contains("* THREAD (5)(1 (2 3)(4))((6)(7))\r\nc OK THREAD completed"),
+        "{out}"
+    );
+    assert!(out.contains("* THREAD (1 (2 3)(4))\r\nd OK"), "{out}");
 }
 
 /// PREVIEW (RFC 8970): decoded text of the first text part, at most 256 characters.

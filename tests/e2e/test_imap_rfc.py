@@ -147,7 +147,7 @@ class ImapRfc(unittest.TestCase):
         m = self.login(user)
         try:
             caps = m.capability()[1][0].split()
-            for cap in (b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT"):
+            for cap in (b"SORT", b"SORT=DISPLAY", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"):
                 self.assertIn(cap, caps)
             m.select("INBOX")
             typ, data = m.sort("(SUBJECT)", "UTF-8", "ALL")
@@ -159,6 +159,11 @@ class ImapRfc(unittest.TestCase):
             self.assertEqual(data, [b"2 4 1 3"])
             typ, data = m.thread("ORDEREDSUBJECT", "UTF-8", "ALL")
             self.assertEqual((typ, data), ("OK", [b"(1 3)(2 4)"]))
+            # REFERENCES without References headers gathers by base subject, a
+            # reply under the message it replies to (RFC 5256 §4 step 5).
+            typ, data = m.thread("REFERENCES", "UTF-8", "ALL")
+            self.assertEqual(typ, "OK")
+            self.assertEqual(sorted(re.findall(rb"\(\d+ \d+\)", data[0])), [b"(2 4)", b"(3 1)"])
         finally:
             m.logout()
 

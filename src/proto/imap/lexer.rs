@@ -140,6 +140,7 @@ impl Framer {
     }
 
     /// Looks for one complete command at the start of `input`.
+    // Longer than ~80 lines: the framing state machine in one place (literal, upload and refusal cases).
     pub fn frame(&mut self, input: &[u8], limits: &FrameLimits) -> Frame {
         self.in_literal = false;
         let mut pos = 0;

@@ -237,6 +237,7 @@ impl Driver {
         self.settle();
     }
 
+    // Longer than ~80 lines: the IO layer's loop, action by action, as src/shard/imap.rs runs it.
     fn settle(&mut self) {
         use super::session::{Action, LoginRefusal};
         loop {

@@ -68,7 +68,8 @@ impl<'a> Candidate<'a> {
         self.cache.get_or_init(|| (self.bytes)()).unwrap_or(&[])
     }
 
-    fn header_block(&self) -> &'a [u8] {
+    /// The message's header block (read from the log on first use).
+    pub fn header_block(&self) -> &'a [u8] {
         let m = self.message();
         let end = match self.summary().and_then(|s| s.parts.first()) {
             Some(p) => p.offset_body as usize,

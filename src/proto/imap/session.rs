@@ -699,6 +699,7 @@ impl Session {
 
     /// Consumes complete commands from `input`; returns how many bytes were used.
     /// Stops early when an action must complete first.
+    // Longer than ~80 lines: one arm per kind of frame, in the order the framer reports them.
     pub fn receive(
         &mut self,
         input: &[u8],
@@ -866,6 +867,7 @@ impl Session {
         }
     }
 
+    // Longer than ~80 lines: the dispatch table: one arm per verb (the match is exhaustive on purpose).
     fn command(&mut self, bytes: &[u8], store: &dyn Mailstore, now: i64, out: &mut Outbox) {
         self.commands += 1;
         let cmd = match tokenize(bytes, self.config.depth_max) {
@@ -1252,6 +1254,7 @@ impl Session {
     }
 
     /// A [`Write`] finished (durably, or not at all).
+    // Longer than ~80 lines: one arm per kind of write being completed.
     pub fn written(&mut self, result: Written, store: &dyn Mailstore, out: &mut Outbox) {
         let Some(pending) = self.pending.take() else {
             return;

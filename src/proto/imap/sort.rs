@@ -316,18 +316,26 @@ pub fn ordered_subject_of_sorted(messages: &[Threadable]) -> String {
 }
 
 /// The THREAD algorithms this server implements (as parsed from the command).
-pub fn thread_algorithm(token: Option<&Token<'_>>) -> Result<(), Bad> {
+pub fn thread_algorithm(token: Option<&Token<'_>>) -> Result<Algorithm, Bad> {
     match token
         .and_then(Token::as_str)
         .map(|s| s.to_ascii_uppercase())
         .as_deref()
     {
-        Some("ORDEREDSUBJECT") => Ok(()),
+        Some("ORDEREDSUBJECT") => Ok(Algorithm::OrderedSubject),
+        Some("REFERENCES") => Ok(Algorithm::References),
         Some(other) => Err(format!(
-            "THREAD algorithm {other} is not supported (ORDEREDSUBJECT is)"
+            "THREAD algorithm {other} is not supported (ORDEREDSUBJECT and REFERENCES are)"
         )),
         None => Err("THREAD needs an algorithm".into()),
     }
+}
+
+/// A THREAD algorithm (RFC 5256 §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    OrderedSubject,
+    References,
 }
 
 /// `SORT (criteria) charset keys…` (after any RETURN): the criteria and the
@@ -379,5 +387,416 @@ mod tests {
             m(6, "Re: a", 50),
         ]);
         assert_eq!(threads, "(5)(1 4)(3 (2)(6))");
+    }
+}
+
+/// One message as THREAD=REFERENCES sees it (RFC 5256 §4).
+#[derive(Debug, Clone)]
+pub struct Referencing {
+    pub number: u32,
+    /// Its Message-ID, normalised (`<…>` contents), if it has one.
+    pub id: Option<String>,
+    /// References (or, failing that, the first In-Reply-To id), oldest first.
+    pub references: Vec<String>,
+    /// Base subject, and whether the subject had a reply or forward leader.
+    pub subject: String,
+    pub is_reply: bool,
+    pub date: i64,
+}
+
+/// The message ids in a References or In-Reply-To value, `<…>` contents in order.
+pub fn message_ids(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some(start) = rest.find('<') {
+        let Some(after) = rest.get(start + 1..) else {
+            break;
+        };
+        let Some(end) = after.find('>') else { break };
+        let id: String = after.get(..end).unwrap_or("").split_whitespace().collect();
+        if !id.is_empty() {
+            out.push(id);
+        }
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out
+}
+
+/// Whether a raw subject starts with a reply/forward leader (before base-subject
+/// extraction strips it): the "reply or forward" test of RFC 5256 §4 step 5.
+pub fn is_reply(raw: &str) -> bool {
+    let decoded = super::search::decoded_header(raw);
+    let trimmed = decoded.trim_start();
+    strip_leader(trimmed) != trimmed || trimmed.to_ascii_lowercase().starts_with("[fwd:")
+}
+
+/// A node of the thread forest: a message, or a dummy standing for one that is
+/// referenced but not in the result.
+#[derive(Debug, Default, Clone)]
+struct Node {
+    message: Option<usize>,
+    parent: Option<usize>,
+    children: Vec<usize>,
+}
+
+/// THREAD=REFERENCES (RFC 5256 §4): parent/child links from References and
+/// In-Reply-To, dummies pruned, roots with the same base subject gathered, siblings
+/// and threads ordered by sent date.
+pub fn references(messages: &[Referencing]) -> String {
+    let mut nodes = link_messages(messages);
+    // (2) Roots; (4) dummies pruned.
+    let roots: Vec<usize> = (0..nodes.len())
+        .filter(|&n| nodes.get(n).is_some_and(|x| x.parent.is_none()))
+        .collect();
+    let mut top: Vec<usize> = Vec::new();
+    for r in roots {
+        prune(&mut nodes, r, true, &mut top);
+    }
+    let mut gathered = gather_by_subject(&mut nodes, messages, top);
+    // (6) Ordered by date; a dummy takes its first child's.
+    sort_children(&mut nodes, messages, &gathered);
+    gathered.sort_by_key(|&g| first_date(&nodes, messages, g));
+    let mut out = String::new();
+    for g in gathered {
+        out.push('(');
+        render_chain(&nodes, messages, g, &mut out);
+        out.push(')');
+    }
+    out
+}
+
+/// RFC 5256 §4 step 1: a node per message and per referenced id, links between
+/// consecutive references, each message under its last reference (no loops).
+fn link_messages(messages: &[Referencing]) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut by_id: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut node_for = |id: &str, nodes: &mut Vec<Node>| -> usize {
+        *by_id.entry(id.to_string()).or_insert_with(|| {
+            nodes.push(Node::default());
+            nodes.len() - 1
+        })
+    };
+    // (1) Containers, links between consecutive references, the message's parent.
+    for (i, m) in messages.iter().enumerate() {
+        let node = match &m.id {
+            Some(id) => {
+                let n = node_for(id, &mut nodes);
+                if nodes.get(n).is_some_and(|x| x.message.is_some()) {
+                    // A duplicate Message-ID: this one gets a container of its own.
+                    nodes.push(Node::default());
+                    nodes.len() - 1
+                } else {
+                    n
+                }
+            }
+            None => {
+                nodes.push(Node::default());
+                nodes.len() - 1
+            }
+        };
+        if let Some(x) = nodes.get_mut(node) {
+            x.message = Some(i);
+        }
+        let refs: Vec<usize> = m
+            .references
+            .iter()
+            .map(|r| node_for(r, &mut nodes))
+            .collect();
+        for pair in refs.windows(2) {
+            if let [a, b] = *pair {
+                if nodes.get(b).is_some_and(|x| x.parent.is_none()) && !reaches(&nodes, a, b) {
+                    link(&mut nodes, a, b);
+                }
+            }
+        }
+        // The message's parent is its last reference (replacing any link made from
+        // another message's references), unless that would make a loop.
+        unlink(&mut nodes, node);
+        if let Some(&last) = refs.last() {
+            if last != node && !reaches(&nodes, node, last) {
+                link(&mut nodes, last, node);
+            }
+        }
+    }
+    nodes
+}
+
+/// RFC 5256 §4 step 5: roots with the same base subject gathered under one (the
+/// non-reply, or a dummy), or under a new dummy holding both.
+fn gather_by_subject(
+    nodes: &mut Vec<Node>,
+    messages: &[Referencing],
+    top: Vec<usize>,
+) -> Vec<usize> {
+    // (5) Roots gathered by base subject.
+    let subject_of = |nodes: &[Node], n: usize| subject_of(nodes, messages, n);
+    let mut table: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for &r in &top {
+        let Some((subject, reply)) = subject_of(nodes, r) else {
+            continue;
+        };
+        if subject.is_empty() {
+            continue;
+        }
+        let dummy = nodes.get(r).is_some_and(|x| x.message.is_none());
+        match table.get(&subject).copied() {
+            None => {
+                table.insert(subject, r);
+            }
+            Some(old) => {
+                let old_dummy = nodes.get(old).is_some_and(|x| x.message.is_none());
+                let old_reply = subject_of(nodes, old).is_some_and(|s| s.1);
+                if (dummy && !old_dummy) || (old_reply && !reply) {
+                    table.insert(subject, r);
+                }
+            }
+        }
+    }
+    let mut gathered: Vec<usize> = Vec::new();
+    for r in top {
+        gathered.push(r);
+        let entry = subject_of(nodes, r)
+            .filter(|(s, _)| !s.is_empty())
+            .and_then(|(s, _)| table.get(&s).copied().map(|k| (s, k)));
+        let Some((subject, keep)) = entry.filter(|&(_, k)| k != r) else {
+            continue;
+        };
+        if nodes.get(keep).is_some_and(|x| x.parent.is_some()) {
+            continue; // already gathered under another
+        }
+        let dummy = |n: usize| nodes.get(n).is_some_and(|x| x.message.is_none());
+        let reply = |n: usize| subject_of(nodes, n).is_some_and(|s| s.1);
+        let (keep_dummy, this_dummy) = (dummy(keep), dummy(r));
+        let (keep_reply, this_reply) = (reply(keep), reply(r));
+        if keep_dummy && this_dummy {
+            let kids = nodes.get(r).map(|x| x.children.clone()).unwrap_or_default();
+            for k in kids {
+                link(nodes, keep, k);
+            }
+        } else if keep_dummy {
+            link(nodes, keep, r);
+        } else if this_dummy {
+            link(nodes, r, keep);
+            table.insert(subject, r);
+        } else if !keep_reply && this_reply {
+            link(nodes, keep, r);
+        } else {
+            // Neither holds the other: a new dummy holds both.
+            nodes.push(Node::default());
+            let holder = nodes.len() - 1;
+            link(nodes, holder, keep);
+            link(nodes, holder, r);
+            gathered.push(holder);
+            table.insert(subject, holder);
+        }
+    }
+    gathered.dedup();
+    gathered.retain(|&g| nodes.get(g).is_some_and(|x| x.parent.is_none()));
+    gathered
+}
+
+/// A node's base subject and whether it is a reply: its message's, or for a dummy
+/// its first child's.
+fn subject_of(nodes: &[Node], messages: &[Referencing], n: usize) -> Option<(String, bool)> {
+    let x = nodes.get(n)?;
+    let m = x
+        .message
+        .or_else(|| x.children.first().and_then(|c| nodes.get(*c)?.message))?;
+    let m = messages.get(m)?;
+    Some((m.subject.clone(), m.is_reply))
+}
+
+fn link(nodes: &mut [Node], parent: usize, child: usize) {
+    unlink(nodes, child);
+    if let Some(c) = nodes.get_mut(child) {
+        c.parent = Some(parent);
+    }
+    if let Some(p) = nodes.get_mut(parent) {
+        p.children.push(child);
+    }
+}
+
+fn unlink(nodes: &mut [Node], child: usize) {
+    if let Some(old) = nodes.get(child).and_then(|c| c.parent) {
+        if let Some(p) = nodes.get_mut(old) {
+            p.children.retain(|&c| c != child);
+        }
+    }
+    if let Some(c) = nodes.get_mut(child) {
+        c.parent = None;
+    }
+}
+
+/// Whether `to` is `from` or one of its ancestors (linking `from` under `to`'s
+/// descendant would make a loop).
+fn reaches(nodes: &[Node], from: usize, to: usize) -> bool {
+    let mut cur = Some(to);
+    let mut steps = 0;
+    while let Some(n) = cur {
+        if n == from {
+            return true;
+        }
+        steps += 1;
+        if steps > nodes.len() {
+            return true;
+        }
+        cur = nodes.get(n).and_then(|x| x.parent);
+    }
+    false
+}
+
+/// RFC 5256 §4 step 4, over the tree under `n`: dummies without children go, a
+/// dummy's children take its place — except a root dummy with several children,
+/// which stays. What is left at the top goes to `top`.
+fn prune(nodes: &mut Vec<Node>, n: usize, is_root: bool, top: &mut Vec<usize>) {
+    let children: Vec<usize> = nodes.get(n).map(|x| x.children.clone()).unwrap_or_default();
+    let mut kept = Vec::new();
+    for c in children {
+        let mut sub = Vec::new();
+        prune(nodes, c, false, &mut sub);
+        kept.extend(sub);
+    }
+    let dummy = nodes.get(n).is_some_and(|x| x.message.is_none());
+    if let Some(x) = nodes.get_mut(n) {
+        x.children = kept.clone();
+    }
+    for &k in &kept {
+        if let Some(x) = nodes.get_mut(k) {
+            x.parent = Some(n);
+        }
+    }
+    if !dummy || (is_root && kept.len() > 1) {
+        top.push(n);
+        return;
+    }
+    // Promote the children (or drop an empty dummy).
+    for &k in &kept {
+        if let Some(x) = nodes.get_mut(k) {
+            x.parent = None;
+        }
+    }
+    if let Some(x) = nodes.get_mut(n) {
+        x.children.clear();
+    }
+    top.extend(kept);
+}
+
+/// The sent date (and number) a node sorts by: its message's, or for a dummy its
+/// first child's.
+fn first_date(nodes: &[Node], messages: &[Referencing], n: usize) -> (i64, u32) {
+    let mut cur = n;
+    for _ in 0..=nodes.len() {
+        let Some(x) = nodes.get(cur) else { break };
+        if let Some(m) = x.message.and_then(|m| messages.get(m)) {
+            return (m.date, m.number);
+        }
+        match x.children.first() {
+            Some(&c) => cur = c,
+            None => break,
+        }
+    }
+    (0, 0)
+}
+
+/// Orders every node's children under `from` by date.
+fn sort_children(nodes: &mut [Node], messages: &[Referencing], from: &[usize]) {
+    let mut stack: Vec<usize> = from.to_vec();
+    while let Some(n) = stack.pop() {
+        let mut kids = nodes.get(n).map(|x| x.children.clone()).unwrap_or_default();
+        stack.extend(kids.iter().copied());
+        // Children first, so a dummy's date is that of its earliest child.
+        kids.sort_by_key(|&k| first_date(nodes, messages, k));
+        if let Some(x) = nodes.get_mut(n) {
+            x.children = kids;
+        }
+    }
+}
+
+/// `n (a)(b)` or `n m …`: a single child continues the chain, several are each
+/// parenthesised; a dummy prints only its children.
+fn render_chain(nodes: &[Node], messages: &[Referencing], n: usize, out: &mut String) {
+    use std::fmt::Write as _;
+    let mut cur = n;
+    let mut first = true;
+    loop {
+        let Some(x) = nodes.get(cur) else { return };
+        if let Some(m) = x.message.and_then(|m| messages.get(m)) {
+            if !first {
+                out.push(' ');
+            }
+            let _ = write!(out, "{}", m.number);
+            first = false;
+        }
+        match x.children.as_slice() {
+            [] => return,
+            [only] if x.message.is_some() || first => cur = *only,
+            many => {
+                if !first {
+                    out.push(' ');
+                }
+                for &c in many {
+                    out.push('(');
+                    render_chain(nodes, messages, c, out);
+                    out.push(')');
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod references_tests {
+    use super::*;
+
+    fn m(number: u32, id: &str, refs: &[&str], subject: &str, date: i64) -> Referencing {
+        Referencing {
+            number,
+            id: Some(id.to_string()),
+            references: refs.iter().map(|r| r.to_string()).collect(),
+            subject: base_subject(subject),
+            is_reply: is_reply(subject),
+            date,
+        }
+    }
+
+    #[test]
+    fn replies_hang_under_what_they_reference() {
+        let threads = references(&[
+            m(1, "a", &[], "hello", 10),
+            m(2, "b", &["a"], "Re: hello", 20),
+            m(3, "c", &["a", "b"], "Re: hello", 30),
+            m(4, "d", &["a"], "Re: hello", 25),
+            m(5, "e", &[], "other", 5),
+        ]);
+        assert_eq!(threads, "(5)(1 (2 3)(4))");
+    }
+
+    #[test]
+    fn missing_parents_and_subjects_gather_threads() {
+        // 2 and 3 reference a message not in the result: a dummy holds them.
+        let threads = references(&[
+            m(2, "b", &["gone"], "Re: topic", 20),
+            m(3, "c", &["gone"], "Re: topic", 30),
+            // Same base subject, not a reply, no references: the dummy thread's
+            // messages and this one are gathered.
+            m(1, "a", &[], "topic", 40),
+        ]);
+        assert_eq!(threads, "((2)(3)(1))");
+        assert_eq!(message_ids("<a@x> <b@y>\r\n <c@z>"), ["a@x", "b@y", "c@z"]);
+        assert!(is_reply("Re: x") && !is_reply("x"));
+    }
+
+    #[test]
+    fn loops_and_duplicates_do_not_hang() {
+        let threads = references(&[
+            m(1, "a", &["b"], "x", 1),
+            m(2, "b", &["a"], "y", 2),
+            m(3, "a", &[], "z", 3),
+        ]);
+        assert!(
+            threads.contains('1') && threads.contains('2') && threads.contains('3'),
+            "{threads}"
+        );
     }
 }

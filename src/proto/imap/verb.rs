@@ -91,7 +91,7 @@ verbs! {
     Expunge "EXPUNGE" Selected uid=true cap=Some("UIDPLUS");
     Search "SEARCH" Selected uid=true cap=Some("ESEARCH");
     Sort "SORT" Selected uid=true cap=Some("SORT");
-    Thread "THREAD" Selected uid=true cap=Some("THREAD=ORDEREDSUBJECT");
+    Thread "THREAD" Selected uid=true cap=Some("THREAD=ORDEREDSUBJECT THREAD=REFERENCES");
     Fetch "FETCH" Selected uid=true cap=None;
     Store "STORE" Selected uid=true cap=None;
     Copy "COPY" Selected uid=true cap=None;

@@ -5,6 +5,7 @@
 use super::*;
 
 impl Session {
+    // Longer than ~80 lines: the SELECT response, line by line in RFC 9051 §6.3.2 order.
     pub(super) fn select(
         &mut self,
         tag: &str,

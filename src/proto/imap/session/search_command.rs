@@ -103,27 +103,7 @@ impl Session {
             candidate.recent = sel.recent.contains(entry.uid);
             candidate.now = self.now;
             if search::matches(&job.key, &candidate) {
-                if let Some(order) = &job.order {
-                    // SORT and THREAD keep each match's key; an envelope read from
-                    // the log costs like reading a bit of text.
-                    let number = if job.uid { entry.uid } else { seq };
-                    let summary = if order.needs_summary() {
-                        spent += 4;
-                        candidate.summary()
-                    } else {
-                        None
-                    };
-                    job.ordered.push(order.item(number, seq, entry, summary));
-                    continue;
-                }
-                job.hits.push(if job.uid { entry.uid } else { seq });
-                job.highest = job.highest.max(entry.modseq);
-                if job.ret.save {
-                    job.hit_uids.push(entry.uid);
-                }
-                if job.with_modseq {
-                    job.hit_modseqs.push(entry.modseq);
-                }
+                spent += job.record(seq, entry, &candidate);
             }
         }
         let SearchPending {
@@ -144,75 +124,133 @@ impl Session {
             return self.sort_step(job, store, out);
         }
         if ret.save {
-            // With only MIN and/or MAX, only those are saved (RFC 5182 §2.1).
-            let ends = (ret.min || ret.max) && !(ret.all || ret.count);
-            let saved: Vec<u32> = if ends {
-                let mut v: Vec<u32> = [
-                    hit_uids.first().filter(|_| ret.min),
-                    hit_uids.last().filter(|_| ret.max),
-                ]
-                .into_iter()
-                .flatten()
-                .copied()
-                .collect();
-                v.dedup();
-                v
-            } else {
-                hit_uids
-            };
             if let Some(sel) = self.selected.as_mut() {
-                sel.saved = SequenceSet::from_sorted(&saved);
+                sel.saved = saved_result(&ret, hit_uids);
             }
         }
-        if ret.save_only() {
-            // Nothing to report: the result went into `$`.
-        } else if ret.extended || self.rev2 {
-            let mut line = format!("* ESEARCH (TAG \"{tag}\")");
-            if uid {
-                line.push_str(" UID");
-            }
-            let all = ret.all || !ret.extended;
-            if !hits.is_empty() {
-                if ret.min {
-                    line.push_str(&format!(" MIN {}", hits.first().copied().unwrap_or(0)));
-                }
-                if ret.max {
-                    line.push_str(&format!(" MAX {}", hits.last().copied().unwrap_or(0)));
-                }
-                if all {
-                    line.push_str(&format!(" ALL {}", SequenceSet::compact(&hits)));
-                }
-            }
-            if ret.count {
-                line.push_str(&format!(" COUNT {}", hits.len()));
-            }
-            if with_modseq && !hits.is_empty() {
-                // RFC 7162 §3.1.5: with only MIN and/or MAX returned, the MODSEQ is
-                // that of the returned message(s), not of every match.
-                let only_ends = !all && !ret.count;
-                let modseq = if only_ends {
-                    let first = hit_modseqs.first().copied().filter(|_| ret.min);
-                    let last = hit_modseqs.last().copied().filter(|_| ret.max);
-                    first.max(last).unwrap_or(highest)
-                } else {
-                    highest
-                };
-                line.push_str(&format!(" MODSEQ {modseq}"));
-            }
-            out.line(&line);
-        } else {
-            let mut line = String::from("* SEARCH");
-            for h in &hits {
-                line.push_str(&format!(" {h}"));
-            }
-            if with_modseq && !hits.is_empty() {
-                line.push_str(&format!(" (MODSEQ {highest})"));
-            }
-            out.line(&line);
+        if !ret.save_only() {
+            let extended = ret.extended || self.rev2;
+            let modseq = with_modseq.then(|| reported_modseq(&ret, &hit_modseqs, highest));
+            out.line(&search_reply(&tag, uid, &ret, extended, &hits, modseq));
         }
         self.update(store, out, uid, &HashSet::new());
         out.line(&format!("{tag} OK SEARCH completed"));
     }
+}
+
+impl SearchPending {
+    /// Keeps what a match contributes to the answer; returns the extra work units it
+    /// cost (a SORT key that read the envelope or the header block).
+    fn record(&mut self, seq: u32, entry: &MessageEntry, candidate: &Candidate<'_>) -> usize {
+        let number = if self.uid { entry.uid } else { seq };
+        if let Some(order) = &self.order {
+            // SORT and THREAD keep each match's key; an envelope read from the log
+            // costs like reading a bit of text.
+            let mut spent = 0;
+            let summary = if order.needs_summary() {
+                spent += 4;
+                candidate.summary()
+            } else {
+                None
+            };
+            let headers = if order.needs_headers() {
+                let h = candidate.header_block();
+                spent += h.len() / 256;
+                h
+            } else {
+                &[]
+            };
+            self.ordered
+                .push(order.item(number, seq, entry, summary, headers));
+            return spent;
+        }
+        self.hits.push(number);
+        self.highest = self.highest.max(entry.modseq);
+        if self.ret.save {
+            self.hit_uids.push(entry.uid);
+        }
+        if self.with_modseq {
+            self.hit_modseqs.push(entry.modseq);
+        }
+        0
+    }
+}
+
+/// What SEARCH RETURN (SAVE …) keeps as `$`: with only MIN and/or MAX, only those
+/// (RFC 5182 §2.1), else every match.
+fn saved_result(ret: &command::SearchReturn, hit_uids: Vec<u32>) -> SequenceSet {
+    let ends = (ret.min || ret.max) && !(ret.all || ret.count);
+    if !ends {
+        return SequenceSet::from_sorted(&hit_uids);
+    }
+    let mut v: Vec<u32> = [
+        hit_uids.first().filter(|_| ret.min),
+        hit_uids.last().filter(|_| ret.max),
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
+    v.dedup();
+    SequenceSet::from_sorted(&v)
+}
+
+/// The MODSEQ a SEARCH with a MODSEQ key reports: with only MIN and/or MAX, that
+/// of the returned message(s), not of every match (RFC 7162 §3.1.5).
+fn reported_modseq(ret: &command::SearchReturn, hit_modseqs: &[u64], highest: u64) -> u64 {
+    let only_ends = ret.extended && !ret.all && !ret.count;
+    if !only_ends {
+        return highest;
+    }
+    let first = hit_modseqs.first().copied().filter(|_| ret.min);
+    let last = hit_modseqs.last().copied().filter(|_| ret.max);
+    first.max(last).unwrap_or(highest)
+}
+
+/// `* SEARCH …` or, for RETURN or IMAP4rev2, `* ESEARCH …`.
+fn search_reply(
+    tag: &str,
+    uid: bool,
+    ret: &command::SearchReturn,
+    extended: bool,
+    hits: &[u32],
+    modseq: Option<u64>,
+) -> String {
+    use std::fmt::Write as _;
+    let modseq = modseq.filter(|_| !hits.is_empty());
+    if !extended {
+        let mut line = String::from("* SEARCH");
+        for h in hits {
+            let _ = write!(line, " {h}");
+        }
+        if let Some(m) = modseq {
+            let _ = write!(line, " (MODSEQ {m})");
+        }
+        return line;
+    }
+    let mut line = format!("* ESEARCH (TAG \"{tag}\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    let all = ret.all || !ret.extended;
+    if let (Some(first), Some(last)) = (hits.first(), hits.last()) {
+        if ret.min {
+            let _ = write!(line, " MIN {first}");
+        }
+        if ret.max {
+            let _ = write!(line, " MAX {last}");
+        }
+        if all {
+            let _ = write!(line, " ALL {}", SequenceSet::compact(hits));
+        }
+    }
+    if ret.count {
+        let _ = write!(line, " COUNT {}", hits.len());
+    }
+    if let Some(m) = modseq {
+        let _ = write!(line, " MODSEQ {m}");
+    }
+    line
 }
 
 /// The index range `[start, end)` of the view a SEARCH key can match at all, from

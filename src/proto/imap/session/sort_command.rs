@@ -14,6 +14,8 @@ use super::*;
 pub(super) enum Order {
     Sort(Vec<SortBy>),
     Thread,
+    /// THREAD=REFERENCES: keys are the message's ids, subject and date.
+    References,
 }
 
 /// One match: what is reported (UID or sequence number), its sequence number (the
@@ -30,8 +32,13 @@ impl Order {
     pub(super) fn needs_summary(&self) -> bool {
         match self {
             Order::Sort(criteria) => criteria.iter().any(|c| c.criterion.needs_summary()),
-            Order::Thread => true,
+            Order::Thread | Order::References => true,
         }
+    }
+
+    /// Whether the key needs the header block (References is not in the envelope).
+    pub(super) fn needs_headers(&self) -> bool {
+        matches!(self, Order::References)
     }
 
     pub(super) fn item(
@@ -40,8 +47,36 @@ impl Order {
         seq: u32,
         entry: &MessageEntry,
         summary: Option<&Summary>,
+        headers: &[u8],
     ) -> Ordered {
         let key = match self {
+            Order::References => {
+                let env = summary.map(|s| &s.envelope);
+                let id = env
+                    .and_then(|e| e.message_id.as_deref())
+                    .map(sort::message_ids)
+                    .and_then(|ids| ids.into_iter().next())
+                    .unwrap_or_default();
+                let mut refs = render::header_value(headers, "References")
+                    .map(|r| sort::message_ids(&r))
+                    .unwrap_or_default();
+                if refs.is_empty() {
+                    refs = env
+                        .and_then(|e| e.in_reply_to.as_deref())
+                        .map(sort::message_ids)
+                        .and_then(|ids| ids.into_iter().next())
+                        .into_iter()
+                        .collect();
+                }
+                let subject = env.and_then(|e| e.subject.as_deref()).unwrap_or("");
+                vec![
+                    KeyPart::Text(id),
+                    KeyPart::Text(refs.join(" ")),
+                    KeyPart::Text(sort::base_subject(subject)),
+                    KeyPart::Number(i64::from(sort::is_reply(subject))),
+                    KeyPart::Number(sort::sent_date(summary, entry)),
+                ]
+            }
             Order::Sort(criteria) => sort::key_of(criteria, entry, summary),
             Order::Thread => vec![
                 KeyPart::Text(sort::base_subject(
@@ -114,17 +149,21 @@ impl Session {
         store: &dyn Mailstore,
         out: &mut Outbox,
     ) {
-        let parsed = sort::thread_algorithm(args.first())
-            .and_then(|()| sort::charset(args.get(1)))
-            .and_then(|()| {
-                command::search_keys(
-                    command::SearchReturn::default(),
-                    args.get(2..).unwrap_or(&[]),
-                )
-            });
+        let parsed = sort::thread_algorithm(args.first()).and_then(|algorithm| {
+            sort::charset(args.get(1))?;
+            let keys = command::search_keys(
+                command::SearchReturn::default(),
+                args.get(2..).unwrap_or(&[]),
+            )?;
+            Ok((algorithm, keys))
+        });
         match parsed {
-            Ok(SearchArgs { ret, key }) => {
-                let job = SearchPending::new(tag, uid, ret, key, Some(Order::Thread));
+            Ok((algorithm, SearchArgs { ret, key })) => {
+                let order = match algorithm {
+                    sort::Algorithm::OrderedSubject => Order::Thread,
+                    sort::Algorithm::References => Order::References,
+                };
+                let job = SearchPending::new(tag, uid, ret, key, Some(order));
                 self.begin_search(job, store, out);
             }
             Err(e) if e.starts_with("[BADCHARSET") => out.line(&format!("{tag} NO {e}")),
@@ -160,6 +199,10 @@ impl Session {
                 out.line(&format!("* THREAD {}", threads(sorted)));
                 "THREAD completed"
             }
+            Order::References => {
+                out.line(&format!("* THREAD {}", reference_threads(sorted)));
+                "THREAD completed"
+            }
         };
         self.update(store, out, uid, &HashSet::new());
         out.line(&format!("{tag} OK {done}"));
@@ -184,7 +227,7 @@ impl SortJob {
         order: Order,
         items: Vec<Ordered>,
     ) -> SortJob {
-        let keep_keys = matches!(order, Order::Thread);
+        let keep_keys = matches!(order, Order::Thread | Order::References);
         SortJob {
             tag,
             uid,
@@ -199,6 +242,8 @@ impl SortJob {
     fn criteria(&self) -> Vec<SortBy> {
         match &self.order {
             Order::Sort(c) => c.clone(),
+            // REFERENCES orders by itself: mailbox order suffices here.
+            Order::References => Vec::new(),
             Order::Thread => [sort::Criterion::Subject, sort::Criterion::Date]
                 .into_iter()
                 .map(|criterion| SortBy {
@@ -400,4 +445,41 @@ fn sort_reply(tag: &str, uid: bool, ret: &command::SearchReturn, numbers: &[u32]
         line.push_str(&format!(" COUNT {}", numbers.len()));
     }
     line
+}
+
+/// THREAD=REFERENCES from the matches' ids, subjects and dates (their keys).
+fn reference_threads(sorted: Vec<Ordered>) -> String {
+    let messages: Vec<sort::Referencing> = sorted
+        .into_iter()
+        .map(|o| {
+            let mut text = Vec::new();
+            let mut numbers = Vec::new();
+            for part in o.key {
+                match part {
+                    KeyPart::Text(t) => text.push(t),
+                    KeyPart::Number(n) => numbers.push(n),
+                }
+            }
+            let mut text = text.into_iter();
+            let id = text.next().filter(|i| !i.is_empty());
+            let references = text
+                .next()
+                .map(|r| {
+                    r.split(' ')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+            sort::Referencing {
+                number: o.number,
+                id,
+                references,
+                subject: text.next().unwrap_or_default(),
+                is_reply: numbers.first().copied() == Some(1),
+                date: numbers.get(1).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    sort::references(&messages)
 }

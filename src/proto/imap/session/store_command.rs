@@ -4,6 +4,7 @@
 use super::*;
 
 impl Session {
+    // Longer than ~80 lines: argument checks in the order RFC 9051 and RFC 7162 state them.
     pub(super) fn store(
         &mut self,
         tag: &str,
