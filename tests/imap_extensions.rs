@@ -2,30 +2,18 @@
 //! 8474), WITHIN (RFC 5032), LITERAL- before login (RFC 7888 §5). Each is also
 //! checked end to end with imaplib (tests/e2e/test_imap_rfc.py).
 
-use std::sync::Arc;
-
 use shardmail::proto::imap::memstore::Driver;
-use shardmail::proto::imap::session::ImapConfig;
 
 const NOW: i64 = 1_795_675_500;
 
 fn connection() -> Driver {
-    let mut d = Driver::new(
-        Arc::new(ImapConfig {
-            hostname: "imap.example".into(),
-            tls_available: true,
-            ..ImapConfig::default()
-        }),
-        true,
-    );
+    let mut d = Driver::standard();
     d.now = NOW;
-    d.sent.clear();
     d
 }
 
 fn say(d: &mut Driver, input: &str) -> String {
-    d.feed(input.as_bytes());
-    String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned()
+    d.say(input)
 }
 
 /// The value inside `NAME (…)` of the first line that has it.

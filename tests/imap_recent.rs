@@ -4,22 +4,11 @@
 //! the flag. Two sessions share one store by handing it between two drivers, as two
 //! connections share a shard's partition. Also UNAUTHENTICATE (RFC 8437).
 
-use std::sync::Arc;
-
 use shardmail::proto::imap::memstore::{Driver, MemStore};
-use shardmail::proto::imap::session::ImapConfig;
 
 fn connection() -> Driver {
-    let mut d = Driver::new(
-        Arc::new(ImapConfig {
-            hostname: "imap.example".into(),
-            tls_available: true,
-            ..ImapConfig::default()
-        }),
-        true,
-    );
-    d.feed(b"a LOGIN bob pw\r\n");
-    d.sent.clear();
+    let mut d = Driver::standard();
+    d.say("a LOGIN bob pw\r\n");
     d
 }
 
@@ -30,8 +19,7 @@ fn hand(from: &mut Driver, to: &mut Driver) {
 }
 
 fn say(d: &mut Driver, input: &str) -> String {
-    d.feed(input.as_bytes());
-    String::from_utf8_lossy(&std::mem::take(&mut d.sent)).into_owned()
+    d.say(input)
 }
 
 const MSG: &[u8] = b"Subject: hello\r\n\r\nbody\r\n";

@@ -222,6 +222,27 @@ impl Driver {
         d
     }
 
+    /// A session over TLS on `imap.example` with the default limits, greeted (the
+    /// greeting is not in `sent`), not yet logged in.
+    pub fn standard() -> Driver {
+        let mut d = Driver::new(
+            std::sync::Arc::new(super::session::ImapConfig {
+                hostname: "imap.example".into(),
+                tls_available: true,
+                ..super::session::ImapConfig::default()
+            }),
+            true,
+        );
+        d.sent.clear();
+        d
+    }
+
+    /// Feeds `input` and returns what the server sent in answer.
+    pub fn say(&mut self, input: &str) -> String {
+        self.feed(input.as_bytes());
+        String::from_utf8_lossy(&std::mem::take(&mut self.sent)).into_owned()
+    }
+
     /// Adds input and runs the session until it needs more.
     pub fn feed(&mut self, bytes: &[u8]) {
         if self.closed {
