@@ -448,10 +448,7 @@ pub fn references(messages: &[Referencing]) -> String {
     let roots: Vec<usize> = (0..nodes.len())
         .filter(|&n| nodes.get(n).is_some_and(|x| x.parent.is_none()))
         .collect();
-    let mut top: Vec<usize> = Vec::new();
-    for r in roots {
-        prune(&mut nodes, r, true, &mut top);
-    }
+    let top = prune(&mut nodes, &roots);
     let mut gathered = gather_by_subject(&mut nodes, messages, top);
     // (6) Ordered by date; a dummy takes its first child's.
     sort_children(&mut nodes, messages, &gathered);
@@ -497,14 +494,16 @@ fn link_messages(messages: &[Referencing]) -> Vec<Node> {
         if let Some(x) = nodes.get_mut(node) {
             x.message = Some(i);
         }
+        let skip = m.references.len().saturating_sub(REFERENCES_MAX);
         let refs: Vec<usize> = m
             .references
             .iter()
+            .skip(skip)
             .map(|r| node_for(r, &mut nodes))
             .collect();
         for pair in refs.windows(2) {
             if let [a, b] = *pair {
-                if nodes.get(b).is_some_and(|x| x.parent.is_none()) && !reaches(&nodes, a, b) {
+                if nodes.get(b).is_some_and(|x| x.parent.is_none()) && !reaches(&nodes, b, a) {
                     link(&mut nodes, a, b);
                 }
             }
@@ -627,58 +626,80 @@ fn unlink(nodes: &mut [Node], child: usize) {
     }
 }
 
-/// Whether `to` is `from` or one of its ancestors (linking `from` under `to`'s
-/// descendant would make a loop).
+/// Whether `from` is `to` or one of `to`'s ancestors: linking `to` as the parent of
+/// `from` would then make a loop.
+///
+/// Only a node with children can be an ancestor, so a leaf is answered at once;
+/// otherwise the walk up from `to` stops after [`THREAD_DEPTH_MAX`] steps and says
+/// "loop": a crafted mailbox cannot make each link cost the depth of a long chain
+/// (the message then starts its own thread, gathered by subject).
 fn reaches(nodes: &[Node], from: usize, to: usize) -> bool {
+    if from != to && nodes.get(from).is_some_and(|x| x.children.is_empty()) {
+        return false;
+    }
     let mut cur = Some(to);
-    let mut steps = 0;
-    while let Some(n) = cur {
+    for _ in 0..THREAD_DEPTH_MAX {
+        let Some(n) = cur else { return false };
         if n == from {
-            return true;
-        }
-        steps += 1;
-        if steps > nodes.len() {
             return true;
         }
         cur = nodes.get(n).and_then(|x| x.parent);
     }
-    false
+    true
 }
 
-/// RFC 5256 §4 step 4, over the tree under `n`: dummies without children go, a
-/// dummy's children take its place — except a root dummy with several children,
-/// which stays. What is left at the top goes to `top`.
-fn prune(nodes: &mut Vec<Node>, n: usize, is_root: bool, top: &mut Vec<usize>) {
-    let children: Vec<usize> = nodes.get(n).map(|x| x.children.clone()).unwrap_or_default();
-    let mut kept = Vec::new();
-    for c in children {
-        let mut sub = Vec::new();
-        prune(nodes, c, false, &mut sub);
-        kept.extend(sub);
-    }
-    let dummy = nodes.get(n).is_some_and(|x| x.message.is_none());
-    if let Some(x) = nodes.get_mut(n) {
-        x.children = kept.clone();
-    }
-    for &k in &kept {
-        if let Some(x) = nodes.get_mut(k) {
-            x.parent = Some(n);
+/// How far up a thread a loop check looks (see [`reaches`]).
+const THREAD_DEPTH_MAX: usize = 256;
+/// References kept per message: the last ones, its nearest ancestors (a header
+/// with thousands of ids must not cost thousands of links).
+pub const REFERENCES_MAX: usize = 256;
+
+/// RFC 5256 §4 step 4 over the trees under `roots`: dummies without children go,
+/// a dummy's children take its place — except a root dummy with several children,
+/// which stays. Returns what is left at the top. Iterative (an explicit post-order
+/// stack): a chain of a hundred thousand replies must not exhaust the thread's stack.
+fn prune(nodes: &mut [Node], roots: &[usize]) -> Vec<usize> {
+    let mut lifted: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut top = Vec::new();
+    for &root in roots {
+        let mut stack = vec![(root, false)];
+        while let Some((n, children_done)) = stack.pop() {
+            if !children_done {
+                stack.push((n, true));
+                let children = nodes.get(n).map(|x| x.children.clone()).unwrap_or_default();
+                stack.extend(children.into_iter().rev().map(|c| (c, false)));
+                continue;
+            }
+            let children = nodes
+                .get_mut(n)
+                .map(|x| std::mem::take(&mut x.children))
+                .unwrap_or_default();
+            let mut kept = Vec::new();
+            for c in children {
+                kept.extend(lifted.get_mut(c).map(std::mem::take).unwrap_or_default());
+            }
+            let dummy = nodes.get(n).is_some_and(|x| x.message.is_none());
+            let stays = !dummy || (n == root && kept.len() > 1);
+            for &k in &kept {
+                if let Some(x) = nodes.get_mut(k) {
+                    x.parent = stays.then_some(n);
+                }
+            }
+            let result = if stays {
+                if let Some(x) = nodes.get_mut(n) {
+                    x.children = kept;
+                }
+                vec![n]
+            } else {
+                kept
+            };
+            if let Some(slot) = lifted.get_mut(n) {
+                *slot = result;
+            }
         }
+        top.extend(lifted.get_mut(root).map(std::mem::take).unwrap_or_default());
     }
-    if !dummy || (is_root && kept.len() > 1) {
-        top.push(n);
-        return;
-    }
-    // Promote the children (or drop an empty dummy).
-    for &k in &kept {
-        if let Some(x) = nodes.get_mut(k) {
-            x.parent = None;
-        }
-    }
-    if let Some(x) = nodes.get_mut(n) {
-        x.children.clear();
-    }
-    top.extend(kept);
+    top
 }
 
 /// The sent date (and number) a node sorts by: its message's, or for a dummy its
@@ -713,33 +734,45 @@ fn sort_children(nodes: &mut [Node], messages: &[Referencing], from: &[usize]) {
 }
 
 /// `n (a)(b)` or `n m …`: a single child continues the chain, several are each
-/// parenthesised; a dummy prints only its children.
-fn render_chain(nodes: &[Node], messages: &[Referencing], n: usize, out: &mut String) {
+/// parenthesised; a dummy prints only its children. Iterative, like [`prune`].
+fn render_chain(nodes: &[Node], messages: &[Referencing], root: usize, out: &mut String) {
     use std::fmt::Write as _;
-    let mut cur = n;
-    let mut first = true;
-    loop {
-        let Some(x) = nodes.get(cur) else { return };
-        if let Some(m) = x.message.and_then(|m| messages.get(m)) {
-            if !first {
-                out.push(' ');
+    enum Work {
+        Chain(usize),
+        Text(char),
+    }
+    let mut stack = vec![Work::Chain(root)];
+    while let Some(work) = stack.pop() {
+        let mut cur = match work {
+            Work::Text(c) => {
+                out.push(c);
+                continue;
             }
-            let _ = write!(out, "{}", m.number);
-            first = false;
-        }
-        match x.children.as_slice() {
-            [] => return,
-            [only] if x.message.is_some() || first => cur = *only,
-            many => {
+            Work::Chain(n) => n,
+        };
+        let mut first = true;
+        while let Some(x) = nodes.get(cur) {
+            if let Some(m) = x.message.and_then(|m| messages.get(m)) {
                 if !first {
                     out.push(' ');
                 }
-                for &c in many {
-                    out.push('(');
-                    render_chain(nodes, messages, c, out);
-                    out.push(')');
+                let _ = write!(out, "{}", m.number);
+                first = false;
+            }
+            match x.children.as_slice() {
+                [] => break,
+                [only] if x.message.is_some() || first => cur = *only,
+                many => {
+                    if !first {
+                        out.push(' ');
+                    }
+                    for &c in many.iter().rev() {
+                        stack.push(Work::Text(')'));
+                        stack.push(Work::Chain(c));
+                        stack.push(Work::Text('('));
+                    }
+                    break;
                 }
-                return;
             }
         }
     }
