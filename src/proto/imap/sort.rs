@@ -450,6 +450,7 @@ pub fn references(messages: &[Referencing]) -> String {
         .collect();
     let top = prune(&mut nodes, &roots);
     let mut gathered = gather_by_subject(&mut nodes, messages, top);
+    clean_children(&mut nodes);
     // (6) Ordered by date; a dummy takes its first child's.
     sort_children(&mut nodes, messages, &gathered);
     gathered.sort_by_key(|&g| first_date(&nodes, messages, g));
@@ -529,7 +530,7 @@ fn gather_by_subject(
 ) -> Vec<usize> {
     // (5) Roots gathered by base subject.
     let subject_of = |nodes: &[Node], n: usize| subject_of(nodes, messages, n);
-    let mut table: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut table: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for &r in &top {
         let Some((subject, reply)) = subject_of(nodes, r) else {
             continue;
@@ -538,7 +539,7 @@ fn gather_by_subject(
             continue;
         }
         let dummy = nodes.get(r).is_some_and(|x| x.message.is_none());
-        match table.get(&subject).copied() {
+        match table.get(subject).copied() {
             None => {
                 table.insert(subject, r);
             }
@@ -556,7 +557,7 @@ fn gather_by_subject(
         gathered.push(r);
         let entry = subject_of(nodes, r)
             .filter(|(s, _)| !s.is_empty())
-            .and_then(|(s, _)| table.get(&s).copied().map(|k| (s, k)));
+            .and_then(|(s, _)| table.get(s).copied().map(|k| (s, k)));
         let Some((subject, keep)) = entry.filter(|&(_, k)| k != r) else {
             continue;
         };
@@ -596,13 +597,17 @@ fn gather_by_subject(
 
 /// A node's base subject and whether it is a reply: its message's, or for a dummy
 /// its first child's.
-fn subject_of(nodes: &[Node], messages: &[Referencing], n: usize) -> Option<(String, bool)> {
+fn subject_of<'m>(
+    nodes: &[Node],
+    messages: &'m [Referencing],
+    n: usize,
+) -> Option<(&'m str, bool)> {
     let x = nodes.get(n)?;
     let m = x
         .message
         .or_else(|| x.children.first().and_then(|c| nodes.get(*c)?.message))?;
     let m = messages.get(m)?;
-    Some((m.subject.clone(), m.is_reply))
+    Some((m.subject.as_str(), m.is_reply))
 }
 
 fn link(nodes: &mut [Node], parent: usize, child: usize) {
@@ -615,14 +620,41 @@ fn link(nodes: &mut [Node], parent: usize, child: usize) {
     }
 }
 
+/// Detaches `child` from its parent. Lazily: the parent's list keeps a stale entry
+/// (its `parent` no longer points back), which [`live_children`] skips — removing
+/// it here would cost the parent's width on every re-parenting.
 fn unlink(nodes: &mut [Node], child: usize) {
-    if let Some(old) = nodes.get(child).and_then(|c| c.parent) {
-        if let Some(p) = nodes.get_mut(old) {
-            p.children.retain(|&c| c != child);
-        }
-    }
     if let Some(c) = nodes.get_mut(child) {
         c.parent = None;
+    }
+}
+
+/// The children of `n` that are really its children (see [`unlink`]), each once.
+fn live_children(nodes: &[Node], n: usize, seen: &mut [bool]) -> Vec<usize> {
+    let Some(x) = nodes.get(n) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(x.children.len());
+    for &c in &x.children {
+        let live = nodes.get(c).is_some_and(|y| y.parent == Some(n));
+        if live && seen.get(c) == Some(&false) {
+            if let Some(flag) = seen.get_mut(c) {
+                *flag = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Drops the stale entries [`unlink`] left, everywhere (after the last re-linking).
+fn clean_children(nodes: &mut [Node]) {
+    let mut seen = vec![false; nodes.len()];
+    for n in 0..nodes.len() {
+        let live = live_children(nodes, n, &mut seen);
+        if let Some(x) = nodes.get_mut(n) {
+            x.children = live;
+        }
     }
 }
 
@@ -660,6 +692,7 @@ pub const REFERENCES_MAX: usize = 256;
 /// stack): a chain of a hundred thousand replies must not exhaust the thread's stack.
 fn prune(nodes: &mut [Node], roots: &[usize]) -> Vec<usize> {
     let mut lifted: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    clean_children(nodes);
     let mut top = Vec::new();
     for &root in roots {
         let mut stack = vec![(root, false)];
@@ -723,7 +756,10 @@ fn first_date(nodes: &[Node], messages: &[Referencing], n: usize) -> (i64, u32) 
 fn sort_children(nodes: &mut [Node], messages: &[Referencing], from: &[usize]) {
     let mut stack: Vec<usize> = from.to_vec();
     while let Some(n) = stack.pop() {
-        let mut kids = nodes.get(n).map(|x| x.children.clone()).unwrap_or_default();
+        let mut kids = nodes
+            .get_mut(n)
+            .map(|x| std::mem::take(&mut x.children))
+            .unwrap_or_default();
         stack.extend(kids.iter().copied());
         // Children first, so a dummy's date is that of its earliest child.
         kids.sort_by_key(|&k| first_date(nodes, messages, k));

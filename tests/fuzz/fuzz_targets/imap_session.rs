@@ -26,6 +26,11 @@ fn drive(setup: u8, parts: &[&[u8]]) -> Vec<u8> {
     let mut d = Driver::new(config, setup & 1 == 1);
     d.store.deliver(1, MESSAGE, 1_795_600_000);
     d.store.deliver(1, b"Subject: plain\r\n\r\ntext\r\n", 1_795_600_100);
+    d.store.deliver(
+        1,
+        b"Message-ID: <m3@x>\r\nReferences: <m1@x> <m2@x>\r\nIn-Reply-To: <m2@x>\r\nFrom: \"B\" <b@y.example> (c)\r\nSubject: Re: [l] s (fwd)\r\nDate: Tue, 1 Dec 2026 10:00:00 +0000\r\n\r\nx\r\n",
+        1_795_600_200,
+    );
     if setup & 2 == 2 {
         d.feed(b"a LOGIN bob pw\r\nb SELECT INBOX\r\n");
     }
