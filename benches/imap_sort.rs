@@ -21,6 +21,8 @@ fn mailbox() -> Driver {
             hostname: "bench.example".into(),
             tls_available: true,
             output_bytes_max: 4 << 20,
+            // Measure THREAD past its default limit (limits.imap_thread_messages_max).
+            thread_messages_max: 1_000_000,
             ..ImapConfig::default()
         }),
         true,

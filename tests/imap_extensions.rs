@@ -430,3 +430,41 @@ fn a_large_sort_is_answered_in_steps_and_in_the_right_order() {
         .unwrap();
     assert_eq!(base_subject(&subjects[first as usize - 1]), top);
 }
+
+/// THREAD's last pass is one step, so it is bounded by
+/// `limits.imap_thread_messages_max`; a narrower search is answered.
+#[test]
+fn thread_over_too_many_messages_is_refused_with_the_limit_named() {
+    use shardmail::proto::imap::session::ImapConfig;
+    let mut d = Driver::new(
+        std::sync::Arc::new(ImapConfig {
+            hostname: "imap.example".into(),
+            tls_available: true,
+            thread_messages_max: 100,
+            ..ImapConfig::default()
+        }),
+        true,
+    );
+    for i in 0..150 {
+        let subject = if i < 10 { "few" } else { "many" };
+        d.store.deliver(
+            1,
+            format!("Subject: {subject}\r\n\r\nx\r\n").as_bytes(),
+            NOW,
+        );
+    }
+    let out = d.say("a LOGIN bob pw\r\nb SELECT INBOX\r\nc THREAD REFERENCES UTF-8 ALL\r\n");
+    assert!(
+        out.contains(
+            "c NO [LIMIT] THREAD over 150 messages; at most 100 (limits.imap_thread_messages_max)"
+        ),
+        "{out}"
+    );
+    let out = d.say("d THREAD ORDEREDSUBJECT UTF-8 SUBJECT few\r\ne SORT (SUBJECT) UTF-8 ALL\r\n");
+    assert!(out.contains("* THREAD (1 (2)(3)"), "{out}");
+    assert!(out.contains("d OK THREAD completed"), "{out}");
+    assert!(
+        out.contains("e OK SORT completed"),
+        "SORT is not limited: {out}"
+    );
+}

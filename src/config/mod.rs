@@ -49,6 +49,9 @@ pub struct Limits {
     /// Longest IMAP command line outside literals: an `ID` at RFC 2971's maximum and a
     /// QRESYNC known-UIDs set must fit (Dovecot's default is 64 KiB too).
     pub imap_command_bytes_max: usize,
+    /// Messages one IMAP THREAD may thread: its last pass (linking and rendering the
+    /// threads) is one step of the shard, about 2 ms per 1,000 messages.
+    pub imap_thread_messages_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
     /// Unknown or malformed commands before the session is closed.
@@ -423,6 +426,7 @@ impl Config {
             message_size_max: l.message_size_max.bytes("limits.message_size_max")?,
             line_bytes_max: l.line_bytes_max,
             imap_command_bytes_max: l.imap_command_bytes_max,
+            imap_thread_messages_max: l.imap_thread_messages_max,
             recipients_max: l.recipients_max,
             bad_commands_max: l.bad_commands_max,
             auth_failures_max: l.auth_failures_max,
@@ -471,6 +475,12 @@ impl Config {
             return Err(err(
                 "limits.imap_command_bytes_max",
                 "must be between 8192 and 1048576",
+            ));
+        }
+        if !(100..=1_000_000).contains(&limits.imap_thread_messages_max) {
+            return Err(err(
+                "limits.imap_thread_messages_max",
+                "must be between 100 and 1000000",
             ));
         }
         if limits.recipients_max < 1 || limits.recipients_max > 100_000 {

@@ -186,6 +186,7 @@ pub struct RawLimits {
     pub message_size_max: Size,
     pub line_bytes_max: usize,
     pub imap_command_bytes_max: usize,
+    pub imap_thread_messages_max: usize,
     pub recipients_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
@@ -238,6 +239,7 @@ impl Default for RawLimits {
             message_size_max: Size::Bytes(50 << 20),
             line_bytes_max: 4096,
             imap_command_bytes_max: 64 * 1024,
+            imap_thread_messages_max: 20_000,
             recipients_max: 1000, // Postfix smtpd_recipient_limit
             bad_commands_max: 20,
             auth_failures_max: 3,

@@ -548,6 +548,7 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         tls_available: true,
         allow_plaintext_auth: config.allow_plaintext_auth,
         command_bytes_max: config.limits.imap_command_bytes_max,
+        thread_messages_max: config.limits.imap_thread_messages_max,
         literal_bytes_max: config.limits.message_size_max as u64,
         depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,

@@ -67,6 +67,8 @@ pub struct ImapConfig {
     pub allow_plaintext_auth: bool,
     /// `limits.imap_command_bytes_max`: longest command line outside literals.
     pub command_bytes_max: usize,
+    /// `limits.imap_thread_messages_max`: matches one THREAD may thread.
+    pub thread_messages_max: usize,
     /// `limits.message_size_max`: APPENDLIMIT and the largest literal.
     pub literal_bytes_max: u64,
     /// List nesting in one command.
@@ -92,6 +94,7 @@ impl Default for ImapConfig {
             tls_available: true,
             allow_plaintext_auth: false,
             command_bytes_max: 64 * 1024,
+            thread_messages_max: 20_000,
             literal_bytes_max: 50 << 20,
             depth_max: 16,
             bad_commands_max: 20,

@@ -120,6 +120,16 @@ impl Session {
             ..
         } = job;
         if let Some(order) = order {
+            let max = self.config.thread_messages_max;
+            if order.is_thread() && ordered.len() > max {
+                // Threading's last pass is one step: bounded by the operator's limit.
+                out.line(&format!(
+                    "{tag} NO [LIMIT] THREAD over {} messages; at most {max} \
+                     (limits.imap_thread_messages_max): narrow the search",
+                    ordered.len()
+                ));
+                return;
+            }
             let job = sort_command::SortJob::new(tag, uid, ret, order, ordered);
             return self.sort_step(job, store, out);
         }

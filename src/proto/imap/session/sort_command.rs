@@ -36,6 +36,11 @@ impl Order {
         }
     }
 
+    /// THREAD (either algorithm), whose last pass is one step.
+    pub(super) fn is_thread(&self) -> bool {
+        matches!(self, Order::Thread | Order::References)
+    }
+
     /// Whether the key needs the header block (References is not in the envelope).
     pub(super) fn needs_headers(&self) -> bool {
         matches!(self, Order::References)
