@@ -51,6 +51,22 @@ def partition_of(account, partitions):
 
 
 class Server:
+    def imaps(self, user, password="pw"):
+        """An imaplib session over implicit TLS, logged in as `user`."""
+        import imaplib
+
+        m = imaplib.IMAP4_SSL("127.0.0.1", self.ports["imaps"], ssl_context=tls_context(), timeout=20)
+        typ, data = m.login(user, password)
+        assert typ == "OK", data
+        return m
+
+    def send(self, sender, recipients, message):
+        """One SMTP transaction on the MX port (smtplib)."""
+        import smtplib
+
+        with smtplib.SMTP("127.0.0.1", self.ports["smtp"], timeout=20) as s:
+            s.sendmail(sender, recipients, message)
+
     def __init__(self, shards=2, settings=None, data_dir=None):
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="shardmail-e2e-")
         self.ports = {k: free_port() for k in ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")}

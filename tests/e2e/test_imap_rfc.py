@@ -6,7 +6,6 @@ before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVI
 import re
 
 import imaplib
-import smtplib
 import unittest
 
 from harness import DOMAIN, Server, tls_context
@@ -34,15 +33,10 @@ class ImapRfc(unittest.TestCase):
         cls.server.stop()
 
     def deliver(self, to, subject):
-        with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=20) as s:
-            s.sendmail("carol@remote.example", [to], message(to, subject))
+        self.server.send("carol@remote.example", [to], message(to, subject))
 
     def login(self, user):
-        m = imaplib.IMAP4_SSL(
-            "127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=20
-        )
-        self.assertEqual(m.login(user, "pw")[0], "OK")
-        return m
+        return self.server.imaps(user)
 
     def test_recent_is_seen_by_exactly_one_session(self):
         user = f"recent@{DOMAIN}"

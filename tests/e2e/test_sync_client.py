@@ -204,15 +204,12 @@ createfolders = True
         self.assertNotIn("ERROR", r.stdout + r.stderr, r.stdout + r.stderr)
 
     def imap(self):
-        m = imaplib.IMAP4_SSL("127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=20)
-        m.login(OFFLINE_USER, "pw")
-        return m
+        return self.server.imaps(OFFLINE_USER)
 
     def test_two_way_sync_with_flags_and_folders(self):
-        with smtplib.SMTP("127.0.0.1", self.server.ports["smtp"], timeout=20) as s:
-            for i in range(4):
-                s.sendmail("x@remote.example", [OFFLINE_USER],
-                           f"Subject: offline {i}\r\n\r\nbody {i}\r\n".encode())
+        for i in range(4):
+            self.server.send("x@remote.example", [OFFLINE_USER],
+                             f"Subject: offline {i}\r\n\r\nbody {i}\r\n".encode())
         stored = self.server.messages(OFFLINE_USER)
         self.sync()
         mail = os.path.join(self.local, "mail")
