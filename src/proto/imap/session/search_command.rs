@@ -12,6 +12,16 @@ impl Session {
         store: &dyn Mailstore,
         out: &mut Outbox,
     ) {
+        // RFC 6855 §3: once UTF8=ACCEPT is on, text is UTF-8 and a CHARSET is refused.
+        let charset_given = args
+            .iter()
+            .any(|a| matches!(a, Token::Atom(w) if w.eq_ignore_ascii_case("CHARSET")));
+        if self.utf8_accept && charset_given {
+            if let Some(sel) = self.selected.as_mut() {
+                sel.saved = SequenceSet::SAVED;
+            }
+            return self.bad(tag, "No CHARSET after ENABLE UTF8=ACCEPT (RFC 6855)", out);
+        }
         let SearchArgs { ret, key } = match command::search_args(args) {
             Ok(s) => s,
             Err(e) => {
