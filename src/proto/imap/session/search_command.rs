@@ -13,9 +13,10 @@ impl Session {
         out: &mut Outbox,
     ) {
         // RFC 6855 §3: once UTF8=ACCEPT is on, text is UTF-8 and a CHARSET is refused.
-        let charset_given = args
-            .iter()
-            .any(|a| matches!(a, Token::Atom(w) if w.eq_ignore_ascii_case("CHARSET")));
+        // Only where the grammar puts it (after RETURN (…)): a key may be the word.
+        let charset_given = command::return_options(args).is_ok_and(|(_, rest)| {
+            matches!(rest.first(), Some(Token::Atom(w)) if w.eq_ignore_ascii_case("CHARSET"))
+        });
         if self.utf8_accept && charset_given {
             if let Some(sel) = self.selected.as_mut() {
                 sel.saved = SequenceSet::SAVED;
