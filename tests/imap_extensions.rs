@@ -383,6 +383,22 @@ fn utf8_sessions_see_utf8_names_and_rev1_sessions_modified_utf7() {
         out.contains("c BAD"),
         "UTF8 APPEND needs UTF8=ACCEPT: {out}"
     );
+    // RFC 6855 §3: no CHARSET once UTF8=ACCEPT is on (it is fine before, and a
+    // search key may be the word itself).
+    let out = say(
+        &mut classic,
+        "d SELECT INBOX\r\ne SEARCH CHARSET UTF-8 ALL\r\n",
+    );
+    assert!(out.contains("e OK SEARCH"), "{out}");
+    let out = say(
+        &mut classic,
+        "f ENABLE UTF8=ACCEPT\r\ng SEARCH CHARSET UTF-8 ALL\r\nh SEARCH SUBJECT CHARSET\r\n",
+    );
+    assert!(
+        out.contains("g BAD No CHARSET after ENABLE UTF8=ACCEPT"),
+        "{out}"
+    );
+    assert!(out.contains("h OK SEARCH"), "{out}");
 }
 
 /// A SORT over more keys than one sort run is ordered in bounded steps (runs, then a
