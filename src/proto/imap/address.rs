@@ -149,25 +149,27 @@ pub fn parse_addresses(raw: &str) -> Vec<Address> {
     out
 }
 
-/// Whether a header value holds no address at all (absent, empty or only noise):
+/// A header value's addresses (none when the header is absent).
+pub fn parse_field(raw: Option<&str>) -> Vec<Address> {
+    raw.map(parse_addresses).unwrap_or_default()
+}
+
+/// Whether a parsed list holds no address at all (empty, or only group markers):
 /// ENVELOPE then falls back to From for Sender and Reply-To (RFC 3501 §7.4.2).
-pub fn is_empty_list(raw: Option<&str>) -> bool {
-    raw.is_none_or(|r| {
-        !parse_addresses(r)
-            .iter()
-            .any(|a| matches!(a, Address::Mailbox { .. }))
-    })
+pub fn has_no_mailbox(addresses: &[Address]) -> bool {
+    !addresses
+        .iter()
+        .any(|a| matches!(a, Address::Mailbox { .. }))
 }
 
 /// An address list as ENVELOPE renders it: `((name adl mailbox host) …)` or `NIL`.
-pub fn address_list(out: &mut Vec<u8>, raw: Option<&str>) {
-    let addresses = raw.map(parse_addresses).unwrap_or_default();
+pub fn address_list(out: &mut Vec<u8>, addresses: &[Address]) {
     if addresses.is_empty() {
         out.extend_from_slice(b"NIL");
         return;
     }
     out.push(b'(');
-    for a in &addresses {
+    for a in addresses {
         match a {
             Address::Mailbox {
                 name,
@@ -289,9 +291,12 @@ mod tests {
                 "x.example"
             )]
         );
-        assert!(is_empty_list(Some("  ")));
-        assert!(is_empty_list(Some("undisclosed-recipients:;")));
-        assert!(!is_empty_list(Some("a@b.example")));
+        assert!(has_no_mailbox(&parse_field(Some("  "))));
+        assert!(has_no_mailbox(&parse_field(Some(
+            "undisclosed-recipients:;"
+        ))));
+        assert!(has_no_mailbox(&parse_field(None)));
+        assert!(!has_no_mailbox(&parse_field(Some("a@b.example"))));
     }
 
     #[test]

@@ -586,6 +586,8 @@ impl SearchReturn {
 pub struct SearchArgs {
     pub ret: SearchReturn,
     pub key: SearchKey,
+    /// A CHARSET was given (refused once UTF8=ACCEPT is on, RFC 6855 §3).
+    pub charset: bool,
 }
 
 /// Parses `SEARCH [RETURN (...)] [CHARSET x] keys...`.
@@ -627,7 +629,8 @@ pub fn return_options<'a, 't>(
 /// Parses what SEARCH and SORT take after RETURN (their charset and keys).
 pub fn search_keys(ret: SearchReturn, rest: &[Token<'_>]) -> Result<SearchArgs, Bad> {
     let mut rest = rest;
-    if atom(rest.first()).is_some_and(|a| a.eq_ignore_ascii_case("CHARSET")) {
+    let charset = atom(rest.first()).is_some_and(|a| a.eq_ignore_ascii_case("CHARSET"));
+    if charset {
         let charset = rest
             .get(1)
             .and_then(Token::as_str)
@@ -652,7 +655,7 @@ pub fn search_keys(ret: SearchReturn, rest: &[Token<'_>]) -> Result<SearchArgs, 
     } else {
         SearchKey::And(keys)
     };
-    Ok(SearchArgs { ret, key })
+    Ok(SearchArgs { ret, key, charset })
 }
 
 const SEARCH_DEPTH_MAX: usize = 32;

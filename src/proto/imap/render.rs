@@ -141,15 +141,25 @@ pub fn envelope(out: &mut Vec<u8>, summary: &Summary) {
     nstring(out, e.date.as_deref());
     out.push(b' ');
     nstring(out, e.subject.as_deref());
-    // An absent or empty Sender or Reply-To is From (RFC 3501 §7.4.2).
-    let from = e.from.as_deref();
+    // Each header parsed once; an absent or empty Sender or Reply-To is From
+    // (RFC 3501 §7.4.2).
+    let from = address::parse_field(e.from.as_deref());
+    let sender = address::parse_field(e.sender.as_deref());
+    let reply_to = address::parse_field(e.reply_to.as_deref());
+    let or_from = |list| {
+        if address::has_no_mailbox(list) {
+            &from
+        } else {
+            list
+        }
+    };
     for list in [
-        from,
-        or_from(e.sender.as_deref(), from),
-        or_from(e.reply_to.as_deref(), from),
-        e.to.as_deref(),
-        e.cc.as_deref(),
-        e.bcc.as_deref(),
+        &from,
+        or_from(&sender),
+        or_from(&reply_to),
+        &address::parse_field(e.to.as_deref()),
+        &address::parse_field(e.cc.as_deref()),
+        &address::parse_field(e.bcc.as_deref()),
     ] {
         out.push(b' ');
         address::address_list(out, list);
@@ -159,15 +169,6 @@ pub fn envelope(out: &mut Vec<u8>, summary: &Summary) {
     out.push(b' ');
     nstring(out, e.message_id.as_deref());
     out.push(b')');
-}
-
-/// `value`, or `from` when `value` holds no address.
-fn or_from<'a>(value: Option<&'a str>, from: Option<&'a str>) -> Option<&'a str> {
-    if address::is_empty_list(value) {
-        from
-    } else {
-        value
-    }
 }
 
 /// The value of header `name` in a header block, unfolded.

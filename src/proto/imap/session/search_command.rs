@@ -12,18 +12,14 @@ impl Session {
         store: &dyn Mailstore,
         out: &mut Outbox,
     ) {
-        // RFC 6855 §3: once UTF8=ACCEPT is on, text is UTF-8 and a CHARSET is refused.
-        // Only where the grammar puts it (after RETURN (…)): a key may be the word.
-        let charset_given = command::return_options(args).is_ok_and(|(_, rest)| {
-            matches!(rest.first(), Some(Token::Atom(w)) if w.eq_ignore_ascii_case("CHARSET"))
-        });
-        if self.utf8_accept && charset_given {
-            if let Some(sel) = self.selected.as_mut() {
-                sel.saved = SequenceSet::SAVED;
+        let parsed = command::search_args(args).and_then(|s| {
+            // RFC 6855 §3: once UTF8=ACCEPT is on, text is UTF-8 and CHARSET is refused.
+            if s.charset && self.utf8_accept {
+                return Err("No CHARSET after ENABLE UTF8=ACCEPT (RFC 6855)".into());
             }
-            return self.bad(tag, "No CHARSET after ENABLE UTF8=ACCEPT (RFC 6855)", out);
-        }
-        let SearchArgs { ret, key } = match command::search_args(args) {
+            Ok(s)
+        });
+        let SearchArgs { ret, key, .. } = match parsed {
             Ok(s) => s,
             Err(e) => {
                 // A failed SEARCH leaves `$` empty (RFC 5182 §2.1).

@@ -14,17 +14,19 @@ use super::*;
 pub(super) enum Order {
     Sort(Vec<SortBy>),
     Thread,
-    /// THREAD=REFERENCES: keys are the message's ids, subject and date.
+    /// THREAD=REFERENCES: each match keeps its ids, subject and date; it orders
+    /// them itself, so nothing is sorted first.
     References,
 }
 
 /// One match: what is reported (UID or sequence number), its sequence number (the
-/// final tiebreak) and its key.
+/// final tiebreak) and its key — or, for THREAD=REFERENCES, what threading needs.
 #[derive(Debug)]
 pub(super) struct Ordered {
     number: u32,
     seq: u32,
     key: Vec<KeyPart>,
+    referencing: Option<Box<sort::Referencing>>,
 }
 
 impl Order {
@@ -54,34 +56,20 @@ impl Order {
         summary: Option<&Summary>,
         headers: &[u8],
     ) -> Ordered {
+        if let Order::References = self {
+            let referencing = sort::Referencing {
+                number,
+                ..referencing(entry, summary, headers)
+            };
+            return Ordered {
+                number,
+                seq,
+                key: Vec::new(),
+                referencing: Some(Box::new(referencing)),
+            };
+        }
         let key = match self {
-            Order::References => {
-                let env = summary.map(|s| &s.envelope);
-                let id = env
-                    .and_then(|e| e.message_id.as_deref())
-                    .map(sort::message_ids)
-                    .and_then(|ids| ids.into_iter().next())
-                    .unwrap_or_default();
-                let mut refs = render::header_value(headers, "References")
-                    .map(|r| sort::message_ids(&r))
-                    .unwrap_or_default();
-                if refs.is_empty() {
-                    refs = env
-                        .and_then(|e| e.in_reply_to.as_deref())
-                        .map(sort::message_ids)
-                        .and_then(|ids| ids.into_iter().next())
-                        .into_iter()
-                        .collect();
-                }
-                let subject = env.and_then(|e| e.subject.as_deref()).unwrap_or("");
-                vec![
-                    KeyPart::Text(id),
-                    KeyPart::Text(refs.join(" ")),
-                    KeyPart::Text(sort::base_subject(subject)),
-                    KeyPart::Number(i64::from(sort::is_reply(subject))),
-                    KeyPart::Number(sort::sent_date(summary, entry)),
-                ]
-            }
+            Order::References => Vec::new(),
             Order::Sort(criteria) => sort::key_of(criteria, entry, summary),
             Order::Thread => vec![
                 KeyPart::Text(sort::base_subject(
@@ -92,7 +80,12 @@ impl Order {
                 KeyPart::Number(sort::sent_date(summary, entry)),
             ],
         };
-        Ordered { number, seq, key }
+        Ordered {
+            number,
+            seq,
+            key,
+            referencing: None,
+        }
     }
 }
 
@@ -136,7 +129,7 @@ impl Session {
         let parsed = sort::sort_args(args)
             .and_then(|(ret, criteria, keys)| Ok((command::search_keys(ret, keys)?, criteria)));
         match parsed {
-            Ok((SearchArgs { ret, key }, criteria)) => {
+            Ok((SearchArgs { ret, key, .. }, criteria)) => {
                 let job = SearchPending::new(tag, uid, ret, key, Some(Order::Sort(criteria)));
                 self.begin_search(job, store, out);
             }
@@ -163,7 +156,7 @@ impl Session {
             Ok((algorithm, keys))
         });
         match parsed {
-            Ok((algorithm, SearchArgs { ret, key })) => {
+            Ok((algorithm, SearchArgs { ret, key, .. })) => {
                 let order = match algorithm {
                     sort::Algorithm::OrderedSubject => Order::Thread,
                     sort::Algorithm::References => Order::References,
@@ -232,13 +225,19 @@ impl SortJob {
         order: Order,
         items: Vec<Ordered>,
     ) -> SortJob {
-        let keep_keys = matches!(order, Order::Thread | Order::References);
+        let keep_keys = matches!(order, Order::Thread);
+        // REFERENCES orders the matches itself: they stay in mailbox order here.
+        let sorter = if matches!(order, Order::References) {
+            StepSort::done(items)
+        } else {
+            StepSort::new(items, keep_keys)
+        };
         SortJob {
             tag,
             uid,
             ret,
             order,
-            sorter: StepSort::new(items, keep_keys),
+            sorter,
         }
     }
 
@@ -247,7 +246,6 @@ impl SortJob {
     fn criteria(&self) -> Vec<SortBy> {
         match &self.order {
             Order::Sort(c) => c.clone(),
-            // REFERENCES orders by itself: mailbox order suffices here.
             Order::References => Vec::new(),
             Order::Thread => [sort::Criterion::Subject, sort::Criterion::Date]
                 .into_iter()
@@ -294,6 +292,15 @@ impl StepSort {
             heap: Vec::new(),
             merged: Vec::new(),
             merging: false,
+        }
+    }
+
+    /// Items already in the order wanted.
+    fn done(items: Vec<Ordered>) -> StepSort {
+        StepSort {
+            merged: items,
+            merging: true,
+            ..StepSort::new(Vec::new(), false)
         }
     }
 
@@ -345,6 +352,7 @@ impl StepSort {
                     number: item.number,
                     seq: item.seq,
                     key: if self.keep_keys { key } else { Vec::new() },
+                    referencing: item.referencing.take(),
                 });
             }
             head.0 += 1;
@@ -452,39 +460,41 @@ fn sort_reply(tag: &str, uid: bool, ret: &command::SearchReturn, numbers: &[u32]
     line
 }
 
-/// THREAD=REFERENCES from the matches' ids, subjects and dates (their keys).
-fn reference_threads(sorted: Vec<Ordered>) -> String {
-    let messages: Vec<sort::Referencing> = sorted
+/// THREAD=REFERENCES from what the matches kept.
+fn reference_threads(matches: Vec<Ordered>) -> String {
+    let messages: Vec<sort::Referencing> = matches
         .into_iter()
-        .map(|o| {
-            let mut text = Vec::new();
-            let mut numbers = Vec::new();
-            for part in o.key {
-                match part {
-                    KeyPart::Text(t) => text.push(t),
-                    KeyPart::Number(n) => numbers.push(n),
-                }
-            }
-            let mut text = text.into_iter();
-            let id = text.next().filter(|i| !i.is_empty());
-            let references = text
-                .next()
-                .map(|r| {
-                    r.split(' ')
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
-            sort::Referencing {
-                number: o.number,
-                id,
-                references,
-                subject: text.next().unwrap_or_default(),
-                is_reply: numbers.first().copied() == Some(1),
-                date: numbers.get(1).copied().unwrap_or(0),
-            }
-        })
+        .filter_map(|o| o.referencing.map(|r| *r))
         .collect();
     sort::references(&messages)
+}
+
+/// What THREAD=REFERENCES needs of one message (its number is the caller's): its
+/// Message-ID, its References (or failing those its first In-Reply-To id), its
+/// base subject, whether that is a reply, and its sent date.
+fn referencing(
+    entry: &MessageEntry,
+    summary: Option<&Summary>,
+    headers: &[u8],
+) -> sort::Referencing {
+    let env = summary.map(|s| &s.envelope);
+    let first_id = |raw: Option<&str>| {
+        raw.map(sort::message_ids)
+            .and_then(|ids| ids.into_iter().next())
+    };
+    let mut references = render::header_value(headers, "References")
+        .map(|r| sort::message_ids(&r))
+        .unwrap_or_default();
+    if references.is_empty() {
+        references.extend(first_id(env.and_then(|e| e.in_reply_to.as_deref())));
+    }
+    let subject = env.and_then(|e| e.subject.as_deref()).unwrap_or("");
+    sort::Referencing {
+        number: 0,
+        id: first_id(env.and_then(|e| e.message_id.as_deref())),
+        references,
+        subject: sort::base_subject(subject),
+        is_reply: sort::is_reply(subject),
+        date: sort::sent_date(summary, entry),
+    }
 }
