@@ -24,15 +24,9 @@ ulimit -Hn 200000 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 
 DATA=$(mktemp -d /tmp/shardmail-abuse-XXXXXX)
-SERVER_PID=
-stop() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID"
-    for _ in $(seq 200); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
-  SERVER_PID=
-}
-trap 'stop; rm -rf "$DATA"' EXIT
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
+trap 'stop_server; rm -rf "$DATA"' EXIT
 
 SET=(--data-dir "$DATA" --set limits.mailboxes_per_account_max=20000
      --set limits.connections_per_ip_max=100000 --set limits.sessions_per_user_max=1000)
@@ -40,13 +34,7 @@ RUN=0
 start() {
   RUN=$((RUN + 1))
   LOG="$DATA/server.$RUN.log"
-  "$BIN/shardmail" "${SET[@]}" serve >"$LOG" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 300); do
-    grep -q "ready: every shard is listening" "$LOG" 2>/dev/null && return
-    sleep 0.1
-  done
-  echo "server did not start"; tail "$LOG"; exit 1
+  start_server "$LOG" "${SET[@]}"
 }
 
 echo pw | "$BIN/shardmail" "${SET[@]}" user add alice@localhost --password-stdin >/dev/null
@@ -62,7 +50,7 @@ for attack in list-pattern list-all search fetch; do
   "${LOAD[@]}" stall --imaps 127.0.0.1:2993 --smtp 127.0.0.1:2525 "${ACCOUNT[@]}" --attack "$attack" --probes 200
 done
 
-stop
+stop_server
 MAIL_DATA=$DATA
 for spec in 2525:plain 2143:plain 2110:plain 2465:tls 2993:tls 2995:tls; do
   port=${spec%:*}
@@ -74,7 +62,7 @@ for spec in 2525:plain 2143:plain 2110:plain 2465:tls 2993:tls 2995:tls; do
   echo "== idle connections on $spec"
   TLS=(); [ "${spec#*:}" = tls ] && TLS=(--tls)
   "${LOAD[@]}" idle --server "127.0.0.1:$port" --pid "$SERVER_PID" --connections "$IDLE" "${TLS[@]}"
-  stop
+  stop_server
   rm -rf "$DATA"
 done
 DATA=$MAIL_DATA
@@ -85,4 +73,4 @@ start
 echo "== unfinished uploads"
 "${LOAD[@]}" uploads --smtp 127.0.0.1:2525 --imaps 127.0.0.1:2993 "${ACCOUNT[@]}" \
   --pid "$SERVER_PID" --connections "$UPLOADS" --megabytes "$UPLOAD_MIB"
-stop
+stop_server

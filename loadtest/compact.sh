@@ -16,22 +16,11 @@ BIN=target/release
 cargo build --release --locked -q
 
 DATA=$(mktemp -d /tmp/shardmail-compact-XXXXXX)
-SERVER_PID=
-stop() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID"
-    for _ in $(seq 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
-  SERVER_PID=
-}
-trap 'stop; rm -rf "$DATA"' EXIT
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
+trap 'stop_server; rm -rf "$DATA"' EXIT
 SET=(--data-dir "$DATA")
-"$BIN/shardmail" "${SET[@]}" serve >"$DATA/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 300); do
-  grep -q "ready: every shard is listening" "$DATA/server.log" 2>/dev/null && break
-  sleep 0.1
-done
+start_server "$DATA/server.log" "${SET[@]}"
 for u in alice copy; do
   echo pw | "$BIN/shardmail" "${SET[@]}" user add "$u@localhost" --password-stdin >/dev/null
 done
@@ -51,7 +40,7 @@ t1 = time.perf_counter(); c.expunge(); t2 = time.perf_counter()
 print(f"STORE of {n // 2}: {t1 - t:.2f} s, EXPUNGE: {t2 - t1:.2f} s")
 c.logout()
 EOF
-stop
+stop_server
 du_logs() { du -sb "$DATA/partitions" | cut -f1; }
 echo "== before: $(du_logs) bytes in partitions/"
 time "$BIN/shardmail" "${SET[@]}" store stats | tail -1

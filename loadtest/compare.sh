@@ -114,11 +114,11 @@ SM=(--data-dir "$WORK/sm" --set 'domains.local=["bench.test"]' --set auth.enable
     --set 'listen.submission=[]' --set 'listen.submissions=[]' --set 'listen.pop3s=[]' --set 'listen.imaps=[]')
 echo pw | $B "${SM[@]}" user add sink@bench.test --password-stdin >/dev/null
 for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.test" --password-stdin >/dev/null; done
-# Waits (10 s at most) until the server says every shard is listening.
-ready() { for _ in $(seq 100); do grep -q "ready: every shard is listening" "$1" && return 0; sleep 0.1; done; echo "shardmail did not start: $1" >&2; return 1; }
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh # wait_ready
 $B "${SM[@]}" serve 2>"$WORK/shardmail.log" &
 SM_PID=$!
-ready "$WORK/shardmail.log"
+wait_ready "$WORK/shardmail.log"
 t_shardmail=$(median_seconds "${SOURCE[@]}" "$SM_SMTP")
 
 step "seeding POP3 maildrops: $POP3_MESSAGES messages x 8 users, 10 KiB"
@@ -165,7 +165,7 @@ restart() {
   stop_pid "$SM_PID"
   $B "${SM[@]}" "$@" serve 2>"$WORK/shardmail-$#.log" &
   SM_PID=$!
-  ready "$WORK/shardmail-$#.log"
+  wait_ready "$WORK/shardmail-$#.log"
 }
 restart --set limits.auth_cache_secs=300
 cached_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")

@@ -19,28 +19,16 @@ BIN=target/release
 cargo build --release --locked -q
 
 DATA=$(mktemp -d /tmp/shardmail-volume-XXXXXX)
-SERVER_PID=
-stop() {
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID"
-    for _ in $(seq 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  fi
-  SERVER_PID=
-}
-trap 'stop; rm -rf "$DATA"' EXIT
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh
+trap 'stop_server; rm -rf "$DATA"' EXIT
 
 SET=(--data-dir "$DATA")
 RUN=0
 start() {
   RUN=$((RUN + 1))
   LOG="$DATA/server.$RUN.log"
-  "$BIN/shardmail" "${SET[@]}" serve >"$LOG" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 600); do
-    grep -q "ready: every shard is listening" "$LOG" 2>/dev/null && return
-    sleep 0.05
-  done
-  echo "server did not start"; tail "$LOG"; exit 1
+  start_server "$LOG" "${SET[@]}"
 }
 
 USER_ADDR=volume@localhost
