@@ -56,11 +56,19 @@ impl Session {
                 }
             }
         }
-        let target_uids: Vec<u32> = targets.iter().map(|t| t.1).collect();
+        let mut job = FetchPending {
+            tag: tag.to_string(),
+            uid,
+            targets: targets.iter().map(|t| t.1).collect(),
+            items,
+            modifiers,
+            next: 0,
+        };
         let read_only = self.selected.as_ref().is_none_or(|s| s.read_only);
-        if items.iter().any(FetchAtt::sets_seen) && !read_only {
+        if job.items.iter().any(FetchAtt::sets_seen) && !read_only {
             if let Some(mb) = self.mailbox(store) {
-                let changes: Vec<(u32, u32, Vec<String>)> = target_uids
+                let changes: Vec<(u32, u32, Vec<String>)> = job
+                    .targets
                     .iter()
                     .filter_map(|u| {
                         let m = mb
@@ -71,17 +79,11 @@ impl Session {
                     })
                     .collect();
                 if !changes.is_empty() {
-                    if !items.contains(&FetchAtt::Flags) {
-                        items.push(FetchAtt::Flags);
+                    // \Seen is set first (durably); the FETCH is answered after.
+                    if !job.items.contains(&FetchAtt::Flags) {
+                        job.items.push(FetchAtt::Flags);
                     }
-                    self.pending = Some(Pending::Fetch(FetchPending {
-                        tag: tag.to_string(),
-                        uid,
-                        targets: target_uids,
-                        items,
-                        modifiers,
-                        next: 0,
-                    }));
+                    self.pending = Some(Pending::Fetch(job));
                     out.actions.push(Action::Write(Write::Store {
                         mailbox: mb.id,
                         changes,
@@ -90,14 +92,6 @@ impl Session {
                 }
             }
         }
-        let job = FetchPending {
-            tag: tag.to_string(),
-            uid,
-            targets: target_uids,
-            items,
-            modifiers,
-            next: 0,
-        };
         self.fetch_step(job, store, out);
     }
 
