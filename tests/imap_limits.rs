@@ -350,8 +350,8 @@ fn append_streams_its_message_and_refuses_before_the_literal() {
     assert_eq!(&out[start..start + message.len()], &message[..]);
     // Something after the literal other than the line's end: refused, nothing stored.
     d.sent.clear();
-    d.feed(b"i APPEND INBOX {3+}\r\nabc {3+}\r\nxyz\r\nj STATUS INBOX (MESSAGES)\r\n");
+    d.feed(b"i APPEND INBOX {3+}\r\nabc xyz\r\nj STATUS INBOX (MESSAGES)\r\n");
     let out = sent(&d);
-    assert!(out.contains("i BAD APPEND takes one message"), "{out}");
+    assert!(out.contains("i BAD APPEND: xyz where"), "{out}");
     assert!(out.contains("(MESSAGES 2)"), "{out}");
 }

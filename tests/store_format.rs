@@ -127,7 +127,7 @@ proptest! {
     #[test]
     fn every_op_round_trips(ops in proptest::collection::vec(op(), 0..20)) {
         let mut log = FILE_MAGIC.to_vec();
-        change::encode(&mut log, &ops, None);
+        change::encode(&mut log, &ops, &[]);
         let decoded: Vec<Op> = Scanner::new(&log, 0)
             .map(|r| Op::decode(&r).expect("decodes"))
             .collect();
@@ -149,11 +149,13 @@ fn a_move_is_one_commit() {
     };
     let append = Change::Append {
         mailbox: 1,
-        flags: 0,
-        keywords: vec![],
-        internal_date: 1,
+        messages: vec![change::NewMessage {
+            flags: 0,
+            keywords: vec![],
+            internal_date: 1,
+        }],
     };
-    let planned = change::plan(&index, 1, &append, 1, &mut numbers, Some(blob)).expect("plan");
+    let planned = change::plan(&index, 1, &append, 1, &mut numbers, &[blob]).expect("plan");
     index.apply_all(planned.ops, &mut blobs).expect("append");
     let moving = Change::Copy {
         from: 1,
@@ -161,7 +163,7 @@ fn a_move_is_one_commit() {
         to: 4,
         expunge_source: true,
     };
-    let planned = change::plan(&index, 1, &moving, 1, &mut numbers, None).expect("plan");
+    let planned = change::plan(&index, 1, &moving, 1, &mut numbers, &[]).expect("plan");
     let kinds: Vec<&str> = planned
         .ops
         .iter()

@@ -256,3 +256,68 @@ fn export_refuses_names_that_would_leave_the_output_directory() {
     assert!(files.iter().all(|f| f.starts_with(&out)), "{files:?}");
     assert_eq!(files.len(), 2, "INBOX and ok/child: {files:?}");
 }
+
+/// MULTIAPPEND's messages go into one commit, large and small bodies mixed (a large
+/// one is written from its own buffer): every message is there after a reopen,
+/// byte-exact, with consecutive UIDs.
+#[test]
+fn a_multiappend_is_one_commit_of_every_message() {
+    use shardmail::store::change::{Change, NewMessage, Outcome};
+    use shardmail::store::StoredMessage;
+    let dir = temp_dir("multiappend");
+    let d = dir.clone();
+    let large: Vec<u8> = [
+        b"Subject: large\r\n\r\n".as_slice(),
+        &b"0123456789abcde\r\n".repeat(30_000),
+    ]
+    .concat();
+    let bodies = vec![message("one").0, large, message("three").0];
+    let expected = bodies.clone();
+    let live = run(async move {
+        let p = Partition::open(0, &d, options()).await.expect("open");
+        p.ensure_account(ACCOUNT, 1).await.expect("account");
+        let stored: Vec<(StoredMessage, Vec<u8>)> = bodies
+            .iter()
+            .map(|b| {
+                let m = StoredMessage::new(bytes::Bytes::new(), bytes::Bytes::from(b.clone()));
+                (m, Summary::parse(b).to_bytes())
+            })
+            .collect();
+        let messages: Vec<(&StoredMessage, &[u8])> =
+            stored.iter().map(|(m, s)| (m, s.as_slice())).collect();
+        let change = Change::Append {
+            mailbox: 1,
+            messages: (0..3)
+                .map(|i| NewMessage {
+                    flags: if i == 1 { flags::SEEN } else { 0 },
+                    keywords: Vec::new(),
+                    internal_date: 100 + i,
+                })
+                .collect(),
+        };
+        let outcome = p
+            .execute(ACCOUNT, change, 1, &messages)
+            .await
+            .expect("append");
+        assert_eq!(
+            outcome,
+            Outcome::Appended {
+                uids: vec![1, 2, 3]
+            }
+        );
+        let index = p.index().clone();
+        index
+    });
+    let (from_log, from_snapshot) = reopen_both(&dir);
+    assert_eq!(from_log, live);
+    assert_eq!(from_snapshot, live);
+    let d = dir.clone();
+    run(async move {
+        let p = Partition::open(0, &d, options()).await.expect("open");
+        for (uid, body) in (1..=3).zip(&expected) {
+            let got = p.message(ACCOUNT, 1, uid).expect("stored");
+            assert_eq!(&got[..], &body[..], "message {uid}");
+        }
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

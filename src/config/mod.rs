@@ -52,6 +52,9 @@ pub struct Limits {
     /// Messages one IMAP THREAD may thread: its last pass (linking and rendering the
     /// threads) is one step of the shard, about 2 ms per 1,000 messages.
     pub imap_thread_messages_max: usize,
+    /// Messages one IMAP APPEND may carry (MULTIAPPEND, RFC 3502): they are stored in
+    /// one commit, all or none.
+    pub imap_append_messages_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
     /// Unknown or malformed commands before the session is closed.
@@ -427,6 +430,7 @@ impl Config {
             line_bytes_max: l.line_bytes_max,
             imap_command_bytes_max: l.imap_command_bytes_max,
             imap_thread_messages_max: l.imap_thread_messages_max,
+            imap_append_messages_max: l.imap_append_messages_max,
             recipients_max: l.recipients_max,
             bad_commands_max: l.bad_commands_max,
             auth_failures_max: l.auth_failures_max,
@@ -481,6 +485,12 @@ impl Config {
             return Err(err(
                 "limits.imap_thread_messages_max",
                 "must be between 100 and 1000000",
+            ));
+        }
+        if !(1..=100_000).contains(&limits.imap_append_messages_max) {
+            return Err(err(
+                "limits.imap_append_messages_max",
+                "must be between 1 and 100000",
             ));
         }
         if limits.recipients_max < 1 || limits.recipients_max > 100_000 {

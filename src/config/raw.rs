@@ -187,6 +187,7 @@ pub struct RawLimits {
     pub line_bytes_max: usize,
     pub imap_command_bytes_max: usize,
     pub imap_thread_messages_max: usize,
+    pub imap_append_messages_max: usize,
     pub recipients_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
@@ -240,6 +241,7 @@ impl Default for RawLimits {
             line_bytes_max: 4096,
             imap_command_bytes_max: 64 * 1024,
             imap_thread_messages_max: 20_000,
+            imap_append_messages_max: 1_000,
             recipients_max: 1000, // Postfix smtpd_recipient_limit
             bad_commands_max: 20,
             auth_failures_max: 3,

@@ -504,11 +504,11 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write, spooler: &mut Sp
         );
         return Written::Failed(WriteFailure::Unavailable);
     };
-    let (change, message) = write.into_change();
-    let stored = match message {
-        None => None,
-        Some(message) => match spooler.finish(message) {
-            Ok(body) => Some(super::mesh::summarize(Vec::new(), body).await),
+    let (change, bodies) = write.into_change();
+    let mut stored = Vec::new();
+    if let Some(bodies) = bodies {
+        let whole = match spooler.finish(bodies.bytes) {
+            Ok(whole) => whole,
             Err(SpoolError::NoSpace | SpoolError::NoDescriptor) => {
                 return Written::Failed(WriteFailure::NoSpace)
             }
@@ -516,10 +516,18 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write, spooler: &mut Sp
                 tracing::error!(error = %e, "cannot spool an APPEND");
                 return Written::Failed(WriteFailure::Unavailable);
             }
-        },
-    };
-    let message = stored.as_ref().map(|(m, s)| (m, s.as_slice()));
-    match p.execute(account, change, now(), message).await {
+        };
+        // MULTIAPPEND's messages lie back to back in one spool: each is a slice of it
+        // (no copy; the map lives until the last one is written).
+        let mut at = 0usize;
+        for len in bodies.lengths {
+            let end = at.saturating_add(len as usize).min(whole.len());
+            stored.push(super::mesh::summarize(Vec::new(), whole.slice(at..end)).await);
+            at = end;
+        }
+    }
+    let messages: Vec<_> = stored.iter().map(|(m, s)| (m, s.as_slice())).collect();
+    match p.execute(account, change, now(), &messages).await {
         Ok(outcome) => outcome.into(),
         Err(e) => Written::Failed(write_failure(&e)),
     }
@@ -549,6 +557,7 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         allow_plaintext_auth: config.allow_plaintext_auth,
         command_bytes_max: config.limits.imap_command_bytes_max,
         thread_messages_max: config.limits.imap_thread_messages_max,
+        append_messages_max: config.limits.imap_append_messages_max,
         literal_bytes_max: config.limits.message_size_max as u64,
         depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,

@@ -43,12 +43,11 @@ pub enum Change {
         name: String,
         subscribed: bool,
     },
-    /// Store a message (its bytes go with the change: [`BlobAt`]).
+    /// Store messages, all or none (MULTIAPPEND, RFC 3502): their bytes go with the
+    /// change, one [`BlobAt`] per message, in order.
     Append {
         mailbox: u32,
-        flags: u32,
-        keywords: Vec<String>,
-        internal_date: i64,
+        messages: Vec<NewMessage>,
     },
     /// (UID, new flags, new keywords) per message; UIDs no longer there are skipped.
     Store {
@@ -71,12 +70,21 @@ pub enum Change {
     EnsureAccount,
 }
 
+/// One message of an APPEND: what the client said besides its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub flags: u32,
+    pub keywords: Vec<String>,
+    pub internal_date: i64,
+}
+
 /// What a planned change reports once durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Done,
+    /// The new messages' UIDs, in the order given (consecutive).
     Appended {
-        uid: u32,
+        uids: Vec<u32>,
     },
     /// (UID, new MODSEQ) of each message changed.
     Stored(Vec<(u32, u64)>),
@@ -224,15 +232,15 @@ fn name_taken(index: &Index, account: u64, name: &str) -> bool {
             .any(|(d, _)| mailbox_name_eq(d, name))
 }
 
-/// Turns `change` into the ops of one commit (see the module doc). `blob` is where a
-/// new message goes (APPEND only).
+/// Turns `change` into the ops of one commit (see the module doc). `blobs` is where
+/// each new message goes (APPEND only; their Blob records come first, in order).
 pub fn plan(
     index: &Index,
     account: u64,
     change: &Change,
     now: i64,
     numbers: &mut Reservations,
-    blob: Option<BlobAt>,
+    blobs: &[BlobAt],
 ) -> Result<Planned, StoreError> {
     let mut ops = Vec::new();
     let mut outcome = Outcome::Done;
@@ -308,32 +316,33 @@ pub fn plan(
                 name: name.clone(),
             });
         }
-        Change::Append {
-            mailbox,
-            flags,
-            keywords,
-            internal_date,
-        } => {
+        Change::Append { mailbox, messages } => {
             require(index, account, *mailbox)?;
-            let blob = blob.ok_or_else(|| invalid("APPEND without a message"))?;
-            let (uid, modseq) = numbers.uid(index, account, *mailbox);
-            ops.push(Op::Blob {
-                blob: blob.blob,
-                offset: blob.offset,
-                len: blob.len,
-            });
-            ops.push(Op::Append {
-                account,
-                mailbox: *mailbox,
-                uid,
-                modseq,
-                internal_date: *internal_date,
-                flags: *flags,
-                blob: blob.blob,
-                keywords: keywords.clone(),
-                resolved: None,
-            });
-            outcome = Outcome::Appended { uid };
+            if messages.is_empty() || blobs.len() != messages.len() {
+                return Err(invalid("APPEND without its messages"));
+            }
+            ops.extend(blobs.iter().map(|b| Op::Blob {
+                blob: b.blob,
+                offset: b.offset,
+                len: b.len,
+            }));
+            let mut uids = Vec::with_capacity(messages.len());
+            for (message, blob) in messages.iter().zip(blobs) {
+                let (uid, modseq) = numbers.uid(index, account, *mailbox);
+                ops.push(Op::Append {
+                    account,
+                    mailbox: *mailbox,
+                    uid,
+                    modseq,
+                    internal_date: message.internal_date,
+                    flags: message.flags,
+                    blob: blob.blob,
+                    keywords: message.keywords.clone(),
+                    resolved: None,
+                });
+                uids.push(uid);
+            }
+            outcome = Outcome::Appended { uids };
         }
         Change::Store { mailbox, changes } => {
             require(index, account, *mailbox)?;
@@ -497,13 +506,14 @@ fn copy_ops(
     pairs
 }
 
-/// Encodes planned ops (their Blob, if any, with its summary and message bytes
-/// inline) after `out`'s current end.
-pub fn encode(out: &mut Vec<u8>, ops: &[Op], blob: Option<(&[u8], &[&[u8]])>) {
+/// Encodes planned ops after `out`'s current end, each Blob with the next of `blobs`
+/// (summary, message bytes) inline.
+pub fn encode(out: &mut Vec<u8>, ops: &[Op], blobs: &[(&[u8], &[&[u8]])]) {
+    let mut blobs = blobs.iter();
     for op in ops {
         match op {
             Op::Blob { .. } => {
-                if let Some((summary, message)) = blob {
+                if let Some((summary, message)) = blobs.next() {
                     op::encode_blob(out, summary, message);
                 }
             }

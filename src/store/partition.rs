@@ -21,7 +21,7 @@ use std::rc::Rc;
 use glommio::io::BufferedFile;
 use memmap2::Mmap;
 
-use super::change::{self, BlobAt, Change, Outcome, Reservations};
+use super::change::{self, BlobAt, Change, NewMessage, Outcome, Reservations};
 use super::index::{self, BlobCache, Index, Op, DEFAULT_MAILBOXES};
 use super::layout::{Scanner, FILE_MAGIC};
 use super::{StoreError, StoredMessage};
@@ -332,32 +332,30 @@ impl Partition {
     }
 
     /// Makes `change` durably (one group commit for all of it) and reports its
-    /// outcome. `message` is APPEND's message and its encoded summary.
+    /// outcome. `messages` are APPEND's messages with their encoded summaries.
     pub async fn execute(
         self: &Rc<Self>,
         account: u64,
         change: Change,
         now: i64,
-        message: Option<(&StoredMessage, &[u8])>,
+        messages: &[(&StoredMessage, &[u8])],
     ) -> Result<Outcome, StoreError> {
         self.unpaused().await;
         if self.failed.get() {
             return Err(StoreError::Failed(self.id));
         }
-        if let Some((m, _)) = message {
-            self.check_space(m.len())?;
-        }
+        self.check_space(messages.iter().map(|(m, _)| m.len()).sum())?;
         let base = self.end.get();
-        let blob = message.map(|(m, summary)| blob_at(base, m, summary));
+        let blobs = blobs_at(base, messages);
         let planned = {
             let index = self.index.borrow();
             let mut numbers = self.reservations.borrow_mut();
-            change::plan(&index, account, &change, now, &mut numbers, blob)?
+            change::plan(&index, account, &change, now, &mut numbers, &blobs)?
         };
         if planned.ops.is_empty() {
             return Ok(planned.outcome);
         }
-        let parts = encode_parts(&planned.ops, message);
+        let parts = encode_parts(&planned.ops, messages);
         self.commit_ops(base, parts, planned.ops).await?;
         Ok(planned.outcome)
     }
@@ -374,7 +372,7 @@ impl Partition {
             mailbox,
             uids: uids.to_vec(),
         };
-        self.execute(account, change, 0, None).await.map(|_| ())
+        self.execute(account, change, 0, &[]).await.map(|_| ())
     }
 
     /// Stores `message` in mailbox `mailbox` (1-5: the default mailboxes) of every
@@ -429,7 +427,7 @@ impl Partition {
                 ops.extend(numbers.default_mailboxes(&index, account, internal_date));
             }
             let mut before = Vec::new();
-            change::encode(&mut before, &ops, None);
+            change::encode(&mut before, &ops, &[]);
             let blob = blob_at(base + before.len() as u64, message, summary);
             ops.extend(change::plan_delivery(
                 &index,
@@ -441,7 +439,7 @@ impl Partition {
             ));
             ops
         };
-        let parts = encode_parts(&ops, Some((message, summary)));
+        let parts = encode_parts(&ops, &[(message, summary)]);
         self.commit_ops(base, parts, ops).await
     }
 
@@ -471,15 +469,17 @@ impl Partition {
         let message = StoredMessage::from_slice(message);
         let change = Change::Append {
             mailbox,
-            flags,
-            keywords: keywords.to_vec(),
-            internal_date,
+            messages: vec![NewMessage {
+                flags,
+                keywords: keywords.to_vec(),
+                internal_date,
+            }],
         };
         match self
-            .execute(account, change, internal_date, Some((&message, summary)))
+            .execute(account, change, internal_date, &[(&message, summary)])
             .await?
         {
-            Outcome::Appended { uid } => Ok(uid),
+            Outcome::Appended { uids } if uids.len() == 1 => Ok(uids.first().copied().unwrap_or(0)),
             _ => Err(StoreError::Invalid("APPEND stored nothing".into())),
         }
     }
@@ -496,7 +496,7 @@ impl Partition {
             mailbox,
             changes: changes.to_vec(),
         };
-        match self.execute(account, change, 0, None).await? {
+        match self.execute(account, change, 0, &[]).await? {
             Outcome::Stored(changed) => Ok(changed),
             _ => Ok(Vec::new()),
         }
@@ -506,7 +506,7 @@ impl Partition {
     pub async fn ensure_account(self: &Rc<Self>, account: u64, now: i64) -> Result<(), StoreError> {
         let creating = self.reservations.borrow().is_creating(account);
         if !creating {
-            self.execute(account, Change::EnsureAccount, now, None)
+            self.execute(account, Change::EnsureAccount, now, &[])
                 .await?;
         }
         // Created by a commit in flight: wait for that one.
@@ -531,7 +531,7 @@ impl Partition {
             name: name.to_string(),
             subscribed,
         };
-        self.execute(account, change, now, None).await.map(|_| ())
+        self.execute(account, change, now, &[]).await.map(|_| ())
     }
 
     /// How many commits have touched `account` (compare with [`Partition::changed`]).
@@ -578,7 +578,7 @@ impl Partition {
             names: vec![name.to_string()],
             special: crate::store::index::SpecialUse::None,
         };
-        self.execute(account, change, now, None).await?;
+        self.execute(account, change, now, &[]).await?;
         self.mailbox_id(account, name)
             .ok_or_else(|| StoreError::Invalid(format!("mailbox {name} was not created")))
     }
@@ -593,7 +593,7 @@ impl Partition {
         let change = Change::Rename {
             renames: vec![(mailbox, name.to_string())],
         };
-        self.execute(account, change, 0, None).await.map(|_| ())
+        self.execute(account, change, 0, &[]).await.map(|_| ())
     }
 
     /// IMAP DELETE: the mailbox and its messages disappear.
@@ -602,7 +602,7 @@ impl Partition {
         account: u64,
         mailbox: u32,
     ) -> Result<(), StoreError> {
-        self.execute(account, Change::Delete { mailbox }, 0, None)
+        self.execute(account, Change::Delete { mailbox }, 0, &[])
             .await
             .map(|_| ())
     }
@@ -622,7 +622,7 @@ impl Partition {
             to,
             expunge_source: false,
         };
-        match self.execute(account, change, 0, None).await? {
+        match self.execute(account, change, 0, &[]).await? {
             Outcome::Copied(pairs) => Ok(pairs),
             _ => Ok(Vec::new()),
         }
@@ -676,24 +676,37 @@ fn blob_at(blob: u64, message: &StoredMessage, summary: &[u8]) -> BlobAt {
     }
 }
 
+/// Where the Blobs of `messages` go, one after another from `base` (the planner puts
+/// a change's Blob records first).
+fn blobs_at(base: u64, messages: &[(&StoredMessage, &[u8])]) -> Vec<BlobAt> {
+    let mut at = base;
+    messages
+        .iter()
+        .map(|(m, summary)| {
+            let blob = blob_at(at, m, summary);
+            at += super::layout::record_bytes(4 + summary.len() + m.len()) as u64;
+            blob
+        })
+        .collect()
+}
+
 /// The commit's bytes: records inline, and a large message body as its own part
-/// (the Blob record's header and checksum cover it without a copy).
-fn encode_parts(ops: &[Op], message: Option<(&StoredMessage, &[u8])>) -> Vec<Part> {
-    let Some((m, summary)) = message.filter(|(m, _)| m.body.len() >= SHARED_BODY_BYTES_MIN) else {
-        let mut bytes = Vec::new();
-        let message = message.map(|(m, s)| (s, [&m.head[..], &m.body[..]]));
-        change::encode(
-            &mut bytes,
-            ops,
-            message.as_ref().map(|(s, parts)| (*s, &parts[..])),
-        );
-        return vec![Part::Inline(bytes)];
-    };
+/// (the Blob record's header and checksum cover it without a copy). Each Blob op
+/// takes the next of `messages`.
+fn encode_parts(ops: &[Op], messages: &[(&StoredMessage, &[u8])]) -> Vec<Part> {
     let mut parts = Vec::new();
     let mut bytes = Vec::new();
+    let mut messages = messages.iter();
     for op in ops {
         match op {
             Op::Blob { .. } => {
+                let Some((m, summary)) = messages.next() else {
+                    continue;
+                };
+                if m.body.len() < SHARED_BODY_BYTES_MIN {
+                    super::op::encode_blob(&mut bytes, summary, &[&m.head[..], &m.body[..]]);
+                    continue;
+                }
                 let payload_len = 4 + summary.len() + m.len();
                 let crc = super::layout::record_crc(
                     super::layout::Kind::Blob,

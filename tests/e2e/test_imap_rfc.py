@@ -1,7 +1,7 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
-before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855)."""
+before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469)."""
 
 import re
 
@@ -22,7 +22,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved", "sorted", "utf8"):
+        for name in ("recent", "objects", "saved", "sorted", "utf8", "append"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -181,6 +181,69 @@ class ImapRfc(unittest.TestCase):
             self.assertIn(b'"Entw&APw-rfe"', data[0])
         finally:
             classic.logout()
+
+    def raw_command(self, m, tag, pieces):
+        """Sends a command of text `pieces` and literal (bytes) pieces, waiting for the
+        continuation before each synchronizing literal; returns the tagged reply."""
+        for piece in pieces:
+            if isinstance(piece, bytes):
+                m.send(b"{%d}\r\n" % len(piece))
+                line = m.readline()
+                self.assertTrue(line.startswith(b"+"), line)
+                m.send(piece)
+            else:
+                m.send(piece.encode())
+        m.send(b"\r\n")
+        while True:
+            line = m.readline()
+            self.assertTrue(line, "connection closed")
+            if line.startswith(tag.encode() + b" "):
+                return line
+
+    def test_multiappend_and_catenate(self):
+        user = f"append@{DOMAIN}"
+        m = self.login(user)
+        try:
+            self.assertIn("MULTIAPPEND", m.capabilities)
+            self.assertIn("CATENATE", m.capabilities)
+            small = b"Subject: small\r\n\r\nhello\r\n"
+            # Past store.spool_threshold_bytes: the two messages share one spool file
+            # and the large one is written from it without a copy.
+            large = b"Subject: large\r\n\r\n" + b"0123456789abcde\r\n" * 30_000
+            reply = self.raw_command(
+                m, "m1", ["m1 APPEND INBOX (\\Seen) ", small, ' "01-Jan-2026 10:00:00 +0000" ', large]
+            )
+            self.assertRegex(reply, rb"^m1 OK \[APPENDUID \d+ 1:2\]")
+            m.select("INBOX")
+            typ, data = m.fetch("1:2", "(FLAGS BODY.PEEK[])")
+            self.assertEqual(typ, "OK")
+            self.assertEqual(data[0][1], small)
+            self.assertIn(b"\\Seen", data[0][0])
+            self.assertEqual(data[2][1], large)
+            # A bad flag on the second message: nothing of the command is stored.
+            reply = self.raw_command(m, "m2", ["m2 APPEND INBOX ", small, " (\\Bogus) {3+}\r\nabc"])
+            self.assertTrue(reply.startswith(b"m2 BAD"), reply)
+            m.noop()
+            self.assertEqual(m.search(None, "ALL")[1], [b"1 2"])
+            # CATENATE: a new header, then the stored message's text by URL.
+            typ, data = m.status("INBOX", "(UIDVALIDITY)")
+            validity = re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1).decode()
+            head = b"Subject: forwarded\r\n\r\n"
+            reply = self.raw_command(
+                m,
+                "m3",
+                ["m3 APPEND Drafts CATENATE (TEXT ", head,
+                 f' URL "/INBOX;UIDVALIDITY={validity}/;UID=1/;SECTION=TEXT")'],
+            )
+            self.assertTrue(reply.startswith(b"m3 OK [APPENDUID"), reply)
+            reply = self.raw_command(m, "m4", ['m4 APPEND Drafts CATENATE (URL "/INBOX/;UID=9")'])
+            self.assertTrue(reply.startswith(b"m4 NO [BADURL /INBOX/;UID=9]"), reply)
+            m.select("Drafts")
+            typ, data = m.fetch("1:*", "(BODY.PEEK[])")
+            self.assertEqual(len([d for d in data if isinstance(d, tuple)]), 1, data)
+            self.assertEqual(data[0][1], head + b"hello\r\n")
+        finally:
+            m.logout()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

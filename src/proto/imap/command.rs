@@ -252,7 +252,7 @@ fn partial(text: &str) -> Result<Option<(u32, u32)>, Bad> {
 }
 
 /// Parses the section text inside `[...]` (not HEADER.FIELDS, whose list is separate).
-fn section_spec(spec: &str, fields: Option<Vec<String>>) -> Result<Section, Bad> {
+pub(crate) fn section_spec(spec: &str, fields: Option<Vec<String>>) -> Result<Section, Bad> {
     let upper = spec.to_ascii_uppercase();
     let (numbers, text) = match upper.find(|c: char| c.is_ascii_alphabetic()) {
         Some(i) => (upper.get(..i).unwrap_or(""), upper.get(i..).unwrap_or("")),

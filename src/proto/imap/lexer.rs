@@ -84,7 +84,7 @@ fn literal_header(line: &[u8]) -> Option<(u64, bool)> {
 }
 
 /// [`literal_header`], with the position of its `{` in the line.
-fn literal_header_at(line: &[u8]) -> Option<(u64, bool, usize)> {
+pub(super) fn literal_header_at(line: &[u8]) -> Option<(u64, bool, usize)> {
     let inner = line.strip_suffix(b"}")?;
     let open = inner.iter().rposition(|&b| b == b'{')?;
     let digits = inner.get(open + 1..)?;
@@ -99,23 +99,14 @@ fn literal_header_at(line: &[u8]) -> Option<(u64, bool, usize)> {
     Some((n, non_sync, open))
 }
 
-/// Is the literal whose `{` is at `input[brace]` an APPEND's message? It is when the
-/// command is APPEND and at least one argument (the mailbox) precedes it; an earlier
-/// literal is the mailbox name itself. (MULTIAPPEND is not offered: one message.)
-fn is_append_message(input: &[u8], brace: usize) -> bool {
+/// Is the literal whose `{` is at `input[brace]` part of an APPEND? Every literal of
+/// an APPEND is handed to the session, which reads the command's arguments itself
+/// (`append_syntax`): its messages are streamed, never framed with the command.
+fn is_append_message(input: &[u8]) -> bool {
     let first_line = input.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let mut words = first_line.split(|&b| b == b' ');
     let (_, name) = (words.next(), words.next().unwrap_or(&[]));
-    if !name.eq_ignore_ascii_case(b"APPEND") {
-        return false;
-    }
-    let mut prefix = input.get(..brace).unwrap_or(&[]).to_vec();
-    // literal8 (`~{n}`, RFC 3516): the `~` is not an argument of its own.
-    if prefix.last() == Some(&b'~') {
-        prefix.pop();
-    }
-    prefix.extend_from_slice(b"\r\n");
-    tokenize(&prefix, 64).is_ok_and(|c| !c.args.is_empty())
+    name.eq_ignore_ascii_case(b"APPEND")
 }
 
 /// The tag of a command (its first atom), for refusals.
@@ -173,7 +164,7 @@ impl Framer {
             };
             literal_index += 1;
             let brace = pos + open;
-            let upload = limits.upload_bytes_max > 0 && is_append_message(input, brace);
+            let upload = limits.upload_bytes_max > 0 && is_append_message(input);
             if upload && size <= limits.upload_bytes_max {
                 self.continued = 0;
                 return Frame::Upload {

@@ -46,21 +46,22 @@ impl MemStore {
             quota: crate::users::Quota::default(),
         };
         let ops = Reservations::default().default_mailboxes(&store.index, 7, 1_000);
-        store.commit(&ops, None);
+        store.commit(&ops, &[]);
         store.now = 1_795_675_500;
         store
     }
 
     /// Encodes `ops` (and a Blob's bytes) at the log's end, then decodes and applies
     /// what was written, as recovery replays a log.
-    fn commit(&mut self, ops: &[Op], blob: Option<(&[u8], &[u8])>) {
+    fn commit(&mut self, ops: &[Op], blobs: &[(&[u8], &[u8])]) {
         let base = self.log.len();
-        let message = blob.map(|(summary, message)| (summary, [message]));
-        change::encode(
-            &mut self.log,
-            ops,
-            message.as_ref().map(|(s, m)| (*s, &m[..])),
-        );
+        let messages: Vec<[&[u8]; 1]> = blobs.iter().map(|(_, m)| [*m]).collect();
+        let blobs: Vec<(&[u8], &[&[u8]])> = blobs
+            .iter()
+            .zip(&messages)
+            .map(|((summary, _), m)| (*summary, &m[..]))
+            .collect();
+        change::encode(&mut self.log, ops, &blobs);
         let decoded: Vec<Op> = Scanner::region(self.log.get(base..).unwrap_or(&[]), base as u64)
             .filter_map(|r| Op::decode(&r).ok())
             .collect();
@@ -108,25 +109,44 @@ impl MemStore {
                 _ => None,
             })
             .unwrap_or(0);
-        self.commit(&ops, Some((&summary, message)));
+        self.commit(&ops, &[(&summary, message)]);
         uid
     }
 
     /// Makes a change as the partition would, durably at once.
     pub fn apply(&mut self, write: Write) -> Written {
-        let (change, message) = write.into_change();
+        let (change, bodies) = write.into_change();
         // Nothing is spooled in memory (the driver reassembles what it "spooled").
-        let message = message.map(|m| m.into_bytes().unwrap_or_default());
-        self.apply_change(&change, message.as_deref())
+        let Some(bodies) = bodies else {
+            return self.apply_change(&change, &[]);
+        };
+        let whole = bodies.bytes.into_bytes().unwrap_or_default();
+        let mut messages = Vec::new();
+        let mut at = 0usize;
+        for len in bodies.lengths {
+            let end = at.saturating_add(len as usize).min(whole.len());
+            messages.push(whole.get(at..end).unwrap_or(&[]));
+            at = end;
+        }
+        self.apply_change(&change, &messages)
     }
 
-    /// [`MemStore::apply`] of a store [`Change`].
-    pub fn apply_change(&mut self, change: &Change, message: Option<&[u8]>) -> Written {
-        let summary = message.map(|m| Summary::parse(m).to_bytes());
-        let blob = match (message, &summary) {
-            (Some(m), Some(s)) => Some(self.blob_at(m, s)),
-            _ => None,
-        };
+    /// [`MemStore::apply`] of a store [`Change`] with APPEND's `messages`.
+    pub fn apply_change(&mut self, change: &Change, messages: &[&[u8]]) -> Written {
+        let summaries: Vec<Vec<u8>> = messages
+            .iter()
+            .map(|m| Summary::parse(m).to_bytes())
+            .collect();
+        let mut blobs = Vec::new();
+        let mut at = self.log.len() as u64;
+        for (m, s) in messages.iter().zip(&summaries) {
+            blobs.push(BlobAt {
+                blob: at,
+                offset: at + crate::store::layout::RECORD_HEADER_BYTES as u64 + 4 + s.len() as u64,
+                len: m.len() as u32,
+            });
+            at += crate::store::layout::record_bytes(4 + s.len() + m.len()) as u64;
+        }
         let mut numbers = Reservations::default();
         let planned = match change::plan(
             &self.index,
@@ -134,7 +154,7 @@ impl MemStore {
             change,
             self.now,
             &mut numbers,
-            blob,
+            &blobs,
         ) {
             Ok(p) => p,
             Err(crate::store::StoreError::Invalid(text)) => {
@@ -142,11 +162,12 @@ impl MemStore {
             }
             Err(_) => return Written::Failed(WriteFailure::Unavailable),
         };
-        let bytes = match (message, &summary) {
-            (Some(m), Some(s)) => Some((s.as_slice(), m)),
-            _ => None,
-        };
-        self.commit(&planned.ops, bytes);
+        let bytes: Vec<(&[u8], &[u8])> = summaries
+            .iter()
+            .zip(messages)
+            .map(|(s, m)| (s.as_slice(), *m))
+            .collect();
+        self.commit(&planned.ops, &bytes);
         match planned.outcome {
             Outcome::Done => Written::Done,
             other => other.into(),
@@ -327,7 +348,7 @@ impl Driver {
                         }
                     }
                     Action::Write(mut w) => {
-                        if let Write::Append { message, .. } = &mut w {
+                        if let Write::Append { bytes: message, .. } = &mut w {
                             // Reassemble what was "spooled", as the spooler does.
                             let mut whole = if message.generation() == self.spool_generation {
                                 std::mem::take(&mut self.spool)

@@ -4,6 +4,7 @@
 //! state machine ([`session`]). The IO driver is `src/shard/imap.rs`.
 
 pub mod address;
+pub mod append_syntax;
 pub mod command;
 pub mod lexer;
 #[doc(hidden)]

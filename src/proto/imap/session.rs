@@ -29,7 +29,7 @@ use super::render;
 use super::search::{self, Candidate};
 use super::verb::Verb;
 use crate::proto::sasl;
-use crate::store::change::{Change, Outcome};
+use crate::store::change::{Change, NewMessage, Outcome};
 use crate::store::index::{
     flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES,
 };
@@ -69,6 +69,8 @@ pub struct ImapConfig {
     pub command_bytes_max: usize,
     /// `limits.imap_thread_messages_max`: matches one THREAD may thread.
     pub thread_messages_max: usize,
+    /// `limits.imap_append_messages_max`: messages in one (MULTI)APPEND.
+    pub append_messages_max: usize,
     /// `limits.message_size_max`: APPENDLIMIT and the largest literal.
     pub literal_bytes_max: u64,
     /// List nesting in one command.
@@ -95,6 +97,7 @@ impl Default for ImapConfig {
             allow_plaintext_auth: false,
             command_bytes_max: 64 * 1024,
             thread_messages_max: 20_000,
+            append_messages_max: 1_000,
             literal_bytes_max: 50 << 20,
             depth_max: 16,
             bad_commands_max: 20,
@@ -187,13 +190,14 @@ pub enum Write {
         name: String,
         subscribed: bool,
     },
+    /// APPEND; with MULTIAPPEND several messages, stored all or none.
     Append {
         mailbox: u32,
-        /// The message as received: staged bytes after what the IO layer spooled.
-        message: crate::proto::Incoming,
-        flags: u32,
-        keywords: Vec<String>,
-        internal_date: i64,
+        /// The messages' bytes back to back, as received: staged bytes after what the
+        /// IO layer spooled.
+        bytes: crate::proto::Incoming,
+        /// Each message in order: its length in `bytes`, its flags and date.
+        messages: Vec<(u64, NewMessage)>,
     },
     /// (UID, new flags, new keywords) per message.
     Store {
@@ -216,7 +220,7 @@ pub enum Write {
 impl Write {
     /// The store's change, and APPEND's message (which the IO layer spools and
     /// summarizes first): the store plans every change itself (`store::change`).
-    pub fn into_change(self) -> (Change, Option<crate::proto::Incoming>) {
+    pub fn into_change(self) -> (Change, Option<Bodies>) {
         match self {
             Write::Create { names, special } => (Change::Create { names, special }, None),
             Write::Delete { mailbox } => (Change::Delete { mailbox }, None),
@@ -225,19 +229,15 @@ impl Write {
             Write::Subscribe { name, subscribed } => (Change::Subscribe { name, subscribed }, None),
             Write::Append {
                 mailbox,
-                message,
-                flags,
-                keywords,
-                internal_date,
-            } => (
-                Change::Append {
-                    mailbox,
-                    flags,
-                    keywords,
-                    internal_date,
-                },
-                Some(message),
-            ),
+                bytes,
+                messages,
+            } => {
+                let (lengths, messages) = messages.into_iter().unzip();
+                (
+                    Change::Append { mailbox, messages },
+                    Some(Bodies { bytes, lengths }),
+                )
+            }
             Write::Store { mailbox, changes } => (Change::Store { mailbox, changes }, None),
             Write::Copy {
                 from,
@@ -258,11 +258,19 @@ impl Write {
     }
 }
 
+/// APPEND's messages on their way to the store: their bytes back to back (the IO layer
+/// finishes spooling them) and each one's length, in order.
+#[derive(Debug)]
+pub struct Bodies {
+    pub bytes: crate::proto::Incoming,
+    pub lengths: Vec<u64>,
+}
+
 impl From<Outcome> for Written {
     fn from(o: Outcome) -> Written {
         match o {
             Outcome::Done => Written::Done,
-            Outcome::Appended { uid } => Written::Appended { uid },
+            Outcome::Appended { uids } => Written::Appended { uids },
             Outcome::Stored(s) => Written::Stored(s),
             Outcome::Copied(c) => Written::Copied(c),
         }
@@ -273,8 +281,9 @@ impl From<Outcome> for Written {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Written {
     Done,
+    /// The new messages' UIDs, in order.
     Appended {
-        uid: u32,
+        uids: Vec<u32>,
     },
     /// (UID, new MODSEQ) of each message changed.
     Stored(Vec<(u32, u64)>),
@@ -496,7 +505,7 @@ pub struct Session {
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
 const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
-     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT";
+     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT MULTIAPPEND CATENATE";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {
@@ -747,7 +756,7 @@ impl Session {
                 }
             }
             if self.upload.is_some() {
-                match self.upload_input(rest, out) {
+                match self.upload_input(rest, store, out) {
                     Some(n) => {
                         used += n;
                         continue;
@@ -783,7 +792,7 @@ impl Session {
                 Frame::Complete { len } => {
                     let command = rest.get(..len).unwrap_or(&[]);
                     used += len;
-                    self.command(command, store, now, out);
+                    self.command(command, store, out);
                 }
                 Frame::Upload {
                     prefix,
@@ -794,7 +803,7 @@ impl Session {
                     let command = rest.get(..prefix).unwrap_or(&[]);
                     used += header;
                     self.commands += 1;
-                    self.begin_upload(command, size, non_sync, store, now, out);
+                    self.begin_upload(command, size, non_sync, store, out);
                 }
                 Frame::Refused {
                     reason,
@@ -871,7 +880,7 @@ impl Session {
     }
 
     // Longer than ~80 lines: the dispatch table: one arm per verb (the match is exhaustive on purpose).
-    fn command(&mut self, bytes: &[u8], store: &dyn Mailstore, now: i64, out: &mut Outbox) {
+    fn command(&mut self, bytes: &[u8], store: &dyn Mailstore, out: &mut Outbox) {
         self.commands += 1;
         let cmd = match tokenize(bytes, self.config.depth_max) {
             Ok(c) => c,
@@ -986,7 +995,7 @@ impl Session {
             Verb::GetQuota | Verb::GetQuotaRoot | Verb::SetQuota => {
                 self.quota_command(&tag, &name, args, store, out)
             }
-            Verb::Append => self.append_framed(&tag, args, store, now, out),
+            Verb::Append => self.append_framed(bytes, store, out),
             Verb::Idle => {
                 out.line("+ idling");
                 self.idle_tag = Some(tag);
@@ -1313,8 +1322,9 @@ impl Session {
             Pending::Append { tag, uidvalidity } => {
                 self.update(store, out, true, &HashSet::new());
                 match result {
-                    Written::Appended { uid } => out.line(&format!(
-                        "{tag} OK [APPENDUID {uidvalidity} {uid}] APPEND completed"
+                    Written::Appended { uids } => out.line(&format!(
+                        "{tag} OK [APPENDUID {uidvalidity} {}] APPEND completed",
+                        SequenceSet::compact(&uids)
                     )),
                     _ => out.line(&format!("{tag} OK APPEND completed")),
                 }
