@@ -484,3 +484,30 @@ fn thread_over_too_many_messages_is_refused_with_the_limit_named() {
         "SORT is not limited: {out}"
     );
 }
+
+#[test]
+fn compress_deflate_is_turned_on_once_after_login() {
+    let mut d = connection();
+    // Not before login (RFC 4978 §3: authenticated state), one mechanism only.
+    let out = say(&mut d, "a COMPRESS DEFLATE\r\n");
+    assert!(out.starts_with("a BAD Log in first"), "{out}");
+    say(&mut d, "b LOGIN bob pw\r\n");
+    let out = say(&mut d, "c COMPRESS GZIP\r\nd COMPRESS\r\n");
+    assert!(out.contains("c BAD COMPRESS takes one mechanism"), "{out}");
+    assert!(out.contains("d BAD"), "{out}");
+    assert!(!d.compressed);
+    // The OK goes out, then the IO layer deflates; a command pipelined behind it is
+    // read only once the stream deflates (it arrives compressed).
+    let out = say(&mut d, "e COMPRESS DEFLATE\r\nf NOOP\r\n");
+    assert!(out.starts_with("e OK DEFLATE active"), "{out}");
+    assert!(d.compressed);
+    assert!(out.contains("f OK"), "{out}");
+    let out = say(&mut d, "g COMPRESS DEFLATE\r\n");
+    assert!(out.starts_with("g NO [COMPRESSIONACTIVE]"), "{out}");
+    // It stays on across UNAUTHENTICATE: a new login cannot turn it on again.
+    let out = say(
+        &mut d,
+        "h UNAUTHENTICATE\r\ni LOGIN bob pw\r\nj COMPRESS DEFLATE\r\n",
+    );
+    assert!(out.contains("j NO [COMPRESSIONACTIVE]"), "{out}");
+}

@@ -23,10 +23,12 @@ const TLS_READ_BYTES: usize = 18 * 1024;
 /// a command fits, and an idle connection holds no more.
 const TLS_READ_BYTES_IDLE: usize = 512;
 
-/// Plain or TLS; `Moved` once taken apart for a hand-off or during STARTTLS.
+/// Plain or TLS, either possibly under IMAP COMPRESS (`Deflate`); `Moved` once taken
+/// apart for a hand-off or during STARTTLS.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsConn>),
+    Deflate(Box<super::compress::Deflated>),
     Moved,
 }
 
@@ -52,6 +54,8 @@ pub struct StreamParts {
     pub tls: Option<Box<ServerConnection>>,
     /// Ciphertext read but not yet given to rustls.
     pub cipher_pending: Vec<u8>,
+    /// COMPRESS=DEFLATE is on (IMAP).
+    pub deflate: Option<Box<super::compress::DeflateState>>,
 }
 
 impl std::fmt::Debug for StreamParts {
@@ -59,6 +63,7 @@ impl std::fmt::Debug for StreamParts {
         f.debug_struct("StreamParts")
             .field("fd", &self.fd)
             .field("tls", &self.tls.is_some())
+            .field("deflate", &self.deflate.is_some())
             .finish()
     }
 }
@@ -78,6 +83,7 @@ impl std::fmt::Debug for Stream {
         f.write_str(match self {
             Stream::Plain(_) => "Plain",
             Stream::Tls(_) => "Tls",
+            Stream::Deflate(_) => "Deflate",
             Stream::Moved => "Moved",
         })
     }
@@ -218,15 +224,18 @@ impl Stream {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
+            // Boxed: the deflate layer reads the stream it wraps (async recursion).
+            Stream::Deflate(d) => Box::pin(d.read(buf)).await,
             Stream::Moved => Err(gone()),
         }
     }
 
     /// For TLS, waits until plaintext can be read (see [`InputBuffer::fill`]); a plain
     /// stream reads straight into the buffer, so there is nothing to wait for first.
-    async fn readable(&mut self) -> io::Result<()> {
+    pub(super) async fn readable(&mut self) -> io::Result<()> {
         match self {
             Stream::Tls(s) => s.readable().await,
+            Stream::Deflate(d) => Box::pin(d.readable()).await,
             _ => Ok(()),
         }
     }
@@ -238,8 +247,17 @@ impl Stream {
                 s.flush().await
             }
             Stream::Tls(s) => s.write_all(buf).await,
+            Stream::Deflate(d) => Box::pin(d.write_all(buf)).await,
             Stream::Moved => Err(gone()),
         }
+    }
+
+    /// Turns on COMPRESS=DEFLATE (after its OK went out uncompressed); `pending` is
+    /// compressed input already read behind the command.
+    pub fn compress(&mut self, pending: Vec<u8>) {
+        let inner = std::mem::replace(self, Stream::Moved);
+        let state = super::compress::DeflateState::new(pending);
+        *self = Stream::Deflate(Box::new(super::compress::Deflated::new(inner, state)));
     }
 
     /// Runs the server side of a TLS handshake on a plain stream (STARTTLS or an
@@ -294,6 +312,9 @@ impl Stream {
 
     /// Negotiated TLS version and cipher suite, for trace headers and logs.
     pub fn tls_description(&self) -> Option<String> {
+        if let Stream::Deflate(d) = self {
+            return d.inner.tls_description();
+        }
         let Stream::Tls(c) = self else { return None };
         let version = c
             .tls
@@ -310,24 +331,38 @@ impl Stream {
 
     /// Gives back buffer memory kept from a large write (between commands).
     pub fn trim(&mut self) {
-        if let Stream::Tls(c) = self {
-            if c.cipher_out.capacity() > REPLY_BYTES_KEPT {
+        match self {
+            Stream::Tls(c) if c.cipher_out.capacity() > REPLY_BYTES_KEPT => {
                 c.cipher_out = Vec::new();
             }
+            Stream::Deflate(d) => {
+                d.trim(REPLY_BYTES_KEPT);
+                d.inner.trim();
+            }
+            _ => {}
         }
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        match self {
+            Stream::Deflate(d) => d.inner.is_tls(),
+            s => matches!(s, Stream::Tls(_)),
+        }
     }
 
     /// Takes the connection apart for a move to another shard. Call only at a
     /// quiescent point: no read or write in flight (rustls keeps any buffered bytes).
     pub fn into_parts(self) -> io::Result<StreamParts> {
+        if let Stream::Deflate(d) = self {
+            let (inner, state) = (*d).into_parts();
+            let mut parts = inner.into_parts()?;
+            parts.deflate = Some(Box::new(state));
+            return Ok(parts);
+        }
         let fd = match &self {
             Stream::Plain(s) => s.as_raw_fd(),
             Stream::Tls(c) => c.tcp.as_raw_fd(),
-            Stream::Moved => return Err(gone()),
+            Stream::Deflate(_) | Stream::Moved => return Err(gone()),
         };
         // SAFETY: `fd` is the open socket of `self`; dup returns a new descriptor that
         // stays valid after `self` (and with it the original descriptor) is dropped.
@@ -354,6 +389,7 @@ impl Stream {
             fd: dup,
             tls,
             cipher_pending,
+            deflate: None,
         })
     }
 
@@ -364,7 +400,7 @@ impl Stream {
         // `into_parts`), and ownership passes to the new `TcpStream` here (`parts` no
         // longer closes it).
         let tcp = unsafe { TcpStream::from_raw_fd(fd) };
-        match parts.tls.take() {
+        let stream = match parts.tls.take() {
             Some(tls) => Stream::Tls(Box::new(TlsConn {
                 tcp,
                 tls: rustls::Connection::Server(*tls),
@@ -374,6 +410,12 @@ impl Stream {
                 bulk: false,
             })),
             None => Stream::Plain(tcp),
+        };
+        match parts.deflate.take() {
+            Some(state) => {
+                Stream::Deflate(Box::new(super::compress::Deflated::new(stream, *state)))
+            }
+            None => stream,
         }
     }
 
@@ -387,6 +429,7 @@ impl Stream {
                 let _ = c.flush_tls().await;
                 let _ = c.tcp.close().await;
             }
+            Stream::Deflate(d) => Box::pin(d.inner.close()).await,
             Stream::Moved => {}
         }
     }

@@ -260,6 +260,20 @@ async fn drive(
                     }
                     session.tls_established();
                 }
+                Action::Compress => {
+                    // The OK goes out as it is; everything after it deflates, the
+                    // input already read behind the command included.
+                    if flush_counted(shard, &mut stream, &mut out.reply)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let pipelined = input.data().to_vec();
+                    input.consume(pipelined.len());
+                    stream.compress(pipelined);
+                    session.compression_started();
+                }
                 Action::Authenticate { username, password } => {
                     let failures = &shard.metrics.imap.auth_failures;
                     let (user, id, owner) = match shard

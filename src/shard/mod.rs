@@ -8,6 +8,7 @@
 
 pub mod admission;
 pub mod compaction;
+pub mod compress;
 pub mod conn;
 pub mod deliver;
 pub mod imap;

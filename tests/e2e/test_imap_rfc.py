@@ -1,9 +1,10 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
-before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469)."""
+before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978)."""
 
 import re
+import zlib
 
 import imaplib
 import unittest
@@ -18,11 +19,58 @@ def message(to, subject):
     ).encode()
 
 
+# imaplib predates RFC 4978 and RFC 8437: teach it the commands and their states.
+imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))
+imaplib.Commands.setdefault("UNAUTHENTICATE", ("AUTH", "SELECTED"))
+
+
+class DeflateIMAP(imaplib.IMAP4_SSL):
+    """imaplib with COMPRESS=DEFLATE: after `compress()`, every byte both ways is raw
+    deflate, each write sync-flushed (RFC 4978 §4)."""
+
+    def compress(self):
+        typ, data = self._simple_command("COMPRESS", "DEFLATE")
+        assert typ == "OK", data
+        self._deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+        self._inflate = zlib.decompressobj(-15)
+        self._plain = b""
+        self.compressed_in = 0
+
+    def _fill(self):
+        chunk = self.sock.recv(16384)
+        if not chunk:
+            raise imaplib.IMAP4.abort("connection closed")
+        self.compressed_in += len(chunk)
+        self._plain += self._inflate.decompress(chunk)
+
+    def read(self, size):
+        if not hasattr(self, "_deflate"):
+            return super().read(size)
+        while len(self._plain) < size:
+            self._fill()
+        data, self._plain = self._plain[:size], self._plain[size:]
+        return data
+
+    def readline(self):
+        if not hasattr(self, "_deflate"):
+            return super().readline()
+        while b"\n" not in self._plain:
+            self._fill()
+        at = self._plain.index(b"\n") + 1
+        line, self._plain = self._plain[:at], self._plain[at:]
+        return line
+
+    def send(self, data):
+        if not hasattr(self, "_deflate"):
+            return super().send(data)
+        self.sock.sendall(self._deflate.compress(data) + self._deflate.flush(zlib.Z_SYNC_FLUSH))
+
+
 class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved", "sorted", "utf8", "append"):
+        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -70,8 +118,6 @@ class ImapRfc(unittest.TestCase):
         try:
             self.assertIn("UNAUTHENTICATE", m.capabilities)
             m.select("INBOX")
-            # imaplib predates RFC 8437: teach it the command and its states.
-            imaplib.Commands.setdefault("UNAUTHENTICATE", ("AUTH", "SELECTED"))
             typ, data = m._simple_command("UNAUTHENTICATE")
             self.assertEqual(typ, "OK", data)
             m.state = "NONAUTH"
@@ -244,6 +290,67 @@ class ImapRfc(unittest.TestCase):
             self.assertEqual(data[0][1], head + b"hello\r\n")
         finally:
             m.logout()
+
+    def test_compress_deflate_survives_a_move_between_shards(self):
+        user = f"deflate@{DOMAIN}"
+        body = "".join(f"line {i} of a long and repetitive message\r\n" for i in range(40_000))
+        self.server.send("carol@remote.example", [user],
+                         f"Subject: big\r\n\r\n{body}".encode())
+        m = DeflateIMAP("127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=20)
+        try:
+            self.assertIn("COMPRESS=DEFLATE", m.capabilities)
+            m.login(user, "pw")
+            m.compress()
+            typ, data = m._simple_command("COMPRESS", "DEFLATE")
+            self.assertEqual(typ, "NO")
+            self.assertIn(b"[COMPRESSIONACTIVE]", data[0])
+            m.select("INBOX")
+            typ, data = m.fetch("1", "(BODY.PEEK[TEXT])")
+            self.assertEqual(data[0][1], body.encode())
+            # 1.7 MB of text arrived as a small fraction of that.
+            self.assertLess(m.compressed_in, len(body) // 5)
+            # UNAUTHENTICATE, then a user on every shard: the deflated session moves
+            # to the shard that owns each account, its deflate state with it.
+            for other in self.unauth:
+                typ, _ = m._simple_command("UNAUTHENTICATE")
+                self.assertEqual(typ, "OK")
+                m.state = "NONAUTH"
+                typ, _ = m.login(other, "pw")
+                self.assertEqual(typ, "OK")
+                typ, data = m.select("INBOX")
+                self.assertEqual(typ, "OK")
+                self.assertEqual(m.noop()[0], "OK")
+        finally:
+            m.logout()
+
+    def test_compress_bomb_is_bounded_like_any_input(self):
+        # 32 MB of one line, deflated to about 32 KB: it inflates only into the
+        # connection's input buffer, so it is refused as an over-long line, and a
+        # bystander is served meanwhile.
+        user = f"deflate@{DOMAIN}"
+        bystander = self.login(user)
+        m = DeflateIMAP("127.0.0.1", self.server.ports["imaps"], ssl_context=tls_context(), timeout=30)
+        try:
+            m.login(user, "pw")
+            m.compress()
+            bomb = zlib.compressobj(9, zlib.DEFLATED, -15)
+            sent = 0
+            for _ in range(32):
+                piece = bomb.compress(b"x" * (1 << 20))
+                m.sock.sendall(piece)
+                sent += len(piece)
+            self.assertLess(sent, 1 << 20)
+            self.assertEqual(bystander.noop()[0], "OK")
+            m._deflate = bomb
+            m.send(b"\r\nz1 NOOP\r\n")
+            lines = [m.readline()]
+            while not lines[-1].startswith(b"z1 "):
+                lines.append(m.readline())
+            self.assertTrue(lines[0].startswith(b"* BAD Command line longer than"), lines)
+            self.assertTrue(lines[-1].startswith(b"z1 OK"), lines)
+        finally:
+            m.logout()
+            bystander.logout()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

@@ -64,10 +64,12 @@ SyncState *
         cls.server.stop()
         shutil.rmtree(cls.local, ignore_errors=True)
 
-    def sync(self):
-        r = subprocess.run(["mbsync", "-c", os.path.join(self.local, "rc"), "all"],
+    def sync(self, network_log=False):
+        debug = ["-Dn"] if network_log else []
+        r = subprocess.run(["mbsync", *debug, "-c", os.path.join(self.local, "rc"), "all"],
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        return r.stdout + r.stderr
 
     def local_files(self, folder):
         return sorted(glob.glob(os.path.join(self.local, "mail", folder, "cur", "*")) +
@@ -83,7 +85,11 @@ SyncState *
             for i in range(4):
                 s.sendmail("x@remote.example", [USER], f"Subject: sync {i}\r\n\r\nbody {i}\r\n".encode())
         stored = self.server.messages(USER)
-        self.sync()
+        # mbsync turns on COMPRESS=DEFLATE (RFC 4978) when offered: this sync, and
+        # every later one, runs deflated.
+        log = self.sync(network_log=True)
+        self.assertIn("COMPRESS DEFLATE", log)
+        self.assertRegex(log, r"\d+ OK DEFLATE active")
         files = self.local_files("INBOX")
         # mbsync keeps local Maildir files with LF line ends, and marks its copies
         # with an X-TUID header (its own transaction id).

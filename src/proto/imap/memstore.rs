@@ -215,6 +215,8 @@ pub struct Driver {
     pub spool: Vec<u8>,
     spool_generation: u64,
     pub largest_staged: usize,
+    /// The session asked for COMPRESS=DEFLATE.
+    pub compressed: bool,
 }
 
 impl Driver {
@@ -238,6 +240,7 @@ impl Driver {
             spool: Vec::new(),
             spool_generation: u64::MAX,
             largest_staged: 0,
+            compressed: false,
         };
         d.settle();
         d
@@ -334,6 +337,12 @@ impl Driver {
             }
             for action in actions {
                 match action {
+                    Action::Compress => {
+                        // The bytes are not deflated here (the IO layer's part, tested
+                        // end to end); the session's side of it is.
+                        self.compressed = true;
+                        self.session.compression_started();
+                    }
                     Action::StartTls => {
                         // As the IO layer: plaintext pipelined behind STARTTLS is dropped.
                         self.pending.clear();

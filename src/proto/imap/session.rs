@@ -151,6 +151,10 @@ impl Mailstore for NoStore {
 pub enum Action {
     /// Flush replies, then run the TLS handshake; call [`Session::tls_established`].
     StartTls,
+    /// Flush replies (uncompressed), then deflate both directions from here on (input
+    /// already read behind the command is compressed); call
+    /// [`Session::compression_started`].
+    Compress,
     /// Check the password; answer with [`Session::logged_in`] or [`Session::login_failed`].
     Authenticate { username: String, password: String },
     /// Make a durable change; answer with [`Session::written`].
@@ -372,6 +376,8 @@ enum Pending {
     /// STARTTLS answered: nothing more is read until the handshake is done (input
     /// pipelined behind it is plaintext the client must not have sent).
     StartTls,
+    /// COMPRESS answered: nothing more is read until the stream deflates.
+    Compress,
     Login {
         tag: String,
     },
@@ -474,6 +480,8 @@ pub struct Session {
     framer: Framer,
     state: State,
     tls: bool,
+    /// COMPRESS=DEFLATE is on (RFC 4978; it stays on for the connection's life).
+    compressed: bool,
     user: Option<String>,
     selected: Option<Selected>,
     pending: Option<Pending>,
@@ -536,6 +544,7 @@ impl Session {
             framer: Framer::new(),
             state: State::NotAuthenticated,
             tls,
+            compressed: false,
             user: None,
             selected: None,
             pending: None,
@@ -879,6 +888,13 @@ impl Session {
         }
     }
 
+    /// The stream deflates now (after [`Action::Compress`]).
+    pub fn compression_started(&mut self) {
+        if matches!(self.pending, Some(Pending::Compress)) {
+            self.pending = None;
+        }
+    }
+
     // Longer than ~80 lines: the dispatch table: one arm per verb (the match is exhaustive on purpose).
     fn command(&mut self, bytes: &[u8], store: &dyn Mailstore, out: &mut Outbox) {
         self.commands += 1;
@@ -955,6 +971,7 @@ impl Session {
                 self.pending = Some(Pending::StartTls);
                 out.actions.push(Action::StartTls);
             }
+            Verb::Compress => self.compress(&tag, args, out),
             Verb::Login => self.login(&tag, args, out),
             Verb::Authenticate => self.authenticate(&tag, args, out),
             Verb::Enable => self.enable(&tag, args, out),
@@ -1273,7 +1290,7 @@ impl Session {
         };
         if let Written::Failed(failure) = &result {
             let tag = match &pending {
-                Pending::StartTls => return,
+                Pending::StartTls | Pending::Compress => return,
                 Pending::Login { tag }
                 | Pending::Simple { tag, .. }
                 | Pending::Create { tag, .. }
@@ -1293,6 +1310,7 @@ impl Session {
         }
         match pending {
             Pending::StartTls
+            | Pending::Compress
             | Pending::Login { .. }
             | Pending::List(_)
             | Pending::FetchSteps(_)

@@ -68,6 +68,7 @@ verbs! {
     Login "LOGIN" NotAuthenticated uid=false cap=None;
     Authenticate "AUTHENTICATE" NotAuthenticated uid=false cap=Some("SASL-IR");
     Enable "ENABLE" Authenticated uid=false cap=Some("ENABLE");
+    Compress "COMPRESS" Authenticated uid=false cap=Some("COMPRESS=DEFLATE");
     Namespace "NAMESPACE" Authenticated uid=false cap=Some("NAMESPACE");
     Select "SELECT" Authenticated uid=false cap=None;
     Examine "EXAMINE" Authenticated uid=false cap=None;

@@ -106,6 +106,24 @@ impl Session {
         out.actions.push(Action::Unauthenticated);
     }
 
+    /// COMPRESS DEFLATE (RFC 4978): the OK goes out uncompressed, then the IO layer
+    /// deflates both directions. Once on, it stays on (UNAUTHENTICATE included).
+    pub(super) fn compress(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        if !matches!(args, [Token::Atom(m)] if m.eq_ignore_ascii_case("DEFLATE")) {
+            return self.bad(tag, "COMPRESS takes one mechanism: DEFLATE", out);
+        }
+        if self.compressed {
+            out.line(&format!(
+                "{tag} NO [COMPRESSIONACTIVE] DEFLATE is already on"
+            ));
+            return;
+        }
+        self.compressed = true;
+        out.line(&format!("{tag} OK DEFLATE active"));
+        self.pending = Some(Pending::Compress);
+        out.actions.push(Action::Compress);
+    }
+
     pub fn login_failed(&mut self, refusal: LoginRefusal, out: &mut Outbox) {
         let Some(Pending::Login { tag }) = self.pending.take() else {
             return;
