@@ -21,6 +21,18 @@ fn keywords() -> impl Strategy<Value = Vec<String>> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
+        (
+            any::<u64>(),
+            any::<u32>(),
+            name(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))
+        )
+            .prop_map(|(account, mailbox, entry, value)| Op::Metadata {
+                account,
+                mailbox,
+                entry,
+                value,
+            }),
         (any::<u64>(), any::<u32>(), any::<u32>(), 0u8..6, name()).prop_map(
             |(account, id, uidvalidity, s, name)| Op::MailboxCreate {
                 account,

@@ -321,3 +321,84 @@ fn a_multiappend_is_one_commit_of_every_message() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// METADATA entries (RFC 5464) are durable: replayed from the log, kept in the
+/// snapshot and by compaction; a renamed mailbox keeps its entries, a deleted one
+/// loses them.
+#[test]
+fn metadata_is_durable_through_replay_snapshot_and_compaction() {
+    use shardmail::store::change::Change;
+    let dir = temp_dir("metadata");
+    let d = dir.clone();
+    let set = |mailbox: u32, entries: &[(&str, Option<&[u8]>)]| Change::SetMetadata {
+        mailbox,
+        entries: entries
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.map(<[u8]>::to_vec)))
+            .collect(),
+    };
+    let changes = vec![
+        set(0, &[("/shared/comment", Some(b"server note"))]),
+        set(1, &[("/private/comment", Some(b"inbox\0binary"))]),
+        set(1, &[("/private/x", Some(b"gone soon"))]),
+        set(1, &[("/private/x", None)]),
+    ];
+    let live = run(async move {
+        let p = Partition::open(0, &d, options()).await.expect("open");
+        p.ensure_account(ACCOUNT, 1).await.expect("account");
+        for c in changes {
+            p.execute(ACCOUNT, c, 1, &[]).await.expect("set");
+        }
+        let work = p.create_mailbox(ACCOUNT, "Work", 1).await.expect("create");
+        p.execute(
+            ACCOUNT,
+            set(work, &[("/private/vendor/a", Some(b"w"))]),
+            1,
+            &[],
+        )
+        .await
+        .expect("set");
+        p.rename_mailbox(ACCOUNT, work, "Projects")
+            .await
+            .expect("rename");
+        let doomed = p
+            .create_mailbox(ACCOUNT, "Doomed", 1)
+            .await
+            .expect("create");
+        p.execute(
+            ACCOUNT,
+            set(doomed, &[("/private/comment", Some(b"d"))]),
+            1,
+            &[],
+        )
+        .await
+        .expect("set");
+        p.delete_mailbox(ACCOUNT, doomed).await.expect("delete");
+        let index = p.index().clone();
+        index
+    });
+    let acct = &live.accounts[&ACCOUNT];
+    let entries: Vec<(u32, &str, &[u8])> = acct
+        .metadata
+        .iter()
+        .map(|a| (a.mailbox, a.entry.as_str(), a.value.as_slice()))
+        .collect();
+    let work = acct.mailbox("Projects").expect("renamed").id;
+    assert_eq!(
+        entries,
+        vec![
+            (0, "/shared/comment", &b"server note"[..]),
+            (1, "/private/comment", &b"inbox\0binary"[..]),
+            (work, "/private/vendor/a", &b"w"[..]),
+        ]
+    );
+    let (from_log, from_snapshot) = reopen_both(&dir);
+    assert_eq!(from_log, live);
+    assert_eq!(from_snapshot, live);
+    let report =
+        shardmail::store::compact::compact(&dir, &|_| true, &mut |_, _| {}).expect("compact");
+    let _ = report;
+    let loaded = shardmail::store::partition::load(&dir).expect("opens");
+    assert_eq!(loaded.index.accounts[&ACCOUNT].metadata, acct.metadata);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,6 +55,9 @@ pub struct Limits {
     /// Messages one IMAP APPEND may carry (MULTIAPPEND, RFC 3502): they are stored in
     /// one commit, all or none.
     pub imap_append_messages_max: usize,
+    /// Bytes of IMAP METADATA (RFC 5464) one account keeps: entry names and values of
+    /// the server's and every mailbox's entries together, in memory and in the log.
+    pub imap_metadata_bytes_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
     /// Unknown or malformed commands before the session is closed.
@@ -431,6 +434,9 @@ impl Config {
             imap_command_bytes_max: l.imap_command_bytes_max,
             imap_thread_messages_max: l.imap_thread_messages_max,
             imap_append_messages_max: l.imap_append_messages_max,
+            imap_metadata_bytes_max: l
+                .imap_metadata_bytes_max
+                .bytes("limits.imap_metadata_bytes_max")?,
             recipients_max: l.recipients_max,
             bad_commands_max: l.bad_commands_max,
             auth_failures_max: l.auth_failures_max,
@@ -485,6 +491,12 @@ impl Config {
             return Err(err(
                 "limits.imap_thread_messages_max",
                 "must be between 100 and 1000000",
+            ));
+        }
+        if !(1024..=16 << 20).contains(&limits.imap_metadata_bytes_max) {
+            return Err(err(
+                "limits.imap_metadata_bytes_max",
+                "must be between 1 KiB and 16 MiB",
             ));
         }
         if !(1..=100_000).contains(&limits.imap_append_messages_max) {

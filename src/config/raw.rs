@@ -188,6 +188,7 @@ pub struct RawLimits {
     pub imap_command_bytes_max: usize,
     pub imap_thread_messages_max: usize,
     pub imap_append_messages_max: usize,
+    pub imap_metadata_bytes_max: Size,
     pub recipients_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
@@ -242,6 +243,7 @@ impl Default for RawLimits {
             imap_command_bytes_max: 64 * 1024,
             imap_thread_messages_max: 20_000,
             imap_append_messages_max: 1_000,
+            imap_metadata_bytes_max: Size::Bytes(256 * 1024),
             recipients_max: 1000, // Postfix smtpd_recipient_limit
             bad_commands_max: 20,
             auth_failures_max: 3,

@@ -572,6 +572,7 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         command_bytes_max: config.limits.imap_command_bytes_max,
         thread_messages_max: config.limits.imap_thread_messages_max,
         append_messages_max: config.limits.imap_append_messages_max,
+        metadata_bytes_max: config.limits.imap_metadata_bytes_max,
         literal_bytes_max: config.limits.message_size_max as u64,
         depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,

@@ -68,6 +68,12 @@ pub enum Change {
     },
     /// The default mailboxes, if the account has none yet.
     EnsureAccount,
+    /// Set (`Some`) or remove (`None`) METADATA entries of a mailbox (0: the server);
+    /// entry names lower-case.
+    SetMetadata {
+        mailbox: u32,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    },
 }
 
 /// One message of an APPEND: what the client said besides its bytes.
@@ -343,6 +349,18 @@ pub fn plan(
                 uids.push(uid);
             }
             outcome = Outcome::Appended { uids };
+        }
+        Change::SetMetadata { mailbox, entries } => {
+            if *mailbox != 0 {
+                require(index, account, *mailbox)?;
+            }
+            ops.extend(numbers.default_mailboxes(index, account, now));
+            ops.extend(entries.iter().map(|(entry, value)| Op::Metadata {
+                account,
+                mailbox: *mailbox,
+                entry: entry.clone(),
+                value: value.clone(),
+            }));
         }
         Change::Store { mailbox, changes } => {
             require(index, account, *mailbox)?;

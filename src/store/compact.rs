@@ -102,7 +102,7 @@ fn record_len(log: &[u8], offset: u64) -> Option<usize> {
 
 /// The records that recreate `acct` (`account` is its id): per mailbox its creation,
 /// an Append per message (its blob from `blob_at`), its counters; then deleted
-/// mailbox ids and subscriptions.
+/// mailbox ids, subscriptions and METADATA entries.
 fn account_ops(
     acct: &AccountIndex,
     account: u64,
@@ -123,6 +123,14 @@ fn account_ops(
             account,
             subscribed: true,
             name: name.clone(),
+        });
+    }
+    for a in &acct.metadata {
+        ops.push(Op::Metadata {
+            account,
+            mailbox: a.mailbox,
+            entry: a.entry.clone(),
+            value: Some(a.value.clone()),
         });
     }
 }
@@ -444,8 +452,14 @@ fn verify<'a>(
         let Some(b) = new.accounts.get(id) else {
             return fail(format!("account {id:016x} missing"));
         };
-        if a.usage != b.usage || a.names != b.names || a.subscribed != b.subscribed {
-            return fail(format!("account {id:016x}: usage, names or subscriptions"));
+        if a.usage != b.usage
+            || a.names != b.names
+            || a.subscribed != b.subscribed
+            || a.metadata != b.metadata
+        {
+            return fail(format!(
+                "account {id:016x}: usage, names, subscriptions or METADATA"
+            ));
         }
         if a.next_mailbox_id() != b.next_mailbox_id() || a.mailboxes.len() != b.mailboxes.len() {
             return fail(format!("account {id:016x}: mailbox ids"));

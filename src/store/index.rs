@@ -313,6 +313,60 @@ pub struct AccountIndex {
     pub subscribed: Vec<String>,
     /// Storage in use, over all mailboxes.
     pub usage: Usage,
+    /// IMAP METADATA entries (RFC 5464), sorted by (mailbox, entry); mailbox 0 holds
+    /// the server's. Entry names are stored lower-case (they compare without case).
+    pub metadata: Vec<Annotation>,
+}
+
+/// One METADATA entry.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Annotation {
+    pub mailbox: u32,
+    pub entry: String,
+    pub value: Vec<u8>,
+}
+
+impl AccountIndex {
+    /// The METADATA entries of `mailbox` (0: the server), in entry order.
+    pub fn annotations(&self, mailbox: u32) -> &[Annotation] {
+        let start = self.metadata.partition_point(|a| a.mailbox < mailbox);
+        let end = self.metadata.partition_point(|a| a.mailbox <= mailbox);
+        self.metadata.get(start..end).unwrap_or(&[])
+    }
+
+    /// Bytes of every METADATA entry (names and values), what
+    /// `limits.imap_metadata_bytes_max` bounds.
+    pub fn annotation_bytes(&self) -> usize {
+        self.metadata
+            .iter()
+            .map(|a| a.entry.len() + a.value.len())
+            .sum()
+    }
+
+    fn annotate(&mut self, mailbox: u32, entry: String, value: Option<Vec<u8>>) {
+        let at = self
+            .metadata
+            .binary_search_by(|a| (a.mailbox, a.entry.as_str()).cmp(&(mailbox, entry.as_str())));
+        match (at, value) {
+            (Ok(i), Some(value)) => {
+                if let Some(a) = self.metadata.get_mut(i) {
+                    a.value = value;
+                }
+            }
+            (Ok(i), None) => {
+                self.metadata.remove(i);
+            }
+            (Err(i), Some(value)) => self.metadata.insert(
+                i,
+                Annotation {
+                    mailbox,
+                    entry,
+                    value,
+                },
+            ),
+            (Err(_), None) => {}
+        }
+    }
 }
 
 impl AccountIndex {
@@ -509,6 +563,20 @@ impl Index {
                     acct.subscribed.push(name);
                 }
             }
+            Op::Metadata {
+                account,
+                mailbox,
+                entry,
+                value,
+            } => {
+                if mailbox != 0 && self.mailbox_mut(account, mailbox)?.is_none() {
+                    return Ok(()); // the mailbox was deleted since
+                }
+                self.accounts
+                    .entry(account)
+                    .or_default()
+                    .annotate(mailbox, entry, value);
+            }
             Op::MailboxDelete { account, mailbox } => {
                 if let Some(acct) = self.accounts.get_mut(&account) {
                     if let Some(gone) = acct.mailbox_by_id(mailbox) {
@@ -518,6 +586,7 @@ impl Index {
                     }
                     acct.mailboxes.retain(|m| m.id != mailbox);
                     acct.names.retain(|_, id| *id != mailbox);
+                    acct.metadata.retain(|a| a.mailbox != mailbox);
                     if let Err(at) = acct.deleted.binary_search(&mailbox) {
                         acct.deleted.insert(at, mailbox);
                     }
@@ -755,9 +824,10 @@ fn log_identity(dir: &Path) -> std::io::Result<u64> {
 }
 
 /// Bumped whenever an archived index type changes (05: summaries left the index and
-/// keywords became a boxed slice; 06: per-mailbox counts and per-account usage): an older snapshot is then ignored and the log replayed in
+/// keywords became a boxed slice; 06: per-mailbox counts and per-account usage; 07:
+/// METADATA entries): an older snapshot is then ignored and the log replayed in
 /// full (the snapshot is only an accelerator).
-const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap06";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap07";
 
 /// Blob records seen during replay or commit, so Append records can find their bytes.
 #[derive(Debug, Default)]

@@ -51,6 +51,10 @@ pub enum Kind {
     /// written by compaction after a mailbox's messages: what its records no longer
     /// say (UIDs and MODSEQs used by expunged messages, where its history starts).
     MailboxState = 9,
+    /// `account:u64 mailbox:u32 present:u8 entry_len:u16 entry value` — an IMAP
+    /// METADATA entry (RFC 5464) set (`present` 1) or removed (0); mailbox 0 holds
+    /// the server's entries.
+    Metadata = 10,
 }
 
 impl Kind {
@@ -65,6 +69,7 @@ impl Kind {
             7 => Kind::MailboxDelete,
             8 => Kind::Subscription,
             9 => Kind::MailboxState,
+            10 => Kind::Metadata,
             _ => return None,
         })
     }
@@ -241,6 +246,9 @@ impl<'a> Fields<'a> {
     }
     pub fn u8(&mut self) -> Option<u8> {
         self.take(1).map(|b| b[0])
+    }
+    pub fn u16(&mut self) -> Option<u16> {
+        self.take(2)?.try_into().ok().map(u16::from_le_bytes)
     }
     pub fn u32(&mut self) -> Option<u32> {
         self.take(4)?.try_into().ok().map(u32::from_le_bytes)

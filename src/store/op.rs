@@ -93,6 +93,13 @@ pub enum Op {
         highest_modseq: u64,
         history_floor: u64,
     },
+    /// A METADATA entry of a mailbox (0: the server) set to `value`, or removed.
+    Metadata {
+        account: u64,
+        mailbox: u32,
+        entry: String,
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -107,7 +114,8 @@ impl Op {
             | Op::MailboxRename { account, .. }
             | Op::MailboxDelete { account, .. }
             | Op::Subscription { account, .. }
-            | Op::MailboxState { account, .. } => Some(*account),
+            | Op::MailboxState { account, .. }
+            | Op::Metadata { account, .. } => Some(*account),
         }
     }
 
@@ -247,6 +255,23 @@ impl Op {
                     &history_floor.to_le_bytes(),
                 ],
             ),
+            Op::Metadata {
+                account,
+                mailbox,
+                entry,
+                value,
+            } => layout::encode(
+                out,
+                Kind::Metadata,
+                &[
+                    &account.to_le_bytes(),
+                    &mailbox.to_le_bytes(),
+                    &[u8::from(value.is_some())],
+                    &(entry.len() as u16).to_le_bytes(),
+                    entry.as_bytes(),
+                    value.as_deref().unwrap_or(&[]),
+                ],
+            ),
         }
     }
 
@@ -355,6 +380,24 @@ impl Op {
                 highest_modseq: f.u64().ok_or_else(corrupt)?,
                 history_floor: f.u64().ok_or_else(corrupt)?,
             },
+            Kind::Metadata => {
+                let account = f.u64().ok_or_else(corrupt)?;
+                let mailbox = f.u32().ok_or_else(corrupt)?;
+                let present = f.u8().ok_or_else(corrupt)? != 0;
+                let entry_len = f.u16().ok_or_else(corrupt)? as usize;
+                let entry = f.bytes(entry_len).ok_or_else(corrupt)?;
+                let entry = String::from_utf8(entry.to_vec()).map_err(|_| corrupt())?;
+                let value = f.rest();
+                if !present && !value.is_empty() {
+                    return Err(corrupt());
+                }
+                Op::Metadata {
+                    account,
+                    mailbox,
+                    entry,
+                    value: present.then(|| value.to_vec()),
+                }
+            }
         })
     }
 }

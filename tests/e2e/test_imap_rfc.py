@@ -1,7 +1,8 @@
 """IMAP details a careful client checks (issue 13), through Python's imaplib against
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
-before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978)."""
+before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978),
+METADATA (RFC 5464)."""
 
 import re
 import zlib
@@ -22,6 +23,8 @@ def message(to, subject):
 # imaplib predates RFC 4978 and RFC 8437: teach it the commands and their states.
 imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))
 imaplib.Commands.setdefault("UNAUTHENTICATE", ("AUTH", "SELECTED"))
+imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
+imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
 
 
 class DeflateIMAP(imaplib.IMAP4_SSL):
@@ -70,7 +73,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate"):
+        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate", "meta"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -351,6 +354,32 @@ class ImapRfc(unittest.TestCase):
         finally:
             m.logout()
             bystander.logout()
+
+    def test_metadata_survives_kill_9(self):
+        user = f"meta@{DOMAIN}"
+        m = self.login(user)
+        try:
+            self.assertIn("METADATA", m.capabilities)
+            self.assertIn("METADATA-SERVER", m.capabilities)
+            typ, data = m._simple_command("SETMETADATA", "INBOX", '(/private/comment "kept through a crash")')
+            self.assertEqual(typ, "OK", data)
+            typ, data = m._simple_command("SETMETADATA", '""', '(/shared/comment "server-wide")')
+            self.assertEqual(typ, "OK", data)
+        finally:
+            m.logout()
+        # Acknowledged means durable: kill -9 and start again.
+        self.server.kill()
+        self.server.start()
+        m = self.login(user)
+        try:
+            typ, data = m._simple_command("GETMETADATA", "INBOX", "/private/comment")
+            self.assertEqual(typ, "OK", data)
+            self.assertEqual(m.untagged_responses.pop("METADATA"),
+                             [b'"INBOX" (/private/comment "kept through a crash")'])
+            typ, data = m._simple_command("GETMETADATA", '""', "(/shared/comment)")
+            self.assertEqual(m.untagged_responses.pop("METADATA"), [b'"" (/shared/comment "server-wide")'])
+        finally:
+            m.logout()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

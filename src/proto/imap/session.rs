@@ -48,6 +48,7 @@ mod expunge;
 mod fetch;
 mod list;
 mod mailbox;
+mod metadata;
 mod quota;
 mod recent;
 mod search_command;
@@ -71,6 +72,8 @@ pub struct ImapConfig {
     pub thread_messages_max: usize,
     /// `limits.imap_append_messages_max`: messages in one (MULTI)APPEND.
     pub append_messages_max: usize,
+    /// `limits.imap_metadata_bytes_max`: METADATA one account keeps.
+    pub metadata_bytes_max: usize,
     /// `limits.message_size_max`: APPENDLIMIT and the largest literal.
     pub literal_bytes_max: u64,
     /// List nesting in one command.
@@ -98,6 +101,7 @@ impl Default for ImapConfig {
             command_bytes_max: 64 * 1024,
             thread_messages_max: 20_000,
             append_messages_max: 1_000,
+            metadata_bytes_max: 256 * 1024,
             literal_bytes_max: 50 << 20,
             depth_max: 16,
             bad_commands_max: 20,
@@ -219,6 +223,11 @@ pub enum Write {
         mailbox: u32,
         uids: Vec<u32>,
     },
+    /// SETMETADATA: set (`Some`) or remove METADATA entries of a mailbox (0: server).
+    SetMetadata {
+        mailbox: u32,
+        entries: Vec<(String, Option<Vec<u8>>)>,
+    },
 }
 
 impl Write {
@@ -258,6 +267,9 @@ impl Write {
                 None,
             ),
             Write::Expunge { mailbox, uids } => (Change::Expunge { mailbox, uids }, None),
+            Write::SetMetadata { mailbox, entries } => {
+                (Change::SetMetadata { mailbox, entries }, None)
+            }
         }
     }
 }
@@ -513,7 +525,7 @@ pub struct Session {
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
 const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
-     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT MULTIAPPEND CATENATE";
+     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT MULTIAPPEND CATENATE METADATA-SERVER";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {
@@ -972,6 +984,8 @@ impl Session {
                 out.actions.push(Action::StartTls);
             }
             Verb::Compress => self.compress(&tag, args, out),
+            Verb::SetMetadata => self.set_metadata(&tag, args, store, out),
+            Verb::GetMetadata => self.get_metadata(&tag, args, store, out),
             Verb::Login => self.login(&tag, args, out),
             Verb::Authenticate => self.authenticate(&tag, args, out),
             Verb::Enable => self.enable(&tag, args, out),

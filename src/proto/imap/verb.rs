@@ -84,6 +84,8 @@ verbs! {
     GetQuotaRoot "GETQUOTAROOT" Authenticated uid=false cap=Some("QUOTA");
     SetQuota "SETQUOTA" Authenticated uid=false cap=Some("QUOTA");
     Append "APPEND" Authenticated uid=false cap=None;
+    SetMetadata "SETMETADATA" Authenticated uid=false cap=Some("METADATA");
+    GetMetadata "GETMETADATA" Authenticated uid=false cap=Some("METADATA");
     Idle "IDLE" Authenticated uid=false cap=Some("IDLE");
     Unauthenticate "UNAUTHENTICATE" Authenticated uid=false cap=Some("UNAUTHENTICATE");
     Check "CHECK" Selected uid=false cap=None;
