@@ -511,3 +511,46 @@ fn compress_deflate_is_turned_on_once_after_login() {
     );
     assert!(out.contains("j NO [COMPRESSIONACTIVE]"), "{out}");
 }
+
+#[test]
+fn savedate_is_when_the_message_entered_the_mailbox() {
+    let mut d = connection();
+    d.store.now = NOW;
+    d.store
+        .deliver(1, b"Subject: old\r\n\r\ndelivered\r\n", NOW - 10 * 86_400);
+    say(&mut d, "a LOGIN bob pw\r\nb CREATE Work\r\n");
+    // An APPEND keeps the client's INTERNALDATE, but it is saved now.
+    let out = say(
+        &mut d,
+        "c APPEND INBOX \"01-Jan-2020 00:00:00 +0000\" {8}\r\nSubject:\r\n\
+         d SELECT INBOX\r\ne FETCH 1:2 (INTERNALDATE SAVEDATE)\r\n",
+    );
+    assert!(
+        out.contains("* 1 FETCH (INTERNALDATE \"16-Nov-2026 06:45:00 +0000\" SAVEDATE \"16-Nov-2026 06:45:00 +0000\")"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* 2 FETCH (INTERNALDATE \"01-Jan-2020 00:00:00 +0000\" SAVEDATE \"26-Nov-2026 06:45:00 +0000\")"),
+        "{out}"
+    );
+    let out = say(
+        &mut d,
+        "f SEARCH SAVEDSINCE 26-Nov-2026\r\ng SEARCH SAVEDBEFORE 20-Nov-2026\r\n\
+         h SEARCH SAVEDON 16-Nov-2026\r\ni SEARCH SAVEDATESUPPORTED\r\nj SEARCH SINCE 1-Jan-2026\r\n",
+    );
+    assert!(out.contains("* SEARCH 2\r\nf OK"), "{out}");
+    assert!(out.contains("* SEARCH 1\r\ng OK"), "{out}");
+    assert!(out.contains("* SEARCH 1\r\nh OK"), "{out}");
+    assert!(out.contains("* SEARCH 1 2\r\ni OK"), "{out}");
+    assert!(out.contains("* SEARCH 1\r\nj OK"), "{out}");
+    // A copy is saved when copied; its INTERNALDATE is the original's.
+    d.store.now = NOW + 3 * 86_400;
+    let out = say(
+        &mut d,
+        "k COPY 1 Work\r\nl SELECT Work\r\nm FETCH 1 (INTERNALDATE SAVEDATE)\r\n",
+    );
+    assert!(
+        out.contains("* 1 FETCH (INTERNALDATE \"16-Nov-2026 06:45:00 +0000\" SAVEDATE \"29-Nov-2026 06:45:00 +0000\")"),
+        "{out}"
+    );
+}

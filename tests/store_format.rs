@@ -50,17 +50,16 @@ fn op() -> impl Strategy<Value = Op> {
             }
         ),
         (
-            any::<u64>(),
-            any::<u32>(),
-            any::<u32>(),
-            any::<u64>(),
-            any::<i64>(),
-            any::<u32>(),
-            any::<u64>(),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>()),
+            (any::<i64>(), any::<u32>(), any::<u64>(), any::<u32>()),
             keywords()
         )
             .prop_map(
-                |(account, mailbox, uid, modseq, internal_date, flags, blob, keywords)| {
+                |(
+                    (account, mailbox, uid, modseq),
+                    (internal_date, flags, blob, save_date),
+                    keywords,
+                )| {
                     Op::Append {
                         account,
                         mailbox,
@@ -70,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
                         flags,
                         blob,
                         keywords,
+                        save_date,
                         resolved: None,
                     }
                 }

@@ -311,7 +311,7 @@ pub fn plan(
                 .map(|m| m.messages.iter().map(|e| e.uid).collect())
                 .unwrap_or_default();
             copy_ops(
-                index, account, INBOX, &uids, id, true, numbers, &mut ops, true,
+                index, account, INBOX, &uids, id, true, numbers, &mut ops, true, now,
             );
         }
         Change::Subscribe { name, subscribed } => {
@@ -344,6 +344,7 @@ pub fn plan(
                     flags: message.flags,
                     blob: blob.blob,
                     keywords: message.keywords.clone(),
+                    save_date: save_date(now),
                     resolved: None,
                 });
                 uids.push(uid);
@@ -406,6 +407,7 @@ pub fn plan(
                 numbers,
                 &mut ops,
                 false,
+                now,
             );
             outcome = Outcome::Copied(pairs);
         }
@@ -431,6 +433,11 @@ pub fn plan(
         }
     }
     Ok(Planned { ops, outcome })
+}
+
+/// A save date as the index keeps it (RFC 8514; Unix seconds in a u32).
+fn save_date(now: i64) -> u32 {
+    now.clamp(0, i64::from(u32::MAX)) as u32
 }
 
 /// An SMTP delivery into `mailbox` of each of `accounts` (their default mailboxes are
@@ -459,6 +466,7 @@ pub fn plan_delivery(
             flags: 0,
             blob: blob.blob,
             keywords: Vec::new(),
+            save_date: save_date(internal_date),
             resolved: None,
         });
     }
@@ -479,6 +487,7 @@ fn copy_ops(
     numbers: &mut Reservations,
     ops: &mut Vec<Op>,
     to_is_new: bool,
+    now: i64,
 ) -> Vec<(u32, u32)> {
     let _ = to_is_new; // a new mailbox starts at UID 1, as Reservations does anyway
     let Some(src) = index
@@ -506,6 +515,7 @@ fn copy_ops(
             flags: e.flags,
             blob: e.blob,
             keywords: e.keywords.to_vec(),
+            save_date: save_date(now),
             resolved: Some((e.offset, e.len)),
         });
         pairs.push((*uid, new_uid));

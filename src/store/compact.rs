@@ -158,6 +158,7 @@ fn mailbox_ops(
             flags: m.flags,
             blob: blob_at(m.blob),
             keywords: m.keywords.to_vec(),
+            save_date: m.save_date,
             resolved: None,
         });
     }

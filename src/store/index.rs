@@ -80,6 +80,9 @@ pub struct MessageEntry {
     /// (The MIME summary is not here: it stays in the Blob record, in the page
     /// cache, and is read when a command needs it — `op::summary_at`.)
     pub keywords: Box<[String]>,
+    /// When it was saved in this mailbox (RFC 8514 SAVEDATE), Unix seconds (u32: the
+    /// entry stays 64 bytes; good to 2106); 0 = unknown (logged before save dates).
+    pub save_date: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
@@ -480,6 +483,7 @@ impl Index {
                 flags,
                 blob,
                 keywords,
+                save_date,
                 resolved,
             } => {
                 let (offset, len) = match resolved {
@@ -503,6 +507,7 @@ impl Index {
                     offset,
                     len,
                     keywords: keywords.into_boxed_slice(),
+                    save_date,
                 };
                 if let Err(at) = mb.messages.binary_search_by_key(&uid, |m| m.uid) {
                     mb.counts.add(flags, len);
@@ -825,7 +830,7 @@ fn log_identity(dir: &Path) -> std::io::Result<u64> {
 
 /// Bumped whenever an archived index type changes (05: summaries left the index and
 /// keywords became a boxed slice; 06: per-mailbox counts and per-account usage; 07:
-/// METADATA entries): an older snapshot is then ignored and the log replayed in
+/// METADATA entries and save dates): an older snapshot is then ignored and the log replayed in
 /// full (the snapshot is only an accelerator).
 const SNAPSHOT_MAGIC: &[u8; 8] = b"smsnap07";
 

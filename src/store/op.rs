@@ -13,8 +13,10 @@ use super::layout::{self, Fields, Kind, Record};
 use super::summary::Summary;
 
 /// Record versions this build writes, per kind (all kinds are at version 0 but the
-/// Blob, whose summary gained a version byte in version 1).
+/// Blob, whose summary gained a version byte in version 1, and the Append, which
+/// gained the save date in version 1).
 pub const BLOB_VERSION: u8 = 1;
+pub const APPEND_VERSION: u8 = 1;
 
 /// A record the index could not decode; opening the partition stops there.
 #[derive(Debug)]
@@ -50,6 +52,9 @@ pub enum Op {
         flags: u32,
         blob: u64,
         keywords: Vec<String>,
+        /// When the message was saved in this mailbox (RFC 8514 SAVEDATE), Unix
+        /// seconds; 0 = unknown (records from before version 1).
+        save_date: u32,
         /// The blob's location (offset and length of the message bytes) when it was
         /// written by an earlier commit (COPY); `None` means "look it up among this
         /// replay's blobs". Not on disk.
@@ -150,13 +155,15 @@ impl Op {
                 flags,
                 blob,
                 keywords,
+                save_date,
                 resolved: _,
             } => {
                 let mut tail = Vec::new();
                 encode_keywords(&mut tail, keywords);
-                layout::encode(
+                layout::encode_versioned(
                     out,
                     Kind::Append,
+                    APPEND_VERSION,
                     &[
                         &account.to_le_bytes(),
                         &mailbox.to_le_bytes(),
@@ -165,6 +172,7 @@ impl Op {
                         &internal_date.to_le_bytes(),
                         &flags.to_le_bytes(),
                         &blob.to_le_bytes(),
+                        &save_date.to_le_bytes(),
                         &tail,
                     ],
                 );
@@ -286,7 +294,11 @@ impl Op {
         let Some(kind) = record.kind else {
             return Err(fail("unknown record kind (written by a newer shardmail?)"));
         };
-        let newest = if kind == Kind::Blob { BLOB_VERSION } else { 0 };
+        let newest = match kind {
+            Kind::Blob => BLOB_VERSION,
+            Kind::Append => APPEND_VERSION,
+            _ => 0,
+        };
         if record.version > newest {
             return Err(fail(
                 "unknown record version (written by a newer shardmail?)",
@@ -332,6 +344,10 @@ impl Op {
                 internal_date: f.i64().ok_or_else(corrupt)?,
                 flags: f.u32().ok_or_else(corrupt)?,
                 blob: f.u64().ok_or_else(corrupt)?,
+                save_date: match record.version {
+                    0 => 0,
+                    _ => f.u32().ok_or_else(corrupt)?,
+                },
                 keywords: decode_keywords(f.rest()).ok_or_else(corrupt)?,
                 resolved: None,
             },

@@ -2,7 +2,7 @@
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
 before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978),
-METADATA (RFC 5464)."""
+METADATA (RFC 5464), SAVEDATE (RFC 8514)."""
 
 import re
 import zlib
@@ -378,6 +378,23 @@ class ImapRfc(unittest.TestCase):
                              [b'"INBOX" (/private/comment "kept through a crash")'])
             typ, data = m._simple_command("GETMETADATA", '""', "(/shared/comment)")
             self.assertEqual(m.untagged_responses.pop("METADATA"), [b'"" (/shared/comment "server-wide")'])
+        finally:
+            m.logout()
+
+    def test_savedate(self):
+        user = f"meta@{DOMAIN}"
+        self.deliver(user, "saved")
+        m = self.login(user)
+        try:
+            self.assertIn("SAVEDATE", m.capabilities)
+            m.select("INBOX")
+            typ, data = m.fetch("1:*", "(INTERNALDATE SAVEDATE)")
+            self.assertEqual(typ, "OK")
+            self.assertRegex(data[-1], rb'SAVEDATE "\d{2}-\w{3}-\d{4} \d{2}:\d{2}:\d{2} \+0000"')
+            typ, data = m.search(None, "SAVEDATESUPPORTED")
+            self.assertNotEqual(data, [b""])
+            typ, data = m.search(None, "SAVEDBEFORE", "1-Jan-2000")
+            self.assertEqual(data, [b""])
         finally:
             m.logout()
 

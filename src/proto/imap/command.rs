@@ -169,6 +169,8 @@ pub enum FetchAtt {
     ModSeq,
     /// RFC 8970 PREVIEW.
     Preview,
+    /// RFC 8514 SAVEDATE.
+    SaveDate,
     /// RFC 8474 OBJECTID.
     EmailId,
     ThreadId,
@@ -337,6 +339,7 @@ pub fn fetch_items(args: &[Token<'_>]) -> Result<(Vec<FetchAtt>, FetchModifiers)
             "ENVELOPE" => Some(FetchAtt::Envelope),
             "FLAGS" => Some(FetchAtt::Flags),
             "INTERNALDATE" => Some(FetchAtt::InternalDate),
+            "SAVEDATE" => Some(FetchAtt::SaveDate),
             "RFC822.SIZE" => Some(FetchAtt::Rfc822Size),
             "RFC822" => Some(FetchAtt::Rfc822),
             "RFC822.HEADER" => Some(FetchAtt::Rfc822Header),
@@ -538,6 +541,10 @@ pub enum SearchKey {
     /// Internal date compared by day: (`Before`/`On`/`Since`, day number).
     Date(DateCmp, i64),
     SentDate(DateCmp, i64),
+    /// RFC 8514: the save date compared by day (a message without one never matches).
+    SaveDate(DateCmp, i64),
+    /// RFC 8514 SAVEDATESUPPORTED: the mailbox keeps save dates (every one here does).
+    SaveDateSupported,
     Larger(u64),
     Smaller(u64),
     Uid(SequenceSet),
@@ -720,19 +727,23 @@ fn search_key<'a, 'b>(
         }
         "BODY" => SearchKey::Body(string("BODY")?),
         "TEXT" => SearchKey::Text(string("TEXT")?),
-        "BEFORE" | "ON" | "SINCE" | "SENTBEFORE" | "SENTON" | "SENTSINCE" => {
+        "BEFORE" | "ON" | "SINCE" | "SENTBEFORE" | "SENTON" | "SENTSINCE" | "SAVEDBEFORE"
+        | "SAVEDON" | "SAVEDSINCE" => {
             let day = parse_date(&string(&name)?)?;
-            let cmp = match name.trim_start_matches("SENT") {
+            let cmp = match name.trim_start_matches("SENT").trim_start_matches("SAVED") {
                 "BEFORE" => DateCmp::Before,
                 "ON" => DateCmp::On,
                 _ => DateCmp::Since,
             };
             if name.starts_with("SENT") {
                 SearchKey::SentDate(cmp, day)
+            } else if name.starts_with("SAVED") {
+                SearchKey::SaveDate(cmp, day)
             } else {
                 SearchKey::Date(cmp, day)
             }
         }
+        "SAVEDATESUPPORTED" => SearchKey::SaveDateSupported,
         "LARGER" => SearchKey::Larger(number(&string("LARGER")?, "LARGER")?),
         "SMALLER" => SearchKey::Smaller(number(&string("SMALLER")?, "SMALLER")?),
         "UID" => SearchKey::Uid(SequenceSet::parse(&string("UID")?)?),

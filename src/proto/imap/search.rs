@@ -225,6 +225,10 @@ pub fn matches(key: &SearchKey, c: &Candidate<'_>) -> bool {
         SearchKey::Date(cmp, target) => {
             date_matches(*cmp, e.internal_date.div_euclid(86_400), *target)
         }
+        SearchKey::SaveDate(cmp, target) => {
+            e.save_date != 0 && date_matches(*cmp, i64::from(e.save_date) / 86_400, *target)
+        }
+        SearchKey::SaveDateSupported => true,
         SearchKey::SentDate(cmp, target) => {
             let sent = c
                 .summary()
@@ -301,6 +305,7 @@ mod tests {
             offset: 0,
             len: message.len() as u32,
             keywords: Box::default(),
+            save_date: 0,
         };
         let line: &'static [u8] = Box::leak(
             format!("a SEARCH {search}\r\n")

@@ -525,7 +525,7 @@ pub struct Session {
 
 /// Capabilities that are not commands (those come from [`Verb::capability`]).
 const PROTOCOL_CAPABILITIES: &str = "CONDSTORE QRESYNC SPECIAL-USE LIST-STATUS BINARY CHILDREN \
-     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT MULTIAPPEND CATENATE METADATA-SERVER";
+     OBJECTID WITHIN SEARCHRES ESORT SORT=DISPLAY PREVIEW UTF8=ACCEPT MULTIAPPEND CATENATE METADATA-SERVER SAVEDATE";
 
 /// The capability list shared by every session, built once.
 fn static_capabilities() -> &'static str {

@@ -277,6 +277,14 @@ pub(super) fn fetch_items_into(
                 r.extend_from_slice(b"INTERNALDATE ");
                 r.extend_from_slice(render::internal_date(entry.internal_date).as_bytes());
             }
+            // RFC 8514 §4: NIL when the save date is not known (logged before them).
+            FetchAtt::SaveDate => match entry.save_date {
+                0 => r.extend_from_slice(b"SAVEDATE NIL"),
+                saved => {
+                    r.extend_from_slice(b"SAVEDATE ");
+                    r.extend_from_slice(render::internal_date(i64::from(saved)).as_bytes());
+                }
+            },
             FetchAtt::Rfc822Size => {
                 r.extend_from_slice(format!("RFC822.SIZE {}", entry.len).as_bytes())
             }

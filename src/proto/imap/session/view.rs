@@ -195,6 +195,7 @@ mod tests {
                 flags: 0,
                 blob: 0,
                 keywords: Vec::new(),
+                save_date: 0,
                 resolved: None,
             });
         }
