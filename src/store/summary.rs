@@ -42,7 +42,15 @@ pub struct PartSummary {
 
 /// The version of [`Summary::to_bytes`]; bump it whenever `Summary` (or a type in it)
 /// changes, so stored summaries of the old shape are re-derived instead of misread.
-pub const SUMMARY_VERSION: u8 = 1;
+/// Version 2 added the PREVIEW text after the archive, whose layout is version 1's
+/// (so a version-1 summary is still read as it is, its preview computed on demand).
+pub const SUMMARY_VERSION: u8 = 2;
+
+/// The summary version whose archive layout this build's `Summary` has.
+const ARCHIVE_LAYOUT: u8 = 1;
+
+/// RFC 8970 §3.1: a preview is at most 256 characters.
+pub const PREVIEW_CHARS_MAX: usize = 256;
 
 /// A summary written by a newer shardmail (its version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +62,11 @@ pub struct Summary {
     pub envelope: EnvelopeFields,
     /// Part 0 is the whole message.
     pub parts: Vec<PartSummary>,
+    /// The PREVIEW text (RFC 8970), computed at delivery: `Some("")` when the message
+    /// has none, `None` when it was not computed (a summary of version 1). Stored
+    /// after the archive, not in it ([`Summary::to_bytes`]).
+    #[rkyv(with = rkyv::with::Skip)]
+    pub preview: Option<String>,
 }
 
 impl Summary {
@@ -130,7 +143,12 @@ impl Summary {
                 }
             })
             .collect();
-        Summary { envelope, parts }
+        let preview = Some(preview_of(&parsed).unwrap_or_default());
+        Summary {
+            envelope,
+            parts,
+            preview,
+        }
     }
 
     /// The summary of `head ++ body` where `head` is whole header fields (our trace
@@ -150,14 +168,17 @@ impl Summary {
         summary
     }
 
-    /// `[SUMMARY_VERSION][rkyv archive]`.
+    /// `[SUMMARY_VERSION][archive_len:u32][rkyv archive][preview UTF-8]`.
     pub fn to_bytes(&self) -> Vec<u8> {
         let archive = rkyv::to_bytes::<rkyv::rancor::Error>(self)
             .map(|v| v.to_vec())
             .unwrap_or_default();
-        let mut out = Vec::with_capacity(archive.len() + 1);
+        let preview = self.preview.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(archive.len() + preview.len() + 5);
         out.push(SUMMARY_VERSION);
+        out.extend_from_slice(&(archive.len() as u32).to_le_bytes());
         out.extend_from_slice(&archive);
+        out.extend_from_slice(preview.as_bytes());
         out
     }
 
@@ -165,9 +186,19 @@ impl Summary {
     /// are of another version or damaged.
     pub fn from_bytes(bytes: &[u8]) -> Option<Summary> {
         match bytes.split_first() {
-            Some((&SUMMARY_VERSION, archive)) => Self::from_archive(archive),
+            Some((&SUMMARY_VERSION, rest)) => Self::from_v2(rest),
             _ => None,
         }
+    }
+
+    /// A version-2 body: the archive, then the preview.
+    fn from_v2(rest: &[u8]) -> Option<Summary> {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let archive = rest.get(4..4 + len)?;
+        let preview = std::str::from_utf8(rest.get(4 + len..)?).ok()?;
+        let mut summary = Self::from_archive(archive)?;
+        summary.preview = Some(preview.to_string());
+        Some(summary)
     }
 
     fn from_archive(archive: &[u8]) -> Option<Summary> {
@@ -199,13 +230,31 @@ impl Summary {
     /// today's version: an archive of another layout could pass rkyv's validation and
     /// decode to the wrong fields, so it is re-derived instead.
     fn decode_at(version: u8, archive: &[u8], message: &[u8]) -> Summary {
-        match version {
-            SUMMARY_VERSION => {
-                Self::from_archive(archive).unwrap_or_else(|| Summary::parse(message))
-            }
-            _ => Summary::parse(message),
-        }
+        let decoded = match version {
+            SUMMARY_VERSION => Self::from_v2(archive),
+            // Same archive layout, no preview: read as it is (re-parsing every
+            // message of an upgraded store at each FETCH would cost far more).
+            ARCHIVE_LAYOUT => Self::from_archive(archive),
+            _ => None,
+        };
+        decoded.unwrap_or_else(|| Summary::parse(message))
     }
+}
+
+/// The preview of a parsed message: its first text, whitespace collapsed, at most
+/// [`PREVIEW_CHARS_MAX`] characters (RFC 8970 §3.1).
+fn preview_of(parsed: &mail_parser::Message<'_>) -> Option<String> {
+    let text = parsed.body_preview(PREVIEW_CHARS_MAX)?;
+    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let text: String = text.chars().take(PREVIEW_CHARS_MAX).collect();
+    (!text.is_empty()).then_some(text)
+}
+
+/// The preview of a message whose summary did not cache one.
+pub fn preview(message: &[u8]) -> Option<String> {
+    MessageParser::default()
+        .parse(message)
+        .and_then(|p| preview_of(&p))
 }
 
 /// The summary version whose layout unversioned (Blob version 0) archives share.
@@ -225,6 +274,7 @@ mod tests {
         assert_eq!(s.parts[0].ctype, "multipart");
         assert_eq!(s.parts[0].children.len(), 1);
         assert_eq!(s.parts[1].subtype, "plain");
+        assert_eq!(s.preview.as_deref(), Some("hello"));
         assert_eq!(Summary::from_bytes(&s.to_bytes()), Some(s.clone()));
         assert_eq!(Summary::from_bytes(b"garbage"), None);
         // Older or damaged summaries are re-derived from the message; newer refused.
@@ -234,8 +284,14 @@ mod tests {
             Summary::decode(&[SUMMARY_VERSION + 1, 1, 2], msg),
             Err(NewerSummary(SUMMARY_VERSION + 1))
         );
-        let unversioned = &s.to_bytes()[1..];
-        assert_eq!(Summary::decode_unversioned(unversioned, b"x"), s);
+        // A version-1 summary (the archive alone) reads as it is, without a preview.
+        let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&s).unwrap().to_vec();
+        let old = Summary { preview: None, ..s };
+        assert_eq!(
+            Summary::decode(&[&[1u8][..], &archive].concat(), b"x"),
+            Ok(old.clone())
+        );
+        assert_eq!(Summary::decode_unversioned(&archive, b"x"), old);
     }
 
     #[test]

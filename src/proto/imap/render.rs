@@ -62,20 +62,6 @@ pub fn email_id(message: &[u8]) -> String {
     id
 }
 
-/// RFC 8970 PREVIEW: up to 256 characters of the first text part, decoded (transfer
-/// encoding and charset), HTML reduced to text, whitespace collapsed; `None` when the
-/// message has no text. Computed from the stored bytes when asked (one parse).
-pub fn preview(message: &[u8]) -> Option<String> {
-    let parsed = mail_parser::MessageParser::default().parse(message)?;
-    let text = parsed.body_preview(PREVIEW_CHARS_MAX)?;
-    let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let text: String = text.chars().take(PREVIEW_CHARS_MAX).collect();
-    (!text.is_empty()).then_some(text)
-}
-
-/// RFC 8970 §3.1: a preview is at most 256 characters.
-const PREVIEW_CHARS_MAX: usize = 256;
-
 /// An nstring: `NIL` or a string.
 pub fn nstring(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
@@ -274,6 +260,7 @@ impl<'s> Part<'s> {
             Tree::Parsed(Rc::new(Summary {
                 envelope: tree.envelope.clone(),
                 parts: vec![whole_message_part(message)],
+                preview: None,
             }))
         } else {
             tree

@@ -264,7 +264,11 @@ pub(super) fn fetch_items_into(
             }
             FetchAtt::Preview => {
                 r.extend_from_slice(b"PREVIEW ");
-                let text = render::preview(bytes());
+                // Cached at delivery; computed here only for messages stored before.
+                let text = match summary().ok().and_then(|s| s.preview.clone()) {
+                    Some(cached) => (!cached.is_empty()).then_some(cached),
+                    None => crate::store::summary::preview(bytes()),
+                };
                 render::nstring(r, text.as_deref());
             }
             // Threads are not computed; RFC 8474 §5.2 answers NIL then.
