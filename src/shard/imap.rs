@@ -370,7 +370,9 @@ async fn drive(
             }
             input.grow((input.max() * 2).min(input_max));
         }
-        if session.is_idling() {
+        // IDLE, or NOTIFY between commands: wake on input or on a change to the
+        // account (a partial command waits under its own deadline instead).
+        if session.is_idling() || (session.notifying() && input.is_empty()) {
             if let Some(a) = account {
                 if !Box::pin(idle_wait(
                     shard,
@@ -454,6 +456,15 @@ async fn idle_wait(
     let Some(p) = partition_for(shard, account).cloned() else {
         return false;
     };
+    if session.notifying() {
+        // What changed while the last command ran (the wait below only sees later
+        // changes): NOTIFY compares with what it last reported, so nothing repeats.
+        let quota = quota_of(shard, session);
+        let map = log_map(shard, Some(account));
+        with_view(shard, Some(account), quota, map, |view| {
+            session.changed(view, out)
+        });
+    }
     loop {
         if flush_counted(shard, stream, &mut out.reply).await.is_err() {
             return false;

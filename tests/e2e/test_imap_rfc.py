@@ -2,7 +2,7 @@
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
 before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978),
-METADATA (RFC 5464), SAVEDATE (RFC 8514)."""
+METADATA (RFC 5464), SAVEDATE (RFC 8514), NOTIFY (RFC 5465)."""
 
 import re
 import zlib
@@ -25,6 +25,7 @@ imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))
 imaplib.Commands.setdefault("UNAUTHENTICATE", ("AUTH", "SELECTED"))
 imaplib.Commands.setdefault("SETMETADATA", ("AUTH", "SELECTED"))
 imaplib.Commands.setdefault("GETMETADATA", ("AUTH", "SELECTED"))
+imaplib.Commands.setdefault("NOTIFY", ("AUTH", "SELECTED"))
 
 
 class DeflateIMAP(imaplib.IMAP4_SSL):
@@ -73,7 +74,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate", "meta"):
+        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate", "meta", "notify"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -397,6 +398,39 @@ class ImapRfc(unittest.TestCase):
             self.assertEqual(data, [b""])
         finally:
             m.logout()
+
+    def test_notify_pushes_changes_without_a_command(self):
+        user = f"notify@{DOMAIN}"
+        watcher = self.login(user)
+        other = self.login(user)
+        try:
+            self.assertIn("NOTIFY", watcher.capabilities)
+            watcher.create("Lists")
+            watcher.select("INBOX")
+            typ, data = watcher._simple_command(
+                "NOTIFY", "SET", "(SELECTED (MessageNew (UID) MessageExpunge))",
+                "(PERSONAL (MessageNew MessageExpunge MailboxName))")
+            self.assertEqual(typ, "OK", data)
+            # A delivery to INBOX, an APPEND to another mailbox, a new mailbox: each
+            # arrives on the watching connection with no command sent.
+            self.deliver(user, "pushed")
+            other.append("Lists", None, None, message(user, "to-lists"))
+            other.create("Fresh")
+            wanted = [rb"^\* 1 EXISTS", rb"^\* 1 FETCH \(UID 1\)",
+                      rb'^\* STATUS "Lists" \(MESSAGES 1 ', rb'^\* LIST \(\) "/" "Fresh"']
+            seen = []
+            watcher.sock.settimeout(10)
+            while wanted and len(seen) < 50:
+                line = watcher.readline()
+                self.assertTrue(line, f"closed; seen {seen}")
+                seen.append(line)
+                wanted = [w for w in wanted if not re.match(w, line)]
+            self.assertEqual(wanted, [], seen)
+            typ, data = watcher._simple_command("NOTIFY", "NONE")
+            self.assertEqual(typ, "OK", data)
+        finally:
+            watcher.logout()
+            other.logout()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

@@ -49,6 +49,7 @@ mod fetch;
 mod list;
 mod mailbox;
 mod metadata;
+mod notify;
 mod quota;
 mod recent;
 mod search_command;
@@ -494,6 +495,8 @@ pub struct Session {
     tls: bool,
     /// COMPRESS=DEFLATE is on (RFC 4978; it stays on for the connection's life).
     compressed: bool,
+    /// NOTIFY SET (RFC 5465) and what it has reported.
+    notify: Option<notify::Notify>,
     user: Option<String>,
     selected: Option<Selected>,
     pending: Option<Pending>,
@@ -557,6 +560,7 @@ impl Session {
             state: State::NotAuthenticated,
             tls,
             compressed: false,
+            notify: None,
             user: None,
             selected: None,
             pending: None,
@@ -985,6 +989,7 @@ impl Session {
             }
             Verb::Compress => self.compress(&tag, args, out),
             Verb::SetMetadata => self.set_metadata(&tag, args, store, out),
+            Verb::Notify => self.notify_command(&tag, args, store, out),
             Verb::GetMetadata => self.get_metadata(&tag, args, store, out),
             Verb::Login => self.login(&tag, args, out),
             Verb::Authenticate => self.authenticate(&tag, args, out),
@@ -1164,6 +1169,9 @@ impl Session {
     pub fn changed(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
         if self.idle_tag.is_some() {
             self.update(store, out, true, &HashSet::new());
+        }
+        if self.notify.is_some() {
+            self.notify_changes(store, out);
         }
     }
 

@@ -87,6 +87,7 @@ verbs! {
     SetMetadata "SETMETADATA" Authenticated uid=false cap=Some("METADATA");
     GetMetadata "GETMETADATA" Authenticated uid=false cap=Some("METADATA");
     Idle "IDLE" Authenticated uid=false cap=Some("IDLE");
+    Notify "NOTIFY" Authenticated uid=false cap=Some("NOTIFY");
     Unauthenticate "UNAUTHENTICATE" Authenticated uid=false cap=Some("UNAUTHENTICATE");
     Check "CHECK" Selected uid=false cap=None;
     Close "CLOSE" Selected uid=false cap=None;

@@ -102,6 +102,7 @@ impl Session {
         self.qresync = false;
         self.rev2 = false;
         self.utf8_accept = false;
+        self.notify = None;
         out.line(&format!("{tag} OK UNAUTHENTICATE completed"));
         out.actions.push(Action::Unauthenticated);
     }
