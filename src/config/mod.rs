@@ -58,6 +58,9 @@ pub struct Limits {
     /// Bytes of IMAP METADATA (RFC 5464) one account keeps: entry names and values of
     /// the server's and every mailbox's entries together, in memory and in the log.
     pub imap_metadata_bytes_max: usize,
+    /// Live SEARCH results (CONTEXT=SEARCH, RFC 5267) one IMAP session keeps; each
+    /// is re-checked on every change to the selected mailbox.
+    pub imap_search_updates_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
     /// Unknown or malformed commands before the session is closed.
@@ -434,6 +437,7 @@ impl Config {
             imap_command_bytes_max: l.imap_command_bytes_max,
             imap_thread_messages_max: l.imap_thread_messages_max,
             imap_append_messages_max: l.imap_append_messages_max,
+            imap_search_updates_max: l.imap_search_updates_max,
             imap_metadata_bytes_max: l
                 .imap_metadata_bytes_max
                 .bytes("limits.imap_metadata_bytes_max")?,
@@ -497,6 +501,12 @@ impl Config {
             return Err(err(
                 "limits.imap_metadata_bytes_max",
                 "must be between 1 KiB and 16 MiB",
+            ));
+        }
+        if limits.imap_search_updates_max > 100 {
+            return Err(err(
+                "limits.imap_search_updates_max",
+                "must be between 0 and 100",
             ));
         }
         if !(1..=100_000).contains(&limits.imap_append_messages_max) {

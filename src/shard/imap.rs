@@ -584,6 +584,7 @@ pub fn config(config: &crate::config::Config) -> session::ImapConfig {
         thread_messages_max: config.limits.imap_thread_messages_max,
         append_messages_max: config.limits.imap_append_messages_max,
         metadata_bytes_max: config.limits.imap_metadata_bytes_max,
+        search_updates_max: config.limits.imap_search_updates_max,
         literal_bytes_max: config.limits.message_size_max as u64,
         depth_max: config.limits.imap_nesting_max,
         bad_commands_max: config.limits.bad_commands_max,

@@ -2,7 +2,8 @@
 the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437),
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
 before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978),
-METADATA (RFC 5464), SAVEDATE (RFC 8514), NOTIFY (RFC 5465)."""
+METADATA (RFC 5464), SAVEDATE (RFC 8514), NOTIFY (RFC 5465),
+CONTEXT=SEARCH (RFC 5267)."""
 
 import re
 import zlib
@@ -74,7 +75,7 @@ class ImapRfc(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.server = Server()
-        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate", "meta", "notify"):
+        for name in ("recent", "objects", "saved", "sorted", "utf8", "append", "deflate", "meta", "notify", "context"):
             cls.server.add_user(f"{name}@{DOMAIN}", "pw")
         # One account per shard: the second login must move the session.
         cls.unauth = cls.server.users_on_every_shard("unauth")
@@ -431,6 +432,25 @@ class ImapRfc(unittest.TestCase):
         finally:
             watcher.logout()
             other.logout()
+
+    def test_context_search_updates_a_live_result(self):
+        user = f"context@{DOMAIN}"
+        self.deliver(user, "first")
+        m = self.login(user)
+        try:
+            self.assertIn("CONTEXT=SEARCH", m.capabilities)
+            m.select("INBOX")
+            typ, data = m.uid("SEARCH", "RETURN", "(UPDATE ALL COUNT)", "UNSEEN")
+            self.assertEqual(typ, "OK")
+            first = m.untagged_responses.pop("ESEARCH")
+            self.assertRegex(first[0], rb'^\(TAG "\w+"\) UID ALL 1 COUNT 1$')
+            self.deliver(user, "second")
+            m.noop()
+            updates = m.untagged_responses.pop("ESEARCH", [])
+            self.assertTrue(any(b"ADDTO (2 2)" in u for u in updates), updates)
+            self.assertTrue(any(b"COUNT 2" in u for u in updates), updates)
+        finally:
+            m.logout()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

@@ -580,6 +580,45 @@ pub struct SearchReturn {
     pub count: bool,
     /// SAVE (RFC 5182): keep the result as `$`.
     pub save: bool,
+    /// PARTIAL (RFC 5267 §4.4, RFC 9394): the results at these positions, 1-based
+    /// and inclusive; negative counts from the last (-1 is the last).
+    pub partial: Option<(i64, i64)>,
+    /// UPDATE (RFC 5267 §4.3): keep the result live and report changes to it.
+    pub update: bool,
+}
+
+/// Parses a PARTIAL range: `a:b` (from the first) or `-a:-b` (from the last).
+fn partial_range(text: &str) -> Result<(i64, i64), Bad> {
+    let bad = || format!("PARTIAL takes a range such as 1:100 or -1:-100, not {text}");
+    let (a, b) = text.split_once(':').ok_or_else(bad)?;
+    let (a, b): (i64, i64) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if a == 0 || b == 0 || (a < 0) != (b < 0) || a.unsigned_abs() > u64::from(u32::MAX) {
+        return Err(bad());
+    }
+    Ok(if a.abs() <= b.abs() { (a, b) } else { (b, a) })
+}
+
+/// ` PARTIAL (range set)` (or `NIL` for no results there), as ESEARCH returns it.
+pub fn partial_reply(results: &[u32], range: (i64, i64)) -> String {
+    let picked = partial_of(results, range);
+    let set = if picked.is_empty() {
+        "NIL".to_string()
+    } else {
+        SequenceSet::compact(picked)
+    };
+    format!(" PARTIAL ({}:{} {set})", range.0, range.1)
+}
+
+/// The results a PARTIAL range selects, in the order given.
+pub fn partial_of<T>(results: &[T], (a, b): (i64, i64)) -> &[T] {
+    let n = results.len() as i64;
+    let (start, end) = if a > 0 {
+        (a - 1, b)
+    } else {
+        (n + b, n + a + 1) // -1:-3 is the last three
+    };
+    let (start, end) = (start.clamp(0, n) as usize, end.clamp(0, n) as usize);
+    results.get(start..end.max(start)).unwrap_or(&[])
 }
 
 impl SearchReturn {
@@ -615,17 +654,28 @@ pub fn return_options<'a, 't>(
             return Err("RETURN needs a list".into());
         };
         ret.extended = true;
-        for o in options {
+        let mut it = options.iter();
+        while let Some(o) = it.next() {
             match atom(Some(o)).map(str::to_ascii_uppercase).as_deref() {
                 Some("MIN") => ret.min = true,
                 Some("MAX") => ret.max = true,
                 Some("ALL") => ret.all = true,
                 Some("COUNT") => ret.count = true,
                 Some("SAVE") => ret.save = true,
+                Some("UPDATE") => ret.update = true,
+                // CONTEXT is a hint that updates may follow (RFC 5267 §4.2).
+                Some("CONTEXT") => {}
+                Some("PARTIAL") => {
+                    let range = it
+                        .next()
+                        .and_then(Token::as_str)
+                        .ok_or("PARTIAL needs a range")?;
+                    ret.partial = Some(partial_range(&range)?);
+                }
                 _ => return Err("unknown RETURN option".into()),
             }
         }
-        if !(ret.min || ret.max || ret.count || ret.save) {
+        if !(ret.min || ret.max || ret.count || ret.save || ret.partial.is_some()) {
             ret.all = true; // RETURN () means ALL
         }
         rest = rest.get(2..).unwrap_or(&[]);

@@ -43,6 +43,7 @@ pub use super::names::DELIMITER;
 
 mod append;
 mod auth;
+mod context;
 mod copy;
 mod expunge;
 mod fetch;
@@ -75,6 +76,8 @@ pub struct ImapConfig {
     pub append_messages_max: usize,
     /// `limits.imap_metadata_bytes_max`: METADATA one account keeps.
     pub metadata_bytes_max: usize,
+    /// `limits.imap_search_updates_max`: live SEARCH results one session keeps.
+    pub search_updates_max: usize,
     /// `limits.message_size_max`: APPENDLIMIT and the largest literal.
     pub literal_bytes_max: u64,
     /// List nesting in one command.
@@ -103,6 +106,7 @@ impl Default for ImapConfig {
             thread_messages_max: 20_000,
             append_messages_max: 1_000,
             metadata_bytes_max: 256 * 1024,
+            search_updates_max: 8,
             literal_bytes_max: 50 << 20,
             depth_max: 16,
             bad_commands_max: 20,
@@ -373,6 +377,8 @@ struct Selected {
     /// `$`, the last SEARCH RETURN (SAVE) result, as UIDs (RFC 5182): messages
     /// expunged since simply are not found; selecting again empties it.
     saved: SequenceSet,
+    /// Live SEARCH results (CONTEXT=SEARCH), updated as the mailbox changes.
+    live: Vec<context::LiveSearch>,
 }
 
 impl Selected {
@@ -990,6 +996,7 @@ impl Session {
             Verb::Compress => self.compress(&tag, args, out),
             Verb::SetMetadata => self.set_metadata(&tag, args, store, out),
             Verb::Notify => self.notify_command(&tag, args, store, out),
+            Verb::CancelUpdate => self.cancel_update(&tag, args, out),
             Verb::GetMetadata => self.get_metadata(&tag, args, store, out),
             Verb::Login => self.login(&tag, args, out),
             Verb::Authenticate => self.authenticate(&tag, args, out),
@@ -1208,6 +1215,7 @@ impl Session {
             self.close(out);
             return;
         }
+        let before = (sel.at, sel.reported_modseq);
         if expunges_allowed {
             let view = View::new(mb, sel.at);
             let gone: Vec<(usize, u32)> = view.ghosts().collect();
@@ -1248,6 +1256,9 @@ impl Session {
                 flags_update(out, i + 1, m, flags, self.qresync, self.condstore);
             }
             sel.reported_modseq = mb.highest_modseq;
+        }
+        if !sel.live.is_empty() {
+            self.live_search_changes(before, store, out);
         }
     }
 

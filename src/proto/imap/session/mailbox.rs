@@ -92,6 +92,7 @@ impl Session {
             keywords,
             recent,
             saved: SequenceSet::SAVED,
+            live: Vec::new(),
         });
         let mode = if read_only { "READ-ONLY" } else { "READ-WRITE" };
         let verb = if read_only { "EXAMINE" } else { "SELECT" };

@@ -33,6 +33,13 @@ impl Session {
                 return self.bad(tag, &e, out);
             }
         };
+        if ret.update && !uid {
+            return self.bad(
+                tag,
+                "RETURN (UPDATE) needs UID SEARCH: sequence numbers change with every expunge",
+                out,
+            );
+        }
         let job = SearchPending::new(tag, uid, ret, key, None);
         self.begin_search(job, store, out);
     }
@@ -117,6 +124,7 @@ impl Session {
             tag,
             uid,
             ret,
+            key,
             with_modseq,
             hits,
             hit_uids,
@@ -151,7 +159,16 @@ impl Session {
             out.line(&search_reply(&tag, uid, &ret, extended, &hits, modseq));
         }
         self.update(store, out, uid, &HashSet::new());
-        out.line(&format!("{tag} OK SEARCH completed"));
+        let refused = if ret.update {
+            let live = context::LiveSearch::new(tag.clone(), ret, key, hits);
+            self.keep_live(live)
+        } else {
+            None
+        };
+        match refused {
+            Some(code) => out.line(&format!("{tag} OK {code}")),
+            None => out.line(&format!("{tag} OK SEARCH completed")),
+        }
     }
 }
 
@@ -263,6 +280,9 @@ fn search_reply(
     }
     if ret.count {
         let _ = write!(line, " COUNT {}", hits.len());
+    }
+    if let Some(range) = ret.partial {
+        line.push_str(&command::partial_reply(hits, range));
     }
     if let Some(m) = modseq {
         let _ = write!(line, " MODSEQ {m}");

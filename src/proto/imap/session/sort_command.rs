@@ -129,6 +129,11 @@ impl Session {
         let parsed = sort::sort_args(args)
             .and_then(|(ret, criteria, keys)| Ok((command::search_keys(ret, keys)?, criteria)));
         match parsed {
+            Ok((SearchArgs { ret, .. }, _)) if ret.update => self.bad(
+                tag,
+                "SORT RETURN (UPDATE) is not offered (CONTEXT=SORT); UID SEARCH takes UPDATE",
+                out,
+            ),
             Ok((SearchArgs { ret, key, .. }, criteria)) => {
                 let job = SearchPending::new(tag, uid, ret, key, Some(Order::Sort(criteria)));
                 self.begin_search(job, store, out);
@@ -456,6 +461,9 @@ fn sort_reply(tag: &str, uid: bool, ret: &command::SearchReturn, numbers: &[u32]
     }
     if ret.count {
         line.push_str(&format!(" COUNT {}", numbers.len()));
+    }
+    if let Some(range) = ret.partial {
+        line.push_str(&command::partial_reply(numbers, range));
     }
     line
 }

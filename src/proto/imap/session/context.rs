@@ -1,0 +1,204 @@
+//! CONTEXT=SEARCH (RFC 5267 §4): `UID SEARCH RETURN (UPDATE …)` keeps its result live,
+//! and every change the session reports afterwards (new mail, flag changes, expunges)
+//! is checked against it: `* ESEARCH (TAG …) UID ADDTO (position uid …)` and
+//! `REMOVEFROM`, or the new MIN/MAX/COUNT. `CANCELUPDATE` ends it.
+//!
+//! Each live search keeps its result's UIDs (4 bytes a match) and is re-evaluated only
+//! on the messages that changed, so one update costs O(changes × live searches);
+//! `limits.imap_search_updates_max` bounds how many a session keeps (more get
+//! `OK [NOUPDATE]`). Updates are for UID SEARCH: a sequence-number result would be
+//! renumbered by every expunge. Part of the sans-IO session: no IO.
+
+use super::view::{View, Viewpoint};
+use super::*;
+
+/// One live search result (a SEARCH with RETURN (UPDATE)).
+#[derive(Debug, Clone)]
+pub(super) struct LiveSearch {
+    tag: String,
+    ret: command::SearchReturn,
+    key: command::SearchKey,
+    /// The matching UIDs, ascending.
+    uids: Vec<u32>,
+}
+
+impl LiveSearch {
+    pub(super) fn new(
+        tag: String,
+        ret: command::SearchReturn,
+        key: command::SearchKey,
+        uids: Vec<u32>,
+    ) -> LiveSearch {
+        LiveSearch {
+            tag,
+            ret,
+            key,
+            uids,
+        }
+    }
+}
+
+impl Session {
+    /// CANCELUPDATE "tag" …
+    pub(super) fn cancel_update(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
+        let names: Vec<String> = args
+            .iter()
+            .filter_map(|t| t.as_str().map(|s| s.into_owned()))
+            .collect();
+        if names.is_empty() || names.len() != args.len() {
+            return self.bad(tag, "CANCELUPDATE takes the tags of live searches", out);
+        }
+        let Some(sel) = self.selected.as_mut() else {
+            return self.bad(tag, "No mailbox selected", out);
+        };
+        if let Some(unknown) = names
+            .iter()
+            .find(|n| !sel.live.iter().any(|l| &l.tag == *n))
+        {
+            let text = format!("No live search with tag {unknown}");
+            return self.bad(tag, &text, out);
+        }
+        sel.live.retain(|l| !names.contains(&l.tag));
+        out.line(&format!("{tag} OK CANCELUPDATE completed"));
+    }
+
+    /// Keeps a finished SEARCH's result live, if the session may keep one more;
+    /// returns the tagged reply's response code otherwise.
+    pub(super) fn keep_live(&mut self, live: LiveSearch) -> Option<String> {
+        let max = self.config.search_updates_max;
+        let sel = self.selected.as_mut()?;
+        sel.live.retain(|l| l.tag != live.tag);
+        if sel.live.len() >= max {
+            return Some(format!(
+                "[NOUPDATE \"{}\"] At most {max} live searches (limits.imap_search_updates_max)",
+                live.tag
+            ));
+        }
+        sel.live.push(live);
+        None
+    }
+
+    /// After an update told the client of changes since `before` (its viewpoint and
+    /// reported MODSEQ then): what they did to each live search.
+    pub(super) fn live_search_changes(
+        &mut self,
+        before: (Viewpoint, u64),
+        store: &dyn Mailstore,
+        out: &mut Outbox,
+    ) {
+        let now = self.now;
+        let Some(sel) = self.selected.as_mut() else {
+            return;
+        };
+        let Some(mb) = store.account().and_then(|a| a.mailbox_by_id(sel.id)) else {
+            return;
+        };
+        let (at, modseq) = before;
+        // Expunges announced by this update, new messages announced, flag changes.
+        let expunged: Vec<u32> = if sel.at.expunges_seen > at.expunges_seen {
+            let mut gone: Vec<u32> = mb
+                .expunged_since(at.expunges_seen)
+                .unwrap_or(&[])
+                .iter()
+                .filter(|(m, uid)| *m <= sel.at.expunges_seen && *uid <= at.known_last)
+                .map(|t| t.1)
+                .collect();
+            gone.sort_unstable();
+            gone.dedup();
+            gone
+        } else {
+            Vec::new()
+        };
+        let first_new = mb.messages.partition_point(|m| m.uid <= at.known_last);
+        let last_new = mb.messages.partition_point(|m| m.uid <= sel.at.known_last);
+        let mut touched: Vec<&MessageEntry> = mb
+            .messages
+            .get(first_new..last_new.max(first_new))
+            .unwrap_or(&[])
+            .iter()
+            .collect();
+        if sel.reported_modseq > modseq {
+            touched.extend(flags_changed_since(mb, modseq, at.known_last));
+        }
+        let view = View::new(mb, sel.at);
+        let (largest_seq, largest_uid) = (view.len() as u32, view.last_uid());
+        for live in &mut sel.live {
+            let (mut added, mut removed) = (Vec::new(), Vec::new());
+            for uid in &expunged {
+                if let Ok(i) = live.uids.binary_search(uid) {
+                    removed.push((i + 1, *uid));
+                    live.uids.remove(i);
+                }
+            }
+            for entry in &touched {
+                let Some(i) = view.index_of(entry.uid) else {
+                    continue;
+                };
+                let bytes = || store.bytes(entry);
+                let summary = || store.summary(entry).ok();
+                let mut c = Candidate::new(
+                    i as u32 + 1,
+                    entry,
+                    largest_seq,
+                    largest_uid,
+                    &bytes,
+                    &summary,
+                );
+                c.recent = sel.recent.contains(entry.uid);
+                c.now = now;
+                let hit = search::matches(&live.key, &c);
+                match (live.uids.binary_search(&entry.uid), hit) {
+                    (Err(at), true) => {
+                        live.uids.insert(at, entry.uid);
+                        added.push((at + 1, entry.uid));
+                    }
+                    (Ok(at), false) => {
+                        live.uids.remove(at);
+                        removed.push((at + 1, entry.uid));
+                    }
+                    _ => {}
+                }
+            }
+            if added.is_empty() && removed.is_empty() {
+                continue;
+            }
+            report(out, live, &removed, &added);
+        }
+    }
+}
+
+/// The ESEARCH updates of one live search: REMOVEFROM and ADDTO for a result of all
+/// matches (or a PARTIAL one), the new MIN, MAX and COUNT for those.
+fn report(out: &mut Outbox, live: &LiveSearch, removed: &[(usize, u32)], added: &[(usize, u32)]) {
+    let pairs = |list: &[(usize, u32)]| {
+        list.iter()
+            .map(|(p, u)| format!("{p} {u}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let head = format!("* ESEARCH (TAG \"{}\") UID", live.tag);
+    let listed = live.ret.all || live.ret.partial.is_some();
+    if listed && !removed.is_empty() {
+        out.line(&format!("{head} REMOVEFROM ({})", pairs(removed)));
+    }
+    if listed && !added.is_empty() {
+        out.line(&format!("{head} ADDTO ({})", pairs(added)));
+    }
+    let mut ends = String::new();
+    if live.ret.min {
+        if let Some(first) = live.uids.first() {
+            ends.push_str(&format!(" MIN {first}"));
+        }
+    }
+    if live.ret.max {
+        if let Some(last) = live.uids.last() {
+            ends.push_str(&format!(" MAX {last}"));
+        }
+    }
+    if live.ret.count {
+        ends.push_str(&format!(" COUNT {}", live.uids.len()));
+    }
+    if !ends.is_empty() {
+        out.line(&format!("{head}{ends}"));
+    }
+}
