@@ -9,10 +9,12 @@
 //! EXPUNGE is only ever produced after the change is durable.
 //!
 //! This file is the dispatcher and the session state: framing input into commands,
-//! checking each [`Verb`] against the state, routing it to its command family's file
-//! (`auth`, `mailbox`, `list`, `fetch`, `search_command`, `store_command`, `copy`,
-//! `expunge`, `append`, `quota`), the unsolicited updates every command may carry,
-//! and completing writes. Each family's file parses its arguments, runs and replies.
+//! checking each [`Verb`] against the state and routing it to its command family's
+//! file (`auth`, `enable`, `mailbox`, `list`, `fetch`, `search_command`,
+//! `sort_command`, `context`, `store_command`, `copy`, `expunge`, `append`, `quota`,
+//! `metadata`, `notify`). Each family's file parses its arguments, runs and replies;
+//! `update` holds the unsolicited updates every command may carry, `write` the
+//! durable changes and their completion.
 //!
 //! Never touches a socket, a clock (time is an argument) or panics on input.
 
@@ -45,6 +47,7 @@ mod append;
 mod auth;
 mod context;
 mod copy;
+mod enable;
 mod expunge;
 mod fetch;
 mod list;
@@ -56,7 +59,13 @@ mod recent;
 mod search_command;
 mod sort_command;
 mod store_command;
+mod update;
 mod view;
+mod write;
+
+use mailbox::{status_line, vanished_since};
+use update::{announce_keywords, flags_changed_since, flags_update};
+pub use write::{Bodies, Write, WriteFailure, Written};
 
 use view::{View, Viewpoint};
 
@@ -177,170 +186,6 @@ pub enum Action {
     /// The session logged out but stays connected (UNAUTHENTICATE, RFC 8437): release
     /// the account (its session slot) before the next login.
     Unauthenticated,
-}
-
-/// A durable change to the account.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    /// Create these mailboxes, in order (missing parents first); the last one gets
-    /// `special` (CREATE-SPECIAL-USE).
-    Create {
-        names: Vec<String>,
-        special: SpecialUse,
-    },
-    Delete {
-        mailbox: u32,
-    },
-    /// Rename mailboxes (a mailbox and its children).
-    Rename {
-        renames: Vec<(u32, String)>,
-    },
-    /// RENAME INBOX: create `to`, move every INBOX message into it.
-    RenameInbox {
-        to: String,
-    },
-    Subscribe {
-        name: String,
-        subscribed: bool,
-    },
-    /// APPEND; with MULTIAPPEND several messages, stored all or none.
-    Append {
-        mailbox: u32,
-        /// The messages' bytes back to back, as received: staged bytes after what the
-        /// IO layer spooled.
-        bytes: crate::proto::Incoming,
-        /// Each message in order: its length in `bytes`, its flags and date.
-        messages: Vec<(u64, NewMessage)>,
-    },
-    /// (UID, new flags, new keywords) per message.
-    Store {
-        mailbox: u32,
-        changes: Vec<(u32, u32, Vec<String>)>,
-    },
-    /// COPY, or MOVE when `expunge_source` (copy, then expunge the originals).
-    Copy {
-        from: u32,
-        uids: Vec<u32>,
-        to: u32,
-        expunge_source: bool,
-    },
-    Expunge {
-        mailbox: u32,
-        uids: Vec<u32>,
-    },
-    /// SETMETADATA: set (`Some`) or remove METADATA entries of a mailbox (0: server).
-    SetMetadata {
-        mailbox: u32,
-        entries: Vec<(String, Option<Vec<u8>>)>,
-    },
-}
-
-impl Write {
-    /// The store's change, and APPEND's message (which the IO layer spools and
-    /// summarizes first): the store plans every change itself (`store::change`).
-    pub fn into_change(self) -> (Change, Option<Bodies>) {
-        match self {
-            Write::Create { names, special } => (Change::Create { names, special }, None),
-            Write::Delete { mailbox } => (Change::Delete { mailbox }, None),
-            Write::Rename { renames } => (Change::Rename { renames }, None),
-            Write::RenameInbox { to } => (Change::RenameInbox { to }, None),
-            Write::Subscribe { name, subscribed } => (Change::Subscribe { name, subscribed }, None),
-            Write::Append {
-                mailbox,
-                bytes,
-                messages,
-            } => {
-                let (lengths, messages) = messages.into_iter().unzip();
-                (
-                    Change::Append { mailbox, messages },
-                    Some(Bodies { bytes, lengths }),
-                )
-            }
-            Write::Store { mailbox, changes } => (Change::Store { mailbox, changes }, None),
-            Write::Copy {
-                from,
-                uids,
-                to,
-                expunge_source,
-            } => (
-                Change::Copy {
-                    from,
-                    uids,
-                    to,
-                    expunge_source,
-                },
-                None,
-            ),
-            Write::Expunge { mailbox, uids } => (Change::Expunge { mailbox, uids }, None),
-            Write::SetMetadata { mailbox, entries } => {
-                (Change::SetMetadata { mailbox, entries }, None)
-            }
-        }
-    }
-}
-
-/// APPEND's messages on their way to the store: their bytes back to back (the IO layer
-/// finishes spooling them) and each one's length, in order.
-#[derive(Debug)]
-pub struct Bodies {
-    pub bytes: crate::proto::Incoming,
-    pub lengths: Vec<u64>,
-}
-
-impl From<Outcome> for Written {
-    fn from(o: Outcome) -> Written {
-        match o {
-            Outcome::Done => Written::Done,
-            Outcome::Appended { uids } => Written::Appended { uids },
-            Outcome::Stored(s) => Written::Stored(s),
-            Outcome::Copied(c) => Written::Copied(c),
-        }
-    }
-}
-
-/// The outcome of a [`Write`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Written {
-    Done,
-    /// The new messages' UIDs, in order.
-    Appended {
-        uids: Vec<u32>,
-    },
-    /// (UID, new MODSEQ) of each message changed.
-    Stored(Vec<(u32, u64)>),
-    /// (source UID, new UID) pairs.
-    Copied(Vec<(u32, u32)>),
-    /// The change was not made.
-    Failed(WriteFailure),
-}
-
-/// Why a [`Write`] was not made, as the client hears it. The IO layer logs the
-/// details (file names, OS errors); none of them reach the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WriteFailure {
-    /// The disk (or `store.reserve_free_bytes`) has no room for new data; the change
-    /// can be retried once space is freed (RFC 5530 `OVERQUOTA`).
-    NoSpace,
-    /// The request conflicts with the mailbox state (it exists already, was deleted
-    /// meanwhile, a limit); the text is ours, for the client.
-    Cannot(String),
-    /// The store failed temporarily (RFC 5530 `UNAVAILABLE`).
-    Unavailable,
-}
-
-impl WriteFailure {
-    /// The `NO` response after the tag.
-    pub fn response(&self) -> String {
-        match self {
-            WriteFailure::NoSpace => {
-                "NO [OVERQUOTA] Not enough disk space on the server; try again later".into()
-            }
-            WriteFailure::Cannot(text) => format!("NO [CANNOT] {text}"),
-            WriteFailure::Unavailable => {
-                "NO [UNAVAILABLE] Temporary server failure; try again later".into()
-            }
-        }
-    }
 }
 
 /// Why a login was refused.
@@ -1064,55 +909,6 @@ impl Session {
 
     // ---- Authenticated ----
 
-    /// A CONDSTORE-enabling command (RFC 7162 §3.1): the first one while a mailbox is
-    /// selected also reports the mailbox's HIGHESTMODSEQ, before its own replies.
-    fn condstore_on(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
-        if std::mem::replace(&mut self.condstore, true) {
-            return;
-        }
-        // What the session has been told up to, not the mailbox's newest: changes
-        // it has not heard of yet must not look already synchronised.
-        if let (Some(sel), Some(_)) = (&self.selected, self.mailbox(store)) {
-            out.line(&format!(
-                "* OK [HIGHESTMODSEQ {}] Highest",
-                sel.reported_modseq
-            ));
-        }
-    }
-
-    fn enable(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
-        let mut enabled = Vec::new();
-        for a in args {
-            let Some(name) = a.as_str() else { continue };
-            match name.to_ascii_uppercase().as_str() {
-                "CONDSTORE" if !self.condstore => {
-                    self.condstore = true;
-                    enabled.push("CONDSTORE");
-                }
-                "QRESYNC" if !self.qresync => {
-                    self.qresync = true;
-                    self.condstore = true;
-                    enabled.push("QRESYNC");
-                }
-                "UTF8=ACCEPT" if !self.utf8_accept => {
-                    self.utf8_accept = true;
-                    enabled.push("UTF8=ACCEPT");
-                }
-                "IMAP4REV2" if !self.rev2 => {
-                    self.rev2 = true;
-                    enabled.push("IMAP4rev2");
-                }
-                _ => {}
-            }
-        }
-        if enabled.is_empty() {
-            out.line("* ENABLED");
-        } else {
-            out.line(&format!("* ENABLED {}", enabled.join(" ")));
-        }
-        out.line(&format!("{tag} OK ENABLE completed"));
-    }
-
     /// Sessions that speak UTF-8 mailbox names: UTF8=ACCEPT enabled (RFC 6855) or
     /// IMAP4rev2 (RFC 9051 §5.1). Others see the stored modified UTF-7.
     fn utf8_names(&self) -> bool {
@@ -1172,96 +968,6 @@ impl Session {
         }
     }
 
-    /// The account changed (another session, a delivery): in IDLE, tell the client now.
-    pub fn changed(&mut self, store: &dyn Mailstore, out: &mut Outbox) {
-        if self.idle_tag.is_some() {
-            self.update(store, out, true, &HashSet::new());
-        }
-        if self.notify.is_some() {
-            self.notify_changes(store, out);
-        }
-    }
-
-    // ---- Selected ----
-
-    /// Reports what changed in the selected mailbox since the client last heard:
-    /// expunges (only when `expunges_allowed`: never during FETCH, STORE or SEARCH),
-    /// new messages, and flag changes not in `skip` (UIDs this command reported).
-    fn update(
-        &mut self,
-        store: &dyn Mailstore,
-        out: &mut Outbox,
-        expunges_allowed: bool,
-        skip: &HashSet<u32>,
-    ) {
-        let keywords_max = self.config.keywords_per_mailbox_max;
-        let Some(sel) = self.selected.as_mut() else {
-            return;
-        };
-        let Some(mb) = store.account().and_then(|a| a.mailbox_by_id(sel.id)) else {
-            // Deleted by another session.
-            out.line("* BYE Selected mailbox was deleted");
-            self.selected = None;
-            self.close(out);
-            return;
-        };
-        // What changed since the session last looked comes from the mailbox's
-        // tombstones, flag-change log and UID order: O(changes), not O(mailbox).
-        if !sel.at.is_reconstructible(mb) {
-            // Compaction dropped tombstones this session still needed to number its
-            // messages: it must select again.
-            out.line("* BYE [UNAVAILABLE] Mailbox compacted; select it again");
-            self.selected = None;
-            self.close(out);
-            return;
-        }
-        let before = (sel.at, sel.reported_modseq);
-        if expunges_allowed {
-            let view = View::new(mb, sel.at);
-            let gone: Vec<(usize, u32)> = view.ghosts().collect();
-            if !gone.is_empty() {
-                if self.qresync {
-                    let uids: Vec<u32> = gone.iter().map(|g| g.1).collect();
-                    out.line(&format!("* VANISHED {}", SequenceSet::compact(&uids)));
-                } else {
-                    for (i, _) in gone.iter().rev() {
-                        out.line(&format!("* {} EXPUNGE", i + 1));
-                    }
-                }
-            }
-            sel.at.expunges_seen = mb.highest_modseq;
-        }
-        let last = sel.at.known_last;
-        if let Some(newest) = mb.messages_after(last).last() {
-            sel.at.known_last = newest.uid;
-            announce_keywords(sel, mb, keywords_max, out);
-            out.line(&format!("* {} EXISTS", View::new(mb, sel.at).len()));
-            if !self.rev2 {
-                sel.recent.take_new(mb, sel.read_only);
-                out.line(&format!("* {} RECENT", sel.recent.count(mb)));
-            }
-        }
-        if mb.highest_modseq > sel.reported_modseq {
-            let changed = flags_changed_since(mb, sel.reported_modseq, last);
-            announce_keywords(sel, mb, keywords_max, out);
-            let view = View::new(mb, sel.at);
-            for m in changed {
-                if skip.contains(&m.uid) {
-                    continue;
-                }
-                let Some(i) = view.index_of(m.uid) else {
-                    continue;
-                };
-                let flags = sel.flags_of(m);
-                flags_update(out, i + 1, m, flags, self.qresync, self.condstore);
-            }
-            sel.reported_modseq = mb.highest_modseq;
-        }
-        if !sel.live.is_empty() {
-            self.live_search_changes(before, store, out);
-        }
-    }
-
     /// Sequence numbers (1-based) and UIDs of the selected messages a set names.
     /// `Err` for a sequence number beyond the mailbox.
     fn resolve(
@@ -1314,160 +1020,6 @@ impl Session {
         let id = self.selected.as_ref()?.id;
         store.account()?.mailbox_by_id(id)
     }
-
-    /// A [`Write`] finished (durably, or not at all).
-    // Longer than ~80 lines: one arm per kind of write being completed.
-    pub fn written(&mut self, result: Written, store: &dyn Mailstore, out: &mut Outbox) {
-        let Some(pending) = self.pending.take() else {
-            return;
-        };
-        if let Written::Failed(failure) = &result {
-            let tag = match &pending {
-                Pending::StartTls | Pending::Compress => return,
-                Pending::Login { tag }
-                | Pending::Simple { tag, .. }
-                | Pending::Create { tag, .. }
-                | Pending::Append { tag, .. }
-                | Pending::Copy { tag, .. }
-                | Pending::Expunge { tag, .. }
-                | Pending::Delete { tag, .. } => tag.clone(),
-                Pending::Store(p) => p.tag.clone(),
-                Pending::Fetch(p) => p.tag.clone(),
-                Pending::List(_)
-                | Pending::FetchSteps(_)
-                | Pending::SearchSteps(_)
-                | Pending::SortSteps(_) => return,
-            };
-            out.line(&format!("{tag} {}", failure.response()));
-            return;
-        }
-        match pending {
-            Pending::StartTls
-            | Pending::Compress
-            | Pending::Login { .. }
-            | Pending::List(_)
-            | Pending::FetchSteps(_)
-            | Pending::SearchSteps(_)
-            | Pending::SortSteps(_) => {}
-            Pending::Simple { tag, done } => {
-                self.update(store, out, true, &HashSet::new());
-                out.line(&format!("{tag} OK {done}"));
-            }
-            Pending::Create { tag, name } => {
-                self.update(store, out, true, &HashSet::new());
-                match store.account().and_then(|a| a.mailbox(&name)) {
-                    Some(mb) => out.line(&format!(
-                        "{tag} OK [MAILBOXID ({})] CREATE completed",
-                        mb.object_id()
-                    )),
-                    None => out.line(&format!("{tag} OK CREATE completed")),
-                }
-            }
-            Pending::Delete { tag, mailbox } => {
-                if self.selected_mailbox() == Some(mailbox) {
-                    self.selected = None;
-                    out.line("* OK [CLOSED] Mailbox deleted");
-                }
-                out.line(&format!("{tag} OK DELETE completed"));
-            }
-            Pending::Append { tag, uidvalidity } => {
-                self.update(store, out, true, &HashSet::new());
-                match result {
-                    Written::Appended { uids } => out.line(&format!(
-                        "{tag} OK [APPENDUID {uidvalidity} {}] APPEND completed",
-                        SequenceSet::compact(&uids)
-                    )),
-                    _ => out.line(&format!("{tag} OK APPEND completed")),
-                }
-            }
-            Pending::Store(p) => {
-                let changed = match &result {
-                    Written::Stored(c) => c.clone(),
-                    _ => Vec::new(),
-                };
-                self.finish_store(p, &changed, store, out);
-            }
-            Pending::Fetch(p) => self.fetch_step(p, store, out),
-            Pending::Copy {
-                tag,
-                uid,
-                moving,
-                uidvalidity,
-            } => {
-                let pairs = match result {
-                    Written::Copied(p) => p,
-                    _ => Vec::new(),
-                };
-                let code = if pairs.is_empty() {
-                    String::new()
-                } else {
-                    let src: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-                    let dst: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                    format!(
-                        "[COPYUID {uidvalidity} {} {}] ",
-                        join_uids(&src),
-                        join_uids(&dst)
-                    )
-                };
-                if moving {
-                    if !code.is_empty() {
-                        out.line(&format!("* OK {code}Moved"));
-                    }
-                    self.update(store, out, true, &HashSet::new());
-                    out.line(&format!("{tag} OK MOVE completed"));
-                } else {
-                    self.update(store, out, uid, &HashSet::new());
-                    out.line(&format!("{tag} OK {code}COPY completed"));
-                }
-            }
-            Pending::Expunge { tag, closing } => {
-                if closing {
-                    self.selected = None;
-                    out.line(&format!("{tag} OK CLOSE completed"));
-                } else {
-                    self.update(store, out, true, &HashSet::new());
-                    out.line(&format!("{tag} OK EXPUNGE completed"));
-                }
-            }
-        }
-    }
-}
-
-/// Keywords the client has not been told about: announce them with a new FLAGS
-/// before any FETCH shows them (RFC 9051 §7.3.5). A mailbox's keyword list only
-/// grows, so a longer list is the whole news.
-fn announce_keywords(sel: &mut Selected, mb: &MailboxIndex, keywords_max: usize, out: &mut Outbox) {
-    if mb.keywords.len() > sel.keywords.len() {
-        sel.keywords = mb.keywords.clone();
-        let room = sel.keywords.len() < keywords_max;
-        flags_lines(out, &sel.keywords, sel.read_only, room);
-    }
-}
-
-/// `* FLAGS` and `* OK [PERMANENTFLAGS]`: at SELECT, and again when a new keyword
-/// appears (RFC 9051 §7.3.5).
-/// `room`: new keywords may still be created (`\*` in PERMANENTFLAGS).
-/// `* n FETCH ([UID u ]FLAGS (…)[ MODSEQ (m)])`: how a flag change is reported, in
-/// a STORE reply, an unsolicited update or a QRESYNC resynchronisation.
-fn flags_update(
-    out: &mut Outbox,
-    seq: usize,
-    m: &MessageEntry,
-    flags: u32,
-    with_uid: bool,
-    with_modseq: bool,
-) {
-    let mut line = format!("* {seq} FETCH (").into_bytes();
-    if with_uid {
-        line.extend_from_slice(format!("UID {} ", m.uid).as_bytes());
-    }
-    line.extend_from_slice(b"FLAGS ");
-    render::flag_list(&mut line, flags, &m.keywords);
-    if with_modseq {
-        line.extend_from_slice(format!(" MODSEQ ({})", m.modseq).as_bytes());
-    }
-    line.extend_from_slice(b")\r\n");
-    out.reply.extend_from_slice(&line);
 }
 
 /// The `\Recent` bit for `uid` in `recent`.
@@ -1479,6 +1031,9 @@ fn recent_bit(recent: &recent::Recent, uid: u32) -> u32 {
     }
 }
 
+/// `* FLAGS` and `* OK [PERMANENTFLAGS]`: at SELECT, and again when a new keyword
+/// appears (RFC 9051 §7.3.5).
+/// `room`: new keywords may still be created (`\*` in PERMANENTFLAGS).
 fn flags_lines(out: &mut Outbox, keywords: &[String], read_only: bool, room: bool) {
     let list: String = keywords.iter().map(|k| format!(" {k}")).collect();
     out.line(&format!(
@@ -1529,92 +1084,4 @@ pub(super) fn special_use_attr(s: SpecialUse) -> Option<&'static str> {
         SpecialUse::Archive => Some("\\Archive"),
         SpecialUse::None | SpecialUse::Inbox => None,
     }
-}
-
-/// `* STATUS name (…)`; `name` as the session shows it ([`Session::shown_name`]).
-pub(super) fn status_line(out: &mut Outbox, name: &str, mb: &MailboxIndex, items: &[StatusItem]) {
-    let mut fields = Vec::new();
-    for item in items {
-        fields.push(match item {
-            StatusItem::Messages => format!("MESSAGES {}", mb.messages.len()),
-            StatusItem::UidNext => format!("UIDNEXT {}", mb.uid_next),
-            StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
-            // Kept by the index as messages change: no scan of the mailbox.
-            StatusItem::Unseen => format!("UNSEEN {}", mb.counts.unseen),
-            StatusItem::Deleted => format!("DELETED {}", mb.counts.deleted),
-            StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.counts.deleted_bytes),
-            StatusItem::Size => format!("SIZE {}", mb.counts.bytes),
-            StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
-            StatusItem::MailboxId => format!("MAILBOXID ({})", mb.object_id()),
-            // Not yet shown as recent to any session (RFC 3501 §6.3.10).
-            StatusItem::Recent => {
-                let from = mb.messages.partition_point(|m| m.uid < mb.recent_from());
-                format!("RECENT {}", mb.messages.len() - from)
-            }
-        });
-    }
-    let mut line = b"* STATUS ".to_vec();
-    render::mailbox_name(&mut line, name);
-    line.extend_from_slice(format!(" ({})\r\n", fields.join(" ")).as_bytes());
-    out.reply.extend_from_slice(&line);
-}
-
-/// Messages up to UID `last` whose flags changed after MODSEQ `since`, each once:
-/// from the flag-change log, or a scan if `since` is older than the log.
-fn flags_changed_since(mb: &MailboxIndex, since: u64, last: u32) -> Vec<&MessageEntry> {
-    match mb.flag_changes_since(since) {
-        Some(changes) => changes
-            .iter()
-            .filter(|(_, uid)| *uid <= last)
-            .filter_map(|(modseq, uid)| {
-                let at = mb.messages.binary_search_by_key(uid, |m| m.uid).ok()?;
-                // A later change of the same message is listed further on.
-                mb.messages.get(at).filter(|m| m.modseq == *modseq)
-            })
-            .collect(),
-        None => mb
-            .messages
-            .iter()
-            .filter(|m| m.modseq > since && m.uid <= last)
-            .collect(),
-    }
-}
-
-/// Messages changed or added after MODSEQ `since` (QRESYNC SELECT), in UID order.
-fn changed_since(mb: &MailboxIndex, since: u64) -> Vec<&MessageEntry> {
-    let appended = mb.appended_since(since);
-    let first_new = appended.first().map_or(u32::MAX, |m| m.uid);
-    let mut out = flags_changed_since(mb, since, first_new.saturating_sub(1));
-    out.sort_unstable_by_key(|m| m.uid);
-    out.extend(appended.iter().filter(|m| m.modseq > since));
-    out
-}
-
-/// UIDs the client may know (its known-uids, or all below UIDNEXT) that were
-/// expunged after MODSEQ `since`, from the tombstones (RFC 7162 §3.2.5.1). Past
-/// the tombstones' horizon, every such UID that is gone (the RFC allows more).
-fn vanished_since(mb: &MailboxIndex, since: u64, known: Option<&SequenceSet>) -> Vec<u32> {
-    let largest = mb.uid_next.saturating_sub(1);
-    let named = |u: u32| known.is_none_or(|k| k.contains(u, largest));
-    if let Some(tombstones) = mb.expunged_since(since) {
-        let mut out: Vec<u32> = tombstones
-            .iter()
-            .map(|t| t.1)
-            .filter(|u| named(*u))
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        return out;
-    }
-    let mut out = Vec::new();
-    let mut present = mb.messages.iter().map(|m| m.uid).peekable();
-    for u in 1..=largest {
-        while present.peek().is_some_and(|p| *p < u) {
-            present.next();
-        }
-        if present.peek() != Some(&u) && named(u) {
-            out.push(u);
-        }
-    }
-    out
 }

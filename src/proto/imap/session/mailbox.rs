@@ -336,3 +336,74 @@ fn create_use(options: &[Token<'_>]) -> Result<SpecialUse, CreateUse> {
     }
     Ok(special)
 }
+
+/// `* STATUS name (…)`; `name` as the session shows it ([`Session::shown_name`]).
+pub(super) fn status_line(out: &mut Outbox, name: &str, mb: &MailboxIndex, items: &[StatusItem]) {
+    let mut fields = Vec::new();
+    for item in items {
+        fields.push(match item {
+            StatusItem::Messages => format!("MESSAGES {}", mb.messages.len()),
+            StatusItem::UidNext => format!("UIDNEXT {}", mb.uid_next),
+            StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity),
+            // Kept by the index as messages change: no scan of the mailbox.
+            StatusItem::Unseen => format!("UNSEEN {}", mb.counts.unseen),
+            StatusItem::Deleted => format!("DELETED {}", mb.counts.deleted),
+            StatusItem::DeletedStorage => format!("DELETED-STORAGE {}", mb.counts.deleted_bytes),
+            StatusItem::Size => format!("SIZE {}", mb.counts.bytes),
+            StatusItem::HighestModSeq => format!("HIGHESTMODSEQ {}", mb.highest_modseq),
+            StatusItem::MailboxId => format!("MAILBOXID ({})", mb.object_id()),
+            // Not yet shown as recent to any session (RFC 3501 §6.3.10).
+            StatusItem::Recent => {
+                let from = mb.messages.partition_point(|m| m.uid < mb.recent_from());
+                format!("RECENT {}", mb.messages.len() - from)
+            }
+        });
+    }
+    let mut line = b"* STATUS ".to_vec();
+    render::mailbox_name(&mut line, name);
+    line.extend_from_slice(format!(" ({})\r\n", fields.join(" ")).as_bytes());
+    out.reply.extend_from_slice(&line);
+}
+
+/// Messages changed or added after MODSEQ `since` (QRESYNC SELECT), in UID order.
+fn changed_since(mb: &MailboxIndex, since: u64) -> Vec<&MessageEntry> {
+    let appended = mb.appended_since(since);
+    let first_new = appended.first().map_or(u32::MAX, |m| m.uid);
+    let mut out = flags_changed_since(mb, since, first_new.saturating_sub(1));
+    out.sort_unstable_by_key(|m| m.uid);
+    out.extend(appended.iter().filter(|m| m.modseq > since));
+    out
+}
+
+/// UIDs the client may know (its known-uids, or all below UIDNEXT) that were
+/// expunged after MODSEQ `since`, from the tombstones (RFC 7162 §3.2.5.1). Past
+/// the tombstones' horizon, every such UID that is gone (the RFC allows more).
+pub(super) fn vanished_since(
+    mb: &MailboxIndex,
+    since: u64,
+    known: Option<&SequenceSet>,
+) -> Vec<u32> {
+    let largest = mb.uid_next.saturating_sub(1);
+    let named = |u: u32| known.is_none_or(|k| k.contains(u, largest));
+    if let Some(tombstones) = mb.expunged_since(since) {
+        let mut out: Vec<u32> = tombstones
+            .iter()
+            .map(|t| t.1)
+            .filter(|u| named(*u))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        return out;
+    }
+    let mut out = Vec::new();
+    let mut present = mb.messages.iter().map(|m| m.uid).peekable();
+    for u in 1..=largest {
+        while present.peek().is_some_and(|p| *p < u) {
+            present.next();
+        }
+        if present.peek() != Some(&u) && named(u) {
+            out.push(u);
+        }
+    }
+    out
+}
