@@ -1,7 +1,8 @@
-//! CONTEXT=SEARCH and PARTIAL (RFC 5267 §4, RFC 9394 ranges) as transcripts: a live
-//! UID SEARCH result follows new mail, flag changes and expunges with ADDTO,
-//! REMOVEFROM and new COUNTs; CANCELUPDATE ends it; the per-session limit answers
-//! NOUPDATE; PARTIAL pages SEARCH and SORT results. End to end with imaplib:
+//! CONTEXT=SEARCH, CONTEXT=SORT and PARTIAL (RFC 5267 §4, RFC 9394 ranges) as
+//! transcripts: a live UID SEARCH or UID SORT result follows new mail, flag changes
+//! and expunges with ADDTO, REMOVEFROM (positions in the result's order) and new
+//! COUNTs; CANCELUPDATE ends it; the per-session limit answers NOUPDATE; PARTIAL pages
+//! SEARCH and SORT results. End to end with imaplib:
 //! tests/e2e/test_imap_rfc.py.
 
 use std::sync::Arc;
@@ -111,7 +112,7 @@ fn updates_are_for_uid_search_and_bounded_per_session() {
         "{out}"
     );
     assert!(
-        out.contains("d BAD SORT RETURN (UPDATE) is not offered"),
+        out.contains("d BAD RETURN (UPDATE) needs UID SORT"),
         "{out}"
     );
     assert!(out.contains("e OK SEARCH completed"), "{out}");
@@ -159,4 +160,53 @@ fn partial_pages_search_and_sort_results() {
     );
     assert!(out.contains("g BAD PARTIAL takes a range"), "{out}");
     assert!(out.contains("h BAD PARTIAL takes a range"), "{out}");
+}
+
+#[test]
+fn a_live_sort_places_new_matches_in_sort_order() {
+    let mut d = connection(8);
+    for s in ["b", "d", "f"] {
+        deliver(&mut d, s);
+    }
+    let out = d.say(
+        "b SELECT INBOX\r\n\
+         c UID SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 UNSEEN\r\n\
+         e UID SORT RETURN (UPDATE COUNT MIN) (REVERSE SUBJECT) UTF-8 ALL\r\n",
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"c\") UID ALL 1:3\r\nc OK SORT completed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"e\") UID MIN 3 COUNT 3\r\ne OK"),
+        "{out}"
+    );
+    // "c" sorts between "b" and "d": position 2 of c, position 3 of the reverse.
+    deliver(&mut d, "c");
+    let out = d.say("f NOOP\r\n");
+    assert!(
+        out.contains("* ESEARCH (TAG \"c\") UID ADDTO (2 4)\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"e\") UID MIN 3 COUNT 4\r\n"),
+        "{out}"
+    );
+    // Seen: out of c's result (UNSEEN), from its place in sort order.
+    let out = d.say("g STORE 2 +FLAGS (\\Seen)\r\n");
+    assert!(
+        out.contains("* ESEARCH (TAG \"c\") UID REMOVEFROM (3 2)\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("TAG \"e\""), "{out}");
+    // Expunged: gone from both.
+    let out = d.say("h STORE 1 +FLAGS.SILENT (\\Deleted)\r\ni EXPUNGE\r\n");
+    assert!(
+        out.contains("* ESEARCH (TAG \"c\") UID REMOVEFROM (1 1)\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("* ESEARCH (TAG \"e\") UID MIN 3 COUNT 3\r\n"),
+        "{out}"
+    );
 }

@@ -95,7 +95,7 @@ verbs! {
     Expunge "EXPUNGE" Selected uid=true cap=Some("UIDPLUS");
     Search "SEARCH" Selected uid=true cap=Some("ESEARCH");
     Sort "SORT" Selected uid=true cap=Some("SORT");
-    CancelUpdate "CANCELUPDATE" Selected uid=false cap=Some("CONTEXT=SEARCH");
+    CancelUpdate "CANCELUPDATE" Selected uid=false cap=Some("CONTEXT=SEARCH CONTEXT=SORT");
     Thread "THREAD" Selected uid=true cap=Some("THREAD=ORDEREDSUBJECT THREAD=REFERENCES");
     Fetch "FETCH" Selected uid=true cap=None;
     Store "STORE" Selected uid=true cap=None;

@@ -1,40 +1,85 @@
-//! CONTEXT=SEARCH (RFC 5267 §4): `UID SEARCH RETURN (UPDATE …)` keeps its result live,
-//! and every change the session reports afterwards (new mail, flag changes, expunges)
-//! is checked against it: `* ESEARCH (TAG …) UID ADDTO (position uid …)` and
-//! `REMOVEFROM`, or the new MIN/MAX/COUNT. `CANCELUPDATE` ends it.
+//! CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 §4): `UID SEARCH RETURN (UPDATE …)` and
+//! `UID SORT RETURN (UPDATE …)` keep their result live, and every change the session
+//! reports afterwards (new mail, flag changes, expunges) is checked against it:
+//! `* ESEARCH (TAG …) UID ADDTO (position uid …)` and `REMOVEFROM`, positions in the
+//! result's order (UID order for SEARCH, sort order for SORT), or the new MIN, MAX and
+//! COUNT. `CANCELUPDATE` ends one; SELECT ends them all.
 //!
-//! Each live search keeps its result's UIDs (4 bytes a match) and is re-evaluated only
-//! on the messages that changed, so one update costs O(changes × live searches);
-//! `limits.imap_search_updates_max` bounds how many a session keeps (more get
-//! `OK [NOUPDATE]`). Updates are for UID SEARCH: a sequence-number result would be
-//! renumbered by every expunge. Part of the sans-IO session: no IO.
+//! A live result keeps each match's UID and, for SORT, its sort key, and is
+//! re-evaluated only on the messages that changed, so one update costs
+//! O(changes × (log n + key) per live result) (a SORT's removal finds the UID in
+//! O(n)); `limits.imap_search_updates_max` bounds how many a session keeps (more get
+//! `OK [NOUPDATE]`). Updates are for UID SEARCH and UID SORT: a sequence-number result
+//! would be renumbered by every expunge. Part of the sans-IO session: no IO.
 
+use std::cmp::Ordering;
+
+use super::super::sort::{self, KeyPart, SortBy};
 use super::view::{View, Viewpoint};
 use super::*;
 
-/// One live search result (a SEARCH with RETURN (UPDATE)).
+/// One live result (a UID SEARCH or UID SORT with RETURN (UPDATE)).
 #[derive(Debug, Clone)]
 pub(super) struct LiveSearch {
     tag: String,
     ret: command::SearchReturn,
     key: command::SearchKey,
-    /// The matching UIDs, ascending.
-    uids: Vec<u32>,
+    /// SORT's criteria (empty for SEARCH: UID order).
+    criteria: Vec<SortBy>,
+    /// The matches in the result's order: sort key (empty for SEARCH) and UID.
+    items: Vec<(Vec<KeyPart>, u32)>,
 }
 
 impl LiveSearch {
-    pub(super) fn new(
+    /// A live SEARCH result: `uids` ascending.
+    pub(super) fn search(
         tag: String,
         ret: command::SearchReturn,
         key: command::SearchKey,
         uids: Vec<u32>,
     ) -> LiveSearch {
+        let items = uids.into_iter().map(|u| (Vec::new(), u)).collect();
+        LiveSearch::sorted(tag, ret, key, Vec::new(), items)
+    }
+
+    /// A live SORT result: `items` in sort order (ties by UID).
+    pub(super) fn sorted(
+        tag: String,
+        ret: command::SearchReturn,
+        key: command::SearchKey,
+        criteria: Vec<SortBy>,
+        items: Vec<(Vec<KeyPart>, u32)>,
+    ) -> LiveSearch {
         LiveSearch {
             tag,
             ret,
             key,
-            uids,
+            criteria,
+            items,
         }
+    }
+
+    fn order(&self, a: &(Vec<KeyPart>, u32), b: &(Vec<KeyPart>, u32)) -> Ordering {
+        sort::compare(&self.criteria, &a.0, &b.0).then(a.1.cmp(&b.1))
+    }
+
+    /// Where `uid` is in the result.
+    fn position(&self, uid: u32) -> Option<usize> {
+        if self.criteria.is_empty() {
+            self.items.binary_search_by(|(_, u)| u.cmp(&uid)).ok()
+        } else {
+            self.items.iter().position(|(_, u)| *u == uid)
+        }
+    }
+
+    /// Inserts a match in order; returns its (0-based) position.
+    fn insert(&mut self, item: (Vec<KeyPart>, u32)) -> usize {
+        let at = self
+            .items
+            .binary_search_by(|probe| self.order(probe, &item))
+            .unwrap_or_else(|at| at);
+        self.items.insert(at, item);
+        at
     }
 }
 
@@ -125,9 +170,9 @@ impl Session {
         for live in &mut sel.live {
             let (mut added, mut removed) = (Vec::new(), Vec::new());
             for uid in &expunged {
-                if let Ok(i) = live.uids.binary_search(uid) {
+                if let Some(i) = live.position(*uid) {
                     removed.push((i + 1, *uid));
-                    live.uids.remove(i);
+                    live.items.remove(i);
                 }
             }
             for entry in &touched {
@@ -147,13 +192,19 @@ impl Session {
                 c.recent = sel.recent.contains(entry.uid);
                 c.now = now;
                 let hit = search::matches(&live.key, &c);
-                match (live.uids.binary_search(&entry.uid), hit) {
-                    (Err(at), true) => {
-                        live.uids.insert(at, entry.uid);
+                match (live.position(entry.uid), hit) {
+                    (None, true) => {
+                        // Sort keys do not depend on flags: one is computed only for a
+                        // message that joins the result.
+                        let needs_summary =
+                            live.criteria.iter().any(|c| c.criterion.needs_summary());
+                        let summary = needs_summary.then(|| c.summary()).flatten();
+                        let key = sort::key_of(&live.criteria, entry, summary);
+                        let at = live.insert((key, entry.uid));
                         added.push((at + 1, entry.uid));
                     }
-                    (Ok(at), false) => {
-                        live.uids.remove(at);
+                    (Some(at), false) => {
+                        live.items.remove(at);
                         removed.push((at + 1, entry.uid));
                     }
                     _ => {}
@@ -186,17 +237,17 @@ fn report(out: &mut Outbox, live: &LiveSearch, removed: &[(usize, u32)], added: 
     }
     let mut ends = String::new();
     if live.ret.min {
-        if let Some(first) = live.uids.first() {
+        if let Some((_, first)) = live.items.first() {
             ends.push_str(&format!(" MIN {first}"));
         }
     }
     if live.ret.max {
-        if let Some(last) = live.uids.last() {
+        if let Some((_, last)) = live.items.last() {
             ends.push_str(&format!(" MAX {last}"));
         }
     }
     if live.ret.count {
-        ends.push_str(&format!(" COUNT {}", live.uids.len()));
+        ends.push_str(&format!(" COUNT {}", live.items.len()));
     }
     if !ends.is_empty() {
         out.line(&format!("{head}{ends}"));

@@ -145,7 +145,7 @@ impl Session {
                 ));
                 return;
             }
-            let job = sort_command::SortJob::new(tag, uid, ret, order, ordered);
+            let job = sort_command::SortJob::new(tag, uid, ret, order, ordered, key);
             return self.sort_step(job, store, out);
         }
         if ret.save {
@@ -160,7 +160,7 @@ impl Session {
         }
         self.update(store, out, uid, &HashSet::new());
         let refused = if ret.update {
-            let live = context::LiveSearch::new(tag.clone(), ret, key, hits);
+            let live = context::LiveSearch::search(tag.clone(), ret, key, hits);
             self.keep_live(live)
         } else {
             None

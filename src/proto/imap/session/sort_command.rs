@@ -129,9 +129,9 @@ impl Session {
         let parsed = sort::sort_args(args)
             .and_then(|(ret, criteria, keys)| Ok((command::search_keys(ret, keys)?, criteria)));
         match parsed {
-            Ok((SearchArgs { ret, .. }, _)) if ret.update => self.bad(
+            Ok((SearchArgs { ret, .. }, _)) if ret.update && !uid => self.bad(
                 tag,
-                "SORT RETURN (UPDATE) is not offered (CONTEXT=SORT); UID SEARCH takes UPDATE",
+                "RETURN (UPDATE) needs UID SORT: sequence numbers change with every expunge",
                 out,
             ),
             Ok((SearchArgs { ret, key, .. }, criteria)) => {
@@ -190,12 +190,24 @@ impl Session {
             ret,
             order,
             sorter,
+            live_key,
         } = job;
         let sorted = sorter.into_sorted();
+        let mut live = None;
         let done = match order {
-            Order::Sort(_) => {
+            Order::Sort(criteria) => {
                 let numbers: Vec<u32> = sorted.iter().map(|o| o.number).collect();
                 out.line(&sort_reply(&tag, uid, &ret, &numbers));
+                if let Some(key) = live_key {
+                    let items = sorted.into_iter().map(|o| (o.key, o.number)).collect();
+                    live = Some(context::LiveSearch::sorted(
+                        tag.clone(),
+                        ret,
+                        key,
+                        criteria,
+                        items,
+                    ));
+                }
                 "SORT completed"
             }
             Order::Thread => {
@@ -208,7 +220,10 @@ impl Session {
             }
         };
         self.update(store, out, uid, &HashSet::new());
-        out.line(&format!("{tag} OK {done}"));
+        match live.and_then(|l| self.keep_live(l)) {
+            Some(code) => out.line(&format!("{tag} OK {code}")),
+            None => out.line(&format!("{tag} OK {done}")),
+        }
     }
 }
 
@@ -220,6 +235,8 @@ pub(super) struct SortJob {
     ret: command::SearchReturn,
     order: Order,
     sorter: StepSort,
+    /// The search key, kept for a live result (RETURN (UPDATE), CONTEXT=SORT).
+    live_key: Option<command::SearchKey>,
 }
 
 impl SortJob {
@@ -229,8 +246,11 @@ impl SortJob {
         ret: command::SearchReturn,
         order: Order,
         items: Vec<Ordered>,
+        key: command::SearchKey,
     ) -> SortJob {
-        let keep_keys = matches!(order, Order::Thread);
+        let live_key = ret.update.then_some(key);
+        // THREAD links by the keys; a live SORT keeps them to place later matches.
+        let keep_keys = matches!(order, Order::Thread) || live_key.is_some();
         // REFERENCES orders the matches itself: they stay in mailbox order here.
         let sorter = if matches!(order, Order::References) {
             StepSort::done(items)
@@ -243,6 +263,7 @@ impl SortJob {
             ret,
             order,
             sorter,
+            live_key,
         }
     }
 
