@@ -3,7 +3,7 @@ the real server: \\Recent seen by exactly one session, UNAUTHENTICATE (RFC 8437)
 OBJECTID (RFC 8474), WITHIN (RFC 5032), CREATE-SPECIAL-USE (RFC 6154), LITERAL-
 before login (RFC 7888), SEARCHRES (RFC 5182), SORT and THREAD (RFC 5256), PREVIEW (RFC 8970), UTF8=ACCEPT (RFC 6855), MULTIAPPEND (RFC 3502), CATENATE (RFC 4469), COMPRESS=DEFLATE (RFC 4978),
 METADATA (RFC 5464), SAVEDATE (RFC 8514), NOTIFY (RFC 5465),
-CONTEXT=SEARCH (RFC 5267)."""
+CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267)."""
 
 import re
 import zlib
@@ -449,6 +449,17 @@ class ImapRfc(unittest.TestCase):
             updates = m.untagged_responses.pop("ESEARCH", [])
             self.assertTrue(any(b"ADDTO (2 2)" in u for u in updates), updates)
             self.assertTrue(any(b"COUNT 2" in u for u in updates), updates)
+            # CONTEXT=SORT: by subject, "first" < "second" < "third"; PARTIAL pages.
+            self.assertIn("CONTEXT=SORT", m.capabilities)
+            typ, _ = m.uid("SORT", "RETURN", "(UPDATE ALL PARTIAL 1:1)", "(SUBJECT)", "UTF-8", "ALL")
+            self.assertEqual(typ, "OK")
+            first = m.untagged_responses.pop("ESEARCH")
+            self.assertRegex(first[0], rb"UID ALL 1:2 PARTIAL \(1:1 1\)$")
+            sort_tag = re.match(rb'\(TAG "(\w+)"\)', first[0]).group(1)
+            self.deliver(user, "third")
+            m.noop()
+            updates = m.untagged_responses.pop("ESEARCH", [])
+            self.assertIn(b'(TAG "%s") UID ADDTO (3 3)' % sort_tag, updates)
         finally:
             m.logout()
 

@@ -183,42 +183,7 @@ impl Session {
             _ => String::new(),
         };
         let found = store.account().map_or(&[][..], |a| a.annotations(mailbox));
-        let mut line = b"* METADATA ".to_vec();
-        render::mailbox_name(&mut line, &shown);
-        line.extend_from_slice(b" (");
-        let (mut any, mut longest_skipped) = (false, 0usize);
-        for name in &names {
-            let matches = found
-                .iter()
-                .filter(|a| within(&a.entry, name, options.depth));
-            let mut matched = false;
-            for a in matches {
-                matched = true;
-                if options.maxsize.is_some_and(|m| a.value.len() > m) {
-                    longest_skipped = longest_skipped.max(a.value.len());
-                    continue;
-                }
-                if any {
-                    line.push(b' ');
-                }
-                any = true;
-                line.extend_from_slice(a.entry.as_bytes());
-                line.push(b' ');
-                value(&mut line, &a.value);
-            }
-            if !matched && !ROOTS.contains(&name.as_str()) {
-                if any {
-                    line.push(b' ');
-                }
-                any = true;
-                line.extend_from_slice(name.as_bytes());
-                line.extend_from_slice(b" NIL");
-            }
-        }
-        if any {
-            line.extend_from_slice(b")\r\n");
-            out.reply.extend_from_slice(&line);
-        }
+        let longest_skipped = metadata_line(out, &shown, found, &names, options);
         if longest_skipped > 0 {
             out.line(&format!(
                 "{tag} OK [METADATA LONGENTRIES {longest_skipped}] GETMETADATA completed"
@@ -227,6 +192,54 @@ impl Session {
             out.line(&format!("{tag} OK GETMETADATA completed"));
         }
     }
+}
+
+/// `* METADATA mailbox (entry value …)` for the entries `names` select (a missing
+/// one is NIL), none if nothing is to be said; returns the size of the longest value
+/// MAXSIZE left out (0 if none).
+fn metadata_line(
+    out: &mut Outbox,
+    shown: &str,
+    found: &[crate::store::index::Annotation],
+    names: &[String],
+    options: GetOptions,
+) -> usize {
+    let mut line = b"* METADATA ".to_vec();
+    render::mailbox_name(&mut line, shown);
+    line.extend_from_slice(b" (");
+    let (mut any, mut longest_skipped) = (false, 0usize);
+    let mut item = |line: &mut Vec<u8>, entry: &str| {
+        if any {
+            line.push(b' ');
+        }
+        any = true;
+        line.extend_from_slice(entry.as_bytes());
+        line.push(b' ');
+    };
+    for name in names {
+        let mut matched = false;
+        for a in found
+            .iter()
+            .filter(|a| within(&a.entry, name, options.depth))
+        {
+            matched = true;
+            if options.maxsize.is_some_and(|m| a.value.len() > m) {
+                longest_skipped = longest_skipped.max(a.value.len());
+                continue;
+            }
+            item(&mut line, &a.entry);
+            value(&mut line, &a.value);
+        }
+        if !matched && !ROOTS.contains(&name.as_str()) {
+            item(&mut line, name);
+            line.extend_from_slice(b"NIL");
+        }
+    }
+    if any {
+        line.extend_from_slice(b")\r\n");
+        out.reply.extend_from_slice(&line);
+    }
+    longest_skipped
 }
 
 /// An entry's value: a quoted string when it can be, a literal (literal8 with NUL).

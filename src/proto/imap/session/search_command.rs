@@ -120,6 +120,12 @@ impl Session {
                 spent += job.record(seq, entry, &candidate);
             }
         }
+        self.finish_search(job, store, out);
+    }
+
+    /// The last step of a SEARCH (or the hand-over of a SORT's or THREAD's matches to
+    /// their ordering): `$` saved, the answer, the live result kept.
+    fn finish_search(&mut self, job: SearchPending, store: &dyn Mailstore, out: &mut Outbox) {
         let SearchPending {
             tag,
             uid,
