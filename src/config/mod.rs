@@ -61,6 +61,9 @@ pub struct Limits {
     /// Live SEARCH results (CONTEXT=SEARCH, RFC 5267) one IMAP session keeps; each
     /// is re-checked on every change to the selected mailbox.
     pub imap_search_updates_max: usize,
+    /// IMAP sessions of the whole server that may deflate at once (COMPRESS=DEFLATE,
+    /// RFC 4978): each holds about 0.5 MiB of compressor and decompressor state.
+    pub imap_compress_sessions_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
     /// Unknown or malformed commands before the session is closed.
@@ -438,6 +441,7 @@ impl Config {
             imap_thread_messages_max: l.imap_thread_messages_max,
             imap_append_messages_max: l.imap_append_messages_max,
             imap_search_updates_max: l.imap_search_updates_max,
+            imap_compress_sessions_max: l.imap_compress_sessions_max,
             imap_metadata_bytes_max: l
                 .imap_metadata_bytes_max
                 .bytes("limits.imap_metadata_bytes_max")?,

@@ -190,6 +190,7 @@ pub struct RawLimits {
     pub imap_append_messages_max: usize,
     pub imap_metadata_bytes_max: Size,
     pub imap_search_updates_max: usize,
+    pub imap_compress_sessions_max: usize,
     pub recipients_max: usize,
     pub bad_commands_max: u32,
     pub auth_failures_max: u32,
@@ -246,6 +247,7 @@ impl Default for RawLimits {
             imap_append_messages_max: 1_000,
             imap_metadata_bytes_max: Size::Bytes(256 * 1024),
             imap_search_updates_max: 8,
+            imap_compress_sessions_max: 1_000,
             recipients_max: 1000, // Postfix smtpd_recipient_limit
             bad_commands_max: 20,
             auth_failures_max: 3,

@@ -60,6 +60,21 @@ pub struct Connections {
     exempt: Vec<IpNet>,
     total: AtomicUsize,
     capacity: usize,
+    /// IMAP sessions deflating now (each holds ~0.5 MiB of compressor state).
+    deflating: AtomicUsize,
+}
+
+/// One IMAP session's COMPRESS=DEFLATE slot; dropping it frees the slot. `Send`: it
+/// travels with the session's deflate state when the session moves shards.
+#[derive(Debug)]
+pub struct DeflateTicket {
+    table: Arc<Connections>,
+}
+
+impl Drop for DeflateTicket {
+    fn drop(&mut self) {
+        self.table.deflating.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One admitted connection; dropping it frees its slots.
@@ -79,6 +94,7 @@ impl Connections {
             exempt,
             total: AtomicUsize::new(0),
             capacity,
+            deflating: AtomicUsize::new(0),
         })
     }
 
@@ -138,6 +154,19 @@ impl Drop for FileTicket {
 }
 
 impl Connections {
+    /// A COMPRESS=DEFLATE slot, if fewer than `max` sessions of the server deflate
+    /// (`limits.imap_compress_sessions_max`).
+    pub fn deflate(self: &Arc<Self>, max: usize) -> Option<DeflateTicket> {
+        let taken = self
+            .deflating
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            });
+        taken.ok().map(|_| DeflateTicket {
+            table: self.clone(),
+        })
+    }
+
     /// A descriptor slot for a spool file, if the capacity allows.
     pub fn file(self: &Arc<Self>) -> Option<FileTicket> {
         if self.total.fetch_add(1, Ordering::AcqRel) >= self.capacity {

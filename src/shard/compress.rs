@@ -14,6 +14,7 @@ use std::io;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+use super::admission::DeflateTicket;
 use super::conn::Stream;
 
 /// Compressed bytes read from the socket at a time.
@@ -33,16 +34,19 @@ pub struct DeflateState {
     decompress: Decompress,
     /// Compressed input read but not yet inflated.
     pending: Vec<u8>,
+    /// The server-wide slot this session holds (`limits.imap_compress_sessions_max`).
+    _slot: DeflateTicket,
 }
 
 impl DeflateState {
     /// A fresh state; `pending` is compressed input already read (pipelined behind
     /// the COMPRESS command).
-    pub fn new(pending: Vec<u8>) -> DeflateState {
+    pub fn new(pending: Vec<u8>, slot: DeflateTicket) -> DeflateState {
         DeflateState {
             compress: Compress::new(Compression::new(LEVEL), false),
             decompress: Decompress::new(false),
             pending,
+            _slot: slot,
         }
     }
 }

@@ -254,9 +254,9 @@ impl Stream {
 
     /// Turns on COMPRESS=DEFLATE (after its OK went out uncompressed); `pending` is
     /// compressed input already read behind the command.
-    pub fn compress(&mut self, pending: Vec<u8>) {
+    pub fn compress(&mut self, pending: Vec<u8>, slot: super::admission::DeflateTicket) {
         let inner = std::mem::replace(self, Stream::Moved);
-        let state = super::compress::DeflateState::new(pending);
+        let state = super::compress::DeflateState::new(pending, slot);
         *self = Stream::Deflate(Box::new(super::compress::Deflated::new(inner, state)));
     }
 

@@ -261,6 +261,9 @@ async fn drive(
                     session.tls_established();
                 }
                 Action::Compress => {
+                    let max = shard.config.limits.imap_compress_sessions_max;
+                    let slot = shard.connections.deflate(max);
+                    session.compression_decided(slot.is_some(), &mut out);
                     // The OK goes out as it is; everything after it deflates, the
                     // input already read behind the command included.
                     if flush_counted(shard, &mut stream, &mut out.reply)
@@ -269,10 +272,11 @@ async fn drive(
                     {
                         return;
                     }
-                    let pipelined = input.data().to_vec();
-                    input.consume(pipelined.len());
-                    stream.compress(pipelined);
-                    session.compression_started();
+                    if let Some(slot) = slot {
+                        let pipelined = input.data().to_vec();
+                        input.consume(pipelined.len());
+                        stream.compress(pipelined, slot);
+                    }
                 }
                 Action::Authenticate { username, password } => {
                     let failures = &shard.metrics.imap.auth_failures;

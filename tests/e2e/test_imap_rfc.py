@@ -6,6 +6,7 @@ METADATA (RFC 5464), SAVEDATE (RFC 8514), NOTIFY (RFC 5465),
 CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267)."""
 
 import re
+import time
 import zlib
 
 import imaplib
@@ -462,6 +463,39 @@ class ImapRfc(unittest.TestCase):
             self.assertIn(b'(TAG "%s") UID ADDTO (3 3)' % sort_tag, updates)
         finally:
             m.logout()
+
+    def test_compress_slots_are_bounded_server_wide(self):
+        server = Server(settings={"limits.imap_compress_sessions_max": "1"})
+        server.add_user(f"slots@{DOMAIN}", "pw")
+        server.start()
+        try:
+            def session():
+                m = DeflateIMAP("127.0.0.1", server.ports["imaps"], ssl_context=tls_context(), timeout=20)
+                m.login(f"slots@{DOMAIN}", "pw")
+                return m
+            first, second = session(), session()
+            first.compress()
+            typ, data = second._simple_command("COMPRESS", "DEFLATE")
+            self.assertEqual(typ, "NO")
+            self.assertIn(b"[LIMIT]", data[0])
+            self.assertIn(b"limits.imap_compress_sessions_max", data[0])
+            self.assertEqual(second.noop()[0], "OK")  # goes on uncompressed
+            first.logout()
+            # The slot is free again once the deflating connection is gone.
+            for _ in range(50):
+                typ, data = second._simple_command("COMPRESS", "DEFLATE")
+                if typ == "OK":
+                    break
+                time.sleep(0.1)
+            self.assertEqual(typ, "OK", data)
+            second._deflate = zlib.compressobj(1, zlib.DEFLATED, -15)
+            second._inflate = zlib.decompressobj(-15)
+            second._plain = b""
+            second.compressed_in = 0
+            self.assertEqual(second.noop()[0], "OK")
+            second.logout()
+        finally:
+            server.stop()
 
     def test_literal_minus_before_login(self):
         m = imaplib.IMAP4_SSL(

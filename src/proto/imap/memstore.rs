@@ -341,7 +341,7 @@ impl Driver {
                         // The bytes are not deflated here (the IO layer's part, tested
                         // end to end); the session's side of it is.
                         self.compressed = true;
-                        self.session.compression_started();
+                        self.session.compression_decided(true, &mut self.out);
                     }
                     Action::StartTls => {
                         // As the IO layer: plaintext pipelined behind STARTTLS is dropped.

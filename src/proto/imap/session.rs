@@ -169,9 +169,9 @@ impl Mailstore for NoStore {
 pub enum Action {
     /// Flush replies, then run the TLS handshake; call [`Session::tls_established`].
     StartTls,
-    /// Flush replies (uncompressed), then deflate both directions from here on (input
-    /// already read behind the command is compressed); call
-    /// [`Session::compression_started`].
+    /// Find a deflate slot and answer [`Session::compression_decided`]; if allowed,
+    /// flush replies (uncompressed), then deflate both directions from here on (input
+    /// already read behind the command is compressed).
     Compress,
     /// Check the password; answer with [`Session::logged_in`] or [`Session::login_failed`].
     Authenticate { username: String, password: String },
@@ -240,8 +240,11 @@ enum Pending {
     /// STARTTLS answered: nothing more is read until the handshake is done (input
     /// pipelined behind it is plaintext the client must not have sent).
     StartTls,
-    /// COMPRESS answered: nothing more is read until the stream deflates.
-    Compress,
+    /// COMPRESS asked: nothing more is read until the IO layer has decided (and,
+    /// if allowed, the stream deflates).
+    Compress {
+        tag: String,
+    },
     Login {
         tag: String,
     },
@@ -751,13 +754,6 @@ impl Session {
     pub fn tls_established(&mut self) {
         self.tls = true;
         if matches!(self.pending, Some(Pending::StartTls)) {
-            self.pending = None;
-        }
-    }
-
-    /// The stream deflates now (after [`Action::Compress`]).
-    pub fn compression_started(&mut self) {
-        if matches!(self.pending, Some(Pending::Compress)) {
             self.pending = None;
         }
     }

@@ -107,8 +107,9 @@ impl Session {
         out.actions.push(Action::Unauthenticated);
     }
 
-    /// COMPRESS DEFLATE (RFC 4978): the OK goes out uncompressed, then the IO layer
-    /// deflates both directions. Once on, it stays on (UNAUTHENTICATE included).
+    /// COMPRESS DEFLATE (RFC 4978): the IO layer decides whether a deflate slot is
+    /// free ([`Session::compression_decided`]); the OK goes out uncompressed, then both
+    /// directions deflate. Once on, it stays on (UNAUTHENTICATE included).
     pub(super) fn compress(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
         if !matches!(args, [Token::Atom(m)] if m.eq_ignore_ascii_case("DEFLATE")) {
             return self.bad(tag, "COMPRESS takes one mechanism: DEFLATE", out);
@@ -119,10 +120,28 @@ impl Session {
             ));
             return;
         }
-        self.compressed = true;
-        out.line(&format!("{tag} OK DEFLATE active"));
-        self.pending = Some(Pending::Compress);
+        self.pending = Some(Pending::Compress {
+            tag: tag.to_string(),
+        });
         out.actions.push(Action::Compress);
+    }
+
+    /// The IO layer's answer to [`Action::Compress`]: `allowed` if a slot under
+    /// `limits.imap_compress_sessions_max` was free. When it was, the OK is queued
+    /// and the IO layer sends it, then deflates everything after it.
+    pub fn compression_decided(&mut self, allowed: bool, out: &mut Outbox) {
+        let Some(Pending::Compress { tag }) = self.pending.take() else {
+            return;
+        };
+        if allowed {
+            self.compressed = true;
+            out.line(&format!("{tag} OK DEFLATE active"));
+        } else {
+            out.line(&format!(
+                "{tag} NO [LIMIT] Too many compressed sessions on this server \
+                 (limits.imap_compress_sessions_max); go on without COMPRESS"
+            ));
+        }
     }
 
     pub fn login_failed(&mut self, refusal: LoginRefusal, out: &mut Outbox) {

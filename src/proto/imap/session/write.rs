@@ -179,7 +179,7 @@ impl Session {
         };
         if let Written::Failed(failure) = &result {
             let tag = match &pending {
-                Pending::StartTls | Pending::Compress => return,
+                Pending::StartTls | Pending::Compress { .. } => return,
                 Pending::Login { tag }
                 | Pending::Simple { tag, .. }
                 | Pending::Create { tag, .. }
@@ -199,7 +199,7 @@ impl Session {
         }
         match pending {
             Pending::StartTls
-            | Pending::Compress
+            | Pending::Compress { .. }
             | Pending::Login { .. }
             | Pending::List(_)
             | Pending::FetchSteps(_)
