@@ -7,23 +7,14 @@
 
 #![allow(clippy::indexing_slicing)]
 
-use std::sync::Arc;
-
 use shardmail::proto::imap::memstore::Driver;
 use shardmail::proto::imap::session::ImapConfig;
 
 const NOW: i64 = 1_795_675_500;
 
 fn connection(config: impl FnOnce(&mut ImapConfig)) -> Driver {
-    let mut c = ImapConfig {
-        hostname: "imap.example".into(),
-        tls_available: true,
-        ..ImapConfig::default()
-    };
-    config(&mut c);
-    let mut d = Driver::new(Arc::new(c), true);
+    let mut d = Driver::logged_in(config);
     d.now = NOW;
-    d.say("a LOGIN bob pw\r\n");
     d
 }
 

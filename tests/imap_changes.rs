@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use shardmail::proto::imap::memstore::Driver;
-use shardmail::proto::imap::session::{ImapConfig, Write};
+use shardmail::proto::imap::session::ImapConfig;
+use shardmail::store::change::Change;
 use shardmail::store::index::FLAG_CHANGES_KEPT;
 
 fn driver(messages: usize) -> Driver {
@@ -41,7 +42,7 @@ fn code(text: &str, key: &str) -> u64 {
 }
 
 fn expunge(d: &mut Driver, uids: Vec<u32>) {
-    d.store.apply(Write::Expunge { mailbox: 1, uids });
+    d.store.apply(Change::Expunge { mailbox: 1, uids }.into());
 }
 
 #[test]
@@ -89,10 +90,13 @@ fn a_qresync_select_reports_flag_changes_and_new_messages_since_the_clients_mods
         code(&selected, "HIGHESTMODSEQ"),
     );
     d.feed(b"d UNSELECT\r\n");
-    d.store.apply(Write::Store {
-        mailbox: 1,
-        changes: vec![(7, 1, Vec::new())],
-    });
+    d.store.apply(
+        Change::Store {
+            mailbox: 1,
+            changes: vec![(7, 1, Vec::new())],
+        }
+        .into(),
+    );
     for i in 0..2 {
         d.store
             .deliver(1, format!("Subject: new {i}\r\n\r\nx\r\n").as_bytes(), 1);
@@ -117,17 +121,23 @@ fn a_session_older_than_the_flag_change_log_still_hears_every_change_once() {
     take(&mut d);
     // Message 3 changes first, then 1 and 2 change so often that the log forgets
     // the change of 3: the session must fall back to reading the mailbox.
-    d.store.apply(Write::Store {
-        mailbox: 1,
-        changes: vec![(3, 4, Vec::new())],
-    });
+    d.store.apply(
+        Change::Store {
+            mailbox: 1,
+            changes: vec![(3, 4, Vec::new())],
+        }
+        .into(),
+    );
     for i in 0..FLAG_CHANGES_KEPT + 10 {
         let uid = 1 + (i % 2) as u32;
         let flags = if i % 4 < 2 { 1 } else { 2 };
-        d.store.apply(Write::Store {
-            mailbox: 1,
-            changes: vec![(uid, flags, Vec::new())],
-        });
+        d.store.apply(
+            Change::Store {
+                mailbox: 1,
+                changes: vec![(uid, flags, Vec::new())],
+            }
+            .into(),
+        );
     }
     d.feed(b"c NOOP\r\n");
     let reply = take(&mut d);
@@ -145,10 +155,13 @@ fn a_session_older_than_the_flag_change_log_still_hears_every_change_once() {
         );
     }
     // A session that looked recently reads the log: one change, one line.
-    d.store.apply(Write::Store {
-        mailbox: 1,
-        changes: vec![(2, 0, Vec::new())],
-    });
+    d.store.apply(
+        Change::Store {
+            mailbox: 1,
+            changes: vec![(2, 0, Vec::new())],
+        }
+        .into(),
+    );
     d.feed(b"d NOOP\r\n");
     assert_eq!(
         take(&mut d),

@@ -5,23 +5,10 @@
 //! SEARCH and SORT results. End to end with imaplib:
 //! tests/e2e/test_imap_rfc.py.
 
-use std::sync::Arc;
-
 use shardmail::proto::imap::memstore::Driver;
-use shardmail::proto::imap::session::ImapConfig;
 
 fn connection(search_updates_max: usize) -> Driver {
-    let mut d = Driver::new(
-        Arc::new(ImapConfig {
-            hostname: "imap.example".into(),
-            tls_available: true,
-            search_updates_max,
-            ..ImapConfig::default()
-        }),
-        true,
-    );
-    d.say("a LOGIN bob pw\r\n");
-    d
+    Driver::logged_in(|c| c.search_updates_max = search_updates_max)
 }
 
 fn deliver(d: &mut Driver, subject: &str) {

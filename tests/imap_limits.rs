@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use shardmail::proto::imap::memstore::Driver;
-use shardmail::proto::imap::session::{ImapConfig, Write};
+use shardmail::proto::imap::session::ImapConfig;
+use shardmail::store::change::Change;
 
 fn config(tweak: impl FnOnce(&mut ImapConfig)) -> Arc<ImapConfig> {
     let mut c = ImapConfig {
@@ -24,10 +25,13 @@ fn logged_in(config: Arc<ImapConfig>, mailboxes: usize) -> Driver {
         .deliver(1, b"Subject: x\r\n\r\nbody\r\n", 1_795_600_000);
     if mailboxes > 0 {
         let names = (0..mailboxes).map(|i| format!("box/{i:05}")).collect();
-        d.store.apply(Write::Create {
-            names,
-            special: shardmail::store::index::SpecialUse::None,
-        });
+        d.store.apply(
+            Change::Create {
+                names,
+                special: shardmail::store::index::SpecialUse::None,
+            }
+            .into(),
+        );
     }
     d.feed(b"a LOGIN bob pw\r\n");
     d.sent.clear();

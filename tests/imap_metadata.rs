@@ -3,23 +3,10 @@
 //! remove, DEPTH and MAXSIZE, binary values, names checked, the per-account limit,
 //! rename and delete. End to end with imaplib: tests/e2e/test_imap_rfc.py.
 
-use std::sync::Arc;
-
 use shardmail::proto::imap::memstore::Driver;
-use shardmail::proto::imap::session::ImapConfig;
 
 fn connection(metadata_bytes_max: usize) -> Driver {
-    let mut d = Driver::new(
-        Arc::new(ImapConfig {
-            hostname: "imap.example".into(),
-            tls_available: true,
-            metadata_bytes_max,
-            ..ImapConfig::default()
-        }),
-        true,
-    );
-    d.say("a LOGIN bob pw\r\n");
-    d
+    Driver::logged_in(|c| c.metadata_bytes_max = metadata_bytes_max)
 }
 
 #[test]

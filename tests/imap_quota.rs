@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use shardmail::proto::imap::memstore::Driver;
-use shardmail::proto::imap::session::{ImapConfig, Write};
+use shardmail::proto::imap::session::ImapConfig;
+use shardmail::store::change::Change;
 use shardmail::users::Quota;
 
 const MESSAGE: &str = "Subject: q\r\n\r\nhello\r\n";
@@ -118,10 +119,13 @@ fn storage_is_reported_in_kib_and_setquota_is_the_administrators() {
 #[test]
 fn status_counts_and_usage_follow_every_change_without_a_scan() {
     let mut d = driver(Quota::default(), 4);
-    d.store.apply(Write::Store {
-        mailbox: 1,
-        changes: vec![(1, 1 | 8, Vec::new()), (2, 8, Vec::new())],
-    });
+    d.store.apply(
+        Change::Store {
+            mailbox: 1,
+            changes: vec![(1, 1 | 8, Vec::new()), (2, 8, Vec::new())],
+        }
+        .into(),
+    );
     d.feed(b"b STATUS INBOX (MESSAGES UNSEEN DELETED DELETED-STORAGE SIZE)\r\n");
     let len = MESSAGE.len();
     assert_eq!(
@@ -133,10 +137,13 @@ fn status_counts_and_usage_follow_every_change_without_a_scan() {
             4 * len
         )
     );
-    d.store.apply(Write::Expunge {
-        mailbox: 1,
-        uids: vec![1, 2],
-    });
+    d.store.apply(
+        Change::Expunge {
+            mailbox: 1,
+            uids: vec![1, 2],
+        }
+        .into(),
+    );
     let acct = &d.store.index.accounts[&d.store.account];
     let inbox = acct.mailbox("INBOX").expect("inbox");
     assert_eq!(inbox.counts.deleted, 0);

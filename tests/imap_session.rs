@@ -411,11 +411,13 @@ fn idle_reports_a_delivery_and_an_expunge_at_once() {
     d.notify();
     assert_eq!(take(&mut d), "* 3 EXISTS\r\n* 3 RECENT\r\n");
     // Another session expunges UID 1: inside IDLE the expunge is reported at once.
-    d.store
-        .apply(shardmail::proto::imap::session::Write::Expunge {
+    d.store.apply(
+        shardmail::store::change::Change::Expunge {
             mailbox: 1,
             uids: vec![1],
-        });
+        }
+        .into(),
+    );
     d.notify();
     assert_eq!(take(&mut d), "* 1 EXPUNGE\r\n");
     d.feed(b"DONE\r\n");
@@ -436,16 +438,20 @@ fn expunge_by_another_session_waits_for_a_command_that_allows_it() {
     let mut d = driver(true, true);
     d.feed(b"a LOGIN bob pw\r\nb ENABLE CONDSTORE\r\nc SELECT INBOX\r\n");
     take(&mut d);
-    d.store
-        .apply(shardmail::proto::imap::session::Write::Expunge {
+    d.store.apply(
+        shardmail::store::change::Change::Expunge {
             mailbox: 1,
             uids: vec![1],
-        });
-    d.store
-        .apply(shardmail::proto::imap::session::Write::Store {
+        }
+        .into(),
+    );
+    d.store.apply(
+        shardmail::store::change::Change::Store {
             mailbox: 1,
             changes: vec![(2, 1, vec!["$Seen-elsewhere".into()])],
-        });
+        }
+        .into(),
+    );
     // FETCH must not report the expunge (RFC 9051 §7.5.1); the flag change may go.
     d.feed(b"d FETCH 2 (UID)\r\n");
     assert_eq!(
@@ -461,11 +467,13 @@ fn expunge_by_another_session_waits_for_a_command_that_allows_it() {
     let mut q = driver(true, true);
     q.feed(b"a LOGIN bob pw\r\nb ENABLE QRESYNC\r\nc SELECT INBOX\r\n");
     take(&mut q);
-    q.store
-        .apply(shardmail::proto::imap::session::Write::Expunge {
+    q.store.apply(
+        shardmail::store::change::Change::Expunge {
             mailbox: 1,
             uids: vec![2],
-        });
+        }
+        .into(),
+    );
     q.feed(b"d NOOP\r\n");
     assert_eq!(take(&mut q), "* VANISHED 2\r\nd OK NOOP completed\r\n");
 }

@@ -12,7 +12,7 @@ use crate::store::index::{BlobCache, Index, Op};
 use crate::store::layout::{Scanner, FILE_MAGIC};
 use crate::store::summary::Summary;
 
-use super::session::{Mailstore, Write, WriteFailure, Written};
+use super::session::{Bodies, Mailstore, Write, WriteFailure, Written};
 
 /// One account in memory.
 #[derive(Debug)]
@@ -261,6 +261,20 @@ impl Driver {
         d
     }
 
+    /// [`Driver::standard`] with `configure`'s changes to its settings, logged in as
+    /// `bob` (the greeting and the login's reply are not in `sent`).
+    pub fn logged_in(configure: impl FnOnce(&mut super::session::ImapConfig)) -> Driver {
+        let mut config = super::session::ImapConfig {
+            hostname: "imap.example".into(),
+            tls_available: true,
+            ..super::session::ImapConfig::default()
+        };
+        configure(&mut config);
+        let mut d = Driver::new(std::sync::Arc::new(config), true);
+        d.say("a LOGIN bob pw\r\n");
+        d
+    }
+
     /// Feeds `input` and returns what the server sent in answer.
     pub fn say(&mut self, input: &str) -> String {
         self.feed(input.as_bytes());
@@ -357,7 +371,7 @@ impl Driver {
                         }
                     }
                     Action::Write(mut w) => {
-                        if let Write::Append { bytes: message, .. } = &mut w {
+                        if let Some(Bodies { bytes: message, .. }) = &mut w.bodies {
                             // Reassemble what was "spooled", as the spooler does.
                             let mut whole = if message.generation() == self.spool_generation {
                                 std::mem::take(&mut self.spool)

@@ -868,10 +868,13 @@ impl Session {
                         "UNSUBSCRIBE completed"
                     },
                 });
-                out.actions.push(Action::Write(Write::Subscribe {
-                    name: mailbox,
-                    subscribed: verb == Verb::Subscribe,
-                }));
+                out.actions.push(Action::Write(
+                    Change::Subscribe {
+                        name: mailbox,
+                        subscribed: verb == Verb::Subscribe,
+                    }
+                    .into(),
+                ));
             }
             Verb::List => self.list(&tag, args, store, out),
             Verb::Lsub => self.lsub(&tag, args, store, out),

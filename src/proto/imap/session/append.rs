@@ -21,7 +21,10 @@ use super::super::append_syntax::{
 use super::super::command::{self, Section};
 use super::super::lexer::Token;
 use super::super::render;
-use super::{normalize, Action, Mailstore, NewMessage, Outbox, Pending, Session, Write, LINE_MAX};
+use super::{
+    normalize, Action, Bodies, Change, Mailstore, NewMessage, Outbox, Pending, Session, Write,
+    LINE_MAX,
+};
 use crate::proto::Incoming;
 
 /// Longest mailbox name or URL given as a literal.
@@ -459,10 +462,13 @@ impl Session {
             tag: upload.tag,
             uidvalidity,
         });
-        out.actions.push(Action::Write(Write::Append {
-            mailbox,
-            bytes: upload.bytes,
-            messages: upload.messages,
+        let (lengths, messages) = upload.messages.into_iter().unzip();
+        out.actions.push(Action::Write(Write {
+            change: Change::Append { mailbox, messages },
+            bodies: Some(Bodies {
+                bytes: upload.bytes,
+                lengths,
+            }),
         }));
     }
 }

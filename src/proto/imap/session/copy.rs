@@ -70,11 +70,14 @@ impl Session {
             moving,
             uidvalidity: to.uidvalidity,
         });
-        out.actions.push(Action::Write(Write::Copy {
-            from,
-            uids,
-            to: to.id,
-            expunge_source: moving,
-        }));
+        out.actions.push(Action::Write(
+            Change::Copy {
+                from,
+                uids,
+                to: to.id,
+                expunge_source: moving,
+            }
+            .into(),
+        ));
     }
 }

@@ -24,10 +24,13 @@ impl Session {
             tag: tag.to_string(),
             closing: true,
         });
-        out.actions.push(Action::Write(Write::Expunge {
-            mailbox,
-            uids: deleted,
-        }));
+        out.actions.push(Action::Write(
+            Change::Expunge {
+                mailbox,
+                uids: deleted,
+            }
+            .into(),
+        ));
     }
 
     pub(super) fn expunge(
@@ -91,6 +94,6 @@ impl Session {
             closing: false,
         });
         out.actions
-            .push(Action::Write(Write::Expunge { mailbox, uids }));
+            .push(Action::Write(Change::Expunge { mailbox, uids }.into()));
     }
 }

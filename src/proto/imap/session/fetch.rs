@@ -84,10 +84,13 @@ impl Session {
                         job.items.push(FetchAtt::Flags);
                     }
                     self.pending = Some(Pending::Fetch(job));
-                    out.actions.push(Action::Write(Write::Store {
-                        mailbox: mb.id,
-                        changes,
-                    }));
+                    out.actions.push(Action::Write(
+                        Change::Store {
+                            mailbox: mb.id,
+                            changes,
+                        }
+                        .into(),
+                    ));
                     return;
                 }
             }

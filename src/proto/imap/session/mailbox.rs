@@ -168,7 +168,7 @@ impl Session {
             name,
         });
         out.actions
-            .push(Action::Write(Write::Create { names, special }));
+            .push(Action::Write(Change::Create { names, special }.into()));
     }
 
     pub(super) fn delete(
@@ -197,7 +197,7 @@ impl Session {
             mailbox: mb.id,
         });
         out.actions
-            .push(Action::Write(Write::Delete { mailbox: mb.id }));
+            .push(Action::Write(Change::Delete { mailbox: mb.id }.into()));
     }
 
     pub(super) fn rename(
@@ -241,7 +241,8 @@ impl Session {
         });
         if mb.special_use == SpecialUse::Inbox {
             // INBOX stays, empty; its messages move to the new name (RFC 9051 §6.3.6).
-            out.actions.push(Action::Write(Write::RenameInbox { to }));
+            out.actions
+                .push(Action::Write(Change::RenameInbox { to }.into()));
             return;
         }
         if mb.is_default() {
@@ -259,7 +260,8 @@ impl Session {
                 renames.push((m.id, format!("{to}{DELIMITER}{rest}")));
             }
         }
-        out.actions.push(Action::Write(Write::Rename { renames }));
+        out.actions
+            .push(Action::Write(Change::Rename { renames }.into()));
     }
 
     pub(super) fn status(

@@ -10,7 +10,7 @@
 
 use super::super::lexer::Token;
 use super::super::render;
-use super::{normalize, Action, Mailstore, Outbox, Pending, Session, Write};
+use super::{normalize, Action, Change, Mailstore, Outbox, Pending, Session};
 use crate::store::index::AccountIndex;
 
 /// The two entry trees (RFC 5464 §3.2).
@@ -134,8 +134,9 @@ impl Session {
             tag: tag.to_string(),
             done: "SETMETADATA completed",
         });
-        out.actions
-            .push(Action::Write(Write::SetMetadata { mailbox, entries }));
+        out.actions.push(Action::Write(
+            Change::SetMetadata { mailbox, entries }.into(),
+        ));
     }
 
     /// GETMETADATA [(MAXSIZE n DEPTH d)] mailbox entry | (entry …).

@@ -88,7 +88,7 @@ impl Session {
         let mailbox = mb.id;
         self.pending = Some(Pending::Store(pending));
         out.actions
-            .push(Action::Write(Write::Store { mailbox, changes }));
+            .push(Action::Write(Change::Store { mailbox, changes }.into()));
     }
 
     pub(super) fn finish_store(

@@ -1,114 +1,39 @@
-//! The writes a session asks of the store and how they end: [`Write`] (one per kind of
-//! durable change, turned into the store's own `Change` by [`Write::into_change`]),
-//! [`Written`] and [`WriteFailure`] (what comes back), and [`Session::written`], which
-//! completes the command that waited for it. A tagged OK for a change is produced
+//! The writes a session asks of the store and how they end: [`Write`] (the store's own
+//! `Change`, with APPEND's message bytes), [`Written`] and [`WriteFailure`] (what
+//! comes back), and [`Session::written`], which completes the command that waited for
+//! it. A tagged OK for a change is produced
 //! here and only here, after the IO layer reports it durable. No IO.
 
 use super::*;
 
-/// A durable change to the account.
+/// A durable change to the account: the store's own [`Change`] (one definition of
+/// each change, planned by `store::change`), and for APPEND the messages' bytes, which
+/// the IO layer spools and summarizes first.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Write {
-    /// Create these mailboxes, in order (missing parents first); the last one gets
-    /// `special` (CREATE-SPECIAL-USE).
-    Create {
-        names: Vec<String>,
-        special: SpecialUse,
-    },
-    Delete {
-        mailbox: u32,
-    },
-    /// Rename mailboxes (a mailbox and its children).
-    Rename {
-        renames: Vec<(u32, String)>,
-    },
-    /// RENAME INBOX: create `to`, move every INBOX message into it.
-    RenameInbox {
-        to: String,
-    },
-    Subscribe {
-        name: String,
-        subscribed: bool,
-    },
-    /// APPEND; with MULTIAPPEND several messages, stored all or none.
-    Append {
-        mailbox: u32,
-        /// The messages' bytes back to back, as received: staged bytes after what the
-        /// IO layer spooled.
-        bytes: crate::proto::Incoming,
-        /// Each message in order: its length in `bytes`, its flags and date.
-        messages: Vec<(u64, NewMessage)>,
-    },
-    /// (UID, new flags, new keywords) per message.
-    Store {
-        mailbox: u32,
-        changes: Vec<(u32, u32, Vec<String>)>,
-    },
-    /// COPY, or MOVE when `expunge_source` (copy, then expunge the originals).
-    Copy {
-        from: u32,
-        uids: Vec<u32>,
-        to: u32,
-        expunge_source: bool,
-    },
-    Expunge {
-        mailbox: u32,
-        uids: Vec<u32>,
-    },
-    /// SETMETADATA: set (`Some`) or remove METADATA entries of a mailbox (0: server).
-    SetMetadata {
-        mailbox: u32,
-        entries: Vec<(String, Option<Vec<u8>>)>,
-    },
+pub struct Write {
+    pub change: Change,
+    pub bodies: Option<Bodies>,
+}
+
+impl From<Change> for Write {
+    fn from(change: Change) -> Write {
+        Write {
+            change,
+            bodies: None,
+        }
+    }
 }
 
 impl Write {
-    /// The store's change, and APPEND's message (which the IO layer spools and
-    /// summarizes first): the store plans every change itself (`store::change`).
+    /// The store's change, and APPEND's messages.
     pub fn into_change(self) -> (Change, Option<Bodies>) {
-        match self {
-            Write::Create { names, special } => (Change::Create { names, special }, None),
-            Write::Delete { mailbox } => (Change::Delete { mailbox }, None),
-            Write::Rename { renames } => (Change::Rename { renames }, None),
-            Write::RenameInbox { to } => (Change::RenameInbox { to }, None),
-            Write::Subscribe { name, subscribed } => (Change::Subscribe { name, subscribed }, None),
-            Write::Append {
-                mailbox,
-                bytes,
-                messages,
-            } => {
-                let (lengths, messages) = messages.into_iter().unzip();
-                (
-                    Change::Append { mailbox, messages },
-                    Some(Bodies { bytes, lengths }),
-                )
-            }
-            Write::Store { mailbox, changes } => (Change::Store { mailbox, changes }, None),
-            Write::Copy {
-                from,
-                uids,
-                to,
-                expunge_source,
-            } => (
-                Change::Copy {
-                    from,
-                    uids,
-                    to,
-                    expunge_source,
-                },
-                None,
-            ),
-            Write::Expunge { mailbox, uids } => (Change::Expunge { mailbox, uids }, None),
-            Write::SetMetadata { mailbox, entries } => {
-                (Change::SetMetadata { mailbox, entries }, None)
-            }
-        }
+        (self.change, self.bodies)
     }
 }
 
 /// APPEND's messages on their way to the store: their bytes back to back (the IO layer
 /// finishes spooling them) and each one's length, in order.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Bodies {
     pub bytes: crate::proto::Incoming,
     pub lengths: Vec<u64>,
