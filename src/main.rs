@@ -223,7 +223,16 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Serve => shardmail::shard::serve(config),
         Command::CheckConfig => {
-            println!("{config:#?}");
+            let text =
+                Config::effective_toml(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
+                    .map_err(|e| e.to_string())?;
+            println!("# The effective configuration (shardmail check-config): defaults, the");
+            println!("# --config file and --set overrides. `shardmail serve --config` accepts it;");
+            println!(
+                "# secrets are shown as \"{}\".",
+                shardmail::config::SECRET_PLACEHOLDER
+            );
+            println!("{}", text.trim_end());
             Ok(())
         }
         Command::User(cmd) => user(cmd, &config, &data),

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// An SPF result (RFC 7208 §2.6), without the borrowed details.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub enum SpfKind {
 }
 
 /// What an SPF hard fail does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SpfFailAction {
     /// `550 5.7.23` at RCPT, before any data is sent.
@@ -33,7 +33,7 @@ pub enum SpfFailAction {
 }
 
 /// What a DMARC failure under a given published policy does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DmarcAction {
     /// `550 5.7.1`.
@@ -45,7 +45,7 @@ pub enum DmarcAction {
 }
 
 /// What a temporary DNS failure does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TempErrorAction {
     /// `451 4.7.x`: the sender retries later. Never a silent pass.

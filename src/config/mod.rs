@@ -359,6 +359,9 @@ pub struct Listen {
     pub backlog: u32,
 }
 
+/// What `check-config` prints in place of a secret.
+pub const SECRET_PLACEHOLDER: &str = "<secret: not shown>";
+
 impl Config {
     /// Reads `file` (if any), applies `overrides` (`KEY=VALUE`), then `data_dir` if given.
     pub fn load(
@@ -366,6 +369,38 @@ impl Config {
         overrides: &[String],
         data_dir: Option<&Path>,
     ) -> Result<Config, ConfigError> {
+        Config::validate(Config::load_raw(file, overrides, data_dir)?)
+    }
+
+    /// The effective configuration (defaults, then `file`, then `overrides`, then
+    /// `data_dir`) as TOML that `serve --config` accepts, every key with its value:
+    /// what `shardmail check-config` prints. It is validated first, and secrets
+    /// (`queue.relay_password`) are printed as [`SECRET_PLACEHOLDER`].
+    pub fn effective_toml(
+        file: Option<&Path>,
+        overrides: &[String],
+        data_dir: Option<&Path>,
+    ) -> Result<String, ConfigError> {
+        let mut raw = Config::load_raw(file, overrides, data_dir)?;
+        let config = Config::validate(raw.clone())?;
+        raw.server.hostname = Some(config.hostname);
+        if raw.queue.relay_password.is_some() {
+            raw.queue.relay_password = Some(SECRET_PLACEHOLDER.into());
+        }
+        toml::to_string_pretty(&raw).map_err(|e| {
+            err(
+                "check-config",
+                format!("cannot print the configuration: {e}"),
+            )
+        })
+    }
+
+    /// The configuration as serde reads it, before validation.
+    fn load_raw(
+        file: Option<&Path>,
+        overrides: &[String],
+        data_dir: Option<&Path>,
+    ) -> Result<raw::RawConfig, ConfigError> {
         let mut tree = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -386,8 +421,7 @@ impl Config {
             let value = toml::Value::String(dir.display().to_string());
             set_path(&mut tree, "server.data_dir", value)?;
         }
-        let raw = raw::RawConfig::from_tree(tree)?;
-        Config::validate(raw)
+        raw::RawConfig::from_tree(tree)
     }
 
     /// The embedded defaults, as `shardmail serve` with no file uses them.
@@ -938,6 +972,67 @@ mod tests {
         assert!(c.listen.smtp.iter().all(|a| a.ip().is_loopback()));
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert!(c.limits.message_size_max >= 1 << 20);
+    }
+
+    #[test]
+    fn check_config_prints_toml_that_loads_back_without_secrets() {
+        let over = vec![
+            "queue.relay_host=\"relay.example:587\"".to_string(),
+            "queue.relay_username=\"bob\"".to_string(),
+            "queue.relay_password=\"hunter2\"".to_string(),
+            "limits.message_size_max=\"20MiB\"".to_string(),
+            "auth.domains.\"example.org\".dmarc_reject=\"quarantine\"".to_string(),
+        ];
+        let printed = Config::effective_toml(None, &over, None).expect("valid");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains(SECRET_PLACEHOLDER), "{printed}");
+        assert!(
+            printed.contains("message_size_max = \"20MiB\""),
+            "{printed}"
+        );
+        // What it prints is a configuration file serve accepts, and prints the same.
+        let file =
+            std::env::temp_dir().join(format!("shardmail-check-{}.toml", std::process::id()));
+        std::fs::write(&file, &printed).expect("write");
+        let again = Config::effective_toml(Some(&file), &[], None).expect("loads back");
+        let loaded = Config::load(Some(&file), &[], None).expect("serve accepts it");
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(again, printed);
+        assert_eq!(loaded.limits.message_size_max, 20 << 20);
+    }
+
+    #[test]
+    fn type_errors_say_what_was_expected() {
+        for (set, key, expected) in [
+            (
+                "limits.message_size_max=true",
+                "limits.message_size_max",
+                "expected a byte count such as 52428800",
+            ),
+            (
+                "dns.timeout=[1]",
+                "dns.timeout",
+                "expected a duration such as 5",
+            ),
+            (
+                "listen.smtp=5",
+                "listen.smtp",
+                "expected an address such as \"127.0.0.1:25\"",
+            ),
+            (
+                "limits.message_size_max=-1",
+                "limits.message_size_max",
+                "expected a byte count",
+            ),
+        ] {
+            let e = Config::load(None, &[set.to_string()], None).unwrap_err();
+            assert_eq!(e.key, key, "{set}: {e}");
+            assert!(e.reason.contains(expected), "{set}: {e}");
+            assert!(
+                !e.reason.contains("untagged") && !e.reason.contains('\n'),
+                "{set}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -6,11 +6,12 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::ConfigError;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub server: RawServer,
@@ -26,7 +27,7 @@ pub struct RawConfig {
 }
 
 /// `[quota]`: what an account may store, unless `shardmail user quota` says otherwise.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawQuota {
     /// Bytes of mail per account (sum of message sizes); 0 = no limit.
@@ -54,14 +55,16 @@ impl RawConfig {
         let value = toml::Value::Table(tree);
         serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
+            // The TOML error repeats the key on a line of its own: the key is ours to name.
             let reason = e.inner().to_string();
+            let reason = reason.lines().next().unwrap_or_default().trim().to_string();
             // An unknown key shows up as an error on its table; name the table then.
             ConfigError { key, reason }
         })
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
     /// Name used in the SMTP greeting, EHLO and `Received:`; default: the host's name.
@@ -98,7 +101,7 @@ impl Default for RawServer {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawDomains {
     /// Domains this server receives mail for.
@@ -114,7 +117,7 @@ impl Default for RawDomains {
 }
 
 /// A single address or a list of them.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
     One(String),
@@ -136,7 +139,7 @@ fn addr(s: &str) -> OneOrMany {
 
 /// Embedded defaults: high ports on loopback, so a first run needs no privileges and
 /// exposes nothing. `tuning/default.toml` has the standard ports for a real host.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawListen {
     pub smtp: OneOrMany,
@@ -169,7 +172,7 @@ impl Default for RawListen {
     }
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTls {
     /// PEM certificate chain; default `<data_dir>/tls/cert.pem`, self-signed on first start.
@@ -180,7 +183,7 @@ pub struct RawTls {
     pub allow_plaintext_auth: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     pub message_size_max: Size,
@@ -276,7 +279,7 @@ impl Default for RawLimits {
 }
 
 /// What "durable" means before a message is acknowledged.
-#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// One fdatasync per append (no batching).
@@ -288,7 +291,7 @@ pub enum Durability {
     None,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStore {
     pub durability: Durability,
@@ -330,8 +333,7 @@ impl Default for RawStore {
 }
 
 /// A byte size: an integer, or a string with a unit (`"50MiB"`, `"512KiB"`, `"1GB"`).
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Size {
     Bytes(u64),
     Text(String),
@@ -368,7 +370,7 @@ impl Size {
 }
 
 /// DNS resolution for email authentication (and, later, the outbound queue).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawDns {
     /// `ip:port` of resolvers; empty = the system's /etc/resolv.conf.
@@ -390,8 +392,7 @@ impl Default for RawDns {
 }
 
 /// A duration: integer seconds, or a string with `ms`/`s`/`m` units.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Duration {
     Secs(u64),
     Text(String),
@@ -422,7 +423,7 @@ impl Duration {
 }
 
 /// The four policy keys, as in `[auth]` and each `[auth.domains."…"]`.
-#[derive(Debug, Deserialize, Clone, Copy, Default)]
+#[derive(Debug, Deserialize, Serialize, Clone, Copy, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPolicy {
     pub spf_fail: Option<crate::auth::policy::SpfFailAction>,
@@ -432,7 +433,7 @@ pub struct RawPolicy {
 }
 
 /// SPF/DKIM/ARC/DMARC checks on `listen.smtp`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     pub enabled: bool,
@@ -477,7 +478,7 @@ impl Default for RawAuth {
 }
 
 /// The outbound queue (DESIGN.md §6).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawQueue {
     /// First retry after a temporary failure; doubles up to `retry_max`.
@@ -522,5 +523,81 @@ impl Default for RawQueue {
             transports: Default::default(),
             tls_required: Vec::new(),
         }
+    }
+}
+
+/// Deserializes a number or a string into `number` / `text`, and anything else into an
+/// error that says what was expected (`expecting`) — not serde's "did not match any
+/// variant of untagged enum".
+macro_rules! number_or_text {
+    ($ty:ident, $number:ident, $text:ident, $expecting:literal) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                struct V;
+                impl Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_u64<E: de::Error>(self, v: u64) -> Result<$ty, E> {
+                        Ok($ty::$number(v))
+                    }
+                    fn visit_i64<E: de::Error>(self, v: i64) -> Result<$ty, E> {
+                        u64::try_from(v)
+                            .map($ty::$number)
+                            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                    }
+                    fn visit_str<E: de::Error>(self, v: &str) -> Result<$ty, E> {
+                        Ok($ty::$text(v.to_string()))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $ty::$number(n) => s.serialize_u64(*n),
+                    $ty::$text(t) => s.serialize_str(t),
+                }
+            }
+        }
+    };
+}
+
+number_or_text!(
+    Size,
+    Bytes,
+    Text,
+    "a byte count such as 52428800, \"50MiB\" or \"512KiB\""
+);
+number_or_text!(
+    Duration,
+    Secs,
+    Text,
+    "a duration such as 5, \"5s\" or \"500ms\""
+);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OneOrMany, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address such as \"127.0.0.1:25\", or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany::One(v.to_string()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut all = Vec::new();
+                while let Some(one) = seq.next_element::<String>()? {
+                    all.push(one);
+                }
+                Ok(OneOrMany::Many(all))
+            }
+        }
+        d.deserialize_any(V)
     }
 }

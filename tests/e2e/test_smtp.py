@@ -367,6 +367,35 @@ class Lifecycle(unittest.TestCase):
         result = server.cli("check-config", check=False)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("limits.message_size_max", result.stderr)
+        # A wrong type says what was expected, not serde's internals.
+        server = Server(settings={"limits.message_size_max": "true"})
+        result = server.cli("check-config", check=False)
+        self.assertIn("expected a byte count such as 52428800", result.stderr)
+        self.assertNotIn("untagged", result.stderr)
+
+    def test_check_config_prints_a_file_serve_runs_on(self):
+        server = Server(settings={
+            "queue.relay_host": '"relay.example.test:587"',
+            "queue.relay_username": '"bob"',
+            "queue.relay_password": '"hunter2"',
+        })
+        printed = server.cli("check-config").stdout
+        self.assertNotIn("hunter2", printed)
+        self.assertIn('relay_password = "<secret: not shown>"', printed)
+        path = os.path.join(server.data_dir, "effective.toml")
+        with open(path, "w") as f:
+            f.write(printed)
+        again = subprocess.run([BIN, "--config", path, "check-config"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout
+        self.assertEqual(again, printed)
+        # serve runs on it: the printed file alone (no --set) brings the server up.
+        server.args = lambda: ["--config", path]
+        server.start()
+        try:
+            with smtplib.SMTP(*server.smtp_address(), timeout=20) as s:
+                self.assertEqual(s.noop()[0], 250)
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
