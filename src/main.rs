@@ -221,7 +221,12 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let data = config.data_dir.clone();
     match cli.command {
-        Command::Serve => shardmail::shard::serve(config),
+        Command::Serve => {
+            let effective =
+                Config::effective_toml(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
+                    .map_err(|e| e.to_string())?;
+            shardmail::shard::serve(config, &effective)
+        }
         Command::CheckConfig => {
             let text =
                 Config::effective_toml(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
@@ -277,6 +282,19 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// Whether `domain` is local for this command's configuration or for the one the
+/// server that last ran on `data` recorded (`running.toml`): a domain given to
+/// `serve` with `--set` is not wrongly reported missing to `user add`.
+fn served_locally(config: &Config, data: &Path, domain: &str) -> bool {
+    if config.is_local_domain(domain) {
+        return true;
+    }
+    let running = data.join(shardmail::shard::preflight::RUNNING_CONFIG);
+    running.exists()
+        && Config::load(Some(&running), &[], None)
+            .is_ok_and(|served| served.is_local_domain(domain))
+}
+
 fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
     match cmd {
         UserCmd::Add {
@@ -286,11 +304,13 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             let email =
                 users::normalize(&email).ok_or("expected an address like user@example.org")?;
             let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            if !config.is_local_domain(domain) {
+            if !served_locally(config, data, domain) {
                 eprintln!(
-                    "warning: {domain} is not in domains.local {:?}; this server will not \
-                     accept mail for {email} until it is",
-                    config.local_domains
+                    "warning: {domain} is not in domains.local {:?} (nor in {}); this server \
+                     will not accept mail for {email} until it is",
+                    config.local_domains,
+                    data.join(shardmail::shard::preflight::RUNNING_CONFIG)
+                        .display()
                 );
             }
             let hash = users::hash_password(&read_password(password_stdin)?)?;
@@ -610,9 +630,12 @@ fn dkim(cmd: DkimCmd, config: &Config, data: &Path) -> Result<(), String> {
             algorithm,
             force,
         } => {
-            if !config.is_local_domain(&domain) {
+            if !served_locally(config, data, &domain) {
                 eprintln!(
-                    "warning: {domain} is not in domains.local; mail from it will not be signed"
+                    "warning: {domain} is not in domains.local (nor in {}); mail from it will \
+                     not be signed",
+                    data.join(shardmail::shard::preflight::RUNNING_CONFIG)
+                        .display()
                 );
             }
             let selector = selector.unwrap_or_else(default_selector);

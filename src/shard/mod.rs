@@ -431,7 +431,10 @@ fn smtp_config(config: &Config, port: Port) -> SessionConfig {
 }
 
 /// Runs the server until SIGTERM/SIGINT; returns after a graceful shutdown.
-pub fn serve(config: Config) -> Result<(), String> {
+/// Runs the server on `config`; `effective` is the same configuration as TOML
+/// (`Config::effective_toml`), recorded in the data directory for the commands that
+/// read it.
+pub fn serve(config: Config, effective: &str) -> Result<(), String> {
     // A panicking shard would leave the others serving without it (its partitions
     // and sessions gone): stop the whole process instead, so the service manager
     // restarts it and recovery runs. Nothing acknowledged is lost by that.
@@ -443,6 +446,7 @@ pub fn serve(config: Config) -> Result<(), String> {
     }));
     preflight::check(&config)?;
     let _lock = preflight::lock_data_dir(&config.data_dir)?;
+    preflight::record_running_config(&config.data_dir, effective)?;
     let meta = store::init(&config.data_dir, config.partitions).map_err(|e| e.to_string())?;
     let tls = crate::tls::server_config(&config)?;
     let users = UserDb::load(&config.data_dir).map_err(|e| e.to_string())?;

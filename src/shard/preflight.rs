@@ -155,6 +155,22 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
+/// The file in which a serving server records its configuration.
+pub const RUNNING_CONFIG: &str = "running.toml";
+
+/// Writes the running server's configuration (as `check-config` prints it, secrets
+/// hidden) to `DATA_DIR/running.toml`, so commands run with other flags (`user add`,
+/// `dkim generate`) judge the data directory by the configuration that serves it.
+/// Call with the data directory locked.
+pub fn record_running_config(data_dir: &Path, effective: &str) -> Result<(), String> {
+    let path = data_dir.join(RUNNING_CONFIG);
+    let staged = data_dir.join(format!("{RUNNING_CONFIG}.new"));
+    let header = "# Written by `shardmail serve` at start: the configuration it runs on.\n";
+    std::fs::write(&staged, format!("{header}{effective}\n"))
+        .and_then(|_| std::fs::rename(&staged, &path))
+        .map_err(|e| format!("server.data_dir: cannot write {}: {e}", path.display()))
+}
+
 /// A hint for bind errors on privileged ports.
 pub fn bind_hint(addr: &SocketAddr) -> &'static str {
     if addr.port() < 1024 {

@@ -373,6 +373,22 @@ class Lifecycle(unittest.TestCase):
         self.assertIn("expected a byte count such as 52428800", result.stderr)
         self.assertNotIn("untagged", result.stderr)
 
+    def test_user_add_judges_domains_by_the_running_server(self):
+        server = Server()  # domains.local given to serve with --set only
+        server.start()
+        try:
+            with open(os.path.join(server.data_dir, "running.toml")) as f:
+                self.assertIn(DOMAIN, f.read())
+            plain = [BIN, "--data-dir", server.data_dir, "user", "add", "--password-stdin"]
+            ok = subprocess.run([*plain, f"new@{DOMAIN}"], input="pw\n", capture_output=True,
+                                text=True, timeout=60, check=True)
+            self.assertNotIn("warning", ok.stderr)
+            other = subprocess.run([*plain, "someone@elsewhere.test"], input="pw\n",
+                                   capture_output=True, text=True, timeout=60, check=True)
+            self.assertIn("elsewhere.test is not in domains.local", other.stderr)
+        finally:
+            server.stop()
+
     def test_check_config_prints_a_file_serve_runs_on(self):
         server = Server(settings={
             "queue.relay_host": '"relay.example.test:587"',
