@@ -281,7 +281,7 @@ async fn drive(
                 Action::Authenticate { username, password } => {
                     let failures = &shard.metrics.imap.auth_failures;
                     let (user, id, owner) = match shard
-                        .mailbox_login(username, password, client.peer.ip(), failures)
+                        .mailbox_login("imap", username, password, client.peer.ip(), failures)
                         .await
                     {
                         MailboxLogin::Accepted {

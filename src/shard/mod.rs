@@ -263,15 +263,38 @@ impl Shard {
     /// (counted in `failures`).
     pub async fn checked_login(
         &self,
+        protocol: &'static str,
         username: String,
         password: String,
         ip: IpAddr,
         failures: &Cell<u64>,
     ) -> LoginCheck {
         let key = crate::users::normalize(&username).unwrap_or_else(|| username.to_lowercase());
+        let outcome = self
+            .checked_login_inner(&key, username, password, ip, failures)
+            .await;
+        // One line per attempt, for the operator and fail2ban (contrib/fail2ban): the
+        // user name is the client's, so it is printed escaped and quoted.
+        let result = match &outcome {
+            LoginCheck::Ok(_) => "ok",
+            LoginCheck::Refused => "failed",
+            LoginCheck::Throttled => "throttled",
+        };
+        tracing::info!(target: "shardmail::login", protocol, ip = %ip, user = ?key, result, "login");
+        outcome
+    }
+
+    async fn checked_login_inner(
+        &self,
+        key: &str,
+        username: String,
+        password: String,
+        ip: IpAddr,
+        failures: &Cell<u64>,
+    ) -> LoginCheck {
         let give_up = Instant::now() + LOGIN_WAIT_MAX;
         let attempt = loop {
-            match self.throttle.gate(ip, &key, Instant::now()) {
+            match self.throttle.gate(ip, key, Instant::now()) {
                 admission::Gate::Go(a) => break a,
                 admission::Gate::Wait if Instant::now() < give_up => {
                     glommio::timer::sleep(LOGIN_WAIT_POLL).await;
@@ -301,13 +324,17 @@ impl Shard {
     /// ([`Shard::checked_login`]) and finds the account and the shard that owns it.
     pub async fn mailbox_login(
         &self,
+        protocol: &'static str,
         username: String,
         password: String,
         ip: IpAddr,
         failures: &Cell<u64>,
     ) -> MailboxLogin {
         self.refresh_users();
-        let user = match self.checked_login(username, password, ip, failures).await {
+        let user = match self
+            .checked_login(protocol, username, password, ip, failures)
+            .await
+        {
             LoginCheck::Ok(user) => user,
             LoginCheck::Refused => return MailboxLogin::Refused,
             LoginCheck::Throttled => return MailboxLogin::Throttled,

@@ -181,7 +181,7 @@ async fn drive(
                 Action::Authenticate { username, password } => {
                     let failures = &shard.metrics.pop3.auth_failures;
                     let (user, id, owner) = match shard
-                        .mailbox_login(username, password, client.peer.ip(), failures)
+                        .mailbox_login("pop3", username, password, client.peer.ip(), failures)
                         .await
                     {
                         MailboxLogin::Accepted {

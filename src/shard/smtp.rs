@@ -88,7 +88,9 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                 Action::Authenticate { username, password } => {
                     shard.refresh_users();
                     let failures = &shard.metrics.smtp.auth_failures;
-                    match Box::pin(shard.checked_login(username, password, peer, failures)).await {
+                    match Box::pin(shard.checked_login("smtp", username, password, peer, failures))
+                        .await
+                    {
                         LoginCheck::Ok(user) => session.auth_result(Some(user), &mut out),
                         LoginCheck::Refused => session.auth_result(None, &mut out),
                         LoginCheck::Throttled => session.auth_throttled(&mut out),

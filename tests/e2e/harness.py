@@ -181,6 +181,10 @@ class Server:
     def kill(self):
         return self.stop(signal.SIGKILL)
 
+    def read_log_all(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
     def read_log(self):
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")[-4000:]

@@ -648,6 +648,46 @@ class PasswordGuessing(unittest.TestCase):
 
 
 @unittest.skipUnless(os.geteuid() == 0 and shutil.which("mount"), "needs root to mount a tmpfs")
+class LoginLog(unittest.TestCase):
+    """5b. Every login attempt is one log line; the shipped fail2ban filter bans on the
+    failed ones (checked with Debian's fail2ban-regex), whatever the user name holds."""
+
+    def test_fail2ban_filter_matches_failed_logins_only(self):
+        fail2ban_regex = shutil.which("fail2ban-regex")
+        if fail2ban_regex is None:
+            self.skipTest("fail2ban-regex not installed (.ci/run installs Debian's fail2ban)")
+        server = Server(settings={"limits.auth_failures_max": "100"})
+        server.add_user(ALICE, "pw")
+        server.start()
+        try:
+            for password in ("wrong1", "wrong2"):
+                m = Imaps(server.ports["imaps"])
+                with self.assertRaises(imaplib.IMAP4.error):
+                    m.login(ALICE, password)
+                m.shutdown()
+            m = Imaps(server.ports["imaps"])
+            m.login(ALICE, "pw")
+            m.logout()
+            # SMTP AUTH with a user name that tries to forge another address and a
+            # success into the line: it is printed escaped, and banned as what it is.
+            with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+                s.starttls(context=tls_context())
+                with self.assertRaises(smtplib.SMTPAuthenticationError):
+                    s.login('x" ip=192.0.2.9 result="ok', "guess")
+        finally:
+            server.stop()
+        lines = [l for l in server.read_log_all().splitlines() if "shardmail::login" in l]
+        # smtplib tries PLAIN, then LOGIN: two failed SMTP attempts.
+        self.assertEqual(len(lines), 5, lines)
+        self.assertEqual(sum(l.endswith('result="failed"') for l in lines), 4, lines)
+        self.assertEqual(sum(l.endswith('result="ok"') for l in lines), 1, lines)
+        filter_path = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "fail2ban",
+                                   "filter.d", "shardmail.conf")
+        out = subprocess.run([fail2ban_regex, "--out", "ip", server.log_path, filter_path],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        self.assertEqual(out.split(), ["127.0.0.1"] * 4, out)
+
+
 class DiskFull(unittest.TestCase):
     """6. A full disk is a temporary condition; nothing acknowledged is lost."""
 
