@@ -18,6 +18,7 @@ pub mod metrics_http;
 pub mod outbound;
 pub mod pop3;
 pub mod preflight;
+pub mod service;
 pub mod shutdown;
 pub mod smtp;
 pub mod spool;
@@ -739,6 +740,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     // service managers wait for this line).
     if listening.fetch_add(1, Ordering::SeqCst) + 1 == shards {
         tracing::info!(shards, "ready: every shard is listening");
+        service::notify("READY=1\nSTATUS=every shard is listening");
     }
     shutdown.wait().await;
     tracing::debug!(shard = id, "stopping: accept tasks");

@@ -104,6 +104,11 @@ pub fn watch(stop: Arc<AtomicBool>, hangup: Option<Arc<AtomicBool>>, shutdown: S
             }
             glommio::timer::sleep(POLL_INTERVAL).await;
         }
+        // One shard watches with `hangup` (the others only for the stop flag): it
+        // tells the service manager, once.
+        if hangup.is_some() {
+            super::service::notify("STOPPING=1\nSTATUS=draining sessions");
+        }
         shutdown.fire();
     })
     .detach();

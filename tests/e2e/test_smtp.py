@@ -6,9 +6,11 @@ graceful shutdown, export after stop (byte comparison), and the data-dir lock.
 """
 import os
 import shlex
+import shutil
 import smtplib
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 
@@ -388,6 +390,41 @@ class Lifecycle(unittest.TestCase):
             self.assertIn("elsewhere.test is not in domains.local", other.stderr)
         finally:
             server.stop()
+
+    def test_service_manager_hears_ready_and_stopping(self):
+        # systemd's notify protocol, with this test as the service manager.
+        path = os.path.join(tempfile.mkdtemp(prefix="shardmail-notify-"), "notify.sock")
+        manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        manager.bind(path)
+        manager.settimeout(30)
+        server = Server()
+        os.environ["NOTIFY_SOCKET"] = path
+        try:
+            server.start()
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+        try:
+            self.assertTrue(manager.recv(4096).startswith(b"READY=1\n"))
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertTrue(manager.recv(4096).startswith(b"STOPPING=1\n"))
+        manager.close()
+
+    def test_systemd_unit_verifies(self):
+        analyze = shutil.which("systemd-analyze")
+        if analyze is None:
+            self.skipTest("systemd-analyze not installed")
+        unit = os.path.join(os.path.dirname(__file__), "..", "..", "contrib", "systemd",
+                            "shardmail.service")
+        with open(unit) as f:
+            text = f.read().replace("/usr/bin/shardmail", os.path.abspath(BIN))
+        staged = os.path.join(tempfile.mkdtemp(prefix="shardmail-unit-"), "shardmail.service")
+        with open(staged, "w") as f:
+            f.write(text)
+        result = subprocess.run([analyze, "verify", staged], capture_output=True, text=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Type=notify", text)
 
     def test_check_config_prints_a_file_serve_runs_on(self):
         server = Server(settings={
