@@ -1,5 +1,7 @@
-//! Authentication-Results on the stored message (RFC 8601 §5): prepend ours, and drop
-//! any that arrived claiming our authserv-id (a forgery or a loop). Pure.
+//! Trace fields on the stored message: Authentication-Results (RFC 8601 §5: prepend
+//! ours, drop any that arrived claiming our authserv-id — a forgery or a loop) and
+//! Return-Path (RFC 5321 §4.4: added at final delivery only, so one that arrives is
+//! dropped; delivery writes ours). Pure.
 
 use memchr::memmem;
 
@@ -16,9 +18,10 @@ fn authserv_id(value: &[u8]) -> &[u8] {
     id.split(|b| b.is_ascii_whitespace()).next().unwrap_or(&[])
 }
 
-/// `message` without the Authentication-Results fields whose authserv-id is ours;
-/// `None` when there is nothing to remove (the caller keeps its bytes as they are).
-pub fn strip_own_results(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
+/// `message` without the Authentication-Results fields whose authserv-id is ours and
+/// without any Return-Path field; `None` when there is nothing to remove (the caller
+/// keeps its bytes as they are: the usual case costs no copy).
+pub fn strip_untrusted(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
     let end = header_end(message);
     let headers = message.get(..end)?;
     let mut fields: Vec<(usize, usize, bool)> = Vec::new(); // start, end, drop
@@ -42,11 +45,14 @@ pub fn strip_own_results(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
             }
         }
         let field = headers.get(pos..stop)?;
-        let drop = field.len() > 23
-            && field
-                .get(..23)
-                .is_some_and(|n| n.eq_ignore_ascii_case(b"Authentication-Results:"))
+        let named = |name: &[u8]| {
+            field
+                .get(..name.len())
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        };
+        let ours = named(b"Authentication-Results:")
             && authserv_id(field.get(23..)?).eq_ignore_ascii_case(our_id.as_bytes());
+        let drop = ours || named(b"Return-Path:");
         fields.push((pos, stop, drop));
         pos = stop;
     }
@@ -68,17 +74,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn strips_any_return_path() {
+        let msg =
+            b"Return-Path: <forged@evil.example>\r\nSubject: hi\r\nreturn-path:\r\n <x@y>\r\n\r\n\
+            Return-Path: <in the body stays>\r\n";
+        let out = strip_untrusted(msg, "mx.example").expect("something stripped");
+        assert_eq!(
+            out,
+            b"Subject: hi\r\n\r\nReturn-Path: <in the body stays>\r\n".to_vec()
+        );
+    }
+
+    #[test]
     fn strips_only_our_authserv_id() {
         let msg = b"Authentication-Results: mx.example;\r\n dkim=pass header.d=evil.example\r\n\
             Authentication-Results: other.example; spf=pass\r\n\
             authentication-results: MX.EXAMPLE 1; dmarc=pass\r\nSubject: hi\r\n\r\n\
             Authentication-Results: mx.example; in the body stays\r\n";
-        let out = strip_own_results(msg, "mx.example").expect("something stripped");
+        let out = strip_untrusted(msg, "mx.example").expect("something stripped");
         assert_eq!(
             out,
             b"Authentication-Results: other.example; spf=pass\r\nSubject: hi\r\n\r\n\
               Authentication-Results: mx.example; in the body stays\r\n"
         );
-        assert!(strip_own_results(b"Subject: x\r\n\r\nbody", "mx.example").is_none());
+        assert!(strip_untrusted(b"Subject: x\r\n\r\nbody", "mx.example").is_none());
     }
 }

@@ -6,8 +6,9 @@
 //! `auth=pass` Authentication-Results and a DKIM signature when its domain has a key —
 //! only for a From: address the login owns (`auth.from_header_match`), so one user
 //! of a multi-domain server cannot sign as another hosted domain.
-//! Any Authentication-Results that arrived claiming our authserv-id is removed. The
-//! message is then stored in every recipient's partition (`mesh::store`).
+//! Any Authentication-Results that arrived claiming our authserv-id is removed, and
+//! any Return-Path; local copies get ours (the envelope sender). The message is then
+//! stored in every recipient's partition (`mesh::store`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -64,7 +65,7 @@ pub async fn accept(
             "Authentication-Results: {hostname};\r\n\tauth=pass smtp.auth={user}\r\n"
         ));
     }
-    let body = match headers::strip_own_results(&original, hostname) {
+    let body = match headers::strip_untrusted(&original, hostname) {
         Some(stripped) => Bytes::from(stripped),
         None => original,
     };
@@ -124,7 +125,13 @@ pub async fn accept(
     if local.is_empty() {
         return Ok(());
     }
-    let mut head = Vec::with_capacity(prefix.len() + signature.len() + received.len());
+    // Final delivery: the envelope sender at the top (RFC 5321 §4.4; any that came
+    // with the message was stripped above). The same for every recipient, so the
+    // blob stays shared.
+    let return_path = format!("Return-Path: <{}>\r\n", envelope.mail_from);
+    let mut head =
+        Vec::with_capacity(return_path.len() + prefix.len() + signature.len() + received.len());
+    head.extend_from_slice(return_path.as_bytes());
     head.extend_from_slice(prefix.as_bytes());
     head.extend_from_slice(signature.as_bytes());
     head.extend_from_slice(&received);

@@ -216,7 +216,10 @@ def log_bytes(data_dir):
 
 
 def strip_received(stored):
-    """The message as the client sent it: our Received: header removed."""
+    """The message as the client sent it: our Return-Path: (final delivery) and
+    Received: headers removed."""
+    if stored.startswith(b"Return-Path: "):
+        stored = stored[stored.index(b"\r\n") + 2:]
     assert stored.startswith(b"Received: "), stored[:80]
     end = stored.index(b"\r\n", stored.index(b"+0000")) + 2
     return stored[end:]

@@ -75,11 +75,16 @@ class AuthEndToEnd(unittest.TestCase):
         return [m for m in self.server.messages(self.alice, mailbox) if b"Subject: " + subject.encode() in m]
 
     def test_pass_gets_results_and_forged_results_are_removed(self):
-        forged = b"Authentication-Results: " + HOST.encode() + b"; dkim=pass header.d=paypal.com\r\n"
+        forged = (b"Authentication-Results: " + HOST.encode() + b"; dkim=pass header.d=paypal.com\r\n"
+                  b"Return-Path: <ceo@paypal.com>\r\n")
         self.assertEqual(self.send("bob@good.test", message("bob@good.test", "good", forged)), {})
         [stored] = self.stored("good")
         head = stored.split(b"\r\n\r\n", 1)[0].decode()
-        self.assertTrue(head.startswith(f"Authentication-Results: {HOST};"), head)
+        # Final delivery: our Return-Path (the envelope sender) first, the one that
+        # came with the message gone (RFC 5321 §4.4); then our results.
+        self.assertTrue(head.startswith("Return-Path: <bob@good.test>\r\n"
+                                        f"Authentication-Results: {HOST};"), head)
+        self.assertEqual(head.count("Return-Path:"), 1, head)
         self.assertIn("spf=pass", head)
         self.assertIn("dmarc=pass", head)
         self.assertNotIn("paypal.com", head)
