@@ -173,10 +173,15 @@ class Compaction(unittest.TestCase):
 class OnlineCompaction(unittest.TestCase):
     """The server compacts by itself while mail arrives; kill -9 mid-compaction."""
 
+    # The load below must not dilute the garbage under the ratio before the next check
+    # (once a second): unthrottled, 20 KB messages grew the log by ~10 MB/s and, when
+    # the check came late, the 2 MB just expunged fell below 0.3 and no compaction ever
+    # started (a flake seen in CI). A lower ratio and a paced sender keep the trigger
+    # certain while mail still arrives throughout the compaction.
     SETTINGS = {
         "store.compaction_check_secs": "1",
         "store.compaction_min_garbage_bytes": "0",
-        "store.compaction_garbage_ratio": "0.3",
+        "store.compaction_garbage_ratio": "0.1",
         "store.compaction_bytes_per_sec": "2MiB",
     }
 
@@ -223,6 +228,7 @@ class OnlineCompaction(unittest.TestCase):
                                 return
                             tags.add(tag)
                             n += 1
+                            time.sleep(0.01)  # ~2 MB/s at most: see SETTINGS
 
                 tags = set()
                 sender = threading.Thread(target=load, args=(tags,))
