@@ -23,7 +23,8 @@ use super::spool::{SpoolError, Spooler};
 use super::{Client, MailboxLogin, Shard, UserSlot};
 use crate::metrics;
 use crate::proto::imap::session::{
-    self, Action, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, WriteFailure, Written,
+    self, Action, Bodies, LoginRefusal, Mailstore, NoStore, Outbox, Session, Write, WriteFailure,
+    Written,
 };
 use crate::store::index::{AccountIndex, Index};
 use crate::store::{self, Partition};
@@ -548,11 +549,8 @@ async fn execute(shard: &Rc<Shard>, account: u64, write: Write, spooler: &mut Sp
         };
         // MULTIAPPEND's messages lie back to back in one spool: each is a slice of it
         // (no copy; the map lives until the last one is written).
-        let mut at = 0usize;
-        for len in bodies.lengths {
-            let end = at.saturating_add(len as usize).min(whole.len());
-            stored.push(super::mesh::summarize(Vec::new(), whole.slice(at..end)).await);
-            at = end;
+        for range in Bodies::ranges(&bodies.lengths, whole.len()) {
+            stored.push(super::mesh::summarize(Vec::new(), whole.slice(range)).await);
         }
     }
     let messages: Vec<_> = stored.iter().map(|(m, s)| (m, s.as_slice())).collect();

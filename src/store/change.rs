@@ -108,6 +108,32 @@ pub struct BlobAt {
     pub len: u32,
 }
 
+impl BlobAt {
+    /// Where a message of `message_len` bytes with a summary of `summary_len` goes
+    /// when its Blob record starts at `blob` (`summary_len:u32 summary message`).
+    pub fn at(blob: u64, summary_len: usize, message_len: usize) -> BlobAt {
+        BlobAt {
+            blob,
+            offset: blob + super::layout::RECORD_HEADER_BYTES as u64 + 4 + summary_len as u64,
+            len: message_len as u32,
+        }
+    }
+
+    /// Where a change's new messages go, one Blob record after another from `base`
+    /// (a change's Blob records come first): `sizes` are (summary, message) lengths.
+    pub fn consecutive(base: u64, sizes: impl IntoIterator<Item = (usize, usize)>) -> Vec<BlobAt> {
+        let mut at = base;
+        sizes
+            .into_iter()
+            .map(|(summary_len, message_len)| {
+                let blob = BlobAt::at(at, summary_len, message_len);
+                at += super::layout::record_bytes(4 + summary_len + message_len) as u64;
+                blob
+            })
+            .collect()
+    }
+}
+
 /// A change made into ops: the Blob op (if any) comes first.
 #[derive(Debug)]
 pub struct Planned {

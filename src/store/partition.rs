@@ -346,7 +346,7 @@ impl Partition {
         }
         self.check_space(messages.iter().map(|(m, _)| m.len()).sum())?;
         let base = self.end.get();
-        let blobs = blobs_at(base, messages);
+        let blobs = BlobAt::consecutive(base, messages.iter().map(|(m, s)| (s.len(), m.len())));
         let planned = {
             let index = self.index.borrow();
             let mut numbers = self.reservations.borrow_mut();
@@ -428,7 +428,7 @@ impl Partition {
             }
             let mut before = Vec::new();
             change::encode(&mut before, &ops, &[]);
-            let blob = blob_at(base + before.len() as u64, message, summary);
+            let blob = BlobAt::at(base + before.len() as u64, summary.len(), message.len());
             ops.extend(change::plan_delivery(
                 &index,
                 accounts,
@@ -666,29 +666,6 @@ impl Partition {
 /// Messages at least this large are written from their own buffer (a map of the
 /// spool file) rather than copied into the commit's buffer.
 const SHARED_BODY_BYTES_MIN: usize = 256 * 1024;
-
-/// Where the Blob of `message` goes when its record starts at `blob`.
-fn blob_at(blob: u64, message: &StoredMessage, summary: &[u8]) -> BlobAt {
-    BlobAt {
-        blob,
-        offset: blob + super::layout::RECORD_HEADER_BYTES as u64 + 4 + summary.len() as u64,
-        len: message.len() as u32,
-    }
-}
-
-/// Where the Blobs of `messages` go, one after another from `base` (the planner puts
-/// a change's Blob records first).
-fn blobs_at(base: u64, messages: &[(&StoredMessage, &[u8])]) -> Vec<BlobAt> {
-    let mut at = base;
-    messages
-        .iter()
-        .map(|(m, summary)| {
-            let blob = blob_at(at, m, summary);
-            at += super::layout::record_bytes(4 + summary.len() + m.len()) as u64;
-            blob
-        })
-        .collect()
-}
 
 /// The commit's bytes: records inline, and a large message body as its own part
 /// (the Blob record's header and checksum cover it without a copy). Each Blob op

@@ -12,18 +12,10 @@
 //! or message bytes (streamed). Pure code: no IO, no store, no limits (the session
 //! applies them as each [`Step`] arrives).
 
-use super::lexer::literal_header_at;
+use super::lexer::{lex_flat, literal_header_at, SyntaxError};
 
-/// A lexical piece of a segment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Piece {
-    Open,
-    Close,
-    /// An atom (flags such as `\Seen`, keywords, `CATENATE`, `NIL`…).
-    Atom(String),
-    /// A quoted string, unescaped.
-    Quoted(String),
-}
+/// A lexical piece of a segment: the lexer's own atoms and quoted strings.
+pub use super::lexer::Flat as Piece;
 
 /// How a segment ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,45 +48,15 @@ pub fn lex_segment(line: &[u8]) -> Result<(Vec<Piece>, SegmentEnd), String> {
         }
         None => (line, SegmentEnd::Line),
     };
-    let text = std::str::from_utf8(body).map_err(|_| "APPEND arguments are not UTF-8")?;
-    let mut pieces = Vec::new();
-    let mut chars = text.char_indices().peekable();
-    while let Some((at, c)) = chars.next() {
-        match c {
-            ' ' => {}
-            '(' => pieces.push(Piece::Open),
-            ')' => pieces.push(Piece::Close),
-            '"' => {
-                let mut s = String::new();
-                loop {
-                    match chars.next() {
-                        Some((_, '"')) => break,
-                        Some((_, '\\')) => match chars.next() {
-                            Some((_, e @ ('"' | '\\'))) => s.push(e),
-                            _ => return Err("bad escape in a quoted string".into()),
-                        },
-                        Some((_, c)) if c != '\r' && c != '\n' => s.push(c),
-                        _ => return Err("unterminated quoted string".into()),
-                    }
-                }
-                pieces.push(Piece::Quoted(s));
-            }
-            c if c.is_control() || c == '{' => {
-                return Err(format!("unexpected {c:?} in APPEND arguments"))
-            }
-            _ => {
-                let mut end = at + c.len_utf8();
-                while let Some(&(i, c)) = chars.peek() {
-                    if matches!(c, ' ' | '(' | ')' | '"' | '{') || c.is_control() {
-                        break;
-                    }
-                    end = i + c.len_utf8();
-                    chars.next();
-                }
-                pieces.push(Piece::Atom(text.get(at..end).unwrap_or("").to_string()));
-            }
-        }
-    }
+    let pieces = lex_flat(body).map_err(|e| {
+        let what = match e {
+            SyntaxError::BadQuoted => "a bad quoted string",
+            SyntaxError::NotUtf8 => "text that is not UTF-8",
+            SyntaxError::BadLiteral => "a misplaced literal",
+            _ => "a misplaced character",
+        };
+        format!("APPEND arguments hold {what}")
+    })?;
     Ok((pieces, end))
 }
 

@@ -306,6 +306,55 @@ pub struct Command<'a> {
     pub args: Vec<Token<'a>>,
 }
 
+/// One piece of a command segment read without matching parentheses (APPEND, whose
+/// lists span its literals): atoms and quoted strings exactly as [`tokenize`] reads
+/// them, `(` and `)` as pieces of their own. `NIL` is the atom `NIL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flat {
+    Open,
+    Close,
+    Atom(String),
+    Quoted(String),
+}
+
+/// Splits `text` (no literal, no CRLF) into [`Flat`] pieces.
+pub fn lex_flat(text: &[u8]) -> Result<Vec<Flat>, SyntaxError> {
+    let mut p = Parser {
+        input: text,
+        pos: 0,
+        depth_max: 0,
+    };
+    let mut pieces = Vec::new();
+    while let Some(b) = p.peek() {
+        let piece = match b {
+            b' ' => {
+                p.pos += 1;
+                continue;
+            }
+            b'(' | b')' => {
+                p.pos += 1;
+                if b == b'(' {
+                    Flat::Open
+                } else {
+                    Flat::Close
+                }
+            }
+            b'"' => match p.quoted()? {
+                Token::Quoted(q) => Flat::Quoted(q.into_owned()),
+                _ => return Err(SyntaxError::BadQuoted),
+            },
+            b'{' => return Err(SyntaxError::BadLiteral),
+            b'\r' | b'\n' => return Err(SyntaxError::Unbalanced),
+            _ => match p.atom()? {
+                Token::Atom(a) => Flat::Atom(a.to_string()),
+                _ => Flat::Atom("NIL".into()),
+            },
+        };
+        pieces.push(piece);
+    }
+    Ok(pieces)
+}
+
 /// Tokenizes one complete command (as framed, CRLF included).
 pub fn tokenize(command: &[u8], depth_max: usize) -> Result<Command<'_>, SyntaxError> {
     let mut p = Parser {

@@ -77,22 +77,10 @@ impl MemStore {
         let _ = self.index.apply_all(decoded, &mut self.blobs);
     }
 
-    fn blob_at(&self, message: &[u8], summary: &[u8]) -> BlobAt {
-        let blob = self.log.len() as u64;
-        BlobAt {
-            blob,
-            offset: blob
-                + crate::store::layout::RECORD_HEADER_BYTES as u64
-                + 4
-                + summary.len() as u64,
-            len: message.len() as u32,
-        }
-    }
-
     /// Delivers a message into `mailbox` (as SMTP would); returns its UID.
     pub fn deliver(&mut self, mailbox: u32, message: &[u8], internal_date: i64) -> u32 {
         let summary = Summary::parse(message).to_bytes();
-        let blob = self.blob_at(message, &summary);
+        let blob = BlobAt::at(self.log.len() as u64, summary.len(), message.len());
         let mut numbers = Reservations::default();
         let ops = change::plan_delivery(
             &self.index,
@@ -121,13 +109,10 @@ impl MemStore {
             return self.apply_change(&change, &[]);
         };
         let whole = bodies.bytes.into_bytes().unwrap_or_default();
-        let mut messages = Vec::new();
-        let mut at = 0usize;
-        for len in bodies.lengths {
-            let end = at.saturating_add(len as usize).min(whole.len());
-            messages.push(whole.get(at..end).unwrap_or(&[]));
-            at = end;
-        }
+        let messages: Vec<&[u8]> = Bodies::ranges(&bodies.lengths, whole.len())
+            .into_iter()
+            .map(|r| whole.get(r).unwrap_or(&[]))
+            .collect();
         self.apply_change(&change, &messages)
     }
 
@@ -137,16 +122,11 @@ impl MemStore {
             .iter()
             .map(|m| Summary::parse(m).to_bytes())
             .collect();
-        let mut blobs = Vec::new();
-        let mut at = self.log.len() as u64;
-        for (m, s) in messages.iter().zip(&summaries) {
-            blobs.push(BlobAt {
-                blob: at,
-                offset: at + crate::store::layout::RECORD_HEADER_BYTES as u64 + 4 + s.len() as u64,
-                len: m.len() as u32,
-            });
-            at += crate::store::layout::record_bytes(4 + s.len() + m.len()) as u64;
-        }
+        let sizes = messages
+            .iter()
+            .zip(&summaries)
+            .map(|(m, s)| (s.len(), m.len()));
+        let blobs = BlobAt::consecutive(self.log.len() as u64, sizes);
         let mut numbers = Reservations::default();
         let planned = match change::plan(
             &self.index,

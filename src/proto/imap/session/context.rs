@@ -15,8 +15,16 @@
 use std::cmp::Ordering;
 
 use super::super::sort::{self, KeyPart, SortBy};
-use super::view::{View, Viewpoint};
+use super::view::View;
 use super::*;
+
+/// What one update told the client: the UIDs it announced expunged, and the
+/// messages it announced new or with changed flags.
+#[derive(Debug, Default)]
+pub(super) struct Reported<'s> {
+    pub(super) expunged: Vec<u32>,
+    pub(super) touched: Vec<&'s MessageEntry>,
+}
 
 /// One live result (a UID SEARCH or UID SORT with RETURN (UPDATE)).
 #[derive(Debug, Clone)]
@@ -123,11 +131,11 @@ impl Session {
         None
     }
 
-    /// After an update told the client of changes since `before` (its viewpoint and
-    /// reported MODSEQ then): what they did to each live search.
+    /// After an update told the client of `reported` changes: what they did to each
+    /// live result (the update's own lists, not computed again).
     pub(super) fn live_search_changes(
         &mut self,
-        before: (Viewpoint, u64),
+        reported: Reported<'_>,
         store: &dyn Mailstore,
         out: &mut Outbox,
     ) {
@@ -138,7 +146,7 @@ impl Session {
         let Some(mb) = store.account().and_then(|a| a.mailbox_by_id(sel.id)) else {
             return;
         };
-        let (expunged, touched) = reported_changes(mb, before, sel.at, sel.reported_modseq);
+        let Reported { expunged, touched } = reported;
         let view = View::new(mb, sel.at);
         let (largest_seq, largest_uid) = (view.len() as u32, view.last_uid());
         for live in &mut sel.live {
@@ -190,42 +198,6 @@ impl Session {
             report(out, live, &removed, &added);
         }
     }
-}
-
-/// What an update told the client of, given its viewpoint and reported MODSEQ before
-/// (`before`) and after (`now`, `modseq_now`): the UIDs it announced expunged, and the
-/// messages it announced new or with changed flags.
-fn reported_changes(
-    mb: &MailboxIndex,
-    before: (Viewpoint, u64),
-    now: Viewpoint,
-    modseq_now: u64,
-) -> (Vec<u32>, Vec<&MessageEntry>) {
-    let (at, modseq) = before;
-    let mut expunged = Vec::new();
-    if now.expunges_seen > at.expunges_seen {
-        expunged = mb
-            .expunged_since(at.expunges_seen)
-            .unwrap_or(&[])
-            .iter()
-            .filter(|(m, uid)| *m <= now.expunges_seen && *uid <= at.known_last)
-            .map(|t| t.1)
-            .collect();
-        expunged.sort_unstable();
-        expunged.dedup();
-    }
-    let first_new = mb.messages.partition_point(|m| m.uid <= at.known_last);
-    let last_new = mb.messages.partition_point(|m| m.uid <= now.known_last);
-    let mut touched: Vec<&MessageEntry> = mb
-        .messages
-        .get(first_new..last_new.max(first_new))
-        .unwrap_or(&[])
-        .iter()
-        .collect();
-    if modseq_now > modseq {
-        touched.extend(flags_changed_since(mb, modseq, at.known_last));
-    }
-    (expunged, touched)
 }
 
 /// The ESEARCH updates of one live search: REMOVEFROM and ADDTO for a result of all

@@ -392,14 +392,14 @@ impl Session {
                 .iter()
                 .filter(|n| !notify.subscribed.contains(n))
             {
-                self.notify_list(out, "(\\Subscribed)", name, None);
+                self.notify_list(out, &["\\Subscribed"], name, None);
             }
             for name in notify
                 .subscribed
                 .iter()
                 .filter(|n| !account.subscribed.contains(n))
             {
-                self.notify_list(out, "()", name, None);
+                self.notify_list(out, &[], name, None);
             }
         }
         notify.record(account, selected);
@@ -481,28 +481,26 @@ impl Session {
     fn notify_names(&self, notify: &Notify, account: &AccountIndex, out: &mut Outbox) {
         for mb in &account.mailboxes {
             match notify.names.get(&mb.id) {
-                None => self.notify_list(out, "()", &mb.name, None),
-                Some(old) if old != &mb.name => self.notify_list(out, "()", &mb.name, Some(old)),
+                None => self.notify_list(out, &[], &mb.name, None),
+                Some(old) if old != &mb.name => self.notify_list(out, &[], &mb.name, Some(old)),
                 Some(_) => {}
             }
         }
         for (id, name) in &notify.names {
             if account.mailbox_by_id(*id).is_none() {
-                self.notify_list(out, "(\\NonExistent)", name, None);
+                self.notify_list(out, &["\\NonExistent"], name, None);
             }
         }
     }
 
     /// `* LIST attrs "/" name [("OLDNAME" (old))]`.
-    fn notify_list(&self, out: &mut Outbox, attrs: &str, name: &str, old: Option<&str>) {
-        let mut line = format!("* LIST {attrs} \"/\" ").into_bytes();
-        render::mailbox_name(&mut line, &self.shown_name(name));
-        if let Some(old) = old {
-            line.extend_from_slice(b" (\"OLDNAME\" (");
-            render::mailbox_name(&mut line, &self.shown_name(old));
-            line.extend_from_slice(b"))");
-        }
-        line.extend_from_slice(b"\r\n");
-        out.reply.extend_from_slice(&line);
+    fn notify_list(&self, out: &mut Outbox, attrs: &[&str], name: &str, old: Option<&str>) {
+        let oldname = old.map(|old| {
+            let mut text = b"(\"OLDNAME\" (".to_vec();
+            render::mailbox_name(&mut text, &self.shown_name(old));
+            text.extend_from_slice(b"))");
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        self.list_line(out, "LIST", name, attrs, oldname.as_deref());
     }
 }

@@ -49,10 +49,15 @@ impl Session {
             self.close(out);
             return;
         }
-        let before = (sel.at, sel.reported_modseq);
+        // What this update tells the client, kept for the live results (if any).
+        let tracking = !sel.live.is_empty();
+        let mut reported = context::Reported::default();
         if expunges_allowed {
             let view = View::new(mb, sel.at);
             let gone: Vec<(usize, u32)> = view.ghosts().collect();
+            if tracking {
+                reported.expunged = gone.iter().map(|g| g.1).collect();
+            }
             if !gone.is_empty() {
                 if self.qresync {
                     let uids: Vec<u32> = gone.iter().map(|g| g.1).collect();
@@ -67,6 +72,9 @@ impl Session {
         }
         let last = sel.at.known_last;
         if let Some(newest) = mb.messages_after(last).last() {
+            if tracking {
+                reported.touched.extend(mb.messages_after(last));
+            }
             sel.at.known_last = newest.uid;
             announce_keywords(sel, mb, keywords_max, out);
             out.line(&format!("* {} EXISTS", View::new(mb, sel.at).len()));
@@ -79,7 +87,7 @@ impl Session {
             let changed = flags_changed_since(mb, sel.reported_modseq, last);
             announce_keywords(sel, mb, keywords_max, out);
             let view = View::new(mb, sel.at);
-            for m in changed {
+            for m in &changed {
                 if skip.contains(&m.uid) {
                     continue;
                 }
@@ -89,10 +97,13 @@ impl Session {
                 let flags = sel.flags_of(m);
                 flags_update(out, i + 1, m, flags, self.qresync, self.condstore);
             }
+            if tracking {
+                reported.touched.extend(changed);
+            }
             sel.reported_modseq = mb.highest_modseq;
         }
-        if !sel.live.is_empty() {
-            self.live_search_changes(before, store, out);
+        if tracking {
+            self.live_search_changes(reported, store, out);
         }
     }
 }

@@ -39,6 +39,23 @@ pub struct Bodies {
     pub lengths: Vec<u64>,
 }
 
+impl Bodies {
+    /// Each message's byte range within the whole body of `len` bytes (once spooled),
+    /// in order; a body shorter than the lengths say ends the last ranges early.
+    pub fn ranges(lengths: &[u64], len: usize) -> Vec<std::ops::Range<usize>> {
+        let mut at = 0usize;
+        lengths
+            .iter()
+            .map(|&n| {
+                let end = at.saturating_add(n as usize).min(len);
+                let range = at..end;
+                at = end;
+                range
+            })
+            .collect()
+    }
+}
+
 impl From<Outcome> for Written {
     fn from(o: Outcome) -> Written {
         match o {
