@@ -62,7 +62,7 @@ pub struct Limits {
     /// is re-checked on every change to the selected mailbox.
     pub imap_search_updates_max: usize,
     /// IMAP sessions of the whole server that may deflate at once (COMPRESS=DEFLATE,
-    /// RFC 4978): each holds about 0.5 MiB of compressor and decompressor state.
+    /// RFC 4978): each holds about 0.7 MiB of compressor and decompressor state.
     pub imap_compress_sessions_max: usize,
     /// Recipients per transaction (RFC 5321 §4.5.3.1.8 requires ≥ 100).
     pub recipients_max: usize,
