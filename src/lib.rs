@@ -7,6 +7,7 @@
 //! - [`users`]: accounts, aliases and password hashes (`users.json` in the data dir).
 //! - [`shard`]: the only glommio code: executors, listeners, connections, the mesh.
 //! - [`tls`]: certificates (self-signed on first start) and the rustls server config.
+//! - [`logging`]: the log subscriber, its format and its reloadable filter.
 //! - [`export`]: Maildir export of an account, for backups and tests.
 //!
 //! Read `docs/architecture.md` for how these fit together.
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod config;
 pub mod export;
 pub mod import;
+pub mod logging;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use shardmail::config::Config;
+use shardmail::config::{Config, ConfigSource};
 use shardmail::users::{self, UserDb};
 
 #[global_allocator]
@@ -42,6 +42,9 @@ struct Common {
 enum Command {
     /// Run the server until SIGTERM/SIGINT.
     Serve,
+    /// Make the running server re-read its configuration, users, DKIM keys and TLS
+    /// certificate (as SIGHUP does) and print the outcome.
+    Reload,
     /// Print the effective configuration after defaults and overrides.
     CheckConfig,
     /// Manage accounts.
@@ -181,30 +184,7 @@ enum AliasCmd {
     List,
 }
 
-/// The log filter: `SHARDMAIL_LOG` (tracing `EnvFilter` syntax), else `info`. rustls
-/// warns once per handshake about things any peer can send (an IP address as SNI,
-/// which RFC 6066 §3 says to ignore, and other malformed hellos): those would let any
-/// client flood the log, so rustls speaks only at `error` unless the filter names it.
-fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
-    let base = configured
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or("info");
-    let directives = if base.contains("rustls") {
-        base.to_string()
-    } else {
-        format!("{base},rustls=error")
-    };
-    tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"))
-}
-
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(std::env::var("SHARDMAIL_LOG").ok().as_deref()))
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: log files and journald get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,20 +197,27 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), String> {
     let c = &cli.common;
-    let config = Config::load(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
-        .map_err(|e| e.to_string())?;
+    let source = ConfigSource {
+        file: c.config.clone(),
+        overrides: c.overrides.clone(),
+        data_dir: c.data_dir.clone(),
+    };
+    let reloading = matches!(cli.command, Command::Reload);
+    let loaded = source.load().map_err(|e| {
+        if reloading {
+            format!("not reloading, the running server keeps its configuration: {e}")
+        } else {
+            e.to_string()
+        }
+    })?;
+    shardmail::logging::init(&loaded.config.log);
+    let config = loaded.config.clone();
     let data = config.data_dir.clone();
     match cli.command {
-        Command::Serve => {
-            let effective =
-                Config::effective_toml(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
-                    .map_err(|e| e.to_string())?;
-            shardmail::shard::serve(config, &effective)
-        }
+        Command::Serve => shardmail::shard::serve(source, loaded),
+        Command::Reload => shardmail::shard::reload::request(&data),
         Command::CheckConfig => {
-            let text =
-                Config::effective_toml(c.config.as_deref(), &c.overrides, c.data_dir.as_deref())
-                    .map_err(|e| e.to_string())?;
+            let text = loaded.effective_toml().map_err(|e| e.to_string())?;
             println!("# The effective configuration (shardmail check-config): defaults, the");
             println!("# --config file and --set overrides. `shardmail serve --config` accepts it;");
             println!(

@@ -7,13 +7,15 @@
 //! touches the data directory.
 
 pub mod raw;
+pub mod source;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::Durability;
+pub use raw::{Durability, LogFormat};
+pub use source::{ConfigSource, Loaded};
 
 /// A configuration error that names the offending key.
 #[derive(Debug)]
@@ -137,6 +139,19 @@ pub struct Config {
     pub auth: Auth,
     pub queue: Queue,
     pub quota: QuotaPolicy,
+    /// How often the TLS certificate and key files are checked for a change (ACME
+    /// renewals); zero: only on reload.
+    pub tls_watch_interval: Duration,
+    pub log: LogSettings,
+}
+
+/// `[log]`: what the server logs and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `debug`, `info,shardmail::login=debug`); the
+    /// `SHARDMAIL_LOG` environment variable replaces it when set.
+    pub level: String,
+    pub format: LogFormat,
 }
 
 /// `[quota]`: default limits per account and how SMTP refuses a full mailbox.
@@ -372,29 +387,6 @@ impl Config {
         Config::validate(Config::load_raw(file, overrides, data_dir)?)
     }
 
-    /// The effective configuration (defaults, then `file`, then `overrides`, then
-    /// `data_dir`) as TOML that `serve --config` accepts, every key with its value:
-    /// what `shardmail check-config` prints. It is validated first, and secrets
-    /// (`queue.relay_password`) are printed as [`SECRET_PLACEHOLDER`].
-    pub fn effective_toml(
-        file: Option<&Path>,
-        overrides: &[String],
-        data_dir: Option<&Path>,
-    ) -> Result<String, ConfigError> {
-        let mut raw = Config::load_raw(file, overrides, data_dir)?;
-        let config = Config::validate(raw.clone())?;
-        raw.server.hostname = Some(config.hostname);
-        if raw.queue.relay_password.is_some() {
-            raw.queue.relay_password = Some(SECRET_PLACEHOLDER.into());
-        }
-        toml::to_string_pretty(&raw).map_err(|e| {
-            err(
-                "check-config",
-                format!("cannot print the configuration: {e}"),
-            )
-        })
-    }
-
     /// The configuration as serde reads it, before validation.
     fn load_raw(
         file: Option<&Path>,
@@ -613,6 +605,8 @@ impl Config {
             },
             auth: validate_auth(&raw.auth)?,
             queue: validate_queue(&raw.queue)?,
+            tls_watch_interval: Duration::from_secs(raw.tls.watch_interval_secs),
+            log: validate_log(&raw.log)?,
             quota: QuotaPolicy {
                 default: crate::users::Quota {
                     storage: Some(raw.quota.storage_default.bytes("quota.storage_default")? as u64)
@@ -828,6 +822,20 @@ fn parse_reserve(raw: &raw::Size) -> Result<Reserve, ConfigError> {
         })
 }
 
+fn validate_log(raw: &raw::RawLog) -> Result<LogSettings, ConfigError> {
+    let level = raw.level.trim().to_string();
+    if level.is_empty() || tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+        return Err(err(
+            "log.level",
+            "not a log filter (e.g. \"info\", \"debug\", \"warn,shardmail::login=info\")",
+        ));
+    }
+    Ok(LogSettings {
+        level,
+        format: raw.format,
+    })
+}
+
 fn validate_auth(raw: &raw::RawAuth) -> Result<Auth, ConfigError> {
     use crate::auth::policy::{Policies, Policy};
     let mut exempt_networks = Vec::new();
@@ -983,7 +991,13 @@ mod tests {
             "limits.message_size_max=\"20MiB\"".to_string(),
             "auth.domains.\"example.org\".dmarc_reject=\"quarantine\"".to_string(),
         ];
-        let printed = Config::effective_toml(None, &over, None).expect("valid");
+        let printed = ConfigSource {
+            overrides: over,
+            ..ConfigSource::default()
+        }
+        .load()
+        .and_then(|l| l.effective_toml())
+        .expect("valid");
         assert!(!printed.contains("hunter2"), "{printed}");
         assert!(printed.contains(SECRET_PLACEHOLDER), "{printed}");
         assert!(
@@ -994,7 +1008,13 @@ mod tests {
         let file =
             std::env::temp_dir().join(format!("shardmail-check-{}.toml", std::process::id()));
         std::fs::write(&file, &printed).expect("write");
-        let again = Config::effective_toml(Some(&file), &[], None).expect("loads back");
+        let again = ConfigSource {
+            file: Some(file.clone()),
+            ..ConfigSource::default()
+        }
+        .load()
+        .and_then(|l| l.effective_toml())
+        .expect("loads back");
         let loaded = Config::load(Some(&file), &[], None).expect("serve accepts it");
         let _ = std::fs::remove_file(&file);
         assert_eq!(again, printed);

@@ -24,6 +24,35 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub queue: RawQueue,
     pub quota: RawQuota,
+    pub log: RawLog,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// A tracing filter; `SHARDMAIL_LOG` replaces it when set. Changes on reload.
+    pub level: String,
+    /// `text` (`key=value` fields) or `json` (one object per line). Restart to change.
+    pub format: LogFormat,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[quota]`: what an account may store, unless `shardmail user quota` says otherwise.
@@ -172,7 +201,7 @@ impl Default for RawListen {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTls {
     /// PEM certificate chain; default `<data_dir>/tls/cert.pem`, self-signed on first start.
@@ -181,6 +210,20 @@ pub struct RawTls {
     pub key: Option<PathBuf>,
     /// Allow AUTH/LOGIN without TLS. Off: passwords never cross the wire in clear.
     pub allow_plaintext_auth: bool,
+    /// Seconds between checks of the certificate and key files for a change (ACME
+    /// renewals); new handshakes use a changed pair. 0: only on reload.
+    pub watch_interval_secs: u64,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls {
+            cert: None,
+            key: None,
+            allow_plaintext_auth: false,
+            watch_interval_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

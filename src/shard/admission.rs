@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::IpNet;
@@ -56,12 +56,20 @@ pub enum Refusal {
 #[derive(Debug)]
 pub struct Connections {
     per_ip: Vec<Mutex<HashMap<IpAddr, usize>>>,
-    per_ip_max: usize,
-    exempt: Vec<IpNet>,
+    /// `limits.connections_per_ip_max` and `limits.ip_limit_exempt_networks`; replaced
+    /// on reload.
+    policy: RwLock<Arc<AddressPolicy>>,
     total: AtomicUsize,
     capacity: usize,
     /// IMAP sessions deflating now (each holds ~0.7 MiB of compressor state: loadtest/compress_probe.py).
     deflating: AtomicUsize,
+}
+
+/// The per-address part of admission.
+#[derive(Debug)]
+struct AddressPolicy {
+    per_ip_max: usize,
+    exempt: Vec<IpNet>,
 }
 
 /// One IMAP session's COMPRESS=DEFLATE slot; dropping it frees the slot. `Send`: it
@@ -90,12 +98,25 @@ impl Connections {
     pub fn new(per_ip_max: usize, exempt: Vec<IpNet>, capacity: usize) -> Arc<Connections> {
         Arc::new(Connections {
             per_ip: (0..PARTS).map(|_| Mutex::new(HashMap::new())).collect(),
-            per_ip_max,
-            exempt,
+            policy: RwLock::new(Arc::new(AddressPolicy { per_ip_max, exempt })),
             total: AtomicUsize::new(0),
             capacity,
             deflating: AtomicUsize::new(0),
         })
+    }
+
+    /// A reload's new per-address limit and exempt networks: connections open now
+    /// stay; new ones are admitted by the new policy.
+    pub fn set_policy(&self, per_ip_max: usize, exempt: Vec<IpNet>) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(AddressPolicy { per_ip_max, exempt });
+    }
+
+    fn policy(&self) -> Arc<AddressPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn open(&self) -> usize {
@@ -113,7 +134,8 @@ impl Connections {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Capacity);
         }
-        if self.exempt.iter().any(|n| n.contains(ip)) {
+        let policy = self.policy();
+        if policy.exempt.iter().any(|n| n.contains(ip)) {
             return Ok(Ticket {
                 table: self.clone(),
                 ip: None,
@@ -127,7 +149,7 @@ impl Connections {
         };
         let mut map = part.lock().unwrap_or_else(|e| e.into_inner());
         let count = map.entry(ip).or_insert(0);
-        if *count >= self.per_ip_max {
+        if *count >= policy.per_ip_max {
             drop(map);
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PerAddress);
@@ -254,7 +276,8 @@ pub struct ThrottleConfig {
 #[derive(Debug)]
 pub struct LoginThrottle {
     parts: Vec<Mutex<HashMap<Key, Record>>>,
-    config: ThrottleConfig,
+    /// Replaced on reload; records already kept stay.
+    config: RwLock<Arc<ThrottleConfig>>,
 }
 
 /// The throttle's answer before a password is checked.
@@ -310,8 +333,20 @@ impl LoginThrottle {
     pub fn new(config: ThrottleConfig) -> Arc<LoginThrottle> {
         Arc::new(LoginThrottle {
             parts: (0..PARTS).map(|_| Mutex::new(HashMap::new())).collect(),
-            config,
+            config: RwLock::new(Arc::new(config)),
         })
+    }
+
+    /// A reload's new `limits.login_*` settings.
+    pub fn set_config(&self, config: ThrottleConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    fn config(&self) -> Arc<ThrottleConfig> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn with<T>(&self, key: &Key, f: impl FnOnce(&mut HashMap<Key, Record>) -> T) -> T {
@@ -321,7 +356,7 @@ impl LoginThrottle {
         });
         let mut map = part.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() > THROTTLE_ENTRIES_MAX / PARTS {
-            let memory = self.config.memory;
+            let memory = self.config().memory;
             let now = Instant::now();
             map.retain(|_, r| r.in_flight || now.duration_since(r.last_failure) < memory);
             if map.len() > THROTTLE_ENTRIES_MAX / PARTS {
@@ -333,10 +368,14 @@ impl LoginThrottle {
 
     /// May `user` try a password from `ip` now?
     pub fn gate(&self, ip: IpAddr, user: &str, now: Instant) -> Gate {
-        let exempt = self.config.exempt.iter().any(|n| n.contains(canonical(ip)));
+        let exempt = self
+            .config()
+            .exempt
+            .iter()
+            .any(|n| n.contains(canonical(ip)));
         let source = (!exempt).then(|| source_key(ip));
         let account = Key::Account(user.to_ascii_lowercase());
-        let memory = self.config.memory;
+        let memory = self.config().memory;
         let fresh = |r: &Record| now.duration_since(r.last_failure) < memory || r.in_flight;
         // A source that never failed is not held back by the account's lock-out: a
         // flood of guesses against an account must not lock its owner out.
@@ -409,7 +448,7 @@ impl LoginThrottle {
 
     /// The outcome of an attempt [`LoginThrottle::gate`] let through.
     pub fn finished(&self, attempt: Attempt, ok: bool, now: Instant) {
-        let config = &self.config;
+        let config = self.config();
         for key in attempt
             .source
             .iter()

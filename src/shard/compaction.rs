@@ -35,7 +35,7 @@ fn keep(shard: &Shard) -> Keep {
 }
 
 async fn watch(shard: Rc<Shard>) {
-    let options = shard.config.store.compaction;
+    let options = shard.config().store.compaction;
     let mut last_check = Instant::now();
     loop {
         let pause = REQUEST_POLL.min(options.check_interval);
@@ -59,7 +59,7 @@ async fn watch(shard: Rc<Shard>) {
             let Some(p) = shard.partitions.get(&id).cloned() else {
                 continue;
             };
-            let dir = crate::store::partition_dir(&shard.config.data_dir, id);
+            let dir = crate::store::partition_dir(&shard.config().data_dir, id);
             let request = dir.join(REQUEST);
             let requested = request.exists();
             if !requested && !measure {

@@ -700,7 +700,7 @@ pub async fn start_tls(
     }
     input.clear();
     if let Err(e) = stream
-        .upgrade(&shard.tls, shard.config.limits.idle_timeout)
+        .upgrade(&shard.tls(), shard.config().limits.idle_timeout)
         .await
     {
         tracing::debug!(error = %e, "STARTTLS handshake failed");
@@ -722,7 +722,7 @@ pub async fn accepted(
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
         if let Err(e) = stream
-            .upgrade(&shard.tls, shard.config.limits.idle_timeout)
+            .upgrade(&shard.tls(), shard.config().limits.idle_timeout)
             .await
         {
             tracing::debug!(%peer, error = %e, "implicit TLS handshake failed");

@@ -39,7 +39,7 @@ pub async fn accept(
 ) -> Result<(), DeliveryError> {
     let received = message.slice(..envelope.received_len.min(message.len()));
     let original = message.slice(envelope.received_len.min(message.len())..);
-    let hostname = &shard.config.hostname;
+    let hostname = &shard.config().hostname;
     let mut prefix = String::new();
     let mut mailbox = INBOX;
     if envelope.verify {
@@ -51,7 +51,7 @@ pub async fn accept(
             .await
             .map_err(|_| DeliveryError::Refused(CHECKS_BUSY.into()))?;
         let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
-        match policy::disposition_for(&verdict, &shard.config.auth.policies, recipients) {
+        match policy::disposition_for(&verdict, &shard.config().auth.policies, recipients) {
             Disposition::Reject(reply) | Disposition::Defer(reply) => {
                 tracing::info!(id = %envelope.id, %reply, "message refused by policy");
                 return Err(DeliveryError::Refused(reply));
@@ -75,7 +75,7 @@ pub async fn accept(
         let owned = from
             .iter()
             .all(|(address, _)| from_owned(shard, user, address));
-        let sign_it = match shard.config.auth.from_header_match {
+        let sign_it = match shard.config().auth.from_header_match {
             _ if owned => true,
             FromHeaderMatch::Off => true,
             FromHeaderMatch::Unsigned => {
@@ -167,7 +167,7 @@ fn from_owned(shard: &Shard, login: &str, address: &str) -> bool {
         .map(|(_, d)| d.to_ascii_lowercase())
         .unwrap_or_default();
     shard
-        .config
+        .config()
         .auth
         .from_header_domains
         .get(&login.to_ascii_lowercase())
@@ -181,7 +181,7 @@ fn signing_key(shard: &Shard, user: &str, from_domain: Option<String>) -> Option
     [from_domain, user_domain]
         .into_iter()
         .flatten()
-        .find_map(|d| shard.dkim_keys.get(&d).cloned())
+        .find_map(|d| shard.dkim_key(&d))
 }
 
 /// A `DKIM-Signature:` header for mail from `user`, computed off the reactor.

@@ -78,7 +78,7 @@ impl Interruptible for Session {
 
 /// The input buffer's maximum outside literals (it starts small and grows on demand).
 fn input_capacity(shard: &Shard) -> usize {
-    shard.config.limits.imap_command_bytes_max.max(16 * 1024)
+    shard.config().limits.imap_command_bytes_max.max(16 * 1024)
 }
 
 fn now() -> i64 {
@@ -101,7 +101,7 @@ pub async fn run(
     };
     shard.refresh_users();
     metrics::add(&shard.metrics.imap.connections, 1);
-    let session = Session::new(shard.imap_config.clone(), implicit_tls);
+    let session = Session::new(shard.imap_config(), implicit_tls);
     let mut out = Outbox::default();
     session.greet(&mut out);
     let input = InputBuffer::new(input_capacity(shard));
@@ -220,12 +220,12 @@ async fn drive(
     client: Client,
 ) {
     let mut account = slot.as_ref().map(UserSlot::account);
-    let limits = &shard.config.limits;
+    let limits = &shard.config().limits;
     let mut commands_counted = session.commands();
     let mut deadlines = Deadlines::new(limits, limits.imap_idle_timeout, true);
     let mut spooler = Spooler::new(
-        &shard.config.data_dir,
-        shard.config.store.spool_threshold_bytes,
+        &shard.config().data_dir,
+        shard.config().store.spool_threshold_bytes,
         shard.connections.clone(),
     );
     // A whole command, literals included, must fit in the input buffer: at most one
@@ -262,7 +262,7 @@ async fn drive(
                     session.tls_established();
                 }
                 Action::Compress => {
-                    let max = shard.config.limits.imap_compress_sessions_max;
+                    let max = shard.config().limits.imap_compress_sessions_max;
                     let slot = shard.connections.deflate(max);
                     session.compression_decided(slot.is_some(), &mut out);
                     // The OK goes out as it is; everything after it deflates, the
@@ -479,7 +479,7 @@ async fn idle_wait(
             return true;
         }
         let seen = p.generation(account);
-        let limits = &shard.config.limits;
+        let limits = &shard.config().limits;
         enum Woke {
             Read(ReadOutcome),
             Changed,

@@ -223,7 +223,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Servi
         };
         let admitted = match service.family() {
             Some(family)
-                if shard.family_sessions(family) >= shard.config.limits.sessions_per_shard_max =>
+                if shard.family_sessions(family)
+                    >= shard.config().limits.sessions_per_shard_max =>
             {
                 Err(Refusal::Capacity)
             }
@@ -286,11 +287,11 @@ async fn refuse(
     let mut stream = Stream::Plain(tcp);
     let ready = !service.implicit_tls()
         || stream
-            .upgrade(&shard.tls, REFUSAL_HANDSHAKE_TIMEOUT)
+            .upgrade(&shard.tls(), REFUSAL_HANDSHAKE_TIMEOUT)
             .await
             .is_ok();
     if ready {
-        let reply = service.refusal(why, &shard.config.hostname);
+        let reply = service.refusal(why, &shard.config().hostname);
         let _ = super::conn::with_timeout(
             REFUSAL_HANDSHAKE_TIMEOUT,
             stream.write_all(reply.as_bytes()),

@@ -401,7 +401,7 @@ async fn store_one(
     summary: Bytes,
     internal_date: i64,
 ) -> Stored {
-    let owner = store::shard_of(partition, shard.config.shards);
+    let owner = store::shard_of(partition, shard.config().shards);
     if owner == shard.id {
         let Some(p) = shard.partition(partition) else {
             return Stored::Failed;

@@ -18,6 +18,7 @@ pub mod metrics_http;
 pub mod outbound;
 pub mod pop3;
 pub mod preflight;
+pub mod reload;
 pub mod service;
 pub mod shutdown;
 pub mod smtp;
@@ -44,8 +45,8 @@ use shutdown::Shutdown;
 /// Everything one shard owns. Lives in an `Rc` on its executor thread.
 pub struct Shard {
     pub id: usize,
-    pub config: Rc<Config>,
-    pub tls: Arc<rustls::ServerConfig>,
+    /// The settings new sessions start from; replaced whole on reload.
+    live: RefCell<Rc<reload::Live>>,
     pub partitions: HashMap<u32, Rc<Partition>>,
     pub partitions_total: u32,
     pub users: RefCell<Rc<UserDb>>,
@@ -72,10 +73,7 @@ pub struct Shard {
     /// move to their account's shard, so this count is the account's total).
     user_sessions: RefCell<HashMap<u64, usize>>,
     next_session: Cell<u64>,
-    smtp_configs: HashMap<&'static str, Rc<SessionConfig>>,
-    pub pop3_config: Arc<crate::proto::pop3::Pop3Config>,
     pub pop3_locks: pop3::Locks,
-    pub imap_config: Arc<crate::proto::imap::session::ImapConfig>,
     /// The auth/DNS worker (checks inbound mail when `auth.enabled`, routes outbound).
     pub auth: Option<crate::auth::worker::AuthClient>,
     /// The outbound queue's delivery side.
@@ -85,8 +83,6 @@ pub struct Shard {
     auth_cache: RefCell<HashMap<String, (ring::hmac::Tag, Instant)>>,
     /// A random key per shard and run: cached tags are useless outside this process.
     auth_cache_key: ring::hmac::Key,
-    /// DKIM signing keys by domain (loaded at start).
-    pub dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
 }
 
 /// The outcome of [`Shard::checked_login`].
@@ -181,7 +177,7 @@ impl Shard {
     pub fn user_slot(self: &Rc<Self>, account: u64) -> Option<UserSlot> {
         let mut map = self.user_sessions.borrow_mut();
         let n = map.entry(account).or_insert(0);
-        if *n >= self.config.limits.sessions_per_user_max {
+        if *n >= self.config().limits.sessions_per_user_max {
             return None;
         }
         *n += 1;
@@ -200,7 +196,7 @@ impl Shard {
     /// `preempt_timer(500 µs)`, never with the default).
     pub async fn pause_if_due(&self) {
         let now = Instant::now();
-        if now.duration_since(self.last_pause.get()) < self.config.step_budget {
+        if now.duration_since(self.last_pause.get()) < self.config().step_budget {
             return;
         }
         glommio::timer::sleep(Duration::from_micros(1)).await;
@@ -214,16 +210,46 @@ impl Shard {
         ((self.id as u64) << 40) | (n & ((1 << 40) - 1))
     }
 
+    /// The configuration in force now (a reload replaces it; what a caller holds
+    /// stays as it was).
+    pub fn config(&self) -> Rc<Config> {
+        self.live.borrow().config.clone()
+    }
+
+    /// The TLS settings new handshakes use.
+    pub fn tls(&self) -> Arc<rustls::ServerConfig> {
+        self.live.borrow().tls.clone()
+    }
+
     pub fn smtp_config(&self, port: Port) -> Rc<SessionConfig> {
-        let key = match port {
-            Port::Mx => "mx",
-            Port::Submission => "submission",
-            Port::Submissions => "submissions",
-        };
-        self.smtp_configs
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| Rc::new(smtp_config(&self.config, port)))
+        self.live.borrow().smtp(port)
+    }
+
+    pub fn pop3_config(&self) -> Arc<crate::proto::pop3::Pop3Config> {
+        self.live.borrow().pop3.clone()
+    }
+
+    pub fn imap_config(&self) -> Arc<crate::proto::imap::session::ImapConfig> {
+        self.live.borrow().imap.clone()
+    }
+
+    /// The DKIM signing key for `domain`, if one is loaded.
+    pub fn dkim_key(&self, domain: &str) -> Option<Arc<crate::auth::dkim::KeyFile>> {
+        self.live.borrow().dkim_keys.get(domain).cloned()
+    }
+
+    /// Takes a reload's settings: new sessions and handshakes use them from now on;
+    /// users are read again at once.
+    fn apply(&self, published: &reload::Published) {
+        let live = reload::Live::new(
+            (*published.config).clone(),
+            published.tls.clone(),
+            published.dkim_keys.clone(),
+        );
+        *self.live.borrow_mut() = Rc::new(live);
+        self.users_checked.set(None);
+        self.users_mtime.set(None);
+        self.refresh_users();
     }
 
     /// Re-reads `users.json` if it changed (checked at most once a second).
@@ -237,12 +263,12 @@ impl Shard {
             return;
         }
         self.users_checked.set(Some(now));
-        let path = UserDb::path(&self.config.data_dir);
+        let path = UserDb::path(&self.config().data_dir);
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
         if mtime == self.users_mtime.get() {
             return;
         }
-        match UserDb::load(&self.config.data_dir) {
+        match UserDb::load(&self.config().data_dir) {
             Ok(db) => {
                 *self.users.borrow_mut() = Rc::new(db);
                 self.users_mtime.set(mtime);
@@ -275,13 +301,14 @@ impl Shard {
             .checked_login_inner(&key, username, password, ip, failures)
             .await;
         // One line per attempt, for the operator and fail2ban (contrib/fail2ban): the
-        // user name is the client's, so it is printed escaped and quoted.
+        // user name is the client's, so it is a string field: quoted and
+        // escaped in text lines, a JSON string in JSON lines.
         let result = match &outcome {
             LoginCheck::Ok(_) => "ok",
             LoginCheck::Refused => "failed",
             LoginCheck::Throttled => "throttled",
         };
-        tracing::info!(target: "shardmail::login", protocol, ip = %ip, user = ?key, result, "login");
+        tracing::info!(target: "shardmail::login", protocol, ip = %ip, user = key.as_str(), result, "login");
         outcome
     }
 
@@ -303,7 +330,7 @@ impl Shard {
                 admission::Gate::Wait | admission::Gate::Locked(_) => {
                     crate::metrics::add(&self.metrics.logins_throttled, 1);
                     crate::metrics::add(failures, 1);
-                    glommio::timer::sleep(self.config.limits.auth_failure_delay).await;
+                    glommio::timer::sleep(self.config().limits.auth_failure_delay).await;
                     return LoginCheck::Throttled;
                 }
             }
@@ -315,7 +342,7 @@ impl Shard {
             Some(user) => LoginCheck::Ok(user),
             None => {
                 crate::metrics::add(failures, 1);
-                glommio::timer::sleep(self.config.limits.auth_failure_delay).await;
+                glommio::timer::sleep(self.config().limits.auth_failure_delay).await;
                 LoginCheck::Refused
             }
         }
@@ -345,7 +372,7 @@ impl Shard {
         };
         let owner = store::shard_of(
             store::partition_of(account, self.partitions_total),
-            self.config.shards,
+            self.config().shards,
         );
         MailboxLogin::Accepted {
             user,
@@ -358,7 +385,7 @@ impl Shard {
     pub async fn verify_password(&self, username: String, password: String) -> Option<String> {
         let db = self.users.borrow().clone();
         let name = crate::users::normalize(&username);
-        let ttl = self.config.limits.auth_cache;
+        let ttl = self.config().limits.auth_cache;
         let credentials = |user: &str| [user.as_bytes(), b"\0", password.as_bytes()].concat();
         if let Some(user) = name.as_deref().filter(|_| !ttl.is_zero()) {
             let cached = self.auth_cache.borrow().get(user).cloned();
@@ -405,7 +432,7 @@ impl Shard {
             .get(address)
             .map(|u| u.quota)
             .unwrap_or_default();
-        own.over(self.config.quota.default)
+        own.over(self.config().quota.default)
     }
 }
 
@@ -416,7 +443,7 @@ impl Directory for Shard {
         // connections already open.
         self.refresh_users();
         let db = self.users.borrow().clone();
-        let resolution = db.resolve(address, |d| self.config.is_local_domain(d));
+        let resolution = db.resolve(address, |d| self.config().is_local_domain(d));
         if let Resolution::Local { account, mailbox } = &resolution {
             // Full when not even one more byte and one more message fit (the message's
             // own size is not known at RCPT; a delivery may overshoot by one message).
@@ -425,7 +452,7 @@ impl Directory for Shard {
                 .is_exceeded_by(self.usage.get(*account), 1, 1)
             {
                 return Resolution::OverQuota {
-                    permanent: self.config.quota.hard_bounce,
+                    permanent: self.config().quota.hard_bounce,
                 };
             }
         }
@@ -458,11 +485,27 @@ fn smtp_config(config: &Config, port: Port) -> SessionConfig {
     }
 }
 
-/// Runs the server until SIGTERM/SIGINT; returns after a graceful shutdown.
-/// Runs the server on `config`; `effective` is the same configuration as TOML
-/// (`Config::effective_toml`), recorded in the data directory for the commands that
+/// `limits.login_*` as the failed-login throttle takes them.
+fn throttle_config(config: &Config) -> admission::ThrottleConfig {
+    let limits = &config.limits;
+    admission::ThrottleConfig {
+        failures_before_backoff: limits.login_failures_before_backoff,
+        backoff_max: limits.login_backoff_max,
+        memory: limits.login_failure_memory,
+        exempt: limits.ip_limit_exempt_networks.clone(),
+    }
+}
+
+/// Runs the server until SIGTERM/SIGINT; returns after a graceful shutdown. `loaded`
+/// is what `source` gave at start; SIGHUP reads `source` again (see [`reload`]). The
+/// effective configuration is recorded in the data directory for the commands that
 /// read it.
-pub fn serve(config: Config, effective: &str) -> Result<(), String> {
+pub fn serve(
+    source: crate::config::ConfigSource,
+    loaded: crate::config::Loaded,
+) -> Result<(), String> {
+    let config = loaded.config.clone();
+    let effective = loaded.effective_toml().map_err(|e| e.to_string())?;
     // A panicking shard would leave the others serving without it (its partitions
     // and sessions gone): stop the whole process instead, so the service manager
     // restarts it and recovery runs. Nothing acknowledged is lost by that.
@@ -474,15 +517,11 @@ pub fn serve(config: Config, effective: &str) -> Result<(), String> {
     }));
     preflight::check(&config)?;
     let _lock = preflight::lock_data_dir(&config.data_dir)?;
-    preflight::record_running_config(&config.data_dir, effective)?;
+    preflight::record_running_config(&config.data_dir, &effective)?;
     let meta = store::init(&config.data_dir, config.partitions).map_err(|e| e.to_string())?;
     let tls = crate::tls::server_config(&config)?;
     let users = UserDb::load(&config.data_dir).map_err(|e| e.to_string())?;
-    let dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>> =
-        crate::auth::dkim::load_all(&config.data_dir)?
-            .into_iter()
-            .map(|(domain, key)| (domain, Arc::new(key)))
-            .collect();
+    let dkim_keys = reload::load_dkim(&config.data_dir)?;
     // One worker does DNS for both checks and outbound routing, so it always runs.
     let auth = Some(crate::auth::worker::AuthService::start(
         crate::auth::worker::WorkerConfig {
@@ -504,21 +543,28 @@ pub fn serve(config: Config, effective: &str) -> Result<(), String> {
         limits.ip_limit_exempt_networks.clone(),
         capacity,
     );
-    let throttle = admission::LoginThrottle::new(admission::ThrottleConfig {
-        failures_before_backoff: limits.login_failures_before_backoff,
-        backoff_max: limits.login_backoff_max,
-        memory: limits.login_failure_memory,
-        exempt: limits.ip_limit_exempt_networks.clone(),
-    });
+    let throttle = admission::LoginThrottle::new(throttle_config(&config));
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
     }
-    // Catching SIGHUP replaces its default action (terminate): see shutdown::watch.
+    // SIGHUP reloads (see reload); catching it replaces its default action (terminate).
     let hangup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hangup.clone())
         .map_err(|e| format!("signal: {e}"))?;
     let shards = config.shards;
+    let board = reload::Board::new(shards);
+    reload::Reloader {
+        source,
+        running: loaded,
+        board: board.clone(),
+        connections: connections.clone(),
+        throttle: throttle.clone(),
+        dkim_keys: dkim_keys.clone(),
+        hangup,
+        stop: stop.clone(),
+    }
+    .spawn()?;
     let mesh_builder = MeshBuilder::<ShardMsg, _>::full(shards, mesh::CHANNEL_DEPTH);
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
     let listening = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -542,7 +588,7 @@ pub fn serve(config: Config, effective: &str) -> Result<(), String> {
                 partitions_total: meta.partitions,
                 mesh_builder,
                 stop: stop.clone(),
-                hangup,
+                board,
                 auth,
                 dkim_keys,
                 listening,
@@ -602,10 +648,10 @@ struct ShardInit {
     partitions_total: u32,
     mesh_builder: MeshBuilder<ShardMsg, glommio::channels::channel_mesh::Full>,
     stop: Arc<AtomicBool>,
-    /// Set by SIGHUP; shard 0 logs it.
-    hangup: Arc<AtomicBool>,
+    /// Where the reloader publishes new settings.
+    board: Arc<reload::Board>,
     auth: Option<Arc<crate::auth::worker::AuthService>>,
-    dkim_keys: HashMap<String, Arc<crate::auth::dkim::KeyFile>>,
+    dkim_keys: reload::DkimKeys,
     /// Shards whose listeners are all bound; the last one logs that the server is ready.
     listening: Arc<std::sync::atomic::AtomicUsize>,
     /// Listening sockets, one list per shard, made before any shard started.
@@ -636,7 +682,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         partitions_total,
         mesh_builder,
         stop,
-        hangup,
+        board,
         auth,
         dkim_keys,
         listening,
@@ -653,7 +699,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
     let mesh = Mesh::join(mesh_builder).await?;
     let id = mesh.peer_id();
     let shutdown = Shutdown::default();
-    shutdown::watch(stop.clone(), (id == 0).then_some(hangup), shutdown.clone());
+    shutdown::watch(stop.clone(), id == 0, shutdown.clone());
     let mut partitions = HashMap::new();
     for p in (0..partitions_total).filter(|p| store::shard_of(*p, shards) == id) {
         let dir = store::partition_dir(&config.data_dir, p);
@@ -663,28 +709,17 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         partition.publish_usage(usage.clone());
         partitions.insert(p, partition);
     }
-    let config = Rc::new(config);
-    let smtp_configs = [
-        ("mx", Port::Mx),
-        ("submission", Port::Submission),
-        ("submissions", Port::Submissions),
-    ]
-    .into_iter()
-    .map(|(k, p)| (k, Rc::new(smtp_config(&config, p))))
-    .collect();
+    let users_mtime = std::fs::metadata(UserDb::path(&config.data_dir))
+        .and_then(|m| m.modified())
+        .ok();
     let shard = Rc::new(Shard {
         id,
-        config: config.clone(),
-        tls,
+        live: RefCell::new(Rc::new(reload::Live::new(config, tls, dkim_keys))),
         partitions,
         partitions_total,
         users: RefCell::new(Rc::new(users)),
         users_checked: Cell::new(None),
-        users_mtime: Cell::new(
-            std::fs::metadata(UserDb::path(&config.data_dir))
-                .and_then(|m| m.modified())
-                .ok(),
-        ),
+        users_mtime: Cell::new(users_mtime),
         mesh,
         shutdown: shutdown.clone(),
         sessions: Cell::new(0),
@@ -696,18 +731,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         usage,
         user_sessions: RefCell::new(HashMap::new()),
         next_session: Cell::new(0),
-        smtp_configs,
-        pop3_config: Arc::new(crate::proto::pop3::Pop3Config {
-            hostname: config.hostname.clone(),
-            tls_available: true,
-            allow_plaintext_auth: config.allow_plaintext_auth,
-            line_bytes_max: config.limits.line_bytes_max,
-            bad_commands_max: config.limits.bad_commands_max,
-            auth_failures_max: config.limits.auth_failures_max,
-            output_bytes_max: config.limits.output_buffer_bytes_max,
-        }),
         pop3_locks: pop3::Locks::default(),
-        imap_config: Arc::new(imap::config(&config)),
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),
         metrics: crate::metrics::Metrics::default(),
@@ -717,8 +741,8 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
             &ring::rand::SystemRandom::new(),
         )
         .map_err(|_| "cannot generate the auth cache key".to_string())?,
-        dkim_keys,
     });
+    reload::watch(shard.clone(), board);
     mesh::serve(shard.clone());
     outbound::start(&shard);
     compaction::start(&shard);
@@ -762,7 +786,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
 /// outbound attempts in flight to record their outcome (a delivery the remote accepted
 /// but we never recorded would be sent again after the restart).
 async fn drain(shard: &Rc<Shard>) {
-    let deadline = Instant::now() + shard.config.shutdown_grace;
+    let deadline = Instant::now() + shard.config().shutdown_grace;
     let busy = || shard.sessions.get() > 0 || shard.outbound.in_flight() > 0;
     while busy() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(20)).await;

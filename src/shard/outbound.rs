@@ -118,10 +118,10 @@ impl Default for Outbound {
 
 /// Loads this shard's share of the spool and starts the scheduler.
 pub fn start(shard: &Rc<Shard>) {
-    let owned: Vec<QueueEntry> = match queue::load_all(&shard.config.data_dir, shard.id == 0) {
+    let owned: Vec<QueueEntry> = match queue::load_all(&shard.config().data_dir, shard.id == 0) {
         Ok(all) => all
             .into_iter()
-            .filter(|e| owner_of(&e.id, shard.config.shards) == shard.id)
+            .filter(|e| owner_of(&e.id, shard.config().shards) == shard.id)
             .collect(),
         Err(e) => {
             tracing::error!(error = %e, "cannot read the queue; outbound delivery is stopped");
@@ -167,7 +167,7 @@ async fn scheduler(shard: Rc<Shard>) {
                 .map(|e| e.id.clone())
                 .take(
                     shard
-                        .config
+                        .config()
                         .queue
                         .connections_max
                         .saturating_sub(active.len()),
@@ -194,7 +194,7 @@ async fn scheduler(shard: Rc<Shard>) {
 
 /// `shardmail queue flush` touches a file; every shard retries everything once per touch.
 fn check_flush(shard: &Shard) {
-    let path = queue::dir(&shard.config.data_dir).join("flush.request");
+    let path = queue::dir(&shard.config().data_dir).join("flush.request");
     let Ok(mtime) = std::fs::metadata(&path).and_then(|m| m.modified()) else {
         return;
     };
@@ -226,7 +226,7 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
     let Some(mut entry) = shard.outbound.entries.borrow().get(id).cloned() else {
         return;
     };
-    let data_dir = shard.config.data_dir.clone();
+    let data_dir = shard.config().data_dir.clone();
     let id_owned = id.to_string();
     let message = glommio::executor()
         .spawn_blocking(move || queue::read_message(&data_dir, &id_owned))
@@ -237,7 +237,7 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
             // Deleted with `shardmail queue delete`, or lost: stop tracking it.
             tracing::warn!(id, error = %e, "queued message is gone; dropping it from the queue");
             shard.outbound.entries.borrow_mut().remove(id);
-            let (data_dir, id) = (shard.config.data_dir.clone(), id.to_string());
+            let (data_dir, id) = (shard.config().data_dir.clone(), id.to_string());
             let _ = glommio::executor()
                 .spawn_blocking(move || queue::remove(&data_dir, &id))
                 .await;
@@ -275,7 +275,7 @@ async fn finish_attempt(
     message: &[u8],
 ) {
     let now = unix_now();
-    let q = &shard.config.queue;
+    let q = &shard.config().queue;
     let expired = now - entry.created > q.max_age.as_secs() as i64;
     let mut failed = Vec::new();
     entry.attempts += 1;
@@ -350,7 +350,7 @@ async fn finish_attempt(
             entry.delay_notified = true;
         }
     }
-    let data_dir = shard.config.data_dir.clone();
+    let data_dir = shard.config().data_dir.clone();
     let saved = entry.clone();
     let finished = entry.is_finished();
     let result = glommio::executor()
@@ -388,9 +388,9 @@ async fn notify(
     }
     let now = SystemTime::now();
     let created = UNIX_EPOCH + Duration::from_secs(entry.created.max(0) as u64);
-    let retry_until = created + shard.config.queue.max_age;
+    let retry_until = created + shard.config().queue.max_age;
     let body = Dsn {
-        hostname: &shard.config.hostname,
+        hostname: &shard.config().hostname,
         queue_id: &entry.id,
         to: &entry.mail_from,
         action,
@@ -411,7 +411,7 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
     shard.refresh_users();
     let resolution = {
         let db = shard.users.borrow().clone();
-        db.resolve(to, |d| shard.config.is_local_domain(d))
+        db.resolve(to, |d| shard.config().is_local_domain(d))
     };
     match resolution {
         Resolution::Local { account, mailbox } => {
@@ -443,7 +443,7 @@ pub async fn enqueue(
     message: Vec<bytes::Bytes>,
 ) -> Result<(), String> {
     let (data_dir, from, rcpts) = (
-        shard.config.data_dir.clone(),
+        shard.config().data_dir.clone(),
         mail_from.to_string(),
         rcpts.to_vec(),
     );
@@ -468,7 +468,7 @@ enum Destination {
 }
 
 async fn destination(shard: &Shard, domain: &str) -> Result<Destination, RouteError> {
-    let q = &shard.config.queue;
+    let q = &shard.config().queue;
     if let Some(relay) = &q.relay {
         return Ok(Destination::Relay(relay.clone()));
     }
@@ -623,7 +623,7 @@ async fn checkout(
     relay: Option<&Relay>,
 ) -> Result<ClientConn, String> {
     let out = &shard.outbound;
-    let q = &shard.config.queue;
+    let q = &shard.config().queue;
     let deadline = Instant::now() + CONNECT_TIMEOUT;
     loop {
         // An idle connection to this host first: it holds one of the host's slots, so
@@ -716,7 +716,7 @@ async fn open(
     if greeting.code != 220 {
         return Err(format!("greeting: {}", greeting.text()));
     }
-    conn.ehlo(&shard.config.hostname).await?;
+    conn.ehlo(&shard.config().hostname).await?;
     let require_tls = verify_tls || relay.is_some_and(|r| r.require_tls);
     if conn.caps.starttls && try_tls {
         let reply = conn.command("STARTTLS").await?;
@@ -735,7 +735,7 @@ async fn open(
                 .await
                 .map_err(|e| format!("TLS: {e}"))?;
             conn.tls = conn.stream.tls_description();
-            conn.ehlo(&shard.config.hostname).await?;
+            conn.ehlo(&shard.config().hostname).await?;
         } else if require_tls {
             return Err(format!("STARTTLS refused: {}", reply.text()));
         }

@@ -41,7 +41,7 @@ impl Drop for LockGuard {
 }
 
 fn input_capacity(shard: &Shard) -> usize {
-    (shard.config.limits.line_bytes_max * 2).max(16 * 1024)
+    (shard.config().limits.line_bytes_max * 2).max(16 * 1024)
 }
 
 /// A freshly accepted POP3 connection (`implicit_tls` for `listen.pop3s`).
@@ -57,7 +57,7 @@ pub async fn run(
     };
     shard.refresh_users();
     metrics::add(&shard.metrics.pop3.connections, 1);
-    let session = Session::new(shard.pop3_config.clone(), implicit_tls);
+    let session = Session::new(shard.pop3_config(), implicit_tls);
     let mut out = Outbox::default();
     session.greet(&mut out);
     let input = InputBuffer::new(input_capacity(shard));
@@ -157,7 +157,7 @@ async fn drive(
     mut lock: Option<LockGuard>,
     client: super::Client,
 ) {
-    let limits = &shard.config.limits;
+    let limits = &shard.config().limits;
     let mut account = lock.as_ref().map(|l| l.account);
     let mut commands_counted = session.commands();
     let mut deadlines = Deadlines::new(limits, limits.idle_timeout, true);

@@ -141,8 +141,14 @@ fn open_file_reserve(config: &Config, partitions: u32) -> usize {
 pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("server.data_dir: cannot create {}: {e}", data_dir.display()))?;
-    let path = data_dir.join("lock");
-    let file = std::fs::File::create(&path)
+    let path = data_dir.join(LOCK_FILE);
+    // Not truncated before the lock is ours: it names the process that holds it.
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
         .map_err(|e| format!("server.data_dir: cannot create {}: {e}", path.display()))?;
     crate::users::flock(&file, libc::LOCK_EX | libc::LOCK_NB).map_err(|_| {
         format!(
@@ -152,7 +158,42 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
             path.display()
         )
     })?;
+    // `shardmail reload` finds the server through this.
+    use std::io::Write;
+    file.set_len(0)
+        .and_then(|_| writeln!(file, "{}", std::process::id()))
+        .map_err(|e| format!("server.data_dir: cannot write {}: {e}", path.display()))?;
     Ok(file)
+}
+
+/// The lock file in the data directory, holding the serving process's id.
+pub const LOCK_FILE: &str = "lock";
+
+/// The process id of the server serving `data_dir`, or why there is none.
+pub fn serving_pid(data_dir: &Path) -> Result<u32, String> {
+    let path = data_dir.join(LOCK_FILE);
+    let not_serving = || {
+        format!(
+            "no shardmail is serving {} (start it with `shardmail serve`, or give the \
+             --config / --data-dir it runs with)",
+            data_dir.display()
+        )
+    };
+    let file = std::fs::File::open(&path).map_err(|_| not_serving())?;
+    // A lock we can take is a lock nobody holds: no server runs there.
+    if crate::users::flock(&file, libc::LOCK_SH | libc::LOCK_NB).is_ok() {
+        return Err(not_serving());
+    }
+    std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "{} holds no process id (a server older than this command?); send SIGHUP \
+                 to it yourself",
+                path.display()
+            )
+        })
 }
 
 /// The file in which a serving server records its configuration.
@@ -165,7 +206,8 @@ pub const RUNNING_CONFIG: &str = "running.toml";
 pub fn record_running_config(data_dir: &Path, effective: &str) -> Result<(), String> {
     let path = data_dir.join(RUNNING_CONFIG);
     let staged = data_dir.join(format!("{RUNNING_CONFIG}.new"));
-    let header = "# Written by `shardmail serve` at start: the configuration it runs on.\n";
+    let header =
+        "# Written by `shardmail serve` at start and on reload: the configuration it runs on.\n";
     std::fs::write(&staged, format!("{header}{effective}\n"))
         .and_then(|_| std::fs::rename(&staged, &path))
         .map_err(|e| format!("server.data_dir: cannot write {}: {e}", path.display()))

@@ -1,8 +1,8 @@
 //! Graceful shutdown: a per-shard signal that accept loops and idle sessions await.
 //!
 //! SIGTERM/SIGINT set a process-wide flag (signal-hook); each shard polls it on a timer
-//! and fires its local [`Shutdown`], waking every waiter. SIGHUP is caught and only
-//! logged. Shard-local, `!Send`.
+//! and fires its local [`Shutdown`], waking every waiter (SIGHUP reloads: see
+//! `reload`). Shard-local, `!Send`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -87,26 +87,14 @@ impl Drop for Wait<'_> {
     }
 }
 
-/// Fires `shutdown` once `stop` becomes true. `hangup`, when given (one shard does),
-/// is the SIGHUP flag: a hang-up never stops the server — a closed terminal or a log
-/// rotator's `kill -HUP` must not take mail down — so it is logged and cleared.
-pub fn watch(stop: Arc<AtomicBool>, hangup: Option<Arc<AtomicBool>>, shutdown: Shutdown) {
+/// Fires `shutdown` once `stop` becomes true. One shard (`announce`) tells the
+/// service manager, once.
+pub fn watch(stop: Arc<AtomicBool>, announce: bool, shutdown: Shutdown) {
     glommio::spawn_local(async move {
         while !stop.load(Ordering::SeqCst) {
-            if hangup
-                .as_ref()
-                .is_some_and(|h| h.swap(false, Ordering::SeqCst))
-            {
-                tracing::info!(
-                    "SIGHUP received and ignored: configuration reload is not implemented; \
-                     restart to apply changes (SIGTERM stops gracefully)"
-                );
-            }
             glommio::timer::sleep(POLL_INTERVAL).await;
         }
-        // One shard watches with `hangup` (the others only for the stop flag): it
-        // tells the service manager, once.
-        if hangup.is_some() {
+        if announce {
             super::service::notify("STOPPING=1\nSTATUS=draining sessions");
         }
         shutdown.fire();

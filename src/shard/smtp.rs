@@ -25,7 +25,7 @@ use crate::proto::smtp::{Action, DeliveryError, Outbox, Port, Session};
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
 /// DATA reads.
 fn input_capacity(shard: &Shard) -> usize {
-    (shard.config.limits.line_bytes_max * 2).max(64 * 1024)
+    (shard.config().limits.line_bytes_max * 2).max(64 * 1024)
 }
 
 /// A connection admitted by `listen::accept_loop` (its ticket is held until the end).
@@ -33,9 +33,9 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) 
     let peer = client.peer;
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
-    let limits = &shard.config.limits;
+    let limits = &shard.config().limits;
     if port == Port::Submissions {
-        if let Err(e) = Box::pin(stream.upgrade(&shard.tls, limits.idle_timeout)).await {
+        if let Err(e) = Box::pin(stream.upgrade(&shard.tls(), limits.idle_timeout)).await {
             debug!(%peer, error = %e, "implicit TLS handshake failed");
             return;
         }
@@ -50,18 +50,19 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) 
 }
 
 async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, id: u64) {
-    let limits = &shard.config.limits;
+    let limits = &shard.config().limits;
     metrics::add(&shard.metrics.smtp.connections, 1);
     let mut commands_counted = 0;
     let mut deadlines = Deadlines::new(limits, limits.idle_timeout, false);
     let mut spooler = Spooler::new(
-        &shard.config.data_dir,
-        shard.config.store.spool_threshold_bytes,
+        &shard.config().data_dir,
+        shard.config().store.spool_threshold_bytes,
         shard.connections.clone(),
     );
     let mut session = Session::new(shard.smtp_config(port), peer, id, port == Port::Submissions);
-    session
-        .verify_senders(port == Port::Mx && shard.auth.is_some() && shard.config.auth.checks(peer));
+    session.verify_senders(
+        port == Port::Mx && shard.auth.is_some() && shard.config().auth.checks(peer),
+    );
     let mut out = Outbox::default();
     session.greet(&mut out);
     let mut input = InputBuffer::new(input_capacity(shard));

@@ -90,9 +90,13 @@ class Server:
         # A command prefix for the server process (e.g. prlimit); the pid is the
         # server's own, since such wrappers exec it.
         self.start_with = []
+        # A --config file (tests of reload edit it); --set settings still win over it.
+        self.config_file = None
 
     def args(self):
         out = ["--data-dir", self.data_dir]
+        if self.config_file:
+            out += ["--config", self.config_file]
         for k, v in self.settings.items():
             out += ["--set", f"{k}={v}"]
         return out
