@@ -51,7 +51,9 @@ fn maildrop() -> Maildrop {
 /// Answers the session's actions as the IO layer would, logging each as an `A:` line.
 fn answer(s: &mut Session, action: Action, turn: &mut Turn<'_, Action>) {
     match action {
-        Action::Authenticate { username, password } => {
+        Action::Authenticate {
+            username, password, ..
+        } => {
             turn.log.push(format!("A: auth {username} {password}"));
             if username == "busy@x" {
                 s.login_refused(LoginRefusal::InUse, turn.out);
@@ -299,9 +301,9 @@ fn drive(input: &[u8], chunk: usize) -> Vec<String> {
     d.feed(input, chunk, &mut |s, action, turn| {
         turn.log.push(format!("A: {action:?}"));
         match action {
-            Action::Authenticate { username, password } if password == "secret" => {
-                s.logged_in(username, maildrop(), turn.out)
-            }
+            Action::Authenticate {
+                username, password, ..
+            } if password == "secret" => s.logged_in(username, maildrop(), turn.out),
             Action::Authenticate { .. } => s.login_refused(LoginRefusal::BadCredentials, turn.out),
             Action::Retrieve { .. } => s.retrieved(),
             Action::Update { expunge } => s.updated(Ok(expunge.len()), turn.out),

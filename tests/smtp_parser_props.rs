@@ -90,7 +90,7 @@ fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
                         "[deliver]{}",
                         String::from_utf8_lossy(&env.message.staged)
                     ));
-                    s.delivered(&env.id, Ok(()), turn.out);
+                    s.delivered(&env.id, &Ok(()), turn.out);
                 }
                 Action::Authenticate { username, .. } => {
                     turn.log.push("[auth]".into());

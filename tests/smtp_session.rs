@@ -119,9 +119,11 @@ fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>
                     if !fail {
                         delivered.push(env.message.staged.clone());
                     }
-                    session.delivered(&env.id, result, turn.out);
+                    session.delivered(&env.id, &result, turn.out);
                 }
-                Action::Authenticate { username, password } => {
+                Action::Authenticate {
+                    username, password, ..
+                } => {
                     turn.log.push(format!("A: auth {username} {password}"));
                     let ok = password == "secret";
                     session.auth_result(ok.then_some(username), turn.out);

@@ -119,6 +119,21 @@ pub enum PublishedPolicy {
     None,
 }
 
+impl SpfKind {
+    /// The RFC 8601 result name, as in Authentication-Results and the delivery log.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpfKind::Pass => "pass",
+            SpfKind::Fail => "fail",
+            SpfKind::SoftFail => "softfail",
+            SpfKind::Neutral => "neutral",
+            SpfKind::None => "none",
+            SpfKind::TempError => "temperror",
+            SpfKind::PermError => "permerror",
+        }
+    }
+}
+
 /// DMARC's verdict on the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmarcKind {
@@ -127,6 +142,19 @@ pub enum DmarcKind {
     TempError,
     PermError,
     None,
+}
+
+impl DmarcKind {
+    /// The RFC 8601 result name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DmarcKind::Pass => "pass",
+            DmarcKind::Fail => "fail",
+            DmarcKind::TempError => "temperror",
+            DmarcKind::PermError => "permerror",
+            DmarcKind::None => "none",
+        }
+    }
 }
 
 /// Everything the decision needs from a message verification.
@@ -138,6 +166,9 @@ pub struct MessageVerdict {
     pub from_domain: String,
     /// Some DKIM signature could not be checked because of a DNS error.
     pub dkim_temperror: bool,
+    /// The DKIM signatures in one word (for the log): `pass` if one passed, else
+    /// `temperror`, `permerror` or `fail` for the first that did not, `none` without any.
+    pub dkim: &'static str,
     /// The complete `Authentication-Results:` header, CRLF-terminated.
     pub header: String,
 }
@@ -228,6 +259,7 @@ mod tests {
             published,
             from_domain: "sender.example".into(),
             dkim_temperror: false,
+            dkim: "none",
             header: String::new(),
         }
     }

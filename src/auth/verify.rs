@@ -279,6 +279,7 @@ pub async fn check_message(
             published: PublishedPolicy::None,
             from_domain: String::new(),
             dkim_temperror: false,
+            dkim: "none",
             header: header_text(&header),
         };
     };
@@ -321,8 +322,28 @@ pub async fn check_message(
         dkim_temperror: dkim
             .iter()
             .any(|d| matches!(d.result(), DkimResult::TempError(_))),
+        dkim: dkim_summary(dkim.iter().map(|d| d.result())),
         header: header_text(&header),
     }
+}
+
+/// One word for a message's DKIM results (see [`MessageVerdict::dkim`]).
+fn dkim_summary<'r>(results: impl Iterator<Item = &'r DkimResult>) -> &'static str {
+    let mut first = "none";
+    for r in results {
+        let name = match r {
+            DkimResult::Pass => return "pass",
+            DkimResult::TempError(_) => "temperror",
+            DkimResult::PermError(_) => "permerror",
+            DkimResult::Neutral(_) => "neutral",
+            DkimResult::None => "none",
+            _ => "fail",
+        };
+        if first == "none" {
+            first = name;
+        }
+    }
+    first
 }
 
 fn header_text(results: &AuthenticationResults<'_>) -> String {

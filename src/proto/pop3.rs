@@ -76,7 +76,12 @@ pub enum Action {
     StartTls,
     /// Check the password off the reactor; then, on the owning shard, lock the
     /// maildrop and call [`Session::logged_in`] or [`Session::login_refused`].
-    Authenticate { username: String, password: String },
+    Authenticate {
+        /// `USER` (USER/PASS) or the SASL mechanism (`PLAIN`), for the login log.
+        mechanism: &'static str,
+        username: String,
+        password: String,
+    },
     /// Flush replies, then send message `uid` dot-stuffed (only the headers and
     /// `lines` body lines for TOP) and the terminating `.`; then [`Session::retrieved`].
     Retrieve { uid: u32, lines: Option<u32> },
@@ -328,7 +333,7 @@ impl Session {
                     out.line("-ERR USER first");
                     return self.count_error(out);
                 };
-                self.authenticate(user, args.to_string(), out);
+                self.authenticate("USER", user, args.to_string(), out);
             }
             "AUTH" => self.auth(args, out),
             "APOP" => out.line("-ERR APOP is not supported; use USER/PASS or AUTH PLAIN over TLS"),
@@ -384,7 +389,7 @@ impl Session {
 
     fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
         match sasl::plain(response) {
-            Ok(c) => self.authenticate(c.username, c.password, out),
+            Ok(c) => self.authenticate("PLAIN", c.username, c.password, out),
             Err(SaslError::AuthzMismatch) => self.login_refused(LoginRefusal::BadCredentials, out),
             Err(SaslError::Cancelled) => out.line("-ERR Authentication cancelled"),
             Err(SaslError::BadBase64) => out.line("-ERR Cannot decode base64 response"),
@@ -393,10 +398,19 @@ impl Session {
         }
     }
 
-    fn authenticate(&mut self, username: String, password: String, out: &mut Outbox) {
+    fn authenticate(
+        &mut self,
+        mechanism: &'static str,
+        username: String,
+        password: String,
+        out: &mut Outbox,
+    ) {
         self.state = State::Waiting { transaction: false };
-        out.actions
-            .push(Action::Authenticate { username, password });
+        out.actions.push(Action::Authenticate {
+            mechanism,
+            username,
+            password,
+        });
     }
 
     /// The password matched and the maildrop is locked: enter TRANSACTION.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::delivery_log::Verdicts;
 use super::{mesh, Shard};
 use crate::auth::dkim::KeyFile;
 use crate::auth::headers;
@@ -30,13 +31,25 @@ const JUNK: u32 = SpecialUse::Junk as u32;
 
 const CHECKS_BUSY: &str = "451 4.3.2 Too many messages are being checked, try again later";
 
+/// What [`accept`] found out and did, for the delivery log.
+#[derive(Debug, Default)]
+pub struct Notes {
+    pub verdicts: Verdicts,
+    /// The mailbox local copies went to (`INBOX`, or `Junk` by policy).
+    pub mailbox: &'static str,
+    /// The outbound queue's id for the remote recipients.
+    pub queue_id: Option<String>,
+}
+
 /// Verifies or signs `envelope` as its origin requires, then stores it everywhere.
 pub async fn accept(
     shard: &Rc<Shard>,
     envelope: Envelope,
     message: Bytes,
     spf: Option<SpfVerdict>,
+    notes: &mut Notes,
 ) -> Result<(), DeliveryError> {
+    notes.mailbox = "INBOX";
     let received = message.slice(..envelope.received_len.min(message.len()));
     let original = message.slice(envelope.received_len.min(message.len())..);
     let hostname = &shard.config().hostname;
@@ -46,17 +59,23 @@ pub async fn accept(
         let (Some(spf), Some(auth)) = (spf, shard.auth.as_ref()) else {
             return Err(DeliveryError::Temporary);
         };
+        notes.verdicts.spf = spf.kind().name();
         let verdict = auth
             .message(spf, original.clone())
             .await
             .map_err(|_| DeliveryError::Refused(CHECKS_BUSY.into()))?;
+        notes.verdicts.dkim = verdict.dkim;
+        notes.verdicts.dmarc = verdict.dmarc.name();
         let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
         match policy::disposition_for(&verdict, &shard.config().auth.policies, recipients) {
             Disposition::Reject(reply) | Disposition::Defer(reply) => {
                 tracing::info!(id = %envelope.id, %reply, "message refused by policy");
                 return Err(DeliveryError::Refused(reply));
             }
-            Disposition::Junk => mailbox = JUNK,
+            Disposition::Junk => {
+                mailbox = JUNK;
+                notes.mailbox = "Junk";
+            }
             Disposition::Inbox => {}
         }
         prefix.push_str(&verdict.header);
@@ -115,12 +134,13 @@ pub async fn accept(
         let mut addresses: Vec<String> = remote.into_iter().map(|r| r.address).collect();
         addresses.sort();
         addresses.dedup();
-        super::outbound::enqueue(shard, &envelope.mail_from, &addresses, outgoing)
+        let queue_id = super::outbound::enqueue(shard, &envelope.mail_from, &addresses, outgoing)
             .await
             .map_err(|e| {
                 tracing::error!(id = %envelope.id, error = %e, "cannot queue for remote delivery");
                 DeliveryError::Temporary
             })?;
+        notes.queue_id = Some(queue_id);
     }
     if local.is_empty() {
         return Ok(());

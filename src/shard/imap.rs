@@ -279,12 +279,20 @@ async fn drive(
                         stream.compress(pipelined, slot);
                     }
                 }
-                Action::Authenticate { username, password } => {
+                Action::Authenticate {
+                    mechanism,
+                    username,
+                    password,
+                } => {
                     let failures = &shard.metrics.imap.auth_failures;
-                    let (user, id, owner) = match shard
-                        .mailbox_login("imap", username, password, client.peer.ip(), failures)
-                        .await
-                    {
+                    let attempt = super::LoginAttempt {
+                        protocol: "imap",
+                        mechanism,
+                        username,
+                        password,
+                        ip: client.peer.ip(),
+                    };
+                    let (user, id, owner) = match shard.mailbox_login(attempt, failures).await {
                         MailboxLogin::Accepted {
                             user,
                             account,

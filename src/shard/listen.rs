@@ -51,6 +51,24 @@ impl Service {
         }
     }
 
+    /// The service's name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Smtp(Port::Mx) => "smtp",
+            Service::Smtp(Port::Submission) => "submission",
+            Service::Smtp(Port::Submissions) => "submissions",
+            Service::Imap {
+                implicit_tls: false,
+            } => "imap",
+            Service::Imap { implicit_tls: true } => "imaps",
+            Service::Pop3 {
+                implicit_tls: false,
+            } => "pop3",
+            Service::Pop3 { implicit_tls: true } => "pop3s",
+            Service::Metrics => "metrics",
+        }
+    }
+
     fn implicit_tls(self) -> bool {
         matches!(
             self,
@@ -226,9 +244,15 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Servi
                 if shard.family_sessions(family)
                     >= shard.config().limits.sessions_per_shard_max =>
             {
-                Err(Refusal::Capacity)
+                Err((Refusal::Capacity, "limits.sessions_per_shard_max"))
             }
-            _ => shard.connections.admit(peer.ip()),
+            _ => shard.connections.admit(peer.ip()).map_err(|why| {
+                let reason = match why {
+                    Refusal::PerAddress => "limits.connections_per_ip_max",
+                    Refusal::Capacity => "connection capacity (open-file limit)",
+                };
+                (why, reason)
+            }),
         };
         let shard = shard.clone();
         glommio::spawn_local(async move {
@@ -238,7 +262,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Servi
                     let client = super::Client { peer, ticket };
                     Box::pin(serve(&shard, stream, service, client)).await
                 }
-                Err(why) => Box::pin(refuse(&shard, stream, service, why, peer)).await,
+                Err((why, reason)) => {
+                    shard.refusals.refused(peer.ip(), service.name(), reason);
+                    Box::pin(refuse(&shard, stream, service, why)).await
+                }
             }
             shard.sessions.set(shard.sessions.get() - 1);
         })
@@ -271,15 +298,8 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, service: Service, client: s
     }
 }
 
-async fn refuse(
-    shard: &Rc<Shard>,
-    tcp: TcpStream,
-    service: Service,
-    why: Refusal,
-    peer: SocketAddr,
-) {
+async fn refuse(shard: &Rc<Shard>, tcp: TcpStream, service: Service, why: Refusal) {
     crate::metrics::add(&shard.metrics.connections_refused, 1);
-    tracing::debug!(%peer, ?why, ?service, "connection refused");
     if shard.refusing.get() >= REFUSALS_IN_FLIGHT_MAX {
         return; // dropped: closed without a reply
     }

@@ -11,6 +11,7 @@ pub mod compaction;
 pub mod compress;
 pub mod conn;
 pub mod deliver;
+pub mod delivery_log;
 pub mod imap;
 pub mod listen;
 pub mod mesh;
@@ -61,6 +62,8 @@ pub struct Shard {
     family_sessions: [Cell<usize>; 3],
     /// Refusals being written now (see `listen::refuse`).
     pub refusing: Cell<usize>,
+    /// Refused-connection log lines, rate-limited.
+    pub refusals: delivery_log::RefusalLog,
     /// When a long job last let the reactor run (see [`Shard::pause_if_due`]).
     last_pause: Cell<Instant>,
     /// Connections per address and in all, shared by every shard.
@@ -83,6 +86,18 @@ pub struct Shard {
     auth_cache: RefCell<HashMap<String, (ring::hmac::Tag, Instant)>>,
     /// A random key per shard and run: cached tags are useless outside this process.
     auth_cache_key: ring::hmac::Key,
+}
+
+/// A login to check: who, from where, over what.
+#[derive(Debug)]
+pub struct LoginAttempt {
+    /// `smtp`, `imap` or `pop3`.
+    pub protocol: &'static str,
+    /// `PLAIN`, `LOGIN` (SMTP AUTH LOGIN or the IMAP command), `USER` (POP3 USER/PASS).
+    pub mechanism: &'static str,
+    pub username: String,
+    pub password: String,
+    pub ip: IpAddr,
 }
 
 /// The outcome of [`Shard::checked_login`].
@@ -288,14 +303,14 @@ impl Shard {
     /// computing no hash — while either is backed off, and records the outcome. A
     /// failure or refusal is answered only after `limits.auth_failure_delay_ms`
     /// (counted in `failures`).
-    pub async fn checked_login(
-        &self,
-        protocol: &'static str,
-        username: String,
-        password: String,
-        ip: IpAddr,
-        failures: &Cell<u64>,
-    ) -> LoginCheck {
+    pub async fn checked_login(&self, attempt: LoginAttempt, failures: &Cell<u64>) -> LoginCheck {
+        let LoginAttempt {
+            protocol,
+            mechanism,
+            username,
+            password,
+            ip,
+        } = attempt;
         let key = crate::users::normalize(&username).unwrap_or_else(|| username.to_lowercase());
         let outcome = self
             .checked_login_inner(&key, username, password, ip, failures)
@@ -308,7 +323,15 @@ impl Shard {
             LoginCheck::Refused => "failed",
             LoginCheck::Throttled => "throttled",
         };
-        tracing::info!(target: "shardmail::login", protocol, ip = %ip, user = key.as_str(), result, "login");
+        tracing::info!(
+            target: "shardmail::login",
+            protocol,
+            mechanism,
+            ip = %ip,
+            user = key.as_str(),
+            result,
+            "login"
+        );
         outcome
     }
 
@@ -350,19 +373,9 @@ impl Shard {
 
     /// A POP3/IMAP login: checks the password under the throttle
     /// ([`Shard::checked_login`]) and finds the account and the shard that owns it.
-    pub async fn mailbox_login(
-        &self,
-        protocol: &'static str,
-        username: String,
-        password: String,
-        ip: IpAddr,
-        failures: &Cell<u64>,
-    ) -> MailboxLogin {
+    pub async fn mailbox_login(&self, attempt: LoginAttempt, failures: &Cell<u64>) -> MailboxLogin {
         self.refresh_users();
-        let user = match self
-            .checked_login(protocol, username, password, ip, failures)
-            .await
-        {
+        let user = match self.checked_login(attempt, failures).await {
             LoginCheck::Ok(user) => user,
             LoginCheck::Refused => return MailboxLogin::Refused,
             LoginCheck::Throttled => return MailboxLogin::Throttled,
@@ -725,12 +738,22 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         sessions: Cell::new(0),
         family_sessions: Default::default(),
         refusing: Cell::new(0),
+        refusals: delivery_log::RefusalLog::default(),
         last_pause: Cell::new(Instant::now()),
         connections,
         throttle,
         usage,
         user_sessions: RefCell::new(HashMap::new()),
-        next_session: Cell::new(0),
+        // Session (and so message) ids start from the clock, so a restart does not
+        // hand out the ids of the last run again: 65,536 sessions a second before two
+        // runs could overlap.
+        next_session: Cell::new(
+            (SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                & 0xFF_FFFF)
+                << 16,
+        ),
         pop3_locks: pop3::Locks::default(),
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),

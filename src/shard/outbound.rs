@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 
 use super::conn::{with_timeout, InputBuffer, Stream};
+use super::delivery_log::{self, Status};
 use super::Shard;
 use crate::auth::verify::RouteError;
 use crate::config::Relay;
@@ -210,7 +211,10 @@ fn check_flush(shard: &Shard) {
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone)]
 enum Outcome {
-    Delivered,
+    /// Accepted by the next hop; its reply.
+    Delivered {
+        reply: String,
+    },
     Temporary {
         reason: String,
         mta: Option<String>,
@@ -257,8 +261,12 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
     for (domain, rcpts) in by_domain {
         let (shard, message, from) = (shard.clone(), message.clone(), entry.mail_from.clone());
         tasks.push(glommio::spawn_local(async move {
-            let outcomes = deliver_domain(&shard, &domain, &from, &rcpts, &message).await;
-            rcpts.into_iter().zip(outcomes).collect::<Vec<_>>()
+            let (outcomes, via) = deliver_domain(&shard, &domain, &from, &rcpts, &message).await;
+            rcpts
+                .into_iter()
+                .zip(outcomes)
+                .map(|(rcpt, outcome)| (rcpt, outcome, via.clone()))
+                .collect::<Vec<_>>()
         }));
     }
     let mut results = Vec::new();
@@ -268,10 +276,42 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
     finish_attempt(shard, &mut entry, results, &message).await;
 }
 
+/// The delivery log's line for one recipient of one attempt.
+fn log_attempt(
+    entry: &QueueEntry,
+    address: &str,
+    outcome: &Outcome,
+    via: &str,
+    expired: bool,
+    now: i64,
+) {
+    let (status, reply) = match outcome {
+        Outcome::Delivered { reply } => (Status::Delivered, reply.as_str()),
+        Outcome::Temporary { reason, .. } if !expired => (Status::Deferred, reason.as_str()),
+        Outcome::Temporary { reason, .. } | Outcome::Permanent { reason, .. } => {
+            (Status::Bounced, reason.as_str())
+        }
+    };
+    delivery_log::log(&delivery_log::Attempt {
+        direction: "out",
+        id: &entry.id,
+        client: &delivery_log::Client::default(),
+        from: &entry.mail_from,
+        to: address,
+        size: entry.size,
+        verdicts: delivery_log::Verdicts::default(),
+        relay: via,
+        status,
+        reply,
+        delay: Duration::from_secs(now.saturating_sub(entry.created).max(0) as u64),
+        attempt: entry.attempts,
+    });
+}
+
 async fn finish_attempt(
     shard: &Rc<Shard>,
     entry: &mut QueueEntry,
-    results: Vec<(String, Outcome)>,
+    results: Vec<(String, Outcome, String)>,
     message: &[u8],
 ) {
     let now = unix_now();
@@ -279,15 +319,15 @@ async fn finish_attempt(
     let expired = now - entry.created > q.max_age.as_secs() as i64;
     let mut failed = Vec::new();
     entry.attempts += 1;
-    for (address, outcome) in results {
+    for (address, outcome, via) in results {
+        log_attempt(entry, &address, &outcome, &via, expired, now);
         let Some(r) = entry.recipients.iter_mut().find(|r| r.address == address) else {
             continue;
         };
         match outcome {
-            Outcome::Delivered => {
+            Outcome::Delivered { .. } => {
                 crate::metrics::add(&shard.metrics.outbound_delivered, 1);
                 r.state = RcptState::Delivered;
-                tracing::info!(id = %entry.id, to = %address, "delivered");
             }
             Outcome::Temporary { reason, mta } if !expired => {
                 r.last_error = Some(reason);
@@ -430,7 +470,9 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
         Resolution::OverQuota { .. } => Err(format!("{to} is over quota")),
         Resolution::NotLocal => {
             let parts = vec![bytes::Bytes::from(message)];
-            enqueue(shard, "", &[to.to_string()], parts).await
+            enqueue(shard, "", &[to.to_string()], parts)
+                .await
+                .map(|_| ())
         }
     }
 }
@@ -441,7 +483,7 @@ pub async fn enqueue(
     mail_from: &str,
     rcpts: &[String],
     message: Vec<bytes::Bytes>,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let (data_dir, from, rcpts) = (
         shard.config().data_dir.clone(),
         mail_from.to_string(),
@@ -454,8 +496,9 @@ pub async fn enqueue(
         })
         .await?;
     tracing::info!(id = %entry.id, from = %entry.mail_from, rcpts = entry.recipients.len(), "queued");
+    let id = entry.id.clone();
     shard.outbound.add(entry);
-    Ok(())
+    Ok(id)
 }
 
 /// Where to connect for a domain.
@@ -538,8 +581,8 @@ async fn deliver_domain(
     from: &str,
     rcpts: &[String],
     message: &[u8],
-) -> Vec<Outcome> {
-    let all = |o: Outcome| vec![o; rcpts.len()];
+) -> (Vec<Outcome>, String) {
+    let all = |o: Outcome| (vec![o; rcpts.len()], "-".to_string());
     let dest = match destination(shard, domain).await {
         Ok(d) => d,
         Err(RouteError::Permanent { status, reason }) => {
@@ -599,7 +642,7 @@ async fn deliver_domain(
                     let tls = conn.tls.clone().unwrap_or_else(|| "none".into());
                     tracing::info!(%host, %addr, %tls, rcpts = rcpts.len(), "SMTP transaction done");
                     checkin(shard, addr, conn);
-                    return outcomes;
+                    return (outcomes, format!("{host}[{addr}] tls={tls}"));
                 }
                 Err(e) => {
                     release(shard, addr);
@@ -867,7 +910,7 @@ async fn transaction(
     }
     let outcome_of = |r: &Reply| {
         if r.is_positive() {
-            Outcome::Delivered
+            Outcome::Delivered { reply: r.text() }
         } else if r.is_transient() {
             Outcome::Temporary {
                 reason: r.text(),
@@ -906,7 +949,7 @@ async fn transaction(
     let accepted: Vec<usize> = outcomes
         .iter()
         .enumerate()
-        .filter(|(_, o)| matches!(o, Outcome::Delivered))
+        .filter(|(_, o)| matches!(o, Outcome::Delivered { .. }))
         .map(|(i, _)| i)
         .collect();
     let data_reply = if pipelined_data {

@@ -178,12 +178,20 @@ async fn drive(
                     }
                     session.tls_established();
                 }
-                Action::Authenticate { username, password } => {
+                Action::Authenticate {
+                    mechanism,
+                    username,
+                    password,
+                } => {
                     let failures = &shard.metrics.pop3.auth_failures;
-                    let (user, id, owner) = match shard
-                        .mailbox_login("pop3", username, password, client.peer.ip(), failures)
-                        .await
-                    {
+                    let attempt = super::LoginAttempt {
+                        protocol: "pop3",
+                        mechanism,
+                        username,
+                        password,
+                        ip: client.peer.ip(),
+                    };
+                    let (user, id, owner) = match shard.mailbox_login(attempt, failures).await {
                         MailboxLogin::Accepted {
                             user,
                             account,

@@ -16,11 +16,13 @@ use tracing::{debug, Instrument};
 use super::conn::{
     await_input, flush, start_tls, Deadlines, InputBuffer, Interruptible, Phase, Stream,
 };
+use super::delivery_log::{self, Status};
 use super::spool::Spooler;
-use super::{deliver, Client, LoginCheck, Shard};
+use super::{deliver, Client, LoginAttempt, LoginCheck, Shard};
 use crate::auth::verify::SpfCheck;
 use crate::metrics;
-use crate::proto::smtp::{Action, DeliveryError, Outbox, Port, Session};
+use crate::proto::smtp::session::delivery_reply;
+use crate::proto::smtp::{Action, DeliveryError, Envelope, Outbox, Port, Session};
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
 /// DATA reads.
@@ -71,6 +73,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
     loop {
         let used = session.receive(input.data(), SystemTime::now(), shard.as_ref(), &mut out);
         input.consume(used);
+        log_refused(&mut session, &stream, peer);
         deadlines.consumed(used, input.is_empty());
         spooler.tend(session.incoming_mut());
         let commands = session.commands();
@@ -86,12 +89,21 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     }
                     session.tls_established();
                 }
-                Action::Authenticate { username, password } => {
+                Action::Authenticate {
+                    mechanism,
+                    username,
+                    password,
+                } => {
                     shard.refresh_users();
                     let failures = &shard.metrics.smtp.auth_failures;
-                    match Box::pin(shard.checked_login("smtp", username, password, peer, failures))
-                        .await
-                    {
+                    let attempt = LoginAttempt {
+                        protocol: "smtp",
+                        mechanism,
+                        username,
+                        password,
+                        ip: peer,
+                    };
+                    match Box::pin(shard.checked_login(attempt, failures)).await {
                         LoginCheck::Ok(user) => session.auth_result(Some(user), &mut out),
                         LoginCheck::Refused => session.auth_result(None, &mut out),
                         LoginCheck::Throttled => session.auth_throttled(&mut out),
@@ -123,12 +135,17 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     let id = envelope.id.clone();
                     let (started, bytes) = (std::time::Instant::now(), envelope.message.len());
                     let body = std::mem::take(&mut envelope.message);
+                    let logged = Logged::of(&envelope, &session, &stream, peer);
+                    let mut notes = deliver::Notes::default();
                     let result = match spooler.finish(body) {
                         Ok(message) => {
-                            Box::pin(deliver::accept(shard, envelope, message, spf.take())).await
+                            let spf = spf.take();
+                            Box::pin(deliver::accept(shard, envelope, message, spf, &mut notes))
+                                .await
                         }
                         Err(e) => Err(DeliveryError::Refused(e.smtp_reply())),
                     };
+                    logged.log(&id, bytes, &notes, &result, started.elapsed());
                     let m = &shard.metrics;
                     if result.is_ok() {
                         metrics::add(&m.messages_accepted, 1);
@@ -138,7 +155,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     } else {
                         metrics::add(&m.messages_rejected, 1);
                     }
-                    session.delivered(&id, result, &mut out);
+                    session.delivered(&id, &result, &mut out);
                 }
                 Action::Close => {
                     let _ = flush(&mut stream, &mut out.reply).await;
@@ -162,6 +179,107 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
         {
             return;
         }
+    }
+}
+
+/// What the delivery log needs of a transaction, taken before the envelope is handed
+/// over.
+struct Logged {
+    client: delivery_log::Client,
+    from: String,
+    /// Address as given, and whether it is relayed.
+    recipients: Vec<(String, bool)>,
+}
+
+impl Logged {
+    fn of(envelope: &Envelope, session: &Session, stream: &Stream, peer: IpAddr) -> Logged {
+        Logged {
+            client: client_of(session, stream, peer, envelope.authenticated.as_deref()),
+            from: envelope.mail_from.clone(),
+            recipients: envelope
+                .recipients
+                .iter()
+                .map(|r| (r.address.clone(), r.remote))
+                .collect(),
+        }
+    }
+
+    /// One line per recipient for the end of this transaction.
+    fn log(
+        &self,
+        id: &str,
+        size: u64,
+        notes: &deliver::Notes,
+        result: &Result<(), DeliveryError>,
+        delay: std::time::Duration,
+    ) {
+        let reply = delivery_reply(id, result);
+        let queued = notes
+            .queue_id
+            .as_ref()
+            .map(|q| format!("queue:{q}"))
+            .unwrap_or_else(|| "queue".into());
+        let mailbox = format!("mailbox:{}", notes.mailbox);
+        for (to, remote) in &self.recipients {
+            let (status, relay) = match result {
+                Ok(()) if *remote => (Status::Queued, queued.as_str()),
+                Ok(()) => (Status::Delivered, mailbox.as_str()),
+                Err(_) => (Status::of_refusal(&reply), "-"),
+            };
+            delivery_log::log(&delivery_log::Attempt {
+                direction: "in",
+                id,
+                client: &self.client,
+                from: &self.from,
+                to,
+                size,
+                verdicts: notes.verdicts,
+                relay,
+                status,
+                reply: &reply,
+                delay,
+                attempt: 1,
+            });
+        }
+    }
+}
+
+fn client_of(
+    session: &Session,
+    stream: &Stream,
+    peer: IpAddr,
+    user: Option<&str>,
+) -> delivery_log::Client {
+    delivery_log::Client {
+        ip: Some(peer),
+        helo: session.helo().unwrap_or_default().to_string(),
+        tls: stream.tls_description().unwrap_or_default(),
+        user: user.unwrap_or_default().to_string(),
+    }
+}
+
+/// A line for each recipient refused at RCPT since the last call.
+fn log_refused(session: &mut Session, stream: &Stream, peer: IpAddr) {
+    let refused = session.take_refused();
+    if refused.is_empty() {
+        return;
+    }
+    let client = client_of(session, stream, peer, session.authenticated());
+    for r in refused {
+        delivery_log::log(&delivery_log::Attempt {
+            direction: "in",
+            id: "-",
+            client: &client,
+            from: &r.mail_from,
+            to: &r.address,
+            size: 0,
+            verdicts: delivery_log::Verdicts::default(),
+            relay: "-",
+            status: Status::of_refusal(&r.reply),
+            reply: &r.reply,
+            delay: std::time::Duration::ZERO,
+            attempt: 1,
+        });
     }
 }
 

@@ -6,6 +6,7 @@ with `shardmail export`. Every wait here is bounded.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -208,6 +209,28 @@ class Server:
             with open(os.path.join(cur, n), "rb") as f:
                 result.append(f.read())
         return result
+
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def log_events(server, target):
+    """The server's text log lines of `target` (`shardmail::delivery`, …) as dicts of
+    their key=value fields, in order; quoted values unescaped."""
+    out = []
+    for line in server.read_log_all().splitlines():
+        if f" {target}: " not in line:
+            continue
+        fields = {}
+        for key, value in _FIELD.findall(line.split(f" {target}: ", 1)[1]):
+            if value.startswith('"'):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    value = value[1:-1]
+            fields[key] = value
+        out.append(fields)
+    return out
 
 
 def log_bytes(data_dir):

@@ -21,7 +21,7 @@ import unittest
 
 from abuse import (Imaps, greeting_latency, median_ms, noop_latency, raw, read_line,
                    read_until, rss_kib)
-from harness import DOMAIN, Server, tls_context
+from harness import DOMAIN, Server, log_events, tls_context
 
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
@@ -370,6 +370,15 @@ class Memory(unittest.TestCase):
                 server.stop()
 
 
+def wait_for_events(server, target, count, timeout=10):
+    deadline = time.time() + timeout
+    while True:
+        events = log_events(server, target)
+        if len(events) >= count or time.time() > deadline:
+            return events
+        time.sleep(0.05)
+
+
 class ConnectionLimits(unittest.TestCase):
     """3. Limits for every protocol, per address, per family, per user, and capacity."""
 
@@ -386,6 +395,8 @@ class ConnectionLimits(unittest.TestCase):
             held = [raw(server.ports["imap"]) for _ in range(6)]
             for s in held:
                 self.assertTrue(read_line(s).startswith(b"* OK"))
+            # (The harness's start-up probes may have been refused already.)
+            before = len(log_events(server, "shardmail::connection"))
             for port, tls, refusal in [
                 (server.smtp_address()[1], False, b"421 4.7.0"),
                 (server.ports["imap"], False, b"* BYE [UNAVAILABLE]"),
@@ -397,6 +408,11 @@ class ConnectionLimits(unittest.TestCase):
                 self.assertTrue(line.startswith(refusal), (port, line))
                 self.assertIn(b"connections_per_ip_max", line)
                 s.close()
+            # Each refusal is one line naming the limit.
+            refused = wait_for_events(server, "shardmail::connection", before + 4)[before:]
+            self.assertEqual([e["service"] for e in refused], ["smtp", "imap", "imaps", "pop3"])
+            self.assertTrue(all(e["reason"] == "limits.connections_per_ip_max"
+                                and e["ip"] == "127.0.0.1" for e in refused), refused)
             # Another address is not affected (all of 127/8 is this host).
             s = raw(server.smtp_address()[1], source="127.0.0.2")
             self.assertTrue(read_line(s).startswith(b"220 "))

@@ -13,7 +13,7 @@ import smtplib
 import time
 import unittest
 
-from harness import Server, free_port, tls_context
+from harness import Server, free_port, log_events, tls_context
 from sink import SmtpSink
 from test_auth import HAVE_DNSMASQ, start_dnsmasq
 
@@ -120,6 +120,54 @@ class Outbound(unittest.TestCase):
         self.assertNotIn("smtp.auth=alice", head, "our auth results must not leave")
         self.assertIn("by mx.sender.test (shardmail)", head)
         wait_for(lambda: "0 message(s)" in self.sender.cli("queue", "list").stderr, what="empty queue")
+
+    def test_delivery_log_has_a_line_per_recipient_per_attempt(self):
+        msg = message("logged")
+        self.assertEqual(self.submit(["bob@receiver.test", "user@sink550.test"], msg), {})
+        deliveries = lambda server: log_events(server, "shardmail::delivery")
+        # The submission: one `queued` line per recipient, with the client's TLS and login.
+        queued = wait_for(lambda: [e for e in deliveries(self.sender)
+                                   if e["direction"] == "in" and e["to"] in
+                                   ("bob@receiver.test", "user@sink550.test")
+                                   and e["from"] == "alice@sender.test"], what="queued lines")
+        self.assertEqual(sorted(e["to"] for e in queued[-2:]),
+                         ["bob@receiver.test", "user@sink550.test"])
+        line = queued[-1]
+        self.assertEqual((line["status"], line["user"]), ("queued", "alice@sender.test"))
+        self.assertTrue(line["tls"].startswith("TLSv1_3"), line)
+        self.assertTrue(line["relay"].startswith("queue:"), line)
+        self.assertIn(line["id"], line["reply"])  # the id of `250 ... stored as ID`
+        queue_id = line["relay"].split(":", 1)[1]
+        # The attempts: delivered to the receiver, bounced by the sink's 550.
+        out = wait_for(lambda: (lambda o: len(o) >= 2 and o)(
+            [e for e in deliveries(self.sender) if e["direction"] == "out" and e["id"] == queue_id]),
+            what="outbound lines")
+        by_rcpt = {e["to"]: e for e in out}
+        bob, sink = by_rcpt["bob@receiver.test"], by_rcpt["user@sink550.test"]
+        self.assertEqual(bob["status"], "delivered")
+        self.assertIn("mx.receiver.test[", bob["relay"])
+        self.assertTrue(bob["reply"].startswith("2.0.0") or "stored" in bob["reply"], bob)
+        self.assertEqual(sink["status"], "bounced")
+        self.assertIn("550", sink["reply"] + sink["relay"] + str(sink))
+        self.assertEqual((bob["attempt"], bob["from"]), ("1", "alice@sender.test"))
+        # The receiver's line: checks passed, the mailbox it went to, the client's HELO.
+        got = wait_for(lambda: [e for e in deliveries(self.receiver)
+                                if e["to"] == "bob@receiver.test" and e["status"] == "delivered"
+                                and e["from"] == "alice@sender.test"], what="receiver line")
+        r = got[-1]
+        self.assertEqual((r["spf"], r["dkim"], r["dmarc"]), ("pass", "pass", "pass"), r)
+        self.assertEqual((r["relay"], r["helo"]), ("mailbox:INBOX", "mx.sender.test"), r)
+        self.assertEqual(r["client_ip"], "127.0.0.1")
+        # A recipient refused at RCPT is a `rejected` line too.
+        with smtplib.SMTP(RECEIVER_IP, PORT, timeout=30) as s:
+            s.ehlo("client.test")
+            s.mail("x@elsewhere.test")
+            code, _ = s.rcpt("nobody@receiver.test")
+            self.assertEqual(code, 550)
+        rejected = wait_for(lambda: [e for e in deliveries(self.receiver)
+                                     if e["to"] == "nobody@receiver.test"], what="rejected line")
+        self.assertEqual((rejected[-1]["status"], rejected[-1]["helo"]), ("rejected", "client.test"))
+        self.assertIn("User unknown", rejected[-1]["reply"])
 
     def test_451_is_retried_until_250(self):
         self.assertEqual(self.submit(["user@sink451.test"], message("retry")), {})

@@ -342,7 +342,9 @@ impl Driver {
                         self.pending.clear();
                         self.session.tls_established();
                     }
-                    Action::Authenticate { username, password } => {
+                    Action::Authenticate {
+                        username, password, ..
+                    } => {
                         if password == "pw" {
                             self.session.logged_in(username, &mut self.out)
                         } else {

@@ -174,7 +174,12 @@ pub enum Action {
     /// already read behind the command is compressed).
     Compress,
     /// Check the password; answer with [`Session::logged_in`] or [`Session::login_failed`].
-    Authenticate { username: String, password: String },
+    Authenticate {
+        /// `LOGIN` (the command) or the SASL mechanism (`PLAIN`), for the login log.
+        mechanism: &'static str,
+        username: String,
+        password: String,
+    },
     /// Make a durable change; answer with [`Session::written`].
     Write(Write),
     /// Bytes `offset..offset + len` of the log go out at reply position `at` (before

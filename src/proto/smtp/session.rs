@@ -117,7 +117,12 @@ pub enum Action {
     /// Flush replies, discard any further buffered input, then run the TLS handshake.
     StartTls,
     /// Verify a password off the reactor, then call [`Session::auth_result`].
-    Authenticate { username: String, password: String },
+    Authenticate {
+        /// The SASL mechanism (`PLAIN`, `LOGIN`), for the login log.
+        mechanism: &'static str,
+        username: String,
+        password: String,
+    },
     /// Evaluate SPF for HELO and MAIL FROM, then call [`Session::spf_checked`] (or
     /// [`Session::checks_unavailable`]).
     CheckSpf {
@@ -129,6 +134,17 @@ pub enum Action {
     Deliver(Envelope),
     /// Flush replies and close the connection.
     Close,
+}
+
+/// The reply to the end of DATA (or the last BDAT) for `result`.
+pub fn delivery_reply(id: &str, result: &Result<(), DeliveryError>) -> String {
+    match result {
+        Ok(()) => format!("250 2.0.0 Ok: stored as {id}"),
+        Err(DeliveryError::Temporary) => {
+            "451 4.3.0 Temporary failure storing the message, try again later".into()
+        }
+        Err(DeliveryError::Refused(reply)) => reply.clone(),
+    }
 }
 
 /// Replies and actions produced by one call.
@@ -197,7 +213,22 @@ pub struct Session {
     verify: bool,
     /// Command lines processed (for metrics).
     commands: u64,
+    /// Recipients refused since the IO layer last asked ([`Session::take_refused`]),
+    /// at most [`REFUSED_KEPT_MAX`].
+    refused: Vec<RefusedRecipient>,
 }
+
+/// A recipient refused at RCPT, for the delivery log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedRecipient {
+    pub mail_from: String,
+    pub address: String,
+    pub reply: String,
+}
+
+/// Refusals kept between two [`Session::take_refused`] calls (the IO layer drains them
+/// after every `receive`, so only a pipelined burst can reach this).
+const REFUSED_KEPT_MAX: usize = 256;
 
 const HELP: &str =
     "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH";
@@ -220,7 +251,18 @@ impl Session {
             auth_failures: 0,
             verify: false,
             commands: 0,
+            refused: Vec::new(),
         }
+    }
+
+    /// The HELO/EHLO name the client gave, if any.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
+    /// Recipients refused at RCPT since the last call.
+    pub fn take_refused(&mut self) -> Vec<RefusedRecipient> {
+        std::mem::take(&mut self.refused)
     }
 
     /// Command lines processed so far.
@@ -416,7 +458,7 @@ impl Session {
                 None => self.count_bad_command(out),
             },
             State::AuthLoginPass(user) => match sasl_text(line, out) {
-                Some(password) => self.authenticate(user, password, out),
+                Some(password) => self.authenticate("LOGIN", user, password, out),
                 None => self.count_bad_command(out),
             },
             _ => match command::parse(line) {
@@ -561,30 +603,59 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: command::Mailbox<'_>, dir: &dyn Directory, out: &mut Outbox) {
-        let is_mx = self.config.port == Port::Mx;
-        let authenticated = self.authenticated.is_some();
-        let Some(txn) = self.transaction.as_mut() else {
+        let Some(txn) = self.transaction.as_ref() else {
             return out.line("503 5.5.1 Need MAIL before RCPT");
         };
         if txn.message.is_some() {
             return out.line("503 5.5.1 RCPT not allowed during BDAT");
-        }
-        if txn.recipients.len() >= self.config.recipients_max {
-            return out.line("452 4.5.3 Too many recipients");
-        }
-        if !to.is_ascii() && !txn.params.smtputf8 {
-            return out.line("553 5.6.7 Non-ASCII address requires SMTPUTF8");
         }
         let address = if to.domain.is_empty() {
             format!("postmaster@{}", self.config.postmaster_domain)
         } else {
             to.to_address()
         };
+        let refusal = if txn.recipients.len() >= self.config.recipients_max {
+            Some("452 4.5.3 Too many recipients".to_string())
+        } else if !to.is_ascii() && !txn.params.smtputf8 {
+            Some("553 5.6.7 Non-ASCII address requires SMTPUTF8".to_string())
+        } else {
+            self.add_recipient(address.clone(), dir)
+        };
+        match refusal {
+            None => out.line(
+                match self.transaction.as_ref().and_then(|t| t.recipients.last()) {
+                    Some(r) if r.remote => "250 2.1.5 Recipient ok (will be relayed)",
+                    _ => "250 2.1.5 Recipient ok",
+                },
+            ),
+            Some(reply) => {
+                if self.refused.len() < REFUSED_KEPT_MAX {
+                    let mail_from = self
+                        .transaction
+                        .as_ref()
+                        .map(|t| t.mail_from.clone())
+                        .unwrap_or_default();
+                    self.refused.push(RefusedRecipient {
+                        mail_from,
+                        address,
+                        reply: reply.clone(),
+                    });
+                }
+                out.line(&reply)
+            }
+        }
+    }
+
+    /// Resolves `address` and adds it to the transaction, or returns the refusal.
+    fn add_recipient(&mut self, address: String, dir: &dyn Directory) -> Option<String> {
+        let is_mx = self.config.port == Port::Mx;
+        let authenticated = self.authenticated.is_some();
+        let txn = self.transaction.as_mut()?;
         match dir.resolve(&address) {
             Resolution::Local { account, mailbox } => {
                 let policy = self.config.policies.for_address(&address);
                 if let Some(reply) = txn.spf.and_then(|spf| policy::spf_reply(spf, policy)) {
-                    return out.line(reply);
+                    return Some(reply.to_string());
                 }
                 txn.recipients.push(Recipient {
                     address,
@@ -592,19 +663,19 @@ impl Session {
                     mailbox,
                     remote: false,
                 });
-                out.line("250 2.1.5 Recipient ok");
+                None
             }
-            Resolution::UnknownUser => out.line(&format!(
+            Resolution::UnknownUser => Some(format!(
                 "550 5.1.1 <{address}>: Recipient address rejected: User unknown"
             )),
-            Resolution::OverQuota { permanent: false } => out.line(&format!(
+            Resolution::OverQuota { permanent: false } => Some(format!(
                 "452 4.2.2 <{address}>: Mailbox full (over quota), try again later"
             )),
             Resolution::OverQuota { permanent: true } => {
-                out.line(&format!("552 5.2.2 <{address}>: Mailbox full (over quota)"))
+                Some(format!("552 5.2.2 <{address}>: Mailbox full (over quota)"))
             }
             Resolution::NotLocal if is_mx || !authenticated => {
-                out.line(&format!("554 5.7.1 <{address}>: Relay access denied"))
+                Some(format!("554 5.7.1 <{address}>: Relay access denied"))
             }
             Resolution::NotLocal => {
                 // Authenticated submission: relayed through the outbound queue.
@@ -614,7 +685,7 @@ impl Session {
                     mailbox: String::new(),
                     remote: true,
                 });
-                out.line("250 2.1.5 Recipient ok (will be relayed)");
+                None
             }
         }
     }
@@ -824,16 +895,25 @@ impl Session {
 
     fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
         match sasl::plain(response) {
-            Ok(c) => self.authenticate(c.username, c.password, out),
+            Ok(c) => self.authenticate("PLAIN", c.username, c.password, out),
             Err(SaslError::AuthzMismatch) => self.auth_failed(out),
             Err(e) => sasl_refusal(e, out),
         }
     }
 
-    fn authenticate(&mut self, username: String, password: String, out: &mut Outbox) {
+    fn authenticate(
+        &mut self,
+        mechanism: &'static str,
+        username: String,
+        password: String,
+        out: &mut Outbox,
+    ) {
         self.state = State::Waiting;
-        out.actions
-            .push(Action::Authenticate { username, password });
+        out.actions.push(Action::Authenticate {
+            mechanism,
+            username,
+            password,
+        });
     }
 
     /// Result of [`Action::Authenticate`]. The IO layer has already applied the
@@ -879,15 +959,9 @@ impl Session {
     }
 
     /// Result of [`Action::Deliver`]: `250` only now, when every owner has synced.
-    pub fn delivered(&mut self, id: &str, result: Result<(), DeliveryError>, out: &mut Outbox) {
+    pub fn delivered(&mut self, id: &str, result: &Result<(), DeliveryError>, out: &mut Outbox) {
         self.state = State::Command;
-        match result {
-            Ok(()) => out.line(&format!("250 2.0.0 Ok: stored as {id}")),
-            Err(DeliveryError::Temporary) => {
-                out.line("451 4.3.0 Temporary failure storing the message, try again later")
-            }
-            Err(DeliveryError::Refused(reply)) => out.line(&reply),
-        }
+        out.line(&delivery_reply(id, result));
     }
 
     fn message_id(&mut self) -> String {

@@ -22,7 +22,7 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
     let mut d = Driver::new(Session::new(config, false));
     for part in parts {
         d.feed(part, usize::MAX, &mut |s, action, turn| match action {
-            Action::Authenticate { username, password } if password == "pw" => {
+            Action::Authenticate { username, password, .. } if password == "pw" => {
                 let drop = Maildrop {
                     uidvalidity: 1,
                     entries: vec![Entry { uid: 1, size: 10, deleted: false }],

@@ -44,7 +44,7 @@ fn drive(parts: &[&[u8]]) -> Vec<u8> {
         d.feed(part, usize::MAX, &mut |smtp, action, turn| {
             let s = &mut smtp.session;
             match action {
-                Action::Deliver(env) => s.delivered(&env.id, Ok(()), turn.out),
+                Action::Deliver(env) => s.delivered(&env.id, &Ok(()), turn.out),
                 Action::Authenticate { username, .. } => s.auth_result(Some(username), turn.out),
                 Action::StartTls => s.tls_established(),
                 Action::CheckSpf { .. } => s.spf_checked(shardmail::auth::policy::SpfKind::Fail, turn.out),

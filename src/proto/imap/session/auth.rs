@@ -22,6 +22,7 @@ impl Session {
             tag: tag.to_string(),
         });
         out.actions.push(Action::Authenticate {
+            mechanism: "LOGIN",
             username: user.into_owned(),
             password: pass.into_owned(),
         });
@@ -70,6 +71,7 @@ impl Session {
             Ok(credentials) => {
                 self.pending = Some(Pending::Login { tag });
                 out.actions.push(Action::Authenticate {
+                    mechanism: "PLAIN",
                     username: credentials.username,
                     password: credentials.password,
                 });
