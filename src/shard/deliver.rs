@@ -7,7 +7,9 @@
 //! only for a From: address the login owns (`auth.from_header_match`), so one user
 //! of a multi-domain server cannot sign as another hosted domain.
 //! Any Authentication-Results that arrived claiming our authserv-id is removed, and
-//! any Return-Path; local copies get ours (the envelope sender). The message is then
+//! any Return-Path; local copies get ours (the envelope sender), and a copy for an
+//! account reached through an alias or catch-all also gets `Delivered-To:` (the
+//! account) and `X-Original-To:` (the address it was sent to). The message is then
 //! stored in every recipient's partition (`mesh::store`).
 
 use std::rc::Rc;
@@ -22,7 +24,7 @@ use crate::auth::headers;
 use crate::auth::policy::{self, Disposition};
 use crate::auth::verify::SpfVerdict;
 use crate::config::FromHeaderMatch;
-use crate::proto::smtp::{DeliveryError, Envelope};
+use crate::proto::smtp::{DeliveryError, Envelope, Recipient};
 use crate::store::index::SpecialUse;
 
 /// Mailbox ids of every account (`store::index::DEFAULT_MAILBOXES`).
@@ -146,16 +148,55 @@ pub async fn accept(
         return Ok(());
     }
     // Final delivery: the envelope sender at the top (RFC 5321 §4.4; any that came
-    // with the message was stripped above). The same for every recipient, so the
-    // blob stays shared.
+    // with the message was stripped above). The same for every recipient addressed by
+    // its own name, so their blob stays shared; an account reached only through an
+    // alias or catch-all gets its own copy saying which address it was for.
     let return_path = format!("Return-Path: <{}>\r\n", envelope.mail_from);
-    let mut head =
+    let mut common =
         Vec::with_capacity(return_path.len() + prefix.len() + signature.len() + received.len());
-    head.extend_from_slice(return_path.as_bytes());
-    head.extend_from_slice(prefix.as_bytes());
-    head.extend_from_slice(signature.as_bytes());
-    head.extend_from_slice(&received);
-    mesh::store(shard, head, body, &local, mailbox, envelope.received_at).await
+    common.extend_from_slice(prefix.as_bytes());
+    common.extend_from_slice(signature.as_bytes());
+    common.extend_from_slice(&received);
+    let (direct, aliased) = by_alias(local);
+    if !direct.is_empty() {
+        let mut head = return_path.clone().into_bytes();
+        head.extend_from_slice(&common);
+        mesh::store(shard, head, body.clone(), &direct, mailbox, envelope.received_at).await?;
+    }
+    for recipient in aliased {
+        // Postfix's pair: the account it was delivered to, and the address it was for.
+        let trace = format!(
+            "Delivered-To: {}\r\nX-Original-To: {}\r\n",
+            recipient.mailbox, recipient.address
+        );
+        let mut head = trace.into_bytes();
+        head.extend_from_slice(return_path.as_bytes());
+        head.extend_from_slice(&common);
+        let one = std::slice::from_ref(&recipient);
+        mesh::store(shard, head, body.clone(), one, mailbox, envelope.received_at).await?;
+    }
+    Ok(())
+}
+
+/// Splits local recipients into those addressed by their account's own address and,
+/// one per account, the accounts reached only through an alias or catch-all (an
+/// account reached both ways gets one copy, the direct one).
+fn by_alias(local: Vec<Recipient>) -> (Vec<Recipient>, Vec<Recipient>) {
+    let direct_accounts: Vec<u64> = local
+        .iter()
+        .filter(|r| r.address.eq_ignore_ascii_case(&r.mailbox))
+        .map(|r| r.account)
+        .collect();
+    let (direct, rest): (Vec<Recipient>, Vec<Recipient>) = local
+        .into_iter()
+        .partition(|r| direct_accounts.contains(&r.account));
+    let mut aliased: Vec<Recipient> = Vec::new();
+    for r in rest {
+        if !aliased.iter().any(|a| a.account == r.account) {
+            aliased.push(r);
+        }
+    }
+    (direct, aliased)
 }
 
 /// The addresses of the From: header (RFC 5322 allows several), with their

@@ -318,12 +318,22 @@ class Lifecycle(unittest.TestCase):
                                             message("via-alias")), {})
                 self.assertEqual(s.sendmail("x@remote.example", [f"anything@{DOMAIN}"],
                                             message("via-catch-all")), {})
+                # Addressed directly too: one copy, without the alias trace.
+                self.assertEqual(s.sendmail("x@remote.example", [f"info@{DOMAIN}", ALICE],
+                                            message("both")), {})
             listing = server.cli("alias", "list").stdout
             self.assertIn(f"info@{DOMAIN}\t{ALICE}", listing)
         finally:
             self.assertEqual(server.stop(), 0)
-        got = [strip_received(m) for m in server.messages(ALICE)]
-        self.assertEqual(got, [message("via-alias"), message("via-catch-all")])
+        stored = server.messages(ALICE)
+        # Which address each alias or catch-all copy was for (Postfix's two headers).
+        for m, original in zip(stored, [f"info@{DOMAIN}", f"anything@{DOMAIN}"]):
+            self.assertTrue(m.startswith(f"Delivered-To: {ALICE}\r\nX-Original-To: {original}"
+                                         f"\r\nReturn-Path: <x@remote.example>\r\n".encode()),
+                            m[:200])
+        self.assertNotIn(b"Delivered-To:", stored[2])
+        got = [strip_received(m[m.index(b"Return-Path:"):]) for m in stored]
+        self.assertEqual(got, [message("via-alias"), message("via-catch-all"), message("both")])
 
     def test_auth_cache_is_dropped_when_the_password_changes(self):
         server = Server(settings={"limits.auth_cache_secs": "300"})
