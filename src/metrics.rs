@@ -10,6 +10,33 @@ use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+/// Label values of the delivery counters, in `shard::delivery_log` order.
+pub const DIRECTIONS: [&str; 2] = ["in", "out"];
+pub const DELIVERY_STATUSES: [&str; 5] = ["delivered", "queued", "deferred", "bounced", "rejected"];
+/// Label values of the login counters.
+pub const PROTOCOLS: [&str; 3] = ["smtp", "imap", "pop3"];
+pub const LOGIN_RESULTS: [&str; 3] = ["ok", "failed", "throttled"];
+/// Why a connection was refused (the limit's config key, or the open-file capacity).
+pub const REFUSAL_REASONS: [&str; 3] = [
+    "connections_per_ip_max",
+    "sessions_per_shard_max",
+    "capacity",
+];
+
+/// Adds one to `table[i][j]`, ignoring indexes out of range.
+pub fn bump<const I: usize, const J: usize>(table: &[[Cell<u64>; J]; I], i: usize, j: usize) {
+    if let Some(c) = table.get(i).and_then(|row| row.get(j)) {
+        add(c, 1);
+    }
+}
+
+/// Adds one to `row[i]`, ignoring an index out of range.
+pub fn bump_one<const N: usize>(row: &[Cell<u64>; N], i: usize) {
+    if let Some(c) = row.get(i) {
+        add(c, 1);
+    }
+}
+
 /// Counters for one protocol.
 #[derive(Debug, Default)]
 pub struct ProtocolCounters {
@@ -33,20 +60,33 @@ pub struct Metrics {
     pub outbound_bounced: Cell<u64>,
     pub bytes_sent_pop3: Cell<u64>,
     pub bytes_sent_imap: Cell<u64>,
-    /// Connections refused by a limit (per address, per family, capacity).
-    pub connections_refused: Cell<u64>,
+    /// Connections refused, by [`REFUSAL_REASONS`].
+    pub connections_refused: [Cell<u64>; 3],
+    /// Recipients per delivery attempt, by [`DIRECTIONS`] × [`DELIVERY_STATUSES`].
+    pub deliveries: [[Cell<u64>; 5]; 2],
+    /// Login attempts, by [`PROTOCOLS`] × [`LOGIN_RESULTS`].
+    pub logins: [[Cell<u64>; 3]; 3],
+    /// TLS handshakes as a server (implicit TLS and STARTTLS): completed, failed.
+    pub tls_handshakes: [Cell<u64>; 2],
     /// Login attempts answered "try later" by the throttle, without a hash computed.
     pub logins_throttled: Cell<u64>,
     /// Connections closed for a deadline (pre-login, command, minimum data rate).
     pub deadline_disconnects: Cell<u64>,
     /// From end of DATA to the `250` (storage on every owner, checks included), µs.
     pub accept_latency: RefCell<Histogram<u64>>,
+    /// From queued to accepted by the next hop, per delivered recipient, ms.
+    pub outbound_delay: RefCell<Histogram<u64>>,
 }
 
 fn histogram() -> Histogram<u64> {
     // 1 µs .. 100 s at 2 significant digits: ~10 KiB per histogram. Constant bounds that
     // hdrhistogram accepts; nothing here depends on input.
     Histogram::new_with_bounds(1, 100_000_000, 2).expect("constant histogram bounds are valid")
+}
+
+/// 1 ms .. 60 days (the longest `queue.max_age` worth keeping), 2 significant digits.
+fn delay_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60 * 86_400_000, 2).expect("constant histogram bounds are valid")
 }
 
 impl Default for Metrics {
@@ -62,10 +102,14 @@ impl Default for Metrics {
             outbound_bounced: Cell::default(),
             bytes_sent_pop3: Cell::default(),
             bytes_sent_imap: Cell::default(),
-            connections_refused: Cell::default(),
+            connections_refused: Default::default(),
+            deliveries: Default::default(),
+            logins: Default::default(),
+            tls_handshakes: Default::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
+            outbound_delay: RefCell::new(delay_histogram()),
         }
     }
 }
@@ -80,58 +124,118 @@ pub fn add(c: &Cell<u64>, n: u64) {
 pub struct Gauges {
     pub sessions: u64,
     pub queue_depth: u64,
+    /// Age of the oldest message in this shard's queue, seconds (0 when empty).
+    pub queue_oldest_age_secs: u64,
     pub store_syncs: u64,
     pub store_appends: u64,
     pub partitions: u64,
+    /// Per partition this shard owns, as last measured.
+    pub store: Vec<PartitionGauge>,
+}
+
+/// One partition's size, as the compaction check last measured it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PartitionGauge {
+    pub partition: u32,
+    pub log_bytes: u64,
+    pub garbage_bytes: u64,
+    pub messages: u64,
 }
 
 /// Everything one shard reports, owned so it can cross the mesh.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
-    pub counters: Vec<(&'static str, &'static str, u64)>,
+    /// (metric name without the prefix, label text such as `protocol="smtp"`, value).
+    pub counters: Vec<(&'static str, String, u64)>,
     pub gauges: Gauges,
     pub accept_latency: Histogram<u64>,
+    pub outbound_delay: Histogram<u64>,
 }
 
 impl Metrics {
     pub fn snapshot(&self, gauges: Gauges) -> Snapshot {
-        let counters = vec![
-            ("connections_total", "smtp", self.smtp.connections.get()),
-            ("connections_total", "pop3", self.pop3.connections.get()),
-            ("connections_total", "imap", self.imap.connections.get()),
-            ("commands_total", "smtp", self.smtp.commands.get()),
-            ("commands_total", "pop3", self.pop3.commands.get()),
-            ("commands_total", "imap", self.imap.commands.get()),
-            ("auth_failures_total", "smtp", self.smtp.auth_failures.get()),
-            ("auth_failures_total", "pop3", self.pop3.auth_failures.get()),
-            ("auth_failures_total", "imap", self.imap.auth_failures.get()),
-            ("messages_accepted_total", "", self.messages_accepted.get()),
-            ("messages_rejected_total", "", self.messages_rejected.get()),
-            ("received_bytes_total", "", self.bytes_received.get()),
-            (
-                "outbound_delivered_total",
-                "",
-                self.outbound_delivered.get(),
-            ),
-            ("outbound_bounced_total", "", self.outbound_bounced.get()),
-            ("pop3_sent_bytes_total", "", self.bytes_sent_pop3.get()),
-            ("imap_sent_bytes_total", "", self.bytes_sent_imap.get()),
-            (
+        let mut counters: Vec<(&'static str, String, u64)> = Vec::new();
+        let mut put = |name: &'static str, labels: String, c: &Cell<u64>| {
+            counters.push((name, labels, c.get()));
+        };
+        for (p, protocol) in [
+            (&self.smtp, "smtp"),
+            (&self.pop3, "pop3"),
+            (&self.imap, "imap"),
+        ] {
+            let label = format!("protocol=\"{protocol}\"");
+            put("connections_total", label.clone(), &p.connections);
+            put("commands_total", label.clone(), &p.commands);
+            put("auth_failures_total", label, &p.auth_failures);
+        }
+        put(
+            "messages_accepted_total",
+            String::new(),
+            &self.messages_accepted,
+        );
+        put(
+            "messages_rejected_total",
+            String::new(),
+            &self.messages_rejected,
+        );
+        put("received_bytes_total", String::new(), &self.bytes_received);
+        put(
+            "outbound_delivered_total",
+            String::new(),
+            &self.outbound_delivered,
+        );
+        put(
+            "outbound_bounced_total",
+            String::new(),
+            &self.outbound_bounced,
+        );
+        put(
+            "pop3_sent_bytes_total",
+            String::new(),
+            &self.bytes_sent_pop3,
+        );
+        put(
+            "imap_sent_bytes_total",
+            String::new(),
+            &self.bytes_sent_imap,
+        );
+        for (reason, c) in REFUSAL_REASONS.iter().zip(&self.connections_refused) {
+            put(
                 "connections_refused_total",
-                "",
-                self.connections_refused.get(),
-            ),
-            ("logins_throttled_total", "", self.logins_throttled.get()),
-            (
-                "deadline_disconnects_total",
-                "",
-                self.deadline_disconnects.get(),
-            ),
-        ];
+                format!("reason=\"{reason}\""),
+                c,
+            );
+        }
+        for (direction, row) in DIRECTIONS.iter().zip(&self.deliveries) {
+            for (status, c) in DELIVERY_STATUSES.iter().zip(row) {
+                let label = format!("direction=\"{direction}\",status=\"{status}\"");
+                put("deliveries_total", label, c);
+            }
+        }
+        for (protocol, row) in PROTOCOLS.iter().zip(&self.logins) {
+            for (result, c) in LOGIN_RESULTS.iter().zip(row) {
+                let label = format!("protocol=\"{protocol}\",result=\"{result}\"");
+                put("logins_total", label, c);
+            }
+        }
+        for (result, c) in ["ok", "failed"].iter().zip(&self.tls_handshakes) {
+            put("tls_handshakes_total", format!("result=\"{result}\""), c);
+        }
+        put(
+            "logins_throttled_total",
+            String::new(),
+            &self.logins_throttled,
+        );
+        put(
+            "deadline_disconnects_total",
+            String::new(),
+            &self.deadline_disconnects,
+        );
         Snapshot {
             counters,
             gauges,
             accept_latency: self.accept_latency.borrow().clone(),
+            outbound_delay: self.outbound_delay.borrow().clone(),
         }
     }
 }
@@ -139,7 +243,16 @@ impl Metrics {
 const HELP: &[(&str, &str)] = &[
     (
         "connections_refused_total",
-        "Connections refused by a limit (per address, per protocol family, capacity).",
+        "Connections refused, by the limit that refused them.",
+    ),
+    (
+        "deliveries_total",
+        "Recipients per delivery attempt, by direction and status (one delivery log line each).",
+    ),
+    ("logins_total", "Login attempts, by protocol and result."),
+    (
+        "tls_handshakes_total",
+        "Server TLS handshakes (implicit TLS and STARTTLS), by result.",
     ),
     (
         "logins_throttled_total",
@@ -184,13 +297,10 @@ pub fn render(shards: &[Snapshot]) -> String {
     let mut out = String::new();
     let mut totals: Vec<(&str, &str, u64)> = Vec::new();
     for s in shards {
-        for &(name, label, v) in &s.counters {
-            match totals
-                .iter_mut()
-                .find(|(n, l, _)| *n == name && *l == label)
-            {
+        for (name, label, v) in &s.counters {
+            match totals.iter_mut().find(|(n, l, _)| n == name && l == label) {
                 Some(t) => t.2 += v,
-                None => totals.push((name, label, v)),
+                None => totals.push((name, label, *v)),
             }
         }
     }
@@ -203,7 +313,7 @@ pub fn render(shards: &[Snapshot]) -> String {
             if label.is_empty() {
                 let _ = writeln!(out, "shardmail_{name} {v}");
             } else {
-                let _ = writeln!(out, "shardmail_{name}{{protocol=\"{label}\"}} {v}");
+                let _ = writeln!(out, "shardmail_{name}{{{label}}} {v}");
             }
         }
     }
@@ -243,6 +353,17 @@ pub fn render(shards: &[Snapshot]) -> String {
         );
     }
     let _ = writeln!(out, "# HELP shardmail_shards Shards (executors) running.\n# TYPE shardmail_shards gauge\nshardmail_shards {}", shards.len());
+    let oldest = shards
+        .iter()
+        .map(|s| s.gauges.queue_oldest_age_secs)
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# HELP shardmail_queue_oldest_age_seconds Age of the oldest message in the outbound queue.\n\
+         # TYPE shardmail_queue_oldest_age_seconds gauge\nshardmail_queue_oldest_age_seconds {oldest}"
+    );
+    render_store(&mut out, shards);
     let mut latency = histogram();
     for s in shards {
         let _ = latency.add(&s.accept_latency);
@@ -262,7 +383,93 @@ pub fn render(shards: &[Snapshot]) -> String {
         "{name}_sum {sum_seconds}\n{name}_count {}",
         latency.len()
     );
+    let mut delay = delay_histogram();
+    for s in shards {
+        let _ = delay.add(&s.outbound_delay);
+    }
+    let name = "shardmail_delivery_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Delivery latency: in, end of DATA to 250 (durable); out, queued to \
+         accepted by the next hop.\n# TYPE {name} histogram"
+    );
+    histogram_lines(&mut out, name, "in", &latency, 1e-6, &IN_BUCKETS);
+    histogram_lines(&mut out, name, "out", &delay, 1e-3, &OUT_BUCKETS);
     out
+}
+
+/// Bucket bounds (seconds) of `shardmail_delivery_seconds`.
+const IN_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+const OUT_BUCKETS: [f64; 10] = [
+    1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14_400.0, 86_400.0, 432_000.0, 864_000.0,
+];
+
+/// A Prometheus histogram's `_bucket`, `_sum` and `_count` lines from an hdr histogram
+/// whose values are `unit` seconds each.
+fn histogram_lines(
+    out: &mut String,
+    name: &str,
+    direction: &str,
+    h: &Histogram<u64>,
+    unit: f64,
+    buckets: &[f64],
+) {
+    for le in buckets {
+        let below = h
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() as f64 * unit <= *le)
+            .map(|v| v.count_at_value())
+            .sum::<u64>();
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{direction=\"{direction}\",le=\"{le}\"}} {below}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{direction=\"{direction}\",le=\"+Inf\"}} {count}\n\
+         {name}_sum{{direction=\"{direction}\"}} {sum}\n\
+         {name}_count{{direction=\"{direction}\"}} {count}",
+        count = h.len(),
+        sum = h.mean() * h.len() as f64 * unit,
+    );
+}
+
+/// Per-partition store sizes, as the compaction check last measured them.
+fn render_store(out: &mut String, shards: &[Snapshot]) {
+    type Get = fn(&PartitionGauge) -> u64;
+    let mut rows: Vec<&PartitionGauge> =
+        shards.iter().flat_map(|s| s.gauges.store.iter()).collect();
+    rows.sort_unstable_by_key(|r| r.partition);
+    let families: [(&str, &str, Get); 3] = [
+        (
+            "store_log_bytes",
+            "Bytes of the partition's message log, as last measured (store.compaction_check_secs).",
+            |r| r.log_bytes,
+        ),
+        (
+            "store_garbage_bytes",
+            "Bytes of the log compaction would reclaim, as last measured.",
+            |r| r.garbage_bytes,
+        ),
+        (
+            "store_messages",
+            "Live messages in the partition, as last measured.",
+            |r| r.messages,
+        ),
+    ];
+    for (name, help, get) in families {
+        let _ = writeln!(
+            out,
+            "# HELP shardmail_{name} {help}\n# TYPE shardmail_{name} gauge"
+        );
+        for r in &rows {
+            let p = r.partition;
+            let _ = writeln!(out, "shardmail_{name}{{partition=\"{p}\"}} {}", get(r));
+        }
+    }
 }
 
 #[cfg(test)]

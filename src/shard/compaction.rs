@@ -75,6 +75,7 @@ async fn watch(shard: Rc<Shard>) {
                         .await;
                     match stats {
                         Ok(s) => {
+                            shard.store_stats.borrow_mut().insert(id, s);
                             s.garbage_ratio() >= options.garbage_ratio
                                 && s.garbage_bytes() >= options.min_garbage_bytes
                         }
@@ -90,15 +91,23 @@ async fn watch(shard: Rc<Shard>) {
             let started = Instant::now();
             tracing::info!(partition = id, requested, "compacting");
             match p.compact_online(keep, options.bytes_per_sec).await {
-                Ok(r) => tracing::info!(
-                    partition = id,
-                    before = r.before.log_bytes,
-                    after = r.after_bytes,
-                    messages = r.before.messages,
-                    dropped_accounts = r.dropped_accounts,
-                    ms = started.elapsed().as_millis() as u64,
-                    "compacted"
-                ),
+                Ok(r) => {
+                    let after = crate::store::compact::Stats {
+                        log_bytes: r.after_bytes,
+                        live_bytes: r.after_bytes,
+                        ..r.before
+                    };
+                    shard.store_stats.borrow_mut().insert(id, after);
+                    tracing::info!(
+                        partition = id,
+                        before = r.before.log_bytes,
+                        after = r.after_bytes,
+                        messages = r.before.messages,
+                        dropped_accounts = r.dropped_accounts,
+                        ms = started.elapsed().as_millis() as u64,
+                        "compacted"
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(partition = id, error = %e, "compaction failed; the log is unchanged")
                 }

@@ -699,14 +699,21 @@ pub async fn start_tls(
         return false;
     }
     input.clear();
-    if let Err(e) = stream
-        .upgrade(&shard.tls(), shard.config().limits.idle_timeout)
-        .await
-    {
+    if let Err(e) = handshake(shard, stream).await {
         tracing::debug!(error = %e, "STARTTLS handshake failed");
         return false;
     }
     true
+}
+
+/// The server side of a TLS handshake with the certificate in force, within
+/// `limits.idle_timeout`, counted in `shardmail_tls_handshakes_total`.
+pub async fn handshake(shard: &super::Shard, stream: &mut Stream) -> std::io::Result<()> {
+    let result = stream
+        .upgrade(&shard.tls(), shard.config().limits.idle_timeout)
+        .await;
+    crate::metrics::bump_one(&shard.metrics.tls_handshakes, usize::from(result.is_err()));
+    result
 }
 
 /// A freshly accepted connection of a mailbox protocol: TCP_NODELAY on, and for an
@@ -721,10 +728,7 @@ pub async fn accepted(
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if implicit_tls {
-        if let Err(e) = stream
-            .upgrade(&shard.tls(), shard.config().limits.idle_timeout)
-            .await
-        {
+        if let Err(e) = handshake(shard, &mut stream).await {
             tracing::debug!(%peer, error = %e, "implicit TLS handshake failed");
             return None;
         }

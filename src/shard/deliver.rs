@@ -161,7 +161,15 @@ pub async fn accept(
     if !direct.is_empty() {
         let mut head = return_path.clone().into_bytes();
         head.extend_from_slice(&common);
-        mesh::store(shard, head, body.clone(), &direct, mailbox, envelope.received_at).await?;
+        mesh::store(
+            shard,
+            head,
+            body.clone(),
+            &direct,
+            mailbox,
+            envelope.received_at,
+        )
+        .await?;
     }
     for recipient in aliased {
         // Postfix's pair: the account it was delivered to, and the address it was for.
@@ -173,7 +181,15 @@ pub async fn accept(
         head.extend_from_slice(return_path.as_bytes());
         head.extend_from_slice(&common);
         let one = std::slice::from_ref(&recipient);
-        mesh::store(shard, head, body.clone(), one, mailbox, envelope.received_at).await?;
+        mesh::store(
+            shard,
+            head,
+            body.clone(),
+            one,
+            mailbox,
+            envelope.received_at,
+        )
+        .await?;
     }
     Ok(())
 }

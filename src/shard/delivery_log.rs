@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    // The order of `metrics::DELIVERY_STATUSES`.
     /// Stored in the recipient's mailbox, or accepted by the next hop.
     Delivered,
     /// Accepted from the client and queued for the next hop.
@@ -100,8 +101,10 @@ pub struct Attempt<'a> {
     pub attempt: u32,
 }
 
-/// Writes `a` as one line.
-pub fn log(a: &Attempt<'_>) {
+/// Writes `a` as one line and counts it (`shardmail_deliveries_total`).
+pub fn log(metrics: &crate::metrics::Metrics, a: &Attempt<'_>) {
+    let direction = usize::from(a.direction == "out");
+    crate::metrics::bump(&metrics.deliveries, direction, a.status as usize);
     let ip = a
         .client
         .ip

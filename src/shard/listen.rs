@@ -24,6 +24,17 @@ use super::Shard;
 use crate::config::Config;
 use crate::proto::smtp::Port;
 
+/// Why a connection was refused: indexes of `metrics::REFUSAL_REASONS`, and the
+/// reason the log names for each.
+const REASON_PER_ADDRESS: usize = 0;
+const REASON_SESSIONS_PER_SHARD: usize = 1;
+const REASON_CAPACITY: usize = 2;
+const REFUSAL_LOG_REASONS: [&str; 3] = [
+    "limits.connections_per_ip_max",
+    "limits.sessions_per_shard_max",
+    "connection capacity (open-file limit)",
+];
+
 /// What a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
@@ -244,14 +255,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Servi
                 if shard.family_sessions(family)
                     >= shard.config().limits.sessions_per_shard_max =>
             {
-                Err((Refusal::Capacity, "limits.sessions_per_shard_max"))
+                Err((Refusal::Capacity, REASON_SESSIONS_PER_SHARD))
             }
-            _ => shard.connections.admit(peer.ip()).map_err(|why| {
-                let reason = match why {
-                    Refusal::PerAddress => "limits.connections_per_ip_max",
-                    Refusal::Capacity => "connection capacity (open-file limit)",
-                };
-                (why, reason)
+            _ => shard.connections.admit(peer.ip()).map_err(|why| match why {
+                Refusal::PerAddress => (why, REASON_PER_ADDRESS),
+                Refusal::Capacity => (why, REASON_CAPACITY),
             }),
         };
         let shard = shard.clone();
@@ -263,7 +271,9 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, service: Servi
                     Box::pin(serve(&shard, stream, service, client)).await
                 }
                 Err((why, reason)) => {
-                    shard.refusals.refused(peer.ip(), service.name(), reason);
+                    crate::metrics::bump_one(&shard.metrics.connections_refused, reason);
+                    let text = REFUSAL_LOG_REASONS.get(reason).copied().unwrap_or("limit");
+                    shard.refusals.refused(peer.ip(), service.name(), text);
                     Box::pin(refuse(&shard, stream, service, why)).await
                 }
             }
@@ -299,7 +309,6 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream, service: Service, client: s
 }
 
 async fn refuse(shard: &Rc<Shard>, tcp: TcpStream, service: Service, why: Refusal) {
-    crate::metrics::add(&shard.metrics.connections_refused, 1);
     if shard.refusing.get() >= REFUSALS_IN_FLIGHT_MAX {
         return; // dropped: closed without a reply
     }

@@ -62,6 +62,9 @@ pub struct Shard {
     family_sessions: [Cell<usize>; 3],
     /// Refusals being written now (see `listen::refuse`).
     pub refusing: Cell<usize>,
+    /// Each partition's size and garbage as the compaction check last measured them
+    /// (for the metrics endpoint; a measurement scans the log, a scrape must not).
+    pub store_stats: RefCell<HashMap<u32, store::compact::Stats>>,
     /// Refused-connection log lines, rate-limited.
     pub refusals: delivery_log::RefusalLog,
     /// When a long job last let the reactor run (see [`Shard::pause_if_due`]).
@@ -318,11 +321,16 @@ impl Shard {
         // One line per attempt, for the operator and fail2ban (contrib/fail2ban): the
         // user name is the client's, so it is a string field: quoted and
         // escaped in text lines, a JSON string in JSON lines.
-        let result = match &outcome {
-            LoginCheck::Ok(_) => "ok",
-            LoginCheck::Refused => "failed",
-            LoginCheck::Throttled => "throttled",
+        let (result, r) = match &outcome {
+            LoginCheck::Ok(_) => ("ok", 0),
+            LoginCheck::Refused => ("failed", 1),
+            LoginCheck::Throttled => ("throttled", 2),
         };
+        let p = crate::metrics::PROTOCOLS
+            .iter()
+            .position(|x| *x == protocol)
+            .unwrap_or(0);
+        crate::metrics::bump(&self.metrics.logins, p, r);
         tracing::info!(
             target: "shardmail::login",
             protocol,
@@ -643,9 +651,23 @@ pub fn metrics_snapshot(shard: &Shard) -> crate::metrics::Snapshot {
         syncs += s.syncs;
         appends += s.batches;
     }
+    let mut store: Vec<crate::metrics::PartitionGauge> = shard
+        .store_stats
+        .borrow()
+        .iter()
+        .map(|(p, s)| crate::metrics::PartitionGauge {
+            partition: *p,
+            log_bytes: s.log_bytes,
+            garbage_bytes: s.garbage_bytes(),
+            messages: s.messages,
+        })
+        .collect();
+    store.sort_unstable();
     shard.metrics.snapshot(crate::metrics::Gauges {
         sessions: shard.sessions.get() as u64,
         queue_depth: shard.outbound.len() as u64,
+        queue_oldest_age_secs: shard.outbound.oldest_age_secs(),
+        store,
         store_syncs: syncs,
         store_appends: appends,
         partitions: shard.partitions.len() as u64,
@@ -739,6 +761,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         family_sessions: Default::default(),
         refusing: Cell::new(0),
         refusals: delivery_log::RefusalLog::default(),
+        store_stats: RefCell::new(HashMap::new()),
         last_pause: Cell::new(Instant::now()),
         connections,
         throttle,

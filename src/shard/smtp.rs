@@ -35,9 +35,8 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) 
     let peer = client.peer;
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
-    let limits = &shard.config().limits;
     if port == Port::Submissions {
-        if let Err(e) = Box::pin(stream.upgrade(&shard.tls(), limits.idle_timeout)).await {
+        if let Err(e) = Box::pin(super::conn::handshake(shard, &mut stream)).await {
             debug!(%peer, error = %e, "implicit TLS handshake failed");
             return;
         }
@@ -73,7 +72,7 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
     loop {
         let used = session.receive(input.data(), SystemTime::now(), shard.as_ref(), &mut out);
         input.consume(used);
-        log_refused(&mut session, &stream, peer);
+        log_refused(&shard.metrics, &mut session, &stream, peer);
         deadlines.consumed(used, input.is_empty());
         spooler.tend(session.incoming_mut());
         let commands = session.commands();
@@ -145,7 +144,14 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                         }
                         Err(e) => Err(DeliveryError::Refused(e.smtp_reply())),
                     };
-                    logged.log(&id, bytes, &notes, &result, started.elapsed());
+                    logged.log(
+                        &shard.metrics,
+                        &id,
+                        bytes,
+                        &notes,
+                        &result,
+                        started.elapsed(),
+                    );
                     let m = &shard.metrics;
                     if result.is_ok() {
                         metrics::add(&m.messages_accepted, 1);
@@ -207,6 +213,7 @@ impl Logged {
     /// One line per recipient for the end of this transaction.
     fn log(
         &self,
+        metrics: &crate::metrics::Metrics,
         id: &str,
         size: u64,
         notes: &deliver::Notes,
@@ -226,20 +233,23 @@ impl Logged {
                 Ok(()) => (Status::Delivered, mailbox.as_str()),
                 Err(_) => (Status::of_refusal(&reply), "-"),
             };
-            delivery_log::log(&delivery_log::Attempt {
-                direction: "in",
-                id,
-                client: &self.client,
-                from: &self.from,
-                to,
-                size,
-                verdicts: notes.verdicts,
-                relay,
-                status,
-                reply: &reply,
-                delay,
-                attempt: 1,
-            });
+            delivery_log::log(
+                metrics,
+                &delivery_log::Attempt {
+                    direction: "in",
+                    id,
+                    client: &self.client,
+                    from: &self.from,
+                    to,
+                    size,
+                    verdicts: notes.verdicts,
+                    relay,
+                    status,
+                    reply: &reply,
+                    delay,
+                    attempt: 1,
+                },
+            );
         }
     }
 }
@@ -259,27 +269,35 @@ fn client_of(
 }
 
 /// A line for each recipient refused at RCPT since the last call.
-fn log_refused(session: &mut Session, stream: &Stream, peer: IpAddr) {
+fn log_refused(
+    metrics: &crate::metrics::Metrics,
+    session: &mut Session,
+    stream: &Stream,
+    peer: IpAddr,
+) {
     let refused = session.take_refused();
     if refused.is_empty() {
         return;
     }
     let client = client_of(session, stream, peer, session.authenticated());
     for r in refused {
-        delivery_log::log(&delivery_log::Attempt {
-            direction: "in",
-            id: "-",
-            client: &client,
-            from: &r.mail_from,
-            to: &r.address,
-            size: 0,
-            verdicts: delivery_log::Verdicts::default(),
-            relay: "-",
-            status: Status::of_refusal(&r.reply),
-            reply: &r.reply,
-            delay: std::time::Duration::ZERO,
-            attempt: 1,
-        });
+        delivery_log::log(
+            metrics,
+            &delivery_log::Attempt {
+                direction: "in",
+                id: "-",
+                client: &client,
+                from: &r.mail_from,
+                to: &r.address,
+                size: 0,
+                verdicts: delivery_log::Verdicts::default(),
+                relay: "-",
+                status: Status::of_refusal(&r.reply),
+                reply: &r.reply,
+                delay: std::time::Duration::ZERO,
+                attempt: 1,
+            },
+        );
     }
 }
 
