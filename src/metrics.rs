@@ -208,7 +208,9 @@ impl Metrics {
         }
         for (direction, row) in DIRECTIONS.iter().zip(&self.deliveries) {
             for (status, c) in DELIVERY_STATUSES.iter().zip(row) {
-                let label = format!("direction=\"{direction}\",status=\"{status}\"");
+                // One protocol delivers today; the label keeps room for LMTP.
+                let label =
+                    format!("direction=\"{direction}\",protocol=\"smtp\",status=\"{status}\"");
                 put("deliveries_total", label, c);
             }
         }

@@ -4,7 +4,7 @@
 # one SMTP greeting, then removes and purges the package. Bounded: every wait has a
 # timeout, and the server is stopped by its process id.
 #
-#   contrib/debian/smoke-test.sh "$(contrib/debian/build-deb.sh target/debug/shardmail target/deb)"
+#   cargo deb && contrib/debian/smoke-test.sh target/debian/shardmail_*.deb
 set -euo pipefail
 deb=${1:?usage: smoke-test.sh PACKAGE.deb}
 [ "$(id -u)" = 0 ] || { echo "smoke-test.sh: needs root (it installs the package)"; exit 1; }

@@ -54,8 +54,8 @@ class Metrics(unittest.TestCase):
                 scrape(port, "/nope")
             self.assertEqual(e.exception.code, 404)
             # The delivery log's counts: six stored, one refused at RCPT.
-            self.assertEqual(value(text, 'shardmail_deliveries_total{direction="in",status="delivered"}'), 6)
-            self.assertEqual(value(text, 'shardmail_deliveries_total{direction="in",status="rejected"}'), 1)
+            self.assertEqual(value(text, 'shardmail_deliveries_total{direction="in",protocol="smtp",status="delivered"}'), 6)
+            self.assertEqual(value(text, 'shardmail_deliveries_total{direction="in",protocol="smtp",status="rejected"}'), 1)
             self.assertEqual(value(text, 'shardmail_delivery_seconds_count{direction="in"}'), 6)
             self.assertEqual(value(text, 'shardmail_delivery_seconds_bucket{direction="in",le="+Inf"}'), 6)
             self.assertEqual(value(text, "shardmail_queue_oldest_age_seconds"), 0)
