@@ -584,6 +584,7 @@ pub fn serve(
         dkim_keys: dkim_keys.clone(),
         hangup,
         stop: stop.clone(),
+        attempts: 0,
     }
     .spawn()?;
     let mesh_builder = MeshBuilder::<ShardMsg, _>::full(shards, mesh::CHANNEL_DEPTH);

@@ -203,6 +203,9 @@ pub struct Reloader {
     pub dkim_keys: DkimKeys,
     pub hangup: Arc<AtomicBool>,
     pub stop: Arc<AtomicBool>,
+    /// Reloads asked for so far (each outcome in `reload.status` names its attempt, so
+    /// `shardmail reload` tells a new outcome from an old one even when they read alike).
+    pub attempts: u64,
 }
 
 /// What a successful reload changed.
@@ -262,6 +265,8 @@ impl Reloader {
             monotonic_usec()
         ));
         let started = Instant::now();
+        self.attempts += 1;
+        let attempt = self.attempts;
         let status = match self.try_reload() {
             Ok(a) => {
                 let ms = started.elapsed().as_millis() as u64;
@@ -284,7 +289,7 @@ impl Reloader {
                     );
                 }
                 let mut text = format!(
-                    "result=ok\ngeneration={}\nchanged={}\nrestart_needed={}\n",
+                    "attempt={attempt}\nresult=ok\ngeneration={}\nchanged={}\nrestart_needed={}\n",
                     a.generation,
                     a.live.join(","),
                     a.restart.join(",")
@@ -304,7 +309,10 @@ impl Reloader {
                     error = %reason,
                     "configuration reload refused; the running configuration stays in force"
                 );
-                format!("result=refused\nerror={}\n", reason.replace('\n', " "))
+                format!(
+                    "attempt={attempt}\nresult=refused\nerror={}\n",
+                    reason.replace('\n', " ")
+                )
             }
         };
         write_status(&self.data_dir(), &status);

@@ -199,6 +199,12 @@ class Reload(unittest.TestCase):
         result = self.reload(check=False)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("tls.cert", result.stderr)
+        # The same refusal again is reported as a new outcome, at once.
+        started = time.time()
+        again = self.reload(check=False)
+        self.assertNotEqual(again.returncode, 0)
+        self.assertIn("tls.cert", again.stderr)
+        self.assertLess(time.time() - started, 10)
         self.assertEqual(ehlo_size(port), 10 << 20)
 
     def test_reload_without_a_server_says_so(self):
