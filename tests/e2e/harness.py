@@ -211,6 +211,17 @@ class Server:
         return result
 
 
+def wait_for(predicate, timeout=30, what="condition"):
+    """The first truthy value of `predicate()`, polled for at most `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 _FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
 
 

@@ -13,7 +13,7 @@ import smtplib
 import time
 import unittest
 
-from harness import Server, free_port, log_events, tls_context
+from harness import Server, free_port, log_events, tls_context, wait_for
 from sink import SmtpSink
 from test_auth import HAVE_DNSMASQ, start_dnsmasq
 
@@ -25,16 +25,6 @@ LATER_IP = "127.0.0.5"
 OVERRIDE_IP = "127.0.0.6"
 RELAY_IP = "127.0.0.7"
 BROKEN_TLS_IP = "127.0.0.9"
-
-
-def wait_for(predicate, timeout=30, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def message(subject, body=b"hello from the sender\r\n.leading dot line\r\n"):

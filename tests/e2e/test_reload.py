@@ -16,7 +16,7 @@ import threading
 import time
 import unittest
 
-from harness import DOMAIN, Server, tls_context
+from harness import DOMAIN, Server, tls_context, wait_for
 
 USER = f"reload@{DOMAIN}"
 PASSWORD = "pw"
@@ -31,16 +31,6 @@ def ehlo_size(port):
     with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
         s.ehlo("client.test")
         return int(s.esmtp_features.get("size", "0"))
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_status(server):
