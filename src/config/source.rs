@@ -1,6 +1,7 @@
 //! Where a configuration comes from, and what changed between two of them.
 //!
-//! A [`ConfigSource`] is the `--config` file, the `--set` overrides and `--data-dir` a
+//! [`load_raw`] reads the file and applies `--set KEY=VALUE` overrides on the TOML
+//! tree before serde sees it. A [`ConfigSource`] is the `--config` file, the `--set` overrides and `--data-dir` a
 //! command was started with; [`ConfigSource::load`] reads them again each time, which
 //! is what a reload does. A [`Loaded`] keeps the validated [`Config`] beside the raw
 //! tree it came from, so that two configurations can be compared key by key
@@ -8,7 +9,7 @@
 //! ([`RESTART_ONLY`]) can be carried over from the running one
 //! ([`Loaded::keeping_restart_only`]). Never touches the data directory or a socket.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::raw::RawConfig;
 use super::{err, Config, ConfigError, SECRET_PLACEHOLDER};
@@ -53,7 +54,7 @@ pub struct ConfigSource {
 impl ConfigSource {
     /// Reads and validates the sources as they are now.
     pub fn load(&self) -> Result<Loaded, ConfigError> {
-        let raw = Config::load_raw(
+        let raw = load_raw(
             self.file.as_deref(),
             &self.overrides,
             self.data_dir.as_deref(),
@@ -134,6 +135,85 @@ impl Loaded {
         }
         Loaded::from_raw(RawConfig::from_tree(tree)?)
     }
+}
+
+/// The configuration as serde reads it, before validation.
+pub(super) fn load_raw(
+    file: Option<&Path>,
+    overrides: &[String],
+    data_dir: Option<&Path>,
+) -> Result<RawConfig, ConfigError> {
+    let mut tree = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                err(
+                    &path.display().to_string(),
+                    format!("cannot read the file: {e}"),
+                )
+            })?;
+            toml::from_str::<toml::Table>(&text)
+                .map_err(|e| err(&path.display().to_string(), format!("not valid TOML: {e}")))?
+        }
+        None => toml::Table::new(),
+    };
+    for item in overrides {
+        apply_override(&mut tree, item)?;
+    }
+    if let Some(dir) = data_dir {
+        let value = toml::Value::String(dir.display().to_string());
+        set_path(&mut tree, "server.data_dir", value)?;
+    }
+    RawConfig::from_tree(tree)
+}
+
+/// `KEY=VALUE`: VALUE is read as TOML (so `8`, `true`, `["a","b"]` work), else as a string.
+fn apply_override(tree: &mut toml::Table, item: &str) -> Result<(), ConfigError> {
+    let Some((key, value)) = item.split_once('=') else {
+        return Err(err(item, "--set expects KEY=VALUE"));
+    };
+    let key = key.trim();
+    let value = value.trim();
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    set_path(tree, key, parsed)
+}
+
+/// Splits a dotted key, honouring TOML quoting: `auth.domains."a.example".spf_fail`.
+fn key_parts(key: &str) -> Result<Vec<String>, ConfigError> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    for c in key.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => parts.push(String::new()),
+            c => parts.last_mut().map(|p| p.push(c)).unwrap_or(()),
+        }
+    }
+    if quoted || parts.iter().any(|p| p.trim().is_empty()) {
+        return Err(err(key, "not a valid dotted key"));
+    }
+    Ok(parts.into_iter().map(|p| p.trim().to_string()).collect())
+}
+
+fn set_path(tree: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), ConfigError> {
+    let mut parts = key_parts(key)?;
+    let Some(last) = parts.pop() else {
+        return Err(err(key, "empty key"));
+    };
+    let mut table = tree;
+    for part in &parts {
+        let entry = table
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => return Err(err(key, format!("`{part}` is not a table"))),
+        };
+    }
+    table.insert(last, value);
+    Ok(())
 }
 
 fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
