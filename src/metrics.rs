@@ -16,6 +16,8 @@ pub const DELIVERY_STATUSES: [&str; 5] = ["delivered", "queued", "deferred", "bo
 /// Label values of the login counters.
 pub const PROTOCOLS: [&str; 3] = ["smtp", "imap", "pop3"];
 pub const LOGIN_RESULTS: [&str; 3] = ["ok", "failed", "throttled"];
+/// What `antispam.rate_limits` counts, in `RateCount` order.
+pub const RATE_COUNTS: [&str; 4] = ["connections", "messages", "recipients", "failed_commands"];
 /// Why a connection was refused (the limit's config key, or the open-file capacity).
 pub const REFUSAL_REASONS: [&str; 3] = [
     "connections_per_ip_max",
@@ -68,6 +70,10 @@ pub struct Metrics {
     pub logins: [[Cell<u64>; 3]; 3],
     /// TLS handshakes as a server (implicit TLS and STARTTLS): completed, failed.
     pub tls_handshakes: [Cell<u64>; 2],
+    /// Events refused by `antispam.rate_limits`, by [`RATE_COUNTS`].
+    pub rate_limited: [Cell<u64>; 4],
+    /// Clients that talked before the greeting (`antispam.greet_delay_ms`).
+    pub pregreet: Cell<u64>,
     /// Login attempts answered "try later" by the throttle, without a hash computed.
     pub logins_throttled: Cell<u64>,
     /// Connections closed for a deadline (pre-login, command, minimum data rate).
@@ -106,6 +112,8 @@ impl Default for Metrics {
             deliveries: Default::default(),
             logins: Default::default(),
             tls_handshakes: Default::default(),
+            rate_limited: Default::default(),
+            pregreet: Cell::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -223,6 +231,10 @@ impl Metrics {
         for (result, c) in ["ok", "failed"].iter().zip(&self.tls_handshakes) {
             put("tls_handshakes_total", format!("result=\"{result}\""), c);
         }
+        for (count, c) in RATE_COUNTS.iter().zip(&self.rate_limited) {
+            put("rate_limited_total", format!("count=\"{count}\""), c);
+        }
+        put("pregreet_total", String::new(), &self.pregreet);
         put(
             "logins_throttled_total",
             String::new(),
@@ -252,6 +264,14 @@ const HELP: &[(&str, &str)] = &[
         "Recipients per delivery attempt, by direction and status (one delivery log line each).",
     ),
     ("logins_total", "Login attempts, by protocol and result."),
+    (
+        "rate_limited_total",
+        "Connections, messages, recipients and failed commands refused by antispam.rate_limits.",
+    ),
+    (
+        "pregreet_total",
+        "MX clients that talked before the greeting (antispam.greet_delay_ms).",
+    ),
     (
         "tls_handshakes_total",
         "Server TLS handshakes (implicit TLS and STARTTLS), by result.",

@@ -14,8 +14,9 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shardmail::auth::policy::{Policies, Policy, SpfFailAction, SpfKind};
+use shardmail::config::raw::RateCount;
 use shardmail::proto::smtp::{
-    Action, DeliveryError, Directory, Port, Resolution, Session, SessionConfig,
+    Action, DeliveryError, Directory, Port, RateEvent, Resolution, Session, SessionConfig,
 };
 use shardmail::proto::testkit::{Driver, Smtp, Turn};
 
@@ -43,6 +44,19 @@ impl Directory for FakeDirectory {
             },
             (_, "example.org") => Resolution::UnknownUser,
             _ => Resolution::NotLocal,
+        }
+    }
+
+    /// A fixed policy standing in for `antispam.rate_limits`.
+    fn rate_limited(&self, e: RateEvent<'_>) -> Option<String> {
+        let limited = "451 4.7.1 Rate limit reached (test)".to_string();
+        match (e.count, e.sender, e.recipient) {
+            (RateCount::Messages, "flood@spam.example", _) => Some(limited),
+            (RateCount::Recipients, "busy@b.example", Some("bob@example.org")) => Some(limited),
+            (RateCount::FailedCommands, _, Some("guess3@example.org")) => {
+                Some("421 4.7.0 mx.example Too many failed commands (test)".into())
+            }
+            _ => None,
         }
     }
 }
@@ -392,6 +406,37 @@ fn auth_failures_disconnect() {
          A: auth alice@example.org nope
          S: 535 5.7.8 Authentication credentials invalid
          S: 421 4.7.0 mx.example Too many failed authentications, closing connection
+         A: close",
+    );
+}
+
+#[test]
+fn rate_limits_refuse_the_command_or_end_the_session() {
+    check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: HELO c
+         S: 250 mx.example
+         C: MAIL FROM:<flood@spam.example>
+         S: 451 4.7.1 Rate limit reached (test)
+         C: MAIL FROM:<busy@b.example>
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<alice@example.org>
+         S: 250 2.1.5 Recipient ok
+         C: RCPT TO:<bob@example.org>
+         S: 451 4.7.1 Rate limit reached (test)
+         C: DATA
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: Subject: only alice
+         C: .
+         A: deliver busy@b.example -> alice@example.org
+         S: 250 2.0.0 Ok: stored as 000000000ABC0001
+         C: MAIL FROM:<a@b.example>
+         S: 250 2.1.0 Sender ok
+         C: RCPT TO:<guess1@example.org>
+         S: 550 5.1.1 <guess1@example.org>: Recipient address rejected: User unknown
+         C: RCPT TO:<guess3@example.org>
+         S: 421 4.7.0 mx.example Too many failed commands (test)
          A: close",
     );
 }

@@ -145,6 +145,44 @@ pub struct Config {
     /// renewals); zero: only on reload.
     pub tls_watch_interval: Duration,
     pub log: LogSettings,
+    pub antispam: Antispam,
+}
+
+/// `[antispam]`, validated.
+#[derive(Debug, Clone)]
+pub struct Antispam {
+    pub greet_delay: Duration,
+    pub exempt: Vec<IpNet>,
+    pub rate_limits: Vec<RateLimit>,
+}
+
+impl Antispam {
+    pub fn exempts(&self, ip: std::net::IpAddr) -> bool {
+        self.exempt.iter().any(|n| n.contains(ip))
+    }
+}
+
+/// One rate limit: at most `limit` of `count` per `key` in any `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub key: raw::RateKey,
+    pub count: raw::RateCount,
+    pub window: Duration,
+    pub limit: u64,
+}
+
+impl fmt::Display for RateLimit {
+    /// As the refusal and the log name it: `client_ip messages 100/60s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} {}/{}s",
+            self.key.name(),
+            self.count.name(),
+            self.limit,
+            self.window.as_secs()
+        )
+    }
 }
 
 /// `[log]`: what the server logs and how.
@@ -569,6 +607,7 @@ impl Config {
             queue: validate_queue(&raw.queue)?,
             tls_watch_interval: Duration::from_secs(raw.tls.watch_interval_secs),
             log: validate_log(&raw.log)?,
+            antispam: validate_antispam(&raw.antispam)?,
             quota: QuotaPolicy {
                 default: crate::users::Quota {
                     storage: Some(raw.quota.storage_default.bytes("quota.storage_default")? as u64)

@@ -25,6 +25,105 @@ pub struct RawConfig {
     pub queue: RawQueue,
     pub quota: RawQuota,
     pub log: RawLog,
+    pub antispam: RawAntispam,
+}
+
+/// `[antispam]`: limits and checks against abusive senders (issue 15).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAntispam {
+    /// Milliseconds the MX port waits before its greeting; a client that talks first
+    /// is refused (`554 5.7.1`). 0: greet at once.
+    pub greet_delay_ms: u64,
+    /// Clients these limits and checks never apply to (the per-user limits still do).
+    pub exempt_networks: Vec<String>,
+    pub rate_limits: Vec<RawRateLimit>,
+}
+
+impl Default for RawAntispam {
+    fn default() -> Self {
+        let rule = |key, count, window: &str, limit| RawRateLimit {
+            key,
+            count,
+            window: Duration::Text(window.into()),
+            limit,
+        };
+        RawAntispam {
+            greet_delay_ms: 0,
+            exempt_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            rate_limits: vec![
+                rule(RateKey::ClientIp, RateCount::Connections, "1m", 60),
+                rule(RateKey::ClientIp, RateCount::Messages, "1m", 100),
+                rule(RateKey::ClientIp, RateCount::Recipients, "1m", 500),
+                rule(RateKey::ClientIp, RateCount::FailedCommands, "1m", 30),
+                rule(RateKey::ClientNet, RateCount::Connections, "1m", 300),
+                rule(RateKey::AuthUser, RateCount::Messages, "1h", 500),
+                rule(RateKey::AuthUser, RateCount::Recipients, "1h", 2000),
+            ],
+        }
+    }
+}
+
+/// One `antispam.rate_limits` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub key: RateKey,
+    pub count: RateCount,
+    pub window: Duration,
+    pub limit: u64,
+}
+
+/// What a rate limit counts per.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateKey {
+    /// The client's address: /32 for IPv4, /64 for IPv6.
+    ClientIp,
+    /// The client's network: /24 for IPv4, /48 for IPv6.
+    ClientNet,
+    /// The authenticated user (submission).
+    AuthUser,
+    /// The envelope sender's domain.
+    SenderDomain,
+    /// The envelope recipient.
+    Recipient,
+}
+
+/// What a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateCount {
+    Connections,
+    /// Transactions (MAIL FROM).
+    Messages,
+    /// Accepted RCPT TO.
+    Recipients,
+    /// Refused recipients and failed logins.
+    FailedCommands,
+}
+
+impl RateKey {
+    pub fn name(self) -> &'static str {
+        match self {
+            RateKey::ClientIp => "client_ip",
+            RateKey::ClientNet => "client_net",
+            RateKey::AuthUser => "auth_user",
+            RateKey::SenderDomain => "sender_domain",
+            RateKey::Recipient => "recipient",
+        }
+    }
+}
+
+impl RateCount {
+    pub fn name(self) -> &'static str {
+        match self {
+            RateCount::Connections => "connections",
+            RateCount::Messages => "messages",
+            RateCount::Recipients => "recipients",
+            RateCount::FailedCommands => "failed_commands",
+        }
+    }
 }
 
 /// `[log]`.
@@ -445,7 +544,7 @@ impl Duration {
     pub fn value(&self, key: &str) -> Result<std::time::Duration, ConfigError> {
         let bad = || ConfigError {
             key: key.to_string(),
-            reason: "expected a duration such as 5, \"5s\" or \"500ms\"".into(),
+            reason: "expected a duration such as 5, \"5s\", \"500ms\", \"1m\" or \"1h\"".into(),
         };
         match self {
             Duration::Secs(n) => Ok(std::time::Duration::from_secs(*n)),
@@ -458,6 +557,8 @@ impl Duration {
                     "" | "s" => Ok(std::time::Duration::from_secs(n)),
                     "ms" => Ok(std::time::Duration::from_millis(n)),
                     "m" => Ok(std::time::Duration::from_secs(n * 60)),
+                    "h" => Ok(std::time::Duration::from_secs(n * 3600)),
+                    "d" => Ok(std::time::Duration::from_secs(n * 86_400)),
                     _ => Err(bad()),
                 }
             }

@@ -184,6 +184,40 @@ pub(super) fn parse_reserve(raw: &raw::Size) -> Result<Reserve, ConfigError> {
         })
 }
 
+pub(super) fn validate_antispam(raw: &raw::RawAntispam) -> Result<Antispam, ConfigError> {
+    let mut rate_limits = Vec::new();
+    for (i, r) in raw.rate_limits.iter().enumerate() {
+        let key = format!("antispam.rate_limits[{i}]");
+        let window = r.window.value(&format!("{key}.window"))?;
+        if window < Duration::from_secs(1) || window > Duration::from_secs(7 * 86_400) {
+            return Err(err(&format!("{key}.window"), "between 1s and 7 days"));
+        }
+        if r.limit == 0 {
+            return Err(err(
+                &format!("{key}.limit"),
+                "at least 1 (remove the entry to have no limit)",
+            ));
+        }
+        rate_limits.push(RateLimit {
+            key: r.key,
+            count: r.count,
+            window,
+            limit: r.limit,
+        });
+    }
+    if raw.greet_delay_ms > 30_000 {
+        return Err(err(
+            "antispam.greet_delay_ms",
+            "at most 30000 (clients give up)",
+        ));
+    }
+    Ok(Antispam {
+        greet_delay: Duration::from_millis(raw.greet_delay_ms),
+        exempt: parse_networks("antispam.exempt_networks", &raw.exempt_networks)?,
+        rate_limits,
+    })
+}
+
 pub(super) fn validate_log(raw: &raw::RawLog) -> Result<LogSettings, ConfigError> {
     let level = raw.level.trim().to_string();
     if level.is_empty() || tracing_subscriber::EnvFilter::try_new(&level).is_err() {

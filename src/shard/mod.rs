@@ -19,6 +19,7 @@ pub mod metrics_http;
 pub mod outbound;
 pub mod pop3;
 pub mod preflight;
+pub mod ratelimit;
 pub mod reload;
 pub mod service;
 pub mod shutdown;
@@ -73,6 +74,8 @@ pub struct Shard {
     pub connections: Arc<admission::Connections>,
     /// Failed-login back-off, shared by every shard and protocol.
     pub throttle: Arc<admission::LoginThrottle>,
+    /// `antispam.rate_limits`, shared by every shard.
+    pub rate: Arc<ratelimit::RateLimiter>,
     /// Every account's storage usage, published by the shard owning it (quotas).
     pub usage: Arc<store::usage::UsageBoard>,
     /// Logged-in IMAP and POP3 sessions per account on this shard (sessions always
@@ -483,6 +486,10 @@ impl Directory for Shard {
     fn may_send_as(&self, login: &str, address: &str) -> bool {
         self.users.borrow().owns(login, address)
     }
+
+    fn rate_limited(&self, event: crate::proto::smtp::RateEvent<'_>) -> Option<String> {
+        ratelimit::check(self, &event)
+    }
 }
 
 fn smtp_config(config: &Config, port: Port) -> SessionConfig {
@@ -565,6 +572,7 @@ pub fn serve(
         capacity,
     );
     let throttle = admission::LoginThrottle::new(throttle_config(&config));
+    let rate = ratelimit::RateLimiter::new(config.antispam.rate_limits.clone());
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
@@ -581,6 +589,7 @@ pub fn serve(
         board: board.clone(),
         connections: connections.clone(),
         throttle: throttle.clone(),
+        rate: rate.clone(),
         dkim_keys: dkim_keys.clone(),
         hangup,
         stop: stop.clone(),
@@ -619,6 +628,7 @@ pub fn serve(
                 )),
                 connections,
                 throttle,
+                rate,
                 usage: Arc::new(store::usage::UsageBoard::default()),
             };
             let failed = failed.clone();
@@ -694,6 +704,7 @@ struct ShardInit {
     sockets: Arc<std::sync::Mutex<Vec<Option<Vec<listen::Bound>>>>>,
     connections: Arc<admission::Connections>,
     throttle: Arc<admission::LoginThrottle>,
+    rate: Arc<ratelimit::RateLimiter>,
     usage: Arc<store::usage::UsageBoard>,
 }
 
@@ -725,6 +736,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         sockets: init_sockets,
         connections,
         throttle,
+        rate,
         usage,
     } = init;
     let config = (*config).clone();
@@ -766,6 +778,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         last_pause: Cell::new(Instant::now()),
         connections,
         throttle,
+        rate,
         usage,
         user_sessions: RefCell::new(HashMap::new()),
         // Session (and so message) ids start from the clock, so a restart does not

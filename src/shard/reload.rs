@@ -199,6 +199,7 @@ pub struct Reloader {
     pub board: Arc<Board>,
     pub connections: Arc<Connections>,
     pub throttle: Arc<LoginThrottle>,
+    pub rate: Arc<super::ratelimit::RateLimiter>,
     /// The DKIM keys in force (a certificate-only reload keeps them).
     pub dkim_keys: DkimKeys,
     pub hangup: Arc<AtomicBool>,
@@ -340,6 +341,7 @@ impl Reloader {
             config.limits.ip_limit_exempt_networks.clone(),
         );
         self.throttle.set_config(super::throttle_config(config));
+        self.rate.set_rules(config.antispam.rate_limits.clone());
         let generation = self
             .board
             .publish(Arc::new(config.clone()), tls, dkim_keys.clone());

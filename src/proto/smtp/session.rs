@@ -17,6 +17,7 @@ use memchr::memchr;
 use super::command::{self, Command, MailParams};
 use super::data::{DataProgress, DataReader};
 use crate::auth::policy::{self, Policies, SpfKind};
+use crate::config::raw::RateCount;
 mod auth;
 
 use crate::proto::{rfc5322_date, Incoming};
@@ -78,6 +79,24 @@ pub trait Directory {
     fn may_send_as(&self, login: &str, address: &str) -> bool {
         login.eq_ignore_ascii_case(address)
     }
+
+    /// Counts `event` against `antispam.rate_limits`; `Some(reply)` refuses the command
+    /// (`451 4.7.1 …`, or `421 4.7.0 …`, after which the session closes).
+    fn rate_limited(&self, _event: RateEvent<'_>) -> Option<String> {
+        None
+    }
+}
+
+/// An event the rate limits count, with who it is about.
+#[derive(Debug, Clone, Copy)]
+pub struct RateEvent<'a> {
+    pub count: RateCount,
+    pub ip: IpAddr,
+    pub port: Port,
+    pub user: Option<&'a str>,
+    /// The envelope sender (empty for `<>`).
+    pub sender: &'a str,
+    pub recipient: Option<&'a str>,
 }
 
 /// One accepted recipient.
@@ -581,8 +600,14 @@ impl Session {
                 ));
             }
         }
+        let mail_from = from.map(|m| m.to_address()).unwrap_or_default();
+        if let Some(reply) =
+            dir.rate_limited(self.rate_event(RateCount::Messages, &mail_from, None))
+        {
+            return self.refuse_for_rate(&reply, out);
+        }
         self.transaction = Some(Transaction {
-            mail_from: from.map(|m| m.to_address()).unwrap_or_default(),
+            mail_from,
             params,
             recipients: Vec::new(),
             message: None,
@@ -623,6 +648,23 @@ impl Session {
         } else {
             self.add_recipient(address.clone(), dir)
         };
+        let mail_from = self
+            .transaction
+            .as_ref()
+            .map(|t| t.mail_from.as_str())
+            .unwrap_or_default();
+        let count = match refusal {
+            None => RateCount::Recipients,
+            Some(_) => RateCount::FailedCommands,
+        };
+        if let Some(reply) = dir.rate_limited(self.rate_event(count, mail_from, Some(&address))) {
+            if refusal.is_none() {
+                if let Some(t) = self.transaction.as_mut() {
+                    t.recipients.pop();
+                }
+            }
+            return self.refuse_for_rate(&reply, out);
+        }
         match refusal {
             None => out.line(
                 match self.transaction.as_ref().and_then(|t| t.recipients.last()) {
@@ -645,6 +687,30 @@ impl Session {
                 }
                 out.line(&reply)
             }
+        }
+    }
+
+    fn rate_event<'a>(
+        &'a self,
+        count: RateCount,
+        sender: &'a str,
+        recipient: Option<&'a str>,
+    ) -> RateEvent<'a> {
+        RateEvent {
+            count,
+            ip: self.peer,
+            port: self.config.port,
+            user: self.authenticated.as_deref(),
+            sender,
+            recipient,
+        }
+    }
+
+    /// A rate limit's refusal: a `421` ends the session.
+    fn refuse_for_rate(&mut self, reply: &str, out: &mut Outbox) {
+        out.line(reply);
+        if reply.starts_with("421") {
+            self.close(out);
         }
     }
 

@@ -1,0 +1,140 @@
+"""antispam.rate_limits and the pregreet check against the real server, driven by
+smtplib and raw sockets from several loopback addresses (each a different client):
+every limit's reply, and a bystander that must still be served."""
+import smtplib
+import socket
+import time
+import unittest
+
+from harness import DOMAIN, Server, log_events, tls_context
+
+ALICE = f"alice@{DOMAIN}"
+LIMITS = ('[{key="client_ip",count="messages",window="1m",limit=5},'
+          '{key="client_ip",count="connections",window="1m",limit=8},'
+          '{key="client_ip",count="failed_commands",window="1m",limit=3},'
+          '{key="auth_user",count="messages",window="1h",limit=3}]')
+
+
+def message(i):
+    return f"From: x@remote.example\r\nTo: {ALICE}\r\nSubject: burst {i}\r\n\r\nbody\r\n"
+
+
+def mx(server, source):
+    return smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20,
+                        source_address=(source, 0))
+
+
+class RateLimits(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(settings={
+            "antispam.exempt_networks": "[]",
+            "antispam.rate_limits": LIMITS,
+        })
+        cls.server.add_user(ALICE, "pw")
+        cls.server.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def antispam_lines(self):
+        return log_events(self.server, "shardmail::antispam")
+
+    def test_a_burst_of_messages_is_cut_and_a_bystander_is_served(self):
+        accepted, refused = 0, []
+        with mx(self.server, "127.0.0.2") as s:
+            for i in range(8):
+                try:
+                    s.sendmail("x@remote.example", [ALICE], message(i))
+                    accepted += 1
+                except smtplib.SMTPSenderRefused as e:
+                    refused.append((e.smtp_code, e.smtp_error.decode()))
+            # The session goes on: the client is told to come back, not cut off.
+            self.assertEqual(s.noop()[0], 250)
+        self.assertEqual(accepted, 5)
+        self.assertEqual(len(refused), 3)
+        code, text = refused[0]
+        self.assertEqual(code, 451)
+        self.assertIn("4.7.1", text)
+        self.assertIn("client_ip messages 5/60s", text)
+        self.assertIn("antispam.rate_limits", text)
+        # Another client is not affected.
+        with mx(self.server, "127.0.0.3") as s:
+            self.assertEqual(s.sendmail("x@remote.example", [ALICE], message("bystander")), {})
+        # One log line for the key, not one per refusal.
+        lines = [e for e in self.antispam_lines()
+                 if e.get("ip") == "127.0.0.2" and e.get("check") == "rate_limit"]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertEqual(lines[0]["rule"], "client_ip messages 5/60s")
+
+    def test_too_many_connections_get_421_at_the_greeting(self):
+        for _ in range(8):
+            with mx(self.server, "127.0.0.4") as s:
+                self.assertEqual(s.noop()[0], 250)
+        with socket.create_connection(("127.0.0.1", self.server.ports["smtp"]), timeout=10,
+                                      source_address=("127.0.0.4", 0)) as raw:
+            greeting = raw.recv(500).decode()
+        self.assertTrue(greeting.startswith("421 4.7.0"), greeting)
+        self.assertIn("client_ip connections 8/60s", greeting)
+        with mx(self.server, "127.0.0.5") as s:
+            self.assertEqual(s.noop()[0], 250)
+
+    def test_a_dictionary_attack_is_disconnected(self):
+        with mx(self.server, "127.0.0.6") as s:
+            s.ehlo("attacker.test")
+            s.mail("x@remote.example")
+            codes = [s.rcpt(f"guess{i}@{DOMAIN}")[0] for i in range(3)]
+            self.assertEqual(codes, [550, 550, 550])
+            code, text = s.rcpt(f"guess3@{DOMAIN}")
+            self.assertEqual(code, 421)
+            self.assertIn(b"failed commands", text)
+            with self.assertRaises(smtplib.SMTPServerDisconnected):
+                s.noop()
+
+    def test_a_stolen_password_sends_at_most_the_per_user_limit(self):
+        self.server.add_user(f"sub@{DOMAIN}", "pw")
+        time.sleep(1.2)  # the running server re-reads users.json at most once a second
+        sent, refused = 0, None
+        with smtplib.SMTP_SSL("127.0.0.1", self.server.ports["submissions"], timeout=20,
+                              context=tls_context()) as s:
+            s.login(f"sub@{DOMAIN}", "pw")
+            for i in range(5):
+                try:
+                    s.sendmail(f"sub@{DOMAIN}", [ALICE],
+                               message(f"sub{i}").replace("x@remote.example", f"sub@{DOMAIN}"))
+                    sent += 1
+                except smtplib.SMTPSenderRefused as e:
+                    refused = e
+                    break
+        self.assertEqual(sent, 3)
+        self.assertEqual(refused.smtp_code, 451)
+        self.assertIn(b"auth_user messages 3/3600s", refused.smtp_error)
+
+
+class Pregreet(unittest.TestCase):
+    def test_a_client_that_talks_first_is_refused_and_a_polite_one_is_not(self):
+        server = Server(settings={"antispam.exempt_networks": "[]",
+                                  "antispam.greet_delay_ms": "400"})
+        server.add_user(ALICE, "pw")
+        server.start()
+        try:
+            with socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=10,
+                                          source_address=("127.0.0.7", 0)) as raw:
+                raw.sendall(b"EHLO spam.test\r\nMAIL FROM:<s@spam.test>\r\n")
+                reply = raw.recv(500).decode()
+                self.assertTrue(reply.startswith("554 5.7.1"), reply)
+                self.assertIn("talked before my greeting", reply)
+                self.assertEqual(raw.recv(500), b"")  # and disconnected
+            with mx(server, "127.0.0.8") as s:
+                self.assertEqual(s.sendmail("x@remote.example", [ALICE], message("polite")), {})
+            lines = [e for e in log_events(server, "shardmail::antispam")
+                     if e.get("check") == "pregreet"]
+            self.assertEqual([e["ip"] for e in lines], ["127.0.0.7"])
+        finally:
+            server.stop()
+        self.assertEqual(len(server.messages(ALICE)), 1)
+
+
+if __name__ == "__main__":
+    unittest.main()
