@@ -310,6 +310,16 @@ impl Stream {
         Ok(())
     }
 
+    /// Our address on this connection (what the client connected to).
+    pub fn local_ip(&self) -> Option<std::net::IpAddr> {
+        match self {
+            Stream::Plain(s) => s.local_addr().ok().map(|a| a.ip()),
+            Stream::Tls(c) => c.tcp.local_addr().ok().map(|a| a.ip()),
+            Stream::Deflate(d) => d.inner.local_ip(),
+            Stream::Moved => None,
+        }
+    }
+
     /// Negotiated TLS version and cipher suite, for trace headers and logs.
     pub fn tls_description(&self) -> Option<String> {
         if let Stream::Deflate(d) = self {

@@ -123,6 +123,11 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
     session.verify_senders(
         port == Port::Mx && shard.auth.is_some() && shard.config().auth.checks(peer),
     );
+    if port == Port::Mx && !shard.config().antispam.exempts(peer) {
+        if let Some(local) = stream.local_ip() {
+            session.refuse_own_helo(local);
+        }
+    }
     let mut out = Outbox::default();
     session.greet(&mut out);
     let mut input = InputBuffer::new(input_capacity(shard));

@@ -20,8 +20,10 @@ def message(i):
 
 
 def mx(server, source):
+    # A HELO name of its own: smtplib's default here is an address literal of this
+    # host, which is also ours, and the HELO check would refuse it.
     return smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20,
-                        source_address=(source, 0))
+                        source_address=(source, 0), local_hostname="client.remote.test")
 
 
 class RateLimits(unittest.TestCase):
@@ -110,6 +112,25 @@ class RateLimits(unittest.TestCase):
         self.assertEqual(sent, 3)
         self.assertEqual(refused.smtp_code, 451)
         self.assertIn(b"auth_user messages 3/3600s", refused.smtp_error)
+
+
+class Helo(unittest.TestCase):
+    def test_a_client_greeting_with_our_name_or_address_is_refused(self):
+        server = Server(settings={"antispam.exempt_networks": '["127.0.0.1/32"]'})
+        server.start()
+        try:
+            with mx(server, "127.0.0.9") as s:
+                for name in ["mx.example.test", "MX.example.test.", "[127.0.0.1]"]:
+                    code, text = s.ehlo(name)
+                    self.assertEqual(code, 550, name)
+                    self.assertIn(b"you are not me", text)
+                self.assertEqual(s.mail("x@remote.example")[0], 503)  # no HELO was taken
+                self.assertEqual(s.ehlo("client.remote.test")[0], 250)
+            # From our own networks the same name is fine (a local relay, a test).
+            with mx(server, "127.0.0.1") as s:
+                self.assertEqual(s.ehlo("mx.example.test")[0], 250)
+        finally:
+            server.stop()
 
 
 class Pregreet(unittest.TestCase):

@@ -234,6 +234,9 @@ pub struct Session {
     verify: bool,
     /// Command lines processed (for metrics).
     commands: u64,
+    /// Names a client outside our networks may not greet us with (our host name and
+    /// address): a forged HELO (postscreen's and Postfix's usual check).
+    own_names: Vec<String>,
     /// Recipients refused since the IO layer last asked ([`Session::take_refused`]),
     /// at most [`REFUSED_KEPT_MAX`].
     refused: Vec<RefusedRecipient>,
@@ -273,7 +276,18 @@ impl Session {
             verify: false,
             commands: 0,
             refused: Vec::new(),
+            own_names: Vec::new(),
         }
+    }
+
+    /// Refuses a HELO/EHLO that names us: `hostname` or the address the client
+    /// connected to (`local`, bare or as `[literal]`). For clients outside our networks.
+    pub fn refuse_own_helo(&mut self, local: IpAddr) {
+        self.own_names = vec![
+            self.config.hostname.to_ascii_lowercase(),
+            local.to_string(),
+            format!("[{local}]"),
+        ];
     }
 
     /// The HELO/EHLO name the client gave, if any.
@@ -531,6 +545,12 @@ impl Session {
     }
 
     fn hello(&mut self, domain: &str, esmtp: bool, out: &mut Outbox) {
+        let named = domain.trim_end_matches('.').to_ascii_lowercase();
+        if self.own_names.contains(&named) {
+            return out.line(&format!(
+                "550 5.7.1 <{domain}>: Helo command rejected: you are not me"
+            ));
+        }
         self.helo = Some(domain.to_string());
         self.esmtp = esmtp;
         self.transaction = None;
