@@ -74,6 +74,8 @@ pub struct Metrics {
     pub rate_limited: [Cell<u64>; 4],
     /// Clients that talked before the greeting (`antispam.greet_delay_ms`).
     pub pregreet: Cell<u64>,
+    /// Clients refused at connect by their DNS list score (`antispam.dnsbl`).
+    pub dnsbl_rejected: Cell<u64>,
     /// Login attempts answered "try later" by the throttle, without a hash computed.
     pub logins_throttled: Cell<u64>,
     /// Connections closed for a deadline (pre-login, command, minimum data rate).
@@ -114,6 +116,7 @@ impl Default for Metrics {
             tls_handshakes: Default::default(),
             rate_limited: Default::default(),
             pregreet: Cell::default(),
+            dnsbl_rejected: Cell::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -235,6 +238,7 @@ impl Metrics {
             put("rate_limited_total", format!("count=\"{count}\""), c);
         }
         put("pregreet_total", String::new(), &self.pregreet);
+        put("dnsbl_rejected_total", String::new(), &self.dnsbl_rejected);
         put(
             "logins_throttled_total",
             String::new(),
@@ -267,6 +271,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "rate_limited_total",
         "Connections, messages, recipients and failed commands refused by antispam.rate_limits.",
+    ),
+    (
+        "dnsbl_rejected_total",
+        "MX clients refused at connect by their DNS list score (antispam.dnsbl).",
     ),
     (
         "pregreet_total",

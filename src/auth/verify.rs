@@ -377,6 +377,26 @@ fn not_found(e: &mail_auth::Error) -> bool {
     )
 }
 
+/// The A records of each name, looked up together; a failed lookup is an empty list.
+pub async fn dnsbl(
+    auth: &MessageAuthenticator,
+    caches: &Caches,
+    names: &[String],
+) -> Vec<Vec<Ipv4Addr>> {
+    let lookups = names.iter().map(|name| async move {
+        match auth.ipv4_lookup(name.as_str(), Some(&caches.ipv4)).await {
+            Ok(set) => set.rrset.to_vec(),
+            Err(e) => {
+                if !not_found(&e) {
+                    tracing::debug!(%name, error = %e, "DNS list lookup failed; counted as not listed");
+                }
+                Vec::new()
+            }
+        }
+    });
+    futures_util::future::join_all(lookups).await
+}
+
 /// MX routing (RFC 5321 §5.1): hosts by ascending preference, equal preferences
 /// shuffled; the domain itself when it has no MX; a null MX (RFC 7505) is final.
 pub async fn route(

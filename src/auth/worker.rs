@@ -49,6 +49,11 @@ pub enum Job {
         message: Bytes,
         reply: oneshot::Sender<MessageVerdict>,
     },
+    /// A records of DNS list names (`antispam.dnsbl`), one answer list per name.
+    Dnsbl {
+        names: Vec<String>,
+        reply: oneshot::Sender<Vec<Vec<std::net::Ipv4Addr>>>,
+    },
     /// MX routing for the outbound queue.
     Route {
         domain: String,
@@ -171,6 +176,9 @@ fn run(
                         Job::Route { domain, reply } => {
                             let _ = reply.send(verify::route(&auth, &caches, &domain).await);
                         }
+                        Job::Dnsbl { names, reply } => {
+                            let _ = reply.send(verify::dnsbl(&auth, &caches, &names).await);
+                        }
                     }
                     service.release();
                 });
@@ -250,6 +258,20 @@ impl AuthClient {
         answer
             .await
             .unwrap_or_else(|_| Err(RouteError::Temporary("DNS worker stopped".into())))
+    }
+
+    /// The A records of each DNS list query name (empty where not listed or the
+    /// lookup failed: a list that cannot answer lists nobody).
+    pub async fn dnsbl(
+        &self,
+        names: Vec<String>,
+    ) -> Result<Vec<Vec<std::net::Ipv4Addr>>, Unavailable> {
+        if !self.service.reserve() {
+            return Err(Unavailable::Busy);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Dnsbl { names, reply });
+        answer.await.map_err(|_| Unavailable::Stopped)
     }
 
     /// DKIM, ARC and DMARC of a received message.

@@ -154,6 +154,31 @@ pub struct Antispam {
     pub greet_delay: Duration,
     pub exempt: Vec<IpNet>,
     pub rate_limits: Vec<RateLimit>,
+    pub dnsbl: Vec<Dnsbl>,
+    pub reject_score: i64,
+    pub junk_score: i64,
+}
+
+/// One DNS list: `zone`, what a listing adds to the score, which answers count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dnsbl {
+    pub zone: String,
+    pub weight: i64,
+    /// Empty: any answer in 127.0.0.0/8.
+    pub codes: Vec<std::net::Ipv4Addr>,
+}
+
+impl Dnsbl {
+    /// Whether these A records mean "listed".
+    pub fn lists(&self, answers: &[std::net::Ipv4Addr]) -> bool {
+        answers.iter().any(|a| {
+            if self.codes.is_empty() {
+                a.octets()[0] == 127
+            } else {
+                self.codes.contains(a)
+            }
+        })
+    }
 }
 
 impl Antispam {

@@ -38,6 +38,23 @@ pub struct RawAntispam {
     /// Clients these limits and checks never apply to (the per-user limits still do).
     pub exempt_networks: Vec<String>,
     pub rate_limits: Vec<RawRateLimit>,
+    /// DNS blocklists (positive weights) and allowlists (negative), checked at connect.
+    pub dnsbl: Vec<RawDnsbl>,
+    /// A client scoring this much or more is refused at connect (`554 5.7.1`).
+    pub reject_score: i64,
+    /// Mail from a client scoring this much or more goes to Junk.
+    pub junk_score: i64,
+}
+
+/// One `antispam.dnsbl` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDnsbl {
+    pub zone: String,
+    pub weight: i64,
+    /// Answers that count as listed (e.g. `127.0.0.2`); empty: any `127.0.0.0/8` answer.
+    #[serde(default)]
+    pub codes: Vec<String>,
 }
 
 impl Default for RawAntispam {
@@ -60,6 +77,9 @@ impl Default for RawAntispam {
                 rule(RateKey::AuthUser, RateCount::Messages, "1h", 500),
                 rule(RateKey::AuthUser, RateCount::Recipients, "1h", 2000),
             ],
+            dnsbl: Vec::new(),
+            reject_score: 10,
+            junk_score: 5,
         }
     }
 }

@@ -211,10 +211,41 @@ pub(super) fn validate_antispam(raw: &raw::RawAntispam) -> Result<Antispam, Conf
             "at most 30000 (clients give up)",
         ));
     }
+    let mut dnsbl = Vec::new();
+    for (i, d) in raw.dnsbl.iter().enumerate() {
+        let key = format!("antispam.dnsbl[{i}]");
+        let zone = d.zone.trim().trim_end_matches('.').to_ascii_lowercase();
+        if zone.is_empty() || zone.contains(|c: char| c.is_whitespace() || c == '@') {
+            return Err(err(&format!("{key}.zone"), "not a DNS zone name"));
+        }
+        let mut codes = Vec::new();
+        for (j, c) in d.codes.iter().enumerate() {
+            codes.push(c.trim().parse().map_err(|_| {
+                err(
+                    &format!("{key}.codes[{j}]"),
+                    "expected an IPv4 answer such as \"127.0.0.2\"",
+                )
+            })?);
+        }
+        dnsbl.push(Dnsbl {
+            zone,
+            weight: d.weight,
+            codes,
+        });
+    }
+    if dnsbl.len() > 16 {
+        return Err(err(
+            "antispam.dnsbl",
+            "at most 16 lists (each is a lookup per connection)",
+        ));
+    }
     Ok(Antispam {
         greet_delay: Duration::from_millis(raw.greet_delay_ms),
         exempt: parse_networks("antispam.exempt_networks", &raw.exempt_networks)?,
         rate_limits,
+        dnsbl,
+        reject_score: raw.reject_score,
+        junk_score: raw.junk_score,
     })
 }
 

@@ -49,6 +49,7 @@ pub async fn accept(
     envelope: Envelope,
     message: Bytes,
     spf: Option<SpfVerdict>,
+    screened: &super::screen::Screened,
     notes: &mut Notes,
 ) -> Result<(), DeliveryError> {
     notes.mailbox = "INBOX";
@@ -85,6 +86,17 @@ pub async fn accept(
         prefix.push_str(&format!(
             "Authentication-Results: {hostname};\r\n\tauth=pass smtp.auth={user}\r\n"
         ));
+    }
+    if !screened.lists.is_empty() {
+        // The connect-time DNS list verdict (MX port), for the user's filters.
+        prefix.push_str(&format!(
+            "X-Spam-Score: {} (dnsbl: {})\r\n",
+            screened.score, screened.lists
+        ));
+        if screened.score >= shard.config().antispam.junk_score {
+            mailbox = JUNK;
+            notes.mailbox = "Junk";
+        }
     }
     let body = match headers::strip_untrusted(&original, hostname) {
         Some(stripped) => Bytes::from(stripped),

@@ -21,6 +21,7 @@ pub mod pop3;
 pub mod preflight;
 pub mod ratelimit;
 pub mod reload;
+pub mod screen;
 pub mod service;
 pub mod shutdown;
 pub mod smtp;

@@ -13,7 +13,6 @@ use glommio::net::TcpStream;
 use std::net::IpAddr;
 use tracing::{debug, Instrument};
 
-use super::conn::with_timeout;
 use super::conn::{
     await_input, flush, start_tls, Deadlines, InputBuffer, Interruptible, Phase, Stream,
 };
@@ -21,10 +20,9 @@ use super::delivery_log::{self, Status};
 use super::spool::Spooler;
 use super::{deliver, Client, LoginAttempt, LoginCheck, Shard};
 use crate::auth::verify::SpfCheck;
-use crate::config::raw::RateCount;
 use crate::metrics;
 use crate::proto::smtp::session::delivery_reply;
-use crate::proto::smtp::{Action, DeliveryError, Envelope, Outbox, Port, RateEvent, Session};
+use crate::proto::smtp::{Action, DeliveryError, Envelope, Outbox, Port, Session};
 
 /// Input buffer size: a full command line plus room for pipelined commands and bulk
 /// DATA reads.
@@ -43,73 +41,34 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) 
             return;
         }
     }
-    if port == Port::Mx && !Box::pin(screen(shard, &mut stream, peer.ip())).await {
-        stream.close().await;
-        return;
-    }
+    let screened = if port == Port::Mx {
+        match Box::pin(super::screen::screen(shard, &mut stream, peer.ip())).await {
+            Some(s) => s,
+            None => {
+                stream.close().await;
+                return;
+            }
+        }
+    } else {
+        super::screen::Screened::default()
+    };
     shard.refresh_users();
     let id = shard.next_session_id();
     let span = tracing::debug_span!("smtp", shard = shard.id, session = id, %peer, ?port);
-    drive(shard, stream, port, peer.ip(), id)
+    drive(shard, stream, port, peer.ip(), id, screened)
         .instrument(span)
         .await;
     drop(client);
 }
 
-/// The MX port's checks before the greeting, like postscreen's: the connection rate
-/// limit (`antispam.rate_limits`, `count = "connections"`) and, with
-/// `antispam.greet_delay_ms`, a client that talks before the greeting (spamware does;
-/// RFC 5321 §4.3.1 clients wait). `false`: refused (the reply is written).
-async fn screen(shard: &Rc<Shard>, stream: &mut Stream, ip: IpAddr) -> bool {
-    let event = RateEvent {
-        count: RateCount::Connections,
-        ip,
-        port: Port::Mx,
-        user: None,
-        sender: "",
-        recipient: None,
-    };
-    if let Some(reply) = super::ratelimit::check(shard, &event) {
-        let _ = with_timeout(
-            REFUSAL_WRITE_TIMEOUT,
-            stream.write_all(format!("{reply}\r\n").as_bytes()),
-        )
-        .await;
-        return false;
-    }
-    let config = shard.config();
-    let delay = config.antispam.greet_delay;
-    if delay.is_zero() || config.antispam.exempts(ip) {
-        return true;
-    }
-    let mut probe = [0u8; 64];
-    match with_timeout(delay, stream.read(&mut probe)).await {
-        Err(_) => true,                  // quiet for the whole delay: a well-behaved client
-        Ok(Ok(0)) | Ok(Err(_)) => false, // gone
-        Ok(Ok(_)) => {
-            crate::metrics::add(&shard.metrics.pregreet, 1);
-            tracing::info!(
-                target: "shardmail::antispam",
-                check = "pregreet",
-                ip = %ip,
-                delay_ms = delay.as_millis() as u64,
-                "client talked before the greeting; refused"
-            );
-            let reply = format!(
-                "554 5.7.1 {} Protocol error: you talked before my greeting \
-                 (antispam.greet_delay_ms)\r\n",
-                config.hostname
-            );
-            let _ = with_timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(reply.as_bytes())).await;
-            false
-        }
-    }
-}
-
-/// How long a refusal before the greeting may take to write.
-const REFUSAL_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, id: u64) {
+async fn drive(
+    shard: &Rc<Shard>,
+    mut stream: Stream,
+    port: Port,
+    peer: IpAddr,
+    id: u64,
+    screened: super::screen::Screened,
+) {
     let limits = &shard.config().limits;
     metrics::add(&shard.metrics.smtp.connections, 1);
     let mut commands_counted = 0;
@@ -203,8 +162,10 @@ async fn drive(shard: &Rc<Shard>, mut stream: Stream, port: Port, peer: IpAddr, 
                     let result = match spooler.finish(body) {
                         Ok(message) => {
                             let spf = spf.take();
-                            Box::pin(deliver::accept(shard, envelope, message, spf, &mut notes))
-                                .await
+                            let job = deliver::accept(
+                                shard, envelope, message, spf, &screened, &mut notes,
+                            );
+                            Box::pin(job).await
                         }
                         Err(e) => Err(DeliveryError::Refused(e.smtp_reply())),
                     };

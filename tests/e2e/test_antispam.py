@@ -1,12 +1,13 @@
 """antispam.rate_limits and the pregreet check against the real server, driven by
 smtplib and raw sockets from several loopback addresses (each a different client):
 every limit's reply, and a bystander that must still be served."""
+import os
 import smtplib
 import socket
 import time
 import unittest
 
-from harness import DOMAIN, Server, log_events, tls_context
+from harness import HAVE_DNSMASQ, DOMAIN, Server, free_port, log_events, start_dnsmasq, tls_context
 
 ALICE = f"alice@{DOMAIN}"
 LIMITS = ('[{key="client_ip",count="messages",window="1m",limit=5},'
@@ -131,6 +132,54 @@ class Helo(unittest.TestCase):
                 self.assertEqual(s.ehlo("mx.example.test")[0], 250)
         finally:
             server.stop()
+
+
+@unittest.skipUnless(HAVE_DNSMASQ or os.environ.get("CI"), "dnsmasq is needed")
+class Dnsbl(unittest.TestCase):
+    """Block- and allowlists served by a real DNS server (dnsmasq) on loopback."""
+
+    def test_listed_clients_are_refused_or_junked_and_others_pass(self):
+        port = free_port()
+        listed = [("10", "block.test", "127.0.0.2"), ("11", "junk.test", "127.0.0.2"),
+                  ("12", "block.test", "127.0.0.9"),  # an answer the list's codes ignore
+                  ("13", "block.test", "127.0.0.2"), ("13", "allow.test", "127.0.0.2")]
+        dns = start_dnsmasq(port, txt=[], hosts=[], dead_zone="dead.test", extra=[
+            f"--address=/{last}.0.0.127.{zone}/{answer}" for last, zone, answer in listed])
+        server = Server(settings={
+            "dns.servers": f'["127.0.0.1:{port}"]',
+            "auth.enabled": "false",
+            "antispam.exempt_networks": "[]",
+            "antispam.dnsbl": '[{zone="block.test",weight=10,codes=["127.0.0.2"]},'
+                              '{zone="junk.test",weight=5},{zone="allow.test",weight=-20}]',
+        })
+        server.add_user(ALICE, "pw")
+        server.start()
+        try:
+            with socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=20,
+                                          source_address=("127.0.0.10", 0)) as raw:
+                greeting = raw.recv(500).decode()
+            self.assertTrue(greeting.startswith("554 5.7.1"), greeting)
+            self.assertIn("client [127.0.0.10] blocked using block.test", greeting)
+            for source in ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"]:
+                with mx(server, source) as s:
+                    self.assertEqual(s.sendmail("x@sender.test", [ALICE], message(source)), {})
+        finally:
+            server.stop()
+            dns.terminate()
+            dns.wait(timeout=10)
+        junk = server.messages(ALICE, "Junk")
+        self.assertEqual(len(junk), 1)
+        self.assertIn(b"X-Spam-Score: 5 (dnsbl: junk.test)\r\n", junk[0])
+        inbox = server.messages(ALICE)
+        self.assertEqual(len(inbox), 3)  # 12, 13, 14; 10 was refused, 11 went to Junk
+        by_source = {src: m for m in inbox for src in ("127.0.0.12", "127.0.0.13", "127.0.0.14")
+                     if f"burst {src}".encode() in m}
+        self.assertEqual(sorted(by_source), ["127.0.0.12", "127.0.0.13", "127.0.0.14"])
+        self.assertNotIn(b"X-Spam-Score", by_source["127.0.0.12"])
+        self.assertIn(b"X-Spam-Score: -10 (dnsbl: block.test,allow.test)", by_source["127.0.0.13"])
+        self.assertNotIn(b"X-Spam-Score", by_source["127.0.0.14"])
+        refused = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "dnsbl"]
+        self.assertEqual({e["ip"] for e in refused}, {"127.0.0.10", "127.0.0.11", "127.0.0.13"})
 
 
 class Pregreet(unittest.TestCase):

@@ -1,0 +1,190 @@
+//! The MX port's checks before the greeting, like Postfix's postscreen: the connection
+//! rate limit (`antispam.rate_limits`, `count = "connections"`), DNS block- and
+//! allowlists (`antispam.dnsbl`, looked up through the DNS worker while the greeting
+//! delay runs), and with `antispam.greet_delay_ms` a client that talks before the
+//! greeting (spamware does; RFC 5321 §4.3.1 clients wait).
+//!
+//! Owns the refusals written before a session exists and the score a session starts
+//! with. Never blocks the shard: the lookups run on the worker, the waits are timers.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use super::conn::{with_timeout, Stream};
+use super::Shard;
+use crate::config::raw::RateCount;
+use crate::proto::smtp::{Port, RateEvent};
+
+/// How long a refusal before the greeting may take to write.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the checks found about a client that may go on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Screened {
+    /// The DNS lists' weights added up (negative: allowlisted).
+    pub score: i64,
+    /// The lists that matched, comma-separated (for headers and the log).
+    pub lists: String,
+}
+
+/// Runs the checks; `None`: refused (the reply is written).
+pub async fn screen(shard: &Rc<Shard>, stream: &mut Stream, ip: IpAddr) -> Option<Screened> {
+    let event = RateEvent {
+        count: RateCount::Connections,
+        ip,
+        port: Port::Mx,
+        user: None,
+        sender: "",
+        recipient: None,
+    };
+    if let Some(reply) = super::ratelimit::check(shard, &event) {
+        refuse(stream, &reply).await;
+        return None;
+    }
+    let config = shard.config();
+    let antispam = &config.antispam;
+    if antispam.exempts(ip) {
+        return Some(Screened::default());
+    }
+    let (talked_first, screened) =
+        futures_lite::future::zip(talks_first(stream, antispam.greet_delay), lookup(shard, ip))
+            .await;
+    match talked_first {
+        Some(true) => {
+            crate::metrics::add(&shard.metrics.pregreet, 1);
+            tracing::info!(
+                target: "shardmail::antispam",
+                check = "pregreet",
+                ip = %ip,
+                delay_ms = antispam.greet_delay.as_millis() as u64,
+                "client talked before the greeting; refused"
+            );
+            let reply = format!(
+                "554 5.7.1 {} Protocol error: you talked before my greeting \
+                 (antispam.greet_delay_ms)",
+                config.hostname
+            );
+            refuse(stream, &reply).await;
+            return None;
+        }
+        None => return None, // gone
+        Some(false) => {}
+    }
+    if screened.score >= antispam.reject_score && !screened.lists.is_empty() {
+        crate::metrics::add(&shard.metrics.dnsbl_rejected, 1);
+        tracing::info!(
+            target: "shardmail::antispam",
+            check = "dnsbl",
+            ip = %ip,
+            score = screened.score,
+            lists = screened.lists.as_str(),
+            "client listed; refused"
+        );
+        let reply = format!(
+            "554 5.7.1 {} Service unavailable; client [{ip}] blocked using {} (antispam.dnsbl)",
+            config.hostname, screened.lists
+        );
+        refuse(stream, &reply).await;
+        return None;
+    }
+    if !screened.lists.is_empty() {
+        tracing::info!(
+            target: "shardmail::antispam",
+            check = "dnsbl",
+            ip = %ip,
+            score = screened.score,
+            lists = screened.lists.as_str(),
+            "client listed; below antispam.reject_score"
+        );
+    }
+    Some(screened)
+}
+
+/// Whether the client sent anything within `delay` (`Some(false)` at once when
+/// `delay` is zero); `None` when it went away.
+async fn talks_first(stream: &mut Stream, delay: Duration) -> Option<bool> {
+    if delay.is_zero() {
+        return Some(false);
+    }
+    let mut probe = [0u8; 64];
+    match with_timeout(delay, stream.read(&mut probe)).await {
+        Err(_) => Some(false), // quiet for the whole delay: a well-behaved client
+        Ok(Ok(0)) | Ok(Err(_)) => None,
+        Ok(Ok(_)) => Some(true),
+    }
+}
+
+/// Every configured list's verdict on `ip`, added up.
+async fn lookup(shard: &Shard, ip: IpAddr) -> Screened {
+    let config = shard.config();
+    let lists = &config.antispam.dnsbl;
+    let Some(auth) = shard.auth.as_ref().filter(|_| !lists.is_empty()) else {
+        return Screened::default();
+    };
+    let reversed = reversed(ip);
+    let names = lists
+        .iter()
+        .map(|l| format!("{reversed}.{}.", l.zone))
+        .collect();
+    let Ok(answers) = auth.dnsbl(names).await else {
+        return Screened::default(); // the worker is busy: nobody is listed
+    };
+    let mut screened = Screened::default();
+    for (list, answer) in lists.iter().zip(answers) {
+        if list.lists(&answer) {
+            screened.score += list.weight;
+            if !screened.lists.is_empty() {
+                screened.lists.push(',');
+            }
+            screened.lists.push_str(&list.zone);
+        }
+    }
+    screened
+}
+
+/// The DNS list query label of `ip` (RFC 5782 §2.1, §2.4): `4.3.2.1` for 1.2.3.4, the
+/// 32 nibbles in reverse for IPv6.
+pub fn reversed(ip: IpAddr) -> String {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        other => other,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}")
+        }
+        IpAddr::V6(v6) => {
+            let mut labels = Vec::with_capacity(32);
+            for byte in v6.octets().iter().rev() {
+                labels.push(format!("{:x}", byte & 0x0f));
+                labels.push(format!("{:x}", byte >> 4));
+            }
+            labels.join(".")
+        }
+    }
+}
+
+async fn refuse(stream: &mut Stream, reply: &str) {
+    let line = format!("{reply}\r\n");
+    let _ = with_timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(line.as_bytes())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_labels_follow_rfc_5782() {
+        assert_eq!(reversed("192.0.2.99".parse().expect("ip")), "99.2.0.192");
+        assert_eq!(
+            reversed("::ffff:192.0.2.1".parse().expect("ip")),
+            "1.2.0.192"
+        );
+        assert_eq!(
+            reversed("2001:db8:1:2:3:4:567:89ab".parse().expect("ip")),
+            "b.a.9.8.7.6.5.0.4.0.0.0.3.0.0.0.2.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2"
+        );
+    }
+}
