@@ -76,6 +76,8 @@ pub struct Metrics {
     pub pregreet: Cell<u64>,
     /// Clients refused at connect by their DNS list score (`antispam.dnsbl`).
     pub dnsbl_rejected: Cell<u64>,
+    /// Recipients deferred by greylisting (`antispam.greylist`).
+    pub greylisted: Cell<u64>,
     /// Login attempts answered "try later" by the throttle, without a hash computed.
     pub logins_throttled: Cell<u64>,
     /// Connections closed for a deadline (pre-login, command, minimum data rate).
@@ -117,6 +119,7 @@ impl Default for Metrics {
             rate_limited: Default::default(),
             pregreet: Cell::default(),
             dnsbl_rejected: Cell::default(),
+            greylisted: Cell::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -239,6 +242,7 @@ impl Metrics {
         }
         put("pregreet_total", String::new(), &self.pregreet);
         put("dnsbl_rejected_total", String::new(), &self.dnsbl_rejected);
+        put("greylisted_total", String::new(), &self.greylisted);
         put(
             "logins_throttled_total",
             String::new(),
@@ -271,6 +275,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "rate_limited_total",
         "Connections, messages, recipients and failed commands refused by antispam.rate_limits.",
+    ),
+    (
+        "greylisted_total",
+        "Recipients deferred by greylisting (antispam.greylist).",
     ),
     (
         "dnsbl_rejected_total",

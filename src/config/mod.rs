@@ -157,6 +157,15 @@ pub struct Antispam {
     pub dnsbl: Vec<Dnsbl>,
     pub reject_score: i64,
     pub junk_score: i64,
+    /// `Some` when greylisting is on.
+    pub greylist: Option<Greylisting>,
+}
+
+/// `antispam.greylist_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Greylisting {
+    pub delay: Duration,
+    pub ttl: Duration,
 }
 
 /// One DNS list: `zone`, what a listing adds to the score, which answers count.

@@ -44,6 +44,12 @@ pub struct RawAntispam {
     pub reject_score: i64,
     /// Mail from a client scoring this much or more goes to Junk.
     pub junk_score: i64,
+    /// Greylisting of (client /24 or /64, sender, recipient) on the MX port.
+    pub greylist: bool,
+    /// How long a new triplet waits before its retry is accepted.
+    pub greylist_delay: Duration,
+    /// How long an accepted triplet is remembered (and passes at once).
+    pub greylist_ttl: Duration,
 }
 
 /// One `antispam.dnsbl` entry.
@@ -80,6 +86,9 @@ impl Default for RawAntispam {
             dnsbl: Vec::new(),
             reject_score: 10,
             junk_score: 5,
+            greylist: false,
+            greylist_delay: Duration::Text("5m".into()),
+            greylist_ttl: Duration::Text("35d".into()),
         }
     }
 }

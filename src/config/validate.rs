@@ -246,6 +246,19 @@ pub(super) fn validate_antispam(raw: &raw::RawAntispam) -> Result<Antispam, Conf
         dnsbl,
         reject_score: raw.reject_score,
         junk_score: raw.junk_score,
+        greylist: if raw.greylist {
+            let delay = raw.greylist_delay.value("antispam.greylist_delay")?;
+            let ttl = raw.greylist_ttl.value("antispam.greylist_ttl")?;
+            if delay.is_zero() || delay > Duration::from_secs(86_400) {
+                return Err(err("antispam.greylist_delay", "between 1s and 1 day"));
+            }
+            if ttl < Duration::from_secs(86_400) {
+                return Err(err("antispam.greylist_ttl", "at least 1 day"));
+            }
+            Some(Greylisting { delay, ttl })
+        } else {
+            None
+        },
     })
 }
 

@@ -12,6 +12,7 @@ pub mod compress;
 pub mod conn;
 pub mod deliver;
 pub mod delivery_log;
+pub mod greylist;
 pub mod imap;
 pub mod listen;
 pub mod mesh;
@@ -77,6 +78,9 @@ pub struct Shard {
     pub throttle: Arc<admission::LoginThrottle>,
     /// `antispam.rate_limits`, shared by every shard.
     pub rate: Arc<ratelimit::RateLimiter>,
+    /// `antispam.greylist`'s table, shared by every shard (open even when off, so a
+    /// reload can turn it on).
+    pub greylist: Arc<greylist::Greylist>,
     /// Every account's storage usage, published by the shard owning it (quotas).
     pub usage: Arc<store::usage::UsageBoard>,
     /// Logged-in IMAP and POP3 sessions per account on this shard (sessions always
@@ -491,6 +495,39 @@ impl Directory for Shard {
     fn rate_limited(&self, event: crate::proto::smtp::RateEvent<'_>) -> Option<String> {
         ratelimit::check(self, &event)
     }
+
+    fn greylisted(&self, e: crate::proto::smtp::RateEvent<'_>) -> Option<String> {
+        let config = self.config();
+        let policy = config.antispam.greylist?;
+        let recipient = e.recipient?;
+        if e.port != Port::Mx || e.user.is_some() || config.antispam.exempts(e.ip) {
+            return None;
+        }
+        let key = greylist::key(e.ip, e.sender, recipient);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match self.greylist.check(key, policy, now) {
+            greylist::Verdict::Pass => None,
+            greylist::Verdict::Defer(wait) => {
+                crate::metrics::add(&self.metrics.greylisted, 1);
+                tracing::info!(
+                    target: "shardmail::antispam",
+                    check = "greylist",
+                    ip = %e.ip,
+                    from = e.sender,
+                    to = recipient,
+                    retry_after_secs = wait.as_secs(),
+                    "greylisted"
+                );
+                Some(format!(
+                    "451 4.7.1 <{recipient}>: Greylisted, try again in {} seconds \
+                     (antispam.greylist)",
+                    wait.as_secs().max(1)
+                ))
+            }
+        }
+    }
 }
 
 fn smtp_config(config: &Config, port: Port) -> SessionConfig {
@@ -574,6 +611,7 @@ pub fn serve(
     );
     let throttle = admission::LoginThrottle::new(throttle_config(&config));
     let rate = ratelimit::RateLimiter::new(config.antispam.rate_limits.clone());
+    let greylist = Arc::new(greylist::Greylist::open(&config.data_dir)?);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).map_err(|e| format!("signal: {e}"))?;
@@ -630,6 +668,7 @@ pub fn serve(
                 connections,
                 throttle,
                 rate,
+                greylist,
                 usage: Arc::new(store::usage::UsageBoard::default()),
             };
             let failed = failed.clone();
@@ -706,6 +745,7 @@ struct ShardInit {
     connections: Arc<admission::Connections>,
     throttle: Arc<admission::LoginThrottle>,
     rate: Arc<ratelimit::RateLimiter>,
+    greylist: Arc<greylist::Greylist>,
     usage: Arc<store::usage::UsageBoard>,
 }
 
@@ -738,6 +778,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         connections,
         throttle,
         rate,
+        greylist,
         usage,
     } = init;
     let config = (*config).clone();
@@ -780,6 +821,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         connections,
         throttle,
         rate,
+        greylist,
         usage,
         user_sessions: RefCell::new(HashMap::new()),
         // Session (and so message) ids start from the clock, so a restart does not

@@ -182,6 +182,46 @@ class Dnsbl(unittest.TestCase):
         self.assertEqual({e["ip"] for e in refused}, {"127.0.0.10", "127.0.0.11", "127.0.0.13"})
 
 
+class Greylist(unittest.TestCase):
+    def test_a_new_triplet_waits_once_and_is_remembered_across_a_restart(self):
+        server = Server(settings={"antispam.exempt_networks": '["127.0.0.1/32"]',
+                                  "antispam.greylist": "true",
+                                  "antispam.greylist_delay": '"2s"'})
+        server.add_user(ALICE, "pw")
+        server.add_user(f"bob@{DOMAIN}", "pw")
+        server.start()
+        try:
+            def attempt(source="127.0.1.20", to=ALICE, sender="s@sender.test"):
+                with mx(server, source) as s:
+                    s.ehlo("client.remote.test")
+                    s.mail(sender)
+                    code, text = s.rcpt(to)
+                    if code == 250:
+                        s.data(message("greylisted"))
+                    return code, text.decode()
+            code, text = attempt()
+            self.assertEqual(code, 451)
+            self.assertIn("4.7.1", text)
+            self.assertIn("Greylisted, try again in 2 seconds", text)
+            self.assertEqual(attempt()[0], 451)  # too soon
+            # The same /24 is the same client (a sender's other outbound host).
+            self.assertEqual(attempt(source="127.0.1.21")[0], 451)
+            time.sleep(2.2)
+            self.assertEqual(attempt(source="127.0.1.21")[0], 250)
+            self.assertEqual(attempt()[0], 250)  # remembered
+            # Another recipient is another triplet; our own network is not greylisted.
+            self.assertEqual(attempt(to=f"bob@{DOMAIN}")[0], 451)
+            self.assertEqual(attempt(source="127.0.0.1", sender="new@sender.test")[0], 250)
+            server.stop()
+            server.start()
+            self.assertEqual(attempt()[0], 250)  # durable across the restart
+            self.assertEqual(attempt(sender="other@sender.test")[0], 451)
+        finally:
+            server.stop()
+        lines = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "greylist"]
+        self.assertGreaterEqual(len(lines), 5)
+
+
 class Pregreet(unittest.TestCase):
     def test_a_client_that_talks_first_is_refused_and_a_polite_one_is_not(self):
         server = Server(settings={"antispam.exempt_networks": "[]",

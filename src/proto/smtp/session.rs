@@ -85,6 +85,12 @@ pub trait Directory {
     fn rate_limited(&self, _event: RateEvent<'_>) -> Option<String> {
         None
     }
+
+    /// Greylisting (`antispam.greylist`) of an accepted recipient: `Some(reply)` (a
+    /// `451 4.7.1`) defers it.
+    fn greylisted(&self, _event: RateEvent<'_>) -> Option<String> {
+        None
+    }
 }
 
 /// An event the rate limits count, with who it is about.
@@ -684,6 +690,15 @@ impl Session {
                 }
             }
             return self.refuse_for_rate(&reply, out);
+        }
+        if refusal.is_none() {
+            let event = self.rate_event(RateCount::Recipients, mail_from, Some(&address));
+            if let Some(reply) = dir.greylisted(event) {
+                if let Some(t) = self.transaction.as_mut() {
+                    t.recipients.pop();
+                }
+                return out.line(&reply);
+            }
         }
         match refusal {
             None => out.line(
