@@ -71,34 +71,29 @@ pub async fn screen(shard: &Rc<Shard>, stream: &mut Stream, ip: IpAddr) -> Optio
         None => return None, // gone
         Some(false) => {}
     }
-    if screened.score >= antispam.reject_score && !screened.lists.is_empty() {
-        crate::metrics::add(&shard.metrics.dnsbl_rejected, 1);
-        tracing::info!(
-            target: "shardmail::antispam",
-            check = "dnsbl",
-            ip = %ip,
-            score = screened.score,
-            lists = screened.lists.as_str(),
-            "client listed; refused"
-        );
-        let reply = format!(
-            "554 5.7.1 {} Service unavailable; client [{ip}] blocked using {} (antispam.dnsbl)",
-            config.hostname, screened.lists
-        );
-        refuse(stream, &reply).await;
-        return None;
+    if screened.lists.is_empty() {
+        return Some(screened);
     }
-    if !screened.lists.is_empty() {
-        tracing::info!(
-            target: "shardmail::antispam",
-            check = "dnsbl",
-            ip = %ip,
-            score = screened.score,
-            lists = screened.lists.as_str(),
-            "client listed; below antispam.reject_score"
-        );
+    let refused = screened.score >= antispam.reject_score;
+    tracing::info!(
+        target: "shardmail::antispam",
+        check = "dnsbl",
+        ip = %ip,
+        score = screened.score,
+        lists = screened.lists.as_str(),
+        refused,
+        "client listed"
+    );
+    if !refused {
+        return Some(screened);
     }
-    Some(screened)
+    crate::metrics::add(&shard.metrics.dnsbl_rejected, 1);
+    let reply = format!(
+        "554 5.7.1 {} Service unavailable; client [{ip}] blocked using {} (antispam.dnsbl)",
+        config.hostname, screened.lists
+    );
+    refuse(stream, &reply).await;
+    None
 }
 
 /// Whether the client sent anything within `delay` (`Some(false)` at once when
