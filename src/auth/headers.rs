@@ -19,7 +19,8 @@ fn authserv_id(value: &[u8]) -> &[u8] {
 }
 
 /// `message` without the Authentication-Results fields whose authserv-id is ours and
-/// without any Return-Path field; `None` when there is nothing to remove (the caller
+/// without any Return-Path or X-Spam-Score field (both are ours to add at delivery; a
+/// sender's own would pass for ours in a user's filters); `None` when there is nothing to remove (the caller
 /// keeps its bytes as they are: the usual case costs no copy).
 pub fn strip_untrusted(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
     let end = header_end(message);
@@ -52,7 +53,7 @@ pub fn strip_untrusted(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
         };
         let ours = named(b"Authentication-Results:")
             && authserv_id(field.get(23..)?).eq_ignore_ascii_case(our_id.as_bytes());
-        let drop = ours || named(b"Return-Path:");
+        let drop = ours || named(b"Return-Path:") || named(b"X-Spam-Score:");
         fields.push((pos, stop, drop));
         pos = stop;
     }
@@ -72,6 +73,15 @@ pub fn strip_untrusted(message: &[u8], our_id: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_any_spam_score() {
+        let message = b"X-Spam-Score: -100 (dnsbl: forged)\r\nSubject: hi\r\n\r\nbody\r\n";
+        assert_eq!(
+            strip_untrusted(message, "mx.example"),
+            Some(b"Subject: hi\r\n\r\nbody\r\n".to_vec())
+        );
+    }
 
     #[test]
     fn strips_any_return_path() {

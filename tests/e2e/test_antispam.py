@@ -161,8 +161,10 @@ class Dnsbl(unittest.TestCase):
             self.assertTrue(greeting.startswith("554 5.7.1"), greeting)
             self.assertIn("client [127.0.0.10] blocked using block.test", greeting)
             for source in ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"]:
+                # Each with a forged verdict of its own, which must not survive.
+                forged = "X-Spam-Score: -100 (dnsbl: forged)\r\n" + message(source)
                 with mx(server, source) as s:
-                    self.assertEqual(s.sendmail("x@sender.test", [ALICE], message(source)), {})
+                    self.assertEqual(s.sendmail("x@sender.test", [ALICE], forged), {})
         finally:
             server.stop()
             dns.terminate()
@@ -178,6 +180,7 @@ class Dnsbl(unittest.TestCase):
         self.assertNotIn(b"X-Spam-Score", by_source["127.0.0.12"])
         self.assertIn(b"X-Spam-Score: -10 (dnsbl: block.test,allow.test)", by_source["127.0.0.13"])
         self.assertNotIn(b"X-Spam-Score", by_source["127.0.0.14"])
+        self.assertFalse(any(b"forged" in m for m in inbox + junk))
         refused = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "dnsbl"]
         self.assertEqual({e["ip"] for e in refused}, {"127.0.0.10", "127.0.0.11", "127.0.0.13"})
 
