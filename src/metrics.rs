@@ -454,12 +454,19 @@ fn histogram_lines(
     unit: f64,
     buckets: &[f64],
 ) {
-    for le in buckets {
-        let below = h
-            .iter_recorded()
-            .filter(|v| v.value_iterated_to() as f64 * unit <= *le)
-            .map(|v| v.count_at_value())
-            .sum::<u64>();
+    // One pass over the recorded values; each bucket counts everything at or below it.
+    let mut counts = vec![0u64; buckets.len()];
+    for v in h.iter_recorded() {
+        let seconds = v.value_iterated_to() as f64 * unit;
+        if let Some(first) = buckets.iter().position(|le| seconds <= *le) {
+            if let Some(c) = counts.get_mut(first) {
+                *c += v.count_at_value();
+            }
+        }
+    }
+    let mut below = 0;
+    for (le, c) in buckets.iter().zip(counts) {
+        below += c;
         let _ = writeln!(
             out,
             "{name}_bucket{{direction=\"{direction}\",le=\"{le}\"}} {below}"

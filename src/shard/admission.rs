@@ -30,10 +30,22 @@ const PARTS: usize = 16;
 const THROTTLE_ENTRIES_MAX: usize = 200_000;
 
 /// A client address as the limits see it: IPv4-mapped IPv6 is IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
+    }
+}
+
+/// The network of `ip`: its first `v4_bits` (IPv4, IPv4-mapped IPv6 included) or
+/// `v6_bits` (IPv6), tagged with the family so the two never collide. One client is
+/// an IPv4 address or an IPv6 /64; one network a /24 or a /48.
+pub fn network(ip: IpAddr, v4_bits: u32, v6_bits: u32) -> (u8, u128) {
+    let mask_v4 = u32::MAX.checked_shl(32 - v4_bits.min(32)).unwrap_or(0);
+    let mask_v6 = u128::MAX.checked_shl(128 - v6_bits.min(128)).unwrap_or(0);
+    match canonical(ip) {
+        IpAddr::V4(a) => (4, u128::from(u32::from(a) & mask_v4)),
+        IpAddr::V6(a) => (6, u128::from(a) & mask_v6),
     }
 }
 
@@ -221,25 +233,13 @@ impl Drop for Ticket {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     /// An IPv4 address, or the /64 of an IPv6 one (one subscriber's allocation).
-    Source([u8; 16]),
+    Source((u8, u128)),
     /// A lowercased login name (whether or not the account exists).
     Account(String),
 }
 
 fn source_key(ip: IpAddr) -> Key {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let mut k = [0u8; 16];
-            k[..4].copy_from_slice(&v4.octets());
-            Key::Source(k)
-        }
-        IpAddr::V6(v6) => {
-            let mut k = v6.octets();
-            k[8..].fill(0);
-            k[8] = 0xff; // never equal to a v4 key
-            Key::Source(k)
-        }
-    }
+    Key::Source(network(ip, 32, 64))
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -48,10 +48,11 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Greylist {
     entries: Mutex<HashMap<u64, Entry>>,
-    writer: Mutex<Option<mpsc::Sender<(u64, u64)>>>,
+    writer: mpsc::Sender<(u64, u64)>,
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the epoch (the greylist's clock, and the one its callers pass in).
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -59,24 +60,9 @@ fn now_secs() -> u64 {
 
 /// The triplet's key: the client's /24 (IPv4) or /64 (IPv6), the sender, the recipient.
 pub fn key(ip: IpAddr, sender: &str, recipient: &str) -> u64 {
-    let net = match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let o = v6.octets();
-            format!("{:x?}", o.get(..8).unwrap_or_default())
-        }
-        other => {
-            let v4 = match other {
-                IpAddr::V4(v4) => v4,
-                IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            };
-            let [a, b, c, _] = v4.octets();
-            format!("{a}.{b}.{c}")
-        }
-    };
+    let (family, net) = super::admission::network(ip, 24, 64);
     let text = format!(
-        "{net}\n{}\n{}",
+        "{family}:{net:x}\n{}\n{}",
         sender.to_ascii_lowercase(),
         recipient.to_ascii_lowercase()
     );
@@ -124,7 +110,7 @@ impl Greylist {
             .map_err(|e| format!("cannot start the greylist writer: {e}"))?;
         Ok(Greylist {
             entries: Mutex::new(entries),
-            writer: Mutex::new(Some(tx)),
+            writer: tx,
         })
     }
 
@@ -162,9 +148,8 @@ impl Greylist {
             e.passed_until = now + policy.ttl.as_secs();
             let record = (key, e.passed_until);
             drop(map);
-            if let Some(tx) = self.writer.lock().ok().and_then(|w| w.clone()) {
-                let _ = tx.send(record);
-            }
+            // A lost record (the writer gone at exit) only greylists the sender again.
+            let _ = self.writer.send(record);
             return Verdict::Pass;
         }
         if waited >= RETRY_WINDOW.as_secs() || e.passed_until != 0 {

@@ -504,10 +504,7 @@ impl Directory for Shard {
             return None;
         }
         let key = greylist::key(e.ip, e.sender, recipient);
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        match self.greylist.check(key, policy, now) {
+        match self.greylist.check(key, policy, greylist::now_secs()) {
             greylist::Verdict::Pass => None,
             greylist::Verdict::Defer(wait) => {
                 crate::metrics::add(&self.metrics.greylisted, 1);
@@ -827,13 +824,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         // Session (and so message) ids start from the clock, so a restart does not
         // hand out the ids of the last run again: 65,536 sessions a second before two
         // runs could overlap.
-        next_session: Cell::new(
-            (SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                & 0xFF_FFFF)
-                << 16,
-        ),
+        next_session: Cell::new((greylist::now_secs() & 0xFF_FFFF) << 16),
         pop3_locks: pop3::Locks::default(),
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),

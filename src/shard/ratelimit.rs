@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::admission::network;
 use crate::config::raw::{RateCount, RateKey};
 use crate::config::RateLimit;
 use crate::proto::smtp::{Port, RateEvent};
@@ -101,11 +102,11 @@ impl RateLimiter {
         let mut h = self.hasher.build_hasher();
         (rule.key, rule.count, rule.window, rule.limit).hash(&mut h);
         match rule.key {
-            RateKey::ClientIp => prefix(s.ip, 32, 64).hash(&mut h),
-            RateKey::ClientNet => prefix(s.ip, 24, 48).hash(&mut h),
-            RateKey::AuthUser => s.user?.to_ascii_lowercase().hash(&mut h),
-            RateKey::SenderDomain => s.sender_domain?.to_ascii_lowercase().hash(&mut h),
-            RateKey::Recipient => s.recipient?.to_ascii_lowercase().hash(&mut h),
+            RateKey::ClientIp => network(s.ip, 32, 64).hash(&mut h),
+            RateKey::ClientNet => network(s.ip, 24, 48).hash(&mut h),
+            RateKey::AuthUser => hash_lowercase(s.user?, &mut h),
+            RateKey::SenderDomain => hash_lowercase(s.sender_domain?, &mut h),
+            RateKey::Recipient => hash_lowercase(s.recipient?, &mut h),
         }
         Some(h.finish())
     }
@@ -149,11 +150,18 @@ impl RateLimiter {
     }
 }
 
-/// Drops expired windows (older than the longest window a rule may have, 7 days, or
-/// simply idle for two of their own: unknown here, so the oldest half goes).
+/// Hashes `s` as if lowercased, without making the lowercase copy (once per RCPT).
+fn hash_lowercase(s: &str, h: &mut impl Hasher) {
+    for b in s.bytes() {
+        h.write_u8(b.to_ascii_lowercase());
+    }
+}
+
+/// Frees room: first the windows idle for two of the longest a rule may have (7 days;
+/// such a window counts for nothing any more), then the older half.
 fn make_room(map: &mut HashMap<u64, Window>, now: Instant) {
-    let week = Duration::from_secs(7 * 86_400 * 2);
-    map.retain(|_, w| now.saturating_duration_since(w.start) < week);
+    let stale = Duration::from_secs(2 * 7 * 86_400);
+    map.retain(|_, w| now.saturating_duration_since(w.start) < stale);
     if map.len() >= ENTRIES_MAX / PARTS {
         let mut starts: Vec<Instant> = map.values().map(|w| w.start).collect();
         starts.sort_unstable();
@@ -206,20 +214,6 @@ pub fn check(shard: &super::Shard, e: &RateEvent<'_>) -> Option<String> {
             rule.count.name().replace('_', " ")
         ),
     })
-}
-
-/// `ip` cut to `v4` / `v6` prefix bits (IPv4-mapped IPv6 counts as IPv4).
-fn prefix(ip: IpAddr, v4: u32, v6: u32) -> (u8, u128) {
-    let ip = match ip {
-        IpAddr::V6(v6addr) => v6addr
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6addr), IpAddr::V4),
-        other => other,
-    };
-    match ip {
-        IpAddr::V4(a) => (4, u128::from(u32::from(a) & (u32::MAX << (32 - v4)))),
-        IpAddr::V6(a) => (6, u128::from(a) & (u128::MAX << (128 - v6))),
-    }
 }
 
 #[cfg(test)]

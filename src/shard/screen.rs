@@ -141,11 +141,7 @@ async fn lookup(shard: &Shard, ip: IpAddr) -> Screened {
 /// The DNS list query label of `ip` (RFC 5782 §2.1, §2.4): `4.3.2.1` for 1.2.3.4, the
 /// 32 nibbles in reverse for IPv6.
 pub fn reversed(ip: IpAddr) -> String {
-    let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        other => other,
-    };
-    match ip {
+    match super::admission::canonical(ip) {
         IpAddr::V4(v4) => {
             let [a, b, c, d] = v4.octets();
             format!("{d}.{c}.{b}.{a}")
