@@ -12,7 +12,14 @@ use hdrhistogram::Histogram;
 
 /// Label values of the delivery counters, in `shard::delivery_log` order.
 pub const DIRECTIONS: [&str; 2] = ["in", "out"];
-pub const DELIVERY_STATUSES: [&str; 5] = ["delivered", "queued", "deferred", "bounced", "rejected"];
+pub const DELIVERY_STATUSES: [&str; 6] = [
+    "delivered",
+    "queued",
+    "deferred",
+    "bounced",
+    "rejected",
+    "discarded",
+];
 /// Label values of the login counters.
 pub const PROTOCOLS: [&str; 3] = ["smtp", "imap", "pop3"];
 pub const LOGIN_RESULTS: [&str; 3] = ["ok", "failed", "throttled"];
@@ -24,6 +31,26 @@ pub const REFUSAL_REASONS: [&str; 3] = [
     "sessions_per_shard_max",
     "capacity",
 ];
+
+/// A milter conversation's result (`milter.servers`), by [`milter_index`].
+pub const MILTER_VERDICTS: [&str; 6] = [
+    "accept",
+    "quarantine",
+    "reject",
+    "tempfail",
+    "discard",
+    "error",
+];
+/// The [`MILTER_VERDICTS`] index of a milter that could not be asked.
+pub const MILTER_ERROR: usize = 5;
+
+/// The [`MILTER_VERDICTS`] index of `verdict` (`error` for an unknown name).
+pub fn milter_index(verdict: &str) -> usize {
+    MILTER_VERDICTS
+        .iter()
+        .position(|v| *v == verdict)
+        .unwrap_or(MILTER_ERROR)
+}
 
 /// Adds one to `table[i][j]`, ignoring indexes out of range.
 pub fn bump<const I: usize, const J: usize>(table: &[[Cell<u64>; J]; I], i: usize, j: usize) {
@@ -65,7 +92,7 @@ pub struct Metrics {
     /// Connections refused, by [`REFUSAL_REASONS`].
     pub connections_refused: [Cell<u64>; 3],
     /// Recipients per delivery attempt, by [`DIRECTIONS`] × [`DELIVERY_STATUSES`].
-    pub deliveries: [[Cell<u64>; 5]; 2],
+    pub deliveries: [[Cell<u64>; 6]; 2],
     /// Login attempts, by [`PROTOCOLS`] × [`LOGIN_RESULTS`].
     pub logins: [[Cell<u64>; 3]; 3],
     /// TLS handshakes as a server (implicit TLS and STARTTLS): completed, failed.
@@ -78,6 +105,8 @@ pub struct Metrics {
     pub dnsbl_rejected: Cell<u64>,
     /// Recipients deferred by greylisting (`antispam.greylist`).
     pub greylisted: Cell<u64>,
+    /// Milter conversations, by [`MILTER_VERDICTS`].
+    pub milter: [Cell<u64>; 6],
     /// Login attempts answered "try later" by the throttle, without a hash computed.
     pub logins_throttled: Cell<u64>,
     /// Connections closed for a deadline (pre-login, command, minimum data rate).
@@ -120,6 +149,7 @@ impl Default for Metrics {
             pregreet: Cell::default(),
             dnsbl_rejected: Cell::default(),
             greylisted: Cell::default(),
+            milter: Default::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -243,6 +273,9 @@ impl Metrics {
         put("pregreet_total", String::new(), &self.pregreet);
         put("dnsbl_rejected_total", String::new(), &self.dnsbl_rejected);
         put("greylisted_total", String::new(), &self.greylisted);
+        for (verdict, c) in MILTER_VERDICTS.iter().zip(&self.milter) {
+            put("milter_verdicts_total", format!("verdict=\"{verdict}\""), c);
+        }
         put(
             "logins_throttled_total",
             String::new(),
@@ -279,6 +312,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "greylisted_total",
         "Recipients deferred by greylisting (antispam.greylist).",
+    ),
+    (
+        "milter_verdicts_total",
+        "Milter conversations (milter.servers), by verdict; error: the milter could not be asked.",
     ),
     (
         "dnsbl_rejected_total",

@@ -6,6 +6,7 @@
 //! whose errors always name the key and the reason. This module never opens sockets or
 //! touches the data directory.
 
+mod milter;
 pub mod raw;
 pub mod source;
 mod validate;
@@ -15,7 +16,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{Durability, LogFormat};
+pub use milter::{Milter, MilterAddress, MilterServer};
+pub use raw::{Durability, LogFormat, MilterDefault};
 pub use source::{ConfigSource, Loaded};
 use validate::*;
 
@@ -146,6 +148,7 @@ pub struct Config {
     pub tls_watch_interval: Duration,
     pub log: LogSettings,
     pub antispam: Antispam,
+    pub milter: Milter,
 }
 
 /// `[antispam]`, validated.
@@ -642,6 +645,7 @@ impl Config {
             tls_watch_interval: Duration::from_secs(raw.tls.watch_interval_secs),
             log: validate_log(&raw.log)?,
             antispam: validate_antispam(&raw.antispam)?,
+            milter: milter::validate_milter(&raw.milter)?,
             quota: QuotaPolicy {
                 default: crate::users::Quota {
                     storage: Some(raw.quota.storage_default.bytes("quota.storage_default")? as u64)

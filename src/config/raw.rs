@@ -26,6 +26,51 @@ pub struct RawConfig {
     pub quota: RawQuota,
     pub log: RawLog,
     pub antispam: RawAntispam,
+    pub milter: RawMilter,
+}
+
+/// `[milter]`: content filters speaking the Sendmail milter protocol (rspamd, …).
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMilter {
+    /// Asked in order after DATA, each seeing the previous one's changes.
+    pub servers: Vec<RawMilterServer>,
+}
+
+/// One `milter.servers` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMilterServer {
+    /// `inet:127.0.0.1:11332`, `inet:[::1]:11332` or `unix:/run/rspamd/milter.sock`.
+    pub address: String,
+    /// How long each reply may take (the connection attempt included).
+    #[serde(default = "milter_timeout")]
+    pub timeout: Duration,
+    /// What a message gets when the milter cannot be asked.
+    #[serde(default)]
+    pub default_action: MilterDefault,
+    /// Conversations with this milter at once, all shards together.
+    #[serde(default = "milter_concurrency")]
+    pub concurrency: u32,
+}
+
+fn milter_timeout() -> Duration {
+    Duration::Text("30s".into())
+}
+
+fn milter_concurrency() -> u32 {
+    32
+}
+
+/// `milter.servers[].default_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MilterDefault {
+    /// `451 4.7.1`: the client tries again later (Postfix's default).
+    #[default]
+    Tempfail,
+    /// Go on as if the milter had accepted.
+    Accept,
 }
 
 /// `[antispam]`: limits and checks against abusive senders (issue 15).

@@ -7,6 +7,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod imap;
+pub mod milter;
 pub mod pop3;
 pub mod sasl;
 pub mod smtp;

@@ -320,6 +320,16 @@ impl Stream {
         }
     }
 
+    /// The client's port on this connection.
+    pub fn peer_port(&self) -> Option<u16> {
+        match self {
+            Stream::Plain(s) => s.peer_addr().ok().map(|a| a.port()),
+            Stream::Tls(c) => c.tcp.peer_addr().ok().map(|a| a.port()),
+            Stream::Deflate(d) => d.inner.peer_port(),
+            Stream::Moved => None,
+        }
+    }
+
     /// Negotiated TLS version and cipher suite, for trace headers and logs.
     pub fn tls_description(&self) -> Option<String> {
         if let Stream::Deflate(d) = self {

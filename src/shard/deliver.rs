@@ -7,7 +7,9 @@
 //! only for a From: address the login owns (`auth.from_header_match`), so one user
 //! of a multi-domain server cannot sign as another hosted domain.
 //! Any Authentication-Results that arrived claiming our authserv-id is removed, and
-//! any Return-Path; local copies get ours (the envelope sender), and a copy for an
+//! any Return-Path. The milters (`milter.servers`) then see it with our Received on
+//! top and may reject, discard, quarantine or change it; a submission is signed
+//! after their changes. Local copies get our Return-Path (the envelope sender), and a copy for an
 //! account reached through an alias or catch-all also gets `Delivered-To:` (the
 //! account) and `X-Original-To:` (the address it was sent to). The message is then
 //! stored in every recipient's partition (`mesh::store`).
@@ -17,13 +19,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::delivery_log::Verdicts;
+use super::delivery_log::{Client, Verdicts};
 use super::{mesh, Shard};
 use crate::auth::dkim::KeyFile;
 use crate::auth::headers;
 use crate::auth::policy::{self, Disposition};
 use crate::auth::verify::SpfVerdict;
 use crate::config::FromHeaderMatch;
+use crate::proto::milter::Transaction;
 use crate::proto::smtp::{DeliveryError, Envelope, Recipient};
 use crate::store::index::SpecialUse;
 
@@ -41,100 +44,75 @@ pub struct Notes {
     pub mailbox: &'static str,
     /// The outbound queue's id for the remote recipients.
     pub queue_id: Option<String>,
+    /// The milter that had the message discarded (accepted, stored nowhere).
+    pub discarded_by: Option<String>,
 }
 
-/// Verifies or signs `envelope` as its origin requires, then stores it everywhere.
+/// What the session knows about the message besides its envelope.
+#[derive(Debug)]
+pub struct Context<'a> {
+    /// The transaction's SPF verdict (MX mail being verified).
+    pub spf: Option<SpfVerdict>,
+    /// The connect-time DNS list verdict (MX port).
+    pub screened: &'a super::screen::Screened,
+    /// Who sent it (for the milters).
+    pub client: &'a Client,
+}
+
+/// Where local copies go and the headers we put on top, as the checks decided.
+struct Judged {
+    prefix: String,
+    mailbox: u32,
+}
+
+/// Verifies or signs `envelope` as its origin requires, asks the milters, then stores
+/// it everywhere.
 pub async fn accept(
     shard: &Rc<Shard>,
     envelope: Envelope,
     message: Bytes,
-    spf: Option<SpfVerdict>,
-    screened: &super::screen::Screened,
+    cx: Context<'_>,
     notes: &mut Notes,
 ) -> Result<(), DeliveryError> {
     notes.mailbox = "INBOX";
-    let received = message.slice(..envelope.received_len.min(message.len()));
+    let mut received = message.slice(..envelope.received_len.min(message.len()));
     let original = message.slice(envelope.received_len.min(message.len())..);
+    let mut judged = judge(
+        shard,
+        &envelope,
+        original.clone(),
+        cx.spf,
+        cx.screened,
+        notes,
+    )
+    .await?;
     let hostname = &shard.config().hostname;
-    let mut prefix = String::new();
-    let mut mailbox = INBOX;
-    if envelope.verify {
-        let (Some(spf), Some(auth)) = (spf, shard.auth.as_ref()) else {
-            return Err(DeliveryError::Temporary);
-        };
-        notes.verdicts.spf = spf.kind().name();
-        let verdict = auth
-            .message(spf, original.clone())
-            .await
-            .map_err(|_| DeliveryError::Refused(CHECKS_BUSY.into()))?;
-        notes.verdicts.dkim = verdict.dkim;
-        notes.verdicts.dmarc = verdict.dmarc.name();
-        let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
-        match policy::disposition_for(&verdict, &shard.config().auth.policies, recipients) {
-            Disposition::Reject(reply) | Disposition::Defer(reply) => {
-                tracing::info!(id = %envelope.id, %reply, "message refused by policy");
-                return Err(DeliveryError::Refused(reply));
-            }
-            Disposition::Junk => {
-                mailbox = JUNK;
-                notes.mailbox = "Junk";
-            }
-            Disposition::Inbox => {}
-        }
-        prefix.push_str(&verdict.header);
-    } else if let Some(user) = &envelope.authenticated {
-        prefix.push_str(&format!(
-            "Authentication-Results: {hostname};\r\n\tauth=pass smtp.auth={user}\r\n"
-        ));
-    }
-    if !screened.lists.is_empty() {
-        // The connect-time DNS list verdict (MX port), for the user's filters.
-        prefix.push_str(&format!(
-            "X-Spam-Score: {} (dnsbl: {})\r\n",
-            screened.score, screened.lists
-        ));
-        if screened.score >= shard.config().antispam.junk_score {
-            mailbox = JUNK;
-            notes.mailbox = "Junk";
-        }
-    }
-    let body = match headers::strip_untrusted(&original, hostname) {
+    let mut body = match headers::strip_untrusted(&original, hostname) {
         Some(stripped) => Bytes::from(stripped),
         None => original,
     };
-    let mut signature = String::new();
-    if let Some(user) = &envelope.authenticated {
-        let from = header_from_domains(&body);
-        let owned = from
-            .iter()
-            .all(|(address, _)| from_owned(shard, user, address));
-        let sign_it = match shard.config().auth.from_header_match {
-            _ if owned => true,
-            FromHeaderMatch::Off => true,
-            FromHeaderMatch::Unsigned => {
-                tracing::info!(id = %envelope.id, %user, "From: not owned by the login; sent unsigned");
-                false
-            }
-            FromHeaderMatch::Refuse => {
-                let address = from
-                    .iter()
-                    .find(|(a, _)| !from_owned(shard, user, a))
-                    .map(|(a, _)| a.clone())
-                    .unwrap_or_default();
-                tracing::info!(id = %envelope.id, %user, %address, "From: not owned by the login; refused");
-                return Err(DeliveryError::Refused(format!(
-                    "550 5.7.1 From: header address <{address}> is not owned by user {user} \
-                     (auth.from_header_match)"
-                )));
-            }
-        };
-        let from_domain = from.first().map(|(_, d)| d.clone());
-        if sign_it {
-            if let Some(sig) = sign(shard, user, from_domain, body.clone()).await {
-                signature = sig;
-            }
+    if !shard.config().milter.servers.is_empty() {
+        let whole = Bytes::from([received.as_ref(), body.as_ref()].concat());
+        let tx = transaction(shard, &envelope, cx.client);
+        let filtered = super::milter::filter(shard, &tx, whole).await?;
+        if filtered.discarded_by.is_some() {
+            notes.discarded_by = filtered.discarded_by;
+            return Ok(());
+        }
+        if filtered.quarantine.is_some() {
+            judged.mailbox = JUNK;
+            notes.mailbox = "Junk";
+        }
+        if let Some(changed) = filtered.message {
+            // Our Received is in the changed message, where the milters left it.
+            received = Bytes::new();
+            body = changed;
         }
     }
+    let signature = match &envelope.authenticated {
+        Some(user) => submission_signature(shard, &envelope.id, user, &body).await?,
+        None => String::new(),
+    };
     let (remote, local): (Vec<_>, Vec<_>) = envelope.recipients.into_iter().partition(|r| r.remote);
     if !remote.is_empty() {
         // What leaves: the DKIM signature and our Received, never our own
@@ -164,12 +142,14 @@ pub async fn accept(
     // its own name, so their blob stays shared; an account reached only through an
     // alias or catch-all gets its own copy saying which address it was for.
     let return_path = format!("Return-Path: <{}>\r\n", envelope.mail_from);
+    let prefix = &judged.prefix;
     let mut common =
         Vec::with_capacity(return_path.len() + prefix.len() + signature.len() + received.len());
     common.extend_from_slice(prefix.as_bytes());
     common.extend_from_slice(signature.as_bytes());
     common.extend_from_slice(&received);
     let (direct, aliased) = by_alias(local);
+    let mailbox = judged.mailbox;
     if !direct.is_empty() {
         let mut head = return_path.clone().into_bytes();
         head.extend_from_slice(&common);
@@ -204,6 +184,131 @@ pub async fn accept(
         .await?;
     }
     Ok(())
+}
+
+/// MX mail: DKIM, ARC and DMARC verdicts by the auth worker, judged by `[auth]`
+/// policy; submitted mail: our `auth=pass`. Then the connect-time DNS list score.
+async fn judge(
+    shard: &Shard,
+    envelope: &Envelope,
+    original: Bytes,
+    spf: Option<SpfVerdict>,
+    screened: &super::screen::Screened,
+    notes: &mut Notes,
+) -> Result<Judged, DeliveryError> {
+    let hostname = &shard.config().hostname;
+    let mut judged = Judged {
+        prefix: String::new(),
+        mailbox: INBOX,
+    };
+    if envelope.verify {
+        let (Some(spf), Some(auth)) = (spf, shard.auth.as_ref()) else {
+            return Err(DeliveryError::Temporary);
+        };
+        notes.verdicts.spf = spf.kind().name();
+        let verdict = auth
+            .message(spf, original)
+            .await
+            .map_err(|_| DeliveryError::Refused(CHECKS_BUSY.into()))?;
+        notes.verdicts.dkim = verdict.dkim;
+        notes.verdicts.dmarc = verdict.dmarc.name();
+        let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
+        match policy::disposition_for(&verdict, &shard.config().auth.policies, recipients) {
+            Disposition::Reject(reply) | Disposition::Defer(reply) => {
+                tracing::info!(id = %envelope.id, %reply, "message refused by policy");
+                return Err(DeliveryError::Refused(reply));
+            }
+            Disposition::Junk => {
+                judged.mailbox = JUNK;
+                notes.mailbox = "Junk";
+            }
+            Disposition::Inbox => {}
+        }
+        judged.prefix.push_str(&verdict.header);
+    } else if let Some(user) = &envelope.authenticated {
+        judged.prefix.push_str(&format!(
+            "Authentication-Results: {hostname};\r\n\tauth=pass smtp.auth={user}\r\n"
+        ));
+    }
+    if !screened.lists.is_empty() {
+        // The connect-time DNS list verdict (MX port), for the user's filters.
+        judged.prefix.push_str(&format!(
+            "X-Spam-Score: {} (dnsbl: {})\r\n",
+            screened.score, screened.lists
+        ));
+        if screened.score >= shard.config().antispam.junk_score {
+            judged.mailbox = JUNK;
+            notes.mailbox = "Junk";
+        }
+    }
+    Ok(judged)
+}
+
+/// What the milters are told about this message.
+fn transaction(shard: &Shard, envelope: &Envelope, client: &Client) -> Transaction {
+    let (tls_version, cipher) = client
+        .tls
+        .split_once(' ')
+        .map(|(v, c)| (v.to_string(), c.to_string()))
+        .unwrap_or_default();
+    Transaction {
+        hostname: shard.config().hostname.clone(),
+        client_name: "unknown".into(),
+        client_ip: client.ip,
+        client_port: client.port,
+        helo: client.helo.clone(),
+        tls_version,
+        cipher,
+        auth_user: envelope.authenticated.clone().unwrap_or_default(),
+        queue_id: envelope.id.clone(),
+        mail_from: envelope.mail_from.clone(),
+        recipients: envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.clone())
+            .collect(),
+    }
+}
+
+/// The DKIM signature for mail `user` submitted, when its From: is theirs (or
+/// `auth.from_header_match` lets it through); `Err` when that setting refuses it.
+async fn submission_signature(
+    shard: &Shard,
+    id: &str,
+    user: &str,
+    body: &Bytes,
+) -> Result<String, DeliveryError> {
+    let from = header_from_domains(body);
+    let owned = from
+        .iter()
+        .all(|(address, _)| from_owned(shard, user, address));
+    let sign_it = match shard.config().auth.from_header_match {
+        _ if owned => true,
+        FromHeaderMatch::Off => true,
+        FromHeaderMatch::Unsigned => {
+            tracing::info!(%id, %user, "From: not owned by the login; sent unsigned");
+            false
+        }
+        FromHeaderMatch::Refuse => {
+            let address = from
+                .iter()
+                .find(|(a, _)| !from_owned(shard, user, a))
+                .map(|(a, _)| a.clone())
+                .unwrap_or_default();
+            tracing::info!(%id, %user, %address, "From: not owned by the login; refused");
+            return Err(DeliveryError::Refused(format!(
+                "550 5.7.1 From: header address <{address}> is not owned by user {user} \
+                 (auth.from_header_match)"
+            )));
+        }
+    };
+    let from_domain = from.first().map(|(_, d)| d.clone());
+    if !sign_it {
+        return Ok(String::new());
+    }
+    Ok(sign(shard, user, from_domain, body.clone())
+        .await
+        .unwrap_or_default())
 }
 
 /// Splits local recipients into those addressed by their account's own address and,

@@ -26,6 +26,8 @@ pub enum Status {
     Bounced,
     /// Refused to the client with a 5xx.
     Rejected,
+    /// Accepted and thrown away at a content filter's request (milter discard).
+    Discarded,
 }
 
 impl Status {
@@ -36,6 +38,7 @@ impl Status {
             Status::Deferred => "deferred",
             Status::Bounced => "bounced",
             Status::Rejected => "rejected",
+            Status::Discarded => "discarded",
         }
     }
 
@@ -58,6 +61,8 @@ pub struct Client {
     pub tls: String,
     /// The authenticated user, or empty.
     pub user: String,
+    /// The client's port (for content filters; not logged).
+    pub port: u16,
 }
 
 /// The verdicts of the checks that ran (`-` for one that did not).

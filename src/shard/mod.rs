@@ -17,6 +17,7 @@ pub mod imap;
 pub mod listen;
 pub mod mesh;
 pub mod metrics_http;
+pub mod milter;
 pub mod outbound;
 pub mod pop3;
 pub mod preflight;
@@ -97,6 +98,10 @@ pub struct Shard {
     auth_cache: RefCell<HashMap<String, (ring::hmac::Tag, Instant)>>,
     /// A random key per shard and run: cached tags are useless outside this process.
     auth_cache_key: ring::hmac::Key,
+    /// Each milter's concurrency gate on this shard (`milter.servers[].concurrency`),
+    /// by address, with the permits it was made with.
+    milter_gates:
+        RefCell<HashMap<crate::config::MilterAddress, (u64, Rc<glommio::sync::Semaphore>)>>,
 }
 
 /// A login to check: who, from where, over what.
@@ -262,6 +267,25 @@ impl Shard {
     /// The DKIM signing key for `domain`, if one is loaded.
     pub fn dkim_key(&self, domain: &str) -> Option<Arc<crate::auth::dkim::KeyFile>> {
         self.live.borrow().dkim_keys.get(domain).cloned()
+    }
+
+    /// This shard's concurrency gate for `server`: its share of the milter's
+    /// `concurrency`. A reload that changes the share starts a new gate (conversations
+    /// holding the old one finish under it).
+    pub fn milter_gate(
+        &self,
+        server: &crate::config::MilterServer,
+    ) -> Rc<glommio::sync::Semaphore> {
+        let permits = milter::permits_per_shard(server.concurrency, self.config().shards);
+        let mut gates = self.milter_gates.borrow_mut();
+        match gates.get(&server.address) {
+            Some((p, gate)) if *p == permits => gate.clone(),
+            _ => {
+                let gate = Rc::new(glommio::sync::Semaphore::new(permits));
+                gates.insert(server.address.clone(), (permits, gate.clone()));
+                gate
+            }
+        }
     }
 
     /// Takes a reload's settings: new sessions and handshakes use them from now on;
@@ -830,6 +854,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         outbound: outbound::Outbound::new(),
         metrics: crate::metrics::Metrics::default(),
         auth_cache: RefCell::new(HashMap::new()),
+        milter_gates: RefCell::default(),
         auth_cache_key: ring::hmac::Key::generate(
             ring::hmac::HMAC_SHA256,
             &ring::rand::SystemRandom::new(),

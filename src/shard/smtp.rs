@@ -163,7 +163,15 @@ async fn drive(
                         Ok(message) => {
                             let spf = spf.take();
                             let job = deliver::accept(
-                                shard, envelope, message, spf, &screened, &mut notes,
+                                shard,
+                                envelope,
+                                message,
+                                deliver::Context {
+                                    spf,
+                                    screened: &screened,
+                                    client: &logged.client,
+                                },
+                                &mut notes,
                             );
                             Box::pin(job).await
                         }
@@ -252,8 +260,10 @@ impl Logged {
             .map(|q| format!("queue:{q}"))
             .unwrap_or_else(|| "queue".into());
         let mailbox = format!("mailbox:{}", notes.mailbox);
+        let discarded = format!("milter:{}", notes.discarded_by.as_deref().unwrap_or("-"));
         for (to, remote) in &self.recipients {
             let (status, relay) = match result {
+                Ok(()) if notes.discarded_by.is_some() => (Status::Discarded, discarded.as_str()),
                 Ok(()) if *remote => (Status::Queued, queued.as_str()),
                 Ok(()) => (Status::Delivered, mailbox.as_str()),
                 Err(_) => (Status::of_refusal(&reply), "-"),
@@ -290,6 +300,7 @@ fn client_of(
         helo: session.helo().unwrap_or_default().to_string(),
         tls: stream.tls_description().unwrap_or_default(),
         user: user.unwrap_or_default().to_string(),
+        port: stream.peer_port().unwrap_or(0),
     }
 }
 
