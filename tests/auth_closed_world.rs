@@ -383,3 +383,45 @@ fn worker_queue_is_bounded() {
         assert!(client.spf(check()).await.is_ok());
     });
 }
+
+#[test]
+fn forward_confirmed_reverse_dns() {
+    let caches = Caches::new(1000);
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    caches.add_ptr(ip("192.0.2.1"), &["mail.sender.test."], later());
+    caches.add_ipv4(
+        "mail.sender.test",
+        vec!["192.0.2.1".parse().expect("ip")],
+        later(),
+    );
+    // A PTR name that points elsewhere (forged), and a second name that points back.
+    caches.add_ptr(
+        ip("192.0.2.2"),
+        &["forged.test.", "Real.Sender.Test."],
+        later(),
+    );
+    caches.add_ipv4(
+        "forged.test",
+        vec!["198.51.100.1".parse().expect("ip")],
+        later(),
+    );
+    caches.add_ipv4(
+        "real.sender.test",
+        vec!["192.0.2.2".parse().expect("ip")],
+        later(),
+    );
+    caches.add_ptr(ip("192.0.2.3"), &["forged.test."], later());
+    let check =
+        |addr: &str| runtime().block_on(verify::fcrdns(&authenticator(), &caches, ip(addr)));
+    assert_eq!(
+        check("192.0.2.1"),
+        verify::Fcrdns::Pass("mail.sender.test".into())
+    );
+    assert_eq!(
+        check("192.0.2.2"),
+        verify::Fcrdns::Pass("real.sender.test".into())
+    );
+    assert_eq!(check("192.0.2.3"), verify::Fcrdns::Fail);
+    // Nothing cached and the resolver dead: no verdict, not a failure.
+    assert_eq!(check("192.0.2.4"), verify::Fcrdns::TempError);
+}

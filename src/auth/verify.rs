@@ -181,6 +181,16 @@ impl Caches {
         };
         self.ipv4.insert(key, set, valid_until);
     }
+
+    /// Pre-fills the PTR names of an address.
+    pub fn add_ptr(&self, ip: IpAddr, names: &[&str], valid_until: Instant) {
+        let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
+        let set = RecordSet {
+            rrset: names.into_boxed_slice().into(),
+            dnssec_status: mail_auth::DnssecStatus::Indeterminate,
+        };
+        self.ptr.insert(ip, set, valid_until);
+    }
 }
 
 /// What the SMTP transaction knows about the client when MAIL FROM arrives.
@@ -375,6 +385,66 @@ fn not_found(e: &mail_auth::Error) -> bool {
         e,
         mail_auth::Error::Dns(mail_auth::DnsError::RecordNotFound(_))
     )
+}
+
+/// Forward-confirmed reverse DNS of a client (RFC 8601 `iprev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fcrdns {
+    /// A PTR name whose A/AAAA records include the address (the name, no trailing dot).
+    Pass(String),
+    /// No PTR record, or none of its names points back.
+    Fail,
+    /// A lookup failed or timed out: no verdict.
+    TempError,
+}
+
+impl Fcrdns {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Fcrdns::Pass(_) => "pass",
+            Fcrdns::Fail => "fail",
+            Fcrdns::TempError => "temperror",
+        }
+    }
+}
+
+/// Looks `ip` up in reverse, then the first two names forward (as mail-auth's
+/// `iprev` does), through the caches.
+pub async fn fcrdns(auth: &MessageAuthenticator, caches: &Caches, ip: IpAddr) -> Fcrdns {
+    let names = match auth.ptr_lookup(ip, Some(&caches.ptr)).await {
+        Ok(set) => set.rrset.clone(),
+        Err(e) if not_found(&e) => return Fcrdns::Fail,
+        Err(e) => {
+            tracing::debug!(%ip, error = %e, "reverse DNS lookup failed");
+            return Fcrdns::TempError;
+        }
+    };
+    let mut temporary = false;
+    for name in names.iter().take(2) {
+        let found = match ip {
+            IpAddr::V4(v4) => auth
+                .ipv4_lookup(name.as_ref(), Some(&caches.ipv4))
+                .await
+                .map(|set| set.rrset.contains(&v4)),
+            IpAddr::V6(v6) => auth
+                .ipv6_lookup(name.as_ref(), Some(&caches.ipv6))
+                .await
+                .map(|set| set.rrset.contains(&v6)),
+        };
+        match found {
+            Ok(true) => return Fcrdns::Pass(name.trim_end_matches('.').to_ascii_lowercase()),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(%ip, %name, error = %e, "forward lookup of the PTR name failed");
+                temporary |= !not_found(&e);
+            }
+        }
+    }
+    if temporary {
+        Fcrdns::TempError
+    } else {
+        Fcrdns::Fail
+    }
 }
 
 /// The A records of each name, looked up together; a failed lookup is an empty list.

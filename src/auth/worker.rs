@@ -54,6 +54,11 @@ pub enum Job {
         names: Vec<String>,
         reply: oneshot::Sender<Vec<Vec<std::net::Ipv4Addr>>>,
     },
+    /// Forward-confirmed reverse DNS of an MX client.
+    Fcrdns {
+        ip: std::net::IpAddr,
+        reply: oneshot::Sender<verify::Fcrdns>,
+    },
     /// MX routing for the outbound queue.
     Route {
         domain: String,
@@ -179,6 +184,9 @@ fn run(
                         Job::Dnsbl { names, reply } => {
                             let _ = reply.send(verify::dnsbl(&auth, &caches, &names).await);
                         }
+                        Job::Fcrdns { ip, reply } => {
+                            let _ = reply.send(verify::fcrdns(&auth, &caches, ip).await);
+                        }
                     }
                     service.release();
                 });
@@ -271,6 +279,16 @@ impl AuthClient {
         }
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Dnsbl { names, reply });
+        answer.await.map_err(|_| Unavailable::Stopped)
+    }
+
+    /// Forward-confirmed reverse DNS of `ip`.
+    pub async fn fcrdns(&self, ip: std::net::IpAddr) -> Result<verify::Fcrdns, Unavailable> {
+        if !self.service.reserve() {
+            return Err(Unavailable::Busy);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Fcrdns { ip, reply });
         answer.await.map_err(|_| Unavailable::Stopped)
     }
 

@@ -160,6 +160,7 @@ pub struct Antispam {
     pub dnsbl: Vec<Dnsbl>,
     pub reject_score: i64,
     pub junk_score: i64,
+    pub fcrdns_fail_score: i64,
     /// `Some` when greylisting is on.
     pub greylist: Option<Greylisting>,
 }

@@ -89,6 +89,8 @@ pub struct RawAntispam {
     pub reject_score: i64,
     /// Mail from a client scoring this much or more goes to Junk.
     pub junk_score: i64,
+    /// Added to the score of an MX client without forward-confirmed reverse DNS.
+    pub fcrdns_fail_score: i64,
     /// Greylisting of (client /24 or /64, sender, recipient) on the MX port.
     pub greylist: bool,
     /// How long a new triplet waits before its retry is accepted.
@@ -131,6 +133,7 @@ impl Default for RawAntispam {
             dnsbl: Vec::new(),
             reject_score: 10,
             junk_score: 5,
+            fcrdns_fail_score: 0,
             greylist: false,
             greylist_delay: Duration::Text("5m".into()),
             greylist_ttl: Duration::Text("35d".into()),

@@ -245,6 +245,7 @@ pub(super) fn validate_antispam(raw: &raw::RawAntispam) -> Result<Antispam, Conf
         rate_limits,
         dnsbl,
         reject_score: raw.reject_score,
+        fcrdns_fail_score: raw.fcrdns_fail_score,
         junk_score: raw.junk_score,
         greylist: if raw.greylist {
             let delay = raw.greylist_delay.value("antispam.greylist_delay")?;

@@ -253,7 +253,11 @@ fn transaction(shard: &Shard, envelope: &Envelope, client: &Client) -> Transacti
         .unwrap_or_default();
     Transaction {
         hostname: shard.config().hostname.clone(),
-        client_name: "unknown".into(),
+        client_name: if client.name.is_empty() {
+            "unknown".into()
+        } else {
+            client.name.clone()
+        },
         client_ip: client.ip,
         client_port: client.port,
         helo: client.helo.clone(),

@@ -63,6 +63,8 @@ pub struct Client {
     pub user: String,
     /// The client's port (for content filters; not logged).
     pub port: u16,
+    /// Its forward-confirmed host name, or empty.
+    pub name: String,
 }
 
 /// The verdicts of the checks that ran (`-` for one that did not).
@@ -119,6 +121,7 @@ pub fn log(metrics: &crate::metrics::Metrics, a: &Attempt<'_>) {
         direction = a.direction,
         id = a.id,
         client_ip = %ip,
+        client_name = or_dash(&a.client.name),
         helo = or_dash(&a.client.helo),
         tls = or_dash(&a.client.tls),
         user = or_dash(&a.client.user),

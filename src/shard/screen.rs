@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::conn::{with_timeout, Stream};
 use super::Shard;
+use crate::auth::verify::Fcrdns;
 use crate::config::raw::RateCount;
 use crate::proto::smtp::{Port, RateEvent};
 
@@ -24,8 +25,31 @@ const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Screened {
     /// The DNS lists' weights added up (negative: allowlisted).
     pub score: i64,
-    /// The lists that matched, comma-separated (for headers and the log).
+    /// The lists that matched, comma-separated (for headers and the log); `fcrdns`
+    /// when the missing reverse DNS added to the score.
     pub lists: String,
+    /// The client's forward-confirmed host name.
+    pub client_name: Option<String>,
+    /// The reverse DNS verdict: `pass`, `fail`, `temperror`, or `-` (not checked).
+    pub fcrdns: &'static str,
+}
+
+impl Screened {
+    /// An unchecked client (exempt, or not on the MX port).
+    pub fn unchecked() -> Screened {
+        Screened {
+            fcrdns: "-",
+            ..Screened::default()
+        }
+    }
+
+    fn listed(&mut self, name: &str, weight: i64) {
+        self.score += weight;
+        if !self.lists.is_empty() {
+            self.lists.push(',');
+        }
+        self.lists.push_str(name);
+    }
 }
 
 /// Runs the checks; `None`: refused (the reply is written).
@@ -45,11 +69,19 @@ pub async fn screen(shard: &Rc<Shard>, stream: &mut Stream, ip: IpAddr) -> Optio
     let config = shard.config();
     let antispam = &config.antispam;
     if antispam.exempts(ip) {
-        return Some(Screened::default());
+        return Some(Screened::unchecked());
     }
-    let (talked_first, screened) =
-        futures_lite::future::zip(talks_first(stream, antispam.greet_delay), lookup(shard, ip))
-            .await;
+    let lookups = futures_lite::future::zip(lookup(shard, ip), reverse(shard, ip));
+    let (talked_first, (mut screened, reversed)) =
+        futures_lite::future::zip(talks_first(stream, antispam.greet_delay), lookups).await;
+    screened.fcrdns = reversed.as_ref().map_or("-", |r| r.name());
+    match reversed {
+        Some(Fcrdns::Pass(name)) => screened.client_name = Some(name),
+        Some(Fcrdns::Fail) if antispam.fcrdns_fail_score != 0 => {
+            screened.listed("fcrdns", antispam.fcrdns_fail_score);
+        }
+        _ => {}
+    }
     match talked_first {
         Some(true) => {
             crate::metrics::add(&shard.metrics.pregreet, 1);
@@ -128,14 +160,16 @@ async fn lookup(shard: &Shard, ip: IpAddr) -> Screened {
     let mut screened = Screened::default();
     for (list, answer) in lists.iter().zip(answers) {
         if list.lists(&answer) {
-            screened.score += list.weight;
-            if !screened.lists.is_empty() {
-                screened.lists.push(',');
-            }
-            screened.lists.push_str(&list.zone);
+            screened.listed(&list.zone, list.weight);
         }
     }
     screened
+}
+
+/// The client's forward-confirmed reverse DNS; `None` without the DNS worker or
+/// when it is busy.
+async fn reverse(shard: &Shard, ip: IpAddr) -> Option<Fcrdns> {
+    shard.auth.as_ref()?.fcrdns(ip).await.ok()
 }
 
 /// The DNS list query label of `ip` (RFC 5782 §2.1, §2.4): `4.3.2.1` for 1.2.3.4, the

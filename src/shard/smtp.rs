@@ -50,7 +50,7 @@ pub async fn run(shard: &Rc<Shard>, tcp: TcpStream, port: Port, client: Client) 
             }
         }
     } else {
-        super::screen::Screened::default()
+        super::screen::Screened::unchecked()
     };
     shard.refresh_users();
     let id = shard.next_session_id();
@@ -79,6 +79,7 @@ async fn drive(
         shard.connections.clone(),
     );
     let mut session = Session::new(shard.smtp_config(port), peer, id, port == Port::Submissions);
+    session.set_client_name(screened.client_name.clone());
     session.verify_senders(
         port == Port::Mx && shard.auth.is_some() && shard.config().auth.checks(peer),
     );
@@ -301,6 +302,7 @@ fn client_of(
         tls: stream.tls_description().unwrap_or_default(),
         user: user.unwrap_or_default().to_string(),
         port: stream.peer_port().unwrap_or(0),
+        name: session.client_name().unwrap_or_default().to_string(),
     }
 }
 

@@ -135,6 +135,49 @@ class Helo(unittest.TestCase):
 
 
 @unittest.skipUnless(HAVE_DNSMASQ or os.environ.get("CI"), "dnsmasq is needed")
+class ReverseDns(unittest.TestCase):
+    """Forward-confirmed reverse DNS through the real resolver: recorded in Received:
+    and the delivery log, and scored with antispam.fcrdns_fail_score. The resolver
+    (hickory, RFC 6761) answers 127.in-addr.arpa names itself (from /etc/hosts, else
+    `localhost.`), and those names resolve to 127.0.0.1 only: so 127.0.0.1 is confirmed
+    (as `localhost` or this host's name) and 127.0.0.21 is not. (Names, mismatches and a second PTR name that points back:
+    tests/auth_closed_world.rs with a pre-filled cache.)"""
+
+    def test_confirmed_names_are_recorded_and_failures_scored(self):
+        port = free_port()
+        dns = start_dnsmasq(port, txt=[], hosts=[], dead_zone="dead.test")
+        server = Server(settings={
+            "dns.servers": f'["127.0.0.1:{port}"]',
+            "auth.enabled": "false",
+            "antispam.exempt_networks": "[]",
+            "antispam.fcrdns_fail_score": "3",
+            "antispam.junk_score": "3",
+        })
+        server.add_user(ALICE, "pw")
+        server.start()
+        try:
+            for source in ["127.0.0.1", "127.0.0.21"]:
+                with mx(server, source) as s:
+                    self.assertEqual(s.sendmail("x@sender.test", [ALICE], message(source)), {})
+        finally:
+            server.stop()
+            dns.terminate()
+            dns.wait(timeout=10)
+        inbox = server.messages(ALICE)
+        self.assertEqual(len(inbox), 1, "only the confirmed client reaches the inbox")
+        names = {e["client_ip"]: e["client_name"] for e in log_events(server, "shardmail::delivery")}
+        self.assertEqual(names["127.0.0.21"], "-")
+        confirmed = names["127.0.0.1"]
+        self.assertNotEqual(confirmed, "-")
+        self.assertIn(f"Received: from client.remote.test ({confirmed} [127.0.0.1])".encode(), inbox[0])
+        self.assertNotIn(b"X-Spam-Score", inbox[0])
+        junk = server.messages(ALICE, "Junk")
+        self.assertEqual(len(junk), 1)
+        self.assertIn(b"X-Spam-Score: 3 (dnsbl: fcrdns)", junk[0])
+        self.assertIn(b"Received: from client.remote.test ([127.0.0.21])", junk[0])
+
+
+@unittest.skipUnless(HAVE_DNSMASQ or os.environ.get("CI"), "dnsmasq is needed")
 class Dnsbl(unittest.TestCase):
     """Block- and allowlists served by a real DNS server (dnsmasq) on loopback."""
 

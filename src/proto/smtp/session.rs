@@ -231,6 +231,8 @@ pub struct Session {
     state: State,
     tls: bool,
     helo: Option<String>,
+    /// Forward-confirmed reverse DNS name of the client.
+    client_name: Option<String>,
     esmtp: bool,
     authenticated: Option<String>,
     transaction: Option<Transaction>,
@@ -274,6 +276,7 @@ impl Session {
             state: State::Command,
             tls,
             helo: None,
+            client_name: None,
             esmtp: false,
             authenticated: None,
             transaction: None,
@@ -294,6 +297,15 @@ impl Session {
             local.to_string(),
             format!("[{local}]"),
         ];
+    }
+
+    /// The client's forward-confirmed host name (MX screening), for `Received:`.
+    pub fn set_client_name(&mut self, name: Option<String>) {
+        self.client_name = name;
+    }
+
+    pub fn client_name(&self) -> Option<&str> {
+        self.client_name.as_deref()
     }
 
     /// The HELO/EHLO name the client gave, if any.
@@ -985,8 +997,9 @@ impl Session {
             _ => String::new(),
         };
         format!(
-            "Received: from {helo} ([{peer}])\r\n\tby {host} (shardmail) with {with} id {id:012X}{seq:04X}{for_clause};\r\n\t{date}\r\n",
+            "Received: from {helo} ({name}[{peer}])\r\n\tby {host} (shardmail) with {with} id {id:012X}{seq:04X}{for_clause};\r\n\t{date}\r\n",
             peer = self.peer,
+            name = self.client_name.as_ref().map(|n| format!("{n} ")).unwrap_or_default(),
             host = self.config.hostname,
             id = self.session_id,
             seq = self.transactions + 1,
