@@ -169,6 +169,8 @@ pub struct MessageVerdict {
     /// The DKIM signatures in one word (for the log): `pass` if one passed, else
     /// `temperror`, `permerror` or `fail` for the first that did not, `none` without any.
     pub dkim: &'static str,
+    /// The `d=` domains of the DKIM signatures that passed (lowercase, once each).
+    pub dkim_domains: Vec<String>,
     /// The complete `Authentication-Results:` header, CRLF-terminated.
     pub header: String,
 }
@@ -260,6 +262,7 @@ mod tests {
             from_domain: "sender.example".into(),
             dkim_temperror: false,
             dkim: "none",
+            dkim_domains: Vec::new(),
             header: String::new(),
         }
     }

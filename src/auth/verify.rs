@@ -290,6 +290,7 @@ pub async fn check_message(
             from_domain: String::new(),
             dkim_temperror: false,
             dkim: "none",
+            dkim_domains: Vec::new(),
             header: header_text(&header),
         };
     };
@@ -333,8 +334,21 @@ pub async fn check_message(
             .iter()
             .any(|d| matches!(d.result(), DkimResult::TempError(_))),
         dkim: dkim_summary(dkim.iter().map(|d| d.result())),
+        dkim_domains: passing_domains(&dkim),
         header: header_text(&header),
     }
+}
+
+/// The `d=` of each signature that passed, lowercase, once each.
+fn passing_domains(dkim: &[mail_auth::DkimOutput<'_>]) -> Vec<String> {
+    let mut domains: Vec<String> = dkim
+        .iter()
+        .filter(|d| matches!(d.result(), DkimResult::Pass))
+        .filter_map(|d| d.signature().map(|s| s.d.to_ascii_lowercase()))
+        .collect();
+    domains.sort();
+    domains.dedup();
+    domains
 }
 
 /// One word for a message's DKIM results (see [`MessageVerdict::dkim`]).

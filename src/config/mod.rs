@@ -161,6 +161,8 @@ pub struct Antispam {
     pub reject_score: i64,
     pub junk_score: i64,
     pub fcrdns_fail_score: i64,
+    /// Lowercase, without a trailing dot.
+    pub allow_dkim_domains: Vec<String>,
     /// `Some` when greylisting is on.
     pub greylist: Option<Greylisting>,
 }
@@ -177,6 +179,7 @@ pub struct Greylisting {
 pub struct Dnsbl {
     pub zone: String,
     pub weight: i64,
+    pub lookup: raw::DnsblLookup,
     /// Empty: any answer in 127.0.0.0/8.
     pub codes: Vec<std::net::Ipv4Addr>,
 }
@@ -197,6 +200,16 @@ impl Dnsbl {
 impl Antispam {
     pub fn exempts(&self, ip: std::net::IpAddr) -> bool {
         self.exempt.iter().any(|n| n.contains(ip))
+    }
+
+    /// Whether a DKIM pass can clear greylisting: a static list, or a DKIM-domain
+    /// DNS list with a negative weight (an allowlist).
+    pub fn has_dkim_allowlist(&self) -> bool {
+        !self.allow_dkim_domains.is_empty()
+            || self
+                .dnsbl
+                .iter()
+                .any(|l| l.lookup == raw::DnsblLookup::DkimDomain && l.weight < 0)
     }
 }
 

@@ -91,6 +91,8 @@ pub struct RawAntispam {
     pub junk_score: i64,
     /// Added to the score of an MX client without forward-confirmed reverse DNS.
     pub fcrdns_fail_score: i64,
+    /// Domains whose DKIM-signed mail (a passing `d=`) skips greylisting.
+    pub allow_dkim_domains: Vec<String>,
     /// Greylisting of (client /24 or /64, sender, recipient) on the MX port.
     pub greylist: bool,
     /// How long a new triplet waits before its retry is accepted.
@@ -105,9 +107,25 @@ pub struct RawAntispam {
 pub struct RawDnsbl {
     pub zone: String,
     pub weight: i64,
+    /// What is looked up in the zone.
+    #[serde(default)]
+    pub lookup: DnsblLookup,
     /// Answers that count as listed (e.g. `127.0.0.2`); empty: any `127.0.0.0/8` answer.
     #[serde(default)]
     pub codes: Vec<String>,
+}
+
+/// What a DNS list is asked about (`antispam.dnsbl[].lookup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsblLookup {
+    /// The client's address, reversed (at connect).
+    #[default]
+    ClientIp,
+    /// The envelope sender's domain (after DATA).
+    SenderDomain,
+    /// Each `d=` of a DKIM signature that passed (after DATA).
+    DkimDomain,
 }
 
 impl Default for RawAntispam {
@@ -134,6 +152,7 @@ impl Default for RawAntispam {
             reject_score: 10,
             junk_score: 5,
             fcrdns_fail_score: 0,
+            allow_dkim_domains: Vec::new(),
             greylist: false,
             greylist_delay: Duration::Text("5m".into()),
             greylist_ttl: Duration::Text("35d".into()),

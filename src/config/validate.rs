@@ -230,6 +230,7 @@ pub(super) fn validate_antispam(raw: &raw::RawAntispam) -> Result<Antispam, Conf
         dnsbl.push(Dnsbl {
             zone,
             weight: d.weight,
+            lookup: d.lookup,
             codes,
         });
     }
@@ -246,6 +247,12 @@ pub(super) fn validate_antispam(raw: &raw::RawAntispam) -> Result<Antispam, Conf
         dnsbl,
         reject_score: raw.reject_score,
         fcrdns_fail_score: raw.fcrdns_fail_score,
+        allow_dkim_domains: raw
+            .allow_dkim_domains
+            .iter()
+            .map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect(),
         junk_score: raw.junk_score,
         greylist: if raw.greylist {
             let delay = raw.greylist_delay.value("antispam.greylist_delay")?;

@@ -20,11 +20,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::delivery_log::{Client, Verdicts};
+use super::screen::{self, Screened};
 use super::{mesh, Shard};
 use crate::auth::dkim::KeyFile;
 use crate::auth::headers;
 use crate::auth::policy::{self, Disposition};
 use crate::auth::verify::SpfVerdict;
+use crate::config::raw::DnsblLookup;
 use crate::config::FromHeaderMatch;
 use crate::proto::milter::Transaction;
 use crate::proto::smtp::{DeliveryError, Envelope, Recipient};
@@ -193,7 +195,7 @@ async fn judge(
     envelope: &Envelope,
     original: Bytes,
     spf: Option<SpfVerdict>,
-    screened: &super::screen::Screened,
+    screened: &Screened,
     notes: &mut Notes,
 ) -> Result<Judged, DeliveryError> {
     let hostname = &shard.config().hostname;
@@ -201,6 +203,7 @@ async fn judge(
         prefix: String::new(),
         mailbox: INBOX,
     };
+    let mut verdict_domains = None;
     if envelope.verify {
         let (Some(spf), Some(auth)) = (spf, shard.auth.as_ref()) else {
             return Err(DeliveryError::Temporary);
@@ -211,6 +214,7 @@ async fn judge(
             .await
             .map_err(|_| DeliveryError::Refused(CHECKS_BUSY.into()))?;
         notes.verdicts.dkim = verdict.dkim;
+        verdict_domains = Some(verdict.dkim_domains.clone());
         notes.verdicts.dmarc = verdict.dmarc.name();
         let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
         match policy::disposition_for(&verdict, &shard.config().auth.policies, recipients) {
@@ -230,18 +234,84 @@ async fn judge(
             "Authentication-Results: {hostname};\r\n\tauth=pass smtp.auth={user}\r\n"
         ));
     }
-    if !screened.lists.is_empty() {
-        // The connect-time DNS list verdict (MX port), for the user's filters.
+    let dkim_domains = verdict_domains.unwrap_or_default();
+    let checks = after_data_checks(shard, envelope, screened, &dkim_domains).await?;
+    if !checks.lists.is_empty() {
+        // The DNS list and reverse DNS verdicts, for the user's filters.
         judged.prefix.push_str(&format!(
             "X-Spam-Score: {} (dnsbl: {})\r\n",
-            screened.score, screened.lists
+            checks.score, checks.lists
         ));
-        if screened.score >= shard.config().antispam.junk_score {
+        if checks.score >= shard.config().antispam.junk_score {
             judged.mailbox = JUNK;
             notes.mailbox = "Junk";
         }
     }
     Ok(judged)
+}
+
+/// The checks that need the whole message: the sender-domain and DKIM-domain lists
+/// (`antispam.dnsbl` with `lookup`), added to the connect-time score, and
+/// greylisting held back for a DKIM allowlist. `Err`: refused.
+async fn after_data_checks(
+    shard: &Shard,
+    envelope: &Envelope,
+    screened: &Screened,
+    dkim_domains: &[String],
+) -> Result<Screened, DeliveryError> {
+    let mut checks = screened.clone();
+    if !screened.checked {
+        return match &envelope.greylisted {
+            Some(reply) => Err(DeliveryError::Refused(reply.clone())),
+            None => Ok(checks),
+        };
+    }
+    let config = shard.config();
+    let sender_domain: Vec<String> = envelope
+        .mail_from
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .into_iter()
+        .collect();
+    let by_sender = screen::ask_lists(shard, DnsblLookup::SenderDomain, &sender_domain);
+    let by_dkim = screen::ask_lists(shard, DnsblLookup::DkimDomain, dkim_domains);
+    let ((by_sender, _), (by_dkim, allowlisted)) =
+        futures_lite::future::zip(by_sender, by_dkim).await;
+    let domains_listed = !by_sender.lists.is_empty() || !by_dkim.lists.is_empty();
+    checks.add(&by_sender);
+    checks.add(&by_dkim);
+    if domains_listed && checks.score >= config.antispam.reject_score {
+        crate::metrics::add(&shard.metrics.dnsbl_rejected, 1);
+        tracing::info!(
+            target: "shardmail::antispam",
+            check = "dnsbl",
+            id = %envelope.id,
+            score = checks.score,
+            lists = checks.lists.as_str(),
+            refused = true,
+            "message listed"
+        );
+        return Err(DeliveryError::Refused(format!(
+            "554 5.7.1 Message refused; listed: {} (antispam.dnsbl)",
+            checks.lists
+        )));
+    }
+    if let Some(reply) = &envelope.greylisted {
+        let allowed = dkim_domains
+            .iter()
+            .find(|d| config.antispam.allow_dkim_domains.contains(d) || allowlisted.contains(d));
+        let Some(domain) = allowed else {
+            return Err(DeliveryError::Refused(reply.clone()));
+        };
+        tracing::info!(
+            target: "shardmail::antispam",
+            check = "greylist",
+            id = %envelope.id,
+            dkim_domain = %domain,
+            "greylisting skipped for a DKIM pass from an allowlisted domain"
+        );
+    }
+    Ok(checks)
 }
 
 /// What the milters are told about this message.

@@ -41,7 +41,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
-use crate::proto::smtp::{Directory, Port, Resolution, SessionConfig};
+use crate::proto::smtp::{Directory, Greylisting, Port, Resolution, SessionConfig};
 use crate::store::{self, Partition};
 use crate::users::UserDb;
 use mesh::{Mesh, ShardMsg};
@@ -520,16 +520,17 @@ impl Directory for Shard {
         ratelimit::check(self, &event)
     }
 
-    fn greylisted(&self, e: crate::proto::smtp::RateEvent<'_>) -> Option<String> {
+    fn greylisted(&self, e: crate::proto::smtp::RateEvent<'_>) -> Greylisting {
         let config = self.config();
-        let policy = config.antispam.greylist?;
-        let recipient = e.recipient?;
+        let (Some(policy), Some(recipient)) = (config.antispam.greylist, e.recipient) else {
+            return Greylisting::Pass;
+        };
         if e.port != Port::Mx || e.user.is_some() || config.antispam.exempts(e.ip) {
-            return None;
+            return Greylisting::Pass;
         }
         let key = greylist::key(e.ip, e.sender, recipient);
         match self.greylist.check(key, policy, greylist::now_secs()) {
-            greylist::Verdict::Pass => None,
+            greylist::Verdict::Pass => Greylisting::Pass,
             greylist::Verdict::Defer(wait) => {
                 crate::metrics::add(&self.metrics.greylisted, 1);
                 tracing::info!(
@@ -541,11 +542,19 @@ impl Directory for Shard {
                     retry_after_secs = wait.as_secs(),
                     "greylisted"
                 );
-                Some(format!(
+                let reply = format!(
                     "451 4.7.1 <{recipient}>: Greylisted, try again in {} seconds \
                      (antispam.greylist)",
                     wait.as_secs().max(1)
-                ))
+                );
+                // With a DKIM allowlist and verification on, the decision waits for
+                // the message's signatures.
+                let verifies = self.auth.is_some() && config.auth.checks(e.ip);
+                if verifies && config.antispam.has_dkim_allowlist() {
+                    Greylisting::DeferUnlessDkim(reply)
+                } else {
+                    Greylisting::Defer(reply)
+                }
             }
         }
     }

@@ -14,7 +14,8 @@ use std::time::Duration;
 use super::conn::{with_timeout, Stream};
 use super::Shard;
 use crate::auth::verify::Fcrdns;
-use crate::config::raw::RateCount;
+use crate::config::raw::{DnsblLookup, RateCount};
+use crate::config::Dnsbl;
 use crate::proto::smtp::{Port, RateEvent};
 
 /// How long a refusal before the greeting may take to write.
@@ -32,6 +33,9 @@ pub struct Screened {
     pub client_name: Option<String>,
     /// The reverse DNS verdict: `pass`, `fail`, `temperror`, or `-` (not checked).
     pub fcrdns: &'static str,
+    /// The client was screened (MX port, outside `antispam.exempt_networks`): the
+    /// domain lists apply to its mail too.
+    pub checked: bool,
 }
 
 impl Screened {
@@ -40,6 +44,13 @@ impl Screened {
         Screened {
             fcrdns: "-",
             ..Screened::default()
+        }
+    }
+
+    /// Adds another check's score and lists.
+    pub fn add(&mut self, other: &Screened) {
+        if !other.lists.is_empty() {
+            self.listed(&other.lists, other.score);
         }
     }
 
@@ -74,6 +85,7 @@ pub async fn screen(shard: &Rc<Shard>, stream: &mut Stream, ip: IpAddr) -> Optio
     let lookups = futures_lite::future::zip(lookup(shard, ip), reverse(shard, ip));
     let (talked_first, (mut screened, reversed)) =
         futures_lite::future::zip(talks_first(stream, antispam.greet_delay), lookups).await;
+    screened.checked = true;
     screened.fcrdns = reversed.as_ref().map_or("-", |r| r.name());
     match reversed {
         Some(Fcrdns::Pass(name)) => screened.client_name = Some(name),
@@ -142,28 +154,60 @@ async fn talks_first(stream: &mut Stream, delay: Duration) -> Option<bool> {
     }
 }
 
-/// Every configured list's verdict on `ip`, added up.
+/// Every client-address list's verdict on `ip`, added up.
 async fn lookup(shard: &Shard, ip: IpAddr) -> Screened {
-    let config = shard.config();
-    let lists = &config.antispam.dnsbl;
-    let Some(auth) = shard.auth.as_ref().filter(|_| !lists.is_empty()) else {
-        return Screened::default();
-    };
     let reversed = reversed(ip);
-    let names = lists
+    let (screened, _) = ask_lists(shard, DnsblLookup::ClientIp, &[reversed]).await;
+    screened
+}
+
+/// The verdicts of the lists of kind `lookup` on each of `labels` (`4.3.2.1`,
+/// `sender.example`), added up; also the labels an allowlist (a negative weight)
+/// listed. A lookup that fails lists nobody.
+pub async fn ask_lists(
+    shard: &Shard,
+    lookup: DnsblLookup,
+    labels: &[String],
+) -> (Screened, Vec<String>) {
+    let config = shard.config();
+    let lists: Vec<_> = config
+        .antispam
+        .dnsbl
         .iter()
-        .map(|l| format!("{reversed}.{}.", l.zone))
+        .filter(|l| l.lookup == lookup)
+        .collect();
+    let mut screened = Screened::default();
+    let mut allowed = Vec::new();
+    let Some(auth) = shard.auth.as_ref() else {
+        return (screened, allowed);
+    };
+    if lists.is_empty() || labels.is_empty() {
+        return (screened, allowed);
+    }
+    let pairs: Vec<(&Dnsbl, &String)> = labels
+        .iter()
+        .flat_map(|label| lists.iter().map(move |list| (*list, label)))
+        .collect();
+    let names = pairs
+        .iter()
+        .map(|(list, label)| format!("{label}.{}.", list.zone))
         .collect();
     let Ok(answers) = auth.dnsbl(names).await else {
-        return Screened::default(); // the worker is busy: nobody is listed
+        return (screened, allowed); // the worker is busy: nobody is listed
     };
-    let mut screened = Screened::default();
-    for (list, answer) in lists.iter().zip(answers) {
+    for ((list, label), answer) in pairs.into_iter().zip(answers) {
         if list.lists(&answer) {
-            screened.listed(&list.zone, list.weight);
+            if lookup == DnsblLookup::ClientIp {
+                screened.listed(&list.zone, list.weight);
+            } else {
+                screened.listed(&format!("{label}@{}", list.zone), list.weight);
+            }
+            if list.weight < 0 {
+                allowed.push(label.clone());
+            }
         }
     }
-    screened
+    (screened, allowed)
 }
 
 /// The client's forward-confirmed reverse DNS; `None` without the DNS worker or

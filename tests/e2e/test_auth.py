@@ -16,7 +16,7 @@ import subprocess
 import time
 import unittest
 
-from harness import DOMAIN, HAVE_DNSMASQ, Server, free_port, start_dnsmasq, tls_context
+from harness import DOMAIN, HAVE_DNSMASQ, Server, free_port, log_events, start_dnsmasq, tls_context
 
 HOST = "mx.example.test"
 
@@ -132,6 +132,73 @@ class AuthEndToEnd(unittest.TestCase):
         self.assertIn(f"header.d={DOMAIN}".encode(), back[0])
         self.assertIn(b"dmarc=pass", back[0])
 
+
+
+@unittest.skipUnless(HAVE_DNSMASQ or os.environ.get("CI"),
+                     "dnsmasq is needed (apt-get install dnsmasq-base; .ci/run installs it)")
+class DomainListsAndDkimAllowlist(unittest.TestCase):
+    """antispam.dnsbl lists of sender and DKIM domains (dnsmasq answers them), and
+    greylisting skipped for a DKIM pass from antispam.allow_dkim_domains: a real
+    signature (shardmail's own, made through submission) verified after DATA."""
+
+    def test_listed_domains_and_greylisting_cleared_by_dkim(self):
+        dns_port = free_port()
+        alice = f"alice@{DOMAIN}"
+        server = Server(settings={
+            "server.hostname": HOST,
+            "dns.servers": f'["127.0.0.1:{dns_port}"]',
+            "dns.timeout": '"1s"',
+            "auth.exempt_networks": "[]",
+            "antispam.exempt_networks": "[]",
+            "antispam.greylist": "true",
+            "antispam.allow_dkim_domains": f'["{DOMAIN}"]',
+            "antispam.dnsbl": '[{zone="dbl.test",weight=10,lookup="sender_domain"}]',
+        })
+        server.add_user(alice, "pw")
+        server.cli("dkim", "generate", DOMAIN, "--selector", "s1", "--algorithm", "ed25519")
+        dkim_value = server.cli("dkim", "show", DOMAIN, "--value").stdout.strip()
+        spf = "v=spf1 ip4:127.0.0.1 -all"
+        txt = [(DOMAIN, spf), (f"s1._domainkey.{DOMAIN}", dkim_value), ("good.test", spf),
+               ("spammy.test", spf)]
+        dns = start_dnsmasq(dns_port, txt, hosts=[], dead_zone="broken.test", extra=[
+            "--address=/spammy.test.dbl.test/127.0.0.2"])
+        server.start()
+        try:
+            with smtplib.SMTP_SSL("127.0.0.1", server.ports["submissions"], timeout=30,
+                                  context=tls_context()) as s:
+                s.login(alice, "pw")
+                s.sendmail(alice, [alice], message(alice, "signed"))
+            submitted = server.messages(alice)[-1]
+            start = submitted.index(b"DKIM-Signature:")
+            received = submitted.index(b"Received: ", start)
+            received_end = submitted.index(b"\r\n", submitted.index(b"+0000", received)) + 2
+            resent = submitted[start:received] + submitted[received_end:]
+
+            def mx_send(sender, body):
+                with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30,
+                                  local_hostname="client.remote.test") as s:
+                    return s.sendmail(sender, [alice], body)
+
+            # Greylisted, but signed by an allowlisted domain: accepted at once.
+            self.assertEqual(mx_send(alice, resent), {})
+            # The same greylisting without a signature: 451 after DATA.
+            with self.assertRaises(smtplib.SMTPDataError) as e:
+                mx_send("x@good.test", message("x@good.test", "unsigned"))
+            self.assertEqual(e.exception.smtp_code, 451)
+            self.assertIn(b"Greylisted", e.exception.smtp_error)
+            # A listed sender domain is refused outright, greylisted or not.
+            with self.assertRaises(smtplib.SMTPDataError) as e:
+                mx_send("x@spammy.test", message("x@spammy.test", "spammy"))
+            self.assertEqual(e.exception.smtp_code, 554)
+            self.assertIn(b"5.7.1 Message refused; listed: spammy.test@dbl.test", e.exception.smtp_error)
+        finally:
+            server.stop()
+            dns.terminate()
+            dns.wait(timeout=10)
+        back = [m for m in server.messages(alice) if b"dkim=pass" in m]
+        self.assertEqual(len(back), 1)
+        lines = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "greylist"]
+        self.assertTrue(any(e.get("dkim_domain") == DOMAIN for e in lines), lines)
 
 if __name__ == "__main__":
     unittest.main()

@@ -11,6 +11,6 @@ pub mod dsn;
 pub mod session;
 
 pub use session::{
-    Action, DeliveryError, Directory, Envelope, Outbox, Port, RateEvent, Recipient, Resolution,
-    Session, SessionConfig,
+    Action, DeliveryError, Directory, Envelope, Greylisting, Outbox, Port, RateEvent, Recipient,
+    Resolution, Session, SessionConfig,
 };

@@ -86,11 +86,21 @@ pub trait Directory {
         None
     }
 
-    /// Greylisting (`antispam.greylist`) of an accepted recipient: `Some(reply)` (a
-    /// `451 4.7.1`) defers it.
-    fn greylisted(&self, _event: RateEvent<'_>) -> Option<String> {
-        None
+    /// Greylisting (`antispam.greylist`) of an accepted recipient.
+    fn greylisted(&self, _event: RateEvent<'_>) -> Greylisting {
+        Greylisting::Pass
     }
+}
+
+/// What greylisting says about a recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Greylisting {
+    Pass,
+    /// Refuse the recipient now with this reply (`451 4.7.1`).
+    Defer(String),
+    /// Accept it, and refuse the message with this reply after DATA unless it
+    /// carries a DKIM signature of an allowlisted domain.
+    DeferUnlessDkim(String),
 }
 
 /// An event the rate limits count, with who it is about.
@@ -136,6 +146,9 @@ pub struct Envelope {
     pub verify: bool,
     /// The authenticated user, for submission (no checks; DKIM signing instead).
     pub authenticated: Option<String>,
+    /// Greylisted recipients: the `451` for the message unless it has a DKIM pass
+    /// from an allowlisted domain ([`Greylisting::DeferUnlessDkim`]).
+    pub greylisted: Option<String>,
 }
 
 /// Work the IO layer must do for the session.
@@ -219,6 +232,8 @@ struct Transaction {
     used_bdat: bool,
     /// SPF result of MAIL FROM, when this session verifies senders.
     spf: Option<SpfKind>,
+    /// The greylisting reply for the message unless a DKIM pass clears it.
+    greylisted: Option<String>,
 }
 
 /// One SMTP server session.
@@ -654,6 +669,7 @@ impl Session {
             bdat_oversize: false,
             used_bdat: false,
             spf: None,
+            greylisted: None,
         });
         if self.verify {
             self.state = State::Waiting;
@@ -705,11 +721,19 @@ impl Session {
         }
         if refusal.is_none() {
             let event = self.rate_event(RateCount::Recipients, mail_from, Some(&address));
-            if let Some(reply) = dir.greylisted(event) {
-                if let Some(t) = self.transaction.as_mut() {
-                    t.recipients.pop();
+            match dir.greylisted(event) {
+                Greylisting::Pass => {}
+                Greylisting::Defer(reply) => {
+                    if let Some(t) = self.transaction.as_mut() {
+                        t.recipients.pop();
+                    }
+                    return out.line(&reply);
                 }
-                return out.line(&reply);
+                Greylisting::DeferUnlessDkim(reply) => {
+                    if let Some(t) = self.transaction.as_mut() {
+                        t.greylisted.get_or_insert(reply);
+                    }
+                }
             }
         }
         match refusal {
@@ -867,6 +891,7 @@ impl Session {
             received_at: now,
             verify: self.verify,
             authenticated: self.authenticated.clone(),
+            greylisted: txn.greylisted,
         };
         self.state = State::Waiting;
         out.actions.push(Action::Deliver(envelope));
