@@ -108,6 +108,21 @@ enum UserCmd {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Show or change an account's own sender lists: mail from an allowed address or
+    /// @domain goes to the inbox (no greylisting, no Junk); a blocked one is refused
+    /// at RCPT. Applies to a running server within a second.
+    Senders {
+        email: String,
+        /// An address (a@b.example) or domain (@b.example) to allow; repeatable.
+        #[arg(long, value_name = "SENDER")]
+        allow: Vec<String>,
+        /// An address or domain to block; repeatable.
+        #[arg(long, value_name = "SENDER")]
+        block: Vec<String>,
+        /// Take an address or domain off both lists; repeatable.
+        #[arg(long, value_name = "SENDER")]
+        remove: Vec<String>,
+    },
     /// Set an account's quota: a size ("2GiB") or count, "default" (quota.*_default)
     /// or "unlimited". Applies to a running server within a second.
     Quota {
@@ -313,6 +328,7 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
                         password: hash,
                         created,
                         quota: users::Quota::default(),
+                        senders: users::SenderLists::default(),
                     },
                 );
                 Ok(())
@@ -374,6 +390,12 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             println!("password changed for {email}");
             Ok(())
         }
+        UserCmd::Senders {
+            email,
+            allow,
+            block,
+            remove,
+        } => senders(data, &email, &allow, &block, &remove),
         UserCmd::Quota {
             email,
             storage,
@@ -414,6 +436,66 @@ fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `shardmail user senders`: edits, then prints, the account's sender lists.
+fn senders(
+    data: &Path,
+    email: &str,
+    allow: &[String],
+    block: &[String],
+    remove: &[String],
+) -> Result<(), String> {
+    let email = users::normalize(email).ok_or("expected an address like user@example.org")?;
+    let entries = |list: &[String]| -> Result<Vec<String>, String> {
+        list.iter()
+            .map(|e| {
+                users::sender_entry(e).ok_or_else(|| {
+                    format!("{e:?}: expected an address (a@b.example) or a domain (@b.example)")
+                })
+            })
+            .collect()
+    };
+    let (allow, block, remove) = (entries(allow)?, entries(block)?, entries(remove)?);
+    let edit = |db: &mut UserDb| {
+        let lists = &mut db
+            .users
+            .get_mut(&email)
+            .ok_or_else(|| format!("no user {email}"))?
+            .senders;
+        // An entry is on one list at most: the latest command decides.
+        for entry in allow.iter().chain(&block).chain(&remove) {
+            lists.allow.retain(|e| e != entry);
+            lists.block.retain(|e| e != entry);
+        }
+        lists.allow.extend(allow.iter().cloned());
+        lists.block.extend(block.iter().cloned());
+        if lists.allow.len() > users::SENDER_LIST_MAX || lists.block.len() > users::SENDER_LIST_MAX
+        {
+            return Err(format!(
+                "at most {} entries per list (use domains rather than addresses)",
+                users::SENDER_LIST_MAX
+            ));
+        }
+        Ok(lists.clone())
+    };
+    let lists = if allow.is_empty() && block.is_empty() && remove.is_empty() {
+        // Only showing: no rewrite of users.json (which running servers would reload).
+        let mut db = UserDb::load(data).map_err(|e| e.to_string())?;
+        edit(&mut db)?
+    } else {
+        UserDb::update(data, edit)?
+    };
+    for entry in &lists.allow {
+        println!("allow {entry}");
+    }
+    for entry in &lists.block {
+        println!("block {entry}");
+    }
+    if lists.allow.is_empty() && lists.block.is_empty() {
+        println!("{email} has no sender lists");
+    }
+    Ok(())
 }
 
 fn import(

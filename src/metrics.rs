@@ -107,6 +107,8 @@ pub struct Metrics {
     pub greylisted: Cell<u64>,
     /// Milter conversations, by [`MILTER_VERDICTS`].
     pub milter: [Cell<u64>; 6],
+    /// Recipients' sender lists that matched: allow, block.
+    pub sender_lists: [Cell<u64>; 2],
     /// Login attempts answered "try later" by the throttle, without a hash computed.
     pub logins_throttled: Cell<u64>,
     /// Connections closed for a deadline (pre-login, command, minimum data rate).
@@ -150,6 +152,7 @@ impl Default for Metrics {
             dnsbl_rejected: Cell::default(),
             greylisted: Cell::default(),
             milter: Default::default(),
+            sender_lists: Default::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -273,6 +276,9 @@ impl Metrics {
         put("pregreet_total", String::new(), &self.pregreet);
         put("dnsbl_rejected_total", String::new(), &self.dnsbl_rejected);
         put("greylisted_total", String::new(), &self.greylisted);
+        for (verdict, c) in ["allow", "block"].iter().zip(&self.sender_lists) {
+            put("sender_lists_total", format!("verdict=\"{verdict}\""), c);
+        }
         for (verdict, c) in MILTER_VERDICTS.iter().zip(&self.milter) {
             put("milter_verdicts_total", format!("verdict=\"{verdict}\""), c);
         }
@@ -312,6 +318,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "greylisted_total",
         "Recipients deferred by greylisting (antispam.greylist).",
+    ),
+    (
+        "sender_lists_total",
+        "Recipients whose own sender list matched (shardmail user senders), by verdict.",
     ),
     (
         "milter_verdicts_total",

@@ -17,7 +17,7 @@ use argon2::password_hash::{
 use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
-use crate::proto::smtp::Resolution;
+use crate::proto::smtp::{Resolution, SenderVerdict};
 
 /// One account.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +30,65 @@ pub struct User {
     /// `quota.storage_default` / `quota.messages_default`.
     #[serde(default, skip_serializing_if = "Quota::is_unset")]
     pub quota: Quota,
+    /// The account's own sender allow and block lists (`shardmail user senders`).
+    #[serde(default, skip_serializing_if = "SenderLists::is_empty")]
+    pub senders: SenderLists,
+}
+
+/// A user's senders to always accept into the inbox or always refuse: addresses
+/// (`a@b.example`) and domains (`@b.example`), lowercase.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SenderLists {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<String>,
+}
+
+/// Entries per list: the lists are read on every RCPT and kept by every shard.
+pub const SENDER_LIST_MAX: usize = 1000;
+
+impl SenderLists {
+    fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.block.is_empty()
+    }
+
+    /// What the lists say about the envelope sender `sender`: an address entry
+    /// decides before a domain entry, and block wins over allow at the same level.
+    pub fn verdict(&self, sender: &str) -> SenderVerdict {
+        let Some(sender) = normalize(sender) else {
+            return SenderVerdict::Neutral; // the null sender, or no address
+        };
+        let domain = sender
+            .rsplit_once('@')
+            .map(|(_, d)| format!("@{d}"))
+            .unwrap_or_default();
+        for entry in [&sender, &domain] {
+            if self.block.contains(entry) {
+                return SenderVerdict::Block;
+            }
+            if self.allow.contains(entry) {
+                return SenderVerdict::Allow;
+            }
+        }
+        SenderVerdict::Neutral
+    }
+}
+
+/// An entry for a sender list: `a@b.example` or a domain (`@b.example`,
+/// `b.example`), lowercase; `None` if it is neither.
+pub fn sender_entry(text: &str) -> Option<String> {
+    let text = text.trim();
+    let domain = text.strip_prefix('@').unwrap_or(text);
+    if !text.starts_with('@') && text.contains('@') {
+        return normalize(text);
+    }
+    let valid = !domain.is_empty()
+        && domain.contains('.')
+        && domain
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    valid.then(|| format!("@{}", domain.to_ascii_lowercase()))
 }
 
 /// Storage and message limits of an account; `None` = no limit of that kind.
@@ -162,6 +221,13 @@ impl UserDb {
         }
     }
 
+    /// What the account `mailbox` (canonical) says about mail from `sender`.
+    pub fn sender_verdict(&self, mailbox: &str, sender: &str) -> SenderVerdict {
+        self.users
+            .get(mailbox)
+            .map_or(SenderVerdict::Neutral, |u| u.senders.verdict(sender))
+    }
+
     /// Whether `login` may send as `address`: its own address or an explicit alias of
     /// it (not a domain catch-all, which would let one user be everybody).
     pub fn owns(&self, login: &str, address: &str) -> bool {
@@ -251,6 +317,7 @@ mod tests {
                 password: String::new(),
                 created: 0,
                 quota: Quota::default(),
+                senders: SenderLists::default(),
             },
         );
         db.aliases.insert("info@ex.org".into(), "bob@ex.org".into());
@@ -273,6 +340,26 @@ mod tests {
             db.resolve("any@other.org", local),
             Resolution::Local { .. }
         ));
+    }
+
+    #[test]
+    fn sender_lists_address_before_domain_block_before_allow() {
+        let lists = SenderLists {
+            allow: vec!["@friends.example".into(), "boss@spam.example".into()],
+            block: vec!["@spam.example".into(), "ex@friends.example".into()],
+        };
+        assert_eq!(lists.verdict("Pal@Friends.Example"), SenderVerdict::Allow);
+        assert_eq!(lists.verdict("ex@friends.example"), SenderVerdict::Block);
+        assert_eq!(lists.verdict("boss@spam.example"), SenderVerdict::Allow);
+        assert_eq!(lists.verdict("x@spam.example"), SenderVerdict::Block);
+        assert_eq!(lists.verdict("x@other.example"), SenderVerdict::Neutral);
+        assert_eq!(lists.verdict(""), SenderVerdict::Neutral);
+        assert_eq!(sender_entry("A@B.example").as_deref(), Some("a@b.example"));
+        assert_eq!(sender_entry("@B.example").as_deref(), Some("@b.example"));
+        assert_eq!(sender_entry("b.example").as_deref(), Some("@b.example"));
+        assert_eq!(sender_entry("nodot"), None);
+        assert_eq!(sender_entry("@"), None);
+        assert_eq!(sender_entry("a b@c.example"), None);
     }
 
     #[test]

@@ -214,6 +214,7 @@ fn export_refuses_names_that_would_leave_the_output_directory() {
                 password: String::new(),
                 created: 0,
                 quota: shardmail::users::Quota::default(),
+                senders: shardmail::users::SenderLists::default(),
             },
         );
         Ok(())

@@ -151,21 +151,35 @@ pub async fn accept(
     common.extend_from_slice(signature.as_bytes());
     common.extend_from_slice(&received);
     let (direct, aliased) = by_alias(local);
-    let mailbox = judged.mailbox;
-    if !direct.is_empty() {
+    // A recipient who allowlisted the sender gets it in the inbox whatever the checks
+    // said (a refusal still stands).
+    let mailbox_of = |r: &Recipient| {
+        if r.sender_allowed {
+            INBOX
+        } else {
+            judged.mailbox
+        }
+    };
+    let (to_inbox, as_judged): (Vec<_>, Vec<_>) =
+        direct.into_iter().partition(|r| mailbox_of(r) == INBOX);
+    for (group, mailbox) in [(to_inbox, INBOX), (as_judged, judged.mailbox)] {
+        if group.is_empty() {
+            continue;
+        }
         let mut head = return_path.clone().into_bytes();
         head.extend_from_slice(&common);
         mesh::store(
             shard,
             head,
             body.clone(),
-            &direct,
+            &group,
             mailbox,
             envelope.received_at,
         )
         .await?;
     }
     for recipient in aliased {
+        let mailbox = mailbox_of(&recipient);
         // Postfix's pair: the account it was delivered to, and the address it was for.
         let trace = format!(
             "Delivered-To: {}\r\nX-Original-To: {}\r\n",

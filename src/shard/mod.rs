@@ -41,7 +41,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::Config;
-use crate::proto::smtp::{Directory, Greylisting, Port, Resolution, SessionConfig};
+use crate::proto::smtp::{Directory, Greylisting, Port, Resolution, SenderVerdict, SessionConfig};
 use crate::store::{self, Partition};
 use crate::users::UserDb;
 use mesh::{Mesh, ShardMsg};
@@ -518,6 +518,23 @@ impl Directory for Shard {
 
     fn rate_limited(&self, event: crate::proto::smtp::RateEvent<'_>) -> Option<String> {
         ratelimit::check(self, &event)
+    }
+
+    fn sender_verdict(&self, mailbox: &str, mail_from: &str) -> SenderVerdict {
+        let verdict = self.users.borrow().sender_verdict(mailbox, mail_from);
+        if verdict != SenderVerdict::Neutral {
+            let index = usize::from(verdict == SenderVerdict::Block);
+            crate::metrics::bump_one(&self.metrics.sender_lists, index);
+            tracing::info!(
+                target: "shardmail::antispam",
+                check = "sender_list",
+                to = mailbox,
+                from = mail_from,
+                verdict = if index == 1 { "block" } else { "allow" },
+                "recipient's sender list matched"
+            );
+        }
+        verdict
     }
 
     fn greylisted(&self, e: crate::proto::smtp::RateEvent<'_>) -> Greylisting {

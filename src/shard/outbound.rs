@@ -478,6 +478,7 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
                 account,
                 mailbox,
                 remote: false,
+                sender_allowed: false,
             };
             let body = bytes::Bytes::from(message);
             super::mesh::store(shard, Vec::new(), body, &[rcpt], 1, SystemTime::now())

@@ -7,7 +7,7 @@ import socket
 import time
 import unittest
 
-from harness import HAVE_DNSMASQ, DOMAIN, Server, free_port, log_events, start_dnsmasq, tls_context
+from harness import HAVE_DNSMASQ, DOMAIN, Server, free_port, log_events, start_dnsmasq, tls_context, wait_for
 
 ALICE = f"alice@{DOMAIN}"
 LIMITS = ('[{key="client_ip",count="messages",window="1m",limit=5},'
@@ -266,6 +266,63 @@ class Greylist(unittest.TestCase):
             server.stop()
         lines = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "greylist"]
         self.assertGreaterEqual(len(lines), 5)
+
+
+class SenderLists(unittest.TestCase):
+    """`shardmail user senders`: a blocked sender is refused at RCPT for that user
+    only; an allowed one skips greylisting and lands in the inbox although the
+    client's score says Junk."""
+
+    def test_block_and_allow_per_user(self):
+        bob = f"bob@{DOMAIN}"
+        server = Server(settings={"antispam.exempt_networks": "[]",
+                                  "antispam.greylist": "true",
+                                  "antispam.fcrdns_fail_score": "5",
+                                  "antispam.junk_score": "5"})
+        server.add_user(ALICE, "pw")
+        server.add_user(bob, "pw")
+        out = server.cli("user", "senders", ALICE, "--allow", "Friend@Good.test",
+                         "--allow", "@friends.test", "--block", "spam.test").stdout
+        self.assertEqual(out.split("\n")[:3], ["allow friend@good.test", "allow @friends.test",
+                                                 "block @spam.test"])
+        bad = server.cli("user", "senders", ALICE, "--block", "not a sender", check=False)
+        self.assertNotEqual(bad.returncode, 0)
+        self.assertIn("expected an address", bad.stderr)
+        server.start()
+        try:
+            def rcpt(sender, to):
+                with mx(server, "127.0.2.9") as s:
+                    s.ehlo("client.remote.test")
+                    s.mail(sender)
+                    code, text = s.rcpt(to)
+                    if code == 250:
+                        s.data(message(f"from {sender}"))
+                    return code, text.decode()
+
+            code, text = rcpt("x@spam.test", ALICE)
+            self.assertEqual(code, 550)
+            self.assertIn("5.7.1", text)
+            self.assertIn("blocked by the recipient", text)
+            self.assertEqual(rcpt("x@spam.test", bob)[0], 451)  # bob blocks nobody: greylisted
+            self.assertEqual(rcpt("friend@good.test", ALICE)[0], 250)  # allowed: no greylisting
+            self.assertEqual(rcpt("pal@friends.test", ALICE)[0], 250)
+            self.assertEqual(rcpt("stranger@good.test", ALICE)[0], 451)
+            # Taken off the list, the friend is greylisted like anyone else.
+            server.cli("user", "senders", ALICE, "--remove", "friend@good.test")
+            wait_for(lambda: rcpt("friend@good.test", ALICE)[0] == 451, timeout=10,
+                     what="the changed list to apply")
+        finally:
+            server.stop()
+        inbox = server.messages(ALICE)
+        subjects = {m.split(b"Subject: ")[1].split(b"\r\n")[0] for m in inbox}
+        # (The friend's messages until the changed list applied are there too.)
+        self.assertEqual(subjects, {b"burst from friend@good.test", b"burst from pal@friends.test"})
+        self.assertEqual(server.messages(ALICE, "Junk"), [])
+        self.assertTrue(all(b"X-Spam-Score: 5 (dnsbl: fcrdns)" in m for m in inbox),
+                        "scored as Junk, delivered to the inbox by the user's allow list")
+        lines = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "sender_list"]
+        self.assertIn("block", [e["verdict"] for e in lines])
+        self.assertIn("allow", [e["verdict"] for e in lines])
 
 
 class Pregreet(unittest.TestCase):

@@ -12,5 +12,5 @@ pub mod session;
 
 pub use session::{
     Action, DeliveryError, Directory, Envelope, Greylisting, Outbox, Port, RateEvent, Recipient,
-    Resolution, Session, SessionConfig,
+    Resolution, SenderVerdict, Session, SessionConfig,
 };

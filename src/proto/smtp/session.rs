@@ -86,10 +86,25 @@ pub trait Directory {
         None
     }
 
+    /// The sender lists of the account `mailbox` about `mail_from`.
+    fn sender_verdict(&self, _mailbox: &str, _mail_from: &str) -> SenderVerdict {
+        SenderVerdict::Neutral
+    }
+
     /// Greylisting (`antispam.greylist`) of an accepted recipient.
     fn greylisted(&self, _event: RateEvent<'_>) -> Greylisting {
         Greylisting::Pass
     }
+}
+
+/// What a recipient's own sender lists say about the envelope sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SenderVerdict {
+    Neutral,
+    /// Into the inbox (no greylisting, no Junk).
+    Allow,
+    /// Refused at RCPT.
+    Block,
 }
 
 /// What greylisting says about a recipient.
@@ -127,6 +142,9 @@ pub struct Recipient {
     /// A recipient in another domain: goes to the outbound queue (authenticated
     /// submission only).
     pub remote: bool,
+    /// The account allowlists the sender (`shardmail user senders --allow`), and SPF
+    /// did not contradict it: inbox, no greylisting.
+    pub sender_allowed: bool,
 }
 
 /// A complete message ready to be stored by every recipient's owner.
@@ -719,7 +737,12 @@ impl Session {
             }
             return self.refuse_for_rate(&reply, out);
         }
-        if refusal.is_none() {
+        let allowed = self
+            .transaction
+            .as_ref()
+            .and_then(|t| t.recipients.last())
+            .is_some_and(|r| r.sender_allowed);
+        if refusal.is_none() && !allowed {
             let event = self.rate_event(RateCount::Recipients, mail_from, Some(&address));
             match dir.greylisted(event) {
                 Greylisting::Pass => {}
@@ -796,11 +819,24 @@ impl Session {
                 if let Some(reply) = txn.spf.and_then(|spf| policy::spf_reply(spf, policy)) {
                     return Some(reply.to_string());
                 }
+                let sender_allowed = match dir.sender_verdict(&mailbox, &txn.mail_from) {
+                    SenderVerdict::Block => {
+                        return Some(format!(
+                            "550 5.7.1 <{address}>: Sender address rejected: blocked by the \
+                             recipient"
+                        ));
+                    }
+                    // A forged sender does not get past the checks: with SPF checked,
+                    // only a pass counts.
+                    SenderVerdict::Allow => txn.spf.is_none_or(|spf| spf == SpfKind::Pass),
+                    SenderVerdict::Neutral => false,
+                };
                 txn.recipients.push(Recipient {
                     address,
                     account,
                     mailbox,
                     remote: false,
+                    sender_allowed,
                 });
                 None
             }
@@ -823,6 +859,7 @@ impl Session {
                     account: 0,
                     mailbox: String::new(),
                     remote: true,
+                    sender_allowed: false,
                 });
                 None
             }
