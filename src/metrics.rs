@@ -107,6 +107,8 @@ pub struct Metrics {
     pub greylisted: Cell<u64>,
     /// Milter conversations, by [`MILTER_VERDICTS`].
     pub milter: [Cell<u64>; 6],
+    /// HELO/EHLO refused for naming us (MX port).
+    pub helo_refused: Cell<u64>,
     /// Recipients' sender lists that matched: allow, block.
     pub sender_lists: [Cell<u64>; 2],
     /// Login attempts answered "try later" by the throttle, without a hash computed.
@@ -153,6 +155,7 @@ impl Default for Metrics {
             greylisted: Cell::default(),
             milter: Default::default(),
             sender_lists: Default::default(),
+            helo_refused: Cell::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -276,6 +279,7 @@ impl Metrics {
         put("pregreet_total", String::new(), &self.pregreet);
         put("dnsbl_rejected_total", String::new(), &self.dnsbl_rejected);
         put("greylisted_total", String::new(), &self.greylisted);
+        put("helo_refused_total", String::new(), &self.helo_refused);
         for (verdict, c) in ["allow", "block"].iter().zip(&self.sender_lists) {
             put("sender_lists_total", format!("verdict=\"{verdict}\""), c);
         }
@@ -318,6 +322,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "greylisted_total",
         "Recipients deferred by greylisting (antispam.greylist).",
+    ),
+    (
+        "helo_refused_total",
+        "MX clients whose HELO/EHLO named us (our host name or address).",
     ),
     (
         "sender_lists_total",

@@ -48,6 +48,19 @@ pub struct Notes {
     pub queue_id: Option<String>,
     /// The milter that had the message discarded (accepted, stored nowhere).
     pub discarded_by: Option<String>,
+    /// Why local copies went to Junk (for the log), empty otherwise.
+    pub junk_reason: String,
+}
+
+impl Notes {
+    /// Local copies go to Junk for `reason` (the reasons add up).
+    fn junk(&mut self, reason: String) {
+        self.mailbox = "Junk";
+        if !self.junk_reason.is_empty() {
+            self.junk_reason.push_str("; ");
+        }
+        self.junk_reason.push_str(&reason);
+    }
 }
 
 /// What the session knows about the message besides its envelope.
@@ -101,9 +114,9 @@ pub async fn accept(
             notes.discarded_by = filtered.discarded_by;
             return Ok(());
         }
-        if filtered.quarantine.is_some() {
+        if let Some(reason) = &filtered.quarantine {
             judged.mailbox = JUNK;
-            notes.mailbox = "Junk";
+            notes.junk(format!("milter quarantine: {reason}"));
         }
         if let Some(changed) = filtered.message {
             // Our Received is in the changed message, where the milters left it.
@@ -150,6 +163,15 @@ pub async fn accept(
     common.extend_from_slice(prefix.as_bytes());
     common.extend_from_slice(signature.as_bytes());
     common.extend_from_slice(&received);
+    if !notes.junk_reason.is_empty() {
+        tracing::info!(
+            target: "shardmail::antispam",
+            check = "junk",
+            id = %envelope.id,
+            reason = notes.junk_reason.as_str(),
+            "delivered to Junk"
+        );
+    }
     let (direct, aliased) = by_alias(local);
     // A recipient who allowlisted the sender gets it in the inbox whatever the checks
     // said (a refusal still stands).
@@ -238,7 +260,7 @@ async fn judge(
             }
             Disposition::Junk => {
                 judged.mailbox = JUNK;
-                notes.mailbox = "Junk";
+                notes.junk(format!("dmarc={} policy", verdict.dmarc.name()));
             }
             Disposition::Inbox => {}
         }
@@ -258,7 +280,7 @@ async fn judge(
         ));
         if checks.score >= shard.config().antispam.junk_score {
             judged.mailbox = JUNK;
-            notes.mailbox = "Junk";
+            notes.junk(format!("score {} ({})", checks.score, checks.lists));
         }
     }
     Ok(judged)

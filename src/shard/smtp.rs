@@ -313,6 +313,16 @@ fn log_refused(
     stream: &Stream,
     peer: IpAddr,
 ) {
+    if let Some(helo) = session.take_refused_helo() {
+        metrics::add(&metrics.helo_refused, 1);
+        tracing::info!(
+            target: "shardmail::antispam",
+            check = "helo",
+            ip = %peer,
+            helo = helo.as_str(),
+            "HELO naming us refused"
+        );
+    }
     let refused = session.take_refused();
     if refused.is_empty() {
         return;

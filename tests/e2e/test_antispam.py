@@ -132,6 +132,25 @@ class Helo(unittest.TestCase):
                 self.assertEqual(s.ehlo("mx.example.test")[0], 250)
         finally:
             server.stop()
+        lines = [e for e in log_events(server, "shardmail::antispam") if e.get("check") == "helo"]
+        self.assertEqual([e["helo"] for e in lines],
+                         ["mx.example.test", "MX.example.test.", "[127.0.0.1]"])
+        self.assertEqual({e["ip"] for e in lines}, {"127.0.0.9"})
+
+    def test_repeated_fake_greetings_count_as_failed_commands(self):
+        server = Server(settings={
+            "antispam.exempt_networks": "[]",
+            "antispam.rate_limits": '[{key="client_ip",count="failed_commands",window="1m",limit=3}]'})
+        server.start()
+        try:
+            with mx(server, "127.0.0.9") as s:
+                codes = [s.ehlo("mx.example.test")[0] for _ in range(3)]
+                self.assertEqual(codes, [550, 550, 550])
+                code, text = s.ehlo("mx.example.test")
+                self.assertEqual(code, 421, text)
+                self.assertIn(b"failed_commands", text)
+        finally:
+            server.stop()
 
 
 @unittest.skipUnless(HAVE_DNSMASQ or os.environ.get("CI"), "dnsmasq is needed")

@@ -156,6 +156,8 @@ class MilterReplies(unittest.TestCase):
         self.send("quarantine")
         junk = self.server.messages(ALICE, "Junk")
         self.assertIn(b"Subject: milter: quarantine", junk[-1])
+        lines = [e for e in log_events(self.server, "shardmail::antispam") if e.get("check") == "junk"]
+        self.assertEqual(lines[-1]["reason"], "milter quarantine: held by the test milter")
 
     def test_header_changes(self):
         self.send("addheader")

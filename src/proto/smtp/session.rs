@@ -278,6 +278,8 @@ pub struct Session {
     /// Names a client outside our networks may not greet us with (our host name and
     /// address): a forged HELO (postscreen's and Postfix's usual check).
     own_names: Vec<String>,
+    /// A HELO refused for naming us, not yet logged by the IO layer.
+    refused_helo: Option<String>,
     /// Recipients refused since the IO layer last asked ([`Session::take_refused`]),
     /// at most [`REFUSED_KEPT_MAX`].
     refused: Vec<RefusedRecipient>,
@@ -319,6 +321,7 @@ impl Session {
             commands: 0,
             refused: Vec::new(),
             own_names: Vec::new(),
+            refused_helo: None,
         }
     }
 
@@ -349,6 +352,11 @@ impl Session {
     /// Recipients refused at RCPT since the last call.
     pub fn take_refused(&mut self) -> Vec<RefusedRecipient> {
         std::mem::take(&mut self.refused)
+    }
+
+    /// The HELO name last refused for naming us, once (for the log).
+    pub fn take_refused_helo(&mut self) -> Option<String> {
+        self.refused_helo.take()
     }
 
     /// Command lines processed so far.
@@ -570,8 +578,8 @@ impl Session {
 
     fn command(&mut self, cmd: Command<'_>, now: SystemTime, dir: &dyn Directory, o: &mut Outbox) {
         match cmd {
-            Command::Ehlo(domain) => self.hello(domain, true, o),
-            Command::Helo(domain) => self.hello(domain, false, o),
+            Command::Ehlo(domain) => self.hello(domain, true, dir, o),
+            Command::Helo(domain) => self.hello(domain, false, dir, o),
             Command::Mail(from, params) => self.mail(from, params, dir, o),
             Command::Rcpt(to) => self.rcpt(to, dir, o),
             Command::Data => self.data(now, o),
@@ -595,12 +603,18 @@ impl Session {
         }
     }
 
-    fn hello(&mut self, domain: &str, esmtp: bool, out: &mut Outbox) {
+    fn hello(&mut self, domain: &str, esmtp: bool, dir: &dyn Directory, out: &mut Outbox) {
         let named = domain.trim_end_matches('.').to_ascii_lowercase();
         if self.own_names.contains(&named) {
-            return out.line(&format!(
+            self.refused_helo = Some(domain.to_string());
+            let event = self.rate_event(RateCount::FailedCommands, "", None);
+            if let Some(reply) = dir.rate_limited(event) {
+                return self.refuse_for_rate(&reply, out);
+            }
+            out.line(&format!(
                 "550 5.7.1 <{domain}>: Helo command rejected: you are not me"
             ));
+            return self.count_bad_command(out);
         }
         self.helo = Some(domain.to_string());
         self.esmtp = esmtp;
