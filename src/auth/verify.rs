@@ -461,6 +461,10 @@ pub async fn fcrdns(auth: &MessageAuthenticator, caches: &Caches, ip: IpAddr) ->
     }
 }
 
+/// How long a DNS list's "not listed" (NXDOMAIN) is remembered: short, so a newly
+/// listed spammer is seen within a minute.
+const DNSBL_NEGATIVE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The A records of each name, looked up together; a failed lookup is an empty list.
 pub async fn dnsbl(
     auth: &MessageAuthenticator,
@@ -470,10 +474,14 @@ pub async fn dnsbl(
     let lookups = names.iter().map(|name| async move {
         match auth.ipv4_lookup(name.as_str(), Some(&caches.ipv4)).await {
             Ok(set) => set.rrset.to_vec(),
+            Err(e) if not_found(&e) => {
+                // "Not listed" is the common answer: cached too (as no addresses), or
+                // every connection would ask again. Nothing else looks these names up.
+                caches.add_ipv4(name, Vec::new(), Instant::now() + DNSBL_NEGATIVE_TTL);
+                Vec::new()
+            }
             Err(e) => {
-                if !not_found(&e) {
-                    tracing::debug!(%name, error = %e, "DNS list lookup failed; counted as not listed");
-                }
+                tracing::debug!(%name, error = %e, "DNS list lookup failed; counted as not listed");
                 Vec::new()
             }
         }

@@ -4,6 +4,7 @@ every limit's reply, and a bystander that must still be served."""
 import os
 import smtplib
 import socket
+import tempfile
 import time
 import unittest
 
@@ -205,8 +206,10 @@ class Dnsbl(unittest.TestCase):
         listed = [("10", "block.test", "127.0.0.2"), ("11", "junk.test", "127.0.0.2"),
                   ("12", "block.test", "127.0.0.9"),  # an answer the list's codes ignore
                   ("13", "block.test", "127.0.0.2"), ("13", "allow.test", "127.0.0.2")]
+        queries = os.path.join(tempfile.mkdtemp(prefix="dnsmasq-"), "queries.log")
         dns = start_dnsmasq(port, txt=[], hosts=[], dead_zone="dead.test", extra=[
-            f"--address=/{last}.0.0.127.{zone}/{answer}" for last, zone, answer in listed])
+            f"--address=/{last}.0.0.127.{zone}/{answer}" for last, zone, answer in listed] + [
+            "--log-queries", f"--log-facility={queries}"])
         server = Server(settings={
             "dns.servers": f'["127.0.0.1:{port}"]',
             "auth.enabled": "false",
@@ -227,10 +230,16 @@ class Dnsbl(unittest.TestCase):
                 forged = "X-Spam-Score: -100 (dnsbl: forged)\r\n" + message(source)
                 with mx(server, source) as s:
                     self.assertEqual(s.sendmail("x@sender.test", [ALICE], forged), {})
+            # A client on no list connects again: "not listed" was cached.
+            with mx(server, "127.0.0.14") as s:
+                self.assertEqual(s.noop()[0], 250)
         finally:
             server.stop()
             dns.terminate()
             dns.wait(timeout=10)
+        with open(queries) as f:
+            asked = [line for line in f if "query[A] 14.0.0.127.block.test" in line]
+        self.assertEqual(len(asked), 1, asked)
         junk = server.messages(ALICE, "Junk")
         self.assertEqual(len(junk), 1)
         self.assertIn(b"X-Spam-Score: 5 (dnsbl: junk.test)\r\n", junk[0])
