@@ -107,6 +107,8 @@ pub struct Metrics {
     pub greylisted: Cell<u64>,
     /// Milter conversations, by [`MILTER_VERDICTS`].
     pub milter: [Cell<u64>; 6],
+    /// Reverse DNS verdicts of screened MX clients: pass, fail, temperror.
+    pub fcrdns: [Cell<u64>; 3],
     /// HELO/EHLO refused for naming us (MX port).
     pub helo_refused: Cell<u64>,
     /// Recipients' sender lists that matched: allow, block.
@@ -156,6 +158,7 @@ impl Default for Metrics {
             milter: Default::default(),
             sender_lists: Default::default(),
             helo_refused: Cell::default(),
+            fcrdns: Default::default(),
             logins_throttled: Cell::default(),
             deadline_disconnects: Cell::default(),
             accept_latency: RefCell::new(histogram()),
@@ -280,6 +283,9 @@ impl Metrics {
         put("dnsbl_rejected_total", String::new(), &self.dnsbl_rejected);
         put("greylisted_total", String::new(), &self.greylisted);
         put("helo_refused_total", String::new(), &self.helo_refused);
+        for (result, c) in ["pass", "fail", "temperror"].iter().zip(&self.fcrdns) {
+            put("fcrdns_total", format!("result=\"{result}\""), c);
+        }
         for (verdict, c) in ["allow", "block"].iter().zip(&self.sender_lists) {
             put("sender_lists_total", format!("verdict=\"{verdict}\""), c);
         }
@@ -322,6 +328,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "greylisted_total",
         "Recipients deferred by greylisting (antispam.greylist).",
+    ),
+    (
+        "fcrdns_total",
+        "Forward-confirmed reverse DNS of screened MX clients, by result.",
     ),
     (
         "helo_refused_total",

@@ -87,6 +87,14 @@ pub async fn screen(shard: &Rc<Shard>, stream: &mut Stream, ip: IpAddr) -> Optio
         futures_lite::future::zip(talks_first(stream, antispam.greet_delay), lookups).await;
     screened.checked = true;
     screened.fcrdns = reversed.as_ref().map_or("-", |r| r.name());
+    if let Some(r) = &reversed {
+        let index = match r {
+            Fcrdns::Pass(_) => 0,
+            Fcrdns::Fail => 1,
+            Fcrdns::TempError => 2,
+        };
+        crate::metrics::bump_one(&shard.metrics.fcrdns, index);
+    }
     match reversed {
         Some(Fcrdns::Pass(name)) => screened.client_name = Some(name),
         Some(Fcrdns::Fail) if antispam.fcrdns_fail_score != 0 => {
