@@ -9,6 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use shardmail::config::{Config, ConfigSource};
 use shardmail::users::{self, UserDb};
 
+mod cli {
+    //! The binary's subcommands that are more than a call into the library.
+    pub mod user;
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -49,7 +54,7 @@ enum Command {
     CheckConfig,
     /// Manage accounts.
     #[command(subcommand)]
-    User(UserCmd),
+    User(cli::user::UserCmd),
     /// Manage aliases and per-domain catch-alls.
     #[command(subcommand)]
     Alias(AliasCmd),
@@ -87,50 +92,6 @@ enum Command {
         email: String,
         #[arg(long)]
         out: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum UserCmd {
-    /// Add an account (prompts for the password unless --password-stdin).
-    Add {
-        email: String,
-        #[arg(long)]
-        password_stdin: bool,
-    },
-    /// List accounts.
-    List,
-    /// Delete an account (its stored mail is no longer reachable).
-    Del { email: String },
-    /// Change an account's password.
-    Passwd {
-        email: String,
-        #[arg(long)]
-        password_stdin: bool,
-    },
-    /// Show or change an account's own sender lists: mail from an allowed address or
-    /// @domain goes to the inbox (no greylisting, no Junk); a blocked one is refused
-    /// at RCPT. Applies to a running server within a second.
-    Senders {
-        email: String,
-        /// An address (a@b.example) or domain (@b.example) to allow; repeatable.
-        #[arg(long, value_name = "SENDER")]
-        allow: Vec<String>,
-        /// An address or domain to block; repeatable.
-        #[arg(long, value_name = "SENDER")]
-        block: Vec<String>,
-        /// Take an address or domain off both lists; repeatable.
-        #[arg(long, value_name = "SENDER")]
-        remove: Vec<String>,
-    },
-    /// Set an account's quota: a size ("2GiB") or count, "default" (quota.*_default)
-    /// or "unlimited". Applies to a running server within a second.
-    Quota {
-        email: String,
-        #[arg(long, value_name = "SIZE|default|unlimited")]
-        storage: Option<String>,
-        #[arg(long, value_name = "N|default|unlimited")]
-        messages: Option<String>,
     },
 }
 
@@ -242,7 +203,7 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", text.trim_end());
             Ok(())
         }
-        Command::User(cmd) => user(cmd, &config, &data),
+        Command::User(cmd) => cli::user::user(cmd, &config, &data),
         Command::Alias(cmd) => alias(cmd, &data),
         Command::Dkim(cmd) => dkim(cmd, &config, &data),
         Command::Queue(cmd) => queue(cmd, &data),
@@ -295,207 +256,6 @@ fn served_locally(config: &Config, data: &Path, domain: &str) -> bool {
     running.exists()
         && Config::load(Some(&running), &[], None)
             .is_ok_and(|served| served.is_local_domain(domain))
-}
-
-fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
-    match cmd {
-        UserCmd::Add {
-            email,
-            password_stdin,
-        } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
-            let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            if !served_locally(config, data, domain) {
-                eprintln!(
-                    "warning: {domain} is not in domains.local {:?} (nor in {}); this server \
-                     will not accept mail for {email} until it is",
-                    config.local_domains,
-                    data.join(shardmail::shard::preflight::RUNNING_CONFIG)
-                        .display()
-                );
-            }
-            let hash = users::hash_password(&read_password(password_stdin)?)?;
-            UserDb::update(data, |db| {
-                if db.users.contains_key(&email) {
-                    return Err(format!("{email} already exists (use `user passwd`)"));
-                }
-                let created = now_secs();
-                db.users.insert(
-                    email.clone(),
-                    users::User {
-                        id: users::new_account_id(),
-                        password: hash,
-                        created,
-                        quota: users::Quota::default(),
-                        senders: users::SenderLists::default(),
-                    },
-                );
-                Ok(())
-            })?;
-            println!("added {email}");
-            Ok(())
-        }
-        UserCmd::List => {
-            let db = UserDb::load(data).map_err(|e| e.to_string())?;
-            let shown = |limit: Option<u64>, default: Option<u64>, size: bool| match limit {
-                Some(u64::MAX) => "unlimited".to_string(),
-                Some(n) if size => shardmail::store_admin::human(n),
-                Some(n) => n.to_string(),
-                None => match default {
-                    Some(n) if size => format!("{} (default)", shardmail::store_admin::human(n)),
-                    Some(n) => format!("{n} (default)"),
-                    None => "unlimited (default)".to_string(),
-                },
-            };
-            let default = config.quota.default;
-            for (email, u) in &db.users {
-                println!(
-                    "{email}\t{:016x}\tstorage {}\tmessages {}",
-                    u.id,
-                    shown(u.quota.storage, default.storage, true),
-                    shown(u.quota.messages, default.messages, false)
-                );
-            }
-            Ok(())
-        }
-        UserCmd::Del { email } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
-            UserDb::update(data, |db| {
-                db.users
-                    .remove(&email)
-                    .ok_or_else(|| format!("no user {email}"))?;
-                db.aliases.retain(|_, target| target != &email);
-                Ok(())
-            })?;
-            println!("deleted {email}");
-            Ok(())
-        }
-        UserCmd::Passwd {
-            email,
-            password_stdin,
-        } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
-            let hash = users::hash_password(&read_password(password_stdin)?)?;
-            UserDb::update(data, |db| {
-                let u = db
-                    .users
-                    .get_mut(&email)
-                    .ok_or_else(|| format!("no user {email}"))?;
-                u.password = hash;
-                Ok(())
-            })?;
-            println!("password changed for {email}");
-            Ok(())
-        }
-        UserCmd::Senders {
-            email,
-            allow,
-            block,
-            remove,
-        } => senders(data, &email, &allow, &block, &remove),
-        UserCmd::Quota {
-            email,
-            storage,
-            messages,
-        } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
-            if storage.is_none() && messages.is_none() {
-                return Err("give --storage and/or --messages (see `user quota --help`)".into());
-            }
-            let storage = storage
-                .as_deref()
-                .map(|s| quota_limit(s, true))
-                .transpose()?;
-            let messages = messages
-                .as_deref()
-                .map(|s| quota_limit(s, false))
-                .transpose()?;
-            let quota = UserDb::update(data, |db| {
-                let u = db
-                    .users
-                    .get_mut(&email)
-                    .ok_or_else(|| format!("no user {email}"))?;
-                if let Some(limit) = storage {
-                    u.quota.storage = limit;
-                }
-                if let Some(limit) = messages {
-                    u.quota.messages = limit;
-                }
-                Ok(u.quota)
-            })?;
-            let show = |l: Option<u64>| l.map_or("default".to_string(), |n| n.to_string());
-            println!(
-                "quota of {email}: storage {} bytes, messages {}",
-                show(quota.storage),
-                show(quota.messages)
-            );
-            Ok(())
-        }
-    }
-}
-
-/// `shardmail user senders`: edits, then prints, the account's sender lists.
-fn senders(
-    data: &Path,
-    email: &str,
-    allow: &[String],
-    block: &[String],
-    remove: &[String],
-) -> Result<(), String> {
-    let email = users::normalize(email).ok_or("expected an address like user@example.org")?;
-    let entries = |list: &[String]| -> Result<Vec<String>, String> {
-        list.iter()
-            .map(|e| {
-                users::sender_entry(e).ok_or_else(|| {
-                    format!("{e:?}: expected an address (a@b.example) or a domain (@b.example)")
-                })
-            })
-            .collect()
-    };
-    let (allow, block, remove) = (entries(allow)?, entries(block)?, entries(remove)?);
-    let edit = |db: &mut UserDb| {
-        let lists = &mut db
-            .users
-            .get_mut(&email)
-            .ok_or_else(|| format!("no user {email}"))?
-            .senders;
-        // An entry is on one list at most: the latest command decides.
-        for entry in allow.iter().chain(&block).chain(&remove) {
-            lists.allow.retain(|e| e != entry);
-            lists.block.retain(|e| e != entry);
-        }
-        lists.allow.extend(allow.iter().cloned());
-        lists.block.extend(block.iter().cloned());
-        if lists.allow.len() > users::SENDER_LIST_MAX || lists.block.len() > users::SENDER_LIST_MAX
-        {
-            return Err(format!(
-                "at most {} entries per list (use domains rather than addresses)",
-                users::SENDER_LIST_MAX
-            ));
-        }
-        Ok(lists.clone())
-    };
-    let lists = if allow.is_empty() && block.is_empty() && remove.is_empty() {
-        // Only showing: no rewrite of users.json (which running servers would reload).
-        let mut db = UserDb::load(data).map_err(|e| e.to_string())?;
-        edit(&mut db)?
-    } else {
-        UserDb::update(data, edit)?
-    };
-    for entry in &lists.allow {
-        println!("allow {entry}");
-    }
-    for entry in &lists.block {
-        println!("block {entry}");
-    }
-    if lists.allow.is_empty() && lists.block.is_empty() {
-        println!("{email} has no sender lists");
-    }
-    Ok(())
 }
 
 fn import(
@@ -574,23 +334,6 @@ fn import(
         .collect::<String>()
     );
     Ok(())
-}
-
-/// A `user quota` limit: `None` = the configured default, `u64::MAX` = no limit.
-fn quota_limit(text: &str, size: bool) -> Result<Option<u64>, String> {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "default" => Ok(None),
-        "unlimited" | "none" => Ok(Some(u64::MAX)),
-        _ if size => shardmail::config::raw::Size::Text(text.to_string())
-            .bytes("--storage")
-            .map(|n| Some(n as u64))
-            .map_err(|e| format!("--storage: {}", e.reason)),
-        _ => text
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| "--messages: expected a count, \"default\" or \"unlimited\"".into()),
-    }
 }
 
 fn alias(cmd: AliasCmd, data: &Path) -> Result<(), String> {

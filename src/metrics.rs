@@ -22,7 +22,7 @@ pub const DELIVERY_STATUSES: [&str; 6] = [
 ];
 /// Label values of the login counters.
 pub const PROTOCOLS: [&str; 3] = ["smtp", "imap", "pop3"];
-pub const LOGIN_RESULTS: [&str; 3] = ["ok", "failed", "throttled"];
+pub const LOGIN_RESULTS: [&str; 4] = ["ok", "failed", "throttled", "busy"];
 /// What `antispam.rate_limits` counts, in `RateCount` order.
 pub const RATE_COUNTS: [&str; 4] = ["connections", "messages", "recipients", "failed_commands"];
 /// Why a connection was refused (the limit's config key, or the open-file capacity).
@@ -94,7 +94,7 @@ pub struct Metrics {
     /// Recipients per delivery attempt, by [`DIRECTIONS`] × [`DELIVERY_STATUSES`].
     pub deliveries: [[Cell<u64>; 6]; 2],
     /// Login attempts, by [`PROTOCOLS`] × [`LOGIN_RESULTS`].
-    pub logins: [[Cell<u64>; 3]; 3],
+    pub logins: [[Cell<u64>; LOGIN_RESULTS.len()]; 3],
     /// TLS handshakes as a server (implicit TLS and STARTTLS): completed, failed.
     pub tls_handshakes: [Cell<u64>; 2],
     /// Events refused by `antispam.rate_limits`, by [`RATE_COUNTS`].

@@ -3,7 +3,8 @@
 //! The CLI (`shardmail user …`, `shardmail alias …`) edits the file under an exclusive
 //! `flock` and replaces it atomically; a running server notices the new mtime and
 //! reloads it (each shard keeps its own copy). Passwords are argon2id PHC strings;
-//! verification is CPU-heavy and must run off the reactor (`spawn_blocking`). Each
+//! verification is CPU-heavy and must run off the reactor (`shard::passwords`);
+//! app passwords ([`app_password`]) are cheap to check. Each
 //! account has a random 64-bit id that keys its mail in the store, so deleting a user
 //! and adding the same address again never resurrects old mail.
 
@@ -19,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::smtp::{Resolution, SenderVerdict};
 
+pub mod app_password;
+pub use app_password::AppPassword;
+
 /// One account.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct User {
@@ -33,6 +37,9 @@ pub struct User {
     /// The account's own sender allow and block lists (`shardmail user senders`).
     #[serde(default, skip_serializing_if = "SenderLists::is_empty")]
     pub senders: SenderLists,
+    /// Secrets for one device each (`shardmail user app-password`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_passwords: Vec<AppPassword>,
 }
 
 /// A user's senders to always accept into the inbox or always refuse: addresses
@@ -318,6 +325,7 @@ mod tests {
                 created: 0,
                 quota: Quota::default(),
                 senders: SenderLists::default(),
+                app_passwords: Vec::new(),
             },
         );
         db.aliases.insert("info@ex.org".into(), "bob@ex.org".into());

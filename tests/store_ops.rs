@@ -215,6 +215,7 @@ fn export_refuses_names_that_would_leave_the_output_directory() {
                 created: 0,
                 quota: shardmail::users::Quota::default(),
                 senders: shardmail::users::SenderLists::default(),
+                app_passwords: Vec::new(),
             },
         );
         Ok(())

@@ -88,6 +88,8 @@ pub struct Limits {
     pub sessions_per_shard_max: usize,
     /// How long a verified login is cached (zero: not at all).
     pub auth_cache: Duration,
+    /// Password verification threads (0 = one per core).
+    pub password_threads: usize,
     /// Largest IMAP literal before login.
     pub preauth_literal_bytes_max: usize,
     /// Unsent reply bytes per connection before the session waits for its peer.
@@ -531,6 +533,7 @@ impl Config {
             imap_nesting_max: l.imap_nesting_max,
             sessions_per_shard_max: l.sessions_per_shard_max,
             auth_cache: Duration::from_secs(l.auth_cache_secs),
+            password_threads: l.password_threads,
             preauth_literal_bytes_max: l
                 .preauth_literal_bytes_max
                 .bytes("limits.preauth_literal_bytes_max")?,

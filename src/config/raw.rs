@@ -440,9 +440,12 @@ pub struct RawLimits {
     pub imap_idle_timeout_secs: u64,
     pub imap_nesting_max: usize,
     pub sessions_per_shard_max: usize,
-    /// Seconds a successful login is remembered (as an HMAC) so the next login of the
-    /// same user and password skips argon2; 0 = off (every login pays argon2).
+    /// Seconds a successful login is remembered (as an HMAC keyed per run) so the
+    /// next login of the same user and password skips argon2; 0 = off (every login
+    /// pays argon2). A changed password or deleted account misses at once.
     pub auth_cache_secs: u64,
+    /// Threads verifying passwords (argon2) for every shard; 0 = one per core.
+    pub password_threads: usize,
     /// Largest IMAP literal accepted before login (a LOGIN password needs little).
     pub preauth_literal_bytes_max: Size,
     /// Reply bytes a session queues before it stops computing and waits for its peer
@@ -497,7 +500,8 @@ impl Default for RawLimits {
             imap_idle_timeout_secs: 1800, // RFC 9051 §5.4: at least 30 minutes
             imap_nesting_max: 16,
             sessions_per_shard_max: 10_000,
-            auth_cache_secs: 0, // off, as Dovecot's auth_cache: an opt-in trade
+            auth_cache_secs: 300,
+            password_threads: 0,
             preauth_literal_bytes_max: Size::Bytes(8 * 1024),
             output_buffer_bytes_max: Size::Bytes(256 * 1024),
             mailboxes_per_account_max: 10_000,

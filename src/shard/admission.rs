@@ -4,9 +4,11 @@
 //! capacity the open-file limit allows); a [`Ticket`] is one admitted connection and
 //! gives its slot back when dropped, on whichever shard the connection ends (it
 //! travels with a hand-off). [`LoginThrottle`] counts failed logins per client network
-//! (an IPv4 address, an IPv6 /64) and per account, with exponential back-off, and
-//! lets at most one verification per source and per account run at a time, so a
-//! flood of guesses cannot queue ahead of other users' logins.
+//! (an IPv4 address, an IPv6 /64) and per account, with exponential back-off. A
+//! source or account with a recent failure has at most one verification running at
+//! a time, so a flood of guesses cannot queue ahead of other users' logins; a clean
+//! one (an office behind one NAT address, a user's eight sync channels) may run up
+//! to [`LOGIN_PARALLEL_CLEAN`] at once.
 //!
 //! This is the one place where shards share mutable state (DESIGN.md §1 has none):
 //! a per-address limit means nothing if each shard counts only its own share. It is
@@ -25,6 +27,10 @@ use crate::config::IpNet;
 
 /// Independently locked parts of each map (contention stays low with many shards).
 const PARTS: usize = 16;
+
+/// Verifications that may run at once for a source or account with no recent
+/// failure (one with a failure runs one at a time). The password pool bounds the CPU.
+pub const LOGIN_PARALLEL_CLEAN: u32 = 16;
 
 /// Addresses and accounts remembered by the throttle before the oldest are dropped.
 const THROTTLE_ENTRIES_MAX: usize = 200_000;
@@ -247,8 +253,8 @@ struct Record {
     failures: u32,
     last_failure: Instant,
     locked_until: Option<Instant>,
-    /// A verification for this key is running (on some shard).
-    in_flight: bool,
+    /// Verifications for this key running now (on any shard).
+    in_flight: u32,
 }
 
 impl Record {
@@ -257,7 +263,16 @@ impl Record {
             failures: 0,
             last_failure: now,
             locked_until: None,
-            in_flight: false,
+            in_flight: 0,
+        }
+    }
+
+    /// Verifications this key may have running at once.
+    fn parallel(&self) -> u32 {
+        if self.failures > 0 {
+            1
+        } else {
+            LOGIN_PARALLEL_CLEAN
         }
     }
 }
@@ -358,9 +373,9 @@ impl LoginThrottle {
         if map.len() > THROTTLE_ENTRIES_MAX / PARTS {
             let memory = self.config().memory;
             let now = Instant::now();
-            map.retain(|_, r| r.in_flight || now.duration_since(r.last_failure) < memory);
+            map.retain(|_, r| r.in_flight > 0 || now.duration_since(r.last_failure) < memory);
             if map.len() > THROTTLE_ENTRIES_MAX / PARTS {
-                map.retain(|_, r| r.in_flight);
+                map.retain(|_, r| r.in_flight > 0);
             }
         }
         f(&mut map)
@@ -376,7 +391,7 @@ impl LoginThrottle {
         let source = (!exempt).then(|| source_key(ip));
         let account = Key::Account(user.to_ascii_lowercase());
         let memory = self.config().memory;
-        let fresh = |r: &Record| now.duration_since(r.last_failure) < memory || r.in_flight;
+        let fresh = |r: &Record| now.duration_since(r.last_failure) < memory || r.in_flight > 0;
         // A source that never failed is not held back by the account's lock-out: a
         // flood of guesses against an account must not lock its owner out.
         let source_failures = match &source {
@@ -398,7 +413,7 @@ impl LoginThrottle {
                 if let Some(until) = r.locked_until.filter(|u| *u > now) {
                     return Gate::Locked(until - now);
                 }
-                if r.in_flight {
+                if r.in_flight >= r.parallel() {
                     return Gate::Wait;
                 }
             }
@@ -409,10 +424,10 @@ impl LoginThrottle {
         for key in source.iter().chain(std::iter::once(&account)) {
             let busy = self.with(key, |m| {
                 let r = m.entry(key.clone()).or_insert_with(|| Record::new(now));
-                if r.in_flight {
+                if r.in_flight >= r.parallel() {
                     true
                 } else {
-                    r.in_flight = true;
+                    r.in_flight += 1;
                     false
                 }
             });
@@ -420,7 +435,7 @@ impl LoginThrottle {
                 for k in marked {
                     self.with(k, |m| {
                         if let Some(r) = m.get_mut(k) {
-                            r.in_flight = false;
+                            r.in_flight = r.in_flight.saturating_sub(1);
                         }
                     });
                 }
@@ -440,7 +455,7 @@ impl LoginThrottle {
         {
             self.with(key, |m| {
                 if let Some(r) = m.get_mut(key) {
-                    r.in_flight = false;
+                    r.in_flight = r.in_flight.saturating_sub(1);
                 }
             });
         }
@@ -456,11 +471,21 @@ impl LoginThrottle {
         {
             self.with(key, |m| {
                 if ok {
-                    m.remove(key);
+                    // A success forgives; others still running keep their count.
+                    match m.get_mut(key) {
+                        Some(r) if r.in_flight > 1 => {
+                            r.in_flight -= 1;
+                            r.failures = 0;
+                            r.locked_until = None;
+                        }
+                        _ => {
+                            m.remove(key);
+                        }
+                    }
                     return;
                 }
                 let r = m.entry(key.clone()).or_insert_with(|| Record::new(now));
-                r.in_flight = false;
+                r.in_flight = r.in_flight.saturating_sub(1);
                 if now.duration_since(r.last_failure) >= config.memory {
                     r.failures = 0;
                 }
@@ -525,9 +550,26 @@ mod tests {
     }
 
     #[test]
-    fn one_verification_per_account_at_a_time() {
+    fn clean_sources_and_accounts_verify_in_parallel_up_to_a_bound() {
         let t = throttle();
         let now = Instant::now();
+        let ip: IpAddr = "198.51.100.9".parse().unwrap();
+        let running: Vec<Attempt> = (0..LOGIN_PARALLEL_CLEAN)
+            .map(|_| go(t.gate(ip, "bob@x", now)))
+            .collect();
+        assert_eq!(t.gate(ip, "bob@x", now), Gate::Wait);
+        for a in running {
+            t.finished(a, true, now);
+        }
+        assert!(matches!(t.gate(ip, "bob@x", now), Gate::Go(_)));
+    }
+
+    #[test]
+    fn one_verification_at_a_time_after_a_failure() {
+        let t = throttle();
+        let now = Instant::now();
+        let first = go(t.gate("198.51.100.1".parse().unwrap(), "bob@x", now));
+        t.finished(first, false, now);
         let a = go(t.gate("198.51.100.1".parse().unwrap(), "bob@x", now));
         assert_eq!(
             t.gate("198.51.100.2".parse().unwrap(), "bob@x", now),

@@ -15,10 +15,12 @@ pub mod delivery_log;
 pub mod greylist;
 pub mod imap;
 pub mod listen;
+pub mod login;
 pub mod mesh;
 pub mod metrics_http;
 pub mod milter;
 pub mod outbound;
+pub mod passwords;
 pub mod pop3;
 pub mod preflight;
 pub mod ratelimit;
@@ -31,7 +33,7 @@ pub mod spool;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,6 +46,7 @@ use crate::config::Config;
 use crate::proto::smtp::{Directory, Greylisting, Port, Resolution, SenderVerdict, SessionConfig};
 use crate::store::{self, Partition};
 use crate::users::UserDb;
+pub use login::{LoginAttempt, LoginCheck, MailboxLogin};
 use mesh::{Mesh, ShardMsg};
 use shutdown::Shutdown;
 
@@ -56,7 +59,7 @@ pub struct Shard {
     pub partitions_total: u32,
     pub users: RefCell<Rc<UserDb>>,
     users_checked: Cell<Option<Instant>>,
-    users_mtime: Cell<Option<SystemTime>>,
+    users_stamp: Cell<Option<UsersStamp>>,
     pub mesh: Mesh,
     pub shutdown: Shutdown,
     /// Tasks serving a connection on this shard (shutdown waits for them).
@@ -94,58 +97,13 @@ pub struct Shard {
     /// The outbound queue's delivery side.
     pub outbound: outbound::Outbound,
     pub metrics: crate::metrics::Metrics,
-    /// Verified logins (`limits.auth_cache_secs`): user → HMAC of user and password.
-    auth_cache: RefCell<HashMap<String, (ring::hmac::Tag, Instant)>>,
-    /// A random key per shard and run: cached tags are useless outside this process.
-    auth_cache_key: ring::hmac::Key,
+    /// Password verification threads and the verified-login cache, shared by every
+    /// shard.
+    pub passwords: Arc<passwords::Passwords>,
     /// Each milter's concurrency gate on this shard (`milter.servers[].concurrency`),
     /// by address, with the permits it was made with.
     milter_gates:
         RefCell<HashMap<crate::config::MilterAddress, (u64, Rc<glommio::sync::Semaphore>)>>,
-}
-
-/// A login to check: who, from where, over what.
-#[derive(Debug)]
-pub struct LoginAttempt {
-    /// `smtp`, `imap` or `pop3`.
-    pub protocol: &'static str,
-    /// `PLAIN`, `LOGIN` (SMTP AUTH LOGIN or the IMAP command), `USER` (POP3 USER/PASS).
-    pub mechanism: &'static str,
-    pub username: String,
-    pub password: String,
-    pub ip: IpAddr,
-}
-
-/// The outcome of [`Shard::checked_login`].
-#[derive(Debug)]
-pub enum LoginCheck {
-    /// The password matches; the account's canonical address.
-    Ok(String),
-    /// Wrong user or password (already delayed).
-    Refused,
-    /// Backed off after failed logins; no password was checked (already delayed).
-    Throttled,
-}
-
-/// How long a login waits for another check of the same source or account to
-/// finish before it is answered "try later".
-const LOGIN_WAIT_MAX: Duration = Duration::from_secs(30);
-const LOGIN_WAIT_POLL: Duration = Duration::from_millis(10);
-
-/// The outcome of [`Shard::mailbox_login`].
-pub enum MailboxLogin {
-    /// Wrong user or password (already delayed).
-    Refused,
-    /// Backed off after failed logins (already delayed).
-    Throttled,
-    /// The account vanished meanwhile: a temporary failure.
-    Unavailable,
-    /// Logged in; `owner` is the shard whose partition holds the account.
-    Accepted {
-        user: String,
-        account: u64,
-        owner: usize,
-    },
 }
 
 /// A connection that passed admission: its peer, and the slot it holds.
@@ -181,8 +139,27 @@ impl Drop for UserSlot {
     }
 }
 
-/// Cached logins per shard before the cache is emptied and refilled.
-const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
+/// What tells a rewritten `users.json` from the one loaded: its mtime, size and
+/// inode (the CLI replaces it by rename, so the inode changes even within one tick
+/// of a coarse clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct UsersStamp {
+    modified: SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+impl UsersStamp {
+    fn of(path: &std::path::Path) -> Option<UsersStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(UsersStamp {
+            modified: m.modified().ok()?,
+            len: m.len(),
+            inode: m.ino(),
+        })
+    }
+}
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -298,7 +275,10 @@ impl Shard {
         );
         *self.live.borrow_mut() = Rc::new(live);
         self.users_checked.set(None);
-        self.users_mtime.set(None);
+        self.users_stamp.set(None);
+        // A reload may change `limits.auth_cache_secs` or follow an edit of the
+        // accounts: logins verify afresh.
+        self.passwords.forget_all();
         self.refresh_users();
     }
 
@@ -312,18 +292,24 @@ impl Shard {
         {
             return;
         }
-        self.users_checked.set(Some(now));
+        self.refresh_users_now();
+    }
+
+    /// Re-reads `users.json` if it changed since the last look (one stat; logins
+    /// call this so a changed password or revoked app password applies at once).
+    pub fn refresh_users_now(&self) {
+        self.users_checked.set(Some(Instant::now()));
         let path = UserDb::path(&self.config().data_dir);
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if mtime == self.users_mtime.get() {
+        let stamp = UsersStamp::of(&path);
+        if stamp == self.users_stamp.get() {
             return;
         }
         match UserDb::load(&self.config().data_dir) {
             Ok(db) => {
                 *self.users.borrow_mut() = Rc::new(db);
-                self.users_mtime.set(mtime);
-                // A changed password or a deleted user must not log in from the cache.
-                self.auth_cache.borrow_mut().clear();
+                self.users_stamp.set(stamp);
+                // The login cache needs no clearing: its entries hash the stored
+                // password hash, so a changed password no longer matches.
             }
             Err(e) => tracing::error!(error = %e, "cannot reload users; keeping the old ones"),
         }
@@ -331,147 +317,6 @@ impl Shard {
 
     pub fn partition(&self, id: u32) -> Option<&Rc<Partition>> {
         self.partitions.get(&id)
-    }
-
-    /// A password check under the failed-login throttle (`limits.login_*`): waits
-    /// while another check for the same source or account runs, refuses at once —
-    /// computing no hash — while either is backed off, and records the outcome. A
-    /// failure or refusal is answered only after `limits.auth_failure_delay_ms`
-    /// (counted in `failures`).
-    pub async fn checked_login(&self, attempt: LoginAttempt, failures: &Cell<u64>) -> LoginCheck {
-        let LoginAttempt {
-            protocol,
-            mechanism,
-            username,
-            password,
-            ip,
-        } = attempt;
-        let key = crate::users::normalize(&username).unwrap_or_else(|| username.to_lowercase());
-        let outcome = self
-            .checked_login_inner(&key, username, password, ip, failures)
-            .await;
-        // One line per attempt, for the operator and fail2ban (contrib/fail2ban): the
-        // user name is the client's, so it is a string field: quoted and
-        // escaped in text lines, a JSON string in JSON lines.
-        let (result, r) = match &outcome {
-            LoginCheck::Ok(_) => ("ok", 0),
-            LoginCheck::Refused => ("failed", 1),
-            LoginCheck::Throttled => ("throttled", 2),
-        };
-        let p = crate::metrics::PROTOCOLS
-            .iter()
-            .position(|x| *x == protocol)
-            .unwrap_or(0);
-        crate::metrics::bump(&self.metrics.logins, p, r);
-        tracing::info!(
-            target: "shardmail::login",
-            protocol,
-            mechanism,
-            ip = %ip,
-            user = key.as_str(),
-            result,
-            "login"
-        );
-        outcome
-    }
-
-    async fn checked_login_inner(
-        &self,
-        key: &str,
-        username: String,
-        password: String,
-        ip: IpAddr,
-        failures: &Cell<u64>,
-    ) -> LoginCheck {
-        let give_up = Instant::now() + LOGIN_WAIT_MAX;
-        let attempt = loop {
-            match self.throttle.gate(ip, key, Instant::now()) {
-                admission::Gate::Go(a) => break a,
-                admission::Gate::Wait if Instant::now() < give_up => {
-                    glommio::timer::sleep(LOGIN_WAIT_POLL).await;
-                }
-                admission::Gate::Wait | admission::Gate::Locked(_) => {
-                    crate::metrics::add(&self.metrics.logins_throttled, 1);
-                    crate::metrics::add(failures, 1);
-                    glommio::timer::sleep(self.config().limits.auth_failure_delay).await;
-                    return LoginCheck::Throttled;
-                }
-            }
-        };
-        let guard = admission::InFlight::new(&self.throttle, attempt);
-        let user = self.verify_password(username, password).await;
-        guard.finish(user.is_some(), Instant::now());
-        match user {
-            Some(user) => LoginCheck::Ok(user),
-            None => {
-                crate::metrics::add(failures, 1);
-                glommio::timer::sleep(self.config().limits.auth_failure_delay).await;
-                LoginCheck::Refused
-            }
-        }
-    }
-
-    /// A POP3/IMAP login: checks the password under the throttle
-    /// ([`Shard::checked_login`]) and finds the account and the shard that owns it.
-    pub async fn mailbox_login(&self, attempt: LoginAttempt, failures: &Cell<u64>) -> MailboxLogin {
-        self.refresh_users();
-        let user = match self.checked_login(attempt, failures).await {
-            LoginCheck::Ok(user) => user,
-            LoginCheck::Refused => return MailboxLogin::Refused,
-            LoginCheck::Throttled => return MailboxLogin::Throttled,
-        };
-        let Some(account) = self.users.borrow().user(&user).map(|u| u.id) else {
-            return MailboxLogin::Unavailable; // deleted while we checked
-        };
-        let owner = store::shard_of(
-            store::partition_of(account, self.partitions_total),
-            self.config().shards,
-        );
-        MailboxLogin::Accepted {
-            user,
-            account,
-            owner,
-        }
-    }
-
-    /// Checks a password off the reactor; the account's canonical address if it matches.
-    pub async fn verify_password(&self, username: String, password: String) -> Option<String> {
-        let db = self.users.borrow().clone();
-        let name = crate::users::normalize(&username);
-        let ttl = self.config().limits.auth_cache;
-        let credentials = |user: &str| [user.as_bytes(), b"\0", password.as_bytes()].concat();
-        if let Some(user) = name.as_deref().filter(|_| !ttl.is_zero()) {
-            let cached = self.auth_cache.borrow().get(user).cloned();
-            if let Some((tag, until)) = cached {
-                let fresh = until > Instant::now();
-                if fresh
-                    && ring::hmac::verify(&self.auth_cache_key, &credentials(user), tag.as_ref())
-                        .is_ok()
-                {
-                    return Some(user.to_string());
-                }
-            }
-        }
-        let hash = name
-            .as_deref()
-            .and_then(|n| db.users.get(n))
-            .map(|u| u.password.clone());
-        let known = hash.is_some();
-        let hash = hash.unwrap_or_else(|| crate::users::DUMMY_HASH.to_string());
-        let attempt = password.clone();
-        let ok = glommio::executor()
-            .spawn_blocking(move || crate::users::verify_password(&hash, &attempt))
-            .await;
-        let user = (ok && known).then_some(name).flatten()?;
-        if !ttl.is_zero() {
-            let tag = ring::hmac::sign(&self.auth_cache_key, &credentials(&user));
-            let mut cache = self.auth_cache.borrow_mut();
-            if cache.len() >= AUTH_CACHE_ENTRIES_MAX {
-                cache.clear(); // bounded memory; the next logins refill it
-            }
-            cache.insert(user.clone(), (tag, Instant::now() + ttl));
-        }
-        Some(user)
     }
 }
 
@@ -657,6 +502,7 @@ pub fn serve(
         capacity,
     );
     let throttle = admission::LoginThrottle::new(throttle_config(&config));
+    let passwords = passwords::Passwords::start(config.limits.password_threads)?;
     let rate = ratelimit::RateLimiter::new(config.antispam.rate_limits.clone());
     let greylist = Arc::new(greylist::Greylist::open(&config.data_dir)?);
     let stop = Arc::new(AtomicBool::new(false));
@@ -714,6 +560,7 @@ pub fn serve(
                 )),
                 connections,
                 throttle,
+                passwords: passwords.clone(),
                 rate,
                 greylist,
                 usage: Arc::new(store::usage::UsageBoard::default()),
@@ -732,6 +579,7 @@ pub fn serve(
         })
         .map_err(|e| preflight::explain_executor_error(&e.to_string()))?;
     let _ = handles.join_all();
+    passwords.close();
     match failed.lock().ok().and_then(|mut f| f.take()) {
         Some(e) => Err(e),
         None => {
@@ -791,6 +639,7 @@ struct ShardInit {
     sockets: Arc<std::sync::Mutex<Vec<Option<Vec<listen::Bound>>>>>,
     connections: Arc<admission::Connections>,
     throttle: Arc<admission::LoginThrottle>,
+    passwords: Arc<passwords::Passwords>,
     rate: Arc<ratelimit::RateLimiter>,
     greylist: Arc<greylist::Greylist>,
     usage: Arc<store::usage::UsageBoard>,
@@ -824,6 +673,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         sockets: init_sockets,
         connections,
         throttle,
+        passwords,
         rate,
         greylist,
         usage,
@@ -846,9 +696,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         partition.publish_usage(usage.clone());
         partitions.insert(p, partition);
     }
-    let users_mtime = std::fs::metadata(UserDb::path(&config.data_dir))
-        .and_then(|m| m.modified())
-        .ok();
+    let users_stamp = UsersStamp::of(&UserDb::path(&config.data_dir));
     let shard = Rc::new(Shard {
         id,
         live: RefCell::new(Rc::new(reload::Live::new(config, tls, dkim_keys))),
@@ -856,7 +704,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         partitions_total,
         users: RefCell::new(Rc::new(users)),
         users_checked: Cell::new(None),
-        users_mtime: Cell::new(users_mtime),
+        users_stamp: Cell::new(users_stamp),
         mesh,
         shutdown: shutdown.clone(),
         sessions: Cell::new(0),
@@ -879,13 +727,8 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         auth: auth.map(crate::auth::worker::AuthClient::new),
         outbound: outbound::Outbound::new(),
         metrics: crate::metrics::Metrics::default(),
-        auth_cache: RefCell::new(HashMap::new()),
+        passwords,
         milter_gates: RefCell::default(),
-        auth_cache_key: ring::hmac::Key::generate(
-            ring::hmac::HMAC_SHA256,
-            &ring::rand::SystemRandom::new(),
-        )
-        .map_err(|_| "cannot generate the auth cache key".to_string())?,
     });
     reload::watch(shard.clone(), board);
     mesh::serve(shard.clone());

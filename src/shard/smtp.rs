@@ -130,6 +130,7 @@ async fn drive(
                         LoginCheck::Ok(user) => session.auth_result(Some(user), &mut out),
                         LoginCheck::Refused => session.auth_result(None, &mut out),
                         LoginCheck::Throttled => session.auth_throttled(&mut out),
+                        LoginCheck::Busy => session.auth_busy(&mut out),
                     }
                 }
                 Action::CheckSpf {

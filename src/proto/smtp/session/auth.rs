@@ -84,6 +84,13 @@ impl Session {
         }
     }
 
+    /// The login was not checked: the server's password checks are all busy
+    /// (`limits.password_threads`). Not the client's fault: no failure is counted.
+    pub fn auth_busy(&mut self, out: &mut Outbox) {
+        self.state = State::Command;
+        out.line("454 4.7.0 Temporary authentication failure: server busy; try again later");
+    }
+
     /// The login was not checked: its source or account is backed off after failed
     /// logins (`limits.login_*`). Counts as a failure for this connection.
     pub fn auth_throttled(&mut self, out: &mut Outbox) {
