@@ -10,8 +10,18 @@
 #   IMAP: shardmail-load imap (8 connections) on the same mailboxes: FETCH of whole
 #     messages, FETCH of headers, the mixed workload without and with IDLE wake-ups in
 #     long sessions, and a login-heavy mix (20 operations per session).
+#   IMAPS and POP3S: the FETCH and retrieval runs again over implicit TLS.
+#
+# Like with like: every mailbox workload runs against Dovecot twice, with {PLAIN}
+# passwords and with argon2id ones (SCHEME=ARGON2ID: libsodium, 64 MiB, t=3), and the
+# login-heavy ones a third time with Dovecot's auth cache (AUTH_CACHE=1); shardmail
+# runs with its defaults (argon2id 19 MiB t=2, login cache on) and, where logins
+# matter, with limits.auth_cache_secs=0. Beside each throughput: the server's CPU per
+# operation (user+system of the server's processes from /proc, reaped children
+# included), steadier than wall time on a shared host.
 #
 # Usage: loadtest/compare.sh            (as root: it installs and starts the references)
+#        loadtest/compare_table.py compare.json   the README's table from the results
 # Env:   MESSAGES=20000 POP3_MESSAGES=300 POP3_SESSIONS=256 OUT=compare.json
 #        RUNS=3 repeats every measurement and reports the median run (default 1)
 #        KEEP=1 keeps the temporary shardmail data and logs (path printed at the end)
@@ -30,6 +40,8 @@ L=target/release/shardmail-load
 SM_SMTP=127.0.0.1:3525
 SM_POP3=127.0.0.1:3110
 SM_IMAP=127.0.0.1:3143
+SM_POP3S=127.0.0.1:3995
+SM_IMAPS=127.0.0.1:3993
 IMAP_OPS=${IMAP_OPS:-1000}
 IMAP_SESSIONS=${IMAP_SESSIONS:-400}
 
@@ -49,11 +61,17 @@ stop_pid() {
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
 }
+DOVECOT_ROOT=/tmp/dovecot-ref
+stop_dovecot() {
+  [ -s "$DOVECOT_ROOT/run/master.pid" ] || return 0
+  stop_pid "$(cat "$DOVECOT_ROOT/run/master.pid")"
+  rm -f "$DOVECOT_ROOT/run/master.pid"
+}
 cleanup() {
   stop_pid "$SM_PID"
   stop_pid "$SINK_PID"
   postfix stop >/dev/null 2>&1 || true
-  [ -f /tmp/dovecot-ref/run/master.pid ] && kill "$(cat /tmp/dovecot-ref/run/master.pid)" 2>/dev/null || true
+  stop_dovecot
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
@@ -111,7 +129,8 @@ postfix stop >/dev/null 2>&1 || true
 step "shardmail (embedded defaults, 2 shards, group commit; auth checks off like Postfix's defaults)"
 SM=(--data-dir "$WORK/sm" --set 'domains.local=["bench.test"]' --set auth.enabled=false
     --set "listen.smtp=\"$SM_SMTP\"" --set "listen.pop3=\"$SM_POP3\"" --set "listen.imap=\"$SM_IMAP\"" --set tls.allow_plaintext_auth=true
-    --set 'listen.submission=[]' --set 'listen.submissions=[]' --set 'listen.pop3s=[]' --set 'listen.imaps=[]')
+    --set 'listen.submission=[]' --set 'listen.submissions=[]'
+    --set "listen.pop3s=\"$SM_POP3S\"" --set "listen.imaps=\"$SM_IMAPS\"")
 echo pw | $B "${SM[@]}" user add sink@bench.test --password-stdin >/dev/null
 for i in $(seq 1 8); do echo pass | $B "${SM[@]}" user add "testuser$i@bench.test" --password-stdin >/dev/null; done
 # shellcheck source=loadtest/lib.sh
@@ -132,7 +151,8 @@ with smtplib.SMTP(host, int(port)) as s:
         for _ in range(n):
             s.sendmail("seed@bench.test", [f"testuser{i}@bench.test"], body)
 PY
-bash "$REF/start-dovecot.sh" >/dev/null
+rm -rf "$DOVECOT_ROOT"
+TLS=1 bash "$REF/start-dovecot.sh" >/dev/null
 python3 - "$POP3_MESSAGES" <<'PY'
 import smtplib, sys
 n = int(sys.argv[1])
@@ -143,108 +163,167 @@ with smtplib.LMTP("127.0.0.1", 10024) as s:
             s.sendmail("seed@bench.test", [f"testuser{i}"], body)
 PY
 
+# The servers' own CPU: shardmail's process; every process of Dovecot's session
+# (master, login, auth and the mail processes; exited ones through the master's
+# reaped-children times).
+tick=$(getconf CLK_TCK)
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}
+server_pids() {
+  case $1 in
+    shardmail*) echo "$SM_PID" ;;
+    *) pgrep -s "$(ps -o sid= -p "$(cat "$DOVECOT_ROOT/run/master.pid")" | tr -d ' ')" ;;
+  esac
+}
+# with_cpu SERVER CMD...: CMD's JSON report plus "server_cpu_s", the server's CPU
+# during it.
+with_cpu() {
+  local server=$1 before after out
+  shift
+  before=$(cpu_ticks $(server_pids "$server"))
+  out=$("$@" --json 2>/dev/null) || return 1
+  after=$(cpu_ticks $(server_pids "$server"))
+  python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r["server_cpu_s"] = (int(sys.argv[3]) - int(sys.argv[2])) / int(sys.argv[4]); print(json.dumps(r))' \
+    "$out" "$before" "$after" "$tick"
+}
+
 USERS_SM=(); USERS_DC=()
 for i in $(seq 1 8); do USERS_SM+=(--user "testuser$i@bench.test"); USERS_DC+=(--user "testuser$i"); done
-# Two mixes: retrieval-heavy (one login per maildrop, everything downloaded) and
-# login-heavy (POP3_SESSIONS logins over the same maildrops).
-step "POP3 retrieval: shardmail"
-retr_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions 8 --password pass "${USERS_SM[@]}")
-step "POP3 retrieval: Dovecot"
-retr_dc=$(median_json messages_per_s pop3j --server 127.0.0.1:10110 -c 8 --sessions 8 --password pass "${USERS_DC[@]}")
-step "POP3 login-heavy: shardmail"
-pop3_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")
-step "POP3 login-heavy: Dovecot"
-pop3_dc=$(median_json messages_per_s pop3j --server 127.0.0.1:10110 -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_DC[@]}")
+# Where each server listens, by protocol (plain, TLS).
+addr() {
+  case "$1/$2" in
+    shardmail*/pop3) echo "$SM_POP3" ;; shardmail*/pop3s) echo "$SM_POP3S" ;;
+    shardmail*/imap) echo "$SM_IMAP" ;; shardmail*/imaps) echo "$SM_IMAPS" ;;
+    */pop3) echo 127.0.0.1:10110 ;; */pop3s) echo 127.0.0.1:10995 ;;
+    */imap) echo 127.0.0.1:10143 ;; */imaps) echo 127.0.0.1:10993 ;;
+  esac
+}
+users_of() { case $1 in shardmail*) echo "${USERS_SM[@]}" ;; *) echo "${USERS_DC[@]}" ;; esac; }
+tls_of() { case $1 in *s) echo implicit ;; *) echo none ;; esac; }
 
-imap1() { $L imap -c 8 --password pass "$@" --json 2>/dev/null; }
-imap() { median_json ops_per_s imap1 "$@"; }
-# The auth cache runs before the IMAP mixes append mail, so it sees the same maildrops
-# as the runs it is compared with; then the server restarts without it.
-step "POP3 and IMAP login-heavy: shardmail with limits.auth_cache_secs=300 (restarted)"
+# The workloads: NAME KIND PROTOCOL KEY ARGS... KIND: ro (reads only), rw (appends
+# and changes flags), login (IMAP login-heavy: the default mix, which appends). KEY:
+# the report's rate the median is taken of.
+NO_IDLE=fetch_headers=30,fetch_body=30,store=15,search=10,append=5,noop=10
+WORKLOADS=(
+  "pop3_retrieval ro pop3 messages_per_s --sessions 8"
+  "pop3s_retrieval ro pop3s messages_per_s --sessions 8"
+  "imap_fetch_body ro imap ops_per_s --sessions 16 --ops $IMAP_OPS --mix fetch_body=1"
+  "imaps_fetch_body ro imaps ops_per_s --sessions 16 --ops $IMAP_OPS --mix fetch_body=1"
+  "imap_fetch_headers ro imap ops_per_s --sessions 16 --ops $IMAP_OPS --mix fetch_headers=1"
+  "pop3_login_heavy ro pop3 messages_per_s --sessions $POP3_SESSIONS"
+  "imap_mixed_no_idle rw imap ops_per_s --sessions 16 --ops $IMAP_OPS --mix $NO_IDLE"
+  "imap_mixed rw imap ops_per_s --sessions 16 --ops $IMAP_OPS"
+  "imap_login_heavy login imap ops_per_s --sessions $IMAP_SESSIONS --ops 20"
+)
+RESULTS=$WORK/results.jsonl
+: > "$RESULTS"
+
+# run_workloads SERVER KINDS: the workloads of these kinds against SERVER (a profile:
+# shardmail, shardmail-nocache, dovecot-plain, dovecot-argon2id,
+# dovecot-argon2id-cache), RUNS times each, the median kept.
+run_workloads() {
+  local server=$1 kinds=" $2 " w name kind proto key args
+  for w in "${WORKLOADS[@]}"; do
+    read -r name kind proto key args <<<"$w"
+    [[ "$kinds" == *" $kind "* ]] || continue
+    step "$name: $server"
+    local tool=imap
+    [[ $proto == pop3* ]] && tool=pop3
+    local password=pass
+    # shellcheck disable=SC2046,SC2086
+    median_json "$key" with_cpu "$server" $L "$tool" --server "$(addr "$server" "$proto")" -c 8 \
+      --tls "$(tls_of "$proto")" --password "$password" $(users_of "$server") $args \
+      | python3 -c 'import json, sys; r = json.load(sys.stdin); print(json.dumps({"workload": sys.argv[1], "server": sys.argv[2], "report": r}))' \
+        "$name" "$server" >>"$RESULTS"
+  done
+}
 restart() {
   stop_pid "$SM_PID"
-  $B "${SM[@]}" "$@" serve 2>"$WORK/shardmail-$#.log" &
+  $B "${SM[@]}" "$@" serve 2>>"$WORK/shardmail.log" &
   SM_PID=$!
-  wait_ready "$WORK/shardmail-$#.log"
+  wait_ready "$WORK/shardmail.log"
 }
-restart --set limits.auth_cache_secs=300
-cached_sm=$(median_json messages_per_s pop3j --server "$SM_POP3" -c 8 --sessions "$POP3_SESSIONS" --password pass "${USERS_SM[@]}")
-il_cached=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
-echo "$il_cached" > "$WORK/imap_cached.json"
+dovecot() {
+  stop_dovecot
+  ROOT=$DOVECOT_ROOT TLS=1 SCHEME=$1 AUTH_CACHE=$2 bash "$REF/start-dovecot.sh" >/dev/null
+}
+
+# Every profile reads the seeded mail first; then the workloads that append run, each
+# Dovecot profile sharing one Maildir (so later Dovecot runs see a few hundred more
+# small messages than shardmail's: against Dovecot, if anything).
 restart
+run_workloads shardmail ro
+restart --set limits.auth_cache_secs=0
+run_workloads shardmail-nocache ro
+dovecot PLAIN 0
+run_workloads dovecot-plain ro
+dovecot ARGON2ID 0
+run_workloads dovecot-argon2id ro
+dovecot ARGON2ID 1
+run_workloads dovecot-argon2id-cache ro
+restart
+run_workloads shardmail "rw login"
+dovecot PLAIN 0
+run_workloads dovecot-plain "rw login"
+dovecot ARGON2ID 0
+run_workloads dovecot-argon2id "rw login"
+restart --set limits.auth_cache_secs=0
+run_workloads shardmail-nocache login
+dovecot ARGON2ID 1
+run_workloads dovecot-argon2id-cache login
 
-# IMAP on the same mailboxes. Read-only mixes first, so both servers hold the same
-# mail for them; the mixed workload appends about as much to each.
-step "IMAP FETCH whole messages: shardmail, Dovecot"
-fb_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_SM[@]}")
-fb_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_body=1 "${USERS_DC[@]}")
-step "IMAP FETCH headers of 10 messages: shardmail, Dovecot"
-fh_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix fetch_headers=1 "${USERS_SM[@]}")
-fh_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix fetch_headers=1 "${USERS_DC[@]}")
-NO_IDLE=fetch_headers=30,fetch_body=30,store=15,search=10,append=5,noop=10
-step "IMAP mixed workload without IDLE, long sessions: shardmail, Dovecot"
-mn_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" --mix "$NO_IDLE" "${USERS_SM[@]}")
-mn_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" --mix "$NO_IDLE" "${USERS_DC[@]}")
-step "IMAP mixed workload with IDLE wake-ups (the default mix), long sessions: shardmail, Dovecot"
-mx_sm=$(imap --server "$SM_IMAP" --sessions 16 --ops "$IMAP_OPS" "${USERS_SM[@]}")
-mx_dc=$(imap --server 127.0.0.1:10143 --sessions 16 --ops "$IMAP_OPS" "${USERS_DC[@]}")
-step "IMAP login-heavy ($IMAP_SESSIONS sessions x 20 operations): shardmail, Dovecot"
-il_sm=$(imap --server "$SM_IMAP" --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_SM[@]}")
-il_dc=$(imap --server 127.0.0.1:10143 --sessions "$IMAP_SESSIONS" --ops 20 "${USERS_DC[@]}")
-echo "{\"fetch_body\": {\"shardmail\": $fb_sm, \"dovecot\": $fb_dc}, \"fetch_headers\": {\"shardmail\": $fh_sm, \"dovecot\": $fh_dc}, \"mixed_no_idle\": {\"shardmail\": $mn_sm, \"dovecot\": $mn_dc}, \"mixed\": {\"shardmail\": $mx_sm, \"dovecot\": $mx_dc}, \"login_heavy\": {\"shardmail\": $il_sm, \"dovecot\": $il_dc}}" > "$WORK/imap.json"
-
-python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$pop3_sm" "$pop3_dc" "$OUT" "$retr_sm" "$retr_dc" "$cached_sm" "$WORK/imap.json" "$WORK/imap_cached.json" <<'PY'
+python3 - "$MESSAGES" "$t_sink" "$t_postfix" "$t_shardmail" "$RESULTS" "$OUT" <<'PY'
 import json, os, sys
 n, t_sink, t_pf, t_sm = int(sys.argv[1]), *map(float, sys.argv[2:5])
-sm, dc = json.loads(sys.argv[5]), json.loads(sys.argv[6])
-rsm, rdc = json.loads(sys.argv[8]), json.loads(sys.argv[9])
-csm = json.loads(sys.argv[10])
-r = {
+mailbox = {}
+for line in open(sys.argv[5]):
+    x = json.loads(line)
+    r = x["report"]
+    # Per operation: POP3 per message retrieved, IMAP per operation (logins excluded).
+    count = r.get("messages_retrieved") or r.get("operations") or 1
+    r["server_cpu_us_per_op"] = r["server_cpu_s"] * 1e6 / count
+    logins = r.get("logins") or r.get("sessions") or 0
+    r["server_cpu_us_per_login_session"] = r["server_cpu_s"] * 1e6 / max(logins, 1)
+    mailbox.setdefault(x["workload"], {})[x["server"]] = r
+result = {
+    "runs": int(os.environ.get("RUNS", "1")),
     "smtp_msgs_per_s": {"smtp-sink": n / t_sink, "postfix": n / t_pf, "shardmail": n / t_sm},
-    "pop3_login_heavy": {"shardmail": sm, "dovecot": dc},
-    "pop3_retrieval": {"shardmail": rsm, "dovecot": rdc},
-    "pop3_login_heavy_auth_cache": {"shardmail": csm},
+    "mailbox": mailbox,
 }
-r["ratios"] = {
-    "smtp_shardmail_vs_postfix": (n / t_sm) / (n / t_pf),
-    "smtp_shardmail_vs_sink": (n / t_sm) / (n / t_sink),
-    "pop3_msgs_shardmail_vs_dovecot": sm["messages_per_s"] / dc["messages_per_s"],
-    "pop3_session_p99_ms": [sm["session_download_ms"]["p99"], dc["session_download_ms"]["p99"]],
+rate = lambda r: r.get("messages_per_s") or r.get("ops_per_s")
+# Like with like: the same stored-hash kind and the same caching on both sides.
+pairs = {
+    "argon2id_both_cached": ("shardmail", "dovecot-argon2id-cache"),
+    "argon2id_both_uncached": ("shardmail-nocache", "dovecot-argon2id"),
+    "shardmail_uncached_vs_dovecot_plain": ("shardmail-nocache", "dovecot-plain"),
+    "shardmail_default_vs_dovecot_argon2id": ("shardmail", "dovecot-argon2id"),
+    "shardmail_default_vs_dovecot_plain": ("shardmail", "dovecot-plain"),
 }
-imap = json.load(open(sys.argv[11]))
-imap["login_heavy_auth_cache"] = {"shardmail": json.load(open(sys.argv[12]))}
-r["imap"] = imap
-r["ratios"]["imap_ops_shardmail_vs_dovecot"] = {
-    k: v["shardmail"]["ops_per_s"] / v["dovecot"]["ops_per_s"] for k, v in imap.items() if "dovecot" in v}
-json.dump(r, open(sys.argv[7], "w"), indent=2)
-print(f"(median of {os.environ.get('RUNS', '1')} run(s) each)")
-print(f"{'':34}{'msg/s':>10}")
-for k, v in r["smtp_msgs_per_s"].items():
-    print(f"SMTP ingest {k:22}{v:>10.0f}")
-for mix, pairs in (("retrieval", (("shardmail", rsm), ("dovecot", rdc))),
-                   ("login-heavy", (("shardmail", sm), ("shardmail+cache", csm), ("dovecot", dc)))):
-    for name, x in pairs:
-        print(f"POP3 {mix:12} {name:16}{x['messages_per_s']:>10.0f}   "
-              f"(login {x['login_ms_mean']:.1f} ms; p99 download {x['session_download_ms']['p99']:.1f} ms)")
-q = r["ratios"]
-print(f"\nshardmail / Postfix (SMTP, smtp-source -d): {q['smtp_shardmail_vs_postfix']:.1f}x")
-print(f"shardmail / smtp-sink (SMTP):              {100 * q['smtp_shardmail_vs_sink']:.0f}%")
-print(f"shardmail / Dovecot (POP3 retrieval):      {rsm['messages_per_s'] / rdc['messages_per_s']:.1f}x")
-print(f"shardmail / Dovecot (POP3 login-heavy):    {q['pop3_msgs_shardmail_vs_dovecot']:.1f}x"
-      f"  ({csm['messages_per_s'] / dc['messages_per_s']:.1f}x with limits.auth_cache_secs=300)")
-print("(the reference Dovecot stores {PLAIN} passwords; shardmail verifies argon2id on every login)")
-print(f"\n{'IMAP (8 connections)':34}{'ops/s':>10}{'MB/s':>8}{'p99 ms':>9}")
-for mix, v in imap.items():
-    for name, x in v.items():
-        print(f"  {mix:18} {name:13}{x['ops_per_s']:>10.0f}{x['mb_per_s']:>8.1f}{x['latency_ms']['p99']:>9.2f}")
-for mix, ratio in r["ratios"]["imap_ops_shardmail_vs_dovecot"].items():
-    print(f"shardmail / Dovecot (IMAP {mix}):{'':{max(1, 16 - len(mix))}}{ratio:.1f}x")
-for name in ("shardmail", "dovecot"):
-    idle = imap["mixed"][name]["per_operation"].get("idle")
-    if idle:
-        print(f"IDLE wake-up {name:10} p50 {idle['latency_ms']['p50']:.1f} ms  p99 {idle['latency_ms']['p99']:.1f} ms"
-              "  (a second connection's APPEND sent → EXISTS seen)")
-c = imap["login_heavy_auth_cache"]["shardmail"]["ops_per_s"] / imap["login_heavy"]["dovecot"]["ops_per_s"]
-print(f"shardmail / Dovecot (IMAP login-heavy, limits.auth_cache_secs=300): {c:.1f}x")
-print(f"\nresults written to {sys.argv[7]}")
+ratios = {}
+for workload, by in mailbox.items():
+    for label, (a, b) in pairs.items():
+        if a in by and b in by:
+            ratios.setdefault(workload, {})[label] = rate(by[a]) / rate(by[b])
+result["ratios"] = ratios
+result["smtp_ratios"] = {"shardmail_vs_postfix": t_pf / t_sm, "shardmail_vs_sink": t_sink / t_sm}
+json.dump(result, open(sys.argv[6], "w"), indent=2)
+print(f"(median of {result['runs']} run(s) each)")
+for k, v in result["smtp_msgs_per_s"].items():
+    print(f"SMTP ingest {k:22}{v:>10.0f} msg/s")
+print(f"shardmail / Postfix {t_pf / t_sm:.1f}x, / smtp-sink {100 * t_sink / t_sm:.0f}%\n")
+print(f"{'workload':22}{'server':24}{'rate/s':>10}{'p99 ms':>9}{'CPU us/op':>11}")
+for workload, by in mailbox.items():
+    for server, r in by.items():
+        p99 = (r.get("latency_ms") or r.get("session_download_ms"))["p99"]
+        print(f"{workload:22}{server:24}{rate(r):>10.0f}{p99:>9.2f}{r['server_cpu_us_per_op']:>11.0f}")
+    for label, q in ratios.get(workload, {}).items():
+        print(f"{'':22}  {label}: {q:.1f}x")
+print(f"\nresults written to {sys.argv[6]}; loadtest/compare_table.py {sys.argv[6]} prints the README table")
 PY

@@ -241,6 +241,22 @@ impl Shard {
                 return Verdict::Ok(user.to_string(), Credential::Cached);
             }
         }
+        let ttl = self.config().limits.auth_cache;
+        // With the cache on, a login arriving while the same account's password is
+        // being verified waits for that run: if it was the same password, the cache
+        // now answers.
+        let mut _leading = None;
+        if let Some((user, u)) = account.filter(|_| !ttl.is_zero()) {
+            match self.passwords.join_or_lead(user) {
+                Ok(lead) => _leading = Some(lead),
+                Err(wait) => {
+                    let _ = wait.await;
+                    if self.passwords.cached(user, &u.password, &password) {
+                        return Verdict::Ok(user.to_string(), Credential::Cached);
+                    }
+                }
+            }
+        }
         let stored = account.map_or(crate::users::DUMMY_HASH, |(_, u)| u.password.as_str());
         let verified = self
             .passwords
@@ -248,7 +264,6 @@ impl Shard {
             .await;
         match (verified, account) {
             (Verified::Match, Some((user, u))) => {
-                let ttl = self.config().limits.auth_cache;
                 self.passwords.remember(user, &u.password, &password, ttl);
                 Verdict::Ok(user.to_string(), Credential::Password)
             }

@@ -10,7 +10,9 @@
 //! (`PASSWORD_QUEUE_PER_SOURCE_MAX`); past either, a login is answered "try later"
 //! without computing a hash. Shards await a oneshot, so a reactor never blocks here.
 //!
-//! The cache (`limits.auth_cache_secs`) remembers a verified login as an HMAC, under
+//! Logins of one account that arrive while its password is being verified wait for
+//! that run and look in the cache again, so a client opening several connections at
+//! once costs one argon2 run. The cache (`limits.auth_cache_secs`) remembers a verified login as an HMAC, under
 //! a key made at start-up, of the account, its stored hash and the password: memory
 //! never holds a password or anything that can be checked offline, and a changed
 //! password (a different stored hash) or a deleted account misses at once.
@@ -99,6 +101,10 @@ pub struct Passwords {
     shared: Arc<Shared>,
     threads: usize,
     cache: Mutex<HashMap<String, (ring::hmac::Tag, Instant)>>,
+    /// Accounts whose password is being verified now, with the logins waiting to
+    /// look in the cache when that ends (a mail client opening five connections at
+    /// once pays one argon2 run, not five).
+    pending: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Made at start-up: cached tags mean nothing outside this process.
     cache_key: ring::hmac::Key,
 }
@@ -128,6 +134,7 @@ impl Passwords {
             shared,
             threads,
             cache: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             cache_key,
         }))
     }
@@ -207,6 +214,26 @@ impl Passwords {
         cache.insert(user.to_string(), (tag, Instant::now() + ttl));
     }
 
+    /// Either joins a verification of `user` already running (the receiver fires when
+    /// it ends: look in the cache again) or, if none is, marks this caller as the one
+    /// running it until the returned [`Pending`] is dropped.
+    pub fn join_or_lead<'p>(&'p self, user: &str) -> Result<Pending<'p>, oneshot::Receiver<()>> {
+        let mut pending = lock(&self.pending);
+        if let Some(waiting) = pending.get_mut(user) {
+            if waiting.len() < PASSWORD_QUEUE_PER_SOURCE_MAX {
+                let (done, wait) = oneshot::channel();
+                waiting.push(done);
+                return Err(wait);
+            }
+            // Many waiting already: this one verifies on its own (bounded list).
+            return Ok(Pending { owner: None });
+        }
+        pending.insert(user.to_string(), Vec::new());
+        Ok(Pending {
+            owner: Some((self, user.to_string())),
+        })
+    }
+
     /// Forgets every cached login (the user database or the settings changed).
     pub fn forget_all(&self) {
         lock(&self.cache).clear();
@@ -219,12 +246,31 @@ impl Passwords {
     }
 }
 
+/// A verification other logins of the same account may be waiting for; dropping it
+/// (after the result is in the cache, or when the login went away) wakes them.
+pub struct Pending<'p> {
+    owner: Option<(&'p Passwords, String)>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some((passwords, user)) = self.owner.take() {
+            let waiting = lock(&passwords.pending).remove(&user).unwrap_or_default();
+            for done in waiting {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One verification thread: takes the next job in turn, answers it, until closed.
 fn serve(shared: &Shared) {
+    // argon2's blocks, kept between jobs (see users::verify_password_in).
+    let mut memory = Vec::new();
     loop {
         let job = {
             let mut queue = lock(&shared.queue);
@@ -242,7 +288,7 @@ fn serve(shared: &Shared) {
         if job.reply.is_canceled() {
             continue;
         }
-        let ok = crate::users::verify_password(&job.hash, &job.password);
+        let ok = crate::users::verify_password_in(&job.hash, &job.password, &mut memory);
         let _ = job.reply.send(ok);
     }
 }
@@ -308,6 +354,25 @@ mod tests {
         assert!(!p.cached("c@x.example", "$h", "pw"), "ttl 0 = off");
         p.forget_all();
         assert!(!p.cached("a@x.example", "$h1", "pw"));
+        p.close();
+    }
+
+    #[test]
+    fn concurrent_logins_of_one_account_wait_for_the_first() {
+        let p = Passwords::start(1).unwrap();
+        let lead = p.join_or_lead("a@x.example").ok().unwrap();
+        let mut wait = p.join_or_lead("a@x.example").err().unwrap();
+        assert!(
+            p.join_or_lead("b@x.example").is_ok(),
+            "another account leads its own"
+        );
+        assert_eq!(wait.try_recv(), Ok(None), "still running");
+        drop(lead);
+        assert_eq!(wait.try_recv(), Ok(Some(())));
+        assert!(
+            p.join_or_lead("a@x.example").is_ok(),
+            "over: the next one leads"
+        );
         p.close();
     }
 

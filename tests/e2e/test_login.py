@@ -157,6 +157,38 @@ class LoginCache(unittest.TestCase):
         self.assertEqual(ok.count("cached"), 7, ok)
 
 
+    def test_a_client_opening_several_connections_at_once_pays_one_argon2_run(self):
+        server = Server()
+        server.add_user(ALICE, "pw")
+        server.start()
+        try:
+            # Like Thunderbird at start-up: five connections log in at the same moment.
+            barrier = threading.Barrier(5)
+            results = []
+
+            def connect():
+                m = Imaps(server.ports["imaps"])
+                barrier.wait(timeout=30)
+                m.login(ALICE, "pw")
+                results.append(True)
+                m.logout()
+
+            threads = [threading.Thread(target=connect) for _ in range(5)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            self.assertEqual(len(results), 5)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        ok = [e["credential"] for e in log_events(server, "shardmail::login")
+              if e["result"] == "ok"]
+        self.assertEqual(len(ok), 5, ok)
+        # The others waited for the first verification and found it in the cache (a
+        # straggler arriving after it ended is a cache hit too).
+        self.assertEqual(ok.count("password"), 1, ok)
+
+
 class FairPool(unittest.TestCase):
     def test_a_burst_from_one_address_does_not_hold_up_another(self):
         # One verification thread and no cache, so every login is a queued argon2 run
