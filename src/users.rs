@@ -264,54 +264,6 @@ pub fn hash_password(password: &str) -> Result<String, String> {
         .map_err(|e| format!("cannot hash password: {e}"))
 }
 
-/// argon2 memory a verification thread keeps between logins: enough for the
-/// hashes we write (19 MiB) and for Dovecot's or PHP's imported ones (64 MiB); a
-/// costlier stored hash is verified with memory of its own.
-pub const KEPT_ARGON2_BLOCKS_MAX: usize = 64 * 1024;
-
-/// Checks `password` against a PHC string like [`verify_password`], filling
-/// `memory` (kept by the caller between calls) instead of allocating argon2's
-/// blocks: no 19 MiB allocation, zeroing and page faults per login. CPU-heavy: call
-/// off the reactor.
-pub fn verify_password_in(hash: &str, password: &str, memory: &mut Vec<argon2::Block>) -> bool {
-    let Ok(phc) = PasswordHash::new(hash) else {
-        return false;
-    };
-    let (Ok(algorithm), Ok(params)) = (
-        argon2::Algorithm::try_from(phc.algorithm),
-        argon2::Params::try_from(&phc),
-    ) else {
-        return verify_password(hash, password); // not argon2: the generic path
-    };
-    let version = match phc.version.map(argon2::Version::try_from) {
-        None => argon2::Version::default(),
-        Some(Ok(v)) => v,
-        Some(Err(_)) => return false,
-    };
-    let (Some(salt), Some(expected)) = (phc.salt, phc.hash) else {
-        return false;
-    };
-    if params.block_count() > KEPT_ARGON2_BLOCKS_MAX {
-        return verify_password(hash, password);
-    }
-    let mut salt_bytes = [0u8; 64];
-    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
-        return false;
-    };
-    if memory.len() < params.block_count() {
-        memory.resize(params.block_count(), argon2::Block::default());
-    }
-    let mut out = [0u8; 64];
-    let Some(out) = out.get_mut(..expected.len()) else {
-        return false;
-    };
-    argon2::Argon2::new(algorithm, version, params)
-        .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut memory[..])
-        .is_ok()
-        // Output's equality is constant-time.
-        && argon2::password_hash::Output::new(out).is_ok_and(|o| o == expected)
-}
-
 /// Checks `password` against a PHC string. CPU-heavy: call off the reactor.
 pub fn verify_password(hash: &str, password: &str) -> bool {
     PasswordHash::new(hash)
@@ -424,33 +376,6 @@ mod tests {
         assert!(verify_password(&h, "s3cret"));
         assert!(!verify_password(&h, "wrong"));
         assert!(!verify_password("not a hash", "s3cret"));
-        // The same answers with kept memory, across hashes of different costs.
-        let mut memory = Vec::new();
-        let small =
-            "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$3F2bDMXGDO7ezNOl0y9ZCUyL5Jk6KT6Vq4x6nO1vZbo";
-        for (hash, password) in [(h.as_str(), "s3cret"), (DUMMY_HASH, "x"), (small, "x")] {
-            assert_eq!(
-                verify_password_in(hash, password, &mut memory),
-                verify_password(hash, password),
-                "{hash}"
-            );
-        }
-        assert!(verify_password_in(&h, "s3cret", &mut memory));
-        assert!(!verify_password_in(&h, "wrong", &mut memory));
-        assert!(!verify_password_in("not a hash", "s3cret", &mut memory));
-        let other = Argon2::new(
-            argon2::Algorithm::Argon2i,
-            argon2::Version::V0x13,
-            argon2::Params::new(256, 1, 1, None).unwrap(),
-        )
-        .hash_password(b"pw", &SaltString::generate(&mut OsRng))
-        .unwrap()
-        .to_string();
-        assert!(
-            verify_password_in(&other, "pw", &mut memory),
-            "argon2i, other params"
-        );
-        assert!(!verify_password_in(&other, "pW", &mut memory));
         // The dummy must be a well-formed hash with the real parameters, or unknown
         // users would be refused faster than known ones.
         let dummy = PasswordHash::new(DUMMY_HASH).expect("dummy parses");

@@ -269,8 +269,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One verification thread: takes the next job in turn, answers it, until closed.
 fn serve(shared: &Shared) {
-    // argon2's blocks, kept between jobs (see users::verify_password_in).
-    let mut memory = Vec::new();
     loop {
         let job = {
             let mut queue = lock(&shared.queue);
@@ -288,7 +286,7 @@ fn serve(shared: &Shared) {
         if job.reply.is_canceled() {
             continue;
         }
-        let ok = crate::users::verify_password_in(&job.hash, &job.password, &mut memory);
+        let ok = crate::users::verify_password(&job.hash, &job.password);
         let _ = job.reply.send(ok);
     }
 }
