@@ -166,15 +166,7 @@ PY
 # The servers' own CPU: shardmail's process; every process of Dovecot's session
 # (master, login, auth and the mail processes; exited ones through the master's
 # reaped-children times).
-tick=$(getconf CLK_TCK)
-cpu_ticks() {
-  local total=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
+tick=$(getconf CLK_TCK) # cpu_ticks: loadtest/lib.sh
 server_pids() {
   case $1 in
     shardmail*) echo "$SM_PID" ;;

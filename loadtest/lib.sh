@@ -33,3 +33,14 @@ stop_server() {
   fi
   SERVER_PID=
 }
+
+# cpu_ticks PID...: user+system clock ticks of these processes, their reaped children
+# included (a forking server's exited workers count through their parent).
+cpu_ticks() {
+  local total=0 p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] || continue
+    total=$((total + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat")))
+  done
+  echo "$total"
+}

@@ -47,15 +47,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# cpu_of PID...: user+system clock ticks of these processes and their reaped children.
-cpu_of() {
-  local total=0 p
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$((total + $(awk '{print $14+$15+$16+$17}' "/proc/$p/stat")))
-  done
-  echo "$total"
-}
+# shellcheck source=loadtest/lib.sh
+. loadtest/lib.sh # cpu_ticks
 dovecot_pids() { pgrep -s "$(ps -o sid= -p "$(cat "$DOVECOT_ROOT/run/master.pid")" | tr -d ' ')" 2>/dev/null; }
 
 # run LABEL SERVER PASSWORD CPU_PIDS_COMMAND USERS...: one round; prints one result line.
@@ -69,10 +62,10 @@ run() {
   # steady state of clients that log in again, and every server has its processes up.
   "$L" imap --server "$server" -c "$CONNECTIONS" --sessions $((CONNECTIONS * 4)) --ops 1 --mix noop=1 \
     --password "$password" "${users[@]}" --duration-secs 60 >/dev/null 2>&1
-  before=$(cpu_of $($pids_cmd))
+  before=$(cpu_ticks $($pids_cmd))
   "$L" imap --server "$server" -c "$CONNECTIONS" --sessions "$SESSIONS" --ops 1 --mix noop=1 \
     --password "$password" "${users[@]}" --duration-secs 120 --json >"$work/out.json" 2>"$work/err"
-  after=$(cpu_of $($pids_cmd))
+  after=$(cpu_ticks $($pids_cmd))
   python3 - "$label" "$work/out.json" "$before" "$after" "$tick" <<'EOF'
 import json, sys
 label, path, before, after, tick = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])

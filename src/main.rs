@@ -269,7 +269,7 @@ fn import(
 ) -> Result<(), String> {
     use shardmail::import::{self, imap::Imap, Feed, Maildir, Mbox};
     use shardmail::store_admin::human;
-    let email = users::normalize(email).ok_or("expected an address like user@example.org")?;
+    let email = cli::user::address(email)?;
     let mut feed: Box<dyn Feed> = match (maildir, mbox, imap) {
         (Some(dir), _, _) => Box::new(Maildir::open(&dir)?),
         (None, Some(file), _) => Box::new(Mbox::open(

@@ -82,14 +82,18 @@ pub enum AppPasswordCmd {
     },
 }
 
+/// An account's address as `users.json` keys it, or the error to print.
+pub fn address(email: &str) -> Result<String, String> {
+    users::normalize(email).ok_or_else(|| "expected an address like user@example.org".to_string())
+}
+
 pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
     match cmd {
         UserCmd::Add {
             email,
             password_stdin,
         } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            let email = address(&email)?;
             let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
             if !served_locally(config, data, domain) {
                 eprintln!(
@@ -146,8 +150,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             Ok(())
         }
         UserCmd::Del { email } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            let email = address(&email)?;
             UserDb::update(data, |db| {
                 db.users
                     .remove(&email)
@@ -162,8 +165,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             email,
             password_stdin,
         } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            let email = address(&email)?;
             let hash = users::hash_password(&read_password(password_stdin)?)?;
             UserDb::update(data, |db| {
                 let u = db
@@ -188,8 +190,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             storage,
             messages,
         } => {
-            let email =
-                users::normalize(&email).ok_or("expected an address like user@example.org")?;
+            let email = address(&email)?;
             if storage.is_none() && messages.is_none() {
                 return Err("give --storage and/or --messages (see `user quota --help`)".into());
             }
@@ -233,7 +234,7 @@ fn senders(
     block: &[String],
     remove: &[String],
 ) -> Result<(), String> {
-    let email = users::normalize(email).ok_or("expected an address like user@example.org")?;
+    let email = address(email)?;
     let entries = |list: &[String]| -> Result<Vec<String>, String> {
         list.iter()
             .map(|e| {
@@ -304,10 +305,6 @@ fn quota_limit(text: &str, size: bool) -> Result<Option<u64>, String> {
 
 /// `shardmail user app-password …`.
 fn app_password(cmd: AppPasswordCmd, data: &Path) -> Result<(), String> {
-    let address = |email: &str| {
-        users::normalize(email)
-            .ok_or_else(|| "expected an address like user@example.org".to_string())
-    };
     match cmd {
         AppPasswordCmd::Add {
             email,

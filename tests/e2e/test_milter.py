@@ -84,14 +84,19 @@ def milter_setting(port, **extra):
     return "[{" + ",".join(f"{k}={v}" for k, v in fields.items()) + "}]"
 
 
+def filtered_server(filter_process, timeout):
+    """A started server with ALICE, filtering through `filter_process` (its .port)."""
+    server = Server(settings={"milter.servers": milter_setting(filter_process.port, timeout=timeout)})
+    server.add_user(ALICE, "pw")
+    return server.start()
+
+
 @unittest.skipUnless(HAVE_MILTER, "needs Debian's python3-milter (apt-get install python3-milter)")
 class MilterReplies(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.milter = TestMilterProcess()
-        cls.server = Server(settings={"milter.servers": milter_setting(cls.milter.port, timeout='"10s"')})
-        cls.server.add_user(ALICE, "pw")
-        cls.server.start()
+        cls.server = filtered_server(cls.milter, timeout='"10s"')
 
     @classmethod
     def tearDownClass(cls):
@@ -334,9 +339,7 @@ class Rspamd(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.rspamd = RspamdProcess()
-        cls.server = Server(settings={"milter.servers": milter_setting(cls.rspamd.port, timeout='"30s"')})
-        cls.server.add_user(ALICE, "pw")
-        cls.server.start()
+        cls.server = filtered_server(cls.rspamd, timeout='"30s"')
 
     @classmethod
     def tearDownClass(cls):
