@@ -228,10 +228,9 @@ run_workloads() {
     step "$name: $server"
     local tool=imap
     [[ $proto == pop3* ]] && tool=pop3
-    local password=pass
     # shellcheck disable=SC2046,SC2086
     median_json "$key" with_cpu "$server" $L "$tool" --server "$(addr "$server" "$proto")" -c 8 \
-      --tls "$(tls_of "$proto")" --password "$password" $(users_of "$server") $args \
+      --tls "$(tls_of "$proto")" --password pass $(users_of "$server") $args \
       | python3 -c 'import json, sys; r = json.load(sys.stdin); print(json.dumps({"workload": sys.argv[1], "server": sys.argv[2], "report": r}))' \
         "$name" "$server" >>"$RESULTS"
   done

@@ -20,7 +20,8 @@
 #   cargo build --release && loadtest/login_latency.sh
 set -u
 cd "$(dirname "$0")/.."
-B=target/release/shardmail
+BIN=target/release # start_server runs $BIN/shardmail
+B=$BIN/shardmail
 L=target/release/shardmail-load
 REF=${REF:-../shared/reference}
 ROUNDS=${ROUNDS:-3}
@@ -48,7 +49,7 @@ cleanup() {
 trap cleanup EXIT
 
 # shellcheck source=loadtest/lib.sh
-. loadtest/lib.sh # cpu_ticks
+. loadtest/lib.sh # cpu_ticks, start_server, stop_server
 dovecot_pids() { pgrep -s "$(ps -o sid= -p "$(cat "$DOVECOT_ROOT/run/master.pid")" | tr -d ' ')" 2>/dev/null; }
 
 # run LABEL SERVER PASSWORD CPU_PIDS_COMMAND USERS...: one round; prints one result line.
@@ -84,26 +85,15 @@ SM=(--data-dir "$work/data" --set 'domains.local=["example.test"]' --set auth.en
     --set "listen.imap=\"127.0.0.1:$PORT\"" --set tls.allow_plaintext_auth=true
     --set 'listen.smtp=[]' --set 'listen.submission=[]' --set 'listen.submissions=[]'
     --set 'listen.pop3=[]' --set 'listen.pop3s=[]' --set 'listen.imaps=[]')
+# A fresh data directory with the accounts and an app password, then the server
+# (start_server / stop_server: loadtest/lib.sh).
 start_shardmail() {
   rm -rf "$work/data"
   for i in $(seq 1 "$CONNECTIONS"); do
     echo pw | "$B" "${SM[@]}" user add "login$i@example.test" --password-stdin >/dev/null
   done
   "$B" "${SM[@]}" user app-password add login1@example.test --label bench >"$work/app"
-  "$B" "${SM[@]}" --set "limits.auth_cache_secs=$1" serve >"$work/server.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 600); do
-    grep -q "ready: every shard is listening" "$work/server.log" && return 0
-    sleep 0.05
-  done
-  echo "shardmail did not start" >&2
-  tail "$work/server.log" >&2
-  exit 1
-}
-stop_shardmail() {
-  kill -TERM "$SERVER_PID" 2>/dev/null
-  for _ in $(seq 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  SERVER_PID=
+  start_server "$work/server.log" "${SM[@]}" --set "limits.auth_cache_secs=$1"
 }
 
 users=()
@@ -124,7 +114,7 @@ for profile in $PROFILES; do
         else
           run "$profile" "127.0.0.1:$PORT" pw shard_pid "${users[@]}"
         fi
-        stop_shardmail
+        stop_server
         ;;
       dovecot | dovecot-cache)
         if [ "$(id -u)" != 0 ]; then echo "$profile: skipped (needs root)"; break; fi

@@ -87,6 +87,15 @@ pub fn address(email: &str) -> Result<String, String> {
     users::normalize(email).ok_or_else(|| "expected an address like user@example.org".to_string())
 }
 
+/// The account `email` in `db` to edit, or the error to print.
+fn account<'d>(db: &'d mut UserDb, email: &str) -> Result<&'d mut users::User, String> {
+    db.users.get_mut(email).ok_or_else(|| no_user(email))
+}
+
+fn no_user(email: &str) -> String {
+    format!("no user {email} (see `shardmail user list`)")
+}
+
 pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
     match cmd {
         UserCmd::Add {
@@ -152,9 +161,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
         UserCmd::Del { email } => {
             let email = address(&email)?;
             UserDb::update(data, |db| {
-                db.users
-                    .remove(&email)
-                    .ok_or_else(|| format!("no user {email}"))?;
+                db.users.remove(&email).ok_or_else(|| no_user(&email))?;
                 db.aliases.retain(|_, target| target != &email);
                 Ok(())
             })?;
@@ -168,10 +175,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             let email = address(&email)?;
             let hash = users::hash_password(&read_password(password_stdin)?)?;
             UserDb::update(data, |db| {
-                let u = db
-                    .users
-                    .get_mut(&email)
-                    .ok_or_else(|| format!("no user {email}"))?;
+                let u = account(db, &email)?;
                 u.password = hash;
                 Ok(())
             })?;
@@ -203,10 +207,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
                 .map(|s| quota_limit(s, false))
                 .transpose()?;
             let quota = UserDb::update(data, |db| {
-                let u = db
-                    .users
-                    .get_mut(&email)
-                    .ok_or_else(|| format!("no user {email}"))?;
+                let u = account(db, &email)?;
                 if let Some(limit) = storage {
                     u.quota.storage = limit;
                 }
@@ -246,11 +247,7 @@ fn senders(
     };
     let (allow, block, remove) = (entries(allow)?, entries(block)?, entries(remove)?);
     let edit = |db: &mut UserDb| {
-        let lists = &mut db
-            .users
-            .get_mut(&email)
-            .ok_or_else(|| format!("no user {email}"))?
-            .senders;
+        let lists = &mut account(db, &email)?.senders;
         // An entry is on one list at most: the latest command decides.
         for entry in allow.iter().chain(&block).chain(&remove) {
             lists.allow.retain(|e| e != entry);
@@ -315,11 +312,7 @@ fn app_password(cmd: AppPasswordCmd, data: &Path) -> Result<(), String> {
             let (entry, secret) = users::AppPassword::generate(&label, &scope, now_secs())?;
             let scopes = entry.scopes.join(",");
             UserDb::update(data, |db| {
-                let list = &mut db
-                    .users
-                    .get_mut(&email)
-                    .ok_or_else(|| format!("no user {email}"))?
-                    .app_passwords;
+                let list = &mut account(db, &email)?.app_passwords;
                 if list.iter().any(|a| a.label == entry.label) {
                     return Err(format!(
                         "{email} already has an app password labelled {label:?} \
@@ -343,10 +336,7 @@ fn app_password(cmd: AppPasswordCmd, data: &Path) -> Result<(), String> {
         AppPasswordCmd::List { email } => {
             let email = address(&email)?;
             let db = UserDb::load(data).map_err(|e| e.to_string())?;
-            let user = db
-                .users
-                .get(&email)
-                .ok_or_else(|| format!("no user {email}"))?;
+            let user = db.users.get(&email).ok_or_else(|| no_user(&email))?;
             if user.app_passwords.is_empty() {
                 println!("{email} has no app passwords");
             }
@@ -361,11 +351,7 @@ fn app_password(cmd: AppPasswordCmd, data: &Path) -> Result<(), String> {
         AppPasswordCmd::Revoke { email, label } => {
             let email = address(&email)?;
             UserDb::update(data, |db| {
-                let list = &mut db
-                    .users
-                    .get_mut(&email)
-                    .ok_or_else(|| format!("no user {email}"))?
-                    .app_passwords;
+                let list = &mut account(db, &email)?.app_passwords;
                 let before = list.len();
                 list.retain(|a| a.label != label);
                 if list.len() == before {

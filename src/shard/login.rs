@@ -245,18 +245,21 @@ impl Shard {
         // With the cache on, a login arriving while the same account's password is
         // being verified waits for that run: if it was the same password, the cache
         // now answers.
-        let mut _leading = None;
-        if let Some((user, u)) = account.filter(|_| !ttl.is_zero()) {
-            match self.passwords.join_or_lead(user) {
-                Ok(lead) => _leading = Some(lead),
+        // Held until this function returns, after `remember`: dropping it wakes the
+        // logins that waited for this run.
+        let _lead = match account.filter(|_| !ttl.is_zero()) {
+            None => None,
+            Some((user, u)) => match self.passwords.join_or_lead(user) {
+                Ok(lead) => Some(lead),
                 Err(wait) => {
                     let _ = wait.await;
                     if self.passwords.cached(user, &u.password, &password) {
                         return Verdict::Ok(user.to_string(), Credential::Cached);
                     }
+                    None // another password, or that run failed: verify this one
                 }
-            }
-        }
+            },
+        };
         let stored = account.map_or(crate::users::DUMMY_HASH, |(_, u)| u.password.as_str());
         let verified = self
             .passwords

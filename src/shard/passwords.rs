@@ -30,6 +30,9 @@ use futures_channel::oneshot;
 pub const PASSWORD_QUEUE_MAX: usize = 4096;
 /// Logins of one source waiting for a verification thread.
 pub const PASSWORD_QUEUE_PER_SOURCE_MAX: usize = 64;
+/// Logins of one account waiting for its running verification; more verify on their
+/// own (the list is bounded, the pool's queue still bounds the work).
+pub const WAITING_PER_ACCOUNT_MAX: usize = 64;
 /// Verified logins the cache remembers before it starts over (bounded memory).
 pub const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
 
@@ -99,7 +102,6 @@ struct Shared {
 /// Verification threads, their queue and the verified-login cache.
 pub struct Passwords {
     shared: Arc<Shared>,
-    threads: usize,
     cache: Mutex<HashMap<String, (ring::hmac::Tag, Instant)>>,
     /// Accounts whose password is being verified now, with the logins waiting to
     /// look in the cache when that ends (a mail client opening five connections at
@@ -132,16 +134,10 @@ impl Passwords {
                 .map_err(|_| "cannot generate the login cache key".to_string())?;
         Ok(Arc::new(Passwords {
             shared,
-            threads,
             cache: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             cache_key,
         }))
-    }
-
-    /// How many verifications may run at once.
-    pub fn threads(&self) -> usize {
-        self.threads
     }
 
     /// Checks `password` against the PHC string `hash` on a pool thread, queued in
@@ -220,7 +216,7 @@ impl Passwords {
     pub fn join_or_lead<'p>(&'p self, user: &str) -> Result<Pending<'p>, oneshot::Receiver<()>> {
         let mut pending = lock(&self.pending);
         if let Some(waiting) = pending.get_mut(user) {
-            if waiting.len() < PASSWORD_QUEUE_PER_SOURCE_MAX {
+            if waiting.len() < WAITING_PER_ACCOUNT_MAX {
                 let (done, wait) = oneshot::channel();
                 waiting.push(done);
                 return Err(wait);

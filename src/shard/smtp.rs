@@ -117,7 +117,7 @@ async fn drive(
                     username,
                     password,
                 } => {
-                    shard.refresh_users();
+                    // (checked_login reads users.json afresh itself)
                     let failures = &shard.metrics.smtp.auth_failures;
                     let attempt = LoginAttempt {
                         protocol: "smtp",
