@@ -15,6 +15,9 @@ use super::Outbox;
 /// clock, a directory, a store) bound in.
 pub trait Machine {
     type Action;
+    /// The transcript's label for what the machine sends: `S` for a server session,
+    /// `C` for the SMTP client.
+    const SENDS_AS: &'static str = "S";
     /// Consumes complete commands from `input`; returns the bytes used.
     fn receive(&mut self, input: &[u8], out: &mut Outbox<Self::Action>) -> usize;
     /// Work is left that needs no input (a long reply in steps).
@@ -80,7 +83,7 @@ impl<M: Machine> Driver<M> {
             .split("\r\n")
             .filter(|l| !l.is_empty())
         {
-            self.log.push(format!("S: {line}"));
+            self.log.push(format!("{}: {line}", M::SENDS_AS));
         }
         self.sent.extend_from_slice(&reply);
     }
@@ -148,6 +151,17 @@ impl Machine for super::pop3::Session {
     }
     fn is_closed(&self) -> bool {
         super::pop3::Session::is_closed(self)
+    }
+}
+
+impl Machine for super::smtp::client::ClientSession {
+    type Action = super::smtp::client::ClientAction;
+    const SENDS_AS: &'static str = "C";
+    fn receive(&mut self, input: &[u8], out: &mut Outbox<Self::Action>) -> usize {
+        super::smtp::client::ClientSession::receive(self, input, out)
+    }
+    fn is_closed(&self) -> bool {
+        super::smtp::client::ClientSession::is_closed(self)
     }
 }
 

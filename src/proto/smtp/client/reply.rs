@@ -1,9 +1,6 @@
-//! The SMTP client's protocol pieces, pure: reply parsing (multi-line, bounded),
-//! EHLO capabilities, and what a message needs from the peer.
-//!
-//! The conversation itself (connect, EHLO, STARTTLS, MAIL/RCPT/DATA or BDAT) is driven
-//! by the outbound queue in `src/shard/outbound.rs` with these helpers; nothing here
-//! does IO or panics on what a remote server sends.
+//! What the SMTP client reads from a server, pure: replies (multi-line, bounded), EHLO
+//! capabilities, and what a message needs from the peer. Never does IO, never panics
+//! on what a remote server sends.
 
 use memchr::memchr;
 
