@@ -1,0 +1,85 @@
+//! Where a domain's mail goes: the relay host, a transport override, or the domain's
+//! MX hosts and their addresses from the DNS worker. Decides nothing about TLS beyond
+//! what the configuration requires; never opens a connection.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::super::Shard;
+use crate::auth::verify::RouteError;
+use crate::config::Relay;
+
+/// Where to connect for a domain.
+pub(super) enum Destination {
+    Hosts {
+        hosts: Vec<(String, Vec<SocketAddr>)>,
+        verify_tls: bool,
+    },
+    Relay(Relay),
+}
+
+pub(super) async fn destination(shard: &Shard, domain: &str) -> Result<Destination, RouteError> {
+    let q = &shard.config().queue;
+    if let Some(relay) = &q.relay {
+        return Ok(Destination::Relay(relay.clone()));
+    }
+    let verify_tls = q.tls_required.iter().any(|d| d == domain);
+    if let Some(target) = q.transports.get(domain) {
+        let addrs = resolve_host_port(shard, target).await?;
+        return Ok(Destination::Hosts {
+            hosts: vec![(host_of(target), addrs)],
+            verify_tls,
+        });
+    }
+    let Some(auth) = shard.auth.as_ref() else {
+        return Err(RouteError::Temporary("no DNS worker".into()));
+    };
+    let mx = auth.route(domain).await?;
+    let hosts = mx
+        .into_iter()
+        .map(|h| {
+            (
+                h.name,
+                h.addrs
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, q.remote_port))
+                    .collect(),
+            )
+        })
+        .collect();
+    Ok(Destination::Hosts { hosts, verify_tls })
+}
+
+pub(super) fn host_of(host_port: &str) -> String {
+    host_port
+        .rsplit_once(':')
+        .map_or(host_port, |(h, _)| h)
+        .trim_matches(['[', ']'])
+        .to_string()
+}
+
+pub(super) async fn resolve_host_port(
+    shard: &Shard,
+    target: &str,
+) -> Result<Vec<SocketAddr>, RouteError> {
+    let (host, port) = target
+        .rsplit_once(':')
+        .ok_or_else(|| RouteError::Temporary(format!("bad host:port {target}")))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| RouteError::Temporary(format!("bad port in {target}")))?;
+    let host = host.trim_matches(['[', ']']);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let auth = shard
+        .auth
+        .as_ref()
+        .ok_or_else(|| RouteError::Temporary("no DNS worker".into()))?;
+    // A host name: route() on it yields its addresses (implicit MX = the host).
+    let hosts = auth.route(host).await?;
+    Ok(hosts
+        .into_iter()
+        .flat_map(|h| h.addrs)
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect())
+}
