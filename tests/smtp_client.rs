@@ -13,6 +13,7 @@
 use shardmail::proto::smtp::client::{
     ClientAction, ClientConfig, ClientSession, Envelope, SessionError, TlsPolicy,
 };
+use shardmail::proto::smtp::notify::{MessageDsn, Notify, RcptDsn, Ret};
 use shardmail::proto::testkit::{Driver, Turn};
 
 const PIECES: [usize; 5] = [usize::MAX, 1, 2, 7, 100];
@@ -30,6 +31,8 @@ fn envelope(rcpts: &[&str], message: &str) -> Envelope {
         from: "alice@example.org".into(),
         rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
         message: bytes::Bytes::from(message.to_string()),
+        dsn: MessageDsn::default(),
+        rcpt_dsn: Vec::new(),
     }
 }
 
@@ -620,4 +623,47 @@ fn begin_is_refused_unless_idle() {
         .begin(envelope(&["a@x.net"], "x\r\n"), &mut out)
         .is_err());
     assert!(out.reply.is_empty() && out.actions.is_empty());
+}
+
+#[test]
+fn dsn_requests_go_along_only_to_a_server_that_offers_dsn() {
+    let mut e = envelope(&["a@x.net", "b@x.net"], "x\r\n");
+    e.dsn = MessageDsn {
+        ret: Some(Ret::Hdrs),
+        envid: Some("id 1".into()),
+    };
+    e.rcpt_dsn = vec![
+        RcptDsn {
+            notify: Some(Notify::parse("SUCCESS,FAILURE").unwrap()),
+            orcpt: Some(("rfc822".into(), "a+x@x.net".into())),
+        },
+        RcptDsn::default(),
+    ];
+    let tail = "A: ready
+         C: MAIL FROM:<alice@example.org>{MAIL}
+         C: RCPT TO:<a@x.net>{RCPT}
+         C: RCPT TO:<b@x.net>
+         C: DATA
+         S: 250 ok
+         S: 250 ok
+         S: 250 ok
+         S: 354 go
+         C: x
+         C: .
+         S: 250 ok
+         A: finished ok, ok
+         C: QUIT
+         S: 221 bye
+         A: closed";
+    let with = format!(
+        "S: 220 mx\nC: EHLO out.example.org\nS: 250-mx\nS: 250-PIPELINING\nS: 250 DSN\n{}",
+        tail.replace("{MAIL}", " RET=HDRS ENVID=id+201")
+            .replace("{RCPT}", " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bx@x.net")
+    );
+    check(config(TlsPolicy::Opportunistic), &[e.clone()], &with);
+    let without = format!(
+        "S: 220 mx\nC: EHLO out.example.org\nS: 250-mx\nS: 250 PIPELINING\n{}",
+        tail.replace("{MAIL}", "").replace("{RCPT}", "")
+    );
+    check(config(TlsPolicy::Opportunistic), &[e], &without);
 }

@@ -141,7 +141,7 @@ proptest! {
     #[test]
     fn parsed_addresses_are_well_formed(local in "[a-zA-Z0-9.!#%+_-]{1,20}", domain in "[a-z0-9.-]{1,30}") {
         let line = format!("RCPT TO:<{local}@{domain}>");
-        if let Ok(Command::Rcpt(m)) = command::parse(line.as_bytes()) {
+        if let Ok(Command::Rcpt(m, _)) = command::parse(line.as_bytes()) {
             prop_assert_eq!(m.local, local.as_str());
             prop_assert!(!m.domain.is_empty() && !m.domain.starts_with('.') && !m.domain.contains(".."));
         }

@@ -221,6 +221,7 @@ fn mx_delivery_with_dot_unstuffing() {
          S: 250-SMTPUTF8
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
+         S: 250-DSN
          S: 250-STARTTLS
          S: 250 HELP
          C: MAIL FROM:<sender@remote.example>
@@ -289,6 +290,7 @@ fn bdat_chunks() {
          S: 250-SMTPUTF8
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
+         S: 250-DSN
          S: 250-STARTTLS
          S: 250 HELP
          C: BDAT 5
@@ -326,6 +328,7 @@ fn submission_requires_tls_then_auth() {
          S: 250-SMTPUTF8
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
+         S: 250-DSN
          S: 250-STARTTLS
          S: 250 HELP
          C: MAIL FROM:<alice@example.org>
@@ -345,6 +348,7 @@ fn submission_requires_tls_then_auth() {
          S: 250-SMTPUTF8
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
+         S: 250-DSN
          S: 250-AUTH PLAIN LOGIN
          S: 250 HELP
          C: AUTH LOGIN
@@ -391,6 +395,7 @@ fn auth_failures_disconnect() {
          S: 250-SMTPUTF8
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
+         S: 250-DSN
          S: 250-AUTH PLAIN LOGIN
          S: 250 HELP
          C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAG5vcGU=
@@ -550,6 +555,7 @@ fn smtputf8_addresses_need_the_parameter() {
          S: 250-SMTPUTF8
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
+         S: 250-DSN
          S: 250-STARTTLS
          S: 250 HELP
          C: MAIL FROM:<jörg@müller.example>

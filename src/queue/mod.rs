@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::proto::smtp::notify::{MessageDsn, RcptDsn};
 use crate::users::write_atomic;
 
 /// Where a recipient stands.
@@ -34,6 +35,13 @@ pub struct QueueRcpt {
     pub last_error: Option<String>,
     /// The server that gave it.
     pub remote_mta: Option<String>,
+    /// The sender's NOTIFY and ORCPT (RFC 3461).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dsn: RcptDsn,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// One queued message's envelope and progress.
@@ -50,6 +58,9 @@ pub struct QueueEntry {
     pub size: u64,
     #[serde(default)]
     pub delay_notified: bool,
+    /// The sender's RET and ENVID (RFC 3461).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dsn: MessageDsn,
 }
 
 impl QueueEntry {
@@ -89,7 +100,8 @@ fn io_err(path: &Path, e: std::io::Error) -> String {
 pub fn enqueue(
     data_dir: &Path,
     mail_from: &str,
-    recipients: &[String],
+    recipients: &[(String, RcptDsn)],
+    dsn: &MessageDsn,
     message: &[&[u8]],
     now: i64,
 ) -> Result<QueueEntry, String> {
@@ -110,18 +122,20 @@ pub fn enqueue(
         mail_from: mail_from.to_string(),
         recipients: recipients
             .iter()
-            .map(|r| QueueRcpt {
-                address: r.clone(),
+            .map(|(address, dsn)| QueueRcpt {
+                address: address.clone(),
                 state: RcptState::Pending,
                 last_error: None,
                 remote_mta: None,
+                dsn: dsn.clone(),
             })
             .collect(),
         created: now,
         next_attempt: now,
         attempts: 0,
-        size: message.len() as u64,
+        size: message.iter().map(|part| part.len() as u64).sum(),
         delay_notified: false,
+        dsn: dsn.clone(),
     };
     save(data_dir, &entry)?; // write_atomic fsyncs the file and the directory
     Ok(entry)
@@ -231,12 +245,17 @@ mod tests {
         let e = enqueue(
             &data,
             "a@x.example",
-            &["b@y.example".into(), "c@y.example".into()],
+            &[
+                ("b@y.example".into(), RcptDsn::default()),
+                ("c@y.example".into(), RcptDsn::default()),
+            ],
+            &MessageDsn::default(),
             &[b"m", b"sg"],
             100,
         )
         .expect("enqueue");
         assert_eq!(read_message(&data, &e.id).expect("read"), b"msg");
+        assert_eq!(e.size, 3, "the size is the message's bytes, not its parts");
         let mut e2 = e.clone();
         e2.recipients[0].state = RcptState::Delivered;
         e2.attempts = 1;

@@ -29,6 +29,8 @@ use crate::auth::verify::SpfVerdict;
 use crate::config::raw::DnsblLookup;
 use crate::config::FromHeaderMatch;
 use crate::proto::milter::Transaction;
+use crate::proto::smtp::dsn::{DsnAction, RecipientStatus};
+use crate::proto::smtp::notify::RcptDsn;
 use crate::proto::smtp::{DeliveryError, Envelope, Recipient};
 use crate::store::index::SpecialUse;
 
@@ -138,10 +140,12 @@ pub async fn accept(
             received.clone(),
             body.clone(),
         ];
-        let mut addresses: Vec<String> = remote.into_iter().map(|r| r.address).collect();
-        addresses.sort();
-        addresses.dedup();
-        let queue_id = super::outbound::enqueue(shard, &envelope.mail_from, &addresses, outgoing)
+        let mut addresses: Vec<(String, RcptDsn)> =
+            remote.into_iter().map(|r| (r.address, r.dsn)).collect();
+        addresses.sort_by(|a, b| a.0.cmp(&b.0));
+        addresses.dedup_by(|a, b| a.0 == b.0);
+        let from = &envelope.mail_from;
+        let queue_id = super::outbound::enqueue(shard, from, &addresses, &envelope.dsn, outgoing)
             .await
             .map_err(|e| {
                 tracing::error!(id = %envelope.id, error = %e, "cannot queue for remote delivery");
@@ -172,6 +176,7 @@ pub async fn accept(
             "delivered to Junk"
         );
     }
+    let success_notices = success_notices(&local, &shard.config().hostname);
     let (direct, aliased) = by_alias(local);
     // A recipient who allowlisted the sender gets it in the inbox whatever the checks
     // said (a refusal still stands).
@@ -221,7 +226,44 @@ pub async fn accept(
         )
         .await?;
     }
+    if !success_notices.is_empty() {
+        // After every copy is durable; off the reply's path (the 250 does not wait).
+        let (shard, id, from, dsn) = (
+            shard.clone(),
+            envelope.id.clone(),
+            envelope.mail_from.clone(),
+            envelope.dsn.clone(),
+        );
+        let arrival = envelope.received_at;
+        glommio::spawn_local(async move {
+            let about = super::outbound::About {
+                id: &id,
+                mail_from: &from,
+                arrival,
+                dsn: &dsn,
+            };
+            let action = DsnAction::Delivered;
+            super::outbound::notify(&shard, &about, action, &success_notices, &body).await;
+        })
+        .detach();
+    }
     Ok(())
+}
+
+/// The lines of a `delivered` notice, for the local recipients that asked for one
+/// (NOTIFY=SUCCESS, RFC 3461 §4.1).
+fn success_notices(local: &[Recipient], hostname: &str) -> Vec<RecipientStatus> {
+    local
+        .iter()
+        .filter(|r| r.dsn.notify().success)
+        .map(|r| RecipientStatus {
+            address: r.address.clone(),
+            status: "2.0.0".into(),
+            remote_mta: None,
+            diagnostic: format!("250 2.0.0 delivered to the mailbox at {hostname}"),
+            original_recipient: r.dsn.orcpt.clone(),
+        })
+        .collect()
 }
 
 /// MX mail: DKIM, ARC and DMARC verdicts by the auth worker, judged by `[auth]`

@@ -6,10 +6,14 @@ import threading
 
 
 class SmtpSink:
-    def __init__(self, host, port, rcpt_code=250, data_codes=(250,), auth=None, broken_tls=False):
+    def __init__(self, host, port, rcpt_code=250, data_codes=(250,), auth=None, broken_tls=False,
+                 dsn=False):
         """rcpt_code: reply to every RCPT; data_codes: replies to successive messages'
         final dot (the last one repeats); auth: (user, password) required before MAIL;
-        broken_tls: offer STARTTLS, then answer the handshake with garbage."""
+        broken_tls: offer STARTTLS, then answer the handshake with garbage; dsn: offer
+        DSN (RFC 3461), so the client passes NOTIFY/ORCPT/RET/ENVID on."""
+        self.dsn = dsn
+        self.envelope_lines = []  # every MAIL and RCPT line as sent
         self.rcpt_code = rcpt_code
         self.data_codes = list(data_codes)
         self.auth = auth
@@ -51,7 +55,8 @@ class SmtpSink:
                     verb = cmd.split(" ")[0].upper()
                     if verb in ("EHLO", "HELO"):
                         tls = "250-STARTTLS\r\n" if sink.broken_tls else ""
-                        self.reply("250-sink.test\r\n250-8BITMIME\r\n" + tls + "250 AUTH PLAIN")
+                        dsn = "250-DSN\r\n" if sink.dsn else ""
+                        self.reply("250-sink.test\r\n250-8BITMIME\r\n" + tls + dsn + "250 AUTH PLAIN")
                     elif verb == "STARTTLS" and sink.broken_tls:
                         self.reply("220 go ahead")
                         self.wfile.write(b"this is not a TLS handshake\r\n" * 4)
@@ -64,15 +69,19 @@ class SmtpSink:
                         authed = bool(ok)
                         self.reply("235 2.7.0 ok" if ok else "535 5.7.8 bad credentials")
                     elif verb == "MAIL":
+                        with sink.lock:
+                            sink.envelope_lines.append(cmd)
                         if not authed:
                             self.reply("530 5.7.0 Authentication required")
                             continue
                         mail_from, rcpts = cmd.split(":", 1)[1].split(" ")[0].strip("<>"), []
                         self.reply("250 2.1.0 ok")
                     elif verb == "RCPT":
+                        with sink.lock:
+                            sink.envelope_lines.append(cmd)
                         code = sink.rcpt_code
                         if code == 250:
-                            rcpts.append(cmd.split(":", 1)[1].strip().strip("<>"))
+                            rcpts.append(cmd.split(":", 1)[1].strip().split(" ")[0].strip("<>"))
                             self.reply("250 2.1.5 ok")
                         else:
                             self.reply(f"{code} {code // 100}.1.1 no such user here")

@@ -25,6 +25,7 @@ LATER_IP = "127.0.0.5"
 OVERRIDE_IP = "127.0.0.6"
 RELAY_IP = "127.0.0.7"
 BROKEN_TLS_IP = "127.0.0.9"
+DSN_SINK_IP = "127.0.0.11"
 
 
 def message(subject, body=b"hello from the sender\r\n.leading dot line\r\n"):
@@ -55,6 +56,7 @@ class Outbound(unittest.TestCase):
             "queue.transports.\"override.test\"": f'"{OVERRIDE_IP}:{PORT}"',
             "queue.connections_per_destination_max": "2",
             "queue.transports.\"brokentls.test\"": f'"{BROKEN_TLS_IP}:{PORT}"',
+            "queue.transports.\"dsn.test\"": f'"{DSN_SINK_IP}:{PORT}"',
         })
         cls.sender.add_user("alice@sender.test", "pw")
         cls.sender.cli("dkim", "generate", "sender.test", "--selector", "s1", "--algorithm", "ed25519")
@@ -77,6 +79,7 @@ class Outbound(unittest.TestCase):
         cls.sink451 = SmtpSink(SINK451_IP, PORT, data_codes=(451, 250))
         cls.sink550 = SmtpSink(SINK550_IP, PORT, rcpt_code=550)
         cls.override = SmtpSink(OVERRIDE_IP, PORT)
+        cls.dsn_sink = SmtpSink(DSN_SINK_IP, PORT, dsn=True)
         cls.receiver.start()
         cls.sender.start()
 
@@ -84,7 +87,7 @@ class Outbound(unittest.TestCase):
     def tearDownClass(cls):
         cls.sender.stop()
         cls.receiver.stop()
-        for sink in (cls.sink451, cls.sink550, cls.override):
+        for sink in (cls.sink451, cls.sink550, cls.override, cls.dsn_sink):
             sink.stop()
         cls.dns.terminate()
         cls.dns.wait(timeout=10)
@@ -177,6 +180,69 @@ class Outbound(unittest.TestCase):
         self.assertIn(b"Remote-MTA: dns; mx.sink550.test", dsn)
         self.assertIn(b"Message-ID: <bounce-me@sender.test>", dsn, "original headers included")
         self.assertNotIn(b"leading dot line", dsn, "the original body is not returned")
+
+    def submit_dsn(self, to, msg, mail_options=(), rcpt_options=()):
+        with smtplib.SMTP_SSL("127.0.0.1", self.sender.ports["submissions"], timeout=30,
+                              context=tls_context()) as s:
+            s.login("alice@sender.test", "pw")
+            self.assertIn("dsn", s.esmtp_features)
+            return s.sendmail("alice@sender.test", to, msg, list(mail_options), list(rcpt_options))
+
+    def notices(self, marker):
+        return [m for m in self.sender.messages("alice@sender.test")
+                if b"report-type=delivery-status" in m and marker in m]
+
+    def test_dsn_failure_notice_honours_ret_envid_and_orcpt(self):
+        self.assertEqual(self.submit_dsn(["nobody@sink550.test"], message("dsn-full"),
+                                         ["RET=FULL", "ENVID=QQ314159"],
+                                         ["NOTIFY=FAILURE", "ORCPT=rfc822;orig+40sender.test"]), {})
+        dsn = wait_for(lambda: self.notices(b"dsn-full@sender.test"), what="the failure notice")[0]
+        self.assertIn(b"Action: failed", dsn)
+        self.assertIn(b"Original-Envelope-Id: QQ314159\r\n", dsn)
+        self.assertIn(b"Original-Recipient: rfc822; orig@sender.test\r\n"
+                      b"Final-Recipient: rfc822; nobody@sink550.test", dsn)
+        self.assertIn(b"Content-Type: message/rfc822", dsn)
+        self.assertIn(b"leading dot line", dsn, "RET=FULL returns the body")
+
+    def test_notify_never_suppresses_the_bounce(self):
+        self.assertEqual(self.submit_dsn(["never@sink550.test", "nobody@sink550.test"],
+                                         message("dsn-never"), [],
+                                         ["NOTIFY=NEVER"]), {})
+        # Both recipients get NOTIFY=NEVER (smtplib applies rcpt_options to each).
+        wait_for(lambda: [e for e in log_events(self.sender, "shardmail::delivery")
+                          if e.get("to") == "never@sink550.test" and e.get("status") == "bounced"],
+                 what="the bounce to be decided")
+        time.sleep(1.5)
+        self.assertEqual(self.notices(b"dsn-never@sender.test"), [])
+
+    def test_notify_success_relayed_and_delivered(self):
+        # A next hop without DSN: we say "relayed", and pass nothing on.
+        self.assertEqual(self.submit_dsn(["someone@override.test"], message("dsn-relayed"), [],
+                                         ["NOTIFY=SUCCESS"]), {})
+        relayed = wait_for(lambda: self.notices(b"dsn-relayed@sender.test"), what="relayed")[0]
+        self.assertIn(b"Action: relayed", relayed)
+        self.assertIn(b"Final-Recipient: rfc822; someone@override.test", relayed)
+        self.assertFalse([l for l in self.override.envelope_lines if "NOTIFY" in l])
+        # A local mailbox: "delivered".
+        self.assertEqual(self.submit_dsn(["alice@sender.test"], message("dsn-local"), [],
+                                         ["NOTIFY=SUCCESS,FAILURE"]), {})
+        delivered = wait_for(lambda: self.notices(b"dsn-local@sender.test"), what="delivered")[0]
+        self.assertIn(b"Action: delivered", delivered)
+        self.assertIn(b"Status: 2.0.0", delivered)
+
+    def test_dsn_request_is_passed_to_a_next_hop_that_offers_dsn(self):
+        self.assertEqual(self.submit_dsn(["x@dsn.test"], message("dsn-passed"),
+                                         ["RET=HDRS", "ENVID=E+2B1"],
+                                         ["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;x+40dsn.test"]), {})
+        wait_for(lambda: any(m[1] == ["x@dsn.test"] for m in self.dsn_sink.messages),
+                 what="delivery to the DSN-capable sink")
+        lines = self.dsn_sink.envelope_lines
+        self.assertTrue(any(l.startswith("MAIL FROM:<alice@sender.test>") and "RET=HDRS" in l
+                            and "ENVID=E+2B1" in l for l in lines), lines)
+        self.assertIn("RCPT TO:<x@dsn.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x@dsn.test", lines)
+        time.sleep(1.5)
+        self.assertEqual(self.notices(b"dsn-passed@sender.test"), [],
+                         "the next hop reports success, not us")
 
     def test_null_mx_bounces(self):
         self.assertEqual(self.submit(["x@nullmx.test"], message("null-mx")), {})

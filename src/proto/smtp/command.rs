@@ -1,9 +1,11 @@
-//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, 6152, 6531, 3030, 4954).
+//! SMTP command parsing (RFC 5321 §4.1, RFC 1870, 6152, 6531, 3030, 4954, 3461).
 //!
 //! One command line in (CRLF already stripped), a [`Command`] out that borrows from the
 //! line. Pure and allocation-free; every malformed input is a [`ParseError`] whose
 //! `reply` is the exact SMTP reply to send. Never panics on any input (fuzzed in
 //! `tests/smtp_parser_props.rs`).
+
+use super::notify::{self, Notify, Ret};
 
 /// A reverse-path or forward-path mailbox, borrowed from the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +35,22 @@ pub enum Body {
 
 /// Parameters of MAIL FROM that we implement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MailParams {
+pub struct MailParams<'a> {
     pub size: Option<u64>,
     pub body: Option<Body>,
     pub smtputf8: bool,
+    /// `RET=` (RFC 3461 §4.3).
+    pub ret: Option<Ret>,
+    /// `ENVID=`, still xtext (checked: it decodes and fits the bound).
+    pub envid: Option<&'a str>,
+}
+
+/// Parameters of RCPT TO that we implement (RFC 3461 §4.1, §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RcptParams<'a> {
+    pub notify: Option<Notify>,
+    /// `ORCPT=`, still `type;xtext` (checked).
+    pub orcpt: Option<&'a str>,
 }
 
 /// One parsed command. Arguments borrow from the input line.
@@ -45,8 +59,8 @@ pub enum Command<'a> {
     Ehlo(&'a str),
     Helo(&'a str),
     /// `None` is the null reverse-path `<>`.
-    Mail(Option<Mailbox<'a>>, MailParams),
-    Rcpt(Mailbox<'a>),
+    Mail(Option<Mailbox<'a>>, MailParams<'a>),
+    Rcpt(Mailbox<'a>, RcptParams<'a>),
     Data,
     Bdat {
         size: u64,
@@ -91,6 +105,13 @@ const BAD_PATH: ParseError = syntax("501 5.1.3 Bad address syntax");
 const BAD_SENDER: ParseError = syntax("501 5.1.7 Bad sender address syntax");
 const NOT_UTF8: ParseError = syntax("500 5.6.7 Command is not valid UTF-8");
 const BAD_PARAM: ParseError = syntax("555 5.5.4 Unsupported MAIL/RCPT parameter");
+const BAD_RET: ParseError = syntax("501 5.5.4 RET must be FULL or HDRS, once");
+const BAD_ENVID: ParseError =
+    syntax("501 5.5.4 ENVID must be xtext of at most 100 characters, once");
+const BAD_NOTIFY: ParseError =
+    syntax("501 5.5.4 NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY, once");
+const BAD_ORCPT: ParseError =
+    syntax("501 5.5.4 ORCPT must be addr-type;xtext of at most 500 characters, once");
 
 /// Parses one command line (without the trailing CRLF).
 pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
@@ -314,6 +335,16 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
             out.smtputf8 = true;
         } else if key.eq_ignore_ascii_case("AUTH") && value.is_some() {
             // RFC 4954 §5: accepted and ignored (we do not relay the identity onward).
+        } else if key.eq_ignore_ascii_case("RET") {
+            let ret = value.and_then(Ret::parse).ok_or(BAD_RET)?;
+            if out.ret.replace(ret).is_some() {
+                return Err(BAD_RET);
+            }
+        } else if key.eq_ignore_ascii_case("ENVID") {
+            let envid = value.filter(|v| notify::parse_envid(v).is_some());
+            if out.envid.replace(envid.ok_or(BAD_ENVID)?).is_some() {
+                return Err(BAD_ENVID);
+            }
         } else {
             return Err(BAD_PARAM);
         }
@@ -324,17 +355,36 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
 fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
     let rest = strip_prefix_ci(rest, "TO:").ok_or(BAD_ARGS)?;
     let (path, params) = split_path(rest).ok_or(BAD_PATH)?;
-    if !params.trim().is_empty() {
-        return Err(BAD_PARAM);
+    let mut out = RcptParams::default();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        if key.eq_ignore_ascii_case("NOTIFY") {
+            let notify = value.and_then(Notify::parse).ok_or(BAD_NOTIFY)?;
+            if out.notify.replace(notify).is_some() {
+                return Err(BAD_NOTIFY);
+            }
+        } else if key.eq_ignore_ascii_case("ORCPT") {
+            let orcpt = value.filter(|v| notify::parse_orcpt(v).is_some());
+            if out.orcpt.replace(orcpt.ok_or(BAD_ORCPT)?).is_some() {
+                return Err(BAD_ORCPT);
+            }
+        } else {
+            return Err(BAD_PARAM);
+        }
     }
     // RFC 5321 §4.1.1.3: <postmaster> without a domain must be accepted.
     if path.eq_ignore_ascii_case("postmaster") {
-        return Ok(Command::Rcpt(Mailbox {
+        let mailbox = Mailbox {
             local: path,
             domain: "",
-        }));
+        };
+        return Ok(Command::Rcpt(mailbox, out));
     }
-    parse_mailbox(path).map(Command::Rcpt).ok_or(BAD_PATH)
+    let mailbox = parse_mailbox(path).ok_or(BAD_PATH)?;
+    Ok(Command::Rcpt(mailbox, out))
 }
 
 fn parse_bdat(rest: &str) -> Result<Command<'_>, ParseError> {
@@ -402,7 +452,27 @@ mod tests {
             parse(b"mail from: <x@y.z>"),
             Ok(Command::Mail(Some(_), _))
         ));
-        assert_eq!(parse(b"MAIL FROM:<x@y.z> RET=FULL"), Err(BAD_PARAM));
+        assert_eq!(parse(b"MAIL FROM:<x@y.z> X-FOO=1"), Err(BAD_PARAM));
+        let Ok(Command::Mail(_, p)) = parse(b"MAIL FROM:<x@y.z> RET=hdrs ENVID=QQ+2B1") else {
+            panic!("DSN parameters refused")
+        };
+        assert_eq!((p.ret, p.envid), (Some(Ret::Hdrs), Some("QQ+2B1")));
+        assert_eq!(parse(b"MAIL FROM:<x@y.z> RET=ALL"), Err(BAD_RET));
+        assert_eq!(parse(b"MAIL FROM:<x@y.z> RET=FULL RET=HDRS"), Err(BAD_RET));
+        assert_eq!(parse(b"MAIL FROM:<x@y.z> ENVID=a=b"), Err(BAD_ENVID));
+        let Ok(Command::Rcpt(_, r)) =
+            parse(b"RCPT TO:<a@b.c> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+40b.c")
+        else {
+            panic!("DSN parameters refused")
+        };
+        assert_eq!(r.orcpt, Some("rfc822;a+40b.c"));
+        assert!(r.notify.is_some_and(|n| n.success && n.failure && !n.delay));
+        assert_eq!(
+            parse(b"RCPT TO:<a@b.c> NOTIFY=NEVER,DELAY"),
+            Err(BAD_NOTIFY)
+        );
+        assert_eq!(parse(b"RCPT TO:<a@b.c> ORCPT=a+4"), Err(BAD_ORCPT));
+        assert_eq!(parse(b"RCPT TO:<a@b.c> FOO"), Err(BAD_PARAM));
         assert_eq!(parse(b"MAIL FROM:x@y.z"), Err(BAD_SENDER));
         assert_eq!(parse(b"MAIL FROM:<x@@y>"), Err(BAD_SENDER));
         assert_eq!(parse(b"MAIL FROM:<x@y.z> SIZE=abc"), Err(BAD_ARGS));
@@ -410,21 +480,22 @@ mod tests {
 
     #[test]
     fn rcpt_to_forms() {
-        let Ok(Command::Rcpt(m)) = parse(b"RCPT TO:<@relay.example:\"odd>name\"@d.example>") else {
+        let Ok(Command::Rcpt(m, _)) = parse(b"RCPT TO:<@relay.example:\"odd>name\"@d.example>")
+        else {
             panic!("parse failed")
         };
         assert_eq!((m.local, m.domain), ("\"odd>name\"", "d.example"));
         assert!(matches!(
             parse(b"RCPT TO:<Postmaster>"),
-            Ok(Command::Rcpt(_))
+            Ok(Command::Rcpt(..))
         ));
         assert!(matches!(
             parse(b"RCPT TO:<u@[127.0.0.1]>"),
-            Ok(Command::Rcpt(_))
+            Ok(Command::Rcpt(..))
         ));
         assert_eq!(parse(b"RCPT TO:<u@-bad.example>"), Err(BAD_PATH));
         assert_eq!(parse(b"RCPT TO:<>"), Err(BAD_PATH));
-        assert_eq!(parse(b"RCPT TO:<a@b.c> NOTIFY=NEVER"), Err(BAD_PARAM));
+        assert_eq!(parse(b"RCPT TO:<a@b.c> X-NOTIFY=NEVER"), Err(BAD_PARAM));
     }
 
     #[test]

@@ -10,12 +10,29 @@ use std::time::SystemTime;
 use memchr::memmem;
 
 use crate::proto::rfc5322_date;
+use crate::proto::smtp::notify::Ret;
 
-/// Whether the notice reports a final failure or a delay.
+/// What the notice reports (RFC 3464 §2.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnAction {
     Failed,
     Delayed,
+    /// Stored in the recipient's mailbox here (NOTIFY=SUCCESS).
+    Delivered,
+    /// Handed to a next hop that does not do DSN (NOTIFY=SUCCESS): no further
+    /// notice will come.
+    Relayed,
+}
+
+impl DsnAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsnAction::Failed => "failed",
+            DsnAction::Delayed => "delayed",
+            DsnAction::Delivered => "delivered",
+            DsnAction::Relayed => "relayed",
+        }
+    }
 }
 
 /// One recipient's line in the report.
@@ -28,6 +45,8 @@ pub struct RecipientStatus {
     pub remote_mta: Option<String>,
     /// The remote reply or our own reason.
     pub diagnostic: String,
+    /// The sender's ORCPT: address type and address.
+    pub original_recipient: Option<(String, String)>,
 }
 
 /// Everything the notice says.
@@ -44,6 +63,10 @@ pub struct Dsn<'a> {
     pub original: &'a [u8],
     /// For delays: until when delivery will be retried.
     pub retry_until: Option<SystemTime>,
+    /// The sender's ENVID, reported back as Original-Envelope-Id.
+    pub envid: Option<&'a str>,
+    /// The sender's RET: `Full` returns the whole message, else its header section.
+    pub ret: Option<Ret>,
 }
 
 impl Dsn<'_> {
@@ -58,6 +81,14 @@ impl Dsn<'_> {
             DsnAction::Delayed => (
                 "Delayed Mail (still being retried)",
                 "Your message has not been delivered yet to the recipients below.\r\nNo action is required: delivery will be retried.",
+            ),
+            DsnAction::Delivered => (
+                "Successful Mail Delivery Report",
+                "Your message was delivered to the mailboxes of these recipients:",
+            ),
+            DsnAction::Relayed => (
+                "Successful Mail Relay Report",
+                "Your message was handed to the next mail server for these recipients.\r\nThat server does not send delivery notices, so none will follow:",
             ),
         };
         let mut m = String::new();
@@ -91,15 +122,24 @@ impl Dsn<'_> {
         m.push_str(&format!(
             "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
         ));
+        if let Some(envid) = self.envid {
+            m.push_str(&format!(
+                "Original-Envelope-Id: {}\r\n",
+                crate::proto::smtp::notify::xtext_encode(envid)
+            ));
+        }
         m.push_str(&format!("Reporting-MTA: dns; {}\r\n", self.hostname));
         m.push_str(&format!("X-Shardmail-Queue-ID: {}\r\n", self.queue_id));
         m.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(self.arrival)));
-        let action = match self.action {
-            DsnAction::Failed => "failed",
-            DsnAction::Delayed => "delayed",
-        };
+        let action = self.action.as_str();
         for r in self.recipients {
             m.push_str("\r\n");
+            if let Some((kind, address)) = &r.original_recipient {
+                m.push_str(&format!(
+                    "Original-Recipient: {kind}; {}\r\n",
+                    one_line(address)
+                ));
+            }
             m.push_str(&format!("Final-Recipient: rfc822; {}\r\n", r.address));
             m.push_str(&format!("Action: {action}\r\n"));
             m.push_str(&format!("Status: {}\r\n", r.status));
@@ -114,11 +154,20 @@ impl Dsn<'_> {
                 m.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
             }
         }
-        m.push_str(&format!(
-            "\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-        ));
+        // RET=FULL asks for the whole message; a failure without RET gets the headers
+        // (as Postfix does), and so does every other notice.
+        let full = self.ret == Some(Ret::Full) && self.action == DsnAction::Failed;
+        let (kind, returned) = if full {
+            ("message/rfc822", self.original)
+        } else {
+            ("text/rfc822-headers", header_section(self.original))
+        };
+        m.push_str(&format!("\r\n--{boundary}\r\nContent-Type: {kind}\r\n\r\n"));
         let mut out = m.into_bytes();
-        out.extend_from_slice(header_section(self.original));
+        out.extend_from_slice(returned);
+        if full && !returned.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
         out
     }
@@ -159,6 +208,7 @@ mod tests {
             status: "5.1.1".into(),
             remote_mta: Some("mx.y.example".into()),
             diagnostic: "550 5.1.1 no such user".into(),
+            original_recipient: Some(("rfc822".into(), "bee@y.example".into())),
         }];
         let dsn = Dsn {
             hostname: "mx.x.example",
@@ -170,9 +220,12 @@ mod tests {
             recipients: &recipients,
             original,
             retry_until: None,
-        }
-        .build();
-        let text = String::from_utf8(dsn).unwrap();
+            envid: Some("QQ 1"),
+            ret: None,
+        };
+        let text = String::from_utf8(dsn.build()).unwrap();
+        assert!(text.contains("Original-Envelope-Id: QQ+201\r\n"));
+        assert!(text.contains("Original-Recipient: rfc822; bee@y.example\r\nFinal-Recipient:"));
         assert!(text.contains("report-type=delivery-status"));
         assert!(text
             .contains("Final-Recipient: rfc822; b@y.example\r\nAction: failed\r\nStatus: 5.1.1"));
@@ -184,5 +237,25 @@ mod tests {
             .parse(text.as_bytes())
             .unwrap();
         assert_eq!(parsed.parts.len(), 4, "multipart + 3 parts");
+        let full = String::from_utf8(
+            Dsn {
+                ret: Some(Ret::Full),
+                ..dsn.clone()
+            }
+            .build(),
+        )
+        .unwrap();
+        assert!(full.contains("Content-Type: message/rfc822\r\n\r\nFrom: a@x.example"));
+        assert!(full.contains("secret body"));
+        let delivered = String::from_utf8(
+            Dsn {
+                action: DsnAction::Delivered,
+                ret: Some(Ret::Full),
+                ..dsn
+            }
+            .build(),
+        )
+        .unwrap();
+        assert!(delivered.contains("Action: delivered") && !delivered.contains("secret body"));
     }
 }

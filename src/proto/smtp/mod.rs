@@ -8,6 +8,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod dsn;
+pub mod notify;
 pub mod session;
 
 pub use session::{

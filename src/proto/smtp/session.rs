@@ -14,8 +14,9 @@ use std::time::SystemTime;
 
 use memchr::memchr;
 
-use super::command::{self, Command, MailParams};
+use super::command::{self, Command};
 use super::data::{DataProgress, DataReader};
+use super::notify::{MessageDsn, RcptDsn};
 use crate::auth::policy::{self, Policies, SpfKind};
 use crate::config::raw::RateCount;
 mod auth;
@@ -76,6 +77,8 @@ pub struct Envelope {
     pub verify: bool,
     /// The authenticated user, for submission (no checks; DKIM signing instead).
     pub authenticated: Option<String>,
+    /// RET and ENVID, for the notices this message may cause (RFC 3461).
+    pub dsn: MessageDsn,
     /// Greylisted recipients: the `451` for the message unless it has a DKIM pass
     /// from an allowlisted domain ([`Greylisting::DeferUnlessDkim`]).
     pub greylisted: Option<String>,
@@ -151,7 +154,9 @@ enum State {
 #[derive(Debug)]
 struct Transaction {
     mail_from: String,
-    params: MailParams,
+    smtputf8: bool,
+    /// What the sender asked for with RET and ENVID.
+    dsn: MessageDsn,
     recipients: Vec<Recipient>,
     /// `Received:` + body; begun when DATA or the first BDAT begins.
     message: Option<Incoming>,
@@ -493,7 +498,7 @@ impl Session {
             Command::Ehlo(domain) => self.hello(domain, true, dir, o),
             Command::Helo(domain) => self.hello(domain, false, dir, o),
             Command::Mail(from, params) => self.mail(from, params, dir, o),
-            Command::Rcpt(to) => self.rcpt(to, dir, o),
+            Command::Rcpt(to, params) => self.rcpt(to, params, dir, o),
             Command::Data => self.data(now, o),
             Command::Bdat { size, last } => self.bdat(size, last, now),
             Command::Rset => {
@@ -544,6 +549,7 @@ impl Session {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
+            "DSN".to_string(),
         ];
         if self.config.tls_available && !self.tls {
             lines.push("STARTTLS".to_string());
@@ -626,6 +632,7 @@ impl Session {
             received_at: now,
             verify: self.verify,
             authenticated: self.authenticated.clone(),
+            dsn: txn.dsn,
             greylisted: txn.greylisted,
         };
         self.state = State::Waiting;
@@ -739,7 +746,7 @@ impl Session {
 
     fn received_header(&self, now: SystemTime) -> String {
         let helo = self.helo.as_deref().unwrap_or("unknown");
-        let utf8 = self.transaction.as_ref().is_some_and(|t| t.params.smtputf8);
+        let utf8 = self.transaction.as_ref().is_some_and(|t| t.smtputf8);
         // RFC 3848 / RFC 6531 "with" protocol names.
         let mut with = String::from(match (utf8, self.esmtp) {
             (true, _) => "UTF8SMTP",

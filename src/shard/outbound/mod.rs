@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::delivery_log::{self, Status};
 use super::Shard;
 use crate::proto::smtp::dsn::{Dsn, DsnAction, RecipientStatus};
+use crate::proto::smtp::notify::{MessageDsn, Notify, RcptDsn};
 use crate::proto::smtp::Resolution;
 use crate::queue::{self, QueueEntry, RcptState};
 use pool::ClientConn;
@@ -217,9 +218,11 @@ fn check_flush(shard: &Shard) {
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone)]
 enum Outcome {
-    /// Accepted by the next hop; its reply.
+    /// Accepted by the next hop; its reply, and whether the sender's DSN request went
+    /// along (the next hop offered DSN).
     Delivered {
         reply: String,
+        dsn_passed: bool,
     },
     Temporary {
         reason: String,
@@ -254,25 +257,27 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
             return;
         }
     };
-    let mut by_domain: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_domain: BTreeMap<String, Vec<(String, RcptDsn)>> = BTreeMap::new();
     for r in entry.pending() {
         let domain = r
             .address
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())
             .unwrap_or_default();
-        by_domain.entry(domain).or_default().push(r.address.clone());
+        let rcpt = (r.address.clone(), r.dsn.clone());
+        by_domain.entry(domain).or_default().push(rcpt);
     }
     let mut tasks = Vec::new();
     for (domain, rcpts) in by_domain {
         let (shard, message, from) = (shard.clone(), message.clone(), entry.mail_from.clone());
+        let dsn = entry.dsn.clone();
         tasks.push(glommio::spawn_local(async move {
             let (outcomes, via) =
-                transaction::deliver_domain(&shard, &domain, &from, &rcpts, &message).await;
+                transaction::deliver_domain(&shard, &domain, &from, &rcpts, &dsn, &message).await;
             rcpts
                 .into_iter()
                 .zip(outcomes)
-                .map(|(rcpt, outcome)| (rcpt, outcome, via.clone()))
+                .map(|((rcpt, _), outcome)| (rcpt, outcome, via.clone()))
                 .collect::<Vec<_>>()
         }));
     }
@@ -294,7 +299,7 @@ fn log_attempt(
     now: i64,
 ) {
     let (status, reply) = match outcome {
-        Outcome::Delivered { reply } => (Status::Delivered, reply.as_str()),
+        Outcome::Delivered { reply, .. } => (Status::Delivered, reply.as_str()),
         Outcome::Temporary { reason, .. } if !expired => (Status::Deferred, reason.as_str()),
         Outcome::Temporary { reason, .. } | Outcome::Permanent { reason, .. } => {
             (Status::Bounced, reason.as_str())
@@ -333,55 +338,60 @@ async fn finish_attempt(
     let now = unix_now();
     let q = &shard.config().queue;
     let expired = now - entry.created > q.max_age.as_secs() as i64;
-    let mut failed = Vec::new();
+    // Failures and relays the sender asked to hear about (NOTIFY, RFC 3461 §4.1).
+    let (mut failed, mut relayed) = (Vec::new(), Vec::new());
+    let mut bounced = 0;
     entry.attempts += 1;
     for (address, outcome, via) in results {
         log_attempt(shard, entry, &address, &outcome, &via, expired, now);
         let Some(r) = entry.recipients.iter_mut().find(|r| r.address == address) else {
             continue;
         };
-        match outcome {
-            Outcome::Delivered { .. } => {
+        let notify = r.dsn.notify();
+        let (status, reason, mta) = match outcome {
+            Outcome::Delivered { reply, dsn_passed } => {
                 crate::metrics::add(&shard.metrics.outbound_delivered, 1);
                 r.state = RcptState::Delivered;
+                // A next hop that speaks DSN took over the sender's request.
+                if notify.success && !dsn_passed {
+                    relayed.push(recipient_status(r, "2.0.0", via_host(&via), reply));
+                }
+                continue;
             }
             Outcome::Temporary { reason, mta } if !expired => {
                 r.last_error = Some(reason);
                 r.remote_mta = mta;
+                continue;
             }
-            Outcome::Temporary { reason, mta } => {
-                r.state = RcptState::Failed;
-                let reason = format!("message expired in the queue; last error: {reason}");
-                failed.push(RecipientStatus {
-                    address,
-                    status: "4.4.7".into(),
-                    remote_mta: mta.clone(),
-                    diagnostic: reason.clone(),
-                });
-                r.last_error = Some(reason);
-                r.remote_mta = mta;
-            }
+            Outcome::Temporary { reason, mta } => (
+                "4.4.7".to_string(),
+                format!("message expired in the queue; last error: {reason}"),
+                mta,
+            ),
             Outcome::Permanent {
                 status,
                 reason,
                 mta,
-            } => {
-                r.state = RcptState::Failed;
-                failed.push(RecipientStatus {
-                    address,
-                    status,
-                    remote_mta: mta.clone(),
-                    diagnostic: reason.clone(),
-                });
-                r.last_error = Some(reason);
-                r.remote_mta = mta;
-            }
+            } => (status, reason, mta),
+        };
+        r.state = RcptState::Failed;
+        r.last_error = Some(reason.clone());
+        r.remote_mta = mta.clone();
+        bounced += 1;
+        if notify.failure {
+            failed.push(recipient_status(r, &status, mta, reason));
         }
     }
+    let about = About::entry(entry);
+    if bounced > 0 {
+        crate::metrics::add(&shard.metrics.outbound_bounced, bounced);
+        tracing::info!(id = %entry.id, failed = bounced, notified = failed.len(), "permanent failure; bouncing");
+    }
     if !failed.is_empty() {
-        crate::metrics::add(&shard.metrics.outbound_bounced, failed.len() as u64);
-        tracing::info!(id = %entry.id, failed = failed.len(), "permanent failure; bouncing");
-        notify(shard, entry, DsnAction::Failed, &failed, message).await;
+        notify(shard, &about, DsnAction::Failed, &failed, message).await;
+    }
+    if !relayed.is_empty() {
+        notify(shard, &about, DsnAction::Relayed, &relayed, message).await;
     }
     if !entry.is_finished() {
         let delay = queue::backoff(entry.attempts, q.retry_min, q.retry_max);
@@ -392,20 +402,31 @@ async fn finish_attempt(
         if late && !entry.delay_notified {
             let delayed: Vec<RecipientStatus> = entry
                 .pending()
-                .map(|r| RecipientStatus {
-                    address: r.address.clone(),
-                    status: "4.4.1".into(),
-                    remote_mta: r.remote_mta.clone(),
-                    diagnostic: r
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "delivery delayed".into()),
+                .filter(|r| r.dsn.notify().delay)
+                .map(|r| {
+                    let diagnostic = r.last_error.clone();
+                    let diagnostic = diagnostic.unwrap_or_else(|| "delivery delayed".into());
+                    recipient_status(r, "4.4.1", r.remote_mta.clone(), diagnostic)
                 })
                 .collect();
-            notify(shard, entry, DsnAction::Delayed, &delayed, message).await;
+            if !delayed.is_empty() {
+                notify(
+                    shard,
+                    &About::entry(entry),
+                    DsnAction::Delayed,
+                    &delayed,
+                    message,
+                )
+                .await;
+            }
             entry.delay_notified = true;
         }
     }
+    save_progress(shard, entry).await;
+}
+
+/// Writes the entry's new state (or removes it once finished), then updates memory.
+async fn save_progress(shard: &Rc<Shard>, entry: &QueueEntry) {
     let data_dir = shard.config().data_dir.clone();
     let saved = entry.clone();
     let finished = entry.is_finished();
@@ -429,36 +450,78 @@ async fn finish_attempt(
     }
 }
 
-/// Sends a DSN to the entry's sender: stored locally, or queued with a null sender.
+/// One recipient's line in a notice, with the sender's ORCPT.
+fn recipient_status(
+    r: &queue::QueueRcpt,
+    status: &str,
+    mta: Option<String>,
+    diagnostic: String,
+) -> RecipientStatus {
+    RecipientStatus {
+        address: r.address.clone(),
+        status: status.to_string(),
+        remote_mta: mta,
+        diagnostic,
+        original_recipient: r.dsn.orcpt.clone(),
+    }
+}
+
+/// The host name in a `host[addr] tls=…` route.
+fn via_host(via: &str) -> Option<String> {
+    let host = via.split('[').next().unwrap_or_default();
+    (!host.is_empty() && host != "-").then(|| host.to_string())
+}
+
+/// The message a notice is about.
+pub struct About<'a> {
+    pub id: &'a str,
+    /// The notice's recipient; empty (the null sender) means no notice.
+    pub mail_from: &'a str,
+    pub arrival: SystemTime,
+    pub dsn: &'a MessageDsn,
+}
+
+impl<'a> About<'a> {
+    fn entry(entry: &'a QueueEntry) -> About<'a> {
+        About {
+            id: &entry.id,
+            mail_from: &entry.mail_from,
+            arrival: UNIX_EPOCH + Duration::from_secs(entry.created.max(0) as u64),
+            dsn: &entry.dsn,
+        }
+    }
+}
+
+/// Sends a DSN to the message's sender: stored locally, or queued with a null sender.
 /// A message from the null sender never gets one (RFC 5321 §4.5.5).
-async fn notify(
+pub async fn notify(
     shard: &Rc<Shard>,
-    entry: &QueueEntry,
+    about: &About<'_>,
     action: DsnAction,
     rcpts: &[RecipientStatus],
     message: &[u8],
 ) {
-    if entry.mail_from.is_empty() {
-        tracing::info!(id = %entry.id, "not bouncing a message from the null sender");
+    if about.mail_from.is_empty() {
+        tracing::info!(id = %about.id, "no notice for a message from the null sender");
         return;
     }
-    let now = SystemTime::now();
-    let created = UNIX_EPOCH + Duration::from_secs(entry.created.max(0) as u64);
-    let retry_until = created + shard.config().queue.max_age;
     let body = Dsn {
         hostname: &shard.config().hostname,
-        queue_id: &entry.id,
-        to: &entry.mail_from,
+        queue_id: about.id,
+        to: about.mail_from,
         action,
-        arrival: created,
-        now,
+        arrival: about.arrival,
+        now: SystemTime::now(),
         recipients: rcpts,
         original: message,
-        retry_until: Some(retry_until),
+        retry_until: Some(about.arrival + shard.config().queue.max_age),
+        envid: about.dsn.envid.as_deref(),
+        ret: about.dsn.ret,
     }
     .build();
-    if let Err(e) = send_generated(shard, &entry.mail_from, body).await {
-        tracing::error!(id = %entry.id, error = %e, "cannot send the delivery status notification");
+    tracing::info!(id = %about.id, action = action.as_str(), rcpts = rcpts.len(), "sending a delivery status notification");
+    if let Err(e) = send_generated(shard, about.mail_from, body).await {
+        tracing::error!(id = %about.id, error = %e, "cannot send the delivery status notification");
     }
 }
 
@@ -477,6 +540,10 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
                 mailbox,
                 remote: false,
                 sender_allowed: false,
+                dsn: RcptDsn {
+                    notify: Some(Notify::NEVER),
+                    orcpt: None,
+                },
             };
             let body = bytes::Bytes::from(message);
             super::mesh::store(shard, Vec::new(), body, &[rcpt], 1, SystemTime::now())
@@ -487,9 +554,19 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
         Resolution::OverQuota { .. } => Err(format!("{to} is over quota")),
         Resolution::NotLocal => {
             let parts = vec![bytes::Bytes::from(message)];
-            enqueue(shard, "", &[to.to_string()], parts)
-                .await
-                .map(|_| ())
+            let never = RcptDsn {
+                notify: Some(Notify::NEVER),
+                orcpt: None,
+            };
+            enqueue(
+                shard,
+                "",
+                &[(to.to_string(), never)],
+                &MessageDsn::default(),
+                parts,
+            )
+            .await
+            .map(|_| ())
         }
     }
 }
@@ -498,18 +575,20 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
 pub async fn enqueue(
     shard: &Rc<Shard>,
     mail_from: &str,
-    rcpts: &[String],
+    rcpts: &[(String, RcptDsn)],
+    dsn: &MessageDsn,
     message: Vec<bytes::Bytes>,
 ) -> Result<String, String> {
-    let (data_dir, from, rcpts) = (
+    let (data_dir, from, rcpts, dsn) = (
         shard.config().data_dir.clone(),
         mail_from.to_string(),
         rcpts.to_vec(),
+        dsn.clone(),
     );
     let entry = glommio::executor()
         .spawn_blocking(move || {
             let parts: Vec<&[u8]> = message.iter().map(|p| p.as_ref()).collect();
-            queue::enqueue(&data_dir, &from, &rcpts, &parts, unix_now())
+            queue::enqueue(&data_dir, &from, &rcpts, &dsn, &parts, unix_now())
         })
         .await?;
     tracing::info!(id = %entry.id, from = %entry.mail_from, rcpts = entry.recipients.len(), "queued");

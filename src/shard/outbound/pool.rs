@@ -191,7 +191,11 @@ pub(super) async fn checkout(
     let opened = match open(shard, target, policy).await {
         // Opportunistic TLS (RFC 7435): a failed handshake is retried in plaintext, as
         // Postfix's `may` level does, unless a policy requires TLS.
-        Err(ConnError::Tls(e)) if policy == TlsPolicy::Opportunistic => {
+        // Plaintext right behind the 220 counts as a failed negotiation too: it is
+        // refused, never read as TLS data.
+        Err(e @ (ConnError::Tls(_) | ConnError::Session(SessionError::DataAfterStartTls)))
+            if policy == TlsPolicy::Opportunistic =>
+        {
             tracing::info!(host = target.host, %addr, error = %e, "STARTTLS failed; retrying without TLS");
             open(shard, target, TlsPolicy::Never).await
         }

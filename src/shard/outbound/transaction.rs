@@ -10,15 +10,18 @@ use super::route::{self, Destination};
 use super::Outcome;
 use crate::auth::verify::RouteError;
 use crate::proto::smtp::client::{Envelope, RcptResult};
+use crate::proto::smtp::notify::{MessageDsn, RcptDsn};
 use crate::shard::Shard;
 
 /// One SMTP transaction per domain; an outcome per recipient, in order, and where it
-/// went (`host[addr] tls=…`, or `-`).
+/// went (`host[addr] tls=…`, or `-`). The sender's DSN request goes along to a host
+/// that offers DSN.
 pub(super) async fn deliver_domain(
     shard: &Rc<Shard>,
     domain: &str,
     from: &str,
-    rcpts: &[String],
+    rcpts: &[(String, RcptDsn)],
+    dsn: &MessageDsn,
     message: &bytes::Bytes,
 ) -> (Vec<Outcome>, String) {
     let all = |o: Outcome| (vec![o; rcpts.len()], "-".to_string());
@@ -54,8 +57,10 @@ pub(super) async fn deliver_domain(
     };
     let envelope = Envelope {
         from: from.to_string(),
-        rcpts: rcpts.to_vec(),
+        rcpts: rcpts.iter().map(|(address, _)| address.clone()).collect(),
         message: message.clone(),
+        dsn: dsn.clone(),
+        rcpt_dsn: rcpts.iter().map(|(_, dsn)| dsn.clone()).collect(),
     };
     let mut last = String::from("no address to connect to");
     for (host, addrs) in &hosts {
@@ -67,10 +72,13 @@ pub(super) async fn deliver_domain(
                 relay: relay.as_ref(),
             };
             match attempt_host(shard, target, &envelope).await {
-                Ok((results, tls)) => {
+                Ok((results, tls, dsn_passed)) => {
                     // The record RFC 7435 asks for: which transactions went without TLS.
                     tracing::info!(%host, %addr, %tls, rcpts = rcpts.len(), "SMTP transaction done");
-                    let outcomes = results.into_iter().map(|r| outcome(r, host)).collect();
+                    let outcomes = results
+                        .into_iter()
+                        .map(|r| outcome(r, host, dsn_passed))
+                        .collect();
                     return (outcomes, format!("{host}[{addr}] tls={tls}"));
                 }
                 Err(e) => {
@@ -92,7 +100,7 @@ async fn attempt_host(
     shard: &Rc<Shard>,
     target: Target<'_>,
     envelope: &Envelope,
-) -> Result<(Vec<RcptResult>, String), ConnError> {
+) -> Result<(Vec<RcptResult>, String, bool), ConnError> {
     let mut conn = pool::checkout(shard, target).await?;
     let mut result = conn.transaction(envelope.clone()).await;
     if result.is_err() && conn.reused {
@@ -104,8 +112,9 @@ async fn attempt_host(
     match result {
         Ok(results) => {
             let tls = conn.tls.clone().unwrap_or_else(|| "none".into());
+            let dsn = conn.session.capabilities().dsn;
             pool::checkin(shard, target.addr, conn);
-            Ok((results, tls))
+            Ok((results, tls, dsn))
         }
         Err(e) => {
             pool::release(shard, target.addr);
@@ -115,9 +124,9 @@ async fn attempt_host(
 }
 
 /// What the queue records for one recipient's result from `host`.
-fn outcome(result: RcptResult, host: &str) -> Outcome {
+fn outcome(result: RcptResult, host: &str, dsn_passed: bool) -> Outcome {
     let failure = match result {
-        Ok(reply) => return Outcome::Delivered { reply },
+        Ok(reply) => return Outcome::Delivered { reply, dsn_passed },
         Err(f) => f,
     };
     let mta = Some(host.to_string());

@@ -109,6 +109,8 @@ pub struct Capabilities {
     pub chunking: bool,
     pub starttls: bool,
     pub auth_plain: bool,
+    /// RFC 3461: the server takes NOTIFY/ORCPT/RET/ENVID and reports on from there.
+    pub dsn: bool,
 }
 
 pub fn capabilities(ehlo: &Reply) -> Capabilities {
@@ -126,6 +128,7 @@ pub fn capabilities(ehlo: &Reply) -> Capabilities {
             "SMTPUTF8" => caps.smtputf8 = true,
             "CHUNKING" => caps.chunking = true,
             "STARTTLS" => caps.starttls = true,
+            "DSN" => caps.dsn = true,
             "AUTH" => caps.auth_plain |= words.any(|m| m.eq_ignore_ascii_case("PLAIN")),
             _ => {}
         }

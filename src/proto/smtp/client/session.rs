@@ -17,6 +17,7 @@ use base64::Engine as _;
 
 use super::error::{Failure, Phase, SessionError, Severity};
 use super::reply::{self, Capabilities, Reply};
+use crate::proto::smtp::notify::{xtext_encode, MessageDsn, RcptDsn};
 use crate::proto::Outbox;
 
 /// Whether to use STARTTLS.
@@ -47,6 +48,10 @@ pub struct Envelope {
     pub rcpts: Vec<String>,
     /// The message, CRLF line ends, not dot-stuffed.
     pub message: bytes::Bytes,
+    /// The sender's RET and ENVID, passed on to a server that offers DSN.
+    pub dsn: MessageDsn,
+    /// Each recipient's NOTIFY and ORCPT, in `rcpts` order (missing ones: none).
+    pub rcpt_dsn: Vec<RcptDsn>,
 }
 
 /// A recipient's result: the accepting reply, or why not.
@@ -219,6 +224,14 @@ impl ClientSession {
         if reply::needs_smtputf8(&envelope.from, envelope.rcpts.iter().map(String::as_str)) {
             mail.push_str(" SMTPUTF8");
         }
+        if self.caps.dsn {
+            if let Some(ret) = envelope.dsn.ret {
+                mail.push_str(&format!(" RET={}", ret.as_param()));
+            }
+            if let Some(envid) = &envelope.dsn.envid {
+                mail.push_str(&format!(" ENVID={}", xtext_encode(envid)));
+            }
+        }
         let mut t = Transaction {
             pipelined: self.caps.pipelining,
             chunking: self.caps.chunking,
@@ -236,8 +249,8 @@ impl ClientSession {
         t.expect.push_back(Expect::Mail);
         if t.pipelined {
             // One write for the whole envelope (RFC 2920), DATA too unless BDAT follows.
-            for (i, rcpt) in t.envelope.rcpts.iter().enumerate() {
-                self.send_line(out, &format!("RCPT TO:<{rcpt}>"));
+            for i in 0..t.envelope.rcpts.len() {
+                self.send_line(out, &self.rcpt_command(&t.envelope, i));
                 t.expect.push_back(Expect::Rcpt(i));
             }
             t.rcpts_sent = t.envelope.rcpts.len();
@@ -256,6 +269,20 @@ impl ClientSession {
             self.send_line(out, "QUIT");
             self.state = State::Quit;
         }
+    }
+
+    /// `RCPT TO:<…>`, with NOTIFY and ORCPT for a server that offers DSN.
+    fn rcpt_command(&self, envelope: &Envelope, i: usize) -> String {
+        let mut line = format!("RCPT TO:<{}>", envelope.rcpts.get(i).map_or("", |r| r));
+        if let Some(dsn) = envelope.rcpt_dsn.get(i).filter(|_| self.caps.dsn) {
+            if let Some(notify) = dsn.notify {
+                line.push_str(&format!(" NOTIFY={}", notify.as_param()));
+            }
+            if let Some((kind, address)) = &dsn.orcpt {
+                line.push_str(&format!(" ORCPT={kind};{}", xtext_encode(address)));
+            }
+        }
+        line
     }
 
     fn cannot_take(&self, envelope: &Envelope) -> Option<Failure> {
@@ -410,8 +437,7 @@ impl ClientSession {
         let next = t.next_step();
         match next {
             Next::Rcpt(i) => {
-                let line = format!("RCPT TO:<{}>", t.envelope.rcpts.get(i).map_or("", |r| r));
-                self.send_line(out, &line);
+                self.send_line(out, &self.rcpt_command(&t.envelope, i));
                 t.rcpts_sent += 1;
                 t.expect.push_back(Expect::Rcpt(i));
             }

@@ -97,4 +97,6 @@ pub struct Recipient {
     /// The account allowlists the sender (`shardmail user senders --allow`), and SPF
     /// did not contradict it: inbox, no greylisting.
     pub sender_allowed: bool,
+    /// The sender's NOTIFY and ORCPT for this recipient (RFC 3461).
+    pub dsn: crate::proto::smtp::notify::RcptDsn,
 }

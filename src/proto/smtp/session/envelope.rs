@@ -4,14 +4,15 @@
 //! recipient and failed-command rate limits and greylisting. Part of the pure
 //! [`Session`]: every lookup goes through the [`Directory`].
 
-use super::command::{self, MailParams};
+use super::command::{self, MailParams, RcptParams};
 use super::*;
+use crate::proto::smtp::notify;
 
 impl Session {
     pub(super) fn mail(
         &mut self,
         from: Option<command::Mailbox<'_>>,
-        params: MailParams,
+        params: MailParams<'_>,
         dir: &dyn Directory,
         out: &mut Outbox,
     ) {
@@ -49,7 +50,11 @@ impl Session {
         }
         self.transaction = Some(Transaction {
             mail_from,
-            params,
+            smtputf8: params.smtputf8,
+            dsn: MessageDsn {
+                ret: params.ret,
+                envid: params.envid.and_then(notify::parse_envid),
+            },
             recipients: Vec::new(),
             message: None,
             header_len: 0,
@@ -71,7 +76,13 @@ impl Session {
         out.line("250 2.1.0 Sender ok");
     }
 
-    pub(super) fn rcpt(&mut self, to: command::Mailbox<'_>, dir: &dyn Directory, out: &mut Outbox) {
+    pub(super) fn rcpt(
+        &mut self,
+        to: command::Mailbox<'_>,
+        params: RcptParams<'_>,
+        dir: &dyn Directory,
+        out: &mut Outbox,
+    ) {
         let Some(txn) = self.transaction.as_ref() else {
             return out.line("503 5.5.1 Need MAIL before RCPT");
         };
@@ -85,10 +96,14 @@ impl Session {
         };
         let refusal = if txn.recipients.len() >= self.config.recipients_max {
             Some("452 4.5.3 Too many recipients".to_string())
-        } else if !to.is_ascii() && !txn.params.smtputf8 {
+        } else if !to.is_ascii() && !txn.smtputf8 {
             Some("553 5.6.7 Non-ASCII address requires SMTPUTF8".to_string())
         } else {
-            self.add_recipient(address.clone(), dir)
+            let dsn = RcptDsn {
+                notify: params.notify,
+                orcpt: params.orcpt.and_then(notify::parse_orcpt),
+            };
+            self.add_recipient(address.clone(), dsn, dir)
         };
         let mail_from = self
             .transaction
@@ -179,7 +194,12 @@ impl Session {
     }
 
     /// Resolves `address` and adds it to the transaction, or returns the refusal.
-    fn add_recipient(&mut self, address: String, dir: &dyn Directory) -> Option<String> {
+    fn add_recipient(
+        &mut self,
+        address: String,
+        dsn: RcptDsn,
+        dir: &dyn Directory,
+    ) -> Option<String> {
         let is_mx = self.config.port == Port::Mx;
         let authenticated = self.authenticated.is_some();
         let txn = self.transaction.as_mut()?;
@@ -207,6 +227,7 @@ impl Session {
                     mailbox,
                     remote: false,
                     sender_allowed,
+                    dsn,
                 });
                 None
             }
@@ -230,6 +251,7 @@ impl Session {
                     mailbox: String::new(),
                     remote: true,
                     sender_allowed: false,
+                    dsn,
                 });
                 None
             }
