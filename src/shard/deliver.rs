@@ -12,7 +12,8 @@
 //! after their changes. Local copies get our Return-Path (the envelope sender), and a copy for an
 //! account reached through an alias or catch-all also gets `Delivered-To:` (the
 //! account) and `X-Original-To:` (the address it was sent to). The message is then
-//! stored in every recipient's partition (`mesh::store`).
+//! stored in every recipient's partition (`mesh::store`); local recipients that asked
+//! for NOTIFY=SUCCESS then get an `Action: delivered` notice, sent off the reply's path.
 
 use std::rc::Rc;
 use std::sync::Arc;
