@@ -71,7 +71,7 @@ fn config(port: Port) -> Rc<SessionConfig> {
     Rc::new(SessionConfig {
         hostname: "mx.example".into(),
         port,
-        tls_available: true,
+        tls_available: port != Port::Lmtp,
         allow_plaintext_auth: false,
         message_size_max: 200,
         line_bytes_max: 512,
@@ -606,5 +606,76 @@ fn spf_policy_applies_per_recipient_domain_before_data() {
          C: .
          A: deliver ok@pass.example -> carol@strict.org
          S: 250 2.0.0 Ok: stored as 000000000ABC0001",
+    );
+}
+
+#[test]
+fn lmtp_replies_once_per_recipient_after_the_data() {
+    let delivered = check(
+        Port::Lmtp,
+        "S: 220 mx.example ESMTP shardmail
+         C: EHLO edge.example
+         S: 500 5.5.1 This is an LMTP server (RFC 2033): use LHLO
+         C: LHLO mx.example
+         S: 250-mx.example Hello mx.example [192.0.2.1]
+         S: 250-PIPELINING
+         S: 250-SIZE 200
+         S: 250-8BITMIME
+         S: 250-SMTPUTF8
+         S: 250-ENHANCEDSTATUSCODES
+         S: 250-CHUNKING
+         S: 250-DSN
+         S: 250 HELP
+         C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==
+         S: 502 5.5.1 AUTH is not available on this port; use submission
+         C: MAIL FROM:<sender@remote.example>
+         C: RCPT TO:<alice@example.org>
+         C: RCPT TO:<nobody@example.org>
+         C: RCPT TO:<bob@example.org>
+         C: RCPT TO:<someone@elsewhere.example>
+         C: DATA
+         S: 250 2.1.0 Sender ok
+         S: 250 2.1.5 Recipient ok
+         S: 550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown
+         S: 250 2.1.5 Recipient ok
+         S: 554 5.7.1 <someone@elsewhere.example>: Relay access denied
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: Subject: lmtp
+         C:
+         C: body
+         C: .
+         A: deliver sender@remote.example -> alice@example.org,bob@example.org
+         S: 250 2.1.5 <alice@example.org> delivered as 000000000ABC0001
+         S: 250 2.1.5 <bob@example.org> delivered as 000000000ABC0001
+         C: MAIL FROM:<>
+         C: RCPT TO:<alice@example.org>
+         C: RCPT TO:<bob@example.org>
+         C: DATA
+         S: 250 2.1.0 Sender ok
+         S: 250 2.1.5 Recipient ok
+         S: 250 2.1.5 Recipient ok
+         S: 354 End data with <CR><LF>.<CR><LF>
+         C: x
+         C: .
+         A: deliver  -> alice@example.org,bob@example.org => fail
+         S: 451 4.3.0 Temporary failure storing the message, try again later
+         S: 451 4.3.0 Temporary failure storing the message, try again later
+         C: STARTTLS
+         S: 454 4.7.0 TLS not available due to temporary reason
+         C: QUIT
+         S: 221 2.0.0 Bye
+         A: close",
+    );
+    let text = String::from_utf8(delivered[0].clone()).expect("utf8");
+    assert!(text.contains("with LMTP id"), "{text}");
+    // LHLO is LMTP's alone.
+    check(
+        Port::Mx,
+        "S: 220 mx.example ESMTP shardmail
+         C: LHLO client.example
+         S: 500 5.5.1 Command unrecognized
+         C: QUIT
+         S: 221 2.0.0 Bye
+         A: close",
     );
 }

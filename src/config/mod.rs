@@ -451,6 +451,7 @@ pub struct Listen {
     pub imaps: Vec<SocketAddr>,
     pub pop3: Vec<SocketAddr>,
     pub pop3s: Vec<SocketAddr>,
+    pub lmtp: Vec<SocketAddr>,
     pub metrics: Vec<SocketAddr>,
     /// listen(2) backlog.
     pub backlog: u32,
@@ -622,9 +623,18 @@ impl Config {
             imaps: parse_addrs("listen.imaps", &raw.listen.imaps)?,
             pop3: parse_addrs("listen.pop3", &raw.listen.pop3)?,
             pop3s: parse_addrs("listen.pop3s", &raw.listen.pop3s)?,
+            lmtp: parse_addrs("listen.lmtp", &raw.listen.lmtp)?,
             metrics: parse_addrs("listen.metrics", &raw.listen.metrics)?,
             backlog: raw.listen.backlog,
         };
+        // LMTP trusts its client with final delivery and has no AUTH: never beyond
+        // this host.
+        if listen.lmtp.iter().any(|a| !a.ip().is_loopback()) {
+            return Err(err(
+                "listen.lmtp",
+                "must be loopback addresses (127.0.0.0/8 or ::1): LMTP has no authentication",
+            ));
+        }
         if !(50..=100_000).contains(&raw.server.step_budget_us) {
             return Err(err(
                 "server.step_budget_us",

@@ -373,6 +373,9 @@ pub struct RawListen {
     pub imaps: OneOrMany,
     pub pop3: OneOrMany,
     pub pop3s: OneOrMany,
+    /// LMTP (RFC 2033) for an edge MTA delivering into our mailboxes; off unless set,
+    /// loopback addresses only.
+    pub lmtp: OneOrMany,
     /// Prometheus text endpoint (HTTP GET /metrics); off unless set.
     pub metrics: OneOrMany,
     /// listen(2) backlog of every listener: connections the kernel queues before we
@@ -390,6 +393,7 @@ impl Default for RawListen {
             imaps: addr("127.0.0.1:2993"),
             pop3: addr("127.0.0.1:2110"),
             pop3s: addr("127.0.0.1:2995"),
+            lmtp: OneOrMany::Many(Vec::new()),
             metrics: OneOrMany::Many(Vec::new()),
             backlog: 4096,
         }

@@ -68,6 +68,7 @@ impl Service {
             Service::Smtp(Port::Mx) => "smtp",
             Service::Smtp(Port::Submission) => "submission",
             Service::Smtp(Port::Submissions) => "submissions",
+            Service::Smtp(Port::Lmtp) => "lmtp",
             Service::Imap {
                 implicit_tls: false,
             } => "imap",
@@ -125,8 +126,9 @@ pub struct Bound {
 pub fn bind_all(config: &Config, shards: usize) -> Result<Vec<Vec<Bound>>, String> {
     use Service::{Imap, Metrics, Pop3, Smtp};
     let l = &config.listen;
-    let services: [(&'static str, &[SocketAddr], Service); 8] = [
+    let services: [(&'static str, &[SocketAddr], Service); 9] = [
         ("listen.smtp", &l.smtp, Smtp(Port::Mx)),
+        ("listen.lmtp", &l.lmtp, Smtp(Port::Lmtp)),
         ("listen.submission", &l.submission, Smtp(Port::Submission)),
         (
             "listen.submissions",

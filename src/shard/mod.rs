@@ -426,7 +426,8 @@ fn smtp_config(config: &Config, port: Port) -> SessionConfig {
     SessionConfig {
         hostname: config.hostname.clone(),
         port,
-        tls_available: true,
+        // LMTP is loopback only (config check) and offers neither STARTTLS nor AUTH.
+        tls_available: port != Port::Lmtp,
         allow_plaintext_auth: config.allow_plaintext_auth,
         message_size_max: config.limits.message_size_max,
         line_bytes_max: config.limits.line_bytes_max,

@@ -41,14 +41,14 @@ pub struct Live {
     pub config: Rc<Config>,
     pub tls: Arc<rustls::ServerConfig>,
     pub dkim_keys: DkimKeys,
-    smtp: [Rc<SessionConfig>; 3],
+    smtp: [Rc<SessionConfig>; 4],
     pub pop3: Arc<crate::proto::pop3::Pop3Config>,
     pub imap: Arc<crate::proto::imap::session::ImapConfig>,
 }
 
 impl Live {
     pub fn new(config: Config, tls: Arc<rustls::ServerConfig>, dkim_keys: DkimKeys) -> Live {
-        let smtp = [Port::Mx, Port::Submission, Port::Submissions]
+        let smtp = [Port::Mx, Port::Submission, Port::Submissions, Port::Lmtp]
             .map(|port| Rc::new(super::smtp_config(&config, port)));
         let pop3 = Arc::new(crate::proto::pop3::Pop3Config {
             hostname: config.hostname.clone(),
@@ -75,6 +75,7 @@ impl Live {
             Port::Mx => 0,
             Port::Submission => 1,
             Port::Submissions => 2,
+            Port::Lmtp => 3,
         };
         self.smtp
             .get(i)

@@ -58,6 +58,8 @@ pub struct RcptParams<'a> {
 pub enum Command<'a> {
     Ehlo(&'a str),
     Helo(&'a str),
+    /// LMTP's greeting (RFC 2033 §4.1); only the LMTP port takes it.
+    Lhlo(&'a str),
     /// `None` is the null reverse-path `<>`.
     Mail(Option<Mailbox<'a>>, MailParams<'a>),
     Rcpt(Mailbox<'a>, RcptParams<'a>),
@@ -133,6 +135,7 @@ pub fn parse(line: &[u8]) -> Result<Command<'_>, ParseError> {
     match verb_upper {
         b"EHLO" => domain_arg(rest).map(Command::Ehlo),
         b"HELO" => domain_arg(rest).map(Command::Helo),
+        b"LHLO" => domain_arg(rest).map(Command::Lhlo),
         b"MAIL" => parse_mail(rest),
         b"RCPT" => parse_rcpt(rest),
         b"DATA" => no_args(Command::Data),

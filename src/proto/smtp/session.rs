@@ -22,6 +22,7 @@ use crate::config::raw::RateCount;
 mod auth;
 mod directory;
 mod envelope;
+mod hello;
 
 pub use directory::{Directory, Greylisting, RateEvent, Recipient, Resolution, SenderVerdict};
 
@@ -37,6 +38,9 @@ pub enum Port {
     Submission,
     /// `listen.submissions`: implicit TLS, AUTH required before MAIL.
     Submissions,
+    /// `listen.lmtp` (RFC 2033): an edge MTA on this host delivers into local
+    /// mailboxes; LHLO, no AUTH, no relaying, a reply per recipient after the data.
+    Lmtp,
 }
 
 /// Everything a session needs to know about the server; shared by all sessions of a shard.
@@ -197,6 +201,9 @@ pub struct Session {
     own_names: Vec<String>,
     /// A HELO refused for naming us, not yet logged by the IO layer.
     refused_helo: Option<String>,
+    /// LMTP: the accepted recipients of the message being stored, each of which gets
+    /// its own reply once it is (RFC 2033 §4.2).
+    lmtp_recipients: Vec<String>,
     /// Recipients refused since the IO layer last asked ([`Session::take_refused`]),
     /// at most [`REFUSED_KEPT_MAX`].
     refused: Vec<RefusedRecipient>,
@@ -237,6 +244,7 @@ impl Session {
             verify: false,
             commands: 0,
             refused: Vec::new(),
+            lmtp_recipients: Vec::new(),
             own_names: Vec::new(),
             refused_helo: None,
         }
@@ -495,6 +503,17 @@ impl Session {
 
     fn command(&mut self, cmd: Command<'_>, now: SystemTime, dir: &dyn Directory, o: &mut Outbox) {
         match cmd {
+            Command::Ehlo(_) | Command::Helo(_) if self.config.port == Port::Lmtp => {
+                o.line("500 5.5.1 This is an LMTP server (RFC 2033): use LHLO");
+                self.count_bad_command(o);
+            }
+            Command::Lhlo(domain) if self.config.port == Port::Lmtp => {
+                self.hello(domain, true, dir, o)
+            }
+            Command::Lhlo(_) => {
+                o.line("500 5.5.1 Command unrecognized");
+                self.count_bad_command(o);
+            }
             Command::Ehlo(domain) => self.hello(domain, true, dir, o),
             Command::Helo(domain) => self.hello(domain, false, dir, o),
             Command::Mail(from, params) => self.mail(from, params, dir, o),
@@ -518,56 +537,6 @@ impl Session {
             Command::StartTls => self.starttls(o),
             Command::Auth { mechanism, initial } => self.auth(mechanism, initial, o),
         }
-    }
-
-    fn hello(&mut self, domain: &str, esmtp: bool, dir: &dyn Directory, out: &mut Outbox) {
-        let named = domain.trim_end_matches('.').to_ascii_lowercase();
-        if self.own_names.contains(&named) {
-            self.refused_helo = Some(domain.to_string());
-            let event = self.rate_event(RateCount::FailedCommands, "", None);
-            if let Some(reply) = dir.rate_limited(event) {
-                return self.refuse_for_rate(&reply, out);
-            }
-            out.line(&format!(
-                "550 5.7.1 <{domain}>: Helo command rejected: you are not me"
-            ));
-            return self.count_bad_command(out);
-        }
-        self.helo = Some(domain.to_string());
-        self.esmtp = esmtp;
-        self.transaction = None;
-        let host = &self.config.hostname;
-        if !esmtp {
-            out.line(&format!("250 {host}"));
-            return;
-        }
-        let mut lines = vec![
-            format!("{host} Hello {domain} [{}]", self.peer),
-            "PIPELINING".to_string(),
-            format!("SIZE {}", self.config.message_size_max),
-            "8BITMIME".to_string(),
-            "SMTPUTF8".to_string(),
-            "ENHANCEDSTATUSCODES".to_string(),
-            "CHUNKING".to_string(),
-            "DSN".to_string(),
-        ];
-        if self.config.tls_available && !self.tls {
-            lines.push("STARTTLS".to_string());
-        }
-        if self.auth_offered() {
-            lines.push("AUTH PLAIN LOGIN".to_string());
-        }
-        lines.push("HELP".to_string());
-        let last = lines.len() - 1;
-        for (i, l) in lines.iter().enumerate() {
-            out.line(&format!("250{}{l}", if i == last { ' ' } else { '-' }));
-        }
-    }
-
-    fn auth_offered(&self) -> bool {
-        self.config.port != Port::Mx
-            && self.authenticated.is_none()
-            && (self.tls || self.config.allow_plaintext_auth)
     }
 
     fn data(&mut self, now: SystemTime, out: &mut Outbox) {
@@ -623,6 +592,9 @@ impl Session {
         let Some(txn) = self.transaction.take() else {
             return;
         };
+        if self.config.port == Port::Lmtp {
+            self.lmtp_recipients = txn.recipients.iter().map(|r| r.address.clone()).collect();
+        }
         let envelope = Envelope {
             id: self.message_id(),
             mail_from: txn.mail_from,
@@ -736,7 +708,18 @@ impl Session {
     /// Result of [`Action::Deliver`]: `250` only now, when every owner has synced.
     pub fn delivered(&mut self, id: &str, result: &Result<(), DeliveryError>, out: &mut Outbox) {
         self.state = State::Command;
-        out.line(&delivery_reply(id, result));
+        let reply = delivery_reply(id, result);
+        if self.config.port != Port::Lmtp {
+            return out.line(&reply);
+        }
+        // One reply per accepted recipient, in RCPT order (RFC 2033 §4.2). Storage
+        // succeeds or fails for the message as a whole, so they agree.
+        for address in std::mem::take(&mut self.lmtp_recipients) {
+            match result {
+                Ok(()) => out.line(&format!("250 2.1.5 <{address}> delivered as {id}")),
+                Err(_) => out.line(&reply),
+            }
+        }
     }
 
     fn message_id(&mut self) -> String {
@@ -749,6 +732,7 @@ impl Session {
         let utf8 = self.transaction.as_ref().is_some_and(|t| t.smtputf8);
         // RFC 3848 / RFC 6531 "with" protocol names.
         let mut with = String::from(match (utf8, self.esmtp) {
+            _ if self.config.port == Port::Lmtp => "LMTP",
             (true, _) => "UTF8SMTP",
             (false, true) => "ESMTP",
             (false, false) => "SMTP",

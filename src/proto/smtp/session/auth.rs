@@ -2,12 +2,12 @@
 //! count that ends a guessing session. Part of the pure [`Session`]: the password check
 //! itself is an [`Action::Authenticate`] for the IO layer.
 
-use super::{Action, Outbox, Port, Session, State};
+use super::{Action, Outbox, Session, State};
 use crate::proto::sasl::{self, SaslError};
 
 impl Session {
     pub(super) fn auth(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Outbox) {
-        if self.config.port == Port::Mx {
+        if !self.requires_auth() {
             return out.line("502 5.5.1 AUTH is not available on this port; use submission");
         }
         if !self.esmtp {

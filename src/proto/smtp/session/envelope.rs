@@ -22,7 +22,7 @@ impl Session {
         if self.transaction.is_some() {
             return out.line("503 5.5.1 Nested MAIL command");
         }
-        if self.config.port != Port::Mx && self.authenticated.is_none() {
+        if self.requires_auth() && self.authenticated.is_none() {
             return out.line("530 5.7.0 Authentication required");
         }
         if params
