@@ -33,6 +33,7 @@ fn envelope(rcpts: &[&str], message: &str) -> Envelope {
         message: bytes::Bytes::from(message.to_string()),
         dsn: MessageDsn::default(),
         rcpt_dsn: Vec::new(),
+        require_tls: false,
     }
 }
 
@@ -666,4 +667,80 @@ fn dsn_requests_go_along_only_to_a_server_that_offers_dsn() {
         tail.replace("{MAIL}", "").replace("{RCPT}", "")
     );
     check(config(TlsPolicy::Opportunistic), &[e], &without);
+}
+
+#[test]
+fn requiretls_goes_only_over_tls_to_a_server_that_offers_it() {
+    let mut e = envelope(&["a@x.net"], "x\r\n");
+    e.require_tls = true;
+    check(
+        config(TlsPolicy::Required),
+        &[e.clone(), e.clone()],
+        "S: 220 mx
+         C: EHLO out.example.org
+         S: 250-mx
+         S: 250 STARTTLS
+         C: STARTTLS
+         S: 220 go ahead
+         A: starttls
+         C: EHLO out.example.org
+         S: 250-mx
+         S: 250 REQUIRETLS
+         A: ready
+         C: MAIL FROM:<alice@example.org> REQUIRETLS
+         S: 250 ok
+         C: RCPT TO:<a@x.net>
+         S: 250 ok
+         C: DATA
+         S: 354 go
+         C: x
+         C: .
+         S: 250 ok
+         A: finished ok
+         C: MAIL FROM:<alice@example.org> REQUIRETLS
+         S: 250 ok
+         C: RCPT TO:<a@x.net>
+         S: 250 ok
+         C: DATA
+         S: 354 go
+         C: x
+         C: .
+         S: 250 ok
+         A: finished ok
+         C: QUIT
+         S: 221 bye
+         A: closed",
+    );
+    // TLS but no REQUIRETLS at the next hop, or no TLS at all: 5.7.10, nothing sent.
+    check(
+        config(TlsPolicy::Required),
+        &[e.clone()],
+        "S: 220 mx
+         C: EHLO out.example.org
+         S: 250-mx
+         S: 250 STARTTLS
+         C: STARTTLS
+         S: 220 go ahead
+         A: starttls
+         C: EHLO out.example.org
+         S: 250 mx
+         A: ready
+         A: finished perm 5.7.10
+         C: QUIT
+         S: 221 bye
+         A: closed",
+    );
+    check(
+        config(TlsPolicy::Never),
+        &[e],
+        "S: 220 mx
+         C: EHLO out.example.org
+         S: 250-mx
+         S: 250 REQUIRETLS
+         A: ready
+         A: finished perm 5.7.10
+         C: QUIT
+         S: 221 bye
+         A: closed",
+    );
 }

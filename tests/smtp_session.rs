@@ -349,6 +349,7 @@ fn submission_requires_tls_then_auth() {
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
          S: 250-DSN
+         S: 250-REQUIRETLS
          S: 250-AUTH PLAIN LOGIN
          S: 250 HELP
          C: AUTH LOGIN
@@ -396,6 +397,7 @@ fn auth_failures_disconnect() {
          S: 250-ENHANCEDSTATUSCODES
          S: 250-CHUNKING
          S: 250-DSN
+         S: 250-REQUIRETLS
          S: 250-AUTH PLAIN LOGIN
          S: 250 HELP
          C: AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAG5vcGU=
@@ -668,12 +670,16 @@ fn lmtp_replies_once_per_recipient_after_the_data() {
     );
     let text = String::from_utf8(delivered[0].clone()).expect("utf8");
     assert!(text.contains("with LMTP id"), "{text}");
-    // LHLO is LMTP's alone.
+    // LHLO is LMTP's alone; REQUIRETLS needs a TLS session.
     check(
         Port::Mx,
         "S: 220 mx.example ESMTP shardmail
          C: LHLO client.example
          S: 500 5.5.1 Command unrecognized
+         C: HELO client.example
+         S: 250 mx.example
+         C: MAIL FROM:<a@remote.example> REQUIRETLS
+         S: 530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first
          C: QUIT
          S: 221 2.0.0 Bye
          A: close",

@@ -61,6 +61,9 @@ pub struct QueueEntry {
     /// The sender's RET and ENVID (RFC 3461).
     #[serde(default, skip_serializing_if = "is_default")]
     pub dsn: MessageDsn,
+    /// REQUIRETLS (RFC 8689): only over verified TLS to a server that offers it.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub require_tls: bool,
 }
 
 impl QueueEntry {
@@ -102,6 +105,7 @@ pub fn enqueue(
     mail_from: &str,
     recipients: &[(String, RcptDsn)],
     dsn: &MessageDsn,
+    require_tls: bool,
     message: &[&[u8]],
     now: i64,
 ) -> Result<QueueEntry, String> {
@@ -136,6 +140,7 @@ pub fn enqueue(
         size: message.iter().map(|part| part.len() as u64).sum(),
         delay_notified: false,
         dsn: dsn.clone(),
+        require_tls,
     };
     save(data_dir, &entry)?; // write_atomic fsyncs the file and the directory
     Ok(entry)
@@ -250,6 +255,7 @@ mod tests {
                 ("c@y.example".into(), RcptDsn::default()),
             ],
             &MessageDsn::default(),
+            false,
             &[b"m", b"sg"],
             100,
         )

@@ -146,12 +146,20 @@ pub async fn accept(
         addresses.sort_by(|a, b| a.0.cmp(&b.0));
         addresses.dedup_by(|a, b| a.0 == b.0);
         let from = &envelope.mail_from;
-        let queue_id = super::outbound::enqueue(shard, from, &addresses, &envelope.dsn, outgoing)
-            .await
-            .map_err(|e| {
-                tracing::error!(id = %envelope.id, error = %e, "cannot queue for remote delivery");
-                DeliveryError::Temporary
-            })?;
+        let (dsn, require_tls) = (&envelope.dsn, envelope.require_tls);
+        let queue_id = super::outbound::enqueue(
+            shard,
+            from,
+            &addresses,
+            dsn,
+            require_tls,
+            outgoing,
+        )
+        .await
+        .map_err(|e| {
+            tracing::error!(id = %envelope.id, error = %e, "cannot queue for remote delivery");
+            DeliveryError::Temporary
+        })?;
         notes.queue_id = Some(queue_id);
     }
     if local.is_empty() {

@@ -244,6 +244,31 @@ class Outbound(unittest.TestCase):
         self.assertEqual(self.notices(b"dsn-passed@sender.test"), [],
                          "the next hop reports success, not us")
 
+    def test_requiretls_never_goes_out_unverified(self):
+        with smtplib.SMTP_SSL("127.0.0.1", self.sender.ports["submissions"], timeout=30,
+                              context=tls_context()) as s:
+            s.login("alice@sender.test", "pw")
+            self.assertIn("requiretls", s.esmtp_features)
+            # An MX route cannot be authenticated yet (no MTA-STS/DANE): bounced, 5.7.10.
+            s.sendmail("alice@sender.test", ["bob@receiver.test"], message("requiretls-mx"),
+                       ["REQUIRETLS"])
+            # A configured route whose server has no TLS: held, never sent in plaintext.
+            s.sendmail("alice@sender.test", ["someone@override.test"],
+                       message("requiretls-plain"), ["REQUIRETLS"])
+        dsn = wait_for(lambda: self.notices(b"requiretls-mx@sender.test"), what="the bounce")[0]
+        self.assertIn(b"Status: 5.7.10", dsn)
+        self.assertIn(b"REQUIRETLS", dsn)
+        deferred = wait_for(lambda: [e for e in log_events(self.sender, "shardmail::delivery")
+                                     if e.get("to") == "someone@override.test"
+                                     and e.get("status") == "deferred"
+                                     and "STARTTLS" in e.get("reply", "")],
+                            what="the REQUIRETLS message to be held")
+        self.assertTrue(deferred)
+        self.assertFalse([m for m in self.override.messages if b"requiretls-plain" in m[2]])
+        self.assertFalse(self.receiver.messages("bob@receiver.test") and
+                         [m for m in self.receiver.messages("bob@receiver.test")
+                          if b"requiretls-mx" in m])
+
     def test_null_mx_bounces(self):
         self.assertEqual(self.submit(["x@nullmx.test"], message("null-mx")), {})
         dsn = wait_for(lambda: [m for m in self.sender.messages("alice@sender.test")

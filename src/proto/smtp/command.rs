@@ -43,6 +43,8 @@ pub struct MailParams<'a> {
     pub ret: Option<Ret>,
     /// `ENVID=`, still xtext (checked: it decodes and fits the bound).
     pub envid: Option<&'a str>,
+    /// `REQUIRETLS` (RFC 8689): relay only over verified TLS.
+    pub requiretls: bool,
 }
 
 /// Parameters of RCPT TO that we implement (RFC 3461 §4.1, §4.2).
@@ -338,6 +340,8 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
             out.smtputf8 = true;
         } else if key.eq_ignore_ascii_case("AUTH") && value.is_some() {
             // RFC 4954 §5: accepted and ignored (we do not relay the identity onward).
+        } else if key.eq_ignore_ascii_case("REQUIRETLS") && value.is_none() {
+            out.requiretls = true;
         } else if key.eq_ignore_ascii_case("RET") {
             let ret = value.and_then(Ret::parse).ok_or(BAD_RET)?;
             if out.ret.replace(ret).is_some() {

@@ -83,6 +83,8 @@ pub struct Envelope {
     pub authenticated: Option<String>,
     /// RET and ENVID, for the notices this message may cause (RFC 3461).
     pub dsn: MessageDsn,
+    /// REQUIRETLS (RFC 8689): relayed only over verified TLS to a server offering it.
+    pub require_tls: bool,
     /// Greylisted recipients: the `451` for the message unless it has a DKIM pass
     /// from an allowlisted domain ([`Greylisting::DeferUnlessDkim`]).
     pub greylisted: Option<String>,
@@ -159,6 +161,8 @@ enum State {
 struct Transaction {
     mail_from: String,
     smtputf8: bool,
+    /// MAIL FROM had REQUIRETLS (RFC 8689).
+    require_tls: bool,
     /// What the sender asked for with RET and ENVID.
     dsn: MessageDsn,
     recipients: Vec<Recipient>,
@@ -605,6 +609,7 @@ impl Session {
             verify: self.verify,
             authenticated: self.authenticated.clone(),
             dsn: txn.dsn,
+            require_tls: txn.require_tls,
             greylisted: txn.greylisted,
         };
         self.state = State::Waiting;

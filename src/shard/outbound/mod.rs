@@ -267,13 +267,21 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
         let rcpt = (r.address.clone(), r.dsn.clone());
         by_domain.entry(domain).or_default().push(rcpt);
     }
+    let tls = if entry.require_tls {
+        route::TlsRequest::Required
+    } else if tls_not_required(&message) {
+        route::TlsRequest::NotRequired
+    } else {
+        route::TlsRequest::Policy
+    };
     let mut tasks = Vec::new();
     for (domain, rcpts) in by_domain {
         let (shard, message, from) = (shard.clone(), message.clone(), entry.mail_from.clone());
         let dsn = entry.dsn.clone();
         tasks.push(glommio::spawn_local(async move {
             let (outcomes, via) =
-                transaction::deliver_domain(&shard, &domain, &from, &rcpts, &dsn, &message).await;
+                transaction::deliver_domain(&shard, &domain, &from, &rcpts, &dsn, tls, &message)
+                    .await;
             rcpts
                 .into_iter()
                 .zip(outcomes)
@@ -286,6 +294,18 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
         results.extend(t.await);
     }
     finish_attempt(shard, &mut entry, results, &message).await;
+}
+
+/// `TLS-Required: No` in the header section (RFC 8689 §5).
+fn tls_not_required(message: &[u8]) -> bool {
+    let end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
+    let header = message.get(..end).unwrap_or_default();
+    header.split(|&b| b == b'\n').any(|line| {
+        let line = String::from_utf8_lossy(line);
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.eq_ignore_ascii_case("TLS-Required") && value.trim().eq_ignore_ascii_case("No")
+        })
+    })
 }
 
 /// The delivery log's line for one recipient of one attempt.
@@ -563,6 +583,7 @@ pub async fn send_generated(shard: &Rc<Shard>, to: &str, message: Vec<u8>) -> Re
                 "",
                 &[(to.to_string(), never)],
                 &MessageDsn::default(),
+                false,
                 parts,
             )
             .await
@@ -577,6 +598,7 @@ pub async fn enqueue(
     mail_from: &str,
     rcpts: &[(String, RcptDsn)],
     dsn: &MessageDsn,
+    require_tls: bool,
     message: Vec<bytes::Bytes>,
 ) -> Result<String, String> {
     let (data_dir, from, rcpts, dsn) = (
@@ -588,7 +610,15 @@ pub async fn enqueue(
     let entry = glommio::executor()
         .spawn_blocking(move || {
             let parts: Vec<&[u8]> = message.iter().map(|p| p.as_ref()).collect();
-            queue::enqueue(&data_dir, &from, &rcpts, &dsn, &parts, unix_now())
+            queue::enqueue(
+                &data_dir,
+                &from,
+                &rcpts,
+                &dsn,
+                require_tls,
+                &parts,
+                unix_now(),
+            )
         })
         .await?;
     tracing::info!(id = %entry.id, from = %entry.mail_from, rcpts = entry.recipients.len(), "queued");

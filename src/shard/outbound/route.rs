@@ -8,6 +8,19 @@ use super::super::Shard;
 use crate::auth::verify::RouteError;
 use crate::config::Relay;
 
+/// What the message asks of TLS on its way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TlsRequest {
+    /// The operator's policy (`queue.tls_required`, the relay's `require_tls`).
+    Policy,
+    /// REQUIRETLS (RFC 8689): verified TLS to a server offering REQUIRETLS, on a route
+    /// we can authenticate, or a bounce with 5.7.10.
+    Required,
+    /// `TLS-Required: No` (RFC 8689 §5): the sender puts delivery first, so the
+    /// recipient domain's TLS policy is not enforced (the relay's still is).
+    NotRequired,
+}
+
 /// Where to connect for a domain.
 pub(super) enum Destination {
     Hosts {
@@ -17,17 +30,38 @@ pub(super) enum Destination {
     Relay(Relay),
 }
 
-pub(super) async fn destination(shard: &Shard, domain: &str) -> Result<Destination, RouteError> {
+pub(super) async fn destination(
+    shard: &Shard,
+    domain: &str,
+    tls: TlsRequest,
+) -> Result<Destination, RouteError> {
     let q = &shard.config().queue;
     if let Some(relay) = &q.relay {
-        return Ok(Destination::Relay(relay.clone()));
+        let mut relay = relay.clone();
+        relay.require_tls |= tls == TlsRequest::Required;
+        return Ok(Destination::Relay(relay));
     }
-    let verify_tls = q.tls_required.iter().any(|d| d == domain);
+    let verify_tls = match tls {
+        TlsRequest::Policy => q.tls_required.iter().any(|d| d == domain),
+        TlsRequest::Required => true,
+        TlsRequest::NotRequired => false,
+    };
     if let Some(target) = q.transports.get(domain) {
         let addrs = resolve_host_port(shard, target).await?;
         return Ok(Destination::Hosts {
             hosts: vec![(host_of(target), addrs)],
             verify_tls,
+        });
+    }
+    if tls == TlsRequest::Required {
+        // RFC 8689 §4.2.1: the MX hosts must come from DNSSEC or an MTA-STS policy;
+        // neither is implemented yet, so only configured routes qualify.
+        return Err(RouteError::Permanent {
+            status: "5.7.10",
+            reason: format!(
+                "REQUIRETLS: the mail servers of {domain} cannot be authenticated (no \
+                 MTA-STS or DANE support yet; queue.relay or queue.transports can route it)"
+            ),
         });
     }
     let Some(auth) = shard.auth.as_ref() else {

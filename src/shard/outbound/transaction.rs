@@ -6,7 +6,7 @@
 use std::rc::Rc;
 
 use super::pool::{self, ConnError, Target};
-use super::route::{self, Destination};
+use super::route::{self, Destination, TlsRequest};
 use super::Outcome;
 use crate::auth::verify::RouteError;
 use crate::proto::smtp::client::{Envelope, RcptResult};
@@ -22,10 +22,11 @@ pub(super) async fn deliver_domain(
     from: &str,
     rcpts: &[(String, RcptDsn)],
     dsn: &MessageDsn,
+    tls: TlsRequest,
     message: &bytes::Bytes,
 ) -> (Vec<Outcome>, String) {
     let all = |o: Outcome| (vec![o; rcpts.len()], "-".to_string());
-    let dest = match route::destination(shard, domain).await {
+    let dest = match route::destination(shard, domain, tls).await {
         Ok(d) => d,
         Err(RouteError::Permanent { status, reason }) => {
             return all(Outcome::Permanent {
@@ -48,9 +49,11 @@ pub(super) async fn deliver_domain(
                     })
                 }
             };
+            // The relay's certificate is verified when the message requires TLS.
+            let verify = tls == TlsRequest::Required;
             (
                 vec![(route::host_of(&relay.host), addrs)],
-                false,
+                verify,
                 Some(relay),
             )
         }
@@ -61,6 +64,7 @@ pub(super) async fn deliver_domain(
         message: message.clone(),
         dsn: dsn.clone(),
         rcpt_dsn: rcpts.iter().map(|(_, dsn)| dsn.clone()).collect(),
+        require_tls: tls == TlsRequest::Required,
     };
     let mut last = String::from("no address to connect to");
     for (host, addrs) in &hosts {

@@ -111,6 +111,8 @@ pub struct Capabilities {
     pub auth_plain: bool,
     /// RFC 3461: the server takes NOTIFY/ORCPT/RET/ENVID and reports on from there.
     pub dsn: bool,
+    /// RFC 8689: the server keeps REQUIRETLS on the message's further way.
+    pub requiretls: bool,
 }
 
 pub fn capabilities(ehlo: &Reply) -> Capabilities {
@@ -129,6 +131,7 @@ pub fn capabilities(ehlo: &Reply) -> Capabilities {
             "CHUNKING" => caps.chunking = true,
             "STARTTLS" => caps.starttls = true,
             "DSN" => caps.dsn = true,
+            "REQUIRETLS" => caps.requiretls = true,
             "AUTH" => caps.auth_plain |= words.any(|m| m.eq_ignore_ascii_case("PLAIN")),
             _ => {}
         }

@@ -52,6 +52,8 @@ pub struct Envelope {
     pub dsn: MessageDsn,
     /// Each recipient's NOTIFY and ORCPT, in `rcpts` order (missing ones: none).
     pub rcpt_dsn: Vec<RcptDsn>,
+    /// REQUIRETLS (RFC 8689): only over TLS to a server that offers REQUIRETLS.
+    pub require_tls: bool,
 }
 
 /// A recipient's result: the accepting reply, or why not.
@@ -224,6 +226,9 @@ impl ClientSession {
         if reply::needs_smtputf8(&envelope.from, envelope.rcpts.iter().map(String::as_str)) {
             mail.push_str(" SMTPUTF8");
         }
+        if envelope.require_tls {
+            mail.push_str(" REQUIRETLS");
+        }
         if self.caps.dsn {
             if let Some(ret) = envelope.dsn.ret {
                 mail.push_str(&format!(" RET={}", ret.as_param()));
@@ -286,6 +291,19 @@ impl ClientSession {
     }
 
     fn cannot_take(&self, envelope: &Envelope) -> Option<Failure> {
+        if envelope.require_tls && !(self.tls_active && self.caps.requiretls) {
+            let why = if self.tls_active {
+                "the server does not offer REQUIRETLS"
+            } else {
+                "REQUIRETLS needs TLS, and this session has none"
+            };
+            return Some(Failure::local(
+                Severity::Permanent,
+                Phase::Mail,
+                "5.7.10",
+                why.to_string(),
+            ));
+        }
         let utf8 = reply::needs_smtputf8(&envelope.from, envelope.rcpts.iter().map(String::as_str));
         if utf8 && !self.caps.smtputf8 {
             return Some(Failure::local(

@@ -31,6 +31,10 @@ impl Session {
         {
             return out.line("552 5.3.4 Message size exceeds fixed maximum message size");
         }
+        if params.requiretls && !self.tls {
+            // Only offered after STARTTLS (RFC 8689 §4).
+            return out.line("530 5.7.10 REQUIRETLS needs a TLS session: STARTTLS first");
+        }
         if from.is_some_and(|m| !m.is_ascii()) && !params.smtputf8 {
             return out.line("553 5.6.7 Non-ASCII address requires SMTPUTF8");
         }
@@ -51,6 +55,7 @@ impl Session {
         self.transaction = Some(Transaction {
             mail_from,
             smtputf8: params.smtputf8,
+            require_tls: params.requiretls,
             dsn: MessageDsn {
                 ret: params.ret,
                 envid: params.envid.and_then(notify::parse_envid),

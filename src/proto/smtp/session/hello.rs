@@ -42,6 +42,9 @@ impl Session {
             "CHUNKING".to_string(),
             "DSN".to_string(),
         ];
+        if self.tls {
+            lines.push("REQUIRETLS".to_string());
+        }
         if self.config.tls_available && !self.tls {
             lines.push("STARTTLS".to_string());
         }
