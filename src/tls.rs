@@ -66,16 +66,30 @@ fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Re
 
 /// Client config that verifies the server against the web PKI roots
 /// (`queue.tls_required`).
-pub fn client_config_verified() -> Arc<rustls::ClientConfig> {
+pub fn client_config_verified(extra: &[CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // Certificates that are not CA certificates are skipped, as rustls reports.
+    let _ = roots.add_parsable_certificates(extra.iter().cloned());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map(|b| b.with_root_certificates(roots).with_no_client_auth())
         .unwrap_or_else(|_| unreachable_config());
     Arc::new(config)
+}
+
+/// The certificates of a PEM trust-anchor file (`queue.tls_ca_file`): at least one.
+pub fn extra_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    Ok(certs)
 }
 
 /// Client config that encrypts without authenticating the server: opportunistic TLS

@@ -752,6 +752,9 @@ pub struct RawQueue {
     /// Domains whose servers must offer STARTTLS with a certificate valid for the MX
     /// host name (web PKI); otherwise TLS is opportunistic and unverified.
     pub tls_required: Vec<String>,
+    /// Extra trust anchors (PEM) for verified outbound TLS, beside the web PKI roots:
+    /// a private relay's CA.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for RawQueue {
@@ -770,6 +773,7 @@ impl Default for RawQueue {
             relay_tls: "required".into(),
             transports: Default::default(),
             tls_required: Vec::new(),
+            tls_ca_file: None,
         }
     }
 }

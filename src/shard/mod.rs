@@ -680,6 +680,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         usage,
     } = init;
     let config = (*config).clone();
+    let outbound = outbound::Outbound::new(config.queue.tls_ca_file.as_deref());
     let shards = config.shards;
     // Join the mesh first: its peer index *is* the shard id, so partition ownership and
     // mesh routing can never disagree. Every shard joins before anything can fail, or
@@ -726,7 +727,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         next_session: Cell::new((greylist::now_secs() & 0xFF_FFFF) << 16),
         pop3_locks: pop3::Locks::default(),
         auth: auth.map(crate::auth::worker::AuthClient::new),
-        outbound: outbound::Outbound::new(),
+        outbound,
         metrics: crate::metrics::Metrics::default(),
         passwords,
         milter_gates: RefCell::default(),

@@ -10,6 +10,8 @@ a relay host with AUTH, a null MX, and open-relay attempts on every port.
 import os
 import shutil
 import smtplib
+import subprocess
+import tempfile
 import time
 import unittest
 
@@ -26,6 +28,26 @@ OVERRIDE_IP = "127.0.0.6"
 RELAY_IP = "127.0.0.7"
 BROKEN_TLS_IP = "127.0.0.9"
 DSN_SINK_IP = "127.0.0.11"
+VERIFIED_IP = "127.0.0.12"  # a receiver whose certificate chains to a test CA
+
+
+def make_test_ca(directory, ip):
+    """A CA and a server certificate for `ip`, with openssl; returns (ca, cert, key)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+    ca_key, ca = os.path.join(directory, "ca.key"), os.path.join(directory, "ca.pem")
+    key, csr = os.path.join(directory, "server.key"), os.path.join(directory, "server.csr")
+    cert, ext = os.path.join(directory, "server.pem"), os.path.join(directory, "ext.cnf")
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=shardmail test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", key, "-out", csr, "-subj", "/CN=mx.verified.test")
+    with open(ext, "w") as f:
+        f.write(f"subjectAltName=IP:{ip},DNS:mx.verified.test\nextendedKeyUsage=serverAuth\n")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "2", "-extfile", ext)
+    return ca, cert, key
 
 
 def message(subject, body=b"hello from the sender\r\n.leading dot line\r\n"):
@@ -38,6 +60,18 @@ class Outbound(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.dns_port = free_port()
+        cls.ca_dir = tempfile.mkdtemp(prefix="shardmail-ca-")
+        ca, cert, key = make_test_ca(cls.ca_dir, VERIFIED_IP)
+        cls.verified = Server(settings={
+            "server.hostname": "mx.verified.test",
+            "domains.local": '["verified.test"]',
+            "listen.smtp": f'"{VERIFIED_IP}:{PORT}"',
+            "tls.cert": f'"{cert}"',
+            "tls.key": f'"{key}"',
+            "dns.servers": f'["127.0.0.1:{cls.dns_port}"]',
+            "auth.exempt_networks": '["127.0.0.0/8"]',
+        })
+        cls.verified.add_user("vera@verified.test", "pw")
         cls.receiver = Server(shards=2, settings={
             "server.hostname": "mx.receiver.test",
             "domains.local": '["receiver.test"]',
@@ -57,6 +91,8 @@ class Outbound(unittest.TestCase):
             "queue.connections_per_destination_max": "2",
             "queue.transports.\"brokentls.test\"": f'"{BROKEN_TLS_IP}:{PORT}"',
             "queue.transports.\"dsn.test\"": f'"{DSN_SINK_IP}:{PORT}"',
+            "queue.transports.\"verified.test\"": f'"{VERIFIED_IP}:{PORT}"',
+            "queue.tls_ca_file": f'"{ca}"',
         })
         cls.sender.add_user("alice@sender.test", "pw")
         cls.sender.cli("dkim", "generate", "sender.test", "--selector", "s1", "--algorithm", "ed25519")
@@ -81,12 +117,15 @@ class Outbound(unittest.TestCase):
         cls.override = SmtpSink(OVERRIDE_IP, PORT)
         cls.dsn_sink = SmtpSink(DSN_SINK_IP, PORT, dsn=True)
         cls.receiver.start()
+        cls.verified.start()
         cls.sender.start()
 
     @classmethod
     def tearDownClass(cls):
         cls.sender.stop()
         cls.receiver.stop()
+        cls.verified.stop()
+        shutil.rmtree(cls.ca_dir, ignore_errors=True)
         for sink in (cls.sink451, cls.sink550, cls.override, cls.dsn_sink):
             sink.stop()
         cls.dns.terminate()
@@ -265,6 +304,19 @@ class Outbound(unittest.TestCase):
                             what="the REQUIRETLS message to be held")
         self.assertTrue(deferred)
         self.assertFalse([m for m in self.override.messages if b"requiretls-plain" in m[2]])
+        # A configured route with a certificate from a CA in queue.tls_ca_file, to a
+        # server offering REQUIRETLS: delivered, and REQUIRETLS went along.
+        with smtplib.SMTP_SSL("127.0.0.1", self.sender.ports["submissions"], timeout=30,
+                              context=tls_context()) as s:
+            s.login("alice@sender.test", "pw")
+            s.sendmail("alice@sender.test", ["vera@verified.test"],
+                       message("requiretls-ok"), ["REQUIRETLS"])
+        got = wait_for(lambda: [m for m in self.verified.messages("vera@verified.test")
+                                if b"requiretls-ok" in m], what="the verified delivery")[0]
+        self.assertRegex(got, rb"with ESMTPS")
+        done = [e for e in log_events(self.sender, "shardmail::delivery")
+                if e.get("to") == "vera@verified.test" and e.get("status") == "delivered"]
+        self.assertTrue(done and "tls=TLS" in done[-1]["relay"], done)
         self.assertFalse(self.receiver.messages("bob@receiver.test") and
                          [m for m in self.receiver.messages("bob@receiver.test")
                           if b"requiretls-mx" in m])

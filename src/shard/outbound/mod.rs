@@ -63,7 +63,16 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    pub fn new() -> Outbound {
+    /// `tls_ca_file`: extra trust anchors for verified TLS (`queue.tls_ca_file`).
+    pub fn new(tls_ca_file: Option<&std::path::Path>) -> Outbound {
+        let extra = match tls_ca_file.map(crate::tls::extra_roots) {
+            Some(Ok(certs)) => certs,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "queue.tls_ca_file: using the web PKI roots only");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         Outbound {
             entries: RefCell::new(BTreeMap::new()),
             active: RefCell::new(HashSet::new()),
@@ -73,7 +82,7 @@ impl Outbound {
             wake: Cell::new(false),
             flush_seen: Cell::new(None),
             tls_opportunistic: crate::tls::client_config_unverified(),
-            tls_verified: crate::tls::client_config_verified(),
+            tls_verified: crate::tls::client_config_verified(&extra),
         }
     }
 
@@ -108,7 +117,7 @@ impl Outbound {
 
 impl Default for Outbound {
     fn default() -> Self {
-        Self::new()
+        Self::new(None)
     }
 }
 
