@@ -307,6 +307,17 @@ fn parse_mailbox(path: &str) -> Option<Mailbox<'_>> {
     Some(Mailbox { local, domain })
 }
 
+/// `KEY[=VALUE]` pairs of MAIL or RCPT (RFC 5321 §4.1.2 esmtp-param), in order.
+fn esmtp_params(params: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    params
+        .split(' ')
+        .filter(|p| !p.is_empty())
+        .map(|param| match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        })
+}
+
 fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
     let rest = strip_prefix_ci(rest, "FROM:").ok_or(BAD_ARGS)?;
     let (path, params) = split_path(rest).ok_or(BAD_SENDER)?;
@@ -316,11 +327,7 @@ fn parse_mail(rest: &str) -> Result<Command<'_>, ParseError> {
         Some(parse_mailbox(path).ok_or(BAD_SENDER)?)
     };
     let mut out = MailParams::default();
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (key, value) = match param.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (param, None),
-        };
+    for (key, value) in esmtp_params(params) {
         if key.eq_ignore_ascii_case("SIZE") {
             let v = value.ok_or(BAD_ARGS)?;
             if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
@@ -363,11 +370,7 @@ fn parse_rcpt(rest: &str) -> Result<Command<'_>, ParseError> {
     let rest = strip_prefix_ci(rest, "TO:").ok_or(BAD_ARGS)?;
     let (path, params) = split_path(rest).ok_or(BAD_PATH)?;
     let mut out = RcptParams::default();
-    for param in params.split(' ').filter(|p| !p.is_empty()) {
-        let (key, value) = match param.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (param, None),
-        };
+    for (key, value) in esmtp_params(params) {
         if key.eq_ignore_ascii_case("NOTIFY") {
             let notify = value.and_then(Notify::parse).ok_or(BAD_NOTIFY)?;
             if out.notify.replace(notify).is_some() {
