@@ -67,6 +67,18 @@ pub(super) struct ClientConn {
     pub(super) tls: Option<String>,
     /// Taken from the idle pool (the peer may have closed it meanwhile).
     pub(super) reused: bool,
+    /// TLS is up with a certificate verified against our roots.
+    verified: bool,
+}
+
+impl ClientConn {
+    /// Whether this pooled connection may carry mail for `target`: a connection
+    /// opened with weaker TLS than the target requires must not be reused for it.
+    fn serves(&self, target: &Target<'_>) -> bool {
+        let tls_ok = self.tls.is_some() || !target.require_tls();
+        let verify_ok = self.verified || !target.verify_tls;
+        tls_ok && verify_ok
+    }
 }
 
 impl ClientConn {
@@ -154,7 +166,10 @@ pub(super) async fn checkout(
     loop {
         // An idle connection to this host first: it holds one of the host's slots, so
         // a waiter that only watched the counters would wait for nothing.
-        let reused = out.idle.borrow_mut().get_mut(&addr).and_then(|v| v.pop());
+        let reused = out.idle.borrow_mut().get_mut(&addr).and_then(|v| {
+            let i = v.iter().rposition(|(conn, _)| conn.serves(&target))?;
+            Some(v.remove(i))
+        });
         match reused {
             Some((mut conn, since)) if since.elapsed() < IDLE_REUSE => {
                 conn.reused = true;
@@ -175,6 +190,13 @@ pub(super) async fn checkout(
             .unwrap_or(0);
         if out.connections.get() < q.connections_max && per < q.connections_per_destination_max {
             break;
+        }
+        // At the limit, an idle connection too weak for this target gives its slot.
+        let weaker = out.idle.borrow_mut().get_mut(&addr).and_then(Vec::pop);
+        if let Some((conn, _)) = weaker {
+            release(shard, addr);
+            conn.close().await;
+            continue;
         }
         if Instant::now() > deadline {
             return Err(ConnError::LimitReached);
@@ -273,15 +295,15 @@ async fn open(
         session: ClientSession::new(config),
         tls: None,
         reused: false,
+        verified: false,
     };
     let mut action = conn.run(Outbox::default()).await?;
     loop {
         match action {
             ClientAction::Ready => break,
+            // The session saw all buffered input and refused any plaintext after the
+            // 220 (DataAfterStartTls), so nothing unread is left to cross the handshake.
             ClientAction::StartTls => {
-                if !conn.input.is_empty() {
-                    return Err(ConnError::Session(SessionError::DataAfterStartTls));
-                }
                 let tls = if target.verify_tls {
                     &shard.outbound.tls_verified
                 } else {
@@ -297,6 +319,7 @@ async fn open(
                     .await
                     .map_err(|e| ConnError::Tls(e.to_string()))?;
                 conn.tls = conn.stream.tls_description();
+                conn.verified = target.verify_tls;
                 let mut out = Outbox::default();
                 conn.session.tls_established(&mut out);
                 action = conn.run(out).await?;
