@@ -71,7 +71,7 @@ pub fn client_config_verified(extra: &[CertificateDer<'static>]) -> Arc<rustls::
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    // Certificates that are not CA certificates are skipped, as rustls reports.
+    // `extra_roots` checked that every one is a usable trust anchor.
     let _ = roots.add_parsable_certificates(extra.iter().cloned());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -88,6 +88,13 @@ pub fn extra_roots(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>
         .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: no certificate in the file", path.display()));
+    }
+    let (_, unusable) = rustls::RootCertStore::empty().add_parsable_certificates(certs.clone());
+    if unusable > 0 {
+        return Err(format!(
+            "{}: {unusable} certificate(s) cannot be trust anchors",
+            path.display()
+        ));
     }
     Ok(certs)
 }

@@ -29,10 +29,12 @@ fn config(tls: TlsPolicy) -> ClientConfig {
 fn envelope(rcpts: &[&str], message: &str) -> Envelope {
     Envelope {
         from: "alice@example.org".into(),
-        rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+        rcpts: rcpts
+            .iter()
+            .map(|r| (r.to_string(), RcptDsn::default()))
+            .collect(),
         message: bytes::Bytes::from(message.to_string()),
         dsn: MessageDsn::default(),
-        rcpt_dsn: Vec::new(),
         require_tls: false,
     }
 }
@@ -633,13 +635,10 @@ fn dsn_requests_go_along_only_to_a_server_that_offers_dsn() {
         ret: Some(Ret::Hdrs),
         envid: Some("id 1".into()),
     };
-    e.rcpt_dsn = vec![
-        RcptDsn {
-            notify: Some(Notify::parse("SUCCESS,FAILURE").unwrap()),
-            orcpt: Some(("rfc822".into(), "a+x@x.net".into())),
-        },
-        RcptDsn::default(),
-    ];
+    e.rcpts[0].1 = RcptDsn {
+        notify: Some(Notify::parse("SUCCESS,FAILURE").unwrap()),
+        orcpt: Some(("rfc822".into(), "a+x@x.net".into())),
+    };
     let tail = "A: ready
          C: MAIL FROM:<alice@example.org>{MAIL}
          C: RCPT TO:<a@x.net>{RCPT}

@@ -269,8 +269,8 @@ pub struct Queue {
     /// Lowercase domain → `host:port`.
     pub transports: std::collections::HashMap<String, String>,
     pub tls_required: Vec<String>,
-    /// Checked at load: a readable PEM file with at least one certificate.
-    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// The CA certificates of `queue.tls_ca_file`, read and checked at load.
+    pub tls_ca: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// A smarthost for all outbound mail.

@@ -94,12 +94,9 @@ pub(super) fn validate_queue(raw: &raw::RawQueue) -> Result<Queue, ConfigError> 
             .iter()
             .map(|d| d.to_ascii_lowercase())
             .collect(),
-        tls_ca_file: match &raw.tls_ca_file {
-            Some(path) => {
-                crate::tls::extra_roots(path).map_err(|e| err("queue.tls_ca_file", e))?;
-                Some(path.clone())
-            }
-            None => None,
+        tls_ca: match &raw.tls_ca_file {
+            Some(path) => crate::tls::extra_roots(path).map_err(|e| err("queue.tls_ca_file", e))?,
+            None => Vec::new(),
         },
     })
 }

@@ -680,7 +680,7 @@ async fn run_shard(init: ShardInit) -> Result<(), String> {
         usage,
     } = init;
     let config = (*config).clone();
-    let outbound = outbound::Outbound::new(config.queue.tls_ca_file.as_deref());
+    let outbound = outbound::Outbound::new(&config.queue.tls_ca);
     let shards = config.shards;
     // Join the mesh first: its peer index *is* the shard id, so partition ownership and
     // mesh routing can never disagree. Every shard joins before anything can fail, or

@@ -63,16 +63,8 @@ impl std::fmt::Debug for Outbound {
 }
 
 impl Outbound {
-    /// `tls_ca_file`: extra trust anchors for verified TLS (`queue.tls_ca_file`).
-    pub fn new(tls_ca_file: Option<&std::path::Path>) -> Outbound {
-        let extra = match tls_ca_file.map(crate::tls::extra_roots) {
-            Some(Ok(certs)) => certs,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "queue.tls_ca_file: using the web PKI roots only");
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
+    /// `tls_ca`: extra trust anchors for verified TLS (`queue.tls_ca_file`).
+    pub fn new(tls_ca: &[rustls_pki_types::CertificateDer<'static>]) -> Outbound {
         Outbound {
             entries: RefCell::new(BTreeMap::new()),
             active: RefCell::new(HashSet::new()),
@@ -82,7 +74,7 @@ impl Outbound {
             wake: Cell::new(false),
             flush_seen: Cell::new(None),
             tls_opportunistic: crate::tls::client_config_unverified(),
-            tls_verified: crate::tls::client_config_verified(&extra),
+            tls_verified: crate::tls::client_config_verified(tls_ca),
         }
     }
 
@@ -117,7 +109,7 @@ impl Outbound {
 
 impl Default for Outbound {
     fn default() -> Self {
-        Self::new(None)
+        Self::new(&[])
     }
 }
 
@@ -227,10 +219,11 @@ fn check_flush(shard: &Shard) {
 /// What happened to one recipient in one attempt.
 #[derive(Debug, Clone)]
 enum Outcome {
-    /// Accepted by the next hop; its reply, and whether the sender's DSN request went
-    /// along (the next hop offered DSN).
+    /// Accepted by the next hop (`mta`); its reply, and whether the sender's DSN
+    /// request went along (the next hop offered DSN).
     Delivered {
         reply: String,
+        mta: String,
         dsn_passed: bool,
     },
     Temporary {
@@ -307,14 +300,8 @@ async fn attempt(shard: &Rc<Shard>, id: &str) {
 
 /// `TLS-Required: No` in the header section (RFC 8689 §5).
 fn tls_not_required(message: &[u8]) -> bool {
-    let end = memchr::memmem::find(message, b"\r\n\r\n").unwrap_or(message.len());
-    let header = message.get(..end).unwrap_or_default();
-    header.split(|&b| b == b'\n').any(|line| {
-        let line = String::from_utf8_lossy(line);
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.eq_ignore_ascii_case("TLS-Required") && value.trim().eq_ignore_ascii_case("No")
-        })
-    })
+    crate::proto::imap::render::header_value(message, "TLS-Required")
+        .is_some_and(|v| v.eq_ignore_ascii_case("No"))
 }
 
 /// The delivery log's line for one recipient of one attempt.
@@ -378,12 +365,16 @@ async fn finish_attempt(
         };
         let notify = r.dsn.notify();
         let (status, reason, mta) = match outcome {
-            Outcome::Delivered { reply, dsn_passed } => {
+            Outcome::Delivered {
+                reply,
+                mta,
+                dsn_passed,
+            } => {
                 crate::metrics::add(&shard.metrics.outbound_delivered, 1);
                 r.state = RcptState::Delivered;
                 // A next hop that speaks DSN took over the sender's request.
                 if notify.success && !dsn_passed {
-                    relayed.push(recipient_status(r, "2.0.0", via_host(&via), reply));
+                    relayed.push(recipient_status(r, "2.0.0", Some(mta), reply));
                 }
                 continue;
             }
@@ -429,29 +420,28 @@ async fn finish_attempt(
             .delay_notice
             .is_some_and(|d| now - entry.created >= d.as_secs() as i64);
         if late && !entry.delay_notified {
-            let delayed: Vec<RecipientStatus> = entry
-                .pending()
-                .filter(|r| r.dsn.notify().delay)
-                .map(|r| {
-                    let diagnostic = r.last_error.clone();
-                    let diagnostic = diagnostic.unwrap_or_else(|| "delivery delayed".into());
-                    recipient_status(r, "4.4.1", r.remote_mta.clone(), diagnostic)
-                })
-                .collect();
-            if !delayed.is_empty() {
-                notify(
-                    shard,
-                    &About::entry(entry),
-                    DsnAction::Delayed,
-                    &delayed,
-                    message,
-                )
-                .await;
-            }
+            notify_delay(shard, entry, message).await;
             entry.delay_notified = true;
         }
     }
     save_progress(shard, entry).await;
+}
+
+/// The one delay notice, for the pending recipients that asked for delays.
+async fn notify_delay(shard: &Rc<Shard>, entry: &QueueEntry, message: &[u8]) {
+    let delayed: Vec<RecipientStatus> = entry
+        .pending()
+        .filter(|r| r.dsn.notify().delay)
+        .map(|r| {
+            let diagnostic = r.last_error.clone();
+            let diagnostic = diagnostic.unwrap_or_else(|| "delivery delayed".into());
+            recipient_status(r, "4.4.1", r.remote_mta.clone(), diagnostic)
+        })
+        .collect();
+    if !delayed.is_empty() {
+        let about = About::entry(entry);
+        notify(shard, &about, DsnAction::Delayed, &delayed, message).await;
+    }
 }
 
 /// Writes the entry's new state (or removes it once finished), then updates memory.
@@ -493,12 +483,6 @@ fn recipient_status(
         diagnostic,
         original_recipient: r.dsn.orcpt.clone(),
     }
-}
-
-/// The host name in a `host[addr] tls=…` route.
-fn via_host(via: &str) -> Option<String> {
-    let host = via.split('[').next().unwrap_or_default();
-    (!host.is_empty() && host != "-").then(|| host.to_string())
 }
 
 /// The message a notice is about.

@@ -22,12 +22,13 @@ pub(super) enum TlsRequest {
 }
 
 /// Where to connect for a domain.
-pub(super) enum Destination {
-    Hosts {
-        hosts: Vec<(String, Vec<SocketAddr>)>,
-        verify_tls: bool,
-    },
-    Relay(Relay),
+pub(super) struct Destination {
+    /// Host names and their addresses, in the order to try them.
+    pub hosts: Vec<(String, Vec<SocketAddr>)>,
+    /// TLS with a verified certificate (web PKI and `queue.tls_ca_file`), or nothing.
+    pub verify_tls: bool,
+    /// Through the relay host: its AUTH and its own TLS rule apply.
+    pub relay: Option<Relay>,
 }
 
 pub(super) async fn destination(
@@ -37,9 +38,18 @@ pub(super) async fn destination(
 ) -> Result<Destination, RouteError> {
     let q = &shard.config().queue;
     if let Some(relay) = &q.relay {
-        let mut relay = relay.clone();
-        relay.require_tls |= tls == TlsRequest::Required;
-        return Ok(Destination::Relay(relay));
+        let addrs = match resolve_host_port(shard, &relay.host).await {
+            Ok(addrs) => addrs,
+            // The relay is ours to fix: never a bounce.
+            Err(RouteError::Temporary(r) | RouteError::Permanent { reason: r, .. }) => {
+                return Err(RouteError::Temporary(format!("relay host: {r}")));
+            }
+        };
+        return Ok(Destination {
+            hosts: vec![(host_of(&relay.host), addrs)],
+            verify_tls: tls == TlsRequest::Required,
+            relay: Some(relay.clone()),
+        });
     }
     let verify_tls = match tls {
         TlsRequest::Policy => q.tls_required.iter().any(|d| d == domain),
@@ -48,9 +58,10 @@ pub(super) async fn destination(
     };
     if let Some(target) = q.transports.get(domain) {
         let addrs = resolve_host_port(shard, target).await?;
-        return Ok(Destination::Hosts {
+        return Ok(Destination {
             hosts: vec![(host_of(target), addrs)],
             verify_tls,
+            relay: None,
         });
     }
     if tls == TlsRequest::Required {
@@ -60,7 +71,7 @@ pub(super) async fn destination(
             status: "5.7.10",
             reason: format!(
                 "REQUIRETLS: the mail servers of {domain} cannot be authenticated (no \
-                 MTA-STS or DANE support yet; queue.relay or queue.transports can route it)"
+                 MTA-STS or DANE support yet; queue.relay_host or queue.transports can route it)"
             ),
         });
     }
@@ -80,10 +91,14 @@ pub(super) async fn destination(
             )
         })
         .collect();
-    Ok(Destination::Hosts { hosts, verify_tls })
+    Ok(Destination {
+        hosts,
+        verify_tls,
+        relay: None,
+    })
 }
 
-pub(super) fn host_of(host_port: &str) -> String {
+fn host_of(host_port: &str) -> String {
     host_port
         .rsplit_once(':')
         .map_or(host_port, |(h, _)| h)
@@ -91,10 +106,7 @@ pub(super) fn host_of(host_port: &str) -> String {
         .to_string()
 }
 
-pub(super) async fn resolve_host_port(
-    shard: &Shard,
-    target: &str,
-) -> Result<Vec<SocketAddr>, RouteError> {
+async fn resolve_host_port(shard: &Shard, target: &str) -> Result<Vec<SocketAddr>, RouteError> {
     let (host, port) = target
         .rsplit_once(':')
         .ok_or_else(|| RouteError::Temporary(format!("bad host:port {target}")))?;

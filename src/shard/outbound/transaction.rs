@@ -37,33 +37,16 @@ pub(super) async fn deliver_domain(
         }
         Err(RouteError::Temporary(reason)) => return all(Outcome::Temporary { reason, mta: None }),
     };
-    let (hosts, verify_tls, relay) = match dest {
-        Destination::Hosts { hosts, verify_tls } => (hosts, verify_tls, None),
-        Destination::Relay(relay) => {
-            let addrs = match route::resolve_host_port(shard, &relay.host).await {
-                Ok(a) => a,
-                Err(RouteError::Temporary(r)) | Err(RouteError::Permanent { reason: r, .. }) => {
-                    return all(Outcome::Temporary {
-                        reason: format!("relay host: {r}"),
-                        mta: None,
-                    })
-                }
-            };
-            // The relay's certificate is verified when the message requires TLS.
-            let verify = tls == TlsRequest::Required;
-            (
-                vec![(route::host_of(&relay.host), addrs)],
-                verify,
-                Some(relay),
-            )
-        }
-    };
+    let Destination {
+        hosts,
+        verify_tls,
+        relay,
+    } = dest;
     let envelope = Envelope {
         from: from.to_string(),
-        rcpts: rcpts.iter().map(|(address, _)| address.clone()).collect(),
+        rcpts: rcpts.to_vec(),
         message: message.clone(),
         dsn: dsn.clone(),
-        rcpt_dsn: rcpts.iter().map(|(_, dsn)| dsn.clone()).collect(),
         require_tls: tls == TlsRequest::Required,
     };
     let mut last = String::from("no address to connect to");
@@ -130,7 +113,14 @@ async fn attempt_host(
 /// What the queue records for one recipient's result from `host`.
 fn outcome(result: RcptResult, host: &str, dsn_passed: bool) -> Outcome {
     let failure = match result {
-        Ok(reply) => return Outcome::Delivered { reply, dsn_passed },
+        Ok(reply) => {
+            let mta = host.to_string();
+            return Outcome::Delivered {
+                reply,
+                mta,
+                dsn_passed,
+            };
+        }
         Err(f) => f,
     };
     let mta = Some(host.to_string());

@@ -45,15 +45,20 @@ pub struct ClientConfig {
 #[derive(Debug, Clone)]
 pub struct Envelope {
     pub from: String,
-    pub rcpts: Vec<String>,
+    /// Each recipient with its NOTIFY and ORCPT (passed on to a server offering DSN).
+    pub rcpts: Vec<(String, RcptDsn)>,
     /// The message, CRLF line ends, not dot-stuffed.
     pub message: bytes::Bytes,
     /// The sender's RET and ENVID, passed on to a server that offers DSN.
     pub dsn: MessageDsn,
-    /// Each recipient's NOTIFY and ORCPT, in `rcpts` order (missing ones: none).
-    pub rcpt_dsn: Vec<RcptDsn>,
     /// REQUIRETLS (RFC 8689): only over TLS to a server that offers REQUIRETLS.
     pub require_tls: bool,
+}
+
+impl Envelope {
+    fn needs_smtputf8(&self) -> bool {
+        reply::needs_smtputf8(&self.from, self.rcpts.iter().map(|(a, _)| a.as_str()))
+    }
 }
 
 /// A recipient's result: the accepting reply, or why not.
@@ -196,7 +201,7 @@ impl ClientSession {
         if matches!(self.state, State::TlsPending) {
             self.tls_active = true;
             self.caps = Capabilities::default();
-            self.send_line(out, &format!("EHLO {}", self.config.hostname));
+            out.line(&format!("EHLO {}", self.config.hostname));
             self.state = State::Ehlo;
         }
     }
@@ -211,7 +216,8 @@ impl ClientSession {
         if !self.is_idle() {
             return Err(NotIdle);
         }
-        if let Some(refusal) = self.cannot_take(&envelope) {
+        let utf8 = envelope.needs_smtputf8();
+        if let Some(refusal) = self.cannot_take(&envelope, utf8) {
             let results = envelope.rcpts.iter().map(|_| Err(refusal.clone()));
             out.actions.push(ClientAction::Finished(results.collect()));
             return Ok(());
@@ -223,7 +229,7 @@ impl ClientSession {
         if self.caps.eightbitmime && reply::is_8bit(&envelope.message) {
             mail.push_str(" BODY=8BITMIME");
         }
-        if reply::needs_smtputf8(&envelope.from, envelope.rcpts.iter().map(String::as_str)) {
+        if utf8 {
             mail.push_str(" SMTPUTF8");
         }
         if envelope.require_tls {
@@ -250,17 +256,17 @@ impl ClientSession {
             rset_sent: false,
             envelope,
         };
-        self.send_line(out, &mail);
+        out.line(&mail);
         t.expect.push_back(Expect::Mail);
         if t.pipelined {
             // One write for the whole envelope (RFC 2920), DATA too unless BDAT follows.
             for i in 0..t.envelope.rcpts.len() {
-                self.send_line(out, &self.rcpt_command(&t.envelope, i));
+                out.line(&self.rcpt_command(&t.envelope, i));
                 t.expect.push_back(Expect::Rcpt(i));
             }
             t.rcpts_sent = t.envelope.rcpts.len();
             if !t.chunking {
-                self.send_line(out, "DATA");
+                out.line("DATA");
                 t.expect.push_back(Expect::Data);
             }
         }
@@ -271,15 +277,18 @@ impl ClientSession {
     /// Ends an idle session politely; [`ClientAction::Closed`] follows the reply.
     pub fn quit(&mut self, out: &mut Outbox<ClientAction>) {
         if self.is_idle() {
-            self.send_line(out, "QUIT");
+            out.line("QUIT");
             self.state = State::Quit;
         }
     }
 
     /// `RCPT TO:<…>`, with NOTIFY and ORCPT for a server that offers DSN.
     fn rcpt_command(&self, envelope: &Envelope, i: usize) -> String {
-        let mut line = format!("RCPT TO:<{}>", envelope.rcpts.get(i).map_or("", |r| r));
-        if let Some(dsn) = envelope.rcpt_dsn.get(i).filter(|_| self.caps.dsn) {
+        let Some((address, dsn)) = envelope.rcpts.get(i) else {
+            return String::new();
+        };
+        let mut line = format!("RCPT TO:<{address}>");
+        if self.caps.dsn {
             if let Some(notify) = dsn.notify {
                 line.push_str(&format!(" NOTIFY={}", notify.as_param()));
             }
@@ -290,7 +299,7 @@ impl ClientSession {
         line
     }
 
-    fn cannot_take(&self, envelope: &Envelope) -> Option<Failure> {
+    fn cannot_take(&self, envelope: &Envelope, utf8: bool) -> Option<Failure> {
         if envelope.require_tls && !(self.tls_active && self.caps.requiretls) {
             let why = if self.tls_active {
                 "the server does not offer REQUIRETLS"
@@ -304,7 +313,6 @@ impl ClientSession {
                 why.to_string(),
             ));
         }
-        let utf8 = reply::needs_smtputf8(&envelope.from, envelope.rcpts.iter().map(String::as_str));
         if utf8 && !self.caps.smtputf8 {
             return Some(Failure::local(
                 Severity::Permanent,
@@ -353,10 +361,6 @@ impl ClientSession {
         })
     }
 
-    fn send_line(&self, out: &mut Outbox<ClientAction>, line: &str) {
-        out.line(line);
-    }
-
     fn fail(&mut self, error: SessionError, out: &mut Outbox<ClientAction>) {
         self.state = State::Done;
         out.actions.push(ClientAction::Failed(error));
@@ -372,7 +376,7 @@ impl ClientSession {
         }
         match std::mem::replace(&mut self.state, State::Done) {
             State::Greeting if reply.code == 220 => {
-                self.send_line(out, &format!("EHLO {}", self.config.hostname));
+                out.line(&format!("EHLO {}", self.config.hostname));
                 self.state = State::Ehlo;
             }
             State::Ehlo if reply.is_positive() => {
@@ -381,7 +385,7 @@ impl ClientSession {
             }
             // RFC 5321 §4.1.4: a server that does not know EHLO gets HELO.
             State::Ehlo if matches!(reply.code, 500..=504 | 550) => {
-                self.send_line(out, &format!("HELO {}", self.config.hostname));
+                out.line(&format!("HELO {}", self.config.hostname));
                 self.state = State::Helo;
             }
             State::Helo if reply.is_positive() => {
@@ -423,7 +427,7 @@ impl ClientSession {
     /// EHLO (or HELO) answered: STARTTLS if we can and should, else on to AUTH.
     fn after_hello(&mut self, out: &mut Outbox<ClientAction>) {
         if !self.tls_active && self.config.tls != TlsPolicy::Never && self.caps.starttls {
-            self.send_line(out, "STARTTLS");
+            out.line("STARTTLS");
             self.state = State::StartTls;
         } else if !self.tls_active && self.config.tls == TlsPolicy::Required {
             self.fail(SessionError::TlsNotOffered, out);
@@ -441,7 +445,7 @@ impl ClientSession {
         }
         let token =
             base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send_line(out, &format!("AUTH PLAIN {token}"));
+        out.line(&format!("AUTH PLAIN {token}"));
         self.state = State::Auth;
     }
 
@@ -455,12 +459,12 @@ impl ClientSession {
         let next = t.next_step();
         match next {
             Next::Rcpt(i) => {
-                self.send_line(out, &self.rcpt_command(&t.envelope, i));
+                out.line(&self.rcpt_command(&t.envelope, i));
                 t.rcpts_sent += 1;
                 t.expect.push_back(Expect::Rcpt(i));
             }
             Next::Data => {
-                self.send_line(out, "DATA");
+                out.line("DATA");
                 t.expect.push_back(Expect::Data);
             }
             Next::Content => {
@@ -481,7 +485,7 @@ impl ClientSession {
                 t.expect.push_back(Expect::Dot);
             }
             Next::Rset => {
-                self.send_line(out, "RSET");
+                out.line("RSET");
                 t.rset_sent = true;
                 t.expect.push_back(Expect::Rset);
             }
