@@ -47,6 +47,16 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, String> {
     Ok(Arc::new(server))
 }
 
+/// The `tls-server-end-point` channel binding (RFC 5929) of the first certificate in
+/// `cert_path`: what SCRAM-SHA-256-PLUS clients that bind to the certificate expect.
+pub fn server_end_point(cert_path: &Path) -> Option<Vec<u8>> {
+    let cert = CertificateDer::pem_file_iter(cert_path)
+        .ok()?
+        .next()?
+        .ok()?;
+    Some(crate::proto::sasl::scram::server_end_point(&cert))
+}
+
 fn generate_self_signed(hostname: &str, cert_path: &Path, key_path: &Path) -> Result<(), String> {
     let names = vec![hostname.to_string(), "localhost".to_string()];
     let cert = rcgen::generate_simple_self_signed(names)

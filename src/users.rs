@@ -29,6 +29,10 @@ pub struct User {
     pub id: u64,
     /// argon2id PHC string.
     pub password: String,
+    /// The SCRAM-SHA-256 verifier of the same password (derived when it is set; an
+    /// account whose password predates it logs in with SCRAM after `user passwd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scram: Option<crate::proto::sasl::scram::Verifier>,
     pub created: i64,
     /// Limits set for this account (`shardmail user quota`); a missing one is
     /// `quota.storage_default` / `quota.messages_default`.
@@ -255,6 +259,16 @@ impl UserDb {
 pub const DUMMY_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$c2hhcmRtYWlsZHVtbXk$2A4bxHvE6Ed0Nt1wTCgwLzXbTdxOQPLSp4XH1Sg1R3U";
 
+/// What is stored for a new password: its argon2id hash and its SCRAM verifier.
+pub fn password_secrets(
+    password: &str,
+) -> Result<(String, crate::proto::sasl::scram::Verifier), String> {
+    Ok((
+        hash_password(password)?,
+        crate::proto::sasl::scram::Verifier::derive(password)?,
+    ))
+}
+
 /// argon2id with the crate's defaults (19 MiB, 2 passes: OWASP's recommendation).
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
@@ -322,6 +336,7 @@ mod tests {
             User {
                 id: 7,
                 password: String::new(),
+                scram: None,
                 created: 0,
                 quota: Quota::default(),
                 senders: SenderLists::default(),

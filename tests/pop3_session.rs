@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use shardmail::proto::pop3::{self, Action, Entry, LoginRefusal, Maildrop, Pop3Config, Session};
+use shardmail::proto::testkit::sasl::{binding, scram_verifier, shown};
 use shardmail::proto::testkit::{Driver, Turn};
 
 fn config() -> Arc<Pop3Config> {
@@ -52,16 +53,21 @@ fn maildrop() -> Maildrop {
 fn answer(s: &mut Session, action: Action, turn: &mut Turn<'_, Action>) {
     match action {
         Action::Authenticate {
-            username, password, ..
+            username, secret, ..
         } => {
+            let password = shown(&secret);
             turn.log.push(format!("A: auth {username} {password}"));
             if username == "busy@x" {
                 s.login_refused(LoginRefusal::InUse, turn.out);
-            } else if password == "secret" {
+            } else if password == "secret" || password == "<proof ok>" {
                 s.logged_in(username, maildrop(), turn.out);
             } else {
                 s.login_refused(LoginRefusal::BadCredentials, turn.out);
             }
+        }
+        Action::SaslCredentials { username } => {
+            turn.log.push(format!("A: scram {username}"));
+            s.sasl_credentials(scram_verifier(), &binding(), turn.out);
         }
         Action::Retrieve { uid, lines } => {
             turn.log.push(match lines {
@@ -145,7 +151,7 @@ fn capa_stls_login_and_transaction() {
          S: AUTH-RESP-CODE
          S: PIPELINING
          S: USER
-         S: SASL PLAIN
+         S: SASL SCRAM-SHA-256-PLUS SCRAM-SHA-256 PLAIN
          S: IMPLEMENTATION shardmail
          S: .
          C: STAT
@@ -202,6 +208,8 @@ fn auth_plain_failures_in_use_and_errors() {
         "S: +OK pop.example shardmail POP3 ready
          C: AUTH
          S: +OK Supported mechanisms follow
+         S: SCRAM-SHA-256-PLUS
+         S: SCRAM-SHA-256
          S: PLAIN
          S: .
          C: AUTH PLAIN AGJ1c3lAeABzZWNyZXQ=
@@ -302,8 +310,11 @@ fn drive(input: &[u8], chunk: usize) -> Vec<String> {
         turn.log.push(format!("A: {action:?}"));
         match action {
             Action::Authenticate {
-                username, password, ..
-            } if password == "secret" => s.logged_in(username, maildrop(), turn.out),
+                username, secret, ..
+            } if shown(&secret) == "secret" => s.logged_in(username, maildrop(), turn.out),
+            Action::SaslCredentials { .. } => {
+                s.sasl_credentials(scram_verifier(), &binding(), turn.out)
+            }
             Action::Authenticate { .. } => s.login_refused(LoginRefusal::BadCredentials, turn.out),
             Action::Retrieve { .. } => s.retrieved(),
             Action::Update { expunge } => s.updated(Ok(expunge.len()), turn.out),

@@ -106,6 +106,7 @@ fn drive(input: &[u8], chunk: usize) -> Vec<u8> {
                     turn.log.push("[spf]".into());
                     s.spf_checked(shardmail::auth::policy::SpfKind::Pass, turn.out);
                 }
+                Action::SaslCredentials { .. } => turn.log.push("[scram]".into()),
                 Action::Close => turn.log.push("[close]".into()),
             }
         };

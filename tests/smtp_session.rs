@@ -18,6 +18,7 @@ use shardmail::config::raw::RateCount;
 use shardmail::proto::smtp::{
     Action, DeliveryError, Directory, Port, RateEvent, Resolution, Session, SessionConfig,
 };
+use shardmail::proto::testkit::sasl::{binding, scram_verifier, shown};
 use shardmail::proto::testkit::{Driver, Smtp, Turn};
 
 struct FakeDirectory;
@@ -136,11 +137,16 @@ fn run(port: Port, transcript: &str, chunk: usize) -> (Vec<String>, Vec<Vec<u8>>
                     session.delivered(&env.id, &result, turn.out);
                 }
                 Action::Authenticate {
-                    username, password, ..
+                    username, secret, ..
                 } => {
+                    let password = shown(&secret);
                     turn.log.push(format!("A: auth {username} {password}"));
-                    let ok = password == "secret";
+                    let ok = password == "secret" || password == "<proof ok>";
                     session.auth_result(ok.then_some(username), turn.out);
+                }
+                Action::SaslCredentials { username } => {
+                    turn.log.push(format!("A: scram {username}"));
+                    session.sasl_credentials(scram_verifier(), &binding(), turn.out);
                 }
                 Action::StartTls => {
                     turn.log.push("A: starttls".into());

@@ -212,6 +212,7 @@ fn export_refuses_names_that_would_leave_the_output_directory() {
             shardmail::users::User {
                 id: ACCOUNT,
                 password: String::new(),
+                scram: None,
                 created: 0,
                 quota: shardmail::users::Quota::default(),
                 senders: shardmail::users::SenderLists::default(),

@@ -113,7 +113,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
                         .display()
                 );
             }
-            let hash = users::hash_password(&read_password(password_stdin)?)?;
+            let (hash, scram) = users::password_secrets(&read_password(password_stdin)?)?;
             UserDb::update(data, |db| {
                 if db.users.contains_key(&email) {
                     return Err(format!("{email} already exists (use `user passwd`)"));
@@ -124,6 +124,7 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
                     users::User {
                         id: users::new_account_id(),
                         password: hash,
+                        scram: Some(scram),
                         created,
                         quota: users::Quota::default(),
                         senders: users::SenderLists::default(),
@@ -173,10 +174,11 @@ pub fn user(cmd: UserCmd, config: &Config, data: &Path) -> Result<(), String> {
             password_stdin,
         } => {
             let email = address(&email)?;
-            let hash = users::hash_password(&read_password(password_stdin)?)?;
+            let (hash, scram) = users::password_secrets(&read_password(password_stdin)?)?;
             UserDb::update(data, |db| {
                 let u = account(db, &email)?;
                 u.password = hash;
+                u.scram = Some(scram);
                 Ok(())
             })?;
             println!("password changed for {email}");

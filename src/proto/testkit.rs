@@ -181,3 +181,126 @@ impl<D: super::smtp::Directory> Machine for Smtp<D> {
         self.session.is_closed()
     }
 }
+
+/// SASL helpers for the protocol transcripts: how a [`Secret`] is logged, the
+/// verifier and channel binding the fake IO layer answers with, and a SCRAM client.
+pub mod sasl {
+    use crate::proto::sasl::scram::{ChannelBinding, Verifier};
+    use crate::proto::sasl::Secret;
+    use base64::Engine as _;
+    use ring::{digest, hmac, pbkdf2};
+
+    /// The password the transcripts accept.
+    pub const PASSWORD: &str = "secret";
+    pub const SALT: &[u8] = b"shardmail-salt16";
+
+    /// A secret as the transcripts log it: a password as itself, a proof by verdict.
+    pub fn shown(secret: &Secret) -> String {
+        match secret {
+            Secret::Password(p) => p.clone(),
+            Secret::Proof { matched: true } => "<proof ok>".into(),
+            Secret::Proof { matched: false } => "<proof bad>".into(),
+        }
+    }
+
+    /// Every account's verifier in the transcripts: [`PASSWORD`] salted with [`SALT`].
+    pub fn scram_verifier() -> Verifier {
+        Verifier::derive_with(PASSWORD, SALT, 4096)
+    }
+
+    /// The channel the fake IO layer reports.
+    pub fn binding() -> ChannelBinding {
+        ChannelBinding {
+            exporter: Some(vec![7; 32]),
+            server_end_point: Some(vec![9; 32]),
+        }
+    }
+
+    fn b64(data: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    /// A SCRAM-SHA-256 client (RFC 5802) for transcripts: the same arithmetic as any
+    /// client, written from the RFC for the tests (the end-to-end suite uses Python's
+    /// `scramp`).
+    pub struct ScramClient {
+        pub gs2_header: String,
+        pub cbind_data: Vec<u8>,
+        pub client_first_bare: String,
+        pub password: String,
+    }
+
+    impl ScramClient {
+        /// `gs2_header` is `n,,`, `y,,` or `p=tls-exporter,,`; `cbind_data` what the
+        /// client believes the channel's binding is.
+        pub fn new(user: &str, password: &str, gs2_header: &str, cbind_data: &[u8]) -> Self {
+            ScramClient {
+                gs2_header: gs2_header.into(),
+                cbind_data: cbind_data.to_vec(),
+                client_first_bare: format!("n={user},r=fyko+d2lbbFgONRv9qkxdawL"),
+                password: password.into(),
+            }
+        }
+
+        pub fn first(&self) -> String {
+            b64(format!("{}{}", self.gs2_header, self.client_first_bare).as_bytes())
+        }
+
+        /// The final message for the server's first (base64 in, base64 out), and the
+        /// `v=` the server must answer with.
+        pub fn last(&self, server_first_b64: &str) -> (String, String) {
+            let engine = base64::engine::general_purpose::STANDARD;
+            let server_first =
+                String::from_utf8(engine.decode(server_first_b64).unwrap_or_default())
+                    .unwrap_or_default();
+            let field = |k: &str| {
+                server_first
+                    .split(',')
+                    .find_map(|a| a.strip_prefix(k))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (nonce, salt, iterations) = (field("r="), field("s="), field("i="));
+            let salt = engine.decode(salt).unwrap_or_default();
+            let rounds = iterations
+                .parse()
+                .ok()
+                .and_then(std::num::NonZeroU32::new)
+                .unwrap_or(std::num::NonZeroU32::MIN);
+            let mut salted = [0u8; 32];
+            pbkdf2::derive(
+                pbkdf2::PBKDF2_HMAC_SHA256,
+                rounds,
+                &salt,
+                self.password.as_bytes(),
+                &mut salted,
+            );
+            let key = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+            let client_key = hmac::sign(&key, b"Client Key");
+            let stored = digest::digest(&digest::SHA256, client_key.as_ref());
+            let mut cbind = self.gs2_header.clone().into_bytes();
+            cbind.extend_from_slice(&self.cbind_data);
+            let without_proof = format!("c={},r={nonce}", b64(&cbind));
+            let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
+            let signature = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, stored.as_ref()),
+                auth_message.as_bytes(),
+            );
+            let proof: Vec<u8> = client_key
+                .as_ref()
+                .iter()
+                .zip(signature.as_ref())
+                .map(|(k, s)| k ^ s)
+                .collect();
+            let server_key = hmac::sign(&key, b"Server Key");
+            let verifier = hmac::sign(
+                &hmac::Key::new(hmac::HMAC_SHA256, server_key.as_ref()),
+                auth_message.as_bytes(),
+            );
+            (
+                b64(format!("{without_proof},p={}", b64(&proof)).as_bytes()),
+                b64(format!("v={}", b64(verifier.as_ref())).as_bytes()),
+            )
+        }
+    }
+}

@@ -363,6 +363,28 @@ impl Stream {
         }
     }
 
+    /// SCRAM-PLUS channel binding data for this connection: the TLS exporter value
+    /// (RFC 9266; label `EXPORTER-Channel-Binding`, no context, 32 bytes) and our
+    /// certificate's hash (`server_end_point`, RFC 5929). Empty without TLS.
+    pub fn channel_binding(
+        &self,
+        server_end_point: Option<Vec<u8>>,
+    ) -> crate::proto::sasl::scram::ChannelBinding {
+        let tls = match self {
+            Stream::Deflate(d) => return d.inner.channel_binding(server_end_point),
+            Stream::Tls(c) => &c.tls,
+            _ => return crate::proto::sasl::scram::ChannelBinding::default(),
+        };
+        let mut exporter = vec![0u8; 32];
+        let exported = tls
+            .export_keying_material(&mut exporter, b"EXPORTER-Channel-Binding", None)
+            .is_ok();
+        crate::proto::sasl::scram::ChannelBinding {
+            exporter: exported.then_some(exporter),
+            server_end_point,
+        }
+    }
+
     pub fn is_tls(&self) -> bool {
         match self {
             Stream::Deflate(d) => d.inner.is_tls(),

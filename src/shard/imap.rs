@@ -279,17 +279,22 @@ async fn drive(
                         stream.compress(pipelined, slot);
                     }
                 }
+                Action::SaslCredentials { username } => {
+                    let verifier = shard.scram_verifier(&username);
+                    let channel = shard.channel_binding(&stream);
+                    session.sasl_credentials(verifier, &channel, &mut out);
+                }
                 Action::Authenticate {
                     mechanism,
                     username,
-                    password,
+                    secret,
                 } => {
                     let failures = &shard.metrics.imap.auth_failures;
                     let attempt = super::LoginAttempt {
                         protocol: "imap",
                         mechanism,
                         username,
-                        password,
+                        secret,
                         ip: client.peer.ip(),
                     };
                     let (user, id, owner) = match shard.mailbox_login(attempt, failures).await {

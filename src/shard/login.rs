@@ -11,6 +11,8 @@ use std::cell::Cell;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+pub use crate::proto::sasl::Secret;
+
 use super::passwords::Verified;
 use super::{admission, store, Shard};
 
@@ -22,7 +24,7 @@ pub struct LoginAttempt {
     /// `PLAIN`, `LOGIN` (SMTP AUTH LOGIN or the IMAP command), `USER` (POP3 USER/PASS).
     pub mechanism: &'static str,
     pub username: String,
-    pub password: String,
+    pub secret: Secret,
     pub ip: IpAddr,
 }
 
@@ -65,6 +67,8 @@ pub enum Credential {
     Cached,
     /// An app password, by its label.
     AppPassword(String),
+    /// A SCRAM proof checked against the account's stored verifier.
+    Scram,
 }
 
 impl Credential {
@@ -73,6 +77,7 @@ impl Credential {
             Credential::Password => "password",
             Credential::Cached => "cached",
             Credential::AppPassword(_) => "app-password",
+            Credential::Scram => "scram",
         }
     }
 
@@ -149,7 +154,7 @@ impl Shard {
         let LoginAttempt {
             protocol,
             username,
-            password,
+            secret,
             ip,
             ..
         } = attempt;
@@ -169,9 +174,13 @@ impl Shard {
             }
         };
         let guard = admission::InFlight::new(&self.throttle, attempt);
-        let verdict = self
-            .verify_password(&username, password, protocol, ip)
-            .await;
+        let verdict = match secret {
+            Secret::Password(password) => {
+                self.verify_password(&username, password, protocol, ip)
+                    .await
+            }
+            Secret::Proof { matched } => self.scram_verdict(&username, matched),
+        };
         match verdict {
             Verdict::Ok(user, credential) => {
                 guard.finish(true, Instant::now());
@@ -211,6 +220,31 @@ impl Shard {
             account,
             owner,
         }
+    }
+
+    /// A SCRAM proof's verdict: checked by the mechanism against the account's
+    /// verifier; here only the account must still exist (a decoy never matches).
+    fn scram_verdict(&self, username: &str, matched: bool) -> Verdict {
+        let name = crate::users::normalize(username);
+        let exists = name
+            .as_deref()
+            .is_some_and(|n| self.users.borrow().users.contains_key(n));
+        match (matched, name) {
+            (true, Some(user)) if exists => Verdict::Ok(user, Credential::Scram),
+            _ => Verdict::Wrong,
+        }
+    }
+
+    /// The account's SCRAM verifier, or a decoy with the same shape (the same salt
+    /// for the same unknown name) so the exchange does not tell which accounts exist.
+    pub fn scram_verifier(&self, username: &str) -> crate::proto::sasl::scram::Verifier {
+        self.refresh_users_now();
+        let name = crate::users::normalize(username).unwrap_or_else(|| username.to_string());
+        let db = self.users.borrow();
+        db.users
+            .get(&name)
+            .and_then(|u| u.scram.clone())
+            .unwrap_or_else(|| crate::proto::sasl::scram::Verifier::decoy(&name))
     }
 
     /// Checks a login's secret: an app password of the account (scoped to

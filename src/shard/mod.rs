@@ -229,6 +229,14 @@ impl Shard {
         self.live.borrow().tls.clone()
     }
 
+    /// The channel binding data for SCRAM-PLUS on `stream`.
+    pub fn channel_binding(
+        &self,
+        stream: &conn::Stream,
+    ) -> crate::proto::sasl::scram::ChannelBinding {
+        stream.channel_binding(self.live.borrow().server_end_point.clone())
+    }
+
     pub fn smtp_config(&self, port: Port) -> Rc<SessionConfig> {
         self.live.borrow().smtp(port)
     }

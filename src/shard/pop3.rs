@@ -178,17 +178,22 @@ async fn drive(
                     }
                     session.tls_established();
                 }
+                Action::SaslCredentials { username } => {
+                    let verifier = shard.scram_verifier(&username);
+                    let channel = shard.channel_binding(&stream);
+                    session.sasl_credentials(verifier, &channel, &mut out);
+                }
                 Action::Authenticate {
                     mechanism,
                     username,
-                    password,
+                    secret,
                 } => {
                     let failures = &shard.metrics.pop3.auth_failures;
                     let attempt = super::LoginAttempt {
                         protocol: "pop3",
                         mechanism,
                         username,
-                        password,
+                        secret,
                         ip: client.peer.ip(),
                     };
                     let (user, id, owner) = match shard.mailbox_login(attempt, failures).await {

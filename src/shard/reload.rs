@@ -44,6 +44,8 @@ pub struct Live {
     smtp: [Rc<SessionConfig>; 4],
     pub pop3: Arc<crate::proto::pop3::Pop3Config>,
     pub imap: Arc<crate::proto::imap::session::ImapConfig>,
+    /// `tls-server-end-point` channel binding data (RFC 5929) of `tls.cert`.
+    pub server_end_point: Option<Vec<u8>>,
 }
 
 impl Live {
@@ -60,7 +62,9 @@ impl Live {
             output_bytes_max: config.limits.output_buffer_bytes_max,
         });
         let imap = Arc::new(super::imap::config(&config));
+        let server_end_point = crate::tls::server_end_point(&config.tls_cert);
         Live {
+            server_end_point,
             config: Rc::new(config),
             tls,
             dkim_keys,

@@ -112,10 +112,15 @@ async fn drive(
                     }
                     session.tls_established();
                 }
+                Action::SaslCredentials { username } => {
+                    let verifier = shard.scram_verifier(&username);
+                    let channel = shard.channel_binding(&stream);
+                    session.sasl_credentials(verifier, &channel, &mut out);
+                }
                 Action::Authenticate {
                     mechanism,
                     username,
-                    password,
+                    secret,
                 } => {
                     // (checked_login reads users.json afresh itself)
                     let failures = &shard.metrics.smtp.auth_failures;
@@ -123,7 +128,7 @@ async fn drive(
                         protocol: "smtp",
                         mechanism,
                         username,
-                        password,
+                        secret,
                         ip: peer,
                     };
                     match Box::pin(shard.checked_login(attempt, failures)).await {

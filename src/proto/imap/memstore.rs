@@ -342,10 +342,23 @@ impl Driver {
                         self.pending.clear();
                         self.session.tls_established();
                     }
+                    Action::SaslCredentials { username } => {
+                        let verifier = crate::proto::sasl::scram::Verifier::derive_with(
+                            "pw",
+                            username.as_bytes(),
+                            4096,
+                        );
+                        let channel = crate::proto::sasl::scram::ChannelBinding::default();
+                        self.session
+                            .sasl_credentials(verifier, &channel, &mut self.out);
+                    }
                     Action::Authenticate {
-                        username, password, ..
+                        username, secret, ..
                     } => {
-                        if password == "pw" {
+                        use crate::proto::sasl::Secret;
+                        if matches!(&secret, Secret::Password(p) if p == "pw")
+                            || secret == (Secret::Proof { matched: true })
+                        {
                             self.session.logged_in(username, &mut self.out)
                         } else {
                             self.session

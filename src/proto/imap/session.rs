@@ -30,7 +30,7 @@ use super::lexer::{tokenize, Frame, FrameLimits, Framer, Refusal, Token};
 use super::render;
 use super::search::{self, Candidate};
 use super::verb::Verb;
-use crate::proto::sasl;
+
 use crate::store::change::{Change, NewMessage, Outcome};
 use crate::store::index::{
     flags, mailbox_name_eq, AccountIndex, MailboxIndex, MessageEntry, SpecialUse, DEFAULT_MAILBOXES,
@@ -173,13 +173,16 @@ pub enum Action {
     /// flush replies (uncompressed), then deflate both directions from here on (input
     /// already read behind the command is compressed).
     Compress,
-    /// Check the password; answer with [`Session::logged_in`] or [`Session::login_failed`].
+    /// Check the login; answer with [`Session::logged_in`] or [`Session::login_failed`].
     Authenticate {
-        /// `LOGIN` (the command) or the SASL mechanism (`PLAIN`), for the login log.
+        /// `LOGIN` (the command) or the SASL mechanism (`PLAIN`…), for the login log.
         mechanism: &'static str,
         username: String,
-        password: String,
+        secret: crate::proto::sasl::Secret,
     },
+    /// Look up the account's SCRAM verifier (a decoy when there is none) and the
+    /// channel binding data; answer with [`Session::sasl_credentials`].
+    SaslCredentials { username: String },
     /// Make a durable change; answer with [`Session::written`].
     Write(Write),
     /// Bytes `offset..offset + len` of the log go out at reply position `at` (before
@@ -365,6 +368,11 @@ pub struct Session {
     skip_line: bool,
     /// Waiting for an AUTHENTICATE response line, under this tag.
     sasl_tag: Option<String>,
+    /// The SASL exchange of an AUTHENTICATE in progress.
+    sasl: Option<Box<crate::proto::sasl::Exchange>>,
+    /// Logged in by the IO layer; the OK waits for the empty answer to the
+    /// mechanism's success data.
+    sasl_success: Option<String>,
     /// In IDLE, under this tag.
     idle_tag: Option<String>,
     bad_commands: u32,
@@ -426,6 +434,8 @@ impl Session {
             discard: 0,
             skip_line: false,
             sasl_tag: None,
+            sasl: None,
+            sasl_success: None,
             idle_tag: None,
             bad_commands: 0,
             auth_failures: 0,
@@ -533,7 +543,10 @@ impl Session {
                 caps.push_str(" STARTTLS");
             }
             if self.login_allowed() {
-                caps.push_str(" AUTH=PLAIN");
+                for m in crate::proto::sasl::offered(self.tls, false) {
+                    caps.push_str(" AUTH=");
+                    caps.push_str(m.name());
+                }
             } else {
                 caps.push_str(" LOGINDISABLED");
             }
@@ -736,6 +749,7 @@ impl Session {
         self.state = State::Logout;
         self.idle_tag = None;
         self.sasl_tag = None;
+        self.sasl = None;
         out.actions.push(Action::Close);
     }
 

@@ -27,7 +27,6 @@ mod hello;
 pub use directory::{Directory, Greylisting, RateEvent, Recipient, Resolution, SenderVerdict};
 
 use crate::proto::{rfc5322_date, Incoming};
-use auth::sasl_text;
 
 /// Which listener the session arrived on; decides policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,13 +94,17 @@ pub struct Envelope {
 pub enum Action {
     /// Flush replies, discard any further buffered input, then run the TLS handshake.
     StartTls,
-    /// Verify a password off the reactor, then call [`Session::auth_result`].
+    /// Check the login (the throttle, then the secret, off the reactor), then call
+    /// [`Session::auth_result`].
     Authenticate {
-        /// The SASL mechanism (`PLAIN`, `LOGIN`), for the login log.
+        /// The SASL mechanism (`PLAIN`, `LOGIN`, `SCRAM-SHA-256`…), for the login log.
         mechanism: &'static str,
         username: String,
-        password: String,
+        secret: crate::proto::sasl::Secret,
     },
+    /// Look up the account's SCRAM verifier (a decoy when there is none) and the
+    /// channel binding data, then call [`Session::sasl_credentials`].
+    SaslCredentials { username: String },
     /// Evaluate SPF for HELO and MAIL FROM, then call [`Session::spf_checked`] (or
     /// [`Session::checks_unavailable`]).
     CheckSpf {
@@ -143,9 +146,11 @@ enum State {
     Command,
     /// An over-long line is being discarded up to its LF.
     DiscardLine,
-    AuthPlain,
-    AuthLoginUser,
-    AuthLoginPass(String),
+    /// A SASL exchange (in `Session::sasl`) waits for the client's response line.
+    Sasl,
+    /// Authenticated by the IO layer; the mechanism's success data went out as a
+    /// challenge, whose empty answer completes the login.
+    SaslSuccess(String),
     Data(DataReader),
     Bdat {
         remaining: u64,
@@ -196,6 +201,8 @@ pub struct Session {
     transaction: Option<Transaction>,
     bad_commands: u32,
     auth_failures: u32,
+    /// The SASL exchange of an AUTH in progress.
+    sasl: Option<Box<crate::proto::sasl::Exchange>>,
     /// SPF/DKIM/ARC/DMARC apply to this session's mail.
     verify: bool,
     /// Command lines processed (for metrics).
@@ -245,6 +252,7 @@ impl Session {
             transaction: None,
             bad_commands: 0,
             auth_failures: 0,
+            sasl: None,
             verify: false,
             commands: 0,
             refused: Vec::new(),
@@ -461,10 +469,8 @@ impl Session {
     }
 
     fn cancel_auth_exchange(&mut self) {
-        if matches!(
-            self.state,
-            State::AuthPlain | State::AuthLoginUser | State::AuthLoginPass(_)
-        ) {
+        if matches!(self.state, State::Sasl | State::SaslSuccess(_)) {
+            self.sasl = None;
             self.state = State::Command;
         }
     }
@@ -472,18 +478,8 @@ impl Session {
     fn line(&mut self, line: &[u8], now: SystemTime, dir: &dyn Directory, out: &mut Outbox) {
         self.commands += 1;
         match std::mem::replace(&mut self.state, State::Command) {
-            State::AuthPlain => self.sasl_plain(line, out),
-            State::AuthLoginUser => match sasl_text(line, out) {
-                Some(user) => {
-                    out.line("334 UGFzc3dvcmQ6");
-                    self.state = State::AuthLoginPass(user);
-                }
-                None => self.count_bad_command(out),
-            },
-            State::AuthLoginPass(user) => match sasl_text(line, out) {
-                Some(password) => self.authenticate("LOGIN", user, password, out),
-                None => self.count_bad_command(out),
-            },
+            State::Sasl => self.sasl_line(line, out),
+            State::SaslSuccess(user) => self.sasl_success_line(user, line, out),
             _ => match command::parse(line) {
                 Ok(cmd) => self.command(cmd, now, dir, out),
                 Err(e) => {

@@ -1,9 +1,10 @@
-//! LOGIN, AUTHENTICATE (SASL PLAIN, with SASL-IR) and UNAUTHENTICATE (RFC 8437): the
-//! not-authenticated state's commands and the answers the IO layer gives them after
-//! checking a password. Never checks a password itself (the IO layer does, off the
-//! shard's reactor).
+//! LOGIN, AUTHENTICATE (the shared SASL mechanisms, with SASL-IR) and UNAUTHENTICATE
+//! (RFC 8437): the not-authenticated state's commands and the answers the IO layer
+//! gives them after checking a login. Never checks a secret itself (the IO layer
+//! does, off the shard's reactor).
 
 use super::*;
+use crate::proto::sasl::{self, Exchange, Mechanism, SaslError, Secret, Step};
 
 impl Session {
     pub(super) fn login(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
@@ -24,67 +25,147 @@ impl Session {
         out.actions.push(Action::Authenticate {
             mechanism: "LOGIN",
             username: user.into_owned(),
-            password: pass.into_owned(),
+            secret: Secret::Password(pass.into_owned()),
         });
     }
 
     pub(super) fn authenticate(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
-        let Some(mechanism) = args.first().and_then(Token::as_str) else {
+        let Some(name) = args.first().and_then(Token::as_str) else {
             return self.bad(tag, "AUTHENTICATE needs a mechanism", out);
         };
-        if !mechanism.eq_ignore_ascii_case("PLAIN") {
+        let Some(mechanism) =
+            Mechanism::parse(&name).filter(|m| sasl::offered(self.tls, false).contains(m))
+        else {
             out.line(&format!(
-                "{tag} NO [CANNOT] Only AUTHENTICATE PLAIN is supported"
+                "{tag} NO [CANNOT] Unsupported mechanism; this connection offers {}",
+                sasl::offered_names(self.tls, false)
             ));
             return;
-        }
+        };
         if !self.login_allowed() {
             out.line(&format!("{tag} NO [PRIVACYREQUIRED] Use STARTTLS or the IMAPS port first (tls.allow_plaintext_auth)"));
             return;
         }
-        match args.get(1).and_then(Token::as_str) {
+        let exchange = Exchange::new(mechanism, self.tls);
+        let step = match args.get(1).and_then(Token::as_str) {
             Some(initial) => {
-                let initial = if initial == "=" {
-                    String::new()
-                } else {
-                    initial.into_owned()
-                };
-                self.sasl_tag = Some(tag.to_string());
-                self.sasl_line(initial.as_bytes(), out);
+                self.sasl = Some(Box::new(exchange));
+                match sasl::decode(initial.as_bytes()) {
+                    Ok(response) => self.sasl_respond(&response),
+                    Err(e) => Err(e),
+                }
             }
             None => {
-                out.line("+ ");
-                self.sasl_tag = Some(tag.to_string());
+                let first = exchange.first_challenge();
+                self.sasl = Some(Box::new(exchange));
+                Ok(first)
             }
+        };
+        self.sasl_step(tag.to_string(), step, out);
+    }
+
+    fn sasl_respond(&mut self, response: &[u8]) -> Result<Step, SaslError> {
+        match self.sasl.as_mut() {
+            Some(exchange) => exchange.respond(response),
+            None => Err(SaslError::Malformed),
         }
     }
 
+    /// A line answering a challenge (`sasl_tag` was set).
     pub(super) fn sasl_line(&mut self, line: &[u8], out: &mut Outbox) {
         let Some(tag) = self.sasl_tag.take() else {
             return;
         };
-        if line == b"*" {
-            out.line(&format!("{tag} BAD AUTHENTICATE cancelled"));
+        if let Some(user) = self.sasl_success.take() {
+            // The answer to the success data: empty completes the login.
+            self.sasl = None;
+            if line.is_empty() {
+                return self.complete_login(tag, user, out);
+            }
+            out.line(&format!("{tag} BAD AUTHENTICATE cancelled after success"));
+            out.actions.push(Action::Unauthenticated);
             return;
         }
-        match sasl::plain(line) {
-            Ok(credentials) => {
+        let step = match sasl::decode(line) {
+            Ok(response) => self.sasl_respond(&response),
+            Err(e) => Err(e),
+        };
+        self.sasl_step(tag, step, out);
+    }
+
+    /// The IO layer's answer to [`Action::SaslCredentials`].
+    pub fn sasl_credentials(
+        &mut self,
+        verifier: sasl::scram::Verifier,
+        channel: &sasl::scram::ChannelBinding,
+        out: &mut Outbox,
+    ) {
+        let Some(Pending::Login { tag }) = self.pending.take() else {
+            return;
+        };
+        let step = match self.sasl.as_mut() {
+            Some(exchange) => exchange.credentials(verifier, channel),
+            None => Err(SaslError::Malformed),
+        };
+        self.sasl_step(tag, step, out);
+    }
+
+    fn sasl_step(&mut self, tag: String, step: Result<Step, SaslError>, out: &mut Outbox) {
+        match step {
+            Ok(Step::Challenge(data)) => {
+                out.line(&format!("+ {}", sasl::encode(&data)));
+                self.sasl_tag = Some(tag);
+            }
+            Ok(Step::Credentials { username }) => {
+                self.pending = Some(Pending::Login { tag });
+                out.actions.push(Action::SaslCredentials { username });
+            }
+            Ok(Step::Check { username, secret }) => {
+                let mechanism = self.sasl.as_ref().map_or("PLAIN", |e| e.mechanism().name());
                 self.pending = Some(Pending::Login { tag });
                 out.actions.push(Action::Authenticate {
-                    mechanism: "PLAIN",
-                    username: credentials.username,
-                    password: credentials.password,
+                    mechanism,
+                    username,
+                    secret,
                 });
             }
-            Err(_) => self.bad(&tag, "Invalid SASL PLAIN response", out),
+            Err(e) => {
+                self.sasl = None;
+                match e {
+                    SaslError::Cancelled => out.line(&format!("{tag} BAD AUTHENTICATE cancelled")),
+                    e if e.is_auth_failure() => {
+                        out.line(&format!(
+                            "{tag} NO [AUTHENTICATIONFAILED] Invalid credentials"
+                        ));
+                        self.count_auth_failure(out);
+                    }
+                    _ => self.bad(&tag, "Invalid SASL response", out),
+                }
+            }
         }
     }
 
-    /// The password checked out; the account is open on this shard.
+    /// The login checked out; the account is open on this shard. A mechanism with
+    /// success data (SCRAM's server signature) sends it as a last challenge, and the
+    /// tagged OK follows its empty answer.
     pub fn logged_in(&mut self, user: String, out: &mut Outbox) {
         let Some(Pending::Login { tag }) = self.pending.take() else {
             return;
         };
+        match self.sasl.as_mut().and_then(|e| e.success_data()) {
+            Some(data) => {
+                out.line(&format!("+ {}", sasl::encode(&data)));
+                self.sasl_tag = Some(tag);
+                self.sasl_success = Some(user);
+            }
+            None => {
+                self.sasl = None;
+                self.complete_login(tag, user, out);
+            }
+        }
+    }
+
+    fn complete_login(&mut self, tag: String, user: String, out: &mut Outbox) {
         self.state = State::Authenticated;
         self.user = Some(user);
         out.line(&format!(
@@ -150,6 +231,7 @@ impl Session {
         let Some(Pending::Login { tag }) = self.pending.take() else {
             return;
         };
+        self.sasl = None;
         match refusal {
             LoginRefusal::BadCredentials => {
                 out.line(&format!(

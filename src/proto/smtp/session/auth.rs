@@ -1,9 +1,10 @@
-//! SMTP AUTH (RFC 4954): PLAIN and LOGIN exchanges, their replies, and the failure
-//! count that ends a guessing session. Part of the pure [`Session`]: the password check
-//! itself is an [`Action::Authenticate`] for the IO layer.
+//! SMTP AUTH (RFC 4954): framing of the shared SASL [`Exchange`] (334 challenges,
+//! `*` to cancel), its replies, and the failure count that ends a guessing session.
+//! Part of the pure [`Session`]: verifiers are looked up and secrets checked by the IO
+//! layer ([`Action::SaslCredentials`], [`Action::Authenticate`]).
 
 use super::{Action, Outbox, Session, State};
-use crate::proto::sasl::{self, SaslError};
+use crate::proto::sasl::{self, scram, Exchange, Mechanism, SaslError, Step};
 
 impl Session {
     pub(super) fn auth(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Outbox) {
@@ -23,70 +24,126 @@ impl Session {
             return out
                 .line("538 5.7.11 Encryption required for requested authentication mechanism");
         }
-        if mechanism.eq_ignore_ascii_case("PLAIN") {
-            match initial {
-                Some(ir) => self.sasl_plain(ir.as_bytes(), out),
-                None => {
-                    out.line("334 ");
-                    self.state = State::AuthPlain;
+        let Some(mechanism) =
+            Mechanism::parse(mechanism).filter(|m| sasl::offered(self.tls, true).contains(m))
+        else {
+            return out.line("504 5.5.4 Unrecognized authentication type");
+        };
+        let exchange = Exchange::new(mechanism, self.tls);
+        let step = match initial {
+            Some(ir) => match sasl::decode(ir.as_bytes()) {
+                Ok(response) => {
+                    self.sasl = Some(Box::new(exchange));
+                    return self.sasl_respond(&response, out);
                 }
+                Err(e) => return sasl_refusal(e, out),
+            },
+            None => exchange.first_challenge(),
+        };
+        self.sasl = Some(Box::new(exchange));
+        self.sasl_step(Ok(step), out);
+    }
+
+    /// A response line during an exchange (the state was `Sasl`).
+    pub(super) fn sasl_line(&mut self, line: &[u8], out: &mut Outbox) {
+        match sasl::decode(line) {
+            Ok(response) => self.sasl_respond(&response, out),
+            Err(e) => {
+                self.sasl = None;
+                sasl_refusal(e, out);
+                self.count_bad_command(out);
             }
-        } else if mechanism.eq_ignore_ascii_case("LOGIN") {
-            match initial.map(|ir| sasl_text(ir.as_bytes(), out)) {
-                Some(Some(user)) => {
-                    out.line("334 UGFzc3dvcmQ6");
-                    self.state = State::AuthLoginPass(user);
-                }
-                Some(None) => {}
-                None => {
-                    out.line("334 VXNlcm5hbWU6");
-                    self.state = State::AuthLoginUser;
-                }
-            }
-        } else {
-            out.line("504 5.5.4 Unrecognized authentication type");
         }
     }
 
-    pub(super) fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
-        match sasl::plain(response) {
-            Ok(c) => self.authenticate("PLAIN", c.username, c.password, out),
-            Err(SaslError::AuthzMismatch) => self.auth_failed(out),
+    fn sasl_respond(&mut self, response: &[u8], out: &mut Outbox) {
+        let step = match self.sasl.as_mut() {
+            Some(exchange) => exchange.respond(response),
+            None => Err(SaslError::Malformed),
+        };
+        self.sasl_step(step, out);
+    }
+
+    /// The IO layer's answer to [`Action::SaslCredentials`].
+    pub fn sasl_credentials(
+        &mut self,
+        verifier: scram::Verifier,
+        channel: &scram::ChannelBinding,
+        out: &mut Outbox,
+    ) {
+        let step = match self.sasl.as_mut() {
+            Some(exchange) => exchange.credentials(verifier, channel),
+            None => Err(SaslError::Malformed),
+        };
+        self.sasl_step(step, out);
+    }
+
+    fn sasl_step(&mut self, step: Result<Step, SaslError>, out: &mut Outbox) {
+        match step {
+            Ok(Step::Challenge(data)) => {
+                out.line(&format!("334 {}", sasl::encode(&data)));
+                self.state = State::Sasl;
+            }
+            Ok(Step::Credentials { username }) => {
+                self.state = State::Waiting;
+                out.actions.push(Action::SaslCredentials { username });
+            }
+            Ok(Step::Check { username, secret }) => {
+                self.state = State::Waiting;
+                let mechanism = self.sasl.as_ref().map_or("PLAIN", |e| e.mechanism().name());
+                out.actions.push(Action::Authenticate {
+                    mechanism,
+                    username,
+                    secret,
+                });
+            }
+            Err(e) => {
+                self.sasl = None;
+                self.state = State::Command;
+                if e.is_auth_failure() {
+                    self.auth_failed(out);
+                } else {
+                    sasl_refusal(e, out);
+                }
+            }
+        }
+    }
+
+    /// Result of [`Action::Authenticate`]. The IO layer has already applied the
+    /// failure delay (`limits.auth_failure_delay_ms`). A mechanism with data to send
+    /// on success (SCRAM's server signature) sends it as a last challenge first.
+    pub fn auth_result(&mut self, user: Option<String>, out: &mut Outbox) {
+        let success_data = self.sasl.as_mut().and_then(|e| e.success_data());
+        self.sasl = None;
+        match (user, success_data) {
+            (Some(user), Some(data)) => {
+                out.line(&format!("334 {}", sasl::encode(&data)));
+                self.state = State::SaslSuccess(user);
+            }
+            (Some(user), None) => self.authenticated_as(user, out),
+            (None, _) => self.auth_failed(out),
+        }
+    }
+
+    /// The client's answer to the success data: empty, or the exchange is cancelled.
+    pub(super) fn sasl_success_line(&mut self, user: String, line: &[u8], out: &mut Outbox) {
+        match sasl::decode(line) {
+            Ok(response) if response.is_empty() => self.authenticated_as(user, out),
+            Ok(_) => out.line("501 5.5.2 Expected an empty response"),
             Err(e) => sasl_refusal(e, out),
         }
     }
 
-    pub(super) fn authenticate(
-        &mut self,
-        mechanism: &'static str,
-        username: String,
-        password: String,
-        out: &mut Outbox,
-    ) {
-        self.state = State::Waiting;
-        out.actions.push(Action::Authenticate {
-            mechanism,
-            username,
-            password,
-        });
-    }
-
-    /// Result of [`Action::Authenticate`]. The IO layer has already applied the
-    /// failure delay (`limits.auth_failure_delay_ms`).
-    pub fn auth_result(&mut self, user: Option<String>, out: &mut Outbox) {
-        match user {
-            Some(user) => {
-                self.state = State::Command;
-                self.authenticated = Some(user);
-                out.line("235 2.7.0 Authentication successful");
-            }
-            None => self.auth_failed(out),
-        }
+    fn authenticated_as(&mut self, user: String, out: &mut Outbox) {
+        self.state = State::Command;
+        self.authenticated = Some(user);
+        out.line("235 2.7.0 Authentication successful");
     }
 
     /// The login was not checked: the server's password checks are all busy
     /// (`limits.password_threads`). Not the client's fault: no failure is counted.
     pub fn auth_busy(&mut self, out: &mut Outbox) {
+        self.sasl = None;
         self.state = State::Command;
         out.line("454 4.7.0 Temporary authentication failure: server busy; try again later");
     }
@@ -94,6 +151,7 @@ impl Session {
     /// The login was not checked: its source or account is backed off after failed
     /// logins (`limits.login_*`). Counts as a failure for this connection.
     pub fn auth_throttled(&mut self, out: &mut Outbox) {
+        self.sasl = None;
         self.state = State::Command;
         self.auth_failures += 1;
         out.line("454 4.7.0 Too many failed authentications; try again later");
@@ -107,6 +165,7 @@ impl Session {
     }
 
     pub(super) fn auth_failed(&mut self, out: &mut Outbox) {
+        self.sasl = None;
         self.state = State::Command;
         self.auth_failures += 1;
         if self.auth_failures >= self.config.auth_failures_max {
@@ -122,17 +181,14 @@ impl Session {
 }
 
 /// The reply for a SASL response we cannot use.
-pub(super) fn sasl_refusal(e: SaslError, out: &mut Outbox) {
+fn sasl_refusal(e: SaslError, out: &mut Outbox) {
     out.line(match e {
         SaslError::Cancelled => "501 5.0.0 Authentication cancelled",
         SaslError::BadBase64 => "501 5.5.2 Cannot decode base64 response",
-        SaslError::Malformed => "501 5.5.2 Malformed PLAIN response",
-        SaslError::NotUtf8 | SaslError::AuthzMismatch => "501 5.5.2 Response is not UTF-8",
+        SaslError::Malformed => "501 5.5.2 Malformed SASL response",
+        SaslError::NotUtf8 => "501 5.5.2 Response is not UTF-8",
+        SaslError::AuthzMismatch | SaslError::ChannelBinding => {
+            "535 5.7.8 Authentication credentials invalid"
+        }
     });
-}
-
-pub(super) fn sasl_text(response: &[u8], out: &mut Outbox) -> Option<String> {
-    sasl::decode_text(response)
-        .map_err(|e| sasl_refusal(e, out))
-        .ok()
 }

@@ -9,7 +9,9 @@
 
 use std::sync::Arc;
 
-use super::sasl::{self, SaslError};
+use super::sasl::Secret;
+
+mod auth;
 use memchr::memchr;
 use memchr::memmem;
 
@@ -77,11 +79,14 @@ pub enum Action {
     /// Check the password off the reactor; then, on the owning shard, lock the
     /// maildrop and call [`Session::logged_in`] or [`Session::login_refused`].
     Authenticate {
-        /// `USER` (USER/PASS) or the SASL mechanism (`PLAIN`), for the login log.
+        /// `USER` (USER/PASS) or the SASL mechanism (`PLAIN`…), for the login log.
         mechanism: &'static str,
         username: String,
-        password: String,
+        secret: super::sasl::Secret,
     },
+    /// Look up the account's SCRAM verifier (a decoy when there is none) and the
+    /// channel binding data, then call [`Session::sasl_credentials`].
+    SaslCredentials { username: String },
     /// Flush replies, then send message `uid` dot-stuffed (only the headers and
     /// `lines` body lines for TOP) and the terminating `.`; then [`Session::retrieved`].
     Retrieve { uid: u32, lines: Option<u32> },
@@ -99,8 +104,11 @@ enum State {
     Authorization {
         user: Option<String>,
     },
-    /// `AUTH PLAIN` sent without an initial response; the next line is the response.
-    AuthPlain,
+    /// A SASL exchange (in `Session::sasl`) waits for the client's response line.
+    Sasl,
+    /// Logged in and the maildrop locked; the mechanism's success data went out as a
+    /// challenge, whose empty answer enters TRANSACTION.
+    SaslSuccess,
     Transaction,
     /// An action is being carried out; nothing is consumed.
     Waiting {
@@ -123,6 +131,8 @@ pub struct Session {
     user: Option<String>,
     bad_commands: u32,
     auth_failures: u32,
+    /// The SASL exchange of an AUTH in progress.
+    sasl: Option<Box<super::sasl::Exchange>>,
     /// Command lines processed (for metrics).
     commands: u64,
     listing: Option<Listing>,
@@ -140,6 +150,7 @@ impl Session {
             user: None,
             bad_commands: 0,
             auth_failures: 0,
+            sasl: None,
             commands: 0,
             listing: None,
             output_full: false,
@@ -270,9 +281,10 @@ impl Session {
 
     fn line(&mut self, line: &[u8], out: &mut Outbox) {
         self.commands += 1;
-        if self.state == State::AuthPlain {
-            self.state = State::Authorization { user: None };
-            return self.sasl_plain(line, out);
+        match self.state {
+            State::Sasl => return self.sasl_line(line, out),
+            State::SaslSuccess => return self.sasl_success_line(line, out),
+            _ => {}
         }
         let Ok(line) = std::str::from_utf8(line) else {
             out.line("-ERR Command is not valid UTF-8");
@@ -333,7 +345,7 @@ impl Session {
                     out.line("-ERR USER first");
                     return self.count_error(out);
                 };
-                self.authenticate("USER", user, args.to_string(), out);
+                self.authenticate("USER", user, Secret::Password(args.to_string()), out);
             }
             "AUTH" => self.auth(args, out),
             "APOP" => out.line("-ERR APOP is not supported; use USER/PASS or AUTH PLAIN over TLS"),
@@ -358,7 +370,10 @@ impl Session {
         if self.state != State::Transaction {
             if !self.plaintext_refused() {
                 out.line("USER");
-                out.line("SASL PLAIN");
+                out.line(&format!(
+                    "SASL {}",
+                    super::sasl::offered_names(self.tls, false)
+                ));
             }
             if !self.tls && self.config.tls_available {
                 out.line("STLS");
@@ -368,98 +383,9 @@ impl Session {
         out.line(".");
     }
 
-    fn auth(&mut self, args: &str, out: &mut Outbox) {
-        let mut words = args.split(' ').filter(|w| !w.is_empty());
-        match (words.next(), words.next()) {
-            (None, _) => {
-                out.line("+OK Supported mechanisms follow");
-                out.line("PLAIN");
-                out.line(".");
-            }
-            (Some(m), initial) if m.eq_ignore_ascii_case("PLAIN") => match initial {
-                Some(ir) => self.sasl_plain(ir.as_bytes(), out),
-                None => {
-                    out.line("+ ");
-                    self.state = State::AuthPlain;
-                }
-            },
-            (Some(_), _) => out.line("-ERR Unsupported authentication mechanism"),
-        }
-    }
-
-    fn sasl_plain(&mut self, response: &[u8], out: &mut Outbox) {
-        match sasl::plain(response) {
-            Ok(c) => self.authenticate("PLAIN", c.username, c.password, out),
-            Err(SaslError::AuthzMismatch) => self.login_refused(LoginRefusal::BadCredentials, out),
-            Err(SaslError::Cancelled) => out.line("-ERR Authentication cancelled"),
-            Err(SaslError::BadBase64) => out.line("-ERR Cannot decode base64 response"),
-            Err(SaslError::Malformed) => out.line("-ERR Malformed PLAIN response"),
-            Err(SaslError::NotUtf8) => out.line("-ERR PLAIN response is not UTF-8"),
-        }
-    }
-
-    fn authenticate(
-        &mut self,
-        mechanism: &'static str,
-        username: String,
-        password: String,
-        out: &mut Outbox,
-    ) {
-        self.state = State::Waiting { transaction: false };
-        out.actions.push(Action::Authenticate {
-            mechanism,
-            username,
-            password,
-        });
-    }
-
-    /// The password matched and the maildrop is locked: enter TRANSACTION.
-    pub fn logged_in(&mut self, user: String, maildrop: Maildrop, out: &mut Outbox) {
-        let (count, size) = totals(&maildrop.entries);
-        out.line(&format!("+OK Logged in, {count} messages ({size} octets)"));
-        self.maildrop = maildrop;
-        self.user = Some(user);
-        self.state = State::Transaction;
-    }
-
-    /// The login failed; the failure delay has already been applied by the IO layer.
-    pub fn login_refused(&mut self, why: LoginRefusal, out: &mut Outbox) {
-        self.state = State::Authorization { user: None };
-        match why {
-            LoginRefusal::BadCredentials => {
-                out.line("-ERR [AUTH] Authentication failed");
-                self.count_auth_failure(out);
-            }
-            LoginRefusal::InUse => {
-                out.line("-ERR [IN-USE] Mailbox is locked by another POP3 session")
-            }
-            LoginRefusal::Temporary => {
-                out.line("-ERR [SYS/TEMP] Mailbox temporarily unavailable, try again later")
-            }
-            LoginRefusal::Throttled => {
-                out.line("-ERR [SYS/TEMP] Too many failed logins; try again later");
-                self.count_auth_failure(out);
-            }
-            LoginRefusal::TooManySessions => out.line(
-                "-ERR [SYS/TEMP] Too many sessions for this account \
-                 (limits.sessions_per_user_max); try again later",
-            ),
-        }
-    }
-
     pub fn tls_established(&mut self) {
         self.tls = true;
         self.state = State::Authorization { user: None };
-    }
-
-    /// One more failed (or refused) login; at `limits.auth_failures_max` the
-    /// connection ends.
-    fn count_auth_failure(&mut self, out: &mut Outbox) {
-        self.auth_failures += 1;
-        if self.auth_failures >= self.config.auth_failures_max {
-            out.line("-ERR [AUTH] Too many failed logins, closing connection");
-            self.close(out);
-        }
     }
 
     /// The message of a `Retrieve` action has been sent.
