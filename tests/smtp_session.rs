@@ -18,7 +18,7 @@ use shardmail::config::raw::RateCount;
 use shardmail::proto::smtp::{
     Action, DeliveryError, Directory, Port, RateEvent, Resolution, Session, SessionConfig,
 };
-use shardmail::proto::testkit::sasl::{binding, scram_verifier, shown};
+use shardmail::proto::testkit::sasl::{binding, scram_verifier, shown, ScramClient};
 use shardmail::proto::testkit::{Driver, Smtp, Turn};
 
 struct FakeDirectory;
@@ -690,4 +690,113 @@ fn lmtp_replies_once_per_recipient_after_the_data() {
          S: 221 2.0.0 Bye
          A: close",
     );
+}
+
+/// One SCRAM login on submissions (TLS) with `client`, fed in `chunk`-byte pieces;
+/// returns the reply lines. The fake IO layer answers with the testkit's verifier and
+/// channel binding.
+fn scram_login(mechanism: &str, client: &ScramClient, chunk: usize) -> Vec<String> {
+    let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+    let session = Session::new(config(Port::Submissions), peer, 1, true);
+    let mut d = Driver::new(Smtp {
+        session,
+        now: now(),
+        directory: FakeDirectory,
+    });
+    let mut answer =
+        |smtp: &mut Smtp<FakeDirectory>, action: Action, turn: &mut Turn<'_, Action>| {
+            let s = &mut smtp.session;
+            match action {
+                Action::SaslCredentials { .. } => {
+                    s.sasl_credentials(scram_verifier(), &binding(), turn.out)
+                }
+                Action::Authenticate {
+                    username, secret, ..
+                } => {
+                    let ok = shown(&secret) == "<proof ok>";
+                    s.auth_result(ok.then_some(username), turn.out)
+                }
+                _ => {}
+            }
+        };
+    d.feed(b"EHLO c\r\n", chunk, &mut answer);
+    d.feed(
+        format!("AUTH {mechanism} {}\r\n", client.first()).as_bytes(),
+        chunk,
+        &mut answer,
+    );
+    let sent = String::from_utf8_lossy(&d.sent).to_string();
+    let Some(server_first) = sent.lines().last().and_then(|l| l.strip_prefix("334 ")) else {
+        return sent.lines().map(str::to_string).collect();
+    };
+    let (last, expected_v) = client.last(server_first);
+    d.feed(format!("{last}\r\n").as_bytes(), chunk, &mut answer);
+    let sent = String::from_utf8_lossy(&d.sent).to_string();
+    if sent.lines().last() == Some(&format!("334 {expected_v}")) {
+        d.feed(b"\r\n", chunk, &mut answer);
+    }
+    String::from_utf8_lossy(&d.sent)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn scram_logins_check_proof_and_channel_binding() {
+    for chunk in [1, 2, 7, 100] {
+        let ok = ScramClient::new("alice@example.org", "secret", "n,,", b"");
+        let lines = scram_login("SCRAM-SHA-256", &ok, chunk);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("235 2.7.0 Authentication successful"),
+            "{lines:?}"
+        );
+
+        let wrong = ScramClient::new("alice@example.org", "guess", "n,,", b"");
+        let lines = scram_login("SCRAM-SHA-256", &wrong, chunk);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("535 5.7.8 Authentication credentials invalid"),
+            "{lines:?}"
+        );
+
+        let bound = ScramClient::new("alice@example.org", "secret", "p=tls-exporter,,", &[7; 32]);
+        let lines = scram_login("SCRAM-SHA-256-PLUS", &bound, chunk);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("235 2.7.0 Authentication successful"),
+            "{lines:?}"
+        );
+
+        let end_point = ScramClient::new(
+            "alice@example.org",
+            "secret",
+            "p=tls-server-end-point,,",
+            &[9; 32],
+        );
+        let lines = scram_login("SCRAM-SHA-256-PLUS", &end_point, chunk);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("235 2.7.0 Authentication successful"),
+            "{lines:?}"
+        );
+
+        // A man in the middle's channel: the right password, the wrong binding.
+        let relayed = ScramClient::new("alice@example.org", "secret", "p=tls-exporter,,", &[8; 32]);
+        let lines = scram_login("SCRAM-SHA-256-PLUS", &relayed, chunk);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("535 5.7.8 Authentication credentials invalid"),
+            "{lines:?}"
+        );
+
+        // `y` (the client thinks we lack -PLUS) where we offered it: a downgrade.
+        let downgraded = ScramClient::new("alice@example.org", "secret", "y,,", b"");
+        let lines = scram_login("SCRAM-SHA-256", &downgraded, chunk);
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("535 5.7.8 Authentication credentials invalid"),
+            "{lines:?}"
+        );
+    }
 }
