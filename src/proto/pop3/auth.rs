@@ -4,7 +4,9 @@
 //! itself.
 
 use super::{Action, LoginRefusal, Maildrop, Outbox, Session, State};
-use crate::proto::sasl::{self, scram, Exchange, Mechanism, SaslError, Secret, Step};
+use crate::proto::sasl::{
+    self, scram, Exchange, InProgress as _, Mechanism, SaslError, Secret, Step,
+};
 
 impl Session {
     pub(super) fn auth(&mut self, args: &str, out: &mut Outbox) {
@@ -39,10 +41,7 @@ impl Session {
     }
 
     fn sasl_respond(&mut self, response: &[u8]) -> Result<Step, SaslError> {
-        match self.sasl.as_mut() {
-            Some(exchange) => exchange.respond(response),
-            None => Err(SaslError::Malformed),
-        }
+        self.sasl.respond(response)
     }
 
     pub(super) fn sasl_line(&mut self, line: &[u8], out: &mut Outbox) {
@@ -57,10 +56,7 @@ impl Session {
         channel: &scram::ChannelBinding,
         out: &mut Outbox,
     ) {
-        let step = match self.sasl.as_mut() {
-            Some(exchange) => exchange.credentials(verifier, channel),
-            None => Err(SaslError::Malformed),
-        };
+        let step = self.sasl.credentials(verifier, channel);
         self.sasl_step(step, out);
     }
 
@@ -75,7 +71,7 @@ impl Session {
                 out.actions.push(Action::SaslCredentials { username });
             }
             Ok(Step::Check { username, secret }) => {
-                let mechanism = self.sasl.as_ref().map_or("PLAIN", |e| e.mechanism().name());
+                let mechanism = self.sasl.mechanism_name();
                 self.authenticate(mechanism, username, secret, out);
             }
             Err(e) => {

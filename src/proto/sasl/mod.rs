@@ -224,6 +224,39 @@ impl Exchange {
     }
 }
 
+/// The exchange a protocol holds between lines: the same three calls in every
+/// protocol, with "no exchange in progress" as a malformed response.
+pub trait InProgress {
+    fn respond(&mut self, response: &[u8]) -> Result<Step, SaslError>;
+    fn credentials(
+        &mut self,
+        verifier: scram::Verifier,
+        channel: &scram::ChannelBinding,
+    ) -> Result<Step, SaslError>;
+    /// The mechanism's name for the login log.
+    fn mechanism_name(&self) -> &'static str;
+}
+
+impl InProgress for Option<Box<Exchange>> {
+    fn respond(&mut self, response: &[u8]) -> Result<Step, SaslError> {
+        self.as_mut().ok_or(SaslError::Malformed)?.respond(response)
+    }
+
+    fn credentials(
+        &mut self,
+        verifier: scram::Verifier,
+        channel: &scram::ChannelBinding,
+    ) -> Result<Step, SaslError> {
+        self.as_mut()
+            .ok_or(SaslError::Malformed)?
+            .credentials(verifier, channel)
+    }
+
+    fn mechanism_name(&self) -> &'static str {
+        self.as_ref().map_or("PLAIN", |e| e.mechanism().name())
+    }
+}
+
 fn check(username: String, secret: Secret) -> Step {
     Step::Check { username, secret }
 }

@@ -4,7 +4,7 @@
 //! does, off the shard's reactor).
 
 use super::*;
-use crate::proto::sasl::{self, Exchange, Mechanism, SaslError, Secret, Step};
+use crate::proto::sasl::{self, Exchange, InProgress as _, Mechanism, SaslError, Secret, Step};
 
 impl Session {
     pub(super) fn login(&mut self, tag: &str, args: &[Token<'_>], out: &mut Outbox) {
@@ -65,10 +65,7 @@ impl Session {
     }
 
     fn sasl_respond(&mut self, response: &[u8]) -> Result<Step, SaslError> {
-        match self.sasl.as_mut() {
-            Some(exchange) => exchange.respond(response),
-            None => Err(SaslError::Malformed),
-        }
+        self.sasl.respond(response)
     }
 
     /// A line answering a challenge (`sasl_tag` was set).
@@ -103,10 +100,7 @@ impl Session {
         let Some(Pending::Login { tag }) = self.pending.take() else {
             return;
         };
-        let step = match self.sasl.as_mut() {
-            Some(exchange) => exchange.credentials(verifier, channel),
-            None => Err(SaslError::Malformed),
-        };
+        let step = self.sasl.credentials(verifier, channel);
         self.sasl_step(tag, step, out);
     }
 
@@ -121,7 +115,7 @@ impl Session {
                 out.actions.push(Action::SaslCredentials { username });
             }
             Ok(Step::Check { username, secret }) => {
-                let mechanism = self.sasl.as_ref().map_or("PLAIN", |e| e.mechanism().name());
+                let mechanism = self.sasl.mechanism_name();
                 self.pending = Some(Pending::Login { tag });
                 out.actions.push(Action::Authenticate {
                     mechanism,

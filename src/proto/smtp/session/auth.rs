@@ -4,7 +4,7 @@
 //! layer ([`Action::SaslCredentials`], [`Action::Authenticate`]).
 
 use super::{Action, Outbox, Session, State};
-use crate::proto::sasl::{self, scram, Exchange, Mechanism, SaslError, Step};
+use crate::proto::sasl::{self, scram, Exchange, InProgress as _, Mechanism, SaslError, Step};
 
 impl Session {
     pub(super) fn auth(&mut self, mechanism: &str, initial: Option<&str>, out: &mut Outbox) {
@@ -57,10 +57,7 @@ impl Session {
     }
 
     fn sasl_respond(&mut self, response: &[u8], out: &mut Outbox) {
-        let step = match self.sasl.as_mut() {
-            Some(exchange) => exchange.respond(response),
-            None => Err(SaslError::Malformed),
-        };
+        let step = self.sasl.respond(response);
         self.sasl_step(step, out);
     }
 
@@ -71,10 +68,7 @@ impl Session {
         channel: &scram::ChannelBinding,
         out: &mut Outbox,
     ) {
-        let step = match self.sasl.as_mut() {
-            Some(exchange) => exchange.credentials(verifier, channel),
-            None => Err(SaslError::Malformed),
-        };
+        let step = self.sasl.credentials(verifier, channel);
         self.sasl_step(step, out);
     }
 
@@ -90,7 +84,7 @@ impl Session {
             }
             Ok(Step::Check { username, secret }) => {
                 self.state = State::Waiting;
-                let mechanism = self.sasl.as_ref().map_or("PLAIN", |e| e.mechanism().name());
+                let mechanism = self.sasl.mechanism_name();
                 out.actions.push(Action::Authenticate {
                     mechanism,
                     username,
